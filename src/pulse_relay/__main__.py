@@ -1,0 +1,3 @@
+from pulse_relay.cli import main
+
+main()

@@ -1,0 +1,223 @@
+"""Webhook signatures: Standard Webhooks (as Svix signs Pulse's webhooks) and a hex HMAC scheme.
+
+Everything here is pure: no I/O, and the clock is injected, so the published
+Standard Webhooks test vectors can be checked.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+SECRET_PREFIX = "whsec_"
+MIN_SECRET_BYTES = 16
+MAX_ID_LENGTH = 256
+
+_TIMESTAMP = re.compile(r"[0-9]{1,15}")
+# Printable ASCII without space and '.', which would make the signed content ambiguous.
+_WEBHOOK_ID = re.compile(r"[\x21-\x2d\x2f-\x7e]{1,256}")
+
+Clock = Callable[[], float]
+
+
+class VerificationError(Exception):
+    """A request that is not proven genuine; `reason` is short and safe to return to the sender."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A request whose signature holds; `webhook_id` is the dedupe key."""
+
+    webhook_id: str
+    timestamp: int | None
+
+
+class Verifier(Protocol):
+    """Proves a request genuine or raises `VerificationError`."""
+
+    def verify(self, headers: Mapping[str, str], body: bytes) -> Verified: ...
+
+
+def decode_secret(secret: str) -> bytes:
+    """Decode a `whsec_`-prefixed (prefix optional) base64 secret; ValueError says what is wrong."""
+    text = secret.strip()
+    if text.startswith(SECRET_PREFIX):
+        text = text[len(SECRET_PREFIX) :]
+    if not text:
+        raise ValueError("secret is empty")
+    try:
+        key = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("secret is not valid base64 (expected whsec_ followed by base64)") from None
+    if len(key) < MIN_SECRET_BYTES:
+        raise ValueError(f"secret decodes to {len(key)} bytes; at least {MIN_SECRET_BYTES} needed")
+    return key
+
+
+def _lower(headers: Mapping[str, str]) -> dict[str, str]:
+    return {key.lower(): value for key, value in headers.items()}
+
+
+def _header(headers: dict[str, str], name: str) -> str | None:
+    """`webhook-{name}`, else `svix-{name}`: webhook-* wins when both are present."""
+    value = headers.get(f"webhook-{name}")
+    if value is None:
+        value = headers.get(f"svix-{name}")
+    return value
+
+
+def compute_signature(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> str:
+    """The base64 HMAC-SHA256 of `{id}.{timestamp}.{body}` (without the `v1,` prefix)."""
+    signed = b"%s.%d.%s" % (webhook_id.encode(), timestamp, body)
+    return base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` header value (`v1,<base64>`) for one secret."""
+    return "v1," + compute_signature(decode_secret(secret), webhook_id, timestamp, body)
+
+
+def sign_headers(
+    secret: str, webhook_id: str, body: bytes, *, timestamp: int | None = None
+) -> dict[str, str]:
+    """The three Standard Webhooks headers for `body`, timestamped now unless given."""
+    when = int(time.time()) if timestamp is None else timestamp
+    return {
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(when),
+        "webhook-signature": sign(secret, webhook_id, when, body),
+    }
+
+
+def is_valid_webhook_id(webhook_id: str) -> bool:
+    """1-256 printable ASCII characters, no space, no '.'."""
+    return _WEBHOOK_ID.fullmatch(webhook_id) is not None
+
+
+class StandardVerifier:
+    """Standard Webhooks verification against one or more secrets (rotation)."""
+
+    def __init__(
+        self,
+        secrets: Iterable[str | bytes],
+        *,
+        tolerance_seconds: int = 300,
+        clock: Clock = time.time,
+    ) -> None:
+        self._keys = [s if isinstance(s, bytes) else decode_secret(s) for s in secrets]
+        if not self._keys:
+            raise ValueError("at least one secret is required")
+        self._tolerance_seconds = tolerance_seconds
+        self._clock = clock
+
+    def verify(self, headers: Mapping[str, str], body: bytes) -> Verified:
+        """Return the verified id, or raise VerificationError with a short reason."""
+        lowered = _lower(headers)
+        webhook_id = _header(lowered, "id")
+        timestamp_text = _header(lowered, "timestamp")
+        signature_header = _header(lowered, "signature")
+        if webhook_id is None or timestamp_text is None or signature_header is None:
+            raise VerificationError("missing signature headers")
+        if not is_valid_webhook_id(webhook_id):
+            raise VerificationError("malformed webhook-id")
+        if _TIMESTAMP.fullmatch(timestamp_text) is None:
+            raise VerificationError("malformed webhook-timestamp")
+        timestamp = int(timestamp_text)
+        if abs(self._clock() - timestamp) > self._tolerance_seconds:
+            raise VerificationError("timestamp outside tolerance")
+        candidates = _v1_signatures(signature_header)
+        expected = [compute_signature(key, webhook_id, timestamp, body) for key in self._keys]
+        # Every pair is compared so the time taken does not depend on where a match is.
+        matched = False
+        for candidate in candidates:
+            for signature in expected:
+                matched |= hmac.compare_digest(candidate.encode(), signature.encode())
+        if not matched:
+            raise VerificationError("no matching signature")
+        return Verified(webhook_id=webhook_id, timestamp=timestamp)
+
+
+def _v1_signatures(header: str) -> list[str]:
+    """The `v1` signatures of a header; a malformed entry fails the whole header."""
+    entries = header.split()
+    if not entries:
+        raise VerificationError("empty webhook-signature")
+    found: list[str] = []
+    for entry in entries:
+        version, comma, value = entry.partition(",")
+        if not comma or not version or not value:
+            raise VerificationError("malformed webhook-signature entry")
+        if version != "v1":
+            continue
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise VerificationError("malformed webhook-signature entry") from None
+        if len(raw) != hashlib.sha256().digest_size:
+            raise VerificationError("malformed webhook-signature entry")
+        found.append(value)
+    return found
+
+
+class HexHmacVerifier:
+    """HMAC-SHA256 of the body alone, hex encoded, in a configurable header."""
+
+    def __init__(
+        self,
+        secrets: Iterable[str | bytes],
+        *,
+        signature_header: str = "X-DocExtract-Signature",
+        id_header: str = "X-Webhook-Id",
+    ) -> None:
+        self._keys = [s if isinstance(s, bytes) else s.encode() for s in secrets]
+        if not self._keys:
+            raise ValueError("at least one secret is required")
+        self._signature_header = signature_header.lower()
+        self._id_header = id_header.lower()
+
+    def verify(self, headers: Mapping[str, str], body: bytes) -> Verified:
+        """Return the id (the id header, else the body's SHA-256), or raise VerificationError."""
+        lowered = _lower(headers)
+        given = lowered.get(self._signature_header)
+        if given is None:
+            raise VerificationError("missing signature header")
+        given = given.strip()
+        if given[:7].lower() == "sha256=":
+            given = given[7:]
+        if re.fullmatch(r"[0-9a-fA-F]{64}", given) is None:
+            raise VerificationError("malformed signature")
+        matched = False
+        for key in self._keys:
+            expected = hmac.new(key, body, hashlib.sha256).hexdigest()
+            matched |= hmac.compare_digest(expected.encode(), given.lower().encode())
+        if not matched:
+            raise VerificationError("no matching signature")
+        webhook_id = lowered.get(self._id_header)
+        if webhook_id is None or webhook_id == "":
+            webhook_id = "sha256:" + hashlib.sha256(body).hexdigest()
+        elif not is_valid_webhook_id(webhook_id):
+            raise VerificationError("malformed id header")
+        return Verified(webhook_id=webhook_id, timestamp=None)
+
+
+class NoneVerifier:
+    """Accepts everything (local experiments only); the id is the id header or the body hash."""
+
+    def verify(self, headers: Mapping[str, str], body: bytes) -> Verified:
+        """Return an id without checking anything."""
+        lowered = _lower(headers)
+        webhook_id = _header(lowered, "id")
+        if webhook_id is None or not is_valid_webhook_id(webhook_id):
+            webhook_id = "sha256:" + hashlib.sha256(body).hexdigest()
+        return Verified(webhook_id=webhook_id, timestamp=None)
