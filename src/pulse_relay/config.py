@@ -1,11 +1,118 @@
-"""Settings: the schema of the TOML file and the environment, with validation."""
+"""Settings: the schema of the TOML file and the environment, loading, and validation.
+
+Where a value comes from, highest precedence first:
+
+1. `overrides` given to `load_settings` (command-line flags), as dotted keys;
+2. `PULSE_RELAY_*` environment variables (`__` separates nesting levels; lists
+   and tables are JSON);
+3. the well-known `PULSE_WEBHOOK_SECRET` (space-separated, for rotation) and
+   `PULSE_API_KEY`;
+4. the TOML file (`path`, else `$PULSE_RELAY_CONFIG`);
+5. the defaults below.
+
+Tables are merged key by key across these layers; a list (such as `sinks` or
+`verify.secrets`) is taken whole from the highest layer that sets it.
+
+Secret files are read after the layers are merged: the secrets in
+`verify.secrets_file` are added to `verify.secrets`, and `pulse.api_key_file`
+is read only when `pulse.api_key` is empty (a key given directly wins, so a
+`PULSE_API_KEY` set for one run does not need the file to exist).
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Literal
+import copy
+import os
+import re
+import string
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from pulse_relay.signature import decode_secret
+
+ENV_PREFIX = "PULSE_RELAY_"
+ENV_CONFIG_PATH = "PULSE_RELAY_CONFIG"
+ENV_WEBHOOK_SECRET = "PULSE_WEBHOOK_SECRET"  # noqa: S105 (a variable name)
+ENV_API_KEY = "PULSE_API_KEY"
+ENV_CREDENTIALS_DIRECTORY = "CREDENTIALS_DIRECTORY"
+
+REDACTED = "**********"
+FILENAME_FIELDS = frozenset({"id", "type", "job_id", "date"})
+
+Loc = tuple[str | int, ...]
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Over-matching only hides a harmless value in `check-config`; under-matching leaks a credential.
+_SECRET_NAME = re.compile(
+    r"auth|api[-_]?key|token|secret|cookie|passw|credential|session|signature", re.IGNORECASE
+)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; str() is the user-facing message, one problem per line."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _invalid(title: str, problems: list[tuple[Loc, str]]) -> ValidationError:
+    """A ValidationError with one entry per problem, each at its own location."""
+    details = [
+        InitErrorDetails(
+            type=PydanticCustomError("invalid_setting", "{reason}", {"reason": reason}),
+            loc=loc,
+            # The input may be a secret; pydantic would echo it in repr().
+            input=REDACTED,
+        )
+        for loc, reason in problems
+    ]
+    return ValidationError.from_exception_data(title, details)
+
+
+def _check_http_url(url: str) -> None:
+    """ValueError unless `url` is http(s) with a host."""
+    problem = "not a valid URL (expected http:// or https:// and a host)"
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # a port that is not a number raises here
+    except ValueError:
+        raise ValueError(problem) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(problem)
+    if any(c.isspace() for c in url):
+        raise ValueError(problem)
+
+
+def _check_secret(value: SecretStr | None) -> SecretStr | None:
+    """An empty secret means none; any other must be a valid Standard Webhooks secret."""
+    if value is None or value.get_secret_value() == "":
+        return None
+    decode_secret(value.get_secret_value())
+    return value
 
 
 class _Section(BaseModel):
@@ -21,6 +128,13 @@ class ServerSettings(_Section):
     read_timeout_seconds: float = Field(default=10.0, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 
+    @field_validator("path")
+    @classmethod
+    def _path_is_absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError('must start with "/"')
+        return value
+
 
 class VerifySettings(_Section):
     scheme: Literal["standard", "hmac-sha256-hex", "none"] = "standard"
@@ -30,6 +144,38 @@ class VerifySettings(_Section):
     # hmac-sha256-hex only: where the signature and the dedupe id are found.
     signature_header: str = "X-DocExtract-Signature"
     id_header: str = "X-Webhook-Id"
+
+    @field_validator("secrets", mode="before")
+    @classmethod
+    def _split_secret_text(cls, value: object) -> object:
+        # `secrets = "whsec_a whsec_b"` reads like PULSE_WEBHOOK_SECRET; accept it the same way.
+        return value.split() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _secrets_fit_scheme(self) -> VerifySettings:
+        problems: list[tuple[Loc, str]] = []
+        if self.scheme == "standard":
+            for index, secret in enumerate(self.secrets):
+                try:
+                    decode_secret(secret.get_secret_value())
+                except ValueError as exc:
+                    problems.append((("secrets", index), str(exc)))
+        elif self.scheme == "hmac-sha256-hex":
+            # The standard scheme without a secret is polling-only mode; this one has no such mode.
+            if not self.secrets:
+                problems.append(
+                    (
+                        ("secrets",),
+                        "the hmac-sha256-hex scheme needs at least one secret"
+                        f" (verify.secrets, verify.secrets_file or {ENV_WEBHOOK_SECRET})",
+                    )
+                )
+            for index, secret in enumerate(self.secrets):
+                if not secret.get_secret_value():
+                    problems.append((("secrets", index), "secret is empty"))
+        if problems:
+            raise _invalid(type(self).__name__, problems)
+        return self
 
 
 class StoreSettings(_Section):
@@ -49,12 +195,27 @@ class PulseSettings(_Section):
     )
     max_result_bytes: int = Field(default=268_435_456, ge=1)
 
+    @field_validator("base_url")
+    @classmethod
+    def _base_url_is_http(cls, value: str) -> str:
+        _check_http_url(value)
+        # Request URLs are built as f"{base_url}/job/{id}".
+        return value.rstrip("/")
+
 
 class PollSettings(_Section):
     interval_seconds: float = Field(default=5.0, gt=0)
     max_interval_seconds: float = Field(default=60.0, gt=0)
     recover_after_seconds: float = Field(default=900.0, gt=0)
     concurrency: int = Field(default=4, ge=1)
+
+    @field_validator("max_interval_seconds")
+    @classmethod
+    def _backoff_does_not_shrink(cls, value: float, info: ValidationInfo) -> float:
+        interval_seconds = info.data.get("interval_seconds")
+        if interval_seconds is not None and value < interval_seconds:
+            raise ValueError(f"must be at least poll.interval_seconds ({interval_seconds:g})")
+        return value
 
 
 class DeliverySettings(_Section):
@@ -84,6 +245,30 @@ class FileSinkSettings(_SinkBase):
     format: Literal["json", "jsonl"] = "json"
     timeout_seconds: float = Field(default=30.0, gt=0)
 
+    @field_validator("filename")
+    @classmethod
+    def _filename_stays_inside(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("must not be empty")
+        try:
+            parsed = list(string.Formatter().parse(value))
+        except ValueError as exc:
+            raise ValueError(f"not a valid template: {exc}") from None
+        allowed = ", ".join(f"{{{name}}}" for name in sorted(FILENAME_FIELDS))
+        for _, field_name, format_spec, conversion in parsed:
+            if field_name is None:
+                continue
+            # Attribute or index access ({id.__class__}) would reach into Python objects.
+            if field_name not in FILENAME_FIELDS or format_spec or conversion:
+                raise ValueError(f"unknown template field {{{field_name}}} (allowed: {allowed})")
+        if PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute():
+            raise ValueError("must be relative to the sink directory")
+        if ".." in re.split(r"[/\\]", value):
+            raise ValueError('must not contain ".." components')
+        return value
+
 
 class HttpSinkSettings(_SinkBase):
     type: Literal["http"]
@@ -91,6 +276,28 @@ class HttpSinkSettings(_SinkBase):
     headers: dict[str, str] = Field(default_factory=dict)
     timeout_seconds: float = Field(default=10.0, gt=0)
     sign_secret: SecretStr | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_http(cls, value: str) -> str:
+        _check_http_url(value)
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers_are_sendable(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, header_value in value.items():
+            if _HEADER_NAME.fullmatch(name) is None:
+                raise ValueError(f"{name!r} is not a valid header name")
+            # A line break would let a config value smuggle extra headers into the request.
+            if any(c in header_value for c in "\r\n\0"):
+                raise ValueError(f"header {name!r} contains a line break")
+        return value
+
+    @field_validator("sign_secret")
+    @classmethod
+    def _sign_secret_decodes(cls, value: SecretStr | None) -> SecretStr | None:
+        return _check_secret(value)
 
 
 class CommandSinkSettings(_SinkBase):
@@ -104,9 +311,20 @@ class CommandSinkSettings(_SinkBase):
 SinkSettings = Annotated[
     FileSinkSettings | HttpSinkSettings | CommandSinkSettings, Field(discriminator="type")
 ]
+SINK_TYPES: tuple[type[_SinkBase], ...] = (FileSinkSettings, HttpSinkSettings, CommandSinkSettings)
+_SINK_TAGS = frozenset(get_args(sink.model_fields["type"].annotation)[0] for sink in SINK_TYPES)
 
 
-class Settings(_Section):
+class Settings(BaseSettings):
+    """The whole configuration; build it with `load_settings` to read the file and environment."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+    )
+
     server: ServerSettings = Field(default_factory=ServerSettings)
     verify: VerifySettings = Field(default_factory=VerifySettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
@@ -115,3 +333,327 @@ class Settings(_Section):
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     log: LogSettings = Field(default_factory=LogSettings)
     sinks: list[SinkSettings] = Field(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the given values: `Settings(...)` never reads the environment behind a test's back.
+
+        `load_settings` layers the file, the environment and the overrides itself, because
+        the file path is known only at call time and error messages name each value's origin.
+        """
+        return (init_settings,)
+
+    @model_validator(mode="after")
+    def _sink_names_are_unique(self) -> Settings:
+        seen: set[str] = set()
+        problems: list[tuple[Loc, str]] = []
+        for index, sink in enumerate(self.sinks):
+            if sink.name in seen:
+                problems.append((("sinks", index, "name"), f'duplicate sink name "{sink.name}"'))
+            seen.add(sink.name)
+        if problems:
+            raise _invalid(type(self).__name__, problems)
+        return self
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """Values from one source; `origin` describes, for a key it supplied, where it came from."""
+
+    values: dict[str, Any]
+    origin: Callable[[Loc], str]
+
+
+def load_settings(
+    path: Path | None = None, *, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Merge defaults < TOML file < environment < overrides, read secret files, validate.
+
+    Raises ConfigError with one `<key>: <message>` line per problem.
+    """
+    if path is None and os.environ.get(ENV_CONFIG_PATH):
+        path = Path(os.environ[ENV_CONFIG_PATH])
+    layers: list[_Layer] = []
+    if path is not None:
+        file_origin = f"in {path}"
+        layers.append(_Layer(_read_toml(path), lambda _loc: file_origin))
+    layers.append(_well_known_env_layer())
+    layers.append(_prefixed_env_layer())
+    if overrides:
+        layers.append(_Layer(_nest(overrides), lambda _loc: "from the command line"))
+    merged = _merge([layer.values for layer in layers])
+    pinned = _read_secret_files(merged)
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        # `from None`: the chained error's repr would show the rejected values, secrets included.
+        raise ConfigError(*_format_errors(exc, layers, pinned)) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The parsed file; ConfigError naming the file (and the line, for syntax errors)."""
+    try:
+        with path.open("rb") as stream:
+            return tomllib.load(stream)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+
+
+def _well_known_env_layer() -> _Layer:
+    """PULSE_WEBHOOK_SECRET and PULSE_API_KEY, the names other Pulse tools already use."""
+    values: dict[str, Any] = {}
+    secrets = os.environ.get(ENV_WEBHOOK_SECRET, "").split()
+    if secrets:
+        values["verify"] = {"secrets": secrets}
+    api_key = os.environ.get(ENV_API_KEY, "").strip()
+    if api_key:
+        values["pulse"] = {"api_key": api_key}
+
+    def origin(loc: Loc) -> str:
+        name = ENV_WEBHOOK_SECRET if loc[:1] == ("verify",) else ENV_API_KEY
+        return f"from environment variable {name}"
+
+    return _Layer(values, origin)
+
+
+def _prefixed_env_layer() -> _Layer:
+    """PULSE_RELAY_SECTION__KEY variables, parsed by pydantic-settings (JSON for lists)."""
+    try:
+        values = EnvSettingsSource(Settings)()
+    except SettingsError as exc:
+        field = re.search(r'field "(\w+)"', str(exc))
+        prefix = ENV_PREFIX + (field.group(1).upper() if field else "")
+        culprits = sorted(name for name in os.environ if name.upper().startswith(prefix))
+        raise ConfigError(
+            f"environment: cannot parse {', '.join(culprits) or prefix + '*'}:"
+            " lists and tables must be JSON, e.g."
+            f" {ENV_PREFIX}PULSE__FETCH_ON='[\"job.completed\"]'"
+        ) from None
+    names = {name.upper(): name for name in os.environ}
+
+    def origin(loc: Loc) -> str:
+        # The longest key prefix that is a variable: PULSE_RELAY_SINKS holds all of sinks[1].url.
+        for length in range(len(loc), 0, -1):
+            candidate = ENV_PREFIX + "__".join(str(part) for part in loc[:length]).upper()
+            if candidate in names:
+                return f"from environment variable {names[candidate]}"
+        return "from the environment"
+
+    return _Layer(dict(values), origin)
+
+
+def _nest(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """{"server.port": 9000} → {"server": {"port": 9000}}; a None value means "not given"."""
+    nested: dict[str, Any] = {}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        *parents, leaf = dotted.split(".")
+        table = nested
+        for part in parents:
+            table = table.setdefault(part, {})
+        table[leaf] = value
+    return nested
+
+
+def _merge(layers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Later layers win; tables merge key by key, anything else (lists too) is replaced whole."""
+    merged: dict[str, Any] = {}
+    for values in layers:
+        _merge_into(merged, copy.deepcopy(values))
+    return merged
+
+
+def _merge_into(target: dict[str, Any], values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        current = target.get(key)
+        if isinstance(current, dict) and isinstance(value, dict):
+            _merge_into(current, value)
+        else:
+            target[key] = value
+
+
+def _secret_path(raw: str | os.PathLike[str]) -> Path:
+    """A secret file's path: relative ones live in $CREDENTIALS_DIRECTORY (systemd), else cwd."""
+    path = Path(raw).expanduser()
+    if path.is_absolute():
+        return path
+    base = os.environ.get(ENV_CREDENTIALS_DIRECTORY)
+    return (Path(base) if base else Path.cwd()) / path
+
+
+def _read_secret_file(key: str, raw: str | os.PathLike[str]) -> tuple[Path, list[str]]:
+    """The whitespace-separated secrets in a file; ConfigError naming the key and path."""
+    path = _secret_path(raw)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{key}: {path} is not UTF-8 text") from None
+    secrets = text.split()
+    if not secrets:
+        raise ConfigError(f"{key}: {path} is empty")
+    return path, secrets
+
+
+def _read_secret_files(merged: dict[str, Any]) -> dict[Loc, str]:
+    """Fold secret files into `merged`; return the origin of each value taken from a file.
+
+    Runs before validation so the file's secrets are checked like any other. A value of the
+    wrong type is left alone for validation to report.
+    """
+    pinned: dict[Loc, str] = {}
+    verify = merged.get("verify")
+    if isinstance(verify, dict):
+        raw = verify.get("secrets_file")
+        if raw == "":
+            verify["secrets_file"] = None
+        elif isinstance(raw, str | os.PathLike):
+            path, from_file = _read_secret_file("verify.secrets_file", raw)
+            configured = verify.get("secrets", [])
+            if isinstance(configured, str):
+                configured = configured.split()
+            if isinstance(configured, list):
+                added = [secret for secret in from_file if secret not in configured]
+                for offset in range(len(added)):
+                    pinned["verify", "secrets", len(configured) + offset] = f"in {path}"
+                verify["secrets"] = [*configured, *added]
+                verify["secrets_file"] = str(path)
+    pulse = merged.get("pulse")
+    if isinstance(pulse, dict):
+        raw = pulse.get("api_key_file")
+        if raw == "":
+            pulse["api_key_file"] = None
+        elif isinstance(raw, str | os.PathLike) and not pulse.get("api_key"):
+            path, from_file = _read_secret_file("pulse.api_key_file", raw)
+            if len(from_file) > 1:
+                raise ConfigError(f"pulse.api_key_file: {path} holds more than one word")
+            pulse["api_key"] = from_file[0]
+            pulse["api_key_file"] = str(path)
+            pinned["pulse", "api_key"] = f"in {path}"
+    return pinned
+
+
+# --- error messages --------------------------------------------------------------------------
+
+
+def _clean_loc(loc: Loc) -> Loc:
+    """Drop the tag pydantic inserts after a sink's index: ('sinks', 1, 'http', 'url')."""
+    if len(loc) >= 3 and loc[0] == "sinks" and isinstance(loc[1], int) and loc[2] in _SINK_TAGS:
+        return loc[:2] + loc[3:]
+    return loc
+
+
+def _key(loc: Loc) -> str:
+    """('sinks', 1, 'url') → 'sinks[1].url'."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text or "configuration"
+
+
+def _supplies(values: Any, loc: Loc) -> bool:
+    """Whether a layer set the value at `loc` (or a list or scalar that contains it)."""
+    for part in loc:
+        if not isinstance(values, dict):
+            # A list is replaced whole, so the layer that set it owns every item.
+            return True
+        if part not in values:
+            return False
+        values = values[part]
+    return True
+
+
+def _origin(layers: list[_Layer], pinned: dict[Loc, str], loc: Loc) -> str | None:
+    if loc in pinned:
+        return pinned[loc]
+    # A key no layer set (a missing secret, say) is blamed on the nearest table that was set.
+    for length in range(len(loc), 0, -1):
+        for layer in reversed(layers):
+            if _supplies(layer.values, loc[:length]):
+                return layer.origin(loc[:length])
+    return None
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    context = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "value_error" and "error" in context:
+        return str(context["error"])
+    if kind == "union_tag_invalid":
+        return f"unknown sink type {context.get('tag')!r} (expected {context.get('expected_tags')})"
+    if kind == "union_tag_not_found":
+        return "required key is missing (file, http or command)"
+    return str(error["msg"])
+
+
+def _format_errors(exc: ValidationError, layers: list[_Layer], pinned: dict[Loc, str]) -> list[str]:
+    lines = []
+    for error in exc.errors():
+        loc = _clean_loc(tuple(error["loc"]))
+        if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc = (*loc, "type")
+        line = f"{_key(loc)}: {_message(error)}"
+        origin = _origin(layers, pinned, loc)
+        lines.append(f"{line} ({origin})" if origin else line)
+    return lines
+
+
+# --- redaction -------------------------------------------------------------------------------
+
+
+def _mask(value: str) -> str:
+    """An empty value stays empty so the reader sees it is unset."""
+    return REDACTED if value else ""
+
+
+def _redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{REDACTED}@{host}"))
+
+
+def _redact_named(values: Mapping[str, str]) -> dict[str, str]:
+    return {
+        name: _mask(value) if _SECRET_NAME.search(name) else value for name, value in values.items()
+    }
+
+
+def redacted_settings(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as JSON-ready data with every secret masked."""
+    data: dict[str, Any] = settings.model_dump(mode="json")
+    data["verify"]["secrets"] = [_mask(s.get_secret_value()) for s in settings.verify.secrets]
+    data["pulse"]["api_key"] = _mask(settings.pulse.api_key.get_secret_value())
+    data["pulse"]["base_url"] = _redact_url(settings.pulse.base_url)
+    for sink, sink_data in zip(settings.sinks, data["sinks"], strict=True):
+        if isinstance(sink, HttpSinkSettings):
+            sink_data["url"] = _redact_url(sink.url)
+            sink_data["headers"] = _redact_named(sink.headers)
+            secret = sink.sign_secret
+            sink_data["sign_secret"] = None if secret is None else _mask(secret.get_secret_value())
+        elif isinstance(sink, CommandSinkSettings):
+            sink_data["env"] = _redact_named(sink.env)
+    return data
