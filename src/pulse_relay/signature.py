@@ -16,11 +16,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - a format prefix, not a secret
 MIN_SECRET_BYTES = 16
 MAX_ID_LENGTH = 256
 
-_TIMESTAMP = re.compile(r"[0-9]{1,15}")
+# Digits only, no sign, no padding: the header text must be the integer that was signed.
+_TIMESTAMP = re.compile(r"0|[1-9][0-9]{0,14}")
 # Printable ASCII without space and '.', which would make the signed content ambiguous.
 _WEBHOOK_ID = re.compile(r"[\x21-\x2d\x2f-\x7e]{1,256}")
 
@@ -59,7 +60,8 @@ def decode_secret(secret: str) -> bytes:
     try:
         key = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError("secret is not valid base64 (expected whsec_ followed by base64)") from None
+        message = "secret is not valid base64 (expected whsec_ followed by base64)"
+        raise ValueError(message) from None
     if len(key) < MIN_SECRET_BYTES:
         raise ValueError(f"secret decodes to {len(key)} bytes; at least {MIN_SECRET_BYTES} needed")
     return key
