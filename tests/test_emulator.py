@@ -1,0 +1,535 @@
+"""The Pulse API emulator, spoken to with a plain aiohttp client."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import pytest
+import structlog
+from aiohttp import web
+from pytest_aiohttp import AiohttpServer
+from standardwebhooks.webhooks import Webhook
+
+from pulse_relay.emulator import (
+    DEFAULT_API_KEY,
+    Fault,
+    PulseEmulator,
+    new_message_id,
+    run_emulator,
+    sample_result,
+)
+
+API_KEY = "emulator-test-key"
+SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+KEY_HEADERS = {"x-api-key": API_KEY}
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[PulseEmulator]:
+    async with PulseEmulator(api_key=API_KEY) as emu:
+        yield emu
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def _get(
+    http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    async with http.get(url, headers=KEY_HEADERS if headers is None else headers) as response:
+        return response.status, dict(response.headers), await response.read()
+
+
+async def _job(
+    http: aiohttp.ClientSession, emulator: PulseEmulator, job_id: str
+) -> tuple[int, Any]:
+    status, _, body = await _get(http, f"{emulator.base_url}/job/{job_id}")
+    return status, json.loads(body)
+
+
+async def _wait_for(condition: Callable[[], bool], *, deadline_seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + deadline_seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0.005)
+
+
+def _is_utc_iso(value: str) -> bool:
+    offset = datetime.fromisoformat(value.replace("Z", "+00:00")).utcoffset()
+    return value.endswith("Z") and offset is not None and offset.total_seconds() == 0
+
+
+# -- lifecycle ---------------------------------------------------------------------
+
+
+async def test_start_returns_the_base_url() -> None:
+    emulator = PulseEmulator()
+    with pytest.raises(RuntimeError):
+        _ = emulator.base_url
+    base_url = await emulator.start()
+    try:
+        assert base_url == emulator.base_url
+        assert base_url.startswith("http://127.0.0.1:")
+        assert int(base_url.rsplit(":", 1)[1]) > 0
+        assert emulator.api_key == DEFAULT_API_KEY
+        with pytest.raises(RuntimeError):
+            await emulator.start()
+    finally:
+        await emulator.stop()
+    await emulator.stop()  # a second stop is harmless
+
+
+# -- GET /job ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("headers", [{}, {"x-api-key": "wrong"}, {"x-api-key": ""}])
+async def test_missing_or_wrong_key_is_401(
+    emulator: PulseEmulator, http: aiohttp.ClientSession, headers: dict[str, str]
+) -> None:
+    emulator.add_job("job-1")
+
+    status, response_headers, body = await _get(http, f"{emulator.base_url}/job/job-1", headers)
+
+    assert status == 401
+    assert response_headers["Content-Type"].startswith("application/json")
+    assert "error" in json.loads(body)
+
+
+async def test_unknown_job_is_404(emulator: PulseEmulator, http: aiohttp.ClientSession) -> None:
+    status, body = await _job(http, emulator, "missing")
+
+    assert status == 404
+    assert body == {"error": "Job not found"}
+
+
+async def test_completed_job_shape(emulator: PulseEmulator, http: aiohttp.ClientSession) -> None:
+    emulator.add_job("job-1")
+
+    status, job = await _job(http, emulator, "job-1")
+
+    assert status == 200
+    assert job["job_id"] == "job-1"
+    assert job["status"] == "completed"
+    assert _is_utc_iso(job["created_at"])
+    assert _is_utc_iso(job["updated_at"])
+    assert job["error"] is None
+    assert job["result"]["extraction_id"].startswith("ext_")
+    assert job["result"]["markdown"].startswith("# Document job-1")
+    # Stable per job id, different between jobs.
+    assert job["result"] == sample_result("job-1")
+    assert sample_result("job-1")["extraction_id"] != sample_result("job-2")["extraction_id"]
+
+
+async def test_given_result_is_served(emulator: PulseEmulator, http: aiohttp.ClientSession) -> None:
+    emulator.add_job("job-1", result={"extraction_id": "ext_1", "content": "hello"})
+
+    _, job = await _job(http, emulator, "job-1")
+
+    assert job["result"] == {"extraction_id": "ext_1", "content": "hello"}
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        ("failed", "Document could not be processed"),
+        ("pending", None),
+        ("processing", None),
+        ("canceled", None),
+        ("expired", None),
+    ],
+)
+async def test_non_completed_jobs_have_no_result(
+    emulator: PulseEmulator, http: aiohttp.ClientSession, status: str, error: str | None
+) -> None:
+    emulator.add_job("job-1", status=status)
+
+    _, job = await _job(http, emulator, "job-1")
+
+    assert job["status"] == status
+    assert job["result"] is None
+    assert job["error"] == error
+
+
+async def test_failed_job_carries_its_error(
+    emulator: PulseEmulator, http: aiohttp.ClientSession
+) -> None:
+    emulator.add_job("job-1", status="failed", error="password protected")
+
+    _, job = await _job(http, emulator, "job-1")
+
+    assert job["error"] == "password protected"
+
+
+async def test_statuses_progress_one_step_per_get(
+    emulator: PulseEmulator, http: aiohttp.ClientSession
+) -> None:
+    emulator.add_job("job-1", statuses=["pending", "processing", "completed"])
+
+    jobs = [(await _job(http, emulator, "job-1"))[1] for _ in range(4)]
+
+    assert [job["status"] for job in jobs] == ["pending", "processing", "completed", "completed"]
+    assert [job["result"] is None for job in jobs] == [True, True, False, False]
+    assert len({job["created_at"] for job in jobs}) == 1
+    assert emulator.get_count("job-1") == 4
+
+
+async def test_requests_are_recorded(emulator: PulseEmulator, http: aiohttp.ClientSession) -> None:
+    emulator.add_job("job-1")
+
+    await _get(http, f"{emulator.base_url}/job/job-1", {"x-api-key": API_KEY, "x-trace": "t1"})
+    await _get(http, f"{emulator.base_url}/elsewhere", {})
+
+    first, second = emulator.requests
+    assert (first.method, first.path) == ("GET", "/job/job-1")
+    assert first.headers["x-trace"] == "t1"
+    assert first.headers["x-api-key"] == API_KEY
+    assert second.path == "/elsewhere"
+    assert emulator.get_count("job-1") == 1
+    assert emulator.get_count("other") == 0
+
+
+# -- faults ------------------------------------------------------------------------
+
+
+async def test_faults_are_consumed_in_order_before_normal_answers(
+    emulator: PulseEmulator, http: aiohttp.ClientSession
+) -> None:
+    emulator.add_job("job-1")
+    emulator.fail_next("job-1", 500, Fault.http(429, retry_after="3"), Fault.http(404))
+
+    answers = [await _get(http, f"{emulator.base_url}/job/job-1") for _ in range(4)]
+
+    assert [status for status, _, _ in answers] == [500, 429, 404, 200]
+    assert answers[1][1]["Retry-After"] == "3"
+    assert "Retry-After" not in answers[0][1]
+    assert json.loads(answers[0][2]) == {"error": "Scripted HTTP 500"}
+
+
+async def test_faults_are_per_job(emulator: PulseEmulator, http: aiohttp.ClientSession) -> None:
+    emulator.add_job("job-1")
+    emulator.add_job("job-2")
+    emulator.fail_next("job-1", 503)
+
+    assert (await _job(http, emulator, "job-2"))[0] == 200
+    assert (await _job(http, emulator, "job-1"))[0] == 503
+
+
+async def test_fault_does_not_advance_progression(
+    emulator: PulseEmulator, http: aiohttp.ClientSession
+) -> None:
+    emulator.add_job("job-1", statuses=["pending", "completed"])
+    emulator.fail_next("job-1", 500)
+
+    await _job(http, emulator, "job-1")
+
+    assert (await _job(http, emulator, "job-1"))[1]["status"] == "pending"
+
+
+async def test_truncated_body_is_invalid_json(
+    emulator: PulseEmulator, http: aiohttp.ClientSession
+) -> None:
+    emulator.add_job("job-1")
+    emulator.fail_next("job-1", Fault.truncated())
+
+    status, headers, body = await _get(http, f"{emulator.base_url}/job/job-1")
+
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/json")
+    assert body.startswith(b'{"job_id": "job-1"')
+    with pytest.raises(ValueError):
+        json.loads(body)
+
+
+async def test_raw_body_is_sent_as_is(emulator: PulseEmulator, http: aiohttp.ClientSession) -> None:
+    emulator.fail_next("job-1", Fault.raw(b"[1, 2]"), Fault.raw(b"oops", status=502))
+
+    first_status, _, first_body = await _get(http, f"{emulator.base_url}/job/job-1")
+    second_status, _, second_body = await _get(http, f"{emulator.base_url}/job/job-1")
+
+    assert (first_status, first_body) == (200, b"[1, 2]")
+    assert (second_status, second_body) == (502, b"oops")
+
+
+async def test_slow_fault_then_normal_answer(
+    emulator: PulseEmulator, http: aiohttp.ClientSession
+) -> None:
+    emulator.add_job("job-1")
+    emulator.fail_next("job-1", Fault.slow(0.01))
+
+    status, job = await _job(http, emulator, "job-1")
+
+    assert status == 200
+    assert job["status"] == "completed"
+
+
+async def test_reset_closes_the_connection(
+    emulator: PulseEmulator, http: aiohttp.ClientSession
+) -> None:
+    emulator.add_job("job-1")
+    # aiohttp retries an idempotent request once on a dropped connection.
+    emulator.fail_next("job-1", Fault.reset(), Fault.reset())
+
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await _get(http, f"{emulator.base_url}/job/job-1")
+
+    assert emulator.get_count("job-1") == 2
+    assert (await _job(http, emulator, "job-1"))[0] == 200
+
+
+async def test_client_timeout_on_a_slow_fault_frees_the_handler(
+    emulator: PulseEmulator, http: aiohttp.ClientSession
+) -> None:
+    emulator.add_job("job-1")
+    emulator.fail_next("job-1", Fault.slow(3600))
+
+    with pytest.raises(TimeoutError):
+        async with http.get(
+            f"{emulator.base_url}/job/job-1",
+            headers=KEY_HEADERS,
+            timeout=aiohttp.ClientTimeout(total=0.2),
+        ) as response:
+            await response.read()
+
+    await _wait_for(lambda: emulator.in_flight == 0)
+
+
+async def test_stop_ends_held_and_slow_requests(http: aiohttp.ClientSession) -> None:
+    emulator = PulseEmulator(api_key=API_KEY)
+    await emulator.start()
+    emulator.add_job("slow")
+    emulator.add_job("held")
+    emulator.fail_next("slow", Fault.slow(3600))
+
+    slow = asyncio.create_task(_get(http, f"{emulator.base_url}/job/slow"))
+    await _wait_for(lambda: emulator.in_flight == 1)
+    emulator.hold_requests()
+    held = asyncio.create_task(_get(http, f"{emulator.base_url}/job/held"))
+    await _wait_for(lambda: emulator.in_flight == 2)
+
+    # Would wait out the delay (and the per-test timeout) if stop did not wake them.
+    await emulator.stop()
+
+    for task in (slow, held):
+        status, _, _ = await task
+        assert status == 503
+    assert emulator.in_flight == 0
+
+
+async def test_max_in_flight_counts_concurrent_gets(
+    emulator: PulseEmulator, http: aiohttp.ClientSession
+) -> None:
+    for n in range(3):
+        emulator.add_job(f"job-{n}")
+    emulator.hold_requests()
+
+    tasks = [asyncio.create_task(_job(http, emulator, f"job-{n}")) for n in range(3)]
+    await _wait_for(lambda: emulator.in_flight == 3)
+    emulator.release_requests()
+    answers = await asyncio.gather(*tasks)
+
+    assert [status for status, _ in answers] == [200, 200, 200]
+    assert emulator.max_in_flight == 3
+    assert emulator.in_flight == 0
+
+    # One at a time afterwards does not raise the high-water mark.
+    await _job(http, emulator, "job-0")
+    assert emulator.max_in_flight == 3
+
+
+# -- large results -----------------------------------------------------------------
+
+
+async def test_large_result_pointer_is_single_use(
+    emulator: PulseEmulator, http: aiohttp.ClientSession
+) -> None:
+    document = sample_result("job-1", pages=10)
+    emulator.add_job("job-1", large_result=True, result=document)
+
+    _, job = await _job(http, emulator, "job-1")
+    pointer = job["result"]
+    assert set(pointer) == {"is_url", "url"}
+    assert pointer["is_url"] is True
+    assert pointer["url"].startswith(f"{emulator.base_url}/results/")
+    token = pointer["url"].rsplit("/", 1)[1]
+
+    first = await _get(http, pointer["url"], {})
+    second = await _get(http, pointer["url"], {})
+
+    assert first[0] == 200
+    assert json.loads(first[2]) == document
+    assert second[0] == 410
+    assert emulator.downloads == 1
+    assert emulator.download_count(token) == 2
+
+    _, again = await _job(http, emulator, "job-1")
+    assert again["result"]["url"] != pointer["url"]
+    status, _, body = await _get(http, again["result"]["url"], {})
+    assert (status, json.loads(body)) == (200, document)
+    assert emulator.downloads == 2
+
+
+async def test_unknown_result_token_is_404(
+    emulator: PulseEmulator, http: aiohttp.ClientSession
+) -> None:
+    status, _, _ = await _get(http, f"{emulator.base_url}/results/nope", {})
+
+    assert status == 404
+    assert emulator.download_count("nope") == 0
+
+
+async def test_download_faults(emulator: PulseEmulator, http: aiohttp.ClientSession) -> None:
+    emulator.add_job("job-1", large_result=True)
+    emulator.fail_next_download("job-1", Fault.http(503, retry_after="5"), Fault.truncated())
+    _, job = await _job(http, emulator, "job-1")
+    url = job["result"]["url"]
+
+    unavailable = await _get(http, url, {})
+    truncated = await _get(http, url, {})
+    served = await _get(http, url, {})
+
+    assert (unavailable[0], unavailable[1]["Retry-After"]) == (503, "5")
+    assert truncated[0] == 200
+    with pytest.raises(ValueError):
+        json.loads(truncated[2])
+    # Faults do not use the URL up: the document is still served once.
+    assert json.loads(served[2]) == sample_result("job-1")
+    assert emulator.downloads == 1
+
+
+# -- webhooks ----------------------------------------------------------------------
+
+
+class _Receiver:
+    def __init__(self, status: int = 202, answer: bytes | None = None) -> None:
+        self.status = status
+        self.answer = answer
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.app = web.Application()
+        self.app.router.add_post("/hook", self._hook)
+
+    async def _hook(self, request: web.Request) -> web.Response:
+        self.received.append((dict(request.headers), await request.read()))
+        if self.answer is not None:
+            return web.Response(status=self.status, body=self.answer)
+        return web.json_response({"status": "accepted"}, status=self.status)
+
+
+async def _receiver(aiohttp_server: AiohttpServer, receiver: _Receiver) -> str:
+    server = await aiohttp_server(receiver.app)
+    return str(server.make_url("/hook"))
+
+
+async def test_send_webhook_is_verified_by_standardwebhooks(
+    emulator: PulseEmulator, aiohttp_server: AiohttpServer
+) -> None:
+    receiver = _Receiver()
+    url = await _receiver(aiohttp_server, receiver)
+
+    status, answer = await emulator.send_webhook(url, SECRET, "job.completed", "job-1")
+
+    assert (status, answer) == (202, {"status": "accepted"})
+    ((headers, body),) = receiver.received
+    payload = Webhook(SECRET).verify(body, headers)
+    assert payload["type"] == "job.completed"
+    assert payload["data"] == {"job_id": "job-1", "status": "completed"}
+    assert _is_utc_iso(payload["timestamp"])
+    assert headers["webhook-id"].startswith("msg_")
+    assert headers["Content-Type"] == "application/json"
+
+
+async def test_send_webhook_payload_options(
+    emulator: PulseEmulator, aiohttp_server: AiohttpServer
+) -> None:
+    receiver = _Receiver()
+    url = await _receiver(aiohttp_server, receiver)
+
+    async with aiohttp.ClientSession() as session:
+        await emulator.send_webhook(
+            url, SECRET, "job.cancelled", "job-2", webhook_id="msg_fixed", session=session
+        )
+        await emulator.send_webhook(
+            url, SECRET, "credits.low_balance", None, data={"balance": 3}, session=session
+        )
+        await emulator.send_webhook(
+            url, SECRET, "job.completed", "job-3", data={"status": "failed", "extra": True}
+        )
+        assert not session.closed
+
+    payloads = [json.loads(body) for _, body in receiver.received]
+    assert receiver.received[0][0]["webhook-id"] == "msg_fixed"
+    assert payloads[0]["data"] == {"job_id": "job-2", "status": "canceled"}
+    assert payloads[1]["data"] == {"balance": 3}
+    assert payloads[2]["data"] == {"job_id": "job-3", "status": "failed", "extra": True}
+    for headers, body in receiver.received:
+        Webhook(SECRET).verify(body, headers)
+
+
+async def test_send_webhook_to_a_signature_checker_with_another_secret_fails(
+    emulator: PulseEmulator, aiohttp_server: AiohttpServer
+) -> None:
+    receiver = _Receiver()
+    url = await _receiver(aiohttp_server, receiver)
+    other = "whsec_" + base64.b64encode(b"another-secret-of-32-bytes-long!").decode()
+
+    await emulator.send_webhook(url, SECRET, "job.completed", "job-1")
+
+    ((headers, body),) = receiver.received
+    with pytest.raises(Exception, match="signature"):
+        Webhook(other).verify(body, headers)
+
+
+@pytest.mark.parametrize("answer", [b"not json", b"[1]", b""])
+async def test_send_webhook_answer_that_is_not_an_object_is_empty(
+    emulator: PulseEmulator, aiohttp_server: AiohttpServer, answer: bytes
+) -> None:
+    receiver = _Receiver(status=401, answer=answer)
+    url = await _receiver(aiohttp_server, receiver)
+
+    assert await emulator.send_webhook(url, SECRET, "job.completed", "job-1") == (401, {})
+
+
+def test_message_ids_look_like_svix_ids() -> None:
+    ids = {new_message_id() for _ in range(100)}
+
+    assert len(ids) == 100
+    for message_id in ids:
+        assert message_id.startswith("msg_")
+        assert len(message_id) == 31
+        assert message_id[4:].isalnum()
+
+
+# -- run_emulator ------------------------------------------------------------------
+
+
+async def test_run_emulator_serves_demo_jobs_until_cancelled(
+    http: aiohttp.ClientSession,
+) -> None:
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(run_emulator("127.0.0.1", 0, API_KEY))
+        await _wait_for(lambda: any(e["event"] == "emulator_listening" for e in logs))
+    (listening,) = [e for e in logs if e["event"] == "emulator_listening"]
+    base_url = listening["base_url"]
+    try:
+        for job_id in listening["jobs"]:
+            status, _, _ = await _get(http, f"{base_url}/job/{job_id}")
+            assert status == 200
+        status, _, body = await _get(http, f"{base_url}/job/demo-failed")
+        assert json.loads(body)["status"] == "failed"
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await _get(http, f"{base_url}/job/demo-completed")
