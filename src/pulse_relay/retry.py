@@ -1,4 +1,4 @@
-"""Backoff policy and `Retry-After` parsing, shared by the Pulse client, the sinks and the poller."""
+"""Backoff policy and `Retry-After` parsing, shared by the Pulse client, sinks and poller."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ MAX_RETRY_AFTER_SECONDS = 3600.0
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a `Retry-After` value (delta-seconds or HTTP date); None if absent/bad."""
+    """Seconds to wait from a `Retry-After` (delta-seconds or HTTP date); None if absent/bad."""
     if value is None:
         return None
     text = value.strip()
@@ -29,3 +29,69 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         return None
     current = time.time() if now is None else now
     return min(max(0.0, when.timestamp() - current), MAX_RETRY_AFTER_SECONDS)
+
+
+# The exponent is clamped so a very high attempt number cannot overflow a float;
+# 2**60 seconds is far beyond any cap anyway.
+_MAX_EXPONENT = 60
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, a cap, and a limit on attempts.
+
+    Full jitter spreads retries of many failed deliveries over the whole window
+    instead of synchronising them. The draw is floored at a tenth of
+    `initial_seconds` (0.1 s by default) so a retry never follows its failure
+    immediately: the first retry lands between 0.1 s and 1 s ("about 1 s").
+    """
+
+    initial_seconds: float = 1.0
+    max_seconds: float = 600.0
+    max_attempts: int = 10
+
+    def __post_init__(self) -> None:
+        if self.initial_seconds <= 0:
+            raise ValueError("initial_seconds must be positive")
+        if self.max_seconds <= 0:
+            raise ValueError("max_seconds must be positive")
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+
+    @property
+    def floor_seconds(self) -> float:
+        """The shortest delay the policy ever returns (without a Retry-After)."""
+        return min(self.initial_seconds / 10, self.max_seconds)
+
+    def ceiling_seconds(self, attempt: int) -> float:
+        """The upper bound of the jitter window after failed attempt number `attempt` (1-based)."""
+        if attempt < 1:
+            raise ValueError("attempt numbers start at 1")
+        exponent = min(attempt - 1, _MAX_EXPONENT)
+        return min(self.max_seconds, self.initial_seconds * 2.0**exponent)
+
+    def delay_seconds(
+        self,
+        attempt: int,
+        *,
+        rng: random.Random | None = None,
+        retry_after_seconds: float | None = None,
+    ) -> float:
+        """Seconds to wait after failed attempt `attempt` (1-based); never below a Retry-After.
+
+        The jittered draw lies in [floor_seconds, ceiling_seconds(attempt)]. A
+        `retry_after_seconds` from the receiver raises the delay to at least
+        that much (itself capped at MAX_RETRY_AFTER_SECONDS), even beyond
+        `max_seconds`: the receiver said when it can take the work again.
+        """
+        ceiling = self.ceiling_seconds(attempt)
+        uniform = random.uniform if rng is None else rng.uniform
+        draw = uniform(0.0, ceiling)
+        delay = max(self.floor_seconds, draw)
+        if retry_after_seconds is not None:
+            delay = max(delay, min(max(retry_after_seconds, 0.0), MAX_RETRY_AFTER_SECONDS))
+        return delay
+
+    def is_exhausted(self, attempts_made: int) -> bool:
+        """True once `attempts_made` attempts have failed and no further one is allowed."""
+        return attempts_made >= self.max_attempts

@@ -1,0 +1,196 @@
+"""The command sink: run a program (never a shell) with the envelope on its stdin."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+from typing import cast
+
+from pulse_relay.config import CommandSinkSettings
+from pulse_relay.sinks.base import (
+    Delivery,
+    PermanentSinkError,
+    RetryableSinkError,
+    SinkResult,
+    matches_any,
+)
+
+# How much of each of stdout and stderr is kept for the attempt log.
+MAX_OUTPUT_TAIL_BYTES = 4096
+# After the command exits, how long its pipes may stay open (a background
+# process it started still holding them) before the relay stops listening.
+PIPE_DRAIN_GRACE_SECONDS = 1.0
+# After SIGKILL the process is gone at once unless the kernel is stuck (an
+# unreachable network filesystem); do not hang the delivery on that. With the
+# drain grace this stays well inside the margin callers add to the timeout.
+KILL_WAIT_SECONDS = 2.0
+
+
+class _OutputCollector(asyncio.SubprocessProtocol):
+    """Keeps only the last bytes of stdout and stderr, however much the child writes."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.tails: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
+        self.total_bytes: dict[int, int] = {1: 0, 2: 0}
+        self.exited = loop.create_future()
+        self._open_pipes = {0, 1, 2}
+        self.pipes_closed = loop.create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        chunk = data.encode() if isinstance(data, str) else data
+        tail = self.tails[fd]
+        tail += chunk
+        # Trimming as data arrives, rather than reading into a buffer, is what
+        # keeps a chatty child from costing memory or blocking on a full pipe.
+        del tail[:-MAX_OUTPUT_TAIL_BYTES]
+        self.total_bytes[fd] += len(chunk)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        # stdin lost early (the child closed it, EPIPE) is ordinary: what the
+        # command did with the input is told by its exit status.
+        self._open_pipes.discard(fd)
+        if not self._open_pipes - {0} and not self.pipes_closed.done():
+            self.pipes_closed.set_result(None)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def output_tail(self) -> str | None:
+        """Both tails, labelled, decoded leniently; None when the command printed nothing."""
+        parts = []
+        for fd, label in ((1, "stdout"), (2, "stderr")):
+            tail = self.tails[fd]
+            if not tail:
+                continue
+            dropped = self.total_bytes[fd] - len(tail)
+            note = f" (last {len(tail)} of {self.total_bytes[fd]} bytes)" if dropped else ""
+            parts.append(f"[{label}{note}]\n{tail.decode('utf-8', errors='replace')}")
+        return "\n".join(parts) if parts else None
+
+
+def _env_value(value: str) -> str:
+    # A NUL cannot be passed in the environment; event text comes from the
+    # sender, so it must not make the exec fail.
+    return value.replace("\x00", "\ufffd")
+
+
+class CommandSink:
+    """Runs `settings.argv` once per delivery, in its own process group."""
+
+    def __init__(self, settings: CommandSinkSettings) -> None:
+        self.name = settings.name
+        self._settings = settings
+
+    def matches(self, event_type: str) -> bool:
+        """True when the sink's `events` globs select `event_type`."""
+        return matches_any(self._settings.events, event_type)
+
+    def _environment(self, delivery: Delivery) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self._settings.env)
+        # Set last so the configuration cannot disguise which event this is.
+        env["PULSE_EVENT_ID"] = _env_value(delivery.event_id)
+        env["PULSE_EVENT_TYPE"] = _env_value(delivery.event_type)
+        env["PULSE_JOB_ID"] = _env_value(delivery.job_id or "")
+        env["PULSE_JOB_STATUS"] = _env_value(delivery.job_status or "")
+        return env
+
+    def _start_failure(self, exc: OSError) -> RetryableSinkError:
+        # Retryable rather than dead: a missing program or directory is
+        # usually an installation step the operator has not done yet.
+        program = self._settings.argv[0]
+        cwd = self._settings.cwd
+        if cwd is not None and exc.filename is not None and str(exc.filename) == str(cwd):
+            return RetryableSinkError(
+                f"cannot enter working directory {str(cwd)!r}: {exc.strerror}"
+            )
+        if isinstance(exc, FileNotFoundError):
+            return RetryableSinkError(f"command not found: {program!r}")
+        if isinstance(exc, PermissionError):
+            return RetryableSinkError(f"command not executable: {program!r}: {exc.strerror}")
+        return RetryableSinkError(f"cannot start {program!r}: {exc.strerror or exc}")
+
+    async def deliver(self, delivery: Delivery) -> SinkResult:
+        """Run the command; exit 0 delivered, anything else (or the timeout) retryable."""
+        loop = asyncio.get_running_loop()
+        timeout_seconds = self._settings.timeout_seconds
+        try:
+            # The protocol-level API rather than create_subprocess_exec: output
+            # is trimmed as it arrives, the exit is seen even while a leftover
+            # grandchild keeps a pipe open, and the transport can be closed.
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _OutputCollector(loop),
+                *self._settings.argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=self._environment(delivery),
+                cwd=self._settings.cwd,
+                # Its own process group, so a timeout can kill everything the
+                # command started, not just the command.
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise self._start_failure(exc) from None
+        except ValueError as exc:
+            # An argument or variable with a NUL byte can never be passed to exec.
+            raise PermanentSinkError(f"cannot start {self._settings.argv[0]!r}: {exc}") from None
+        collector = protocol
+        timed_out = False
+        try:
+            stdin = cast(asyncio.WriteTransport | None, transport.get_pipe_transport(0))
+            if stdin is not None:
+                # Buffered by the transport and flushed as the child reads; a
+                # child that never reads is the timeout's business.
+                stdin.write(delivery.body)
+                stdin.close()
+            # asyncio.wait, unlike a timeout around `await future`, leaves the
+            # future intact when time runs out, so it can be awaited again.
+            exited, _ = await asyncio.wait({collector.exited}, timeout=timeout_seconds)
+            if not exited:
+                timed_out = True
+                _kill_group(transport.get_pid())
+                await asyncio.wait({collector.exited}, timeout=KILL_WAIT_SECONDS)
+            # Killing the group closes the pipes at once; after a normal exit a
+            # background process may still hold them, and is not waited for.
+            await asyncio.wait({collector.pipes_closed}, timeout=PIPE_DRAIN_GRACE_SECONDS)
+        finally:
+            if transport.get_returncode() is None:
+                # Cancelled (shutdown) or unkillable: leave no process running.
+                _kill_group(transport.get_pid())
+            transport.close()
+        output_tail = collector.output_tail()
+        if timed_out:
+            raise RetryableSinkError(
+                f"timed out after {timeout_seconds:g}s, process group killed",
+                output_tail=output_tail,
+            )
+        returncode = transport.get_returncode()
+        if returncode == 0:
+            return SinkResult(detail="exit status 0", output_tail=output_tail)
+        raise RetryableSinkError(_describe_exit(returncode), output_tail=output_tail)
+
+    async def close(self) -> None:
+        """Nothing to release: each delivery's process is gone when `deliver` returns."""
+
+
+def _describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "exit status unknown"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}"
+    return f"exit status {returncode}"
+
+
+def _kill_group(pid: int) -> None:
+    # With start_new_session the child leads a group whose id is its pid.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)

@@ -1,0 +1,264 @@
+"""The file sink: one JSON file per job (replaced atomically) or one JSON line per event."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import secrets
+import string
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+from pulse_relay.config import FileSinkSettings
+from pulse_relay.sinks.base import (
+    Delivery,
+    PermanentSinkError,
+    RetryableSinkError,
+    SinkResult,
+    matches_any,
+)
+
+DEFAULT_JSON_FILENAME = "{job_id}.json"
+DEFAULT_JSONL_FILENAME = "events.jsonl"
+TEMPLATE_FIELDS = frozenset({"id", "type", "job_id", "date"})
+
+# Characters a field value may keep as they are. Everything else, including
+# path separators, NUL and '%' itself, is percent-encoded: the mapping is
+# one-to-one, so two different ids can never render to the same file name,
+# and a value can never add a directory level.
+_SAFE_VALUE_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_.:@+=,~")
+# Errors that retrying cannot fix: the rendered name itself is unusable.
+_PERMANENT_ERRNOS = frozenset({errno.ENAMETOOLONG})
+
+
+@dataclass(frozen=True)
+class _Piece:
+    literal: str
+    field: str | None
+
+
+def parse_filename_template(template: str) -> tuple[_Piece, ...]:
+    """Split a filename template into literal text and fields; ValueError names what is wrong."""
+    pieces: list[_Piece] = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"filename template {template!r} is malformed: {exc}") from None
+    for literal, field_name, format_spec, conversion in parsed:
+        if field_name is None:
+            pieces.append(_Piece(literal, None))
+            continue
+        # Only bare names: `{id.__class__}` or `{id!r:>9}` would let a template
+        # reach into objects or pad names in surprising ways.
+        if field_name not in TEMPLATE_FIELDS or format_spec or conversion:
+            allowed = ", ".join("{" + name + "}" for name in sorted(TEMPLATE_FIELDS))
+            raise ValueError(
+                f"filename template {template!r} uses {{{field_name}}}; allowed fields: {allowed}"
+            )
+        pieces.append(_Piece(literal, field_name))
+    if not template:
+        raise ValueError("filename template is empty")
+    return tuple(pieces)
+
+
+def encode_field_value(value: str) -> str:
+    """Percent-encode `value` into one harmless path component (one-to-one, never '.' or '..')."""
+    encoded = "".join(
+        character
+        if character in _SAFE_VALUE_CHARACTERS
+        else "".join(f"%{byte:02X}" for byte in character.encode("utf-8", "surrogatepass"))
+        for character in value
+    )
+    if encoded in {".", ".."}:
+        return encoded.replace(".", "%2E")
+    return encoded
+
+
+def _utc_date(received_at: str) -> str:
+    """The UTC date of `received_at`, so a retry after midnight writes the same file."""
+    if received_at:
+        try:
+            when = datetime.fromisoformat(received_at)
+        except ValueError:
+            pass
+        else:
+            if when.tzinfo is not None:
+                return when.astimezone(UTC).strftime("%Y-%m-%d")
+    return datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+def _is_inside(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+class FileSink:
+    """Writes each delivery's body to a file under `settings.directory`."""
+
+    def __init__(self, settings: FileSinkSettings) -> None:
+        self.name = settings.name
+        self._settings = settings
+        self._format = settings.format
+        default = DEFAULT_JSON_FILENAME if self._format == "json" else DEFAULT_JSONL_FILENAME
+        self._template = parse_filename_template(settings.filename or default)
+        extension = ".json" if self._format == "json" else ".jsonl"
+        self._fallback_template = parse_filename_template("{id}" + extension)
+        # Appends are short, so one lock for the whole sink is enough to keep
+        # them from tying up worker threads waiting on each other's flock; the
+        # flock in the writer covers other processes sharing the file.
+        self._append_lock = asyncio.Lock()
+
+    def matches(self, event_type: str) -> bool:
+        """True when the sink's `events` globs select `event_type`."""
+        return matches_any(self._settings.events, event_type)
+
+    def render_filename(self, delivery: Delivery) -> str:
+        """The file name for `delivery` relative to the directory, field values encoded."""
+        template = self._template
+        if delivery.job_id is None and any(piece.field == "job_id" for piece in template):
+            template = self._fallback_template
+        values = {
+            "id": delivery.event_id,
+            "type": delivery.event_type,
+            "job_id": delivery.job_id or "",
+            "date": _utc_date(delivery.received_at),
+        }
+        return "".join(
+            piece.literal + ("" if piece.field is None else encode_field_value(values[piece.field]))
+            for piece in template
+        )
+
+    async def deliver(self, delivery: Delivery) -> SinkResult:
+        """Write the body; PermanentSinkError for a path outside the directory, else retryable."""
+        relative = self.render_filename(delivery)
+        try:
+            if self._format == "json":
+                path = await asyncio.wait_for(
+                    asyncio.to_thread(self._write_json, relative, delivery.body),
+                    self._settings.timeout_seconds,
+                )
+            else:
+                line = _one_line(delivery.body)
+                async with self._append_lock:
+                    path = await asyncio.wait_for(
+                        asyncio.to_thread(self._append_line, relative, line),
+                        self._settings.timeout_seconds,
+                    )
+        except TimeoutError:
+            raise RetryableSinkError(
+                f"file write did not finish within {self._settings.timeout_seconds:g}s"
+            ) from None
+        except OSError as exc:
+            reason = f"cannot write {relative!r}: {exc.strerror or exc}"
+            if exc.errno in _PERMANENT_ERRNOS:
+                raise PermanentSinkError(reason) from None
+            raise RetryableSinkError(reason) from None
+        verb = "wrote" if self._format == "json" else "appended to"
+        return SinkResult(detail=f"{verb} {path}")
+
+    async def close(self) -> None:
+        """Nothing to release: every write opens and closes its own file."""
+
+    def _resolve(self, relative: str) -> Path:
+        """The real path for `relative`, created directories included, or PermanentSinkError."""
+        pure = PurePosixPath(relative)
+        if pure.is_absolute():
+            raise PermanentSinkError(f"file name {relative!r} is absolute; it must be relative")
+        if ".." in pure.parts or relative.endswith("/") or not pure.parts:
+            raise PermanentSinkError(
+                f"file name {relative!r} leaves or names the directory; '..' is not allowed"
+            )
+        directory = Path(self._settings.directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        root = os.path.realpath(directory)
+        # realpath follows every symlink among the components that exist, so a
+        # link anywhere on the way (or the file itself) pointing out is caught.
+        target = os.path.realpath(os.path.join(root, *pure.parts))
+        if not _is_inside(target, root) or target == root:
+            raise PermanentSinkError(
+                f"file name {relative!r} resolves to {target}, outside the sink directory {root}"
+            )
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        return Path(target)
+
+    def _write_json(self, relative: str, body: bytes) -> Path:
+        path = self._resolve(relative)
+        # Readers never see a half-written file: the body goes to a temporary
+        # file in the same directory (same filesystem), which then replaces
+        # the target in one rename.
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        # Created like an ordinary file (0o666 minus the umask) so whatever
+        # consumes the directory can read it.
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        try:
+            try:
+                _write_all(fd, body)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+        _fsync_directory(path.parent)
+        return path
+
+    def _append_line(self, relative: str, line: bytes) -> Path:
+        path = self._resolve(relative)
+        # Read access too: the last byte is checked for a torn line.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size_bytes = os.fstat(fd).st_size
+            # A crash mid-line elsewhere must not glue this envelope onto the
+            # fragment: start on a fresh line.
+            if size_bytes and os.pread(fd, 1, size_bytes - 1) != b"\n":
+                line = b"\n" + line
+            try:
+                _write_all(fd, line)
+                os.fsync(fd)
+            except OSError:
+                # Leave no partial line behind (a full disk mid-write), so the
+                # retry appends a clean one.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size_bytes)
+                raise
+        finally:
+            os.close(fd)
+        if size_bytes == 0:
+            _fsync_directory(path.parent)
+        return path
+
+
+def _one_line(body: bytes) -> bytes:
+    """`body` as a single JSON line; JSON whitespace is the only place a newline can be."""
+    if b"\n" in body or b"\r" in body:
+        try:
+            document = json.loads(body)
+        except ValueError:
+            raise PermanentSinkError(
+                "envelope is not valid JSON; cannot write it as one line"
+            ) from None
+        body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+    return body + b"\n"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename or a new directory entry durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

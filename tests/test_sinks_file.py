@@ -1,0 +1,329 @@
+"""The file sink against real files in tmp_path."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pulse_relay.config import FileSinkSettings
+from pulse_relay.sinks import (
+    Delivery,
+    FileSink,
+    PermanentSinkError,
+    RetryableSinkError,
+    build_sink,
+)
+from pulse_relay.sinks.file import encode_field_value
+
+
+def make_delivery(
+    event_id: str = "msg_1",
+    event_type: str = "job.completed",
+    job_id: str | None = "job-1",
+    *,
+    received_at: str = "2026-11-23T10:30:00.123456Z",
+    extra: dict[str, Any] | None = None,
+    indent: int | None = None,
+) -> Delivery:
+    envelope: dict[str, Any] = {
+        "id": event_id,
+        "type": event_type,
+        "job_id": job_id,
+        "received_at": received_at,
+        "source": "webhook",
+        "event": {"type": event_type, "data": {"job_id": job_id}},
+        "job": {"status": "completed", **(extra or {})},
+        "relay": {"version": "0.1.0", "result_url": None, "metadata": {}},
+    }
+    body = json.dumps(envelope, indent=indent).encode()
+    return Delivery(
+        event_id=event_id,
+        event_type=event_type,
+        job_id=job_id,
+        job_status="completed",
+        envelope=envelope,
+        body=body,
+        received_at=received_at,
+    )
+
+
+def make_sink(directory: Path, **options: Any) -> FileSink:
+    return FileSink(FileSinkSettings(type="file", name="files", directory=directory, **options))
+
+
+def make_unvalidated_sink(directory: Path, **options: Any) -> FileSink:
+    """A sink from settings that skipped config validation: the sink must defend itself."""
+    settings = FileSinkSettings.model_construct(
+        type="file", name="files", directory=directory, **options
+    )
+    return FileSink(settings)
+
+
+async def poll_until(condition: Callable[[], bool], *, timeout_seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met before the deadline"
+        await asyncio.sleep(0.01)
+
+
+def all_files(directory: Path) -> list[str]:
+    return sorted(
+        str(path.relative_to(directory)) for path in directory.rglob("*") if not path.is_dir()
+    )
+
+
+async def test_json_writes_the_body_under_the_job_id(tmp_path: Path) -> None:
+    directory = tmp_path / "out"  # created on first delivery
+    sink = make_sink(directory)
+    delivery = make_delivery(job_id="job-42")
+    result = await sink.deliver(delivery)
+    assert (directory / "job-42.json").read_bytes() == delivery.body
+    assert str(directory / "job-42.json") in result.detail
+    # The temporary file was renamed into place: nothing else is left.
+    assert all_files(directory) == ["job-42.json"]
+
+
+async def test_event_without_job_id_uses_the_event_id(tmp_path: Path) -> None:
+    sink = make_sink(tmp_path)
+    delivery = make_delivery(event_id="msg_credits", event_type="credits.low_balance", job_id=None)
+    await sink.deliver(delivery)
+    assert all_files(tmp_path) == ["msg_credits.json"]
+    assert (tmp_path / "msg_credits.json").read_bytes() == delivery.body
+
+
+async def test_template_fields_are_rendered(tmp_path: Path) -> None:
+    sink = make_sink(tmp_path, filename="{date}/{type}-{job_id}-{id}.json")
+    # 23:30 at UTC-02:00 is already the next day in UTC.
+    delivery = make_delivery(received_at="2026-11-23T23:30:00-02:00")
+    await sink.deliver(delivery)
+    expected = "2026-11-24/job.completed-job-1-msg_1.json"
+    assert all_files(tmp_path) == [expected]
+    assert (tmp_path / expected).read_bytes() == delivery.body
+
+
+async def test_template_without_job_id_field_keeps_its_shape(tmp_path: Path) -> None:
+    sink = make_sink(tmp_path, filename="{type}/{id}.json")
+    await sink.deliver(
+        make_delivery(event_id="msg_9", event_type="credits.low_balance", job_id=None)
+    )
+    assert all_files(tmp_path) == ["credits.low_balance/msg_9.json"]
+
+
+async def test_later_event_for_the_same_job_replaces_the_file(tmp_path: Path) -> None:
+    sink = make_sink(tmp_path)
+    first = make_delivery(event_id="msg_a", event_type="job.processing")
+    later = make_delivery(event_id="msg_b", extra={"result": "x" * 1000})
+    await sink.deliver(first)
+    await sink.deliver(later)
+    assert (tmp_path / "job-1.json").read_bytes() == later.body
+    assert all_files(tmp_path) == ["job-1.json"]
+
+
+async def test_jsonl_appends_one_envelope_per_line(tmp_path: Path) -> None:
+    sink = make_sink(tmp_path, format="jsonl")
+    deliveries = [make_delivery(event_id=f"msg_{n}", job_id=f"job-{n}") for n in range(3)]
+    for delivery in deliveries:
+        await sink.deliver(delivery)
+    assert all_files(tmp_path) == ["events.jsonl"]
+    lines = (tmp_path / "events.jsonl").read_bytes().splitlines()
+    assert lines == [delivery.body for delivery in deliveries]
+
+
+async def test_jsonl_keeps_a_pretty_printed_body_on_one_line(tmp_path: Path) -> None:
+    sink = make_sink(tmp_path, format="jsonl", filename="{date}.jsonl")
+    delivery = make_delivery(indent=2)
+    assert b"\n" in delivery.body
+    await sink.deliver(delivery)
+    lines = (tmp_path / "2026-11-23.jsonl").read_bytes().splitlines()
+    assert len(lines) == 1
+    assert json.loads(lines[0]) == delivery.envelope
+
+
+async def test_jsonl_starts_a_fresh_line_after_a_torn_one(tmp_path: Path) -> None:
+    (tmp_path / "events.jsonl").write_bytes(b'{"torn": ')
+    sink = make_sink(tmp_path, format="jsonl")
+    delivery = make_delivery()
+    await sink.deliver(delivery)
+    assert (tmp_path / "events.jsonl").read_bytes().splitlines() == [b'{"torn": ', delivery.body]
+
+
+async def test_concurrent_jsonl_appends_give_whole_lines(tmp_path: Path) -> None:
+    sink = make_sink(tmp_path, format="jsonl")
+    # Large bodies, so an unserialised append would be split across writes.
+    deliveries = [
+        make_delivery(event_id=f"msg_{n}", job_id=f"job-{n}", extra={"pad": str(n) * 200_000})
+        for n in range(20)
+    ]
+    await asyncio.gather(*(sink.deliver(delivery) for delivery in deliveries))
+    lines = (tmp_path / "events.jsonl").read_bytes().splitlines()
+    assert sorted(lines) == sorted(delivery.body for delivery in deliveries)
+
+
+async def test_concurrent_jsonl_appends_from_two_sinks_give_whole_lines(tmp_path: Path) -> None:
+    # Two sinks (think: two processes) share the file; only the file lock orders them.
+    first, second = make_sink(tmp_path, format="jsonl"), make_sink(tmp_path, format="jsonl")
+    deliveries = [
+        make_delivery(event_id=f"msg_{n}", extra={"pad": str(n) * 200_000}) for n in range(16)
+    ]
+    await asyncio.gather(
+        *((first if n % 2 else second).deliver(d) for n, d in enumerate(deliveries))
+    )
+    lines = (tmp_path / "events.jsonl").read_bytes().splitlines()
+    assert sorted(lines) == sorted(delivery.body for delivery in deliveries)
+
+
+async def test_jsonl_waits_for_another_writers_lock(tmp_path: Path) -> None:
+    # Another process appending to the same file holds its flock mid-line; the
+    # sink must wait for it and then start on a fresh line.
+    path = tmp_path / "events.jsonl"
+    with path.open("ab") as other_writer:
+        fcntl.flock(other_writer, fcntl.LOCK_EX)
+        sink = make_sink(tmp_path, format="jsonl")
+        delivery = make_delivery()
+        task = asyncio.create_task(sink.deliver(delivery))
+        inode = f":{path.stat().st_ino} "
+        await poll_until(
+            lambda: any(
+                "->" in line and "FLOCK" in line and inode in line
+                for line in Path("/proc/locks").read_text().splitlines()
+            )
+        )
+        assert path.read_bytes() == b""
+        other_writer.write(b'{"from": "another process"')
+        other_writer.flush()
+        fcntl.flock(other_writer, fcntl.LOCK_UN)
+        await task
+    assert path.read_bytes().splitlines() == [b'{"from": "another process"', delivery.body]
+
+
+@pytest.mark.parametrize(
+    "filename",
+    ["../{job_id}.json", "sub/../../{job_id}.json", "/tmp/{job_id}.json", "{date}/../.."],
+)
+async def test_template_leaving_the_directory_is_refused(tmp_path: Path, filename: str) -> None:
+    directory = tmp_path / "out"
+    sink = make_unvalidated_sink(directory, filename=filename)
+    with pytest.raises(PermanentSinkError, match=r"directory|absolute|'\.\.'"):
+        await sink.deliver(make_delivery())
+    assert all_files(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("job_id", "expected"),
+    [
+        ("../../escape", "..%2F..%2Fescape.json"),
+        ("..", "%2E%2E.json"),
+        ("a/b\x00c", "a%2Fb%00c.json"),
+        ("/etc/passwd", "%2Fetc%2Fpasswd.json"),
+        ("50%", "50%25.json"),
+    ],
+)
+async def test_unsafe_characters_in_values_never_make_paths(
+    tmp_path: Path, job_id: str, expected: str
+) -> None:
+    directory = tmp_path / "out"
+    sink = make_sink(directory)
+    await sink.deliver(make_delivery(job_id=job_id))
+    assert all_files(tmp_path) == [f"out/{expected}"]
+
+
+async def test_dot_dot_value_as_a_whole_component_stays_inside(tmp_path: Path) -> None:
+    directory = tmp_path / "out"
+    sink = make_sink(directory, filename="{type}/{id}.json")
+    await sink.deliver(make_delivery(event_id="msg_1", event_type=".."))
+    assert all_files(tmp_path) == ["out/%2E%2E/msg_1.json"]
+
+
+def test_encoding_is_one_to_one() -> None:
+    values = ["a/b", "a%2Fb", "a_b", "a%b", ".", "..", "...", "%2E", "é", ""]
+    encoded = [encode_field_value(value) for value in values]
+    assert len(set(encoded)) == len(values)
+    assert all("/" not in item and "\x00" not in item for item in encoded)
+
+
+async def test_symlinked_subdirectory_pointing_out_is_refused(tmp_path: Path) -> None:
+    directory, outside = tmp_path / "out", tmp_path / "elsewhere"
+    directory.mkdir()
+    outside.mkdir()
+    (directory / "link").symlink_to(outside)
+    sink = make_sink(directory, filename="link/{job_id}.json")
+    with pytest.raises(PermanentSinkError, match="outside the sink directory"):
+        await sink.deliver(make_delivery())
+    assert list(outside.iterdir()) == []
+
+
+async def test_symlinked_file_pointing_out_is_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "out"
+    directory.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched")
+    (directory / "job-1.json").symlink_to(victim)
+    for file_format, filename in (("json", "{job_id}.json"), ("jsonl", "{job_id}.json")):
+        sink = make_sink(directory, format=file_format, filename=filename)
+        with pytest.raises(PermanentSinkError, match="outside the sink directory"):
+            await sink.deliver(make_delivery())
+    assert victim.read_text() == "untouched"
+
+
+async def test_symlinks_that_stay_inside_are_followed(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    (real / "2026").mkdir(parents=True)
+    (tmp_path / "linked").symlink_to(real)  # the configured directory is itself a link
+    (real / "current").symlink_to(real / "2026")
+    sink = make_sink(tmp_path / "linked", filename="current/{job_id}.json")
+    delivery = make_delivery()
+    await sink.deliver(delivery)
+    assert (real / "2026" / "job-1.json").read_bytes() == delivery.body
+
+
+async def test_io_errors_are_retryable(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the directory should be")
+    sink = make_sink(blocker)
+    with pytest.raises(RetryableSinkError, match="cannot write"):
+        await sink.deliver(make_delivery())
+
+
+async def test_overlong_file_name_goes_dead(tmp_path: Path) -> None:
+    sink = make_sink(tmp_path, filename="{id}.json")
+    with pytest.raises(PermanentSinkError, match="cannot write"):
+        await sink.deliver(make_delivery(event_id="m" * 300))
+    assert all_files(tmp_path) == []
+
+
+def test_unknown_or_fancy_template_fields_are_refused(tmp_path: Path) -> None:
+    for filename in ("{job}.json", "{id.__class__}.json", "{id!r}.json", "{id:>9}.json", "{"):
+        with pytest.raises(ValueError, match="filename template"):
+            make_unvalidated_sink(tmp_path, filename=filename)
+
+
+async def test_matches_and_build_sink(tmp_path: Path) -> None:
+    settings = FileSinkSettings(
+        type="file", name="files", directory=tmp_path, events=["job.completed", "credits.*"]
+    )
+    sink = build_sink(settings)
+    assert isinstance(sink, FileSink)
+    assert sink.name == "files"
+    assert sink.matches("job.completed")
+    assert sink.matches("credits.low_balance")
+    assert not sink.matches("job.failed")
+    await sink.close()
+
+
+async def test_new_files_follow_the_umask(tmp_path: Path) -> None:
+    # mkstemp would make 0600 files a consumer running as another user could not read.
+    sink = make_sink(tmp_path)
+    await sink.deliver(make_delivery())
+    mode = (tmp_path / "job-1.json").stat().st_mode & 0o777
+    status = Path("/proc/self/status").read_text()
+    umask = int(
+        next(line for line in status.splitlines() if line.startswith("Umask:")).split()[1], 8
+    )
+    assert mode == 0o666 & ~umask
