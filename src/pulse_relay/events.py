@@ -1,0 +1,126 @@
+"""Reading an incoming payload (type, job id, validity) and building the envelope sinks receive."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pulse_relay import __version__
+
+KNOWN_TYPES = frozenset(
+    {
+        "job.created",
+        "job.processing",
+        "job.completed",
+        "job.failed",
+        "job.cancelled",
+        "job.canceled",
+    }
+)
+TERMINAL_STATUSES = frozenset({"completed", "failed", "canceled", "cancelled", "expired"})
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+
+
+def is_valid_job_id(job_id: str) -> bool:
+    """True when the id is safe to put into a URL path and a file name."""
+    return _JOB_ID.fullmatch(job_id) is not None
+
+
+def says_terminal(event_type: str) -> bool:
+    """True for event types that announce a finished job (completed, failed, cancelled...)."""
+    return event_type.startswith("job.") and is_terminal(event_type.removeprefix("job."))
+
+
+def is_terminal(status: str) -> bool:
+    """True for a job status after which the job no longer changes."""
+    return status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class ParsedEvent:
+    """What the relay needs from a payload; `error` says why it cannot be delivered."""
+
+    type: str | None
+    job_id: str | None
+    error: str | None = None
+
+    @property
+    def is_deliverable(self) -> bool:
+        return self.error is None
+
+    @property
+    def job_key(self) -> str | None:
+        """`{job_id}:{status}` for job events, so one status of one job is delivered once."""
+        if self.job_id is None or self.type is None or not self.type.startswith("job."):
+            return None
+        status = self.type.removeprefix("job.")
+        return f"{self.job_id}:{'canceled' if status == 'cancelled' else status}"
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def parse_event(body: bytes) -> ParsedEvent:
+    """Read type and job id from a raw body; never raises."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return ParsedEvent(None, None, "body is not valid JSON")
+    if not isinstance(payload, dict):
+        return ParsedEvent(None, None, "body is not a JSON object")
+    event_type = _text(payload.get("type")) or _text(payload.get("event"))
+    if event_type is None:
+        return ParsedEvent(None, None, "payload has no event type ('type' or 'event')")
+    data = payload.get("data")
+    data = data if isinstance(data, dict) else {}
+    raw_job_id = data.get("job_id", payload.get("job_id", data.get("id")))
+    if raw_job_id is None:
+        return ParsedEvent(event_type, None)
+    if not isinstance(raw_job_id, str) or not is_valid_job_id(raw_job_id):
+        shown = json.dumps(raw_job_id)[:80]
+        return ParsedEvent(event_type, None, f"job id {shown} is not a valid job id")
+    return ParsedEvent(event_type, raw_job_id)
+
+
+def format_timestamp(unix_seconds: float) -> str:
+    """RFC 3339 UTC with microseconds, as the envelope's `received_at`."""
+    moment = datetime.fromtimestamp(unix_seconds, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def build_envelope(
+    *,
+    event_id: str,
+    event_type: str,
+    job_id: str | None,
+    received_at: float,
+    source: str,
+    body: bytes,
+    job: dict[str, Any] | None,
+    result_url: str | None,
+    metadata: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The document every sink receives for one event (SPEC §6)."""
+    try:
+        original: Any = json.loads(body)
+    except ValueError:
+        original = None
+    return {
+        "id": event_id,
+        "type": event_type,
+        "job_id": job_id,
+        "received_at": format_timestamp(received_at),
+        "source": source,
+        "event": original,
+        "job": job,
+        "relay": {"version": __version__, "result_url": result_url, "metadata": metadata or {}},
+    }
+
+
+def encode_envelope(envelope: dict[str, Any]) -> bytes:
+    """Compact, UTF-8 JSON: the exact bytes every sink gets."""
+    return json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()

@@ -1,0 +1,976 @@
+"""The SQLite store: schema, migrations, group commit, and the delivery queue's queries.
+
+This is the only module that speaks SQL. One connection writes; every write goes
+through one queue that a single task drains, so concurrent ingests share one
+transaction (one fsync) and each caller is answered only after that commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import aiosqlite
+
+IngestOutcome = Literal["accepted", "duplicate"]
+DeliveryOutcome = Literal["delivered", "retry", "dead"]
+
+# Bound on the number of queued writes that go into one transaction.
+MAX_BATCH = 512
+# SQLite's default limit on host parameters in one statement is 999 on old builds.
+_CHUNK = 500
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE events (
+        id TEXT PRIMARY KEY,
+        received_at REAL NOT NULL,
+        source TEXT NOT NULL,
+        type TEXT,
+        job_id TEXT,
+        job_key TEXT,
+        state TEXT NOT NULL,
+        error TEXT,
+        headers TEXT NOT NULL,
+        body BLOB NOT NULL,
+        fetch_state TEXT NOT NULL,
+        fetch_attempts INTEGER NOT NULL DEFAULT 0,
+        next_fetch_at REAL,
+        fetch_lease_until REAL,
+        fetch_error TEXT,
+        job TEXT,
+        result_url TEXT,
+        fetched_at REAL
+    );
+    CREATE INDEX events_received_at ON events (received_at);
+    CREATE INDEX events_job_id ON events (job_id) WHERE job_id IS NOT NULL;
+    CREATE INDEX events_job_key ON events (job_key) WHERE job_key IS NOT NULL;
+    CREATE INDEX events_fetch_due ON events (next_fetch_at) WHERE fetch_state = 'pending';
+
+    CREATE TABLE deliveries (
+        event_id TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+        sink TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        lease_until REAL,
+        last_error TEXT,
+        replay INTEGER NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (event_id, sink)
+    ) WITHOUT ROWID;
+    CREATE INDEX deliveries_due ON deliveries (sink, next_attempt_at) WHERE state = 'pending';
+
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY,
+        event_id TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+        sink TEXT,
+        attempt INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        duration_ms REAL NOT NULL,
+        outcome TEXT NOT NULL,
+        status_code INTEGER,
+        error TEXT,
+        output_tail TEXT
+    );
+    CREATE INDEX attempts_event_id ON attempts (event_id);
+
+    CREATE TABLE watches (
+        job_id TEXT PRIMARY KEY,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        origin TEXT NOT NULL,
+        state TEXT NOT NULL,
+        added_at REAL NOT NULL,
+        next_poll_at REAL NOT NULL,
+        interval_seconds REAL NOT NULL,
+        polls INTEGER NOT NULL DEFAULT 0,
+        last_status TEXT,
+        last_error TEXT,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX watches_due ON watches (next_poll_at) WHERE state = 'active';
+    CREATE INDEX events_open_jobs ON events (received_at)
+        WHERE type IN ('job.created', 'job.processing');
+    """,
+)
+
+
+class StoreUnavailableError(Exception):
+    """The store cannot take writes now (locked past the timeout, disk full, read-only)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class StoreVersionError(Exception):
+    """The database was written by a newer pulse-relay."""
+
+
+@dataclass(frozen=True)
+class IngestRecord:
+    """One verified event to store, with the deliveries it starts."""
+
+    event_id: str
+    received_at: float
+    source: str
+    headers: dict[str, str]
+    body: bytes
+    event_type: str | None
+    job_id: str | None
+    job_key: str | None
+    error: str | None
+    sinks: Sequence[str]
+    needs_fetch: bool
+
+
+@dataclass(frozen=True)
+class FetchTask:
+    """An event whose canonical job must be fetched before its sinks can run."""
+
+    event_id: str
+    job_id: str
+    event_type: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class DeliveryTask:
+    """One claimed (event, sink) delivery with what is needed to build its envelope."""
+
+    event_id: str
+    sink: str
+    attempts: int
+    is_replay: bool
+    event_type: str
+    job_id: str | None
+    received_at: float
+    source: str
+    body: bytes
+    job: dict[str, Any] | None
+    result_url: str | None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One row of the attempt log."""
+
+    sink: str | None
+    attempt: int
+    started_at: float
+    duration_ms: float
+    outcome: str
+    status_code: int | None = None
+    error: str | None = None
+    output_tail: str | None = None
+
+
+@dataclass
+class EventView:
+    """An event as `events` and `show` present it."""
+
+    id: str
+    received_at: float
+    source: str
+    type: str | None
+    job_id: str | None
+    state: str
+    error: str | None
+    fetch_state: str
+    fetch_error: str | None
+    deliveries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    headers: dict[str, str] | None = None
+    body: bytes | None = None
+    job: Any = None
+    result_url: str | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Watch:
+    """A job the poller follows until it is terminal."""
+
+    job_id: str
+    metadata: dict[str, Any]
+    origin: str
+    state: str
+    added_at: float
+    next_poll_at: float
+    interval_seconds: float
+    polls: int
+    last_status: str | None
+    last_error: str | None
+
+
+WriteOp = Callable[[aiosqlite.Connection], Awaitable[Any]]
+
+
+@dataclass
+class _Queued:
+    future: asyncio.Future[Any]
+    record: IngestRecord | None = None
+    op: WriteOp | None = None
+
+
+def _placeholders(count: int) -> str:
+    return ",".join("?" * count)
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+class Store:
+    """The relay's SQLite store; open() before use, close() after."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_seconds: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self._synchronous = synchronous
+        self._busy_timeout_seconds = busy_timeout_seconds
+        self._clock = clock
+        self._db: aiosqlite.Connection | None = None
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open (creating if needed) the database, migrate it, and start the writer."""
+        if self.path.parent and not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = await aiosqlite.connect(self.path, isolation_level=None)
+        except sqlite3.Error as error:
+            raise StoreUnavailableError(f"cannot open {self.path}: {error}") from error
+        self._db = db
+        db.row_factory = sqlite3.Row
+        try:
+            await db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_seconds * 1000)}")
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute(f"PRAGMA synchronous = {self._synchronous}")
+            await db.execute("PRAGMA foreign_keys = ON")
+            await self._migrate(db)
+        except BaseException:
+            await db.close()
+            self._db = None
+            raise
+        self._closing = False
+        self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+
+    async def close(self) -> None:
+        """Finish queued writes, stop the writer, and close the connection."""
+        self._closing = True
+        if self._writer is not None:
+            await self._queue.join()
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        async with db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        version = int(row[0]) if row else 0
+        if version > len(MIGRATIONS):
+            raise StoreVersionError(
+                f"{self.path} has schema version {version}; this pulse-relay knows "
+                f"{len(MIGRATIONS)}: upgrade pulse-relay"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            # executescript commits first, so the whole migration and its version bump
+            # run in one explicit transaction.
+            await db.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+            )
+
+    # -- the single writer ---------------------------------------------
+
+    async def ingest(self, record: IngestRecord) -> IngestOutcome:
+        """Store one event and its deliveries; returns after the commit that holds it."""
+        future: asyncio.Future[IngestOutcome] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Queued(future=future, record=record))
+        return await future
+
+    async def write(self, op: WriteOp) -> Any:
+        """Run `op` in the next group transaction, in a savepoint of its own; return its result."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Queued(future=future, op=op))
+        return await future
+
+    def _enqueue(self, item: _Queued) -> None:
+        if self._writer is None or self._closing:
+            raise StoreUnavailableError("store is closed")
+        self._queue.put_nowait(item)
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._commit(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _commit(self, batch: list[_Queued]) -> None:
+        db = self.db
+        records = [item for item in batch if item.record is not None]
+        ops = [item for item in batch if item.op is not None]
+        results: dict[int, Any] = {}
+        errors: dict[int, BaseException] = {}
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                if records:
+                    outcomes = await self._insert_events([item.record for item in records])  # type: ignore[misc]
+                    for item, outcome in zip(records, outcomes, strict=True):
+                        results[id(item)] = outcome
+                for item in ops:
+                    assert item.op is not None
+                    await db.execute("SAVEPOINT op")
+                    try:
+                        results[id(item)] = await item.op(db)
+                    except sqlite3.OperationalError:
+                        raise
+                    except Exception as error:  # the op's own failure; the batch goes on
+                        await db.execute("ROLLBACK TO op")
+                        errors[id(item)] = error
+                    await db.execute("RELEASE op")
+                await db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await db.execute("ROLLBACK")
+                raise
+        except Exception as error:
+            # A failed transaction fails every write in it: none of them is on disk.
+            failure: BaseException = error
+            if isinstance(error, sqlite3.Error):
+                failure = StoreUnavailableError(f"store write failed: {error}")
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(failure)
+            return
+        for item in batch:
+            if item.future.done():
+                continue
+            if id(item) in errors:
+                item.future.set_exception(errors[id(item)])
+            else:
+                item.future.set_result(results.get(id(item)))
+
+    async def _insert_events(self, records: list[IngestRecord]) -> list[IngestOutcome]:
+        db = self.db
+        ids = list({record.event_id for record in records})
+        existing: set[str] = set()
+        for chunk in _chunks(ids):
+            sql = f"SELECT id FROM events WHERE id IN ({_placeholders(len(chunk))})"
+            async with db.execute(sql, chunk) as cursor:
+                existing.update([row[0] async for row in cursor])
+        keys = list({r.job_key for r in records if r.job_key is not None})
+        seen_keys: dict[str, str] = {}
+        for chunk in _chunks(keys):
+            sql = (
+                "SELECT job_key, id FROM events WHERE state = 'accepted' "
+                f"AND job_key IN ({_placeholders(len(chunk))})"
+            )
+            async with db.execute(sql, chunk) as cursor:
+                seen_keys.update({row[0]: row[1] async for row in cursor})
+        outcomes: list[IngestOutcome] = []
+        event_rows: list[tuple[Any, ...]] = []
+        delivery_rows: list[tuple[Any, ...]] = []
+        for record in records:
+            if record.event_id in existing:
+                outcomes.append("duplicate")
+                continue
+            existing.add(record.event_id)
+            outcomes.append("accepted")
+            state, error = "accepted", record.error
+            if error is not None:
+                state = "invalid"
+            elif record.job_key is not None and record.job_key in seen_keys:
+                state = "repeat"
+                error = (
+                    f"job {record.job_id} already has a {record.event_type} event "
+                    f"({seen_keys[record.job_key]}); not delivered twice"
+                )
+            elif record.job_key is not None:
+                seen_keys[record.job_key] = record.event_id
+            sinks = list(record.sinks) if state == "accepted" else []
+            needs_fetch = record.needs_fetch and bool(sinks)
+            event_rows.append(
+                (
+                    record.event_id,
+                    record.received_at,
+                    record.source,
+                    record.event_type,
+                    record.job_id,
+                    record.job_key,
+                    state,
+                    error,
+                    json.dumps(record.headers),
+                    record.body,
+                    "pending" if needs_fetch else "none",
+                    record.received_at if needs_fetch else None,
+                )
+            )
+            delivery_rows.extend(
+                (record.event_id, sink, record.received_at, record.received_at) for sink in sinks
+            )
+        if event_rows:
+            await db.executemany(
+                "INSERT INTO events (id, received_at, source, type, job_id, job_key, state, "
+                "error, headers, body, fetch_state, next_fetch_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                event_rows,
+            )
+        if delivery_rows:
+            await db.executemany(
+                "INSERT INTO deliveries (event_id, sink, state, next_attempt_at, updated_at) "
+                "VALUES (?, ?, 'pending', ?, ?)",
+                delivery_rows,
+            )
+        return outcomes
+
+    async def check_writable(self) -> None:
+        """Raise StoreUnavailableError unless a write transaction can be taken now."""
+
+        async def probe(db: aiosqlite.Connection) -> None:
+            await db.execute("SELECT 1")
+
+        await self.write(probe)
+
+    # -- job fetch queue -----------------------------------------------
+
+    async def claim_fetches(self, *, limit: int, lease_seconds: float) -> list[FetchTask]:
+        """Lease up to `limit` events whose job fetch is due."""
+        now = self._clock()
+
+        async def op(db: aiosqlite.Connection) -> list[FetchTask]:
+            async with db.execute(
+                "SELECT id, job_id, type, fetch_attempts FROM events "
+                "WHERE fetch_state = 'pending' AND next_fetch_at <= ? "
+                "AND (fetch_lease_until IS NULL OR fetch_lease_until <= ?) "
+                "ORDER BY next_fetch_at LIMIT ?",
+                (now, now, limit),
+            ) as cursor:
+                rows = await cursor.fetchall()
+            tasks = [FetchTask(r["id"], r["job_id"], r["type"], r["fetch_attempts"]) for r in rows]
+            await db.executemany(
+                "UPDATE events SET fetch_lease_until = ? WHERE id = ?",
+                [(now + lease_seconds, task.event_id) for task in tasks],
+            )
+            return tasks
+
+        result: list[FetchTask] = await self.write(op)
+        return result
+
+    async def finish_fetch(
+        self, event_id: str, *, job: dict[str, Any], result_url: str | None, attempt: Attempt
+    ) -> None:
+        """Persist the fetched job; the event's sinks become due at once."""
+        now = self._clock()
+
+        async def op(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "UPDATE events SET fetch_state = 'done', job = ?, result_url = ?, fetched_at = ?, "
+                "fetch_lease_until = NULL, fetch_error = NULL, "
+                "fetch_attempts = fetch_attempts + 1 WHERE id = ?",
+                (json.dumps(job), result_url, now, event_id),
+            )
+            await db.execute(
+                "UPDATE deliveries SET next_attempt_at = ? "
+                "WHERE event_id = ? AND state = 'pending'",
+                (now, event_id),
+            )
+            await _insert_attempt(db, event_id, attempt)
+
+        await self.write(op)
+
+    async def retry_fetch(self, event_id: str, *, next_fetch_at: float, attempt: Attempt) -> None:
+        """Record a failed fetch and schedule the next one."""
+
+        async def op(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "UPDATE events SET next_fetch_at = ?, fetch_lease_until = NULL, fetch_error = ?, "
+                "fetch_attempts = fetch_attempts + 1 WHERE id = ?",
+                (next_fetch_at, attempt.error, event_id),
+            )
+            await _insert_attempt(db, event_id, attempt)
+
+        await self.write(op)
+
+    async def fail_fetch(self, event_id: str, *, attempt: Attempt) -> None:
+        """Give up on the job fetch: the event's pending deliveries go dead with the reason."""
+        now = self._clock()
+        reason = f"job fetch failed: {attempt.error}"
+
+        async def op(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "UPDATE events SET fetch_state = 'dead', fetch_lease_until = NULL, "
+                "fetch_error = ?, fetch_attempts = fetch_attempts + 1 WHERE id = ?",
+                (attempt.error, event_id),
+            )
+            await db.execute(
+                "UPDATE deliveries SET state = 'dead', last_error = ?, lease_until = NULL, "
+                "updated_at = ? WHERE event_id = ? AND state = 'pending'",
+                (reason, now, event_id),
+            )
+            await _insert_attempt(db, event_id, attempt)
+
+        await self.write(op)
+
+    # -- delivery queue ------------------------------------------------
+
+    async def claim_deliveries(
+        self, free_slots: dict[str, int], *, total_limit: int, lease_seconds: float
+    ) -> list[DeliveryTask]:
+        """Lease due deliveries: at most `free_slots[sink]` per sink, `total_limit` in all."""
+        now = self._clock()
+        wanted = [(sink, slots) for sink, slots in free_slots.items() if slots > 0]
+        if not wanted or total_limit <= 0:
+            return []
+
+        async def op(db: aiosqlite.Connection) -> list[DeliveryTask]:
+            tasks: list[DeliveryTask] = []
+            for sink, slots in wanted:
+                remaining = total_limit - len(tasks)
+                if remaining <= 0:
+                    break
+                async with db.execute(
+                    "SELECT d.event_id, d.sink, d.attempts, d.replay, e.type, e.job_id, "
+                    "e.received_at, e.source, e.body, e.job, e.result_url "
+                    "FROM deliveries d JOIN events e ON e.id = d.event_id "
+                    "WHERE d.sink = ? AND d.state = 'pending' AND d.next_attempt_at <= ? "
+                    "AND (d.lease_until IS NULL OR d.lease_until <= ?) "
+                    "AND e.fetch_state IN ('none', 'done') "
+                    "ORDER BY d.next_attempt_at LIMIT ?",
+                    (sink, now, now, min(slots, remaining)),
+                ) as cursor:
+                    rows = await cursor.fetchall()
+                tasks.extend(
+                    DeliveryTask(
+                        event_id=r["event_id"],
+                        sink=r["sink"],
+                        attempts=r["attempts"],
+                        is_replay=bool(r["replay"]),
+                        event_type=r["type"],
+                        job_id=r["job_id"],
+                        received_at=r["received_at"],
+                        source=r["source"],
+                        body=bytes(r["body"]),
+                        job=json.loads(r["job"]) if r["job"] is not None else None,
+                        result_url=r["result_url"],
+                    )
+                    for r in rows
+                )
+            await db.executemany(
+                "UPDATE deliveries SET lease_until = ? WHERE event_id = ? AND sink = ?",
+                [(now + lease_seconds, t.event_id, t.sink) for t in tasks],
+            )
+            return tasks
+
+        result: list[DeliveryTask] = await self.write(op)
+        return result
+
+    async def metadata_for(self, job_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The `watch --meta` metadata of each of these jobs that has any."""
+        wanted = sorted(set(job_ids))
+        found: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(wanted):
+            async with self.db.execute(
+                "SELECT job_id, metadata FROM watches "
+                f"WHERE job_id IN ({_placeholders(len(chunk))})",
+                chunk,
+            ) as cursor:
+                async for row in cursor:
+                    metadata = json.loads(row[1])
+                    if metadata:
+                        found[row[0]] = metadata
+        return found
+
+    async def finish_delivery(
+        self,
+        event_id: str,
+        sink: str,
+        *,
+        outcome: DeliveryOutcome,
+        attempt: Attempt,
+        next_attempt_at: float | None = None,
+    ) -> None:
+        """Record one attempt and move the delivery to delivered, pending (retry) or dead."""
+        now = self._clock()
+        state = "pending" if outcome == "retry" else outcome
+        error = None if outcome == "delivered" else attempt.error
+
+        async def op(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "UPDATE deliveries SET state = ?, attempts = attempts + 1, lease_until = NULL, "
+                "last_error = ?, next_attempt_at = COALESCE(?, next_attempt_at), updated_at = ? "
+                "WHERE event_id = ? AND sink = ?",
+                (state, error, next_attempt_at, now, event_id, sink),
+            )
+            await _insert_attempt(db, event_id, attempt)
+
+        await self.write(op)
+
+    async def release_leases(self) -> None:
+        """Make every leased item due again at once (graceful shutdown)."""
+
+        async def op(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL"
+            )
+            await db.execute(
+                "UPDATE events SET fetch_lease_until = NULL WHERE fetch_lease_until IS NOT NULL"
+            )
+
+        await self.write(op)
+
+    async def replay(
+        self, event_ids: Sequence[str] = (), *, sink: str | None = None, dead_only: bool = False
+    ) -> int:
+        """Make deliveries due again as replays; returns how many were queued."""
+        now = self._clock()
+
+        async def op(db: aiosqlite.Connection) -> int:
+            clauses = ["1 = 1"]
+            params: list[Any] = []
+            if dead_only:
+                clauses.append("state = 'dead'")
+            if sink is not None:
+                clauses.append("sink = ?")
+                params.append(sink)
+            if event_ids:
+                clauses.append(f"event_id IN ({_placeholders(len(event_ids))})")
+                params.extend(event_ids)
+            where = " AND ".join(clauses)
+            cursor = await db.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, replay = 1, "
+                "lease_until = NULL, next_attempt_at = ?, updated_at = ? "
+                f"WHERE {where}",
+                [now, now, *params],
+            )
+            count = cursor.rowcount
+            # A replay of an event whose fetch had died tries the fetch again.
+            await db.execute(
+                "UPDATE events SET fetch_state = 'pending', next_fetch_at = ?, fetch_attempts = 0 "
+                "WHERE fetch_state = 'dead' AND id IN "
+                "(SELECT event_id FROM deliveries WHERE state = 'pending' AND replay = 1)",
+                (now,),
+            )
+            return count
+
+        result: int = await self.write(op)
+        return result
+
+    # -- watched jobs (polling) ----------------------------------------
+
+    async def add_watches(
+        self,
+        job_ids: Sequence[str],
+        *,
+        metadata: dict[str, Any] | None = None,
+        origin: str = "watch",
+        interval_seconds: float,
+    ) -> None:
+        """Watch jobs (again) from now on; `metadata` is merged into what a job already has."""
+        now = self._clock()
+        extra = json.dumps(metadata or {})
+
+        async def op(db: aiosqlite.Connection) -> None:
+            await db.executemany(
+                "INSERT INTO watches (job_id, metadata, origin, state, added_at, next_poll_at, "
+                "interval_seconds, updated_at) VALUES (?, ?, ?, 'active', ?, ?, ?, ?) "
+                "ON CONFLICT (job_id) DO UPDATE SET "
+                "metadata = json_patch(watches.metadata, excluded.metadata), "
+                "state = 'active', next_poll_at = excluded.next_poll_at, "
+                "interval_seconds = excluded.interval_seconds, last_error = NULL, "
+                "updated_at = excluded.updated_at",
+                [(job_id, extra, origin, now, now, interval_seconds, now) for job_id in job_ids],
+            )
+
+        await self.write(op)
+
+    async def remove_watches(self, job_ids: Sequence[str]) -> int:
+        """Stop watching jobs; returns how many were watched."""
+
+        async def op(db: aiosqlite.Connection) -> int:
+            cursor = await db.execute(
+                f"DELETE FROM watches WHERE job_id IN ({_placeholders(len(job_ids))})",
+                list(job_ids),
+            )
+            return cursor.rowcount
+
+        result: int = await self.write(op)
+        return result
+
+    async def list_watches(self) -> list[Watch]:
+        """Every watch, active first, newest first."""
+        async with self.db.execute(
+            "SELECT job_id, metadata, origin, state, added_at, next_poll_at, interval_seconds, "
+            "polls, last_status, last_error FROM watches "
+            "ORDER BY state = 'active' DESC, added_at DESC"
+        ) as cursor:
+            return [Watch(r[0], json.loads(r[1]), *tuple(r)[2:]) async for r in cursor]
+
+    async def claim_watches(self, *, limit: int, lease_seconds: float) -> list[Watch]:
+        """Lease up to `limit` watches whose poll is due (by moving their next poll on)."""
+        now = self._clock()
+
+        async def op(db: aiosqlite.Connection) -> list[Watch]:
+            async with db.execute(
+                "SELECT job_id, metadata, origin, state, added_at, next_poll_at, "
+                "interval_seconds, polls, last_status, last_error FROM watches "
+                "WHERE state = 'active' AND next_poll_at <= ? ORDER BY next_poll_at LIMIT ?",
+                (now, limit),
+            ) as cursor:
+                rows = await cursor.fetchall()
+            watches = [Watch(r[0], json.loads(r[1]), *tuple(r)[2:]) for r in rows]
+            await db.executemany(
+                "UPDATE watches SET next_poll_at = ? WHERE job_id = ?",
+                [(now + lease_seconds, w.job_id) for w in watches],
+            )
+            return watches
+
+        result: list[Watch] = await self.write(op)
+        return result
+
+    async def update_watch(
+        self,
+        job_id: str,
+        *,
+        state: str,
+        next_poll_at: float,
+        interval_seconds: float,
+        last_status: str | None,
+        last_error: str | None,
+    ) -> None:
+        """Record one poll of a watched job."""
+        now = self._clock()
+
+        async def op(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "UPDATE watches SET state = ?, next_poll_at = ?, interval_seconds = ?, "
+                "polls = polls + 1, last_status = COALESCE(?, last_status), last_error = ?, "
+                "updated_at = ? WHERE job_id = ?",
+                (state, next_poll_at, interval_seconds, last_status, last_error, now, job_id),
+            )
+
+        await self.write(op)
+
+    async def recover_stalled_jobs(
+        self, *, older_than: float, since: float, interval_seconds: float, limit: int = 1000
+    ) -> list[str]:
+        """Watch jobs seen created/processing before `older_than` with no terminal event since."""
+        now = self._clock()
+
+        async def op(db: aiosqlite.Connection) -> list[str]:
+            async with db.execute(
+                "SELECT DISTINCT e.job_id FROM events e "
+                "WHERE e.type IN ('job.created', 'job.processing') "
+                "AND e.received_at <= ? AND e.received_at >= ? AND e.job_id IS NOT NULL "
+                "AND NOT EXISTS (SELECT 1 FROM events t WHERE t.job_id = e.job_id "
+                "AND t.type NOT IN ('job.created', 'job.processing')) "
+                "AND NOT EXISTS (SELECT 1 FROM watches w WHERE w.job_id = e.job_id) "
+                "LIMIT ?",
+                (older_than, since, limit),
+            ) as cursor:
+                job_ids = [row[0] async for row in cursor]
+            await db.executemany(
+                "INSERT INTO watches (job_id, origin, state, added_at, next_poll_at, "
+                "interval_seconds, updated_at) VALUES (?, 'recovery', 'active', ?, ?, ?, ?)",
+                [(job_id, now, now, interval_seconds, now) for job_id in job_ids],
+            )
+            return job_ids
+
+        result: list[str] = await self.write(op)
+        return result
+
+    # -- reading -------------------------------------------------------
+
+    async def list_events(
+        self,
+        *,
+        event_type: str | None = None,
+        state: str | None = None,
+        limit: int = 50,
+    ) -> list[EventView]:
+        """Newest events first, with each sink's delivery state."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if event_type is not None:
+            clauses.append("e.type = ?")
+            params.append(event_type)
+        if state is not None:
+            if state in ("pending", "delivered", "dead"):
+                clauses.append(
+                    "EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.state = ?)"
+                )
+            else:
+                clauses.append("e.state = ?")
+            params.append(state)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = (
+            "SELECT e.id, e.received_at, e.source, e.type, e.job_id, e.state, e.error, "
+            f"e.fetch_state, e.fetch_error FROM events e {where} "
+            "ORDER BY e.received_at DESC, e.id LIMIT ?"
+        )
+        async with self.db.execute(sql, [*params, limit]) as cursor:
+            rows = await cursor.fetchall()
+        views = [_event_view(row) for row in rows]
+        await self._attach_deliveries(views)
+        return views
+
+    async def get_event(self, event_id: str) -> EventView | None:
+        """One event with headers, body, job and the whole attempt log; None if unknown."""
+        async with self.db.execute("SELECT * FROM events WHERE id = ?", (event_id,)) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        view = _event_view(row)
+        view.headers = json.loads(row["headers"])
+        view.body = bytes(row["body"])
+        view.job = json.loads(row["job"]) if row["job"] is not None else None
+        view.result_url = row["result_url"]
+        await self._attach_deliveries([view])
+        async with self.db.execute(
+            "SELECT sink, attempt, started_at, duration_ms, outcome, status_code, error, "
+            "output_tail FROM attempts WHERE event_id = ? ORDER BY id",
+            (event_id,),
+        ) as cursor:
+            view.attempts = [Attempt(*tuple(r)) async for r in cursor]
+        return view
+
+    async def _attach_deliveries(self, views: list[EventView]) -> None:
+        by_id = {view.id: view for view in views}
+        for chunk in _chunks(list(by_id)):
+            async with self.db.execute(
+                "SELECT event_id, sink, state, attempts, next_attempt_at, last_error, replay "
+                f"FROM deliveries WHERE event_id IN ({_placeholders(len(chunk))}) "
+                "ORDER BY sink",
+                chunk,
+            ) as cursor:
+                async for row in cursor:
+                    by_id[row["event_id"]].deliveries[row["sink"]] = {
+                        "state": row["state"],
+                        "attempts": row["attempts"],
+                        "next_attempt_at": row["next_attempt_at"],
+                        "last_error": row["last_error"],
+                        "replay": bool(row["replay"]),
+                    }
+
+    async def count_events(self) -> int:
+        """How many events the store holds."""
+        async with self.db.execute("SELECT COUNT(*) FROM events") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def pending_counts(self) -> dict[str, int]:
+        """Pending deliveries per sink."""
+        async with self.db.execute(
+            "SELECT sink, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY sink"
+        ) as cursor:
+            return {row[0]: int(row[1]) async for row in cursor}
+
+    async def oldest_pending_received_at(self) -> float | None:
+        """When the oldest event with a pending delivery or fetch arrived; None if none."""
+        async with self.db.execute(
+            "SELECT MIN(t) FROM ("
+            "SELECT MIN(e.received_at) AS t FROM deliveries d JOIN events e ON e.id = d.event_id "
+            "WHERE d.state = 'pending' "
+            "UNION ALL SELECT MIN(received_at) FROM events WHERE fetch_state = 'pending')"
+        ) as cursor:
+            row = await cursor.fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    async def next_due_at(self, sinks: Sequence[str], *, include_fetches: bool) -> float | None:
+        """When the next claimable fetch or delivery (for `sinks`) is due; None if none waits."""
+        now = self._clock()
+        times: list[float] = []
+        if sinks:
+            async with self.db.execute(
+                "SELECT MIN(d.next_attempt_at) FROM deliveries d "
+                "JOIN events e ON e.id = d.event_id "
+                f"WHERE d.state = 'pending' AND d.sink IN ({_placeholders(len(sinks))}) "
+                "AND (d.lease_until IS NULL OR d.lease_until <= ?) "
+                "AND e.fetch_state IN ('none', 'done')",
+                [*sinks, now],
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row and row[0] is not None:
+                times.append(float(row[0]))
+        if include_fetches:
+            async with self.db.execute(
+                "SELECT MIN(next_fetch_at) FROM events WHERE fetch_state = 'pending' "
+                "AND (fetch_lease_until IS NULL OR fetch_lease_until <= ?)",
+                (now,),
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row and row[0] is not None:
+                times.append(float(row[0]))
+        return min(times) if times else None
+
+
+async def _insert_attempt(db: aiosqlite.Connection, event_id: str, attempt: Attempt) -> None:
+    await db.execute(
+        "INSERT INTO attempts (event_id, sink, attempt, started_at, duration_ms, outcome, "
+        "status_code, error, output_tail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            event_id,
+            attempt.sink,
+            attempt.attempt,
+            attempt.started_at,
+            attempt.duration_ms,
+            attempt.outcome,
+            attempt.status_code,
+            attempt.error,
+            attempt.output_tail,
+        ),
+    )
+
+
+def _event_view(row: sqlite3.Row) -> EventView:
+    return EventView(
+        id=row["id"],
+        received_at=row["received_at"],
+        source=row["source"],
+        type=row["type"],
+        job_id=row["job_id"],
+        state=row["state"],
+        error=row["error"],
+        fetch_state=row["fetch_state"],
+        fetch_error=row["fetch_error"],
+    )

@@ -1,0 +1,128 @@
+"""Shared factories: settings, signed requests, and a relay running on a real port."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pulse_relay.app import Relay
+from pulse_relay.config import Settings
+from pulse_relay.signature import sign_headers
+
+SECRET = "whsec_" + base64.b64encode(b"pulse-relay-test-secret-32-bytes").decode()
+OTHER_SECRET = "whsec_" + base64.b64encode(b"an-entirely-different-secret-key").decode()
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's own PULSE_* variables must not leak into any test."""
+    for name in list(os.environ):
+        if name.startswith(("PULSE_RELAY_", "PULSE_API_KEY", "PULSE_WEBHOOK_SECRET")):
+            monkeypatch.delenv(name)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` over `base`, merging nested tables."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+MakeSettings = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> MakeSettings:
+    """Settings for a relay on 127.0.0.1, an ephemeral port and a store in tmp_path."""
+
+    def make(**sections: Any) -> Settings:
+        data: dict[str, Any] = {
+            "server": {"host": "127.0.0.1", "port": 0},
+            "verify": {"secrets": [SECRET]},
+            "store": {"path": str(tmp_path / "relay.db")},
+            "log": {"format": "json", "level": "warning"},
+        }
+        return Settings.model_validate(deep_merge(data, sections))
+
+    return make
+
+
+def make_body(
+    event_type: str = "job.completed", job_id: str | None = "job-1", **extra: Any
+) -> bytes:
+    """A Pulse-style webhook payload."""
+    data: dict[str, Any] = {"status": event_type.removeprefix("job.")}
+    if job_id is not None:
+        data["job_id"] = job_id
+    return json.dumps({"type": event_type, "data": data, **extra}).encode()
+
+
+def signed(
+    body: bytes,
+    *,
+    secret: str = SECRET,
+    webhook_id: str | None = None,
+    timestamp: int | None = None,
+) -> dict[str, str]:
+    """Standard Webhooks headers for `body`, plus a JSON content type."""
+    headers = sign_headers(
+        secret,
+        webhook_id or f"msg_{uuid.uuid4().hex}",
+        body,
+        timestamp=int(time.time()) if timestamp is None else timestamp,
+    )
+    headers["content-type"] = "application/json"
+    return headers
+
+
+StartRelay = Callable[..., Awaitable[Relay]]
+
+
+@pytest.fixture
+async def start_relay(make_settings: MakeSettings) -> AsyncIterator[StartRelay]:
+    """Start relays on real ports; each is stopped when the test ends."""
+    relays: list[Relay] = []
+
+    async def start(settings: Settings | None = None, **sections: Any) -> Relay:
+        relay = Relay(settings or make_settings(**sections))
+        await relay.start()
+        relays.append(relay)
+        return relay
+
+    yield start
+    for relay in reversed(relays):
+        await relay.stop()
+
+
+async def wait_for(
+    condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    *,
+    timeout_seconds: float = 10.0,
+    interval_seconds: float = 0.02,
+) -> None:
+    """Poll `condition` until it is true; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_seconds} s")
+        await asyncio.sleep(interval_seconds)

@@ -1,0 +1,248 @@
+"""The command line as real subprocesses: serve, check-config, events, show, replay."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from tests.conftest import SECRET, make_body, wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def run_cli(
+    *args: str, config: Path | None = None, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "pulse_relay"]
+    if config is not None:
+        command += ["--config", str(config)]
+    return subprocess.run(
+        [*command, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def write_config(tmp_path: Path, port: int, extra: str = "") -> Path:
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+
+[verify]
+secrets = ["{SECRET}"]
+
+[store]
+path = "{tmp_path / "relay.db"}"
+
+[log]
+format = "json"
+
+[[sinks]]
+name = "results"
+type = "file"
+directory = "{tmp_path / "results"}"
+{extra}
+"""
+    )
+    return config
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
+    """`pulse-relay serve` as a subprocess; yields (process, port, config)."""
+    port = free_port()
+    config = write_config(tmp_path, port)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pulse_relay", "--config", str(config), "serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                _, err = process.communicate()
+                raise AssertionError(f"serve did not start: {err}") from None
+            time.sleep(0.05)
+    yield process, port, config
+    if process.poll() is None:
+        process.kill()
+        process.communicate()
+
+
+def test_check_config_accepts_the_example_and_prints_no_secret(tmp_path: Path) -> None:
+    result = run_cli("check-config", config=REPO / "config.example.toml")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["server"]["port"] == 8787
+    assert "configuration OK" in result.stderr
+
+    secret_config = write_config(tmp_path, 8787)
+    result = run_cli("check-config", config=secret_config)
+    assert result.returncode == 0, result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    assert json.loads(result.stdout)["verify"]["secrets"] == ["**********"]
+
+
+@pytest.mark.parametrize(
+    ("content", "key"),
+    [
+        ('[server]\nport = "eighty"\n', "server.port"),
+        ("[server]\nprot = 1\n", "server.prot"),
+        ('[verify]\nsecrets = ["whsec_!!!"]\n', "verify.secrets[0]"),
+        ('[[sinks]]\nname = "a"\ntype = "http"\nurl = "not a url"\n', "sinks[0].url"),
+        ('[[sinks]]\nname = "a"\ntype = "carrier-pigeon"\n', "sinks[0]"),
+        ("[server\nport = 1\n", "line 1"),
+    ],
+)
+def test_check_config_names_the_broken_key(tmp_path: Path, content: str, key: str) -> None:
+    config = tmp_path / "broken.toml"
+    config.write_text(content)
+    result = run_cli("check-config", config=config)
+    assert result.returncode == 1
+    assert key in result.stderr
+    assert str(config) in result.stderr
+
+
+def test_missing_config_file_is_a_user_error(tmp_path: Path) -> None:
+    result = run_cli("check-config", config=tmp_path / "nowhere.toml")
+    assert result.returncode == 1
+    assert "nowhere.toml" in result.stderr
+
+
+def test_usage_errors_exit_2() -> None:
+    assert run_cli("no-such-command").returncode == 2
+    assert run_cli("events", "--limit", "zero").returncode == 2
+
+
+def test_events_without_a_store_says_so(tmp_path: Path) -> None:
+    result = run_cli("events", config=write_config(tmp_path, 8787))
+    assert result.returncode == 1
+    assert "no store" in result.stderr
+
+
+async def test_serve_accepts_a_library_signed_webhook_visible_in_events_and_show(
+    served: tuple[subprocess.Popen[str], int, Path], tmp_path: Path
+) -> None:
+    process, port, config = served
+    body = make_body(job_id="job-cli")
+    now = datetime.now(tz=UTC)
+    headers = {
+        "webhook-id": "msg_cli",
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(SECRET).sign("msg_cli", now, body.decode()),
+        "content-type": "application/json",
+    }
+    url = f"http://127.0.0.1:{port}/webhooks/pulse"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=body, headers=headers) as response,
+    ):
+        assert response.status == 202
+
+    listed = run_cli("events", "--json", config=config)
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(r["id"], r["type"], r["job_id"]) for r in rows] == [
+        ("msg_cli", "job.completed", "job-cli")
+    ]
+    assert "results" in rows[0]["deliveries"]
+
+    table = run_cli("events", config=config)
+    assert table.returncode == 0
+    assert "msg_cli" in table.stdout and "job.completed" in table.stdout
+
+    shown = run_cli("show", "msg_cli", "--json", config=config)
+    assert shown.returncode == 0, shown.stderr
+    document = json.loads(shown.stdout)
+    assert document["payload"] == json.loads(body)
+    assert document["headers"]["webhook-id"] == "msg_cli"
+    assert "webhook-signature" not in document["headers"]
+
+    human = run_cli("show", "msg_cli", config=config)
+    assert human.returncode == 0 and "job-cli" in human.stdout
+    assert run_cli("show", "msg_nope", config=config).returncode == 1
+
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 0, stderr
+    assert SECRET not in stderr
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert any(
+        line.get("event") == "webhook accepted" and line.get("webhook_id") == "msg_cli"
+        for line in lines
+    )
+
+
+def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", config=write_config(tmp_path, port))
+    assert result.returncode == 1
+    assert "cannot start" in result.stderr
+
+
+async def test_replay_from_the_cli_while_serve_runs(
+    served: tuple[subprocess.Popen[str], int, Path], tmp_path: Path
+) -> None:
+    _, port, config = served
+    body = make_body(event_type="job.created", job_id="job-replay")
+    headers = {**_sign(body, "msg_replay"), "content-type": "application/json"}
+    url = f"http://127.0.0.1:{port}/webhooks/pulse"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=body, headers=headers) as response,
+    ):
+        assert response.status == 202
+    written = tmp_path / "results" / "job-replay.json"
+    await wait_for(written.exists)
+    written.unlink()
+
+    result = run_cli("replay", "msg_replay", config=config)
+    assert result.returncode == 0, result.stderr
+    assert "1 delivery queued" in result.stdout
+    await wait_for(written.exists)
+    assert json.loads(written.read_bytes())["source"] == "replay"
+
+    assert run_cli("replay", config=config).returncode == 2
+    assert run_cli("replay", "msg_unknown", config=config).returncode == 1
+    assert run_cli("replay", "--dead", "--sink", "nope", config=config).returncode == 1
+    dead = run_cli("replay", "--dead", config=config)
+    assert (dead.returncode, dead.stdout.strip()) == (0, "0 deliveries queued for replay")
+
+
+def _sign(body: bytes, webhook_id: str) -> dict[str, str]:
+    from pulse_relay.signature import sign_headers
+
+    return sign_headers(SECRET, webhook_id, body)
