@@ -126,6 +126,28 @@ async def test_later_event_for_the_same_job_replaces_the_file(tmp_path: Path) ->
     assert all_files(tmp_path) == ["job-1.json"]
 
 
+async def test_an_older_event_delivered_last_does_not_replace_a_newer_file(
+    tmp_path: Path,
+) -> None:
+    sink = make_sink(tmp_path)
+    processing = make_delivery(
+        event_id="msg_a", event_type="job.processing", received_at="2026-11-23T10:30:00.000001Z"
+    )
+    completed = make_delivery(event_id="msg_b", received_at="2026-11-23T10:30:00.000002Z")
+    await sink.deliver(completed)
+    # The processing event's retry finally succeeds after the completed one was written.
+    result = await sink.deliver(processing)
+    assert (tmp_path / "job-1.json").read_bytes() == completed.body
+    assert "later event" in result.detail
+    # The same event delivered again (a replay) is written again.
+    replayed = make_delivery(
+        event_id="msg_b", received_at="2026-11-23T10:30:00.000002Z", extra={"replayed": True}
+    )
+    await sink.deliver(replayed)
+    assert (tmp_path / "job-1.json").read_bytes() == replayed.body
+    assert all_files(tmp_path) == ["job-1.json"]
+
+
 async def test_jsonl_appends_one_envelope_per_line(tmp_path: Path) -> None:
     sink = make_sink(tmp_path, format="jsonl")
     deliveries = [make_delivery(event_id=f"msg_{n}", job_id=f"job-{n}") for n in range(3)]

@@ -8,6 +8,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import secrets
 import string
 from dataclasses import dataclass
@@ -34,6 +35,10 @@ TEMPLATE_FIELDS = frozenset({"id", "type", "job_id", "date"})
 _SAFE_VALUE_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_.:@+=,~")
 # Errors that retrying cannot fix: the rendered name itself is unusable.
 _PERMANENT_ERRNOS = frozenset({errno.ENAMETOOLONG})
+# Enough of an envelope's head to hold id, type, job_id and received_at.
+_HEAD_BYTES = 64 * 1024
+_RECEIVED_AT = re.compile(rb'"received_at"\s*:\s*"([0-9T:.Z+-]{1,40})"')
+_PATH_LOCK_STRIPES = 64
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,7 @@ class FileSink:
         # them from tying up worker threads waiting on each other's flock; the
         # flock in the writer covers other processes sharing the file.
         self._append_lock = asyncio.Lock()
+        self._path_locks = [asyncio.Lock() for _ in range(_PATH_LOCK_STRIPES)]
 
     def matches(self, event_type: str) -> bool:
         """True when the sink's `events` globs select `event_type`."""
@@ -137,10 +143,17 @@ class FileSink:
         relative = self.render_filename(delivery)
         try:
             if self._format == "json":
-                path = await asyncio.wait_for(
-                    asyncio.to_thread(self._write_json, relative, delivery.body),
-                    self._settings.timeout_seconds,
-                )
+                # Per-path lock: the newer-file check and the rename must not interleave
+                # with another delivery for the same job.
+                async with self._path_locks[hash(relative) % len(self._path_locks)]:
+                    path, written = await asyncio.wait_for(
+                        asyncio.to_thread(
+                            self._write_json, relative, delivery.body, delivery.received_at
+                        ),
+                        self._settings.timeout_seconds,
+                    )
+                if not written:
+                    return SinkResult(detail=f"kept {path}: it holds a later event of this job")
             else:
                 line = _one_line(delivery.body)
                 async with self._append_lock:
@@ -185,8 +198,13 @@ class FileSink:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         return Path(target)
 
-    def _write_json(self, relative: str, body: bytes) -> Path:
+    def _write_json(self, relative: str, body: bytes, received_at: str) -> tuple[Path, bool]:
         path = self._resolve(relative)
+        # Deliveries are not ordered (a retry of an older event may come last): a file
+        # already holding a later event of the job keeps it.
+        existing = _received_at_of(path)
+        if existing is not None and received_at and existing > received_at:
+            return path, False
         # Readers never see a half-written file: the body goes to a temporary
         # file in the same directory (same filesystem), which then replaces
         # the target in one rename.
@@ -206,7 +224,7 @@ class FileSink:
                 os.unlink(temporary)
             raise
         _fsync_directory(path.parent)
-        return path
+        return path, True
 
     def _append_line(self, relative: str, line: bytes) -> Path:
         path = self._resolve(relative)
@@ -233,6 +251,22 @@ class FileSink:
         if size_bytes == 0:
             _fsync_directory(path.parent)
         return path
+
+
+def _received_at_of(path: Path) -> str | None:
+    """The `received_at` of the envelope stored at `path`, None if absent or unreadable.
+
+    The envelope is written with `received_at` among its first keys, so the head
+    of the file suffices; inside JSON strings a quote is always escaped, so the
+    pattern cannot match text from an id or a type.
+    """
+    try:
+        with open(path, "rb") as file:
+            head = file.read(_HEAD_BYTES)
+    except OSError:
+        return None
+    found = _RECEIVED_AT.search(head)
+    return found.group(1).decode() if found else None
 
 
 def _one_line(body: bytes) -> bytes:
