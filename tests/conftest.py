@@ -16,7 +16,9 @@ import pytest
 
 from pulse_relay.app import Relay
 from pulse_relay.config import Settings
+from pulse_relay.emulator import PulseEmulator
 from pulse_relay.signature import sign_headers
+from tests.helpers import Receiver
 
 SECRET = "whsec_" + base64.b64encode(b"pulse-relay-test-secret-32-bytes").decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(b"an-entirely-different-secret-key").decode()
@@ -126,3 +128,19 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_seconds} s")
         await asyncio.sleep(interval_seconds)
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[PulseEmulator]:
+    """The Pulse API emulator on an ephemeral port."""
+    async with PulseEmulator(api_key="test-api-key") as running:
+        yield running
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """The operator's app: a real HTTP server recording what the HTTP sink posts."""
+    running = Receiver()
+    await running.start()
+    yield running
+    await running.stop()

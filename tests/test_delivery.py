@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +21,6 @@ SINK_SECRET = "whsec_" + base64.b64encode(b"the-receiving-app-secret-000000").de
 FAST_RETRY = {"retry_initial_seconds": 0.05, "retry_max_seconds": 0.2}
 
 PipelineSettings = Callable[..., Settings]
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[PulseEmulator]:
-    async with PulseEmulator(api_key="test-api-key") as running:
-        yield running
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    running = Receiver()
-    await running.start()
-    yield running
-    await running.stop()
 
 
 @pytest.fixture
