@@ -1,0 +1,154 @@
+"""A relay killed with SIGKILL mid-delivery delivers that work after the next start."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pulse_relay.signature import sign_headers
+from tests.conftest import SECRET, make_body
+from tests.test_cli import free_port, run_cli
+
+# Blocks while the "block" marker exists (the delivery in flight when the relay dies),
+# otherwise records the envelope.
+SLOW_COMMAND = """\
+import json, os, pathlib, sys, time
+out = pathlib.Path(sys.argv[1])
+data = sys.stdin.buffer.read()
+event_id = json.loads(data)["id"]
+(out / "pids").open("a").write(f"{os.getpid()}\\n")
+while (out / "block").exists():
+    (out / "started").touch()
+    time.sleep(0.05)
+(out / (event_id + ".json")).write_bytes(data)
+"""
+
+
+def start_serve(config: Path, port: int) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pulse_relay", "--config", str(config), "serve"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise AssertionError(f"serve did not start: {process.communicate()[1]}") from None
+            time.sleep(0.05)
+
+
+def wait_until(condition: object, timeout_seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Iterator[Path]:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    yield folder
+    # The command ran in its own session, so it outlives a SIGKILLed relay: end it here.
+    pids = folder / "pids"
+    if pids.exists():
+        for pid in pids.read_text().split():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(pid), signal.SIGKILL)
+
+
+def test_delivery_in_flight_when_the_relay_is_killed_is_made_after_restart(
+    tmp_path: Path, out: Path
+) -> None:
+    port = free_port()
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_COMMAND)
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        f"""
+[server]
+port = {port}
+[verify]
+secrets = ["{SECRET}"]
+[store]
+path = "{tmp_path / "relay.db"}"
+[delivery]
+lease_seconds = 1
+[log]
+format = "json"
+[[sinks]]
+name = "cmd"
+type = "command"
+argv = ["{sys.executable}", "{script}", "{out}"]
+events = ["job.*"]
+retry_initial_seconds = 0.05
+"""
+    )
+    (out / "block").touch()
+    first = start_serve(config, port)
+    try:
+        body = make_body(event_type="job.created", job_id="job-crash")
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/webhooks/pulse",
+            data=body,
+            headers={**sign_headers(SECRET, "msg_crash", body), "content-type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 202
+        wait_until((out / "started").exists)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate()
+    assert first.returncode == -signal.SIGKILL
+
+    listed = run_cli("events", "--json", config=config)
+    row = json.loads(listed.stdout)
+    assert row["deliveries"]["cmd"]["state"] == "pending"
+    assert not (out / "msg_crash.json").exists()
+
+    (out / "block").unlink()
+    second = start_serve(config, port)
+    try:
+        wait_until((out / "msg_crash.json").exists)
+
+        def delivered() -> bool:
+            rows = run_cli("events", "--json", config=config).stdout
+            return json.loads(rows)["deliveries"]["cmd"]["state"] == "delivered"
+
+        wait_until(delivered)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        _, stderr = second.communicate(timeout=30)
+    assert second.returncode == 0, stderr
+    envelope = json.loads((out / "msg_crash.json").read_bytes())
+    assert (envelope["id"], envelope["job_id"]) == ("msg_crash", "job-crash")
+    integrity = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sqlite3; print(sqlite3.connect({str(tmp_path / 'relay.db')!r})"
+            ".execute('PRAGMA integrity_check').fetchone()[0])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert integrity.stdout.strip() == "ok"
