@@ -246,3 +246,75 @@ def _sign(body: bytes, webhook_id: str) -> dict[str, str]:
     from pulse_relay.signature import sign_headers
 
     return sign_headers(SECRET, webhook_id, body)
+
+
+def test_watch_list_and_unwatch(tmp_path: Path) -> None:
+    config = write_config(tmp_path, 8787)
+    result = run_cli(
+        "watch", "job-a", "job-b", "--meta", "user=u-1", "--meta", "file=a.pdf", config=config
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["watching job-a", "watching job-b"]
+    assert run_cli("watch", "job-a", "--meta", "user=u-2", config=config).returncode == 0
+
+    listed = run_cli("watch", "--list", "--json", config=config)
+    assert listed.returncode == 0, listed.stderr
+    watches = {w["job_id"]: w for w in map(json.loads, listed.stdout.splitlines())}
+    assert watches["job-a"]["metadata"] == {"user": "u-2", "file": "a.pdf"}
+    assert watches["job-b"]["metadata"] == {"user": "u-1", "file": "a.pdf"}
+    assert {w["state"] for w in watches.values()} == {"active"}
+    table = run_cli("watch", "--list", config=config)
+    assert "job-a" in table.stdout and "user=u-2" in table.stdout
+
+    removed = run_cli("unwatch", "job-a", "job-zzz", config=config)
+    assert (removed.returncode, removed.stdout.strip()) == (0, "1 of 2 job(s) no longer watched")
+    listed = run_cli("watch", "--list", "--json", config=config)
+    assert [json.loads(line)["job_id"] for line in listed.stdout.splitlines()] == ["job-b"]
+
+
+def test_watch_refuses_bad_input(tmp_path: Path) -> None:
+    config = write_config(tmp_path, 8787)
+    bad_id = run_cli("watch", "../etc/passwd", config=config)
+    assert bad_id.returncode == 1 and "not a valid job id" in bad_id.stderr
+    assert run_cli("watch", "job-a", "--meta", "novalue", config=config).returncode == 2
+    assert run_cli("watch", config=config).returncode == 2
+
+
+async def test_send_test_is_accepted_and_shows_in_events(
+    served: tuple[subprocess.Popen[str], int, Path],
+) -> None:
+    _, _, config = served
+    result = run_cli("send-test", "--job-id", "job-sent", config=config)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("202 ")
+    assert '"accepted"' in result.stdout
+    listed = run_cli("events", "--json", config=config)
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(r["type"], r["job_id"]) for r in rows] == [("job.completed", "job-sent")]
+
+    wrong = run_cli("send-test", "--secret", "whsec_" + "A" * 32, config=config)
+    assert wrong.returncode == 1
+    assert wrong.stdout.startswith("401 ")
+
+
+def test_send_test_without_a_running_relay_says_so(tmp_path: Path) -> None:
+    result = run_cli("send-test", config=write_config(tmp_path, free_port()))
+    assert result.returncode == 1
+    assert "is serve running?" in result.stderr
+
+
+def test_demo_runs_the_whole_pipeline_from_an_empty_folder(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pulse_relay", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PULSE_")},
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "everything arrived" in result.stdout
+    assert "poll:job-watched:completed" in result.stdout
+    assert "large result downloaded 1 time(s)" in result.stdout
+    assert list(tmp_path.iterdir()) == []

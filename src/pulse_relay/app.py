@@ -1,13 +1,15 @@
 """The composition root: builds every component from settings and runs them in order.
 
-Start-up: store → sinks and Pulse client → dispatcher and poller → listener.
-Shutdown (SIGTERM/SIGINT): stop accepting → finish acks in flight → give running
-deliveries the grace period → release leases → close the store.
+Start-up: store → sinks and Pulse client → dispatcher and poller → listener →
+READY=1 to systemd. Shutdown (SIGTERM/SIGINT): STOPPING=1 → stop accepting →
+finish acks in flight → give running deliveries the grace period → release
+leases → close the store. SIGHUP reloads the sinks and the log settings.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -15,10 +17,12 @@ from collections.abc import Callable, Sequence
 import aiohttp
 from aiohttp import web
 
-from pulse_relay.config import Settings
+from pulse_relay.config import ConfigError, Settings
 from pulse_relay.dispatcher import Dispatcher, DispatcherLimits, SinkRuntime
-from pulse_relay.logs import get_logger
+from pulse_relay.logs import configure_logging, get_logger
 from pulse_relay.metrics import Metrics
+from pulse_relay.notify import Notifier, run_watchdog, watchdog_interval_seconds
+from pulse_relay.poller import Poller, PollerConfig
 from pulse_relay.pulse import PulseClient
 from pulse_relay.server import Ingress, IngressConfig, build_app
 from pulse_relay.signature import HexHmacVerifier, NoneVerifier, StandardVerifier, Verifier
@@ -29,6 +33,12 @@ from pulse_relay.store import Store, StoreUnavailableError
 log = get_logger("pulse_relay.app")
 
 POLLING_ONLY_REASON = "no webhook secret configured: polling-only mode, ingress closed"
+DAY_SECONDS = 86_400.0
+# The first retention run comes shortly after start, so a relay restarted daily still prunes.
+RETENTION_FIRST_RUN_SECONDS = 60.0
+RETENTION_RETRY_SECONDS = 600.0
+# Sections a SIGHUP applies; any other change needs a restart.
+RELOADABLE_SECTIONS = ("sinks", "log")
 
 
 def build_verifier(settings: Settings) -> Verifier | None:
@@ -68,9 +78,20 @@ def open_store(settings: Settings) -> Store:
 class Relay:
     """One running pulse-relay: store, ingress, dispatcher and poller."""
 
-    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        retention_first_run_seconds: float = RETENTION_FIRST_RUN_SECONDS,
+    ) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self._route = build_router(settings)
+        self._retention_first_run_seconds = retention_first_run_seconds
+        self._retention_task: asyncio.Task[None] | None = None
+        self._reload_lock = asyncio.Lock()
+        self._reloading = False
         self.store = open_store(settings)
         self.verifier = build_verifier(settings)
         self._clock = clock
@@ -78,6 +99,7 @@ class Relay:
         self._session: aiohttp.ClientSession | None = None
         self.pulse: PulseClient | None = None
         self.dispatcher: Dispatcher | None = None
+        self.poller: Poller | None = None
         self.port: int | None = None
 
     @property
@@ -101,6 +123,11 @@ class Relay:
         except BaseException:
             await self.stop()
             raise
+        self._retention_task = asyncio.create_task(self._retention_loop(), name="retention")
+
+    def route(self, event_type: str) -> Sequence[str]:
+        """The enabled sinks (of the current configuration) that receive `event_type`."""
+        return self._route(event_type)
 
     async def _start_background(self) -> None:
         settings = self.settings
@@ -114,30 +141,25 @@ class Relay:
         )
         if not pulse.api_key.get_secret_value():
             log.warning("pulse.api_key is not set: job fetches will fail until it is")
-        runtimes = {
-            sink.name: SinkRuntime(
-                sink=build_sink(sink, session=self._session),
-                concurrency=sink.concurrency,
-                timeout_seconds=sink.timeout_seconds,
-                policy=retry_policy_for(sink),
-            )
-            for sink in settings.sinks
-            if sink.enabled
-        }
-        delivery = settings.delivery
-        self.dispatcher = Dispatcher(
+        self.dispatcher = self._build_dispatcher(settings)
+        self.dispatcher.start()
+        poll = settings.poll
+        self.poller = Poller(
             store=self.store,
             pulse=self.pulse,
-            sinks=runtimes,
-            metrics=self.metrics,
-            limits=DispatcherLimits(
-                concurrency=delivery.concurrency,
-                fetch_concurrency=max(1, delivery.concurrency // 2),
-                lease_seconds=delivery.lease_seconds,
+            config=PollerConfig(
+                interval_seconds=poll.interval_seconds,
+                max_interval_seconds=poll.max_interval_seconds,
+                recover_after_seconds=poll.recover_after_seconds,
+                concurrency=poll.concurrency,
+                fetch_on=frozenset(pulse.fetch_on),
             ),
+            route=self.route,
+            metrics=self.metrics,
+            on_event=self._on_accepted,
             clock=self._clock,
         )
-        self.dispatcher.start()
+        self.poller.start()
 
     async def _start_listener(self) -> None:
         if self.settings.verify.scheme == "none":
@@ -146,7 +168,10 @@ class Relay:
                 "this port can inject events. Use this for local experiments only."
             )
         elif self.verifier is None:
-            log.warning("polling-only mode: " + POLLING_ONLY_REASON)
+            log.warning(
+                "polling-only mode: no webhook secret is configured, so the webhook "
+                "endpoint answers 503; watched jobs are polled"
+            )
         server = self.settings.server
         ingress = Ingress(
             IngressConfig(
@@ -158,7 +183,7 @@ class Relay:
             ),
             verifier=self.verifier,
             store=self.store,
-            route=build_router(self.settings),
+            route=self.route,
             metrics=self.metrics,
             on_accepted=self._on_accepted,
             clock=self._clock,
@@ -183,6 +208,88 @@ class Relay:
         self.port = int(address[1])
         log.info("listening", url=self.webhook_url, store=str(self.store.path))
 
+    def _build_dispatcher(self, settings: Settings) -> Dispatcher:
+        assert self._session is not None
+        runtimes = {
+            sink.name: SinkRuntime(
+                sink=build_sink(sink, session=self._session),
+                concurrency=sink.concurrency,
+                timeout_seconds=sink.timeout_seconds,
+                policy=retry_policy_for(sink),
+            )
+            for sink in settings.sinks
+            if sink.enabled
+        }
+        for name in runtimes:
+            for outcome in ("delivered", "retry", "dead"):
+                self.metrics.deliveries.labels(sink=name, outcome=outcome)
+            self.metrics.delivery_seconds.labels(sink=name)
+        delivery = settings.delivery
+        return Dispatcher(
+            store=self.store,
+            pulse=self.pulse,
+            sinks=runtimes,
+            metrics=self.metrics,
+            limits=DispatcherLimits(
+                concurrency=delivery.concurrency,
+                fetch_concurrency=max(1, delivery.concurrency // 2),
+                lease_seconds=delivery.lease_seconds,
+            ),
+            clock=self._clock,
+        )
+
+    async def reload(self, new: Settings) -> list[str]:
+        """Apply the sinks of `new` without dropping work; returns the sections left unapplied.
+
+        Webhooks keep being accepted throughout. The running dispatcher stops
+        claiming and gets the grace period to finish what it runs; what is cut
+        off keeps its place in the store (its lease is released) and the new
+        dispatcher takes it up at once. Deliveries to a removed sink stay pending
+        and visible until the sink comes back or they are pruned.
+        """
+        async with self._reload_lock:
+            old = self.settings
+            ignored = [
+                name
+                for name in type(old).model_fields
+                if name not in RELOADABLE_SECTIONS and getattr(old, name) != getattr(new, name)
+            ]
+            self.settings = old.model_copy(update={"sinks": new.sinks, "log": new.log})
+            self._route = build_router(self.settings)
+            if self.dispatcher is not None and self._session is not None:
+                self._reloading = True
+                try:
+                    await self.dispatcher.stop(
+                        grace_seconds=self.settings.server.shutdown_grace_seconds
+                    )
+                    self.dispatcher = self._build_dispatcher(self.settings)
+                    self.dispatcher.start()
+                finally:
+                    self._reloading = False
+            return ignored
+
+    async def prune(self, *, older_than_days: float) -> int:
+        """Delete finished events older than `older_than_days`; returns how many."""
+        deleted = await self.store.prune(
+            received_before=self._clock() - older_than_days * DAY_SECONDS
+        )
+        self.metrics.pruned_events.inc(deleted)
+        return deleted
+
+    async def _retention_loop(self) -> None:
+        delay_seconds = self._retention_first_run_seconds
+        while True:
+            await asyncio.sleep(delay_seconds)
+            days = self.settings.store.retention_days
+            try:
+                deleted = await self.prune(older_than_days=days)
+            except StoreUnavailableError as error:
+                log.error("retention run failed; retried later", reason=error.reason)
+                delay_seconds = RETENTION_RETRY_SECONDS
+                continue
+            log.info("retention run", pruned_events=deleted, retention_days=days)
+            delay_seconds = DAY_SECONDS
+
     def _on_accepted(self) -> None:
         """Called after an event commits; wakes the dispatcher."""
         if self.dispatcher is not None:
@@ -191,8 +298,9 @@ class Relay:
     async def refresh_gauges(self) -> None:
         """Read the backlog gauges from the store (at scrape time, so they are never stale)."""
         counts = await self.store.pending_counts()
-        for sink in self.settings.sinks:
-            self.metrics.pending.labels(sink=sink.name).set(counts.get(sink.name, 0))
+        # Sinks no longer configured still show the work that waits for them.
+        for name in {sink.name for sink in self.settings.sinks} | set(counts):
+            self.metrics.pending.labels(sink=name).set(counts.get(name, 0))
         oldest = await self.store.oldest_pending_received_at()
         age_seconds = 0.0 if oldest is None else max(0.0, self._clock() - oldest)
         self.metrics.oldest_pending_seconds.set(age_seconds)
@@ -207,14 +315,43 @@ class Relay:
             problems.append(f"store not writable: {error}")
         if self.dispatcher is None or not self.dispatcher.is_running:
             problems.append("dispatcher not running")
+        if self.poller is None or not self.poller.is_running:
+            problems.append("poller not running")
+        return problems
+
+    async def liveness(self, *, timeout_seconds: float = 10.0) -> list[str]:
+        """Reasons the relay is stuck (what the systemd watchdog checks); empty when alive.
+
+        Unlike readiness, a store that answers "unavailable" (disk full, locked) is
+        alive: its writer ran the probe, and a restart would not help.
+        """
+        problems: list[str] = []
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                await self.store.check_writable()
+        except StoreUnavailableError:
+            pass
+        except TimeoutError:
+            problems.append(f"store writer did not answer within {timeout_seconds} s")
+        dispatching = self.dispatcher is not None and self.dispatcher.is_running
+        if not dispatching and not self._reloading:
+            problems.append("dispatcher not running")
         return problems
 
     async def stop(self) -> None:
         """Stop accepting, finish acks in flight, stop background work, close the store."""
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention_task
+            self._retention_task = None
         if self._runner is not None:
             # Closes the listening socket first, then waits for handlers in flight.
             await self._runner.cleanup()
             self._runner = None
+        if self.poller is not None:
+            await self.poller.stop()
+            self.poller = None
         if self.dispatcher is not None:
             await self.dispatcher.stop(grace_seconds=self.settings.server.shutdown_grace_seconds)
             self.dispatcher = None
@@ -228,20 +365,85 @@ class Relay:
         log.info("stopped")
 
 
-async def serve(settings: Settings, *, on_ready: Callable[[Relay], None] | None = None) -> None:
-    """Run the relay until SIGTERM or SIGINT, then shut down in order."""
+SettingsLoader = Callable[[], Settings]
+
+
+async def serve(
+    settings: Settings,
+    *,
+    on_ready: Callable[[Relay], None] | None = None,
+    reload_settings: SettingsLoader | None = None,
+    notifier: Notifier | None = None,
+) -> None:
+    """Run the relay until SIGTERM or SIGINT, then shut down in order.
+
+    Tells systemd (when `$NOTIFY_SOCKET` is set) READY=1 once the store is open
+    and the listener bound, WATCHDOG=1 while the relay proves alive, and
+    STOPPING=1 when shutdown begins. SIGHUP calls `reload_settings` and applies
+    the new sinks and log settings.
+    """
+    notifier = notifier or Notifier.from_environment()
     relay = Relay(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    background: set[asyncio.Task[None]] = set()
+
+    def on_hangup() -> None:
+        task = asyncio.create_task(_reload(relay, reload_settings, notifier))
+        background.add(task)
+        task.add_done_callback(background.discard)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         await relay.start()
+        notifier.ready(status=f"listening on {relay.webhook_url}")
+        interval_seconds = watchdog_interval_seconds()
+        if interval_seconds is not None and notifier.is_enabled:
+
+            async def alive() -> list[str]:
+                return await relay.liveness(timeout_seconds=interval_seconds)
+
+            watchdog = asyncio.create_task(
+                run_watchdog(notifier, interval_seconds=interval_seconds, check=alive),
+                name="watchdog",
+            )
+            background.add(watchdog)
         if on_ready is not None:
             on_ready(relay)
         await stop.wait()
+        notifier.stopping()
         log.info("shutting down")
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
+        for task in list(background):
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await relay.stop()
+
+
+async def _reload(relay: Relay, load: SettingsLoader | None, notifier: Notifier) -> None:
+    """SIGHUP: read the configuration again; keep the running one if the new one is broken."""
+    if load is None:
+        log.warning("SIGHUP ignored: no configuration source to reload from")
+        return
+    try:
+        new = load()
+    except ConfigError as error:
+        relay.metrics.reloads.labels(outcome="error").inc()
+        log.error(
+            "reload refused: configuration invalid; keeping the running one", problems=str(error)
+        )
+        return
+    notifier.reloading()
+    try:
+        configure_logging(format=new.log.format, level=new.log.level)
+        ignored = await relay.reload(new)
+    finally:
+        notifier.ready(status=f"listening on {relay.webhook_url}")
+    relay.metrics.reloads.labels(outcome="ok").inc()
+    log.info("configuration reloaded", sinks=[sink.name for sink in new.sinks if sink.enabled])
+    if ignored:
+        log.warning("changes in these sections need a restart", sections=ignored)

@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import sys
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+import aiohttp
 import click
 
 from pulse_relay import __version__
 from pulse_relay.app import open_store, serve
 from pulse_relay.config import ConfigError, Settings, load_settings, redacted_settings
+from pulse_relay.events import is_valid_job_id
 from pulse_relay.logs import configure_logging
-from pulse_relay.store import EventView, Store, StoreUnavailableError, StoreVersionError
+from pulse_relay.preflight import check_host
+from pulse_relay.signature import sign_headers
+from pulse_relay.store import EventView, Store, StoreUnavailableError, StoreVersionError, Watch
 
 T = TypeVar("T")
 
@@ -39,10 +47,12 @@ def fail(message: str) -> NoReturn:
     sys.exit(1)
 
 
-def _with_store(settings: Settings, action: Callable[[Store], Awaitable[T]]) -> T:
-    """Run `action` against the configured store, which must already exist."""
+def _with_store(
+    settings: Settings, action: Callable[[Store], Awaitable[T]], *, create: bool = False
+) -> T:
+    """Run `action` against the configured store, which must already exist unless `create`."""
     path = settings.store.path
-    if not path.exists():
+    if not create and not path.exists():
         fail(f"no store at {path} (start `pulse-relay serve` with this configuration first)")
 
     async def run() -> T:
@@ -139,8 +149,12 @@ def serve_command(obj: _Context, host: str | None, port: int | None) -> None:
         overrides["server.port"] = port
     settings = obj.settings(overrides)
     configure_logging(format=settings.log.format, level=settings.log.level)
+
+    def reload_settings() -> Settings:
+        return load_settings(obj.config_path, overrides=overrides)
+
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, reload_settings=reload_settings))
     except OSError as error:
         fail(f"cannot start: {error}")
     except (StoreUnavailableError, StoreVersionError) as error:
@@ -150,8 +164,16 @@ def serve_command(obj: _Context, host: str | None, port: int | None) -> None:
 @cli.command("check-config")
 @click.pass_obj
 def check_config(obj: _Context) -> None:
-    """Validate the configuration and print it with secrets redacted."""
+    """Validate the configuration and print it with secrets redacted.
+
+    Also checks this host: the store's folder and file sink directories are
+    writable, command sink programs exist and are executable.
+    """
     settings = obj.settings()
+    problems = check_host(settings)
+    if problems:
+        origin = f" (in {obj.config_path})" if obj.config_path else ""
+        fail("configuration error:\n" + "\n".join(p + origin for p in problems))
     click.echo(json.dumps(redacted_settings(settings), indent=2))
     where = obj.config_path or "defaults and environment"
     click.echo(f"configuration OK ({where})", err=True)
@@ -268,6 +290,254 @@ def replay_command(
     if missing:
         fail(f"no event with id {', '.join(repr(m) for m in missing)}")
     click.echo(f"{count} deliver{'y' if count == 1 else 'ies'} queued for replay")
+
+
+def _parse_meta(values: tuple[str, ...]) -> dict[str, str]:
+    metadata: dict[str, str] = {}
+    for item in values:
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--meta")
+        metadata[key.strip()] = value
+    return metadata
+
+
+@cli.command("watch")
+@click.argument("job_ids", nargs=-1)
+@click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata for the envelope.")
+@click.option("--list", "as_list", is_flag=True, help="List watched jobs instead.")
+@click.option("--json", "as_json", is_flag=True, help="With --list: JSON lines on stdout.")
+@click.pass_obj
+def watch_command(
+    obj: _Context, job_ids: tuple[str, ...], meta: tuple[str, ...], as_list: bool, as_json: bool
+) -> None:
+    """Poll jobs until they finish, then deliver them like webhooks (source "poll")."""
+    if as_list:
+        if job_ids or meta:
+            raise click.UsageError("--list takes no job ids or --meta")
+        _list_watches(obj, as_json)
+        return
+    if not job_ids:
+        raise click.UsageError("give at least one job id (or --list)")
+    bad = [job_id for job_id in job_ids if not is_valid_job_id(job_id)]
+    if bad:
+        fail(f"not a valid job id: {', '.join(repr(b) for b in bad)}")
+    metadata = _parse_meta(meta)
+    settings = obj.settings()
+
+    async def action(store: Store) -> None:
+        await store.add_watches(
+            list(job_ids), metadata=metadata, interval_seconds=settings.poll.interval_seconds
+        )
+
+    _with_store(settings, action, create=True)
+    for job_id in job_ids:
+        click.echo(f"watching {job_id}")
+
+
+def _list_watches(obj: _Context, as_json: bool) -> None:
+    settings = obj.settings()
+
+    async def action(store: Store) -> list[Watch]:
+        return await store.list_watches()
+
+    watches = _with_store(settings, action)
+    if as_json:
+        for w in watches:
+            click.echo(
+                json.dumps(
+                    {
+                        **asdict(w),
+                        "added_at": _iso(w.added_at),
+                        "next_poll_at": _iso(w.next_poll_at),
+                    }
+                )
+            )
+        return
+    rows = [
+        [
+            w.job_id,
+            w.state,
+            w.origin,
+            w.last_status or "-",
+            str(w.polls),
+            (_iso(w.next_poll_at) or "-") if w.state == "active" else "-",
+            w.last_error or "",
+            " ".join(f"{k}={v}" for k, v in w.metadata.items()),
+        ]
+        for w in watches
+    ]
+    headers = ["JOB", "STATE", "ORIGIN", "STATUS", "POLLS", "NEXT POLL", "ERROR", "META"]
+    click.echo(_table(rows, headers))
+
+
+@cli.command("unwatch")
+@click.argument("job_ids", nargs=-1, required=True)
+@click.pass_obj
+def unwatch_command(obj: _Context, job_ids: tuple[str, ...]) -> None:
+    """Stop polling jobs."""
+    settings = obj.settings()
+
+    async def action(store: Store) -> int:
+        return await store.remove_watches(list(job_ids))
+
+    removed = _with_store(settings, action)
+    click.echo(f"{removed} of {len(job_ids)} job(s) no longer watched")
+
+
+@cli.command("send-test")
+@click.option("--url", help="Where to POST (default: this configuration's own endpoint).")
+@click.option("--type", "event_type", default="job.completed", show_default=True)
+@click.option("--job-id", help="Job id in the payload (default: a new test-… id).")
+@click.option("--secret", help="Sign with this secret instead of the configured one.")
+@click.pass_obj
+def send_test_command(
+    obj: _Context, url: str | None, event_type: str, job_id: str | None, secret: str | None
+) -> None:
+    """Sign a test event with the configured secret and POST it to the relay."""
+    settings = obj.settings()
+    target = url or _own_url(settings)
+    job = job_id or f"test-{uuid.uuid4().hex[:12]}"
+    body = json.dumps(
+        {"type": event_type, "data": {"job_id": job, "status": event_type.removeprefix("job.")}}
+    ).encode()
+    webhook_id = f"msg_test_{uuid.uuid4().hex}"
+    try:
+        headers = _test_headers(settings, secret, webhook_id, body)
+    except ValueError as error:
+        fail(str(error))
+    headers["content-type"] = "application/json"
+    try:
+        status, answer = asyncio.run(_post(target, body, headers))
+    except (aiohttp.ClientError, OSError, TimeoutError) as error:
+        fail(f"cannot reach {target}: {error or type(error).__name__} (is serve running?)")
+    click.echo(f"{status} {answer}")
+    if not 200 <= status < 300:
+        sys.exit(1)
+
+
+def _own_base_url(settings: Settings) -> str:
+    host = settings.server.host
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - only to build a URL to reach ourselves
+        host = "127.0.0.1"
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{settings.server.port}"
+
+
+def _own_url(settings: Settings) -> str:
+    return _own_base_url(settings) + settings.server.path
+
+
+def _test_headers(
+    settings: Settings, secret: str | None, webhook_id: str, body: bytes
+) -> dict[str, str]:
+    secrets = [secret] if secret else [s.get_secret_value() for s in settings.verify.secrets]
+    if not secrets:
+        raise ValueError("no webhook secret configured (verify.secrets); give --secret")
+    if settings.verify.scheme == "hmac-sha256-hex":
+        digest = hmac.new(secrets[0].encode(), body, hashlib.sha256).hexdigest()
+        return {settings.verify.signature_header: digest, settings.verify.id_header: webhook_id}
+    return sign_headers(secrets[0], webhook_id, body)
+
+
+async def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.post(url, data=body, headers=headers, allow_redirects=False) as response,
+    ):
+        return response.status, (await response.text()).strip()
+
+
+@cli.command("prune")
+@click.option(
+    "--older-than",
+    "older_than_days",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Age limit in days (default: store.retention_days).",
+)
+@click.pass_obj
+def prune_command(obj: _Context, older_than_days: float | None) -> None:
+    """Delete finished events older than the limit; pending and dead ones are kept."""
+    settings = obj.settings()
+    days = older_than_days if older_than_days is not None else settings.store.retention_days
+    cutoff = time.time() - days * 86_400
+
+    async def action(store: Store) -> int:
+        return await store.prune(received_before=cutoff)
+
+    deleted = _with_store(settings, action)
+    click.echo(f"{deleted} event{'' if deleted == 1 else 's'} older than {days:g} days pruned")
+
+
+@cli.command("healthcheck")
+@click.option("--url", help="URL to probe (default: /healthz of this configuration's listener).")
+@click.option("--ready", "check_ready", is_flag=True, help="Probe /readyz instead of /healthz.")
+@click.option(
+    "--timeout",
+    "timeout_seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for the answer.",
+)
+@click.pass_obj
+def healthcheck_command(
+    obj: _Context, url: str | None, check_ready: bool, timeout_seconds: float
+) -> None:
+    """Exit 0 if the running relay answers 200, else 1 (for container HEALTHCHECKs)."""
+    if url is None:
+        url = _own_base_url(obj.settings()) + ("/readyz" if check_ready else "/healthz")
+    try:
+        status, answer = asyncio.run(_get(url, timeout_seconds))
+    except (aiohttp.ClientError, OSError, TimeoutError) as error:
+        fail(f"unhealthy: cannot reach {url}: {error or type(error).__name__}")
+    if status != 200:
+        fail(f"unhealthy: {url} answered {status} {answer}")
+    click.echo(f"healthy: {url} answered {status}")
+
+
+async def _get(url: str, timeout_seconds: float) -> tuple[int, str]:
+    timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.get(url, allow_redirects=False) as response,
+    ):
+        return response.status, (await response.text()).strip()
+
+
+@cli.command("demo")
+@click.option(
+    "--keep",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Run in this folder and keep it (default: a temporary folder, removed after).",
+)
+def demo_command(keep: Path | None) -> None:
+    """Run the whole pipeline against a built-in Pulse emulator; needs no account or network."""
+    from pulse_relay.demo import run_demo
+
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+    configure_logging(format="console", level="error")
+    ok = asyncio.run(run_demo(sys.stdout, workdir=keep))
+    sys.exit(0 if ok else 1)
+
+
+@cli.command("emulator")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8788, show_default=True)
+@click.option("--api-key", default="emulator-key", show_default=True)
+def emulator_command(host: str, port: int, api_key: str) -> None:
+    """Serve the built-in Pulse API emulator (jobs demo-completed, demo-progress, ...)."""
+    from pulse_relay.emulator import run_emulator
+
+    configure_logging(format="auto", level="info")
+    try:
+        asyncio.run(run_emulator(host, port, api_key))
+    except KeyboardInterrupt:
+        pass
+    except OSError as error:
+        fail(f"cannot start the emulator: {error}")
 
 
 def _indent(text: str) -> str:

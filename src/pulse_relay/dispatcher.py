@@ -97,6 +97,8 @@ class Dispatcher:
         self._fetches: set[asyncio.Task[None]] = set()
         self._deliveries: set[asyncio.Task[None]] = set()
         self._in_flight: dict[str, int] = dict.fromkeys(self._sinks, 0)
+        # Deliveries whose sink is still working (recording the outcome comes after).
+        self._delivering = 0
         self._rotation = 0
 
     @property
@@ -154,7 +156,7 @@ class Dispatcher:
         # Only work that could be claimed now counts: running work wakes the loop itself
         # when it finishes, so waiting for it here would only spin.
         sinks = [n for n, r in self._sinks.items() if self._in_flight[n] < r.concurrency]
-        if len(self._deliveries) >= self._limits.concurrency:
+        if self._delivering >= self._limits.concurrency:
             sinks = []
         include_fetches = (
             self._pulse is not None and len(self._fetches) < self._limits.fetch_concurrency
@@ -173,7 +175,7 @@ class Dispatcher:
             ):
                 self._spawn(self._fetches, self._run_fetch(fetch))
                 claimed += 1
-        total_free = self._limits.concurrency - len(self._deliveries)
+        total_free = self._limits.concurrency - self._delivering
         if total_free > 0 and self._sinks:
             names = list(self._sinks)
             # Rotate the order so one busy sink cannot take the whole budget every time.
@@ -191,6 +193,7 @@ class Dispatcher:
                     if key not in bodies:
                         bodies[key] = self._envelope(task, metadata)
                     self._in_flight[task.sink] += 1
+                    self._delivering += 1
                     self._spawn(self._deliveries, self._run_delivery(task, *bodies[key]))
                 claimed += len(tasks)
         return claimed
@@ -230,6 +233,8 @@ class Dispatcher:
             await self._fetch(task, attempt_number, context)
         except StoreUnavailableError as error:
             log.error("could not record job fetch", reason=error.reason, **context)
+        except Exception:  # a bug must not end dispatching; the lease expiry retries it
+            log.exception("job fetch failed unexpectedly", **context)
 
     async def _fetch(self, task: FetchTask, attempt_number: int, context: dict[str, Any]) -> None:
         assert self._pulse is not None
@@ -363,7 +368,11 @@ class Dispatcher:
             log.exception("sink raised unexpectedly", **context)
             failure = SinkError(f"internal error: {type(error).__name__}: {error}")
         finally:
+            # The slot is free once the sink is done: the next claim can share a
+            # transaction with this record (the lease keeps this delivery unclaimed).
             self._in_flight[task.sink] -= 1
+            self._delivering -= 1
+            self.notify()
         duration_seconds = time.perf_counter() - began
         try:
             await self._record(
@@ -372,7 +381,8 @@ class Dispatcher:
         except StoreUnavailableError as error:
             # The lease runs out and the delivery is made again: at least once, never lost.
             log.error("could not record delivery outcome", reason=error.reason, **context)
-        self.notify()
+        except Exception:
+            log.exception("recording the delivery failed unexpectedly", **context)
 
     async def _record(
         self,

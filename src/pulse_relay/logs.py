@@ -1,9 +1,15 @@
-"""structlog set-up: console lines on a TTY, JSON lines otherwise."""
+"""structlog set-up: console lines on a TTY, JSON lines otherwise.
+
+Lines from other libraries (aiohttp, asyncio) that log through the standard
+`logging` module are rendered the same way, so stderr carries one format only.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -15,11 +21,46 @@ _LEVELS = {
     "error": logging.ERROR,
 }
 
+REDACTED = "[redacted]"
+# Keys whose values must never reach a log line, whoever passes them: a last line of
+# defence behind the rule that secrets, signatures and bodies are not logged at all.
+_SENSITIVE_KEY = re.compile(
+    r"secret|api[-_]?key|token|passw|authorization|cookie|signature|credential|^body$|^payload$",
+    re.IGNORECASE,
+)
+
+
+def redact_sensitive(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Replace the value of every secret-looking key with a marker."""
+    for key in list(event_dict):
+        if _SENSITIVE_KEY.search(key):
+            event_dict[key] = REDACTED
+    return event_dict
+
+
+class _RelayHandler(logging.StreamHandler[TextIO]):
+    """The root handler this module installs (so a reconfiguration replaces only it)."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        super().__init__(stream if stream is not None else sys.stderr)
+        self._follows_stderr = stream is None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._follows_stderr:
+            # Whatever sys.stderr is now (it may have been replaced since set-up).
+            self.stream = sys.stderr
+        super().emit(record)
+
 
 def configure_logging(
     *, format: str = "auto", level: str = "info", stream: TextIO | None = None
 ) -> None:
-    """Route structlog to `stream` (stderr by default) as JSON or console lines."""
+    """Route structlog (and stdlib logging) to `stream`, stderr by default, as JSON or console.
+
+    Safe to call again (SIGHUP): the new format and level replace the old ones.
+    """
     out = stream if stream is not None else sys.stderr
     as_console = format == "console" or (format == "auto" and out.isatty())
     renderer: Any = (
@@ -27,18 +68,37 @@ def configure_logging(
         if as_console
         else structlog.processors.JSONRenderer()
     )
+    threshold = _LEVELS.get(level, logging.INFO)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_sensitive,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    handler = _RelayHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _RelayHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    # Other libraries speak at warning and above only, even when debugging: aiosqlite's
+    # debug lines, for one, print every SQL parameter (bodies, jobs).
+    root.setLevel(max(threshold, logging.WARNING))
 
 
 def get_logger(name: str) -> Any:

@@ -79,6 +79,18 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.pruned_events = Counter(
+            "pulse_relay_pruned_events",
+            "Finished events deleted by retention (the daily task and `prune`).",
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "pulse_relay_config_reloads",
+            "Configuration reloads on SIGHUP, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)

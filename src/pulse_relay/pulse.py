@@ -8,7 +8,6 @@ status code and any `Retry-After` carried along.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
@@ -18,14 +17,26 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from pulse_relay.events import TERMINAL_STATUSES, is_terminal, is_valid_job_id
 from pulse_relay.retry import parse_retry_after
 
+__all__ = [
+    "TERMINAL_STATUSES",
+    "FetchedJob",
+    "PulseAuthError",
+    "PulseClient",
+    "PulseError",
+    "PulseNotFoundError",
+    "PulsePermanentError",
+    "PulseRetryableError",
+    "is_terminal",
+    "is_valid_job_id",
+]
+
 API_KEY_HEADER: Final = "x-api-key"
-TERMINAL_STATUSES: Final = frozenset({"completed", "failed", "canceled", "cancelled", "expired"})
 DEFAULT_MAX_RESULT_BYTES: Final = 256 * 1024 * 1024
 MAX_REASON_CHARS: Final = 200
 
-_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 # Enough of an error body to find its message; the rest is never read.
 _MAX_ERROR_BODY_BYTES: Final = 64 * 1024
 _MAX_REDIRECTS: Final = 5
@@ -68,16 +79,6 @@ class FetchedJob:
 
     job: dict[str, Any]
     result_url: str | None
-
-
-def is_terminal(status: str) -> bool:
-    """True for statuses after which a job never changes: completed, failed, canceled, expired."""
-    return status in TERMINAL_STATUSES
-
-
-def is_valid_job_id(job_id: str) -> bool:
-    """True when `job_id` matches `^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$` (safe in URLs, file names)."""
-    return _JOB_ID.fullmatch(job_id) is not None
 
 
 @dataclass

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from pulse_relay.events import parse_event
 from pulse_relay.logs import get_logger
@@ -78,6 +79,13 @@ class Ingress:
         self._metrics = metrics
         self._on_accepted = on_accepted
         self._clock = clock
+        # Label lookups take a lock in prometheus-client: resolve each outcome once.
+        self._outcome_counters: dict[str, Counter] = {}
+
+    @property
+    def read_timeout_seconds(self) -> float:
+        """How long a client may take to send a whole request (headers, then body)."""
+        return self._config.read_timeout_seconds
 
     async def handle(self, request: web.Request) -> web.Response:
         """Answer one webhook request as SPEC §2's table says."""
@@ -91,7 +99,11 @@ class Ingress:
             http_status = error.http_status
         if shown_id is not None and "id" not in payload:
             payload["id"] = shown_id
-        self._metrics.webhooks.labels(outcome=str(payload["status"])).inc()
+        outcome = str(payload["status"])
+        counter = self._outcome_counters.get(outcome)
+        if counter is None:
+            counter = self._outcome_counters[outcome] = self._metrics.webhooks.labels(outcome)
+        counter.inc()
         self._metrics.ack_seconds.observe(time.perf_counter() - started)
         return web.json_response(payload, status=http_status)
 
@@ -142,6 +154,9 @@ class Ingress:
         too_large = IngressError(413, "too_large", f"body larger than {limit} bytes")
         if request.content_length is not None and request.content_length > limit:
             raise too_large
+        if request.content_length is not None and request.content.is_eof():
+            # The whole body has already arrived (the usual case): no deadline to arm.
+            return await request.content.read()
         chunks: list[bytes] = []
         size = 0
         try:
@@ -165,7 +180,17 @@ def build_app(
     refresh_metrics: Callable[[], Awaitable[None]] | None = None,
 ) -> web.Application:
     """The aiohttp application with every route the relay serves."""
-    app = web.Application(client_max_size=1024)
+    # aiohttp has no deadline for reading request headers; its keep-alive timer is the
+    # one that covers that gap. It is armed when a connection opens and again after
+    # each answer, and when it fires on a connection whose next request's headers are
+    # still incomplete, the connection is closed. Setting it to the read timeout cuts
+    # off clients that trickle their headers byte by byte (the body has its own
+    # deadline in Ingress._read_body); idle keep-alive connections close after that
+    # long too, which senders handle by reconnecting.
+    app = web.Application(
+        client_max_size=1024,
+        handler_args={"keepalive_timeout": ingress.read_timeout_seconds},
+    )
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -12,7 +12,9 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +28,8 @@ DeliveryOutcome = Literal["delivered", "retry", "dead"]
 MAX_BATCH = 512
 # SQLite's default limit on host parameters in one statement is 999 on old builds.
 _CHUNK = 500
+# Events deleted per transaction by prune(), so the writer is never held for long.
+PRUNE_BATCH = 500
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -98,6 +102,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX watches_due ON watches (next_poll_at) WHERE state = 'active';
     CREATE INDEX events_open_jobs ON events (received_at)
         WHERE type IN ('job.created', 'job.processing');
+    """,
+    # Readiness must prove a real write: taking the write lock alone succeeds on a full disk.
+    """
+    CREATE TABLE probes (name TEXT PRIMARY KEY, written_at REAL NOT NULL);
     """,
 )
 
@@ -209,7 +217,8 @@ class Watch:
     last_error: str | None
 
 
-WriteOp = Callable[[aiosqlite.Connection], Awaitable[Any]]
+# A write runs on the writer thread, inside the group transaction, in a savepoint of its own.
+WriteOp = Callable[[sqlite3.Connection], Any]
 
 
 @dataclass
@@ -229,7 +238,15 @@ def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
 
 
 class Store:
-    """The relay's SQLite store; open() before use, close() after."""
+    """The relay's SQLite store; open() before use, close() after.
+
+    Writes go through one connection owned by one thread: a whole group
+    transaction runs there in a single hand-off from the event loop. (Through
+    aiosqlite each statement is its own hand-off, and under load every one of
+    them waits behind the request work queued on the loop: that, not the
+    fsync, limited ingest.) Reads use aiosqlite on a second connection; WAL
+    lets them run beside the writer.
+    """
 
     def __init__(
         self,
@@ -244,6 +261,8 @@ class Store:
         self._busy_timeout_seconds = busy_timeout_seconds
         self._clock = clock
         self._db: aiosqlite.Connection | None = None
+        self._writer_db: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -254,27 +273,43 @@ class Store:
         """Open (creating if needed) the database, migrate it, and start the writer."""
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
         try:
+            self._writer_db = await loop.run_in_executor(self._executor, self._connect_writer)
             db = await aiosqlite.connect(self.path, isolation_level=None)
-        except sqlite3.Error as error:
-            raise StoreUnavailableError(f"cannot open {self.path}: {error}") from error
-        self._db = db
-        db.row_factory = sqlite3.Row
-        try:
+            db.row_factory = sqlite3.Row
+            self._db = db
             await db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_seconds * 1000)}")
-            await db.execute("PRAGMA journal_mode = WAL")
-            await db.execute(f"PRAGMA synchronous = {self._synchronous}")
-            await db.execute("PRAGMA foreign_keys = ON")
-            await self._migrate(db)
+        except sqlite3.Error as error:
+            await self._close_connections()
+            raise StoreUnavailableError(f"cannot open {self.path}: {error}") from error
         except BaseException:
-            await db.close()
-            self._db = None
+            await self._close_connections()
             raise
         self._closing = False
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
 
+    def _connect_writer(self) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            timeout=self._busy_timeout_seconds,
+            check_same_thread=False,
+        )
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute(f"PRAGMA synchronous = {self._synchronous}")
+            db.execute("PRAGMA foreign_keys = ON")
+            self._migrate(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
     async def close(self) -> None:
-        """Finish queued writes, stop the writer, and close the connection."""
+        """Finish queued writes, stop the writer, and close the connections."""
         self._closing = True
         if self._writer is not None:
             await self._queue.join()
@@ -282,9 +317,18 @@ class Store:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
         if self._db is not None:
             await self._db.close()
             self._db = None
+        if self._executor is not None:
+            writer_db, self._writer_db = self._writer_db, None
+            if writer_db is not None:
+                await asyncio.get_running_loop().run_in_executor(self._executor, writer_db.close)
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     async def __aenter__(self) -> Store:
         await self.open()
@@ -295,14 +339,13 @@ class Store:
 
     @property
     def db(self) -> aiosqlite.Connection:
+        """The reading connection."""
         if self._db is None:
             raise RuntimeError("store is not open")
         return self._db
 
-    async def _migrate(self, db: aiosqlite.Connection) -> None:
-        async with db.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
-        version = int(row[0]) if row else 0
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
         if version > len(MIGRATIONS):
             raise StoreVersionError(
                 f"{self.path} has schema version {version}; this pulse-relay knows "
@@ -311,7 +354,7 @@ class Store:
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             # executescript commits first, so the whole migration and its version bump
             # run in one explicit transaction.
-            await db.executescript(
+            db.executescript(
                 f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
             )
 
@@ -335,70 +378,74 @@ class Store:
         self._queue.put_nowait(item)
 
     async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                await self._commit(batch)
+                try:
+                    outcomes = await loop.run_in_executor(self._executor, self._commit, batch)
+                except Exception as error:
+                    # A failed transaction fails every write in it: none of them is on disk.
+                    failure: BaseException = error
+                    if isinstance(error, sqlite3.Error):
+                        failure = StoreUnavailableError(f"store write failed: {error}")
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(failure)
+                    continue
+                for item, (ok, value) in zip(batch, outcomes, strict=True):
+                    if item.future.done():
+                        continue
+                    if ok:
+                        item.future.set_result(value)
+                    else:
+                        item.future.set_exception(value)
             finally:
                 for _ in batch:
                     self._queue.task_done()
 
-    async def _commit(self, batch: list[_Queued]) -> None:
-        db = self.db
+    def _commit(self, batch: list[_Queued]) -> list[tuple[bool, Any]]:
+        """One transaction for the whole batch, on the writer thread; an outcome per item."""
+        db = self._writer_db
+        if db is None:
+            raise StoreUnavailableError("store is closed")
+        outcomes: dict[int, tuple[bool, Any]] = {}
         records = [item for item in batch if item.record is not None]
-        ops = [item for item in batch if item.op is not None]
-        results: dict[int, Any] = {}
-        errors: dict[int, BaseException] = {}
+        db.execute("BEGIN IMMEDIATE")
         try:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                if records:
-                    outcomes = await self._insert_events([item.record for item in records])  # type: ignore[misc]
-                    for item, outcome in zip(records, outcomes, strict=True):
-                        results[id(item)] = outcome
-                for item in ops:
-                    assert item.op is not None
-                    await db.execute("SAVEPOINT op")
-                    try:
-                        results[id(item)] = await item.op(db)
-                    except sqlite3.OperationalError:
-                        raise
-                    except Exception as error:  # the op's own failure; the batch goes on
-                        await db.execute("ROLLBACK TO op")
-                        errors[id(item)] = error
-                    await db.execute("RELEASE op")
-                await db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    await db.execute("ROLLBACK")
-                raise
-        except Exception as error:
-            # A failed transaction fails every write in it: none of them is on disk.
-            failure: BaseException = error
-            if isinstance(error, sqlite3.Error):
-                failure = StoreUnavailableError(f"store write failed: {error}")
+            if records:
+                inserted = self._insert_events(db, [item.record for item in records])  # type: ignore[misc]
+                for item, outcome in zip(records, inserted, strict=True):
+                    outcomes[id(item)] = (True, outcome)
             for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(failure)
-            return
-        for item in batch:
-            if item.future.done():
-                continue
-            if id(item) in errors:
-                item.future.set_exception(errors[id(item)])
-            else:
-                item.future.set_result(results.get(id(item)))
+                if item.op is None:
+                    continue
+                db.execute("SAVEPOINT op")
+                try:
+                    outcomes[id(item)] = (True, item.op(db))
+                except sqlite3.OperationalError:
+                    raise
+                except Exception as error:  # the op's own failure; the batch goes on
+                    db.execute("ROLLBACK TO op")
+                    outcomes[id(item)] = (False, error)
+                db.execute("RELEASE op")
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        return [outcomes[id(item)] for item in batch]
 
-    async def _insert_events(self, records: list[IngestRecord]) -> list[IngestOutcome]:
-        db = self.db
+    def _insert_events(
+        self, db: sqlite3.Connection, records: list[IngestRecord]
+    ) -> list[IngestOutcome]:
         ids = list({record.event_id for record in records})
         existing: set[str] = set()
         for chunk in _chunks(ids):
             sql = f"SELECT id FROM events WHERE id IN ({_placeholders(len(chunk))})"
-            async with db.execute(sql, chunk) as cursor:
-                existing.update([row[0] async for row in cursor])
+            existing.update(row[0] for row in db.execute(sql, chunk))
         keys = list({r.job_key for r in records if r.job_key is not None})
         seen_keys: dict[str, str] = {}
         for chunk in _chunks(keys):
@@ -406,8 +453,7 @@ class Store:
                 "SELECT job_key, id FROM events WHERE state = 'accepted' "
                 f"AND job_key IN ({_placeholders(len(chunk))})"
             )
-            async with db.execute(sql, chunk) as cursor:
-                seen_keys.update({row[0]: row[1] async for row in cursor})
+            seen_keys.update({row[0]: row[1] for row in db.execute(sql, chunk)})
         outcomes: list[IngestOutcome] = []
         event_rows: list[tuple[Any, ...]] = []
         delivery_rows: list[tuple[Any, ...]] = []
@@ -450,14 +496,14 @@ class Store:
                 (record.event_id, sink, record.received_at, record.received_at) for sink in sinks
             )
         if event_rows:
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO events (id, received_at, source, type, job_id, job_key, state, "
                 "error, headers, body, fetch_state, next_fetch_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 event_rows,
             )
         if delivery_rows:
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO deliveries (event_id, sink, state, next_attempt_at, updated_at) "
                 "VALUES (?, ?, 'pending', ?, ?)",
                 delivery_rows,
@@ -465,10 +511,15 @@ class Store:
         return outcomes
 
     async def check_writable(self) -> None:
-        """Raise StoreUnavailableError unless a write transaction can be taken now."""
+        """Raise StoreUnavailableError unless a write can be committed now (a full disk fails)."""
+        now = self._clock()
 
-        async def probe(db: aiosqlite.Connection) -> None:
-            await db.execute("SELECT 1")
+        def probe(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO probes (name, written_at) VALUES ('ready', ?) "
+                "ON CONFLICT (name) DO UPDATE SET written_at = excluded.written_at",
+                (now,),
+            )
 
         await self.write(probe)
 
@@ -478,17 +529,19 @@ class Store:
         """Lease up to `limit` events whose job fetch is due."""
         now = self._clock()
 
-        async def op(db: aiosqlite.Connection) -> list[FetchTask]:
-            async with db.execute(
-                "SELECT id, job_id, type, fetch_attempts FROM events "
-                "WHERE fetch_state = 'pending' AND next_fetch_at <= ? "
-                "AND (fetch_lease_until IS NULL OR fetch_lease_until <= ?) "
-                "ORDER BY next_fetch_at LIMIT ?",
-                (now, now, limit),
+        def op(db: sqlite3.Connection) -> list[FetchTask]:
+            with closing(
+                db.execute(
+                    "SELECT id, job_id, type, fetch_attempts FROM events "
+                    "WHERE fetch_state = 'pending' AND next_fetch_at <= ? "
+                    "AND (fetch_lease_until IS NULL OR fetch_lease_until <= ?) "
+                    "ORDER BY next_fetch_at LIMIT ?",
+                    (now, now, limit),
+                )
             ) as cursor:
-                rows = await cursor.fetchall()
+                rows = cursor.fetchall()
             tasks = [FetchTask(r["id"], r["job_id"], r["type"], r["fetch_attempts"]) for r in rows]
-            await db.executemany(
+            db.executemany(
                 "UPDATE events SET fetch_lease_until = ? WHERE id = ?",
                 [(now + lease_seconds, task.event_id) for task in tasks],
             )
@@ -503,32 +556,32 @@ class Store:
         """Persist the fetched job; the event's sinks become due at once."""
         now = self._clock()
 
-        async def op(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
                 "UPDATE events SET fetch_state = 'done', job = ?, result_url = ?, fetched_at = ?, "
                 "fetch_lease_until = NULL, fetch_error = NULL, "
                 "fetch_attempts = fetch_attempts + 1 WHERE id = ?",
                 (json.dumps(job), result_url, now, event_id),
             )
-            await db.execute(
+            db.execute(
                 "UPDATE deliveries SET next_attempt_at = ? "
                 "WHERE event_id = ? AND state = 'pending'",
                 (now, event_id),
             )
-            await _insert_attempt(db, event_id, attempt)
+            _insert_attempt(db, event_id, attempt)
 
         await self.write(op)
 
     async def retry_fetch(self, event_id: str, *, next_fetch_at: float, attempt: Attempt) -> None:
         """Record a failed fetch and schedule the next one."""
 
-        async def op(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
                 "UPDATE events SET next_fetch_at = ?, fetch_lease_until = NULL, fetch_error = ?, "
                 "fetch_attempts = fetch_attempts + 1 WHERE id = ?",
                 (next_fetch_at, attempt.error, event_id),
             )
-            await _insert_attempt(db, event_id, attempt)
+            _insert_attempt(db, event_id, attempt)
 
         await self.write(op)
 
@@ -537,18 +590,18 @@ class Store:
         now = self._clock()
         reason = f"job fetch failed: {attempt.error}"
 
-        async def op(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
                 "UPDATE events SET fetch_state = 'dead', fetch_lease_until = NULL, "
                 "fetch_error = ?, fetch_attempts = fetch_attempts + 1 WHERE id = ?",
                 (attempt.error, event_id),
             )
-            await db.execute(
+            db.execute(
                 "UPDATE deliveries SET state = 'dead', last_error = ?, lease_until = NULL, "
                 "updated_at = ? WHERE event_id = ? AND state = 'pending'",
                 (reason, now, event_id),
             )
-            await _insert_attempt(db, event_id, attempt)
+            _insert_attempt(db, event_id, attempt)
 
         await self.write(op)
 
@@ -563,23 +616,25 @@ class Store:
         if not wanted or total_limit <= 0:
             return []
 
-        async def op(db: aiosqlite.Connection) -> list[DeliveryTask]:
+        def op(db: sqlite3.Connection) -> list[DeliveryTask]:
             tasks: list[DeliveryTask] = []
             for sink, slots in wanted:
                 remaining = total_limit - len(tasks)
                 if remaining <= 0:
                     break
-                async with db.execute(
-                    "SELECT d.event_id, d.sink, d.attempts, d.replay, e.type, e.job_id, "
-                    "e.received_at, e.source, e.body, e.job, e.result_url "
-                    "FROM deliveries d JOIN events e ON e.id = d.event_id "
-                    "WHERE d.sink = ? AND d.state = 'pending' AND d.next_attempt_at <= ? "
-                    "AND (d.lease_until IS NULL OR d.lease_until <= ?) "
-                    "AND e.fetch_state IN ('none', 'done') "
-                    "ORDER BY d.next_attempt_at LIMIT ?",
-                    (sink, now, now, min(slots, remaining)),
+                with closing(
+                    db.execute(
+                        "SELECT d.event_id, d.sink, d.attempts, d.replay, e.type, e.job_id, "
+                        "e.received_at, e.source, e.body, e.job, e.result_url "
+                        "FROM deliveries d JOIN events e ON e.id = d.event_id "
+                        "WHERE d.sink = ? AND d.state = 'pending' AND d.next_attempt_at <= ? "
+                        "AND (d.lease_until IS NULL OR d.lease_until <= ?) "
+                        "AND e.fetch_state IN ('none', 'done') "
+                        "ORDER BY d.next_attempt_at LIMIT ?",
+                        (sink, now, now, min(slots, remaining)),
+                    )
                 ) as cursor:
-                    rows = await cursor.fetchall()
+                    rows = cursor.fetchall()
                 tasks.extend(
                     DeliveryTask(
                         event_id=r["event_id"],
@@ -596,7 +651,7 @@ class Store:
                     )
                     for r in rows
                 )
-            await db.executemany(
+            db.executemany(
                 "UPDATE deliveries SET lease_until = ? WHERE event_id = ? AND sink = ?",
                 [(now + lease_seconds, t.event_id, t.sink) for t in tasks],
             )
@@ -635,25 +690,23 @@ class Store:
         state = "pending" if outcome == "retry" else outcome
         error = None if outcome == "delivered" else attempt.error
 
-        async def op(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
                 "UPDATE deliveries SET state = ?, attempts = attempts + 1, lease_until = NULL, "
                 "last_error = ?, next_attempt_at = COALESCE(?, next_attempt_at), updated_at = ? "
                 "WHERE event_id = ? AND sink = ?",
                 (state, error, next_attempt_at, now, event_id, sink),
             )
-            await _insert_attempt(db, event_id, attempt)
+            _insert_attempt(db, event_id, attempt)
 
         await self.write(op)
 
     async def release_leases(self) -> None:
         """Make every leased item due again at once (graceful shutdown)."""
 
-        async def op(db: aiosqlite.Connection) -> None:
-            await db.execute(
-                "UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL"
-            )
-            await db.execute(
+        def op(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL")
+            db.execute(
                 "UPDATE events SET fetch_lease_until = NULL WHERE fetch_lease_until IS NOT NULL"
             )
 
@@ -665,7 +718,7 @@ class Store:
         """Make deliveries due again as replays; returns how many were queued."""
         now = self._clock()
 
-        async def op(db: aiosqlite.Connection) -> int:
+        def op(db: sqlite3.Connection) -> int:
             clauses = ["1 = 1"]
             params: list[Any] = []
             if dead_only:
@@ -677,7 +730,7 @@ class Store:
                 clauses.append(f"event_id IN ({_placeholders(len(event_ids))})")
                 params.extend(event_ids)
             where = " AND ".join(clauses)
-            cursor = await db.execute(
+            cursor = db.execute(
                 "UPDATE deliveries SET state = 'pending', attempts = 0, replay = 1, "
                 "lease_until = NULL, next_attempt_at = ?, updated_at = ? "
                 f"WHERE {where}",
@@ -685,7 +738,7 @@ class Store:
             )
             count = cursor.rowcount
             # A replay of an event whose fetch had died tries the fetch again.
-            await db.execute(
+            db.execute(
                 "UPDATE events SET fetch_state = 'pending', next_fetch_at = ?, fetch_attempts = 0 "
                 "WHERE fetch_state = 'dead' AND id IN "
                 "(SELECT event_id FROM deliveries WHERE state = 'pending' AND replay = 1)",
@@ -695,6 +748,35 @@ class Store:
 
         result: int = await self.write(op)
         return result
+
+    # -- retention -------------------------------------------------------
+
+    async def prune(self, *, received_before: float, batch_size: int = PRUNE_BATCH) -> int:
+        """Delete finished events received before `received_before`; returns how many.
+
+        Finished means: every delivery delivered (or none at all, as for invalid
+        and repeat events) and no job fetch still pending. Events with a pending
+        or dead delivery are kept until replayed. Deletes run in small batches so
+        ingest never waits long behind them.
+        """
+
+        def op(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
+                "DELETE FROM events WHERE id IN ("
+                "SELECT e.id FROM events e WHERE e.received_at < ? "
+                "AND e.fetch_state NOT IN ('pending', 'dead') "
+                "AND NOT EXISTS (SELECT 1 FROM deliveries d "
+                "WHERE d.event_id = e.id AND d.state != 'delivered') LIMIT ?)",
+                (received_before, batch_size),
+            )
+            return cursor.rowcount
+
+        total = 0
+        while True:
+            deleted: int = await self.write(op)
+            total += deleted
+            if deleted < batch_size:
+                return total
 
     # -- watched jobs (polling) ----------------------------------------
 
@@ -710,8 +792,8 @@ class Store:
         now = self._clock()
         extra = json.dumps(metadata or {})
 
-        async def op(db: aiosqlite.Connection) -> None:
-            await db.executemany(
+        def op(db: sqlite3.Connection) -> None:
+            db.executemany(
                 "INSERT INTO watches (job_id, metadata, origin, state, added_at, next_poll_at, "
                 "interval_seconds, updated_at) VALUES (?, ?, ?, 'active', ?, ?, ?, ?) "
                 "ON CONFLICT (job_id) DO UPDATE SET "
@@ -727,8 +809,8 @@ class Store:
     async def remove_watches(self, job_ids: Sequence[str]) -> int:
         """Stop watching jobs; returns how many were watched."""
 
-        async def op(db: aiosqlite.Connection) -> int:
-            cursor = await db.execute(
+        def op(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
                 f"DELETE FROM watches WHERE job_id IN ({_placeholders(len(job_ids))})",
                 list(job_ids),
             )
@@ -750,16 +832,18 @@ class Store:
         """Lease up to `limit` watches whose poll is due (by moving their next poll on)."""
         now = self._clock()
 
-        async def op(db: aiosqlite.Connection) -> list[Watch]:
-            async with db.execute(
-                "SELECT job_id, metadata, origin, state, added_at, next_poll_at, "
-                "interval_seconds, polls, last_status, last_error FROM watches "
-                "WHERE state = 'active' AND next_poll_at <= ? ORDER BY next_poll_at LIMIT ?",
-                (now, limit),
+        def op(db: sqlite3.Connection) -> list[Watch]:
+            with closing(
+                db.execute(
+                    "SELECT job_id, metadata, origin, state, added_at, next_poll_at, "
+                    "interval_seconds, polls, last_status, last_error FROM watches "
+                    "WHERE state = 'active' AND next_poll_at <= ? ORDER BY next_poll_at LIMIT ?",
+                    (now, limit),
+                )
             ) as cursor:
-                rows = await cursor.fetchall()
+                rows = cursor.fetchall()
             watches = [Watch(r[0], json.loads(r[1]), *tuple(r)[2:]) for r in rows]
-            await db.executemany(
+            db.executemany(
                 "UPDATE watches SET next_poll_at = ? WHERE job_id = ?",
                 [(now + lease_seconds, w.job_id) for w in watches],
             )
@@ -781,8 +865,8 @@ class Store:
         """Record one poll of a watched job."""
         now = self._clock()
 
-        async def op(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
                 "UPDATE watches SET state = ?, next_poll_at = ?, interval_seconds = ?, "
                 "polls = polls + 1, last_status = COALESCE(?, last_status), last_error = ?, "
                 "updated_at = ? WHERE job_id = ?",
@@ -797,19 +881,21 @@ class Store:
         """Watch jobs seen created/processing before `older_than` with no terminal event since."""
         now = self._clock()
 
-        async def op(db: aiosqlite.Connection) -> list[str]:
-            async with db.execute(
-                "SELECT DISTINCT e.job_id FROM events e "
-                "WHERE e.type IN ('job.created', 'job.processing') "
-                "AND e.received_at <= ? AND e.received_at >= ? AND e.job_id IS NOT NULL "
-                "AND NOT EXISTS (SELECT 1 FROM events t WHERE t.job_id = e.job_id "
-                "AND t.type NOT IN ('job.created', 'job.processing')) "
-                "AND NOT EXISTS (SELECT 1 FROM watches w WHERE w.job_id = e.job_id) "
-                "LIMIT ?",
-                (older_than, since, limit),
+        def op(db: sqlite3.Connection) -> list[str]:
+            with closing(
+                db.execute(
+                    "SELECT DISTINCT e.job_id FROM events e "
+                    "WHERE e.type IN ('job.created', 'job.processing') "
+                    "AND e.received_at <= ? AND e.received_at >= ? AND e.job_id IS NOT NULL "
+                    "AND NOT EXISTS (SELECT 1 FROM events t WHERE t.job_id = e.job_id "
+                    "AND t.type NOT IN ('job.created', 'job.processing')) "
+                    "AND NOT EXISTS (SELECT 1 FROM watches w WHERE w.job_id = e.job_id) "
+                    "LIMIT ?",
+                    (older_than, since, limit),
+                )
             ) as cursor:
-                job_ids = [row[0] async for row in cursor]
-            await db.executemany(
+                job_ids = [row[0] for row in cursor]
+            db.executemany(
                 "INSERT INTO watches (job_id, origin, state, added_at, next_poll_at, "
                 "interval_seconds, updated_at) VALUES (?, 'recovery', 'active', ?, ?, ?, ?)",
                 [(job_id, now, now, interval_seconds, now) for job_id in job_ids],
@@ -944,8 +1030,8 @@ class Store:
         return min(times) if times else None
 
 
-async def _insert_attempt(db: aiosqlite.Connection, event_id: str, attempt: Attempt) -> None:
-    await db.execute(
+def _insert_attempt(db: sqlite3.Connection, event_id: str, attempt: Attempt) -> None:
+    db.execute(
         "INSERT INTO attempts (event_id, sink, attempt, started_at, duration_ms, outcome, "
         "status_code, error, output_tail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (

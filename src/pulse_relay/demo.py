@@ -1,0 +1,216 @@
+"""`pulse-relay demo`: the whole pipeline in a temporary folder, against the built-in emulator.
+
+Signed webhooks go through the real ingress, a large result is downloaded once,
+an HTTP sink fails twice before it recovers, a command sink runs, and one job
+is polled instead of announced — then the demo shows what every sink received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from aiohttp import web
+
+from pulse_relay.app import Relay
+from pulse_relay.config import Settings
+from pulse_relay.emulator import PulseEmulator
+from pulse_relay.store import EventView
+
+DEADLINE_SECONDS = 30.0
+# Copies stdin to a file named after the event: the command sink's observable effect.
+_COMMAND = (
+    "import json, pathlib, sys\n"
+    "data = sys.stdin.buffer.read()\n"
+    "event = json.loads(data)\n"
+    "name = event['id'].replace(':', '_') + '.json'\n"
+    "(pathlib.Path(sys.argv[1]) / name).write_bytes(data)\n"
+    "print('stored', event['type'], event['job_id'])\n"
+)
+
+
+@dataclass
+class _FlakyApp:
+    """The operator's app behind the HTTP sink: down for its first two requests."""
+
+    failures_left: int = 2
+    received: list[dict[str, Any]] = field(default_factory=list)
+    refused: int = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if self.failures_left > 0:
+            self.failures_left -= 1
+            self.refused += 1
+            return web.json_response({"error": "warming up"}, status=503)
+        self.received.append(json.loads(body))
+        return web.json_response({"ok": True})
+
+
+async def run_demo(out: TextIO, *, workdir: Path | None = None) -> bool:
+    """Run the demo, print what happened to `out`; True when every delivery arrived."""
+    if workdir is not None:
+        return await _run(out, workdir)
+    with tempfile.TemporaryDirectory(prefix="pulse-relay-demo-") as folder:
+        return await _run(out, Path(folder))
+
+
+async def _run(out: TextIO, folder: Path) -> bool:
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    files = folder / "results"
+    command_out = folder / "command-out"
+    command_out.mkdir(parents=True, exist_ok=True)
+    app = _FlakyApp()
+    web_app = web.Application()
+    web_app.router.add_post("/events", app.handle)
+    app_runner = web.AppRunner(web_app, access_log=None)
+    await app_runner.setup()
+    await web.TCPSite(app_runner, "127.0.0.1", 0).start()
+    app_url = f"http://127.0.0.1:{app_runner.addresses[0][1]}/events"
+
+    emulator = PulseEmulator(api_key="demo-" + secrets.token_hex(8))
+    emulator.add_job("job-invoice-001")
+    emulator.add_job("job-scan-large", large_result=True)
+    emulator.add_job("job-watched", statuses=["pending", "processing", "completed"])
+    await emulator.start()
+    settings = Settings.model_validate(
+        {
+            "server": {"host": "127.0.0.1", "port": 0},
+            "verify": {"secrets": [secret]},
+            "store": {"path": str(folder / "relay.db")},
+            "pulse": {"base_url": emulator.base_url, "api_key": emulator.api_key},
+            "poll": {"interval_seconds": 0.2, "max_interval_seconds": 0.5},
+            "log": {"level": "error"},
+            "sinks": [
+                {"name": "files", "type": "file", "directory": str(files)},
+                {
+                    "name": "app",
+                    "type": "http",
+                    "url": app_url,
+                    "events": ["job.*", "credits.*"],
+                    "retry_initial_seconds": 0.3,
+                },
+                {
+                    "name": "script",
+                    "type": "command",
+                    "argv": [sys.executable, "-c", _COMMAND, str(command_out)],
+                    "events": ["job.completed"],
+                },
+            ],
+        }
+    )
+    relay = Relay(settings)
+    await relay.start()
+    started = time.monotonic()
+    try:
+        out.write(f"pulse-relay demo in {folder}\n")
+        out.write(f"  relay     {relay.webhook_url}\n  emulator  {emulator.base_url}\n")
+        out.write(f"  app       {app_url} (answers 503 to its first two requests)\n\n")
+        sent = [
+            ("job.created", "job-invoice-001", None),
+            ("job.completed", "job-invoice-001", None),
+            ("job.completed", "job-scan-large", None),
+            ("credits.low_balance", None, {"remaining_credits": 12}),
+        ]
+        for event_type, job_id, data in sent:
+            status, answer = await emulator.send_webhook(
+                relay.webhook_url, secret, event_type, job_id, data=data
+            )
+            out.write(f"sent {event_type:<20} {job_id or '-':<16} → {status} {answer['status']}\n")
+        forged, answer = await emulator.send_webhook(
+            relay.webhook_url,
+            "whsec_" + base64.b64encode(b"x" * 24).decode(),
+            "job.completed",
+            "job-invoice-001",
+        )
+        out.write(f"sent a forged event (wrong secret)       → {forged} {answer['status']}\n")
+        await relay.store.add_watches(
+            ["job-watched"],
+            metadata={"user": "demo@example.com", "source_file": "watched.pdf"},
+            interval_seconds=settings.poll.interval_seconds,
+        )
+        assert relay.poller is not None
+        relay.poller.notify()
+        out.write("watching job-watched (polled: pending → processing → completed)\n\n")
+        views = await _wait_until_settled(relay)
+    finally:
+        await relay.stop()
+        await emulator.stop()
+        await app_runner.cleanup()
+    elapsed = time.monotonic() - started
+    return _report(out, views, app, emulator, files, command_out, elapsed)
+
+
+async def _wait_until_settled(relay: Relay) -> list[EventView]:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while True:
+        views = await relay.store.list_events(limit=100)
+        polled = any(v.source == "poll" for v in views)
+        pending = any(d["state"] == "pending" for v in views for d in v.deliveries.values())
+        if (polled and not pending) or time.monotonic() > deadline:
+            return views
+        await asyncio.sleep(0.1)
+
+
+def _report(
+    out: TextIO,
+    views: list[EventView],
+    app: _FlakyApp,
+    emulator: PulseEmulator,
+    files: Path,
+    command_out: Path,
+    elapsed_seconds: float,
+) -> bool:
+    sinks = ["files", "app", "script"]
+    header = f"{'EVENT':<36} {'TYPE':<20} {'SOURCE':<8}" + "".join(f" {s:<19}" for s in sinks)
+    out.write(header + "\n")
+    everything_arrived = True
+    for view in sorted(views, key=lambda v: v.received_at):
+        cells = []
+        for sink in sinks:
+            delivery = view.deliveries.get(sink)
+            if delivery is None:
+                cells.append("-")
+                continue
+            state = delivery["state"]
+            everything_arrived &= state == "delivered"
+            tries = delivery["attempts"]
+            cells.append(f"{state} ({tries} tr{'y' if tries == 1 else 'ies'})")
+        out.write(
+            f"{view.id[:36]:<36} {view.type or '-':<20} {view.source:<8}"
+            + "".join(f" {c:<19}" for c in cells)
+            + "\n"
+        )
+    polled = any(v.source == "poll" for v in views)
+    everything_arrived &= polled
+    out.write("\nWhat the sinks received:\n")
+    for path in sorted(files.glob("*.json")):
+        envelope = json.loads(path.read_bytes())
+        job = envelope["job"] or {}
+        line = f"  files   {path.name:<26} {envelope['type']:<15} job {job.get('status', '-')}"
+        if job.get("result"):
+            line += f", result {len(json.dumps(job['result']))} bytes"
+        if envelope["relay"]["metadata"]:
+            line += f", metadata {json.dumps(envelope['relay']['metadata'])}"
+        out.write(line + "\n")
+    out.write(
+        f"  app     {len(app.received)} envelopes after {app.refused} refused requests "
+        f"(retried with backoff)\n"
+    )
+    for path in sorted(command_out.glob("*.json")):
+        envelope = json.loads(path.read_bytes())
+        out.write(
+            f"  script  {envelope['type']} for {envelope['job_id']} (source {envelope['source']})\n"
+        )
+    out.write(f"  large result downloaded {emulator.downloads} time(s) for 3 sinks\n")
+    verdict = "everything arrived" if everything_arrived else "NOT everything arrived"
+    out.write(f"\n{verdict} in {elapsed_seconds:.1f} s\n")
+    return everything_arrived

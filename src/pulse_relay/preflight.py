@@ -1,0 +1,71 @@
+"""Checks of the host a configuration will run on: what `check-config` adds to validation.
+
+Settings validation proves the file is well-formed; these checks prove it can
+work here: the store's folder and every file sink's directory can be written,
+and every command sink's program exists and may be executed. They run as the
+user who runs them, which may not be the service's own user.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from pulse_relay.config import CommandSinkSettings, FileSinkSettings, Settings
+
+
+def _nearest_existing(path: Path) -> Path:
+    """`path` itself, or its closest ancestor that exists (where it would be created)."""
+    candidate = path.absolute()
+    while not candidate.exists() and candidate != candidate.parent:
+        candidate = candidate.parent
+    return candidate
+
+
+def _writable_directory_problem(path: Path) -> str | None:
+    existing = _nearest_existing(path)
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == path.absolute():
+            return f"directory {path} is not writable"
+        return f"directory {path} does not exist and {existing} is not writable to create it"
+    return None
+
+
+def _program_problem(program: str, cwd: Path | None) -> str | None:
+    if os.sep in program:
+        path = Path(program)
+        if not path.is_absolute() and cwd is not None:
+            path = cwd / path
+        if not path.exists():
+            return f"command {program!r} not found"
+        if path.is_dir() or not os.access(path, os.X_OK):
+            return f"command {program!r} is not executable"
+        return None
+    if shutil.which(program) is None:
+        return f"command {program!r} not found on PATH"
+    return None
+
+
+def check_host(settings: Settings) -> list[str]:
+    """One line per problem, each naming the key it is about; empty when all is well."""
+    problems: list[str] = []
+    store_problem = _writable_directory_problem(settings.store.path.absolute().parent)
+    if store_problem is not None:
+        problems.append(f"store.path: {store_problem}")
+    for index, sink in enumerate(settings.sinks):
+        if not sink.enabled:
+            continue
+        if isinstance(sink, FileSinkSettings):
+            problem = _writable_directory_problem(sink.directory)
+            if problem is not None:
+                problems.append(f"sinks[{index}].directory ({sink.name}): {problem}")
+        elif isinstance(sink, CommandSinkSettings):
+            if sink.cwd is not None and not sink.cwd.is_dir():
+                problems.append(f"sinks[{index}].cwd ({sink.name}): {sink.cwd} is not a directory")
+            problem = _program_problem(sink.argv[0], sink.cwd)
+            if problem is not None:
+                problems.append(f"sinks[{index}].argv ({sink.name}): {problem}")
+    return problems

@@ -1,0 +1,101 @@
+"""The Dockerfile and the compose example (no container engine is needed to check them)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DOCKERFILE = REPO / "Dockerfile"
+COMPOSE = REPO / "examples" / "docker-compose.yml"
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n(\s*#[^\n]*\n)*", " ", text)
+    result = []
+    for line in joined.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            word, _, rest = stripped.partition(" ")
+            result.append((word.upper(), rest.strip()))
+    return result
+
+
+@pytest.fixture(scope="module")
+def final_stage() -> list[tuple[str, str]]:
+    """The instructions of the last stage: the image that runs."""
+    steps = instructions(DOCKERFILE.read_text())
+    last_from = max(i for i, (word, _) in enumerate(steps) if word == "FROM")
+    return steps[last_from:]
+
+
+def values(stage: list[tuple[str, str]], word: str) -> list[str]:
+    return [rest for w, rest in stage if w == word]
+
+
+def test_every_stage_uses_a_slim_python_base() -> None:
+    bases = values(instructions(DOCKERFILE.read_text()), "FROM")
+    assert bases
+    assert all(re.match(r"python:3\.1[1-9][\w.]*-slim\b", base) for base in bases), bases
+
+
+def test_runs_as_a_non_root_user(final_stage: list[tuple[str, str]]) -> None:
+    (user,) = values(final_stage, "USER")
+    assert user.split(":")[0] not in ("root", "0")
+    (run,) = values(final_stage, "RUN")
+    assert "useradd" in run and "10001" in run
+
+
+def test_state_lives_in_a_volume(final_stage: list[tuple[str, str]]) -> None:
+    (volume,) = values(final_stage, "VOLUME")
+    assert "/var/lib/pulse-relay" in volume
+    env = " ".join(values(final_stage, "ENV"))
+    assert "PULSE_RELAY_STORE__PATH=/var/lib/pulse-relay/" in env
+    assert "PULSE_RELAY_SERVER__HOST=0.0.0.0" in env
+
+
+def test_healthcheck_uses_the_relay_itself(final_stage: list[tuple[str, str]]) -> None:
+    (healthcheck,) = values(final_stage, "HEALTHCHECK")
+    assert healthcheck.split()[-3:] == ["CMD", '["pulse-relay",', '"healthcheck"]']
+    # The slim image has no curl or wget, and none is installed for this.
+    assert not any("curl" in rest or "wget" in rest for _, rest in final_stage)
+
+
+def test_starts_serve(final_stage: list[tuple[str, str]]) -> None:
+    assert values(final_stage, "ENTRYPOINT") == ['["pulse-relay"]']
+    assert values(final_stage, "CMD") == ['["serve"]']
+    assert values(final_stage, "EXPOSE") == ["8787"]
+
+
+def test_build_context_is_limited() -> None:
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert ignored[ignored.index("*") :][:1] == ["*"]
+    copied = [v.split()[0] for v in values(instructions(DOCKERFILE.read_text()), "COPY")]
+    for source in copied:
+        if not source.startswith("--"):
+            assert f"!{source}" in ignored or f"!{source}/" in ignored, source
+
+
+def test_compose_shows_the_sidecar_use() -> None:
+    text = COMPOSE.read_text()
+    assert re.search(r"^  relay:$", text, re.MULTILINE)
+    assert re.search(r"^  app:$", text, re.MULTILINE)
+    # Both on one network, sharing the results volume (read-only for the app).
+    assert text.count("networks: [internal]") == 2
+    assert re.search(r"- results:/results\s", text) and "- results:/results:ro" in text
+    assert "relay-state:/var/lib/pulse-relay" in text
+    # Secrets as files, never inline.
+    assert "PULSE_WEBHOOK_SECRET" not in text and "whsec_" not in text.replace("whsec_...", "")
+    assert "stop_grace_period" in text
+    config = (REPO / "examples" / "relay.toml").read_text()
+    assert 'url = "http://app:8000/pulse-events"' in config
+
+
+def test_compose_configuration_is_valid() -> None:
+    from pulse_relay.config import load_settings
+
+    settings = load_settings(REPO / "examples" / "relay.toml")
+    assert {sink.name for sink in settings.sinks} == {"results", "app"}

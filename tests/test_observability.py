@@ -1,0 +1,309 @@
+"""Metrics after a scripted run, and logs that carry context but never a secret or a body."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pulse_relay.emulator import PulseEmulator
+from pulse_relay.logs import REDACTED, configure_logging, get_logger
+from tests.conftest import OTHER_SECRET, SECRET, StartRelay, make_body, signed, wait_for
+from tests.helpers import Receiver
+from tests.test_cli import free_port
+from tests.test_server import UNAUTHORIZED_CASES
+
+API_KEY = "pulse-api-key-" + uuid.uuid4().hex
+SINK_SECRET = "whsec_" + base64.b64encode(b"sink-secret-for-observability-00").decode()
+SINK_TOKEN = "Bearer sink-token-" + uuid.uuid4().hex
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[PulseEmulator]:
+    async with PulseEmulator(api_key=API_KEY) as running:
+        yield running
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    running = Receiver()
+    await running.start()
+    yield running
+    await running.stop()
+
+
+async def http(method: str, url: str, **kwargs: Any) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.request(method, url, **kwargs) as r:
+        return r.status, await r.text()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the exposition, keyed by (name, sorted labels)."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_metrics_after_a_scripted_run(
+    start_relay: StartRelay, emulator: PulseEmulator, receiver: Receiver, tmp_path: Path
+) -> None:
+    emulator.add_job("job-m1")
+    emulator.add_job("job-m2")
+    receiver.answers = [500]  # the first delivery is retried once
+    relay = await start_relay(
+        pulse={"base_url": emulator.base_url, "api_key": API_KEY},
+        sinks=[
+            {
+                "type": "http",
+                "name": "app",
+                "url": receiver.url,
+                "retry_initial_seconds": 0.05,
+                "retry_max_seconds": 0.1,
+            }
+        ],
+    )
+    url = relay.webhook_url
+    assert (await emulator.send_webhook(url, SECRET, "job.completed", "job-m1", webhook_id="m1"))[
+        0
+    ] == 202
+    assert (await emulator.send_webhook(url, SECRET, "job.completed", "job-m2", webhook_id="m2"))[
+        0
+    ] == 202
+    assert (await emulator.send_webhook(url, SECRET, "job.completed", "job-m1", webhook_id="m1"))[
+        0
+    ] == 200
+    forged = make_body()
+    assert (await http("POST", url, data=forged, headers=signed(forged, secret=OTHER_SECRET)))[
+        0
+    ] == 401
+    assert (await http("POST", url, data=b"[1, 2]", headers=signed(b"[1, 2]")))[0] == 200
+
+    async def settled() -> bool:
+        views = [await relay.store.get_event(i) for i in ("m1", "m2")]
+        return all(v is not None and v.deliveries["app"]["state"] == "delivered" for v in views)
+
+    await wait_for(settled, timeout_seconds=20)
+    status, text = await http("GET", relay.base_url + "/metrics")
+    assert status == 200
+    values = samples(text)
+
+    def value(name: str, **labels: str) -> float | None:
+        return values.get((name, tuple(sorted(labels.items()))))
+
+    assert value("pulse_relay_webhooks_total", outcome="accepted") == 2
+    assert value("pulse_relay_webhooks_total", outcome="duplicate") == 1
+    assert value("pulse_relay_webhooks_total", outcome="unauthorized") == 1
+    assert value("pulse_relay_webhooks_total", outcome="invalid") == 1
+    assert value("pulse_relay_ack_seconds_count") == 5
+    assert value("pulse_relay_ack_seconds_bucket", le="+Inf") == 5
+    assert value("pulse_relay_job_fetches_total", outcome="ok") == 2
+    assert value("pulse_relay_deliveries_total", sink="app", outcome="delivered") == 2
+    assert value("pulse_relay_deliveries_total", sink="app", outcome="retry") == 1
+    assert value("pulse_relay_deliveries_total", sink="app", outcome="dead") == 0
+    assert value("pulse_relay_delivery_seconds_count", sink="app") == 3
+    assert value("pulse_relay_pending", sink="app") == 0
+    assert value("pulse_relay_oldest_pending_seconds") == 0
+    assert value("pulse_relay_pruned_events_total") == 0
+
+    types = {family.name: family.type for family in text_string_to_metric_families(text)}
+    assert types["pulse_relay_webhooks"] == "counter"
+    assert types["pulse_relay_ack_seconds"] == "histogram"
+    assert types["pulse_relay_job_fetches"] == "counter"
+    assert types["pulse_relay_deliveries"] == "counter"
+    assert types["pulse_relay_delivery_seconds"] == "histogram"
+    assert types["pulse_relay_pending"] == "gauge"
+    assert types["pulse_relay_oldest_pending_seconds"] == "gauge"
+
+
+async def test_pending_gauges_show_backlog_and_its_age(start_relay: StartRelay) -> None:
+    clock_now = time.time()
+    relay = await start_relay(
+        sinks=[{"type": "http", "name": "down", "url": "http://127.0.0.1:9/", "enabled": True}]
+    )
+    # Stop dispatching so the backlog stays put.
+    assert relay.dispatcher is not None
+    await relay.dispatcher.stop(grace_seconds=0)
+    body = make_body("job.created")
+    assert (await http("POST", relay.webhook_url, data=body, headers=signed(body)))[0] == 202
+    assert (await http("GET", relay.base_url + "/readyz"))[0] == 503
+    _, text = await http("GET", relay.base_url + "/metrics")
+    values = samples(text)
+    assert values[("pulse_relay_pending", (("sink", "down"),))] == 1
+    age = values[("pulse_relay_oldest_pending_seconds", ())]
+    assert 0 <= age <= time.time() - clock_now
+
+
+async def test_readyz_reports_a_closed_store(start_relay: StartRelay) -> None:
+    relay = await start_relay(sinks=[])
+    assert (await http("GET", relay.base_url + "/readyz"))[0] == 200
+    await relay.store.close()
+    status, text = await http("GET", relay.base_url + "/readyz")
+    assert status == 503
+    assert any(r.startswith("store not writable") for r in json.loads(text)["reasons"])
+
+
+def test_secret_looking_keys_are_redacted_whoever_logs_them(tmp_path: Path) -> None:
+    out = (tmp_path / "log").open("w+")
+    try:
+        configure_logging(format="json", level="info", stream=out)
+        get_logger("test").info(
+            "careless", api_key="k-123", webhook_signature="v1,abc", body="{}", job_id="j"
+        )
+        import logging
+
+        logging.getLogger("aiohttp.server").error("from the standard library")
+        out.seek(0)
+        lines = [json.loads(line) for line in out.read().splitlines()]
+    finally:
+        configure_logging(format="json", level="info")
+        out.close()
+    assert lines[0]["api_key"] == lines[0]["webhook_signature"] == lines[0]["body"] == REDACTED
+    assert lines[0]["job_id"] == "j"
+    assert lines[1]["event"] == "from the standard library"
+    assert lines[1]["level"] == "error"
+
+
+async def test_logs_never_show_secrets_signatures_or_bodies(
+    tmp_path: Path, emulator: PulseEmulator, receiver: Receiver
+) -> None:
+    result_canary = "RESULT-CANARY-" + uuid.uuid4().hex
+    emulator.add_job("job-logs", result={"extraction_id": "ext_logs", "text": result_canary})
+    receiver.answers = [503]
+    port = free_port()
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+max_body_bytes = 4096
+
+[verify]
+secrets = ["{SECRET}"]
+
+[store]
+path = "{tmp_path / "relay.db"}"
+
+[pulse]
+base_url = "{emulator.base_url}"
+api_key = "{API_KEY}"
+
+[log]
+format = "json"
+level = "debug"
+
+[[sinks]]
+name = "app"
+type = "http"
+url = "{receiver.url}"
+sign_secret = "{SINK_SECRET}"
+headers = {{ Authorization = "{SINK_TOKEN}" }}
+retry_initial_seconds = 0.05
+retry_max_seconds = 0.1
+
+[[sinks]]
+name = "files"
+type = "file"
+directory = "{tmp_path / "files"}"
+"""
+    )
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pulse_relay", "--config", str(config), "serve"],
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+        try:
+            await _wait_listening(port, process)
+            url = f"http://127.0.0.1:{port}/webhooks/pulse"
+            sent_signatures: list[str] = []
+            body_canaries: list[str] = []
+
+            async def post(body: bytes, headers: dict[str, str]) -> int:
+                if "webhook-signature" in headers:
+                    sent_signatures.append(headers["webhook-signature"])
+                return (await http("POST", url, data=body, headers=headers))[0]
+
+            # The suite's hostile requests, each carrying a body canary.
+            for name, case in sorted(UNAUTHORIZED_CASES.items()):
+                body, headers = case(signed(make_body(), webhook_id="msg_hostile"))
+                assert await post(body, headers) == 401, name
+            for kind, status in (("not-json", 200), ("too-large", 413)):
+                canary = f"BODY-CANARY-{kind}-{uuid.uuid4().hex}"
+                body_canaries.append(canary)
+                body = canary.encode() * (1 if kind == "not-json" else 400)
+                assert await post(body, signed(body)) == status
+            accepted_canary = "BODY-CANARY-accepted-" + uuid.uuid4().hex
+            body_canaries.append(accepted_canary)
+            body = make_body("job.completed", job_id="job-logs", note=accepted_canary)
+            assert await post(body, signed(body, webhook_id="msg_logs")) == 202
+            assert await post(body, signed(body, webhook_id="msg_logs")) == 200
+            await wait_for(lambda: len(receiver.received) == 1, timeout_seconds=20)
+            await wait_for((tmp_path / "files" / "job-logs.json").exists)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            returncode = await asyncio.to_thread(process.wait, 30)
+    log_text = log_path.read_text()
+    assert returncode == 0, log_text
+    lines = [json.loads(line) for line in log_text.splitlines()]
+
+    forbidden = [
+        SECRET,
+        SECRET.removeprefix("whsec_"),
+        OTHER_SECRET.removeprefix("whsec_"),
+        API_KEY,
+        SINK_SECRET.removeprefix("whsec_"),
+        SINK_TOKEN,
+        SINK_TOKEN.removeprefix("Bearer "),
+        result_canary,
+        *body_canaries,
+        *[sig.partition(",")[2] for sig in sent_signatures if len(sig.partition(",")[2]) > 8],
+        *[h for r in receiver.received for k, h in r.headers.items() if k == "webhook-signature"],
+    ]
+    assert len(forbidden) > 20
+    leaked = [item for item in forbidden if item in log_text]
+    assert leaked == []
+
+    # The lines about the event carry its context.
+    delivered = [
+        line for line in lines if line["event"] == "delivered" and line.get("sink") == "app"
+    ]
+    assert len(delivered) == 1
+    assert delivered[0]["webhook_id"] == "msg_logs"
+    assert delivered[0]["job_id"] == "job-logs"
+    assert delivered[0]["type"] == "job.completed"
+    assert delivered[0]["status"] == "completed"
+    assert delivered[0]["attempt"] == 2
+    assert delivered[0]["extraction_id"] == "ext_logs"
+    assert isinstance(delivered[0]["duration_ms"], float)
+    retried = [line for line in lines if line["event"] == "delivery failed; will retry"]
+    assert retried and retried[0]["attempt"] == 1 and retried[0]["sink"] == "app"
+    assert sum(line["event"] == "webhook rejected" for line in lines) == len(UNAUTHORIZED_CASES)
+
+
+async def _wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            assert process.poll() is None, "serve exited"
+            assert time.monotonic() < deadline, "serve did not start"
+            await asyncio.sleep(0.05)

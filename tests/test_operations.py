@@ -1,0 +1,474 @@
+"""Operations: graceful shutdown, prune and retention, SIGHUP reload, healthcheck, host checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pulse_relay.config import Settings
+from pulse_relay.store import Attempt, IngestRecord, Store
+from tests.conftest import SECRET, MakeSettings, StartRelay, make_body, signed, wait_for
+from tests.test_cli import free_port, run_cli, write_config
+
+DAY = 86_400.0
+
+# A command sink that hangs on its first run (until killed) and records on the next.
+SLOW_COMMAND = """\
+import pathlib, sys, time
+out = pathlib.Path(sys.argv[1])
+data = sys.stdin.buffer.read()
+started = out / "started"
+if not started.exists():
+    started.write_text("first run")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    sys.exit(1)
+(out / "delivered.json").write_bytes(data)
+"""
+
+
+class Served:
+    """`pulse-relay serve` as a subprocess with stderr in a file (readable while it runs)."""
+
+    def __init__(self, config: Path, log_path: Path) -> None:
+        self.config = config
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pulse_relay", "--config", str(config), "serve"],
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            text=True,
+        )
+
+    def wait_listening(self, port: int) -> None:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.kill()
+                    raise AssertionError(f"serve did not start: {self.log()}") from None
+                time.sleep(0.05)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log().splitlines() if line.startswith("{")]
+
+    def terminate(self, timeout_seconds: float = 30) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        returncode = self.process.wait(timeout=timeout_seconds)
+        self._log.close()
+        return returncode
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def serve_processes() -> Iterator[list[Served]]:
+    started: list[Served] = []
+    yield started
+    for served in started:
+        served.kill()
+
+
+def post_webhook(port: int, body: bytes, webhook_id: str) -> int:
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/webhooks/pulse",
+        data=body,
+        headers=signed(body, webhook_id=webhook_id),
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return int(response.status)
+
+
+def wait_until(condition: Any, timeout_seconds: float = 20) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+# --- graceful shutdown ---------------------------------------------------------------------
+
+
+def test_sigterm_during_a_slow_delivery_exits_0_and_the_delivery_completes_after_restart(
+    tmp_path: Path, serve_processes: list[Served]
+) -> None:
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_COMMAND)
+    out = tmp_path / "out"
+    out.mkdir()
+    port = free_port()
+    config = write_config(
+        tmp_path,
+        port,
+        extra=f"""
+[[sinks]]
+name = "slow"
+type = "command"
+argv = {json.dumps([sys.executable, str(script), str(out)])}
+timeout_seconds = 300
+""",
+    )
+    config.write_text(
+        config.read_text().replace("[verify]", "shutdown_grace_seconds = 1.0\n\n[verify]")
+    )
+    first = Served(config, tmp_path / "first.log")
+    serve_processes.append(first)
+    first.wait_listening(port)
+    body = make_body("job.created", job_id="job-slow")
+    assert post_webhook(port, body, "msg_slow") == 202
+    wait_until((out / "started").exists)
+
+    assert first.terminate() == 0, first.log()
+    assert not (out / "delivered.json").exists()
+    events = [line["event"] for line in first.log_lines()]
+    assert "shutdown grace over; unfinished work resumes at next start" in events
+    assert events[-1] == "stopped"
+
+    second = Served(config, tmp_path / "second.log")
+    serve_processes.append(second)
+    second.wait_listening(port)
+    wait_until((out / "delivered.json").exists)
+    assert json.loads((out / "delivered.json").read_bytes())["id"] == "msg_slow"
+    assert second.terminate() == 0, second.log()
+    shown = run_cli("show", "msg_slow", "--json", config=config)
+    assert json.loads(shown.stdout)["deliveries"]["slow"]["state"] == "delivered"
+
+
+# --- prune and retention -------------------------------------------------------------------
+
+
+def record(
+    event_id: str,
+    received_at: float,
+    *,
+    sinks: tuple[str, ...] = ("a",),
+    error: str | None = None,
+    job_key: str | None = None,
+    needs_fetch: bool = False,
+) -> IngestRecord:
+    return IngestRecord(
+        event_id=event_id,
+        received_at=received_at,
+        source="webhook",
+        headers={},
+        body=b"{}",
+        event_type="job.completed",
+        job_id="job-1",
+        job_key=job_key,
+        error=error,
+        sinks=sinks,
+        needs_fetch=needs_fetch,
+    )
+
+
+async def finish(store: Store, event_id: str, sink: str, outcome: Any) -> None:
+    attempt = Attempt(sink, 1, time.time(), 1.0, outcome)
+    await store.finish_delivery(event_id, sink, outcome=outcome, attempt=attempt)
+
+
+async def populate(store: Store, now: float) -> None:
+    """Events of every kind, old (20 days) unless named new_."""
+    old = now - 20 * DAY
+    records = [
+        record("old_delivered", old, job_key="k1"),
+        record("old_half_dead", old, sinks=("a", "b")),
+        record("old_pending", old),
+        record("old_invalid", old, sinks=(), error="not a JSON object"),
+        record("old_repeat", old, job_key="k1"),
+        record("old_no_sinks", old, sinks=()),
+        record("old_fetching", old, needs_fetch=True),
+        record("new_delivered", now - DAY),
+    ]
+    for item in records:
+        assert await store.ingest(item) == "accepted"
+    await finish(store, "old_delivered", "a", "delivered")
+    await finish(store, "old_half_dead", "a", "delivered")
+    await finish(store, "old_half_dead", "b", "dead")
+    await finish(store, "new_delivered", "a", "delivered")
+
+
+async def stored(store: Store) -> set[str]:
+    return {view.id for view in await store.list_events(limit=100)}
+
+
+KEPT = {"old_half_dead", "old_pending", "old_fetching", "new_delivered"}
+
+
+async def test_prune_removes_only_finished_events_older_than_the_limit(tmp_path: Path) -> None:
+    now = time.time()
+    async with Store(tmp_path / "relay.db") as store:
+        await populate(store, now)
+        view = await store.get_event("old_repeat")
+        assert view is not None and view.state == "repeat"
+
+        assert await store.prune(received_before=now - 30 * DAY) == 0
+        assert await store.prune(received_before=now - 14 * DAY, batch_size=2) == 4
+        assert await stored(store) == KEPT
+        async with store.db.execute(
+            "SELECT COUNT(*) FROM attempts WHERE event_id = 'old_delivered'"
+        ) as cursor:
+            assert (await cursor.fetchone())[0] == 0
+
+        # A dead delivery replayed and delivered is finished: the next prune takes it.
+        await store.replay(["old_half_dead"], dead_only=True)
+        await finish(store, "old_half_dead", "b", "delivered")
+        assert await store.prune(received_before=now - 14 * DAY) == 1
+        assert "old_half_dead" not in await stored(store)
+
+
+def test_prune_command_uses_retention_days_or_older_than(tmp_path: Path) -> None:
+    import asyncio
+
+    config = write_config(tmp_path, 8787)
+
+    async def setup() -> None:
+        async with Store(tmp_path / "relay.db") as store:
+            await populate(store, time.time())
+
+    asyncio.run(setup())
+    # 20-day-old events are younger than 30 days: nothing goes.
+    result = run_cli("prune", "--older-than", "30", config=config)
+    assert (result.returncode, result.stdout.strip()) == (
+        0,
+        "0 events older than 30 days pruned",
+    )
+    # Default: store.retention_days (14).
+    result = run_cli("prune", config=config)
+    assert (result.returncode, result.stdout.strip()) == (0, "4 events older than 14 days pruned")
+    listed = run_cli("events", "--json", config=config)
+    assert {json.loads(line)["id"] for line in listed.stdout.splitlines()} == KEPT
+
+    assert run_cli("prune", "--older-than", "0", config=config).returncode == 2
+    assert run_cli("prune", "--older-than", "-1", config=config).returncode == 2
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert run_cli("prune", config=write_config(elsewhere, 8787)).returncode == 1
+
+
+async def test_retention_task_prunes_shortly_after_start(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    from pulse_relay.app import Relay
+
+    settings = make_settings(
+        sinks=[{"type": "file", "name": "a", "directory": str(tmp_path / "a")}],
+        store={"retention_days": 14},
+    )
+    async with Store(settings.store.path) as store:
+        await populate(store, time.time())
+    relay = Relay(settings, retention_first_run_seconds=0.0)
+    await relay.start()
+    try:
+        await wait_for(
+            lambda: relay.metrics.registry.get_sample_value("pulse_relay_pruned_events_total") == 4
+        )
+        remaining = await stored(relay.store)
+        # What was pending when the relay started may have been delivered since; never pruned.
+        assert remaining == KEPT
+    finally:
+        await relay.stop()
+
+
+# --- SIGHUP --------------------------------------------------------------------------------
+
+
+def test_sighup_reloads_sinks_and_refuses_a_broken_configuration(
+    tmp_path: Path, serve_processes: list[Served]
+) -> None:
+    port = free_port()
+    config = write_config(tmp_path, port)
+    served = Served(config, tmp_path / "serve.log")
+    serve_processes.append(served)
+    served.wait_listening(port)
+
+    def reloads(outcome_event: str) -> int:
+        return sum(line["event"] == outcome_event for line in served.log_lines())
+
+    # A second file sink appears; the first one keeps working.
+    config.write_text(
+        config.read_text()
+        + f'\n[[sinks]]\nname = "more"\ntype = "file"\ndirectory = "{tmp_path / "more"}"\n'
+    )
+    served.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: reloads("configuration reloaded") == 1)
+    assert post_webhook(port, make_body("job.created", job_id="job-a"), "msg_a") == 202
+    wait_until((tmp_path / "more" / "job-a.json").exists)
+    wait_until((tmp_path / "results" / "job-a.json").exists)
+
+    # A broken file is refused; the running configuration stays.
+    good = config.read_text()
+    config.write_text(good + "\n[server\n")
+    served.process.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: reloads("reload refused: configuration invalid; keeping the running one") == 1
+    )
+    assert post_webhook(port, make_body("job.created", job_id="job-b"), "msg_b") == 202
+    wait_until((tmp_path / "more" / "job-b.json").exists)
+
+    # A change outside sinks and log is reported as needing a restart.
+    config.write_text(good.replace("[log]", "[pulse]\ntimeout_seconds = 7.0\n\n[log]"))
+    served.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: reloads("configuration reloaded") == 2)
+    warnings = [line for line in served.log_lines() if line["event"].startswith("changes in these")]
+    assert warnings[-1]["sections"] == ["pulse"]
+    assert served.terminate() == 0, served.log()
+    assert SECRET not in served.log()
+
+
+async def test_reload_keeps_pending_work_and_serves_it_with_the_new_sinks(
+    start_relay: StartRelay, make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the sink wants a directory")
+    relay = await start_relay(
+        sinks=[
+            {
+                "type": "file",
+                "name": "files",
+                "directory": str(blocked / "sub"),
+                "retry_initial_seconds": 0.05,
+                "retry_max_seconds": 0.1,
+            }
+        ]
+    )
+    body = make_body("job.created", job_id="job-r")
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(relay.webhook_url, data=body, headers=signed(body, webhook_id="msg_r")) as r,
+    ):
+        assert r.status == 202
+
+    async def attempted() -> bool:
+        view = await relay.store.get_event("msg_r")
+        return view is not None and view.deliveries["files"]["attempts"] >= 1
+
+    await wait_for(attempted)
+    fixed: Settings = make_settings(
+        sinks=[{"type": "file", "name": "files", "directory": str(tmp_path / "fixed")}]
+    )
+    assert await relay.reload(fixed) == []
+    await wait_for((tmp_path / "fixed" / "job-r.json").exists)
+    view = await relay.store.get_event("msg_r")
+    assert view is not None and view.deliveries["files"]["state"] == "delivered"
+    assert relay.dispatcher is not None and relay.dispatcher.is_running
+    assert await relay.readiness() == []
+
+
+# --- healthcheck ---------------------------------------------------------------------------
+
+
+def test_healthcheck_passes_against_serve_and_fails_against_a_dead_port(
+    tmp_path: Path, serve_processes: list[Served]
+) -> None:
+    port = free_port()
+    config = write_config(tmp_path, port)
+    config.write_text(config.read_text().replace('host = "127.0.0.1"', 'host = "0.0.0.0"'))
+    served = Served(config, tmp_path / "serve.log")
+    serve_processes.append(served)
+    served.wait_listening(port)
+
+    # Derived from the configuration: 0.0.0.0 is probed on 127.0.0.1.
+    result = run_cli("healthcheck", config=config)
+    assert result.returncode == 0, result.stderr
+    assert f"http://127.0.0.1:{port}/healthz answered 200" in result.stdout
+    assert run_cli("healthcheck", "--ready", config=config).returncode == 0
+    explicit = run_cli("healthcheck", "--url", f"http://127.0.0.1:{port}/healthz")
+    assert explicit.returncode == 0
+    missing = run_cli("healthcheck", "--url", f"http://127.0.0.1:{port}/nowhere")
+    assert missing.returncode == 1 and "answered 404" in missing.stderr
+
+    assert served.terminate() == 0
+    dead = run_cli("healthcheck", "--timeout", "2", config=config)
+    assert dead.returncode == 1
+    assert "unhealthy: cannot reach" in dead.stderr
+
+
+# --- check-config on this host -------------------------------------------------------------
+
+
+def test_check_config_reports_unwritable_sink_directories_and_missing_commands(
+    tmp_path: Path,
+) -> None:
+    not_a_dir = tmp_path / "plain-file"
+    not_a_dir.write_text("")
+    not_executable = tmp_path / "script.sh"
+    not_executable.write_text("#!/bin/sh\n")
+    not_executable.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    extra = f"""
+[[sinks]]
+name = "blocked"
+type = "file"
+directory = "{not_a_dir / "results"}"
+
+[[sinks]]
+name = "ghost"
+type = "command"
+argv = ["pulse-relay-no-such-program-anywhere"]
+
+[[sinks]]
+name = "noexec"
+type = "command"
+argv = ["{not_executable}"]
+
+[[sinks]]
+name = "relative"
+type = "command"
+argv = ["./script.sh"]
+cwd = "{tmp_path}"
+
+[[sinks]]
+name = "off"
+type = "command"
+argv = ["pulse-relay-no-such-program-anywhere"]
+enabled = false
+"""
+    config = write_config(tmp_path, 8787, extra=extra)
+    result = run_cli("check-config", config=config)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines[0] == "pulse-relay: configuration error:"
+    problems = lines[1:]
+    assert problems == [
+        f"sinks[1].directory (blocked): {not_a_dir} is not a directory (in {config})",
+        "sinks[2].argv (ghost): command 'pulse-relay-no-such-program-anywhere' "
+        f"not found on PATH (in {config})",
+        f"sinks[3].argv (noexec): command '{not_executable}' is not executable (in {config})",
+        f"sinks[4].argv (relative): command './script.sh' is not executable (in {config})",
+    ]
+
+    not_executable.chmod(stat.S_IRWXU)
+    not_a_dir.unlink()
+    fixed = write_config(
+        tmp_path, 8787, extra=extra.replace('argv = ["pulse-relay-no-such', 'argv = ["sh", "-c')
+    )
+    result = run_cli("check-config", config=fixed)
+    assert result.returncode == 0, result.stderr
+    assert os.access(tmp_path, os.W_OK)
