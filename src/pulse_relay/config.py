@@ -219,7 +219,7 @@ class PollSettings(_Section):
 
 
 class DeliverySettings(_Section):
-    concurrency: int = Field(default=16, ge=1)
+    concurrency: int = Field(default=32, ge=1)
     lease_seconds: float = Field(default=120.0, gt=0)
 
 
@@ -235,7 +235,7 @@ class _SinkBase(_Section):
     max_attempts: int = Field(default=10, ge=1)
     retry_initial_seconds: float = Field(default=1.0, gt=0)
     retry_max_seconds: float = Field(default=600.0, gt=0)
-    concurrency: int = Field(default=4, ge=1)
+    concurrency: int = Field(default=8, ge=1)
 
 
 class FileSinkSettings(_SinkBase):

@@ -99,6 +99,7 @@ class Dispatcher:
         self._in_flight: dict[str, int] = dict.fromkeys(self._sinks, 0)
         # Deliveries whose sink is still working (recording the outcome comes after).
         self._delivering = 0
+        self._fetching = 0
         self._rotation = 0
 
     @property
@@ -159,7 +160,7 @@ class Dispatcher:
         if self._delivering >= self._limits.concurrency:
             sinks = []
         include_fetches = (
-            self._pulse is not None and len(self._fetches) < self._limits.fetch_concurrency
+            self._pulse is not None and self._fetching < self._limits.fetch_concurrency
         )
         next_due = await self._store.next_due_at(sinks, include_fetches=include_fetches)
         if next_due is None:
@@ -167,45 +168,64 @@ class Dispatcher:
         return min(max(next_due - self._clock(), 0.005), IDLE_WAKE_SECONDS)
 
     async def _claim(self) -> int:
-        claimed = 0
-        fetch_free = self._limits.fetch_concurrency - len(self._fetches)
-        if fetch_free > 0 and self._pulse is not None:
-            for fetch in await self._store.claim_fetches(
-                limit=fetch_free, lease_seconds=self._limits.lease_seconds
-            ):
-                self._spawn(self._fetches, self._run_fetch(fetch))
-                claimed += 1
-        total_free = self._limits.concurrency - self._delivering
-        if total_free > 0 and self._sinks:
-            names = list(self._sinks)
-            # Rotate the order so one busy sink cannot take the whole budget every time.
-            self._rotation = (self._rotation + 1) % len(names)
-            names = names[self._rotation :] + names[: self._rotation]
-            free = {n: self._sinks[n].concurrency - self._in_flight[n] for n in names}
-            tasks = await self._store.claim_deliveries(
-                free, total_limit=total_free, lease_seconds=self._limits.lease_seconds
+        fetch_free = 0
+        if self._pulse is not None:
+            fetch_free = max(0, self._limits.fetch_concurrency - self._fetching)
+        free, total_free = self._reserve_slots()
+        # Reserved before the await: a fetch finishing meanwhile claims only what is left.
+        self._fetching += fetch_free
+        try:
+            fetches, deliveries = await self._store.claim(
+                fetch_limit=fetch_free,
+                free_slots=free,
+                total_limit=total_free,
+                lease_seconds=self._limits.lease_seconds,
             )
-            if tasks:
-                metadata = await self._store.metadata_for(t.job_id for t in tasks if t.job_id)
-                bodies: dict[tuple[str, bool], tuple[dict[str, Any], bytes]] = {}
-                for task in tasks:
-                    key = (task.event_id, task.is_replay)
-                    if key not in bodies:
-                        bodies[key] = self._envelope(task, metadata)
-                    self._in_flight[task.sink] += 1
-                    self._delivering += 1
-                    self._spawn(self._deliveries, self._run_delivery(task, *bodies[key]))
-                claimed += len(tasks)
-        return claimed
+        finally:
+            self._fetching -= fetch_free
+            self._release_slots(free, total_free)
+        for fetch in fetches:
+            self._fetching += 1
+            self._spawn(self._fetches, self._run_fetch(fetch))
+        self._start_deliveries(deliveries)
+        return len(fetches) + len(deliveries)
+
+    def _reserve_slots(self) -> tuple[dict[str, int], int]:
+        """Free slots per sink and in all, reserved until `_release_slots`."""
+        total_free = max(0, self._limits.concurrency - self._delivering)
+        names = list(self._sinks)
+        if not names or total_free == 0:
+            return {}, 0
+        # Rotate the order so one busy sink cannot take the whole budget every time.
+        self._rotation = (self._rotation + 1) % len(names)
+        names = names[self._rotation :] + names[: self._rotation]
+        free = {n: max(0, self._sinks[n].concurrency - self._in_flight[n]) for n in names}
+        for name, slots in free.items():
+            self._in_flight[name] += slots
+        self._delivering += total_free
+        return free, total_free
+
+    def _release_slots(self, free: dict[str, int], total_free: int) -> None:
+        for name, slots in free.items():
+            self._in_flight[name] -= slots
+        self._delivering -= total_free
+
+    def _start_deliveries(self, tasks: list[DeliveryTask]) -> None:
+        bodies: dict[tuple[str, bool], tuple[dict[str, Any], bytes]] = {}
+        for task in tasks:
+            key = (task.event_id, task.is_replay)
+            if key not in bodies:
+                bodies[key] = self._envelope(task)
+            self._in_flight[task.sink] += 1
+            self._delivering += 1
+            self._spawn(self._deliveries, self._run_delivery(task, *bodies[key]))
 
     def _spawn(self, group: set[asyncio.Task[None]], work: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(work)
         group.add(task)
         task.add_done_callback(group.discard)
 
-    def _envelope(
-        self, task: DeliveryTask, metadata: Mapping[str, dict[str, Any]]
-    ) -> tuple[dict[str, Any], bytes]:
+    def _envelope(self, task: DeliveryTask) -> tuple[dict[str, Any], bytes]:
         envelope = build_envelope(
             event_id=task.event_id,
             event_type=task.event_type,
@@ -215,7 +235,7 @@ class Dispatcher:
             body=task.body,
             job=task.job,
             result_url=task.result_url,
-            metadata=metadata.get(task.job_id) if task.job_id else None,
+            metadata=task.metadata,
         )
         return envelope, encode_envelope(envelope)
 
@@ -235,6 +255,8 @@ class Dispatcher:
             log.error("could not record job fetch", reason=error.reason, **context)
         except Exception:  # a bug must not end dispatching; the lease expiry retries it
             log.exception("job fetch failed unexpectedly", **context)
+        finally:
+            self._fetching -= 1
 
     async def _fetch(self, task: FetchTask, attempt_number: int, context: dict[str, Any]) -> None:
         assert self._pulse is not None
@@ -277,12 +299,22 @@ class Dispatcher:
                 **context,
             )
             return
-        await self._store.finish_fetch(
-            task.event_id,
-            job=job,
-            result_url=fetched.result_url,
-            attempt=Attempt(None, attempt_number, started_at, duration_ms, "fetched", 200),
-        )
+        # The event's sinks start straight from this transaction, without waiting
+        # for the next claim round.
+        free, total_free = self._reserve_slots()
+        try:
+            deliveries = await self._store.finish_fetch(
+                task.event_id,
+                job=job,
+                result_url=fetched.result_url,
+                attempt=Attempt(None, attempt_number, started_at, duration_ms, "fetched", 200),
+                free_slots=free,
+                total_limit=total_free,
+                lease_seconds=self._limits.lease_seconds,
+            )
+        finally:
+            self._release_slots(free, total_free)
+        self._start_deliveries(deliveries)
         self._metrics.job_fetches.labels(outcome="ok").inc()
         log.info("job fetched", extraction_id=extraction_id(job), **context)
         self.notify()

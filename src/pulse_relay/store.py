@@ -164,6 +164,7 @@ class DeliveryTask:
     body: bytes
     job: dict[str, Any] | None
     result_url: str | None
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -525,38 +526,52 @@ class Store:
 
     # -- job fetch queue -----------------------------------------------
 
-    async def claim_fetches(self, *, limit: int, lease_seconds: float) -> list[FetchTask]:
-        """Lease up to `limit` events whose job fetch is due."""
+    async def claim(
+        self,
+        *,
+        fetch_limit: int,
+        free_slots: dict[str, int],
+        total_limit: int,
+        lease_seconds: float,
+    ) -> tuple[list[FetchTask], list[DeliveryTask]]:
+        """Lease due job fetches (up to `fetch_limit`) and due deliveries, in one transaction.
+
+        Deliveries: at most `free_slots[sink]` per sink and `total_limit` in all.
+        """
         now = self._clock()
 
-        def op(db: sqlite3.Connection) -> list[FetchTask]:
-            with closing(
-                db.execute(
-                    "SELECT id, job_id, type, fetch_attempts FROM events "
-                    "WHERE fetch_state = 'pending' AND next_fetch_at <= ? "
-                    "AND (fetch_lease_until IS NULL OR fetch_lease_until <= ?) "
-                    "ORDER BY next_fetch_at LIMIT ?",
-                    (now, now, limit),
-                )
-            ) as cursor:
-                rows = cursor.fetchall()
-            tasks = [FetchTask(r["id"], r["job_id"], r["type"], r["fetch_attempts"]) for r in rows]
-            db.executemany(
-                "UPDATE events SET fetch_lease_until = ? WHERE id = ?",
-                [(now + lease_seconds, task.event_id) for task in tasks],
+        def op(db: sqlite3.Connection) -> tuple[list[FetchTask], list[DeliveryTask]]:
+            fetches = _claim_fetches(db, now=now, limit=fetch_limit, lease_seconds=lease_seconds)
+            deliveries = _claim_deliveries(
+                db,
+                now=now,
+                free_slots=free_slots,
+                total_limit=total_limit,
+                lease_seconds=lease_seconds,
             )
-            return tasks
+            return fetches, deliveries
 
-        result: list[FetchTask] = await self.write(op)
+        if fetch_limit <= 0 and (total_limit <= 0 or not any(v > 0 for v in free_slots.values())):
+            return [], []
+        result: tuple[list[FetchTask], list[DeliveryTask]] = await self.write(op)
         return result
 
     async def finish_fetch(
-        self, event_id: str, *, job: dict[str, Any], result_url: str | None, attempt: Attempt
-    ) -> None:
-        """Persist the fetched job; the event's sinks become due at once."""
+        self,
+        event_id: str,
+        *,
+        job: dict[str, Any],
+        result_url: str | None,
+        attempt: Attempt,
+        free_slots: dict[str, int] | None = None,
+        total_limit: int = 0,
+        lease_seconds: float = 0.0,
+    ) -> list[DeliveryTask]:
+        """Persist the fetched job; its deliveries become due, and those with a free slot
+        (`free_slots`, `total_limit`) are leased and returned at once."""
         now = self._clock()
 
-        def op(db: sqlite3.Connection) -> None:
+        def op(db: sqlite3.Connection) -> list[DeliveryTask]:
             db.execute(
                 "UPDATE events SET fetch_state = 'done', job = ?, result_url = ?, fetched_at = ?, "
                 "fetch_lease_until = NULL, fetch_error = NULL, "
@@ -569,8 +584,17 @@ class Store:
                 (now, event_id),
             )
             _insert_attempt(db, event_id, attempt)
+            return _claim_deliveries(
+                db,
+                now=now,
+                free_slots=free_slots or {},
+                total_limit=total_limit,
+                lease_seconds=lease_seconds,
+                event_id=event_id,
+            )
 
-        await self.write(op)
+        result: list[DeliveryTask] = await self.write(op)
+        return result
 
     async def retry_fetch(self, event_id: str, *, next_fetch_at: float, attempt: Attempt) -> None:
         """Record a failed fetch and schedule the next one."""
@@ -606,75 +630,6 @@ class Store:
         await self.write(op)
 
     # -- delivery queue ------------------------------------------------
-
-    async def claim_deliveries(
-        self, free_slots: dict[str, int], *, total_limit: int, lease_seconds: float
-    ) -> list[DeliveryTask]:
-        """Lease due deliveries: at most `free_slots[sink]` per sink, `total_limit` in all."""
-        now = self._clock()
-        wanted = [(sink, slots) for sink, slots in free_slots.items() if slots > 0]
-        if not wanted or total_limit <= 0:
-            return []
-
-        def op(db: sqlite3.Connection) -> list[DeliveryTask]:
-            tasks: list[DeliveryTask] = []
-            for sink, slots in wanted:
-                remaining = total_limit - len(tasks)
-                if remaining <= 0:
-                    break
-                with closing(
-                    db.execute(
-                        "SELECT d.event_id, d.sink, d.attempts, d.replay, e.type, e.job_id, "
-                        "e.received_at, e.source, e.body, e.job, e.result_url "
-                        "FROM deliveries d JOIN events e ON e.id = d.event_id "
-                        "WHERE d.sink = ? AND d.state = 'pending' AND d.next_attempt_at <= ? "
-                        "AND (d.lease_until IS NULL OR d.lease_until <= ?) "
-                        "AND e.fetch_state IN ('none', 'done') "
-                        "ORDER BY d.next_attempt_at LIMIT ?",
-                        (sink, now, now, min(slots, remaining)),
-                    )
-                ) as cursor:
-                    rows = cursor.fetchall()
-                tasks.extend(
-                    DeliveryTask(
-                        event_id=r["event_id"],
-                        sink=r["sink"],
-                        attempts=r["attempts"],
-                        is_replay=bool(r["replay"]),
-                        event_type=r["type"],
-                        job_id=r["job_id"],
-                        received_at=r["received_at"],
-                        source=r["source"],
-                        body=bytes(r["body"]),
-                        job=json.loads(r["job"]) if r["job"] is not None else None,
-                        result_url=r["result_url"],
-                    )
-                    for r in rows
-                )
-            db.executemany(
-                "UPDATE deliveries SET lease_until = ? WHERE event_id = ? AND sink = ?",
-                [(now + lease_seconds, t.event_id, t.sink) for t in tasks],
-            )
-            return tasks
-
-        result: list[DeliveryTask] = await self.write(op)
-        return result
-
-    async def metadata_for(self, job_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """The `watch --meta` metadata of each of these jobs that has any."""
-        wanted = sorted(set(job_ids))
-        found: dict[str, dict[str, Any]] = {}
-        for chunk in _chunks(wanted):
-            async with self.db.execute(
-                "SELECT job_id, metadata FROM watches "
-                f"WHERE job_id IN ({_placeholders(len(chunk))})",
-                chunk,
-            ) as cursor:
-                async for row in cursor:
-                    metadata = json.loads(row[1])
-                    if metadata:
-                        found[row[0]] = metadata
-        return found
 
     async def finish_delivery(
         self,
@@ -1028,6 +983,85 @@ class Store:
             if row and row[0] is not None:
                 times.append(float(row[0]))
         return min(times) if times else None
+
+
+def _claim_fetches(
+    db: sqlite3.Connection, *, now: float, limit: int, lease_seconds: float
+) -> list[FetchTask]:
+    if limit <= 0:
+        return []
+    rows = db.execute(
+        "SELECT id, job_id, type, fetch_attempts FROM events "
+        "WHERE fetch_state = 'pending' AND next_fetch_at <= ? "
+        "AND (fetch_lease_until IS NULL OR fetch_lease_until <= ?) "
+        "ORDER BY next_fetch_at LIMIT ?",
+        (now, now, limit),
+    ).fetchall()
+    tasks = [FetchTask(r["id"], r["job_id"], r["type"], r["fetch_attempts"]) for r in rows]
+    db.executemany(
+        "UPDATE events SET fetch_lease_until = ? WHERE id = ?",
+        [(now + lease_seconds, task.event_id) for task in tasks],
+    )
+    return tasks
+
+
+_DELIVERY_COLUMNS = (
+    "SELECT d.event_id, d.sink, d.attempts, d.replay, e.type, e.job_id, e.received_at, "
+    "e.source, e.body, e.job, e.result_url, w.metadata "
+    "FROM deliveries d JOIN events e ON e.id = d.event_id "
+    "LEFT JOIN watches w ON w.job_id = e.job_id "
+)
+
+
+def _claim_deliveries(
+    db: sqlite3.Connection,
+    *,
+    now: float,
+    free_slots: dict[str, int],
+    total_limit: int,
+    lease_seconds: float,
+    event_id: str | None = None,
+) -> list[DeliveryTask]:
+    """Lease due deliveries (of one event, if given), within the slots and the total."""
+    tasks: list[DeliveryTask] = []
+    for sink, slots in free_slots.items():
+        limit = min(slots, total_limit - len(tasks))
+        if limit <= 0:
+            continue
+        where = (
+            "WHERE d.sink = ? AND d.state = 'pending' AND d.next_attempt_at <= ? "
+            "AND (d.lease_until IS NULL OR d.lease_until <= ?) "
+            "AND e.fetch_state IN ('none', 'done') "
+        )
+        params: list[Any] = [sink, now, now]
+        if event_id is not None:
+            where += "AND d.event_id = ? "
+            params.append(event_id)
+        rows = db.execute(
+            _DELIVERY_COLUMNS + where + "ORDER BY d.next_attempt_at LIMIT ?", [*params, limit]
+        ).fetchall()
+        tasks.extend(
+            DeliveryTask(
+                event_id=r["event_id"],
+                sink=r["sink"],
+                attempts=r["attempts"],
+                is_replay=bool(r["replay"]),
+                event_type=r["type"],
+                job_id=r["job_id"],
+                received_at=r["received_at"],
+                source=r["source"],
+                body=bytes(r["body"]),
+                job=json.loads(r["job"]) if r["job"] is not None else None,
+                result_url=r["result_url"],
+                metadata=json.loads(r["metadata"]) if r["metadata"] else None,
+            )
+            for r in rows
+        )
+    db.executemany(
+        "UPDATE deliveries SET lease_until = ? WHERE event_id = ? AND sink = ?",
+        [(now + lease_seconds, t.event_id, t.sink) for t in tasks],
+    )
+    return tasks
 
 
 def _insert_attempt(db: sqlite3.Connection, event_id: str, attempt: Attempt) -> None:
