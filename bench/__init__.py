@@ -1,0 +1,1 @@
+"""pulse-relay's benchmark suite: `python -m bench all` writes BENCHMARKS.md."""

@@ -1,0 +1,60 @@
+"""`python -m bench all|SCENARIO|report [--quick]`: run scenarios, write BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from bench import report
+from bench.common import ensure_wrk
+from bench.scenarios import SCENARIOS, Sizes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("scenario", choices=["all", "report", *SCENARIOS])
+    parser.add_argument("--quick", action="store_true", help="small sizes, one run each")
+    parser.add_argument("--runs", type=int, help="runs per measured figure (median)")
+    parser.add_argument("--seconds", type=float, help="duration of each wrk run")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent / "BENCHMARKS.md",
+        help="the report to (re)write",
+    )
+    parser.add_argument("--no-report", action="store_true", help="do not rewrite the report")
+    args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
+    sizes = Sizes.quick() if args.quick else Sizes()
+    if args.runs:
+        sizes = dataclasses.replace(sizes, runs=args.runs)
+    if args.seconds:
+        sizes = dataclasses.replace(sizes, wrk_seconds=args.seconds)
+    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    if args.scenario == "report":
+        names = []
+    else:
+        ensure_wrk()
+    command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    for name in names:
+        started = time.monotonic()
+        print(f"{name} ...", flush=True)
+        result = SCENARIOS[name](sizes)
+        result["sizes"] = dataclasses.asdict(sizes)
+        report.save(name, result, command=command)
+        for row in result["rows"]:
+            print(
+                f"  {row['scenario']}: {row['figure']} (target {row['target']}, met: {row['met']})"
+            )
+        print(f"  {name} took {time.monotonic() - started:.0f} s", flush=True)
+    if not args.no_report:
+        report.write(args.output)
+        print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,490 @@
+"""Shared machinery: processes on 127.0.0.1, signed requests, wrk, senders, samplers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ctypes
+import json
+import os
+import re
+import select
+import shutil
+import socket
+import sqlite3
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from pulse_relay.signature import sign_headers
+
+SECRET = "whsec_" + base64.b64encode(b"pulse-relay-bench-secret-32bytes").decode()
+API_KEY = "bench-api-key"
+WEBHOOK_PATH = "/webhooks/pulse"
+BENCH_DIR = Path(__file__).resolve().parent
+LUA_SCRIPT = BENCH_DIR / "signed_requests.lua"
+PYTHON = sys.executable
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """One pre-signed webhook: its id, the three headers and the raw body."""
+
+    webhook_id: str
+    headers: dict[str, str]
+    body: bytes
+
+
+def make_body(event_type: str, job_id: str) -> bytes:
+    """A Pulse-shaped webhook payload."""
+    payload = {
+        "type": event_type,
+        "timestamp": "2026-01-01T00:00:00.000000Z",
+        "data": {"job_id": job_id, "status": event_type.removeprefix("job.")},
+    }
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def signed_requests(
+    prefix: str,
+    count: int,
+    *,
+    event_type: str = "job.completed",
+    job_prefix: str | None = None,
+    start: int = 0,
+) -> list[SignedRequest]:
+    """`count` requests with unique ids `{prefix}{n}`, each for job `{job_prefix}{n}`."""
+    jobs = prefix if job_prefix is None else job_prefix
+    now = int(time.time())
+    out: list[SignedRequest] = []
+    for number in range(start, start + count):
+        webhook_id = f"{prefix}{number}"
+        body = make_body(event_type, f"{jobs}{number}")
+        out.append(
+            SignedRequest(webhook_id, sign_headers(SECRET, webhook_id, body, timestamp=now), body)
+        )
+    return out
+
+
+def write_requests_file(path: Path, requests: Iterable[SignedRequest]) -> Path:
+    """One request a line (id, timestamp, signature, body; tab-separated) for the wrk script."""
+    with path.open("wb") as handle:
+        for request in requests:
+            headers = request.headers
+            line = "\t".join(
+                (request.webhook_id, headers["webhook-timestamp"], headers["webhook-signature"])
+            )
+            handle.write(line.encode() + b"\t" + request.body + b"\n")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(
+    url: str, *, timeout_seconds: float = 20.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Poll `url` until it answers, or fail (early when `process` died)."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1.0):
+                return
+        except urllib.error.HTTPError:
+            return  # any HTTP answer means the server is up
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer within {timeout_seconds} s") from None
+            time.sleep(0.05)
+
+
+class Process:
+    """A child process on 127.0.0.1 that is always terminated on exit."""
+
+    def __init__(
+        self, argv: Sequence[str], *, log_path: Path, health_url: str, cwd: Path | None = None
+    ) -> None:
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.health_url = health_url
+        self.cwd = cwd
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def start(self) -> Process:
+        log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(self.argv, stdout=log, stderr=log, cwd=self.cwd)
+        log.close()
+        try:
+            wait_http(self.health_url, process=self.popen)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, *, timeout_seconds: float = 30.0) -> None:
+        popen, self.popen = self.popen, None
+        if popen is None or popen.poll() is not None:
+            return
+        popen.terminate()
+        try:
+            popen.wait(timeout=timeout_seconds)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+
+    def __enter__(self) -> Process:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def baseline_process(workdir: Path) -> tuple[Process, int]:
+    port = free_port()
+    process = Process(
+        [PYTHON, "-m", "bench.baseline", str(port)],
+        log_path=workdir / "baseline.log",
+        health_url=f"http://127.0.0.1:{port}/healthz",
+        cwd=BENCH_DIR.parent,
+    )
+    return process, port
+
+
+def emulator_process(workdir: Path, prefix: str, count: int) -> tuple[Process, str]:
+    port = free_port()
+    process = Process(
+        [PYTHON, "-m", "bench.emulator_proc", str(port), API_KEY, prefix, str(count)],
+        log_path=workdir / "emulator.log",
+        health_url=f"http://127.0.0.1:{port}/job/{prefix}0",
+        cwd=BENCH_DIR.parent,
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return repr(value)
+
+
+@dataclass
+class RelayConfig:
+    """What a scenario varies in the relay's configuration."""
+
+    sinks: list[dict[str, Any]] = field(default_factory=list)
+    pulse_base_url: str | None = None
+    fetch_on: list[str] | None = None
+    synchronous: str = "FULL"
+    delivery_concurrency: int = 16
+
+
+def relay_process(
+    workdir: Path, config: RelayConfig, *, store_path: Path | None = None
+) -> tuple[Process, int, Path]:
+    """`pulse-relay serve` with a generated config in `workdir`; returns (process, port, store)."""
+    port = free_port()
+    store = store_path or workdir / "relay.db"
+    lines = [
+        "[server]",
+        'host = "127.0.0.1"',
+        f"port = {port}",
+        "[verify]",
+        f"secrets = [{json.dumps(SECRET)}]",
+        # Requests are signed just before each run; a wide window only lets a long run
+        # finish with the timestamps it started with. Verification costs the same.
+        "tolerance_seconds = 3600",
+        "[store]",
+        f"path = {json.dumps(str(store))}",
+        f'synchronous = "{config.synchronous}"',
+        "[pulse]",
+        f"api_key = {json.dumps(API_KEY)}",
+        f"base_url = {json.dumps(config.pulse_base_url or 'http://127.0.0.1:9')}",
+        "timeout_seconds = 10.0",
+    ]
+    if config.fetch_on is not None:
+        lines.append(f"fetch_on = {_toml(config.fetch_on)}")
+    lines += [
+        "[delivery]",
+        f"concurrency = {config.delivery_concurrency}",
+        "[log]",
+        'level = "warning"',
+        'format = "json"',
+    ]
+    for sink in config.sinks:
+        lines.append("[[sinks]]")
+        lines += [f"{key} = {_toml(value)}" for key, value in sink.items()]
+    config_path = workdir / "relay.toml"
+    config_path.write_text("\n".join(lines) + "\n")
+    process = Process(
+        [PYTHON, "-m", "pulse_relay", "--config", str(config_path), "serve"],
+        log_path=workdir / "relay.log",
+        health_url=f"http://127.0.0.1:{port}/healthz",
+        cwd=workdir,
+    )
+    return process, port, store
+
+
+# -- wrk ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    """One wrk run, from the Lua script's `done()` summary."""
+
+    requests: int
+    duration_seconds: float
+    errors: int
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.duration_seconds
+
+
+def ensure_wrk() -> str:
+    """The path of wrk, installing Debian's package when it is missing."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("wrk not found: apt-get install -y wrk", file=sys.stderr)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "wrk"], check=False, stdout=subprocess.DEVNULL
+        )
+        found = shutil.which("wrk")
+        if found:
+            return found
+    raise SystemExit("wrk is required: install it with `apt-get install wrk` (Debian package wrk)")
+
+
+def run_wrk(
+    url: str,
+    requests_file: Path,
+    *,
+    connections: int,
+    duration_seconds: float,
+    threads: int = 2,
+) -> WrkResult:
+    """wrk over the pre-signed requests in `requests_file` (cycled per thread)."""
+    env = dict(os.environ, BENCH_REQUESTS=str(requests_file), BENCH_THREADS=str(threads))
+    argv = [
+        ensure_wrk(),
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(duration_seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(LUA_SCRIPT),
+        url,
+    ]
+    done = subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=duration_seconds + 60, check=False
+    )
+    match = re.search(r"^BENCH_JSON (.*)$", done.stdout, re.MULTILINE)
+    if done.returncode != 0 or match is None:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}\n{done.stderr}")
+    data = json.loads(match.group(1))
+    errors = sum(data[k] for k in ("status", "connect", "read", "write", "timeout"))
+    return WrkResult(
+        requests=int(data["requests"]),
+        duration_seconds=data["duration_us"] / 1e6,
+        errors=int(errors),
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+    )
+
+
+# -- Python senders ------------------------------------------------------------------
+
+
+async def send_all(
+    url: str, requests: Sequence[SignedRequest], *, concurrency: int = 32
+) -> dict[int, int]:
+    """POST every request with `concurrency` workers; returns counts per HTTP status."""
+    statuses: dict[int, int] = {}
+    iterator = iter(requests)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            for request in iterator:
+                async with session.post(url, data=request.body, headers=request.headers) as answer:
+                    await answer.read()
+                    statuses[answer.status] = statuses.get(answer.status, 0) + 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return statuses
+
+
+async def send_paced(
+    url: str, requests: Sequence[SignedRequest], *, rate_per_second: float
+) -> tuple[dict[str, int], dict[int, int]]:
+    """POST the requests at a fixed rate (open loop); returns (send time ns per id, statuses)."""
+    sent_at: dict[str, int] = {}
+    statuses: dict[int, int] = {}
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(request: SignedRequest) -> None:
+            sent_at[request.webhook_id] = time.time_ns()
+            async with session.post(url, data=request.body, headers=request.headers) as answer:
+                await answer.read()
+                statuses[answer.status] = statuses.get(answer.status, 0) + 1
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        tasks = []
+        for number, request in enumerate(requests):
+            delay = started + number / rate_per_second - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(request)))
+        await asyncio.gather(*tasks)
+    return sent_at, statuses
+
+
+# -- samplers ------------------------------------------------------------------------
+
+
+def rss_kib(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of `pid` in KiB."""
+    fields: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0])
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def query_one(store: Path, sql: str) -> Any:
+    """One value read from the relay's store by a separate (WAL reader) connection."""
+    with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=10)) as db:
+        row = db.execute(sql).fetchone()
+        return row[0] if row else None
+
+
+def pending_deliveries(store: Path) -> int:
+    return int(query_one(store, "SELECT count(*) FROM deliveries WHERE state = 'pending'"))
+
+
+def delivered_count(store: Path) -> int:
+    return int(query_one(store, "SELECT count(*) FROM deliveries WHERE state = 'delivered'"))
+
+
+def wait_until(predicate: Any, *, timeout_seconds: float, interval_seconds: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_seconds)
+    return bool(predicate())
+
+
+class RenameWatcher:
+    """Records when each file is renamed into a directory (inotify IN_MOVED_TO), in ns."""
+
+    _IN_MOVED_TO = 0x00000080
+    _HEADER = struct.Struct("iIII")
+
+    def __init__(self, directory: Path) -> None:
+        self.times: dict[str, int] = {}
+        self._libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        self._fd = self._libc.inotify_init1(os.O_NONBLOCK)
+        if self._fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        if self._libc.inotify_add_watch(self._fd, str(directory).encode(), self._IN_MOVED_TO) < 0:
+            raise OSError(ctypes.get_errno(), "inotify_add_watch")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._fd], [], [], 0.1)
+            if not ready:
+                continue
+            seen_ns = time.time_ns()
+            try:
+                data = os.read(self._fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            offset = 0
+            while offset < len(data):
+                _, _, _, length = self._HEADER.unpack_from(data, offset)
+                offset += self._HEADER.size
+                name = data[offset : offset + length].rstrip(b"\0").decode()
+                offset += length
+                self.times.setdefault(name, seen_ns)
+
+    def __enter__(self) -> RenameWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        os.close(self._fd)
+
+
+# -- small helpers -------------------------------------------------------------------
+
+
+def median(values: Iterable[float]) -> float:
+    return float(statistics.median(list(values)))
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+@contextlib.contextmanager
+def workdir(name: str) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=f"pulse-relay-bench-{name}-"))
+    try:
+        yield path
+    finally:
+        if os.environ.get("BENCH_KEEP") != "1":
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def metric_value(port: int, name: str, labels: str = "") -> float:
+    """One sample from the relay's /metrics (0 when absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    wanted = name + ("{" + labels + "}" if labels else "")
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.split()[-1])
+    return 0.0

@@ -1,0 +1,188 @@
+"""Machine description and BENCHMARKS.md, written from the stored results of each scenario."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+FINDINGS = Path(__file__).resolve().parent / "FINDINGS.md"
+ORDER = ("ingest", "e2e", "fanout", "memory", "scale", "command")
+
+
+def machine() -> dict[str, str]:
+    """CPU, cores, memory, kernel and the versions that matter."""
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory_kib = 0
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith("MemTotal:"):
+                memory_kib = int(line.split()[1])
+    wrk_version = "not installed"
+    if shutil.which("wrk"):
+        wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
+        wrk_version = (wrk.stdout or wrk.stderr).split("\n", 1)[0].strip()
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "memory": f"{memory_kib / 1024 / 1024:.1f} GiB",
+        "kernel": platform.release(),
+        "os": _os_name(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "aiohttp": metadata.version("aiohttp"),
+        "aiosqlite": metadata.version("aiosqlite"),
+        "pulse-relay": metadata.version("pulse-relay"),
+        "wrk": wrk_version,
+    }
+
+
+def _os_name() -> str:
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    return sys.platform
+
+
+def save(name: str, result: dict[str, Any], *, command: str) -> None:
+    RESULTS_DIR.mkdir(exist_ok=True)
+    result = dict(
+        result, command=command, date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    )
+    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+
+
+def load() -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for name in ORDER:
+        path = RESULTS_DIR / f"{name}.json"
+        if path.exists():
+            found[name] = json.loads(path.read_text())
+    return found
+
+
+def _met(value: bool | None) -> str:
+    return {True: "yes", False: "**no**", None: "—"}[value]
+
+
+def write(path: Path) -> None:
+    """Render BENCHMARKS.md from every stored scenario result."""
+    results = load()
+    info = machine()
+    lines = [
+        "# Benchmarks",
+        "",
+        "Run every scenario against the real `pulse-relay serve` on 127.0.0.1 and rewrite this",
+        "file (about 15 minutes on the machine below; `--quick` takes about 3):",
+        "",
+        "```sh",
+        "apt-get install -y wrk webhook   # the load generator and Debian's adnanh/webhook",
+        ".venv/bin/pip install -e '.[test]'",
+        ".venv/bin/python -m bench all            # or: --quick, or one scenario:",
+        ".venv/bin/python -m bench ingest   # ingest | e2e | fanout | memory | scale | command",
+        ".venv/bin/python -m bench report         # rewrite this file from bench/results/*.json",
+        "```",
+        "",
+        "Each scenario stores its figures in `bench/results/SCENARIO.json`; this file is",
+        "rendered from those, so a single scenario can be re-run on its own.",
+        "",
+        "## Results",
+        "",
+        "| scenario | figure | target | met? |",
+        "|---|---|---|---|",
+    ]
+    for name in ORDER:
+        for row in results.get(name, {}).get("rows", []):
+            lines.append(
+                f"| {row['scenario']} | {row['figure']} | {row['target']} | {_met(row['met'])} |"
+            )
+    missing = [name for name in ORDER if name not in results]
+    if missing:
+        lines += ["", f"Not run yet: {', '.join(missing)}."]
+    lines += ["", "Run dates and commands:", ""]
+    for name, result in results.items():
+        lines.append(f"- `{name}`: {result.get('date')} — `{result.get('command')}`")
+    lines += ["", "## Machine", "", "| | |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in info.items()]
+    lines += ["", f"Rendered {dt.datetime.now(dt.UTC).date().isoformat()}.", ""]
+    lines += [METHOD, ""]
+    if FINDINGS.exists():
+        lines += [FINDINGS.read_text().rstrip(), ""]
+    lines += ["## Raw figures", ""]
+    for name, result in results.items():
+        raw = {k: v for k, v in result.items() if k not in ("rows", "command", "date")}
+        lines += [f"<details><summary>{name}</summary>", "", "```json"]
+        lines += [json.dumps(raw, indent=1, default=str), "```", "", "</details>", ""]
+    path.write_text("\n".join(lines))
+
+
+METHOD = """## How each figure is measured
+
+Everything runs on one 2-core machine: the load generator (wrk, or the Python sender),
+the relay, the baseline, the Pulse API emulator (its own process, `bench/emulator_proc.py`)
+and the HTTP sink's receiver all compete for the same two cores. That is why timings
+are ratios against a baseline measured in the same run. The relay runs with
+`store.synchronous = "FULL"`, `[log] level = "warning"`, and `verify.tolerance_seconds = 3600`
+(requests are signed just before each run; verification costs the same). "Median" is
+over `--runs` runs (3 by default, 1 with `--quick`).
+
+- **ingest ceiling** — `wrk -t2 -c64 -d10s --timeout 10s -s bench/signed_requests.lua`
+  over pre-signed requests with unique `webhook-id`s (enough that no id repeats within a
+  run, so every request is a real insert into a fresh store; the store's row count is
+  recorded to check it). The relay has no sinks, so only the ingest path runs: bounded
+  read, Standard Webhooks verification, parse, group-commit insert with fsync, 202. The
+  baseline is `bench/baseline.py`, a bare aiohttp handler that reads the body and
+  answers 200, driven by the same wrk command and requests in the same run,
+  alternating with the relay. Figure: median of relay req/s ÷ baseline req/s.
+- **ack latency** — wrk's p50 and p99 of those same relay runs (64 connections,
+  closed loop, so at the ingest ceiling), median over runs.
+- **end-to-end** — a Python asyncio/aiohttp sender posts `job.completed` webhooks at a
+  fixed rate (open loop: each request starts at its slot, whatever the previous one
+  does). The relay fetches each job from the emulator and the file sink writes
+  `{id}.json`. An inotify watch (`IN_MOVED_TO`) on the sink directory, read by a thread
+  of the sender process, timestamps the rename that puts each file in place (the
+  sink writes a temporary file, fsyncs it and renames it). Latency = rename time -
+  the time the sender started the POST, both from the same clock in the same process.
+- **fan-out** — sinks file + http (to the baseline app) + command (`/bin/true`), every
+  event fetched from the emulator. First a burst of N events is sent as fast as 32
+  connections go; capacity = N ÷ time until every delivery is `delivered`. Then events
+  are paced at 90 % of that capacity (else 75 %, 60 %) for 20 s while the number of
+  `pending` deliveries is sampled every 0.5 s: the rate counts as sustained when the
+  backlog in the second half is not larger than in the first half (plus 3 s of events)
+  and it empties after sending stops. Figure: that paced rate.
+- **memory** — events (fetch + file sink) sent as fast as 32 connections go, in two
+  halves; `VmRSS` of `serve` sampled every 0.5 s during ingest and drain; peak is the
+  kernel's `VmHWM`; "after drain" is `VmRSS` 2 s after every delivery of a half is
+  done. No growth: RSS after the second half ≤ RSS after the first + max(5 %, 4 MiB).
+- **scale** — serve creates the schema, then 1 000 000 delivered events are written
+  straight into `events` with sqlite3; serve restarts on that store. Per run: the
+  baseline, the relay on a fresh empty store, the relay on the 1 M store, same wrk
+  settings. Dedupe latency: wrk (64 connections, 5 s) replaying signed requests whose
+  ids the store already holds (for the empty store, ids just ingested), so every
+  answer is a 200 `duplicate`.
+- **command path** — pulse-relay: one command sink `argv = ["/bin/true"]`,
+  `concurrency = 4`, no fetch; N events posted as fast as 32 connections go; the
+  figure is N ÷ time from the first POST to the last delivery marked `delivered`
+  (it acks first and executes later, so this is the execution rate, ack included).
+  Debian's `webhook` (adnanh/webhook) runs the same `/bin/true` with
+  `include-command-output-in-response: true`, so each answer comes after the command
+  exited and wrk's request rate (same request file, 5 s, 4 and 16 connections) is its
+  execution rate. It verifies nothing and stores nothing: it is the cost of running a
+  command from an HTTP request, not a like-for-like relay."""

@@ -1,0 +1,34 @@
+"""The benchmark suite runs: a tiny end-to-end scenario and the report. No timing is checked."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if not (ROOT / "bench" / "scenarios.py").exists():
+    pytest.skip("bench/ is not in this checkout", allow_module_level=True)
+sys.path.insert(0, str(ROOT))
+
+from bench import report, scenarios  # noqa: E402
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the bench watches renames with inotify")
+def test_end_to_end_scenario_runs_and_the_report_renders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes = dataclasses.replace(scenarios.Sizes.quick(), e2e_events=20, e2e_rate=50.0)
+    result = scenarios.end_to_end(sizes)
+    assert result["files"] == 20
+    assert [row["scenario"] for row in result["rows"]] == ["end-to-end"]
+
+    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path / "results")
+    report.save("e2e", result, command="pytest")
+    output = tmp_path / "BENCHMARKS.md"
+    report.write(output)
+    text = output.read_text()
+    assert "| end-to-end |" in text
+    assert "Not run yet: ingest, fanout, memory, scale, command." in text
