@@ -1,0 +1,31 @@
+"""The reliability suite: the crash, fault and hostile-input runs of bench/chaos.py, small.
+
+The long version, which writes RELIABILITY.md, is `python -m bench.chaos`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.chaos import SyncRelay
+
+READ_TIMEOUT_SECONDS = 1.0
+
+
+@pytest.fixture(scope="module")
+def hostile_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncRelay]:
+    """One `pulse-relay serve` subprocess shared by a module's hostile-input tests."""
+    relay = SyncRelay(tmp_path_factory.mktemp("hostile"), read_timeout=READ_TIMEOUT_SECONDS)
+    try:
+        yield relay
+    finally:
+        relay.stop()
+
+
+def workdir(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    path.mkdir()
+    return path
