@@ -24,6 +24,10 @@ import aiosqlite
 IngestOutcome = Literal["accepted", "duplicate"]
 DeliveryOutcome = Literal["delivered", "retry", "dead"]
 
+# The schedule of a delivery whose event still waits for its job: far beyond any
+# real time, so the claim's index range (`next_attempt_at <= now`) never walks
+# over a backlog of deliveries that cannot run yet. Storing the job sets it to now.
+AWAITING_FETCH = 9.0e15
 # Bound on the number of queued writes that go into one transaction.
 MAX_BATCH = 512
 # SQLite's default limit on host parameters in one statement is 999 on old builds.
@@ -493,8 +497,9 @@ class Store:
                     record.received_at if needs_fetch else None,
                 )
             )
+            due_at = AWAITING_FETCH if needs_fetch else record.received_at
             delivery_rows.extend(
-                (record.event_id, sink, record.received_at, record.received_at) for sink in sinks
+                (record.event_id, sink, due_at, record.received_at) for sink in sinks
             )
         if event_rows:
             db.executemany(
@@ -698,6 +703,12 @@ class Store:
                 "WHERE fetch_state = 'dead' AND id IN "
                 "(SELECT event_id FROM deliveries WHERE state = 'pending' AND replay = 1)",
                 (now,),
+            )
+            # Deliveries of an event whose job is (again) being fetched wait for it.
+            db.execute(
+                "UPDATE deliveries SET next_attempt_at = ? WHERE state = 'pending' "
+                "AND event_id IN (SELECT id FROM events WHERE fetch_state = 'pending')",
+                (AWAITING_FETCH,),
             )
             return count
 
@@ -928,7 +939,12 @@ class Store:
                     by_id[row["event_id"]].deliveries[row["sink"]] = {
                         "state": row["state"],
                         "attempts": row["attempts"],
-                        "next_attempt_at": row["next_attempt_at"],
+                        # None while the delivery waits for the job fetch.
+                        "next_attempt_at": (
+                            None
+                            if row["next_attempt_at"] >= AWAITING_FETCH
+                            else row["next_attempt_at"]
+                        ),
                         "last_error": row["last_error"],
                         "replay": bool(row["replay"]),
                     }
@@ -966,6 +982,7 @@ class Store:
                 "SELECT MIN(d.next_attempt_at) FROM deliveries d "
                 "JOIN events e ON e.id = d.event_id "
                 f"WHERE d.state = 'pending' AND d.sink IN ({_placeholders(len(sinks))}) "
+                f"AND d.next_attempt_at < {AWAITING_FETCH!r} "
                 "AND (d.lease_until IS NULL OR d.lease_until <= ?) "
                 "AND e.fetch_state IN ('none', 'done')",
                 [*sinks, now],

@@ -1,0 +1,203 @@
+"""The store on real SQLite files: group commit, dedupe, the queues, leases, versions."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from pulse_relay.store import (
+    Attempt,
+    IngestRecord,
+    Store,
+    StoreUnavailableError,
+    StoreVersionError,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[Store]:
+    async with Store(tmp_path / "relay.db", clock=clock) as opened:
+        yield opened
+
+
+def record(
+    event_id: str,
+    *,
+    job_id: str | None = "job-1",
+    event_type: str = "job.completed",
+    sinks: tuple[str, ...] = ("a", "b"),
+    needs_fetch: bool = True,
+    received_at: float = 1_000_000.0,
+) -> IngestRecord:
+    status = event_type.removeprefix("job.")
+    return IngestRecord(
+        event_id=event_id,
+        received_at=received_at,
+        source="webhook",
+        headers={"webhook-id": event_id},
+        body=b'{"type": "%s"}' % event_type.encode(),
+        event_type=event_type,
+        job_id=job_id,
+        job_key=f"{job_id}:{status}" if job_id else None,
+        error=None,
+        sinks=sinks,
+        needs_fetch=needs_fetch,
+    )
+
+
+def fetched(attempt: int = 1) -> Attempt:
+    return Attempt(None, attempt, 0.0, 1.0, "fetched", 200)
+
+
+async def test_concurrent_ingests_share_transactions_and_each_learns_its_outcome(
+    store: Store,
+) -> None:
+    records = [record(f"m{n}", job_id=f"job-{n}") for n in range(200)]
+    outcomes = await asyncio.gather(*(store.ingest(r) for r in [*records, records[0]]))
+    assert outcomes.count("accepted") == 200
+    assert outcomes[-1] == "duplicate"
+    assert await store.count_events() == 200
+
+
+async def test_a_second_event_for_the_same_job_status_is_kept_but_not_delivered(
+    store: Store,
+) -> None:
+    assert await store.ingest(record("m1")) == "accepted"
+    assert await store.ingest(record("m2")) == "accepted"
+    second = await store.get_event("m2")
+    assert second is not None
+    assert (second.state, second.deliveries) == ("repeat", {})
+    assert "m1" in (second.error or "")
+
+
+async def test_deliveries_wait_for_the_fetch_then_are_claimed_within_the_limits(
+    store: Store, clock: Clock
+) -> None:
+    for n in range(5):
+        await store.ingest(record(f"m{n}", job_id=f"job-{n}"))
+    view = await store.get_event("m0")
+    assert view is not None
+    assert view.deliveries["a"]["next_attempt_at"] is None  # waiting for the job
+    fetches, deliveries = await store.claim(
+        fetch_limit=2, free_slots={"a": 5, "b": 5}, total_limit=10, lease_seconds=30
+    )
+    assert [f.event_id for f in fetches] == ["m0", "m1"]
+    assert deliveries == []
+    started = await store.finish_fetch(
+        "m0",
+        job={"status": "completed"},
+        result_url=None,
+        attempt=fetched(),
+        free_slots={"a": 1, "b": 0},
+        total_limit=1,
+        lease_seconds=30,
+    )
+    assert [(t.event_id, t.sink, t.job) for t in started] == [("m0", "a", {"status": "completed"})]
+    # m0's other delivery is due now; m1 is leased for its fetch; the rest wait.
+    fetches, deliveries = await store.claim(
+        fetch_limit=0, free_slots={"a": 5, "b": 5}, total_limit=10, lease_seconds=30
+    )
+    assert [(t.event_id, t.sink) for t in deliveries] == [("m0", "b")]
+    assert await store.next_due_at(["a", "b"], include_fetches=True) == clock.now
+
+
+async def test_leases_expire_so_work_of_a_dead_process_is_claimed_again(
+    store: Store, clock: Clock
+) -> None:
+    await store.ingest(record("m1", needs_fetch=False))
+    _, first = await store.claim(
+        fetch_limit=0, free_slots={"a": 1, "b": 1}, total_limit=2, lease_seconds=30
+    )
+    assert len(first) == 2
+    _, none = await store.claim(
+        fetch_limit=0, free_slots={"a": 1, "b": 1}, total_limit=2, lease_seconds=30
+    )
+    assert none == []
+    clock.now += 31
+    _, again = await store.claim(
+        fetch_limit=0, free_slots={"a": 1, "b": 1}, total_limit=2, lease_seconds=30
+    )
+    assert sorted(t.sink for t in again) == ["a", "b"]
+
+
+async def test_a_failed_fetch_kills_the_deliveries_and_a_replay_fetches_again(
+    store: Store,
+) -> None:
+    await store.ingest(record("m1"))
+    await store.claim(fetch_limit=1, free_slots={}, total_limit=0, lease_seconds=30)
+    await store.fail_fetch("m1", attempt=Attempt(None, 5, 0.0, 1.0, "dead", 404, "HTTP 404"))
+    view = await store.get_event("m1")
+    assert view is not None
+    assert {d["state"] for d in view.deliveries.values()} == {"dead"}
+    assert view.deliveries["a"]["last_error"] == "job fetch failed: HTTP 404"
+
+    assert await store.replay(dead_only=True) == 2
+    view = await store.get_event("m1")
+    assert view is not None
+    assert view.fetch_state == "pending"
+    assert {d["state"] for d in view.deliveries.values()} == {"pending"}
+    assert all(d["next_attempt_at"] is None for d in view.deliveries.values())
+    fetches, deliveries = await store.claim(
+        fetch_limit=1, free_slots={"a": 1, "b": 1}, total_limit=2, lease_seconds=30
+    )
+    assert ([f.event_id for f in fetches], deliveries) == (["m1"], [])
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    async with Store(path):
+        pass
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreVersionError, match="upgrade pulse-relay"):
+        async with Store(path):
+            pass
+
+
+async def test_writes_fail_cleanly_when_another_writer_holds_the_lock(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    async with Store(path, busy_timeout_seconds=0.1) as store:
+        blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            await asyncio.to_thread(blocker.execute, "BEGIN EXCLUSIVE")
+            with pytest.raises(StoreUnavailableError):
+                await store.ingest(record("m1"))
+            with pytest.raises(StoreUnavailableError):
+                await store.check_writable()
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert await store.ingest(record("m1")) == "accepted"
+        await store.check_writable()
+
+
+async def test_an_op_that_raises_fails_alone(store: Store) -> None:
+    def broken(db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO probes (name, written_at) VALUES ('x', 1)")
+        raise ValueError("bug")
+
+    results = await asyncio.gather(
+        store.write(broken), store.ingest(record("m1")), return_exceptions=True
+    )
+    assert isinstance(results[0], ValueError)
+    assert results[1] == "accepted"
+    # The failing op's own write was rolled back with its savepoint.
+    async with store.db.execute("SELECT COUNT(*) FROM probes WHERE name = 'x'") as cursor:
+        assert (await cursor.fetchone())[0] == 0
