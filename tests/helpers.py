@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
+import socket
+import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from aiohttp import web
 
@@ -84,3 +88,62 @@ def recorder_argv(tmp_path: Path) -> tuple[list[str], Path]:
     out = tmp_path / "command-out"
     out.mkdir(exist_ok=True)
     return [sys.executable, str(script), str(out)], out
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Served:
+    """`pulse-relay serve` as a subprocess with stderr in a file (readable while it runs)."""
+
+    def __init__(self, config: Path, log_path: Path) -> None:
+        self.config = config
+        self.log_path = log_path
+        self._log: TextIO = log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pulse_relay", "--config", str(config), "serve"],
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            text=True,
+        )
+
+    def wait_listening(self, port: int) -> None:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.kill()
+                    raise AssertionError(f"serve did not start: {self.log()}") from None
+                time.sleep(0.05)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log().splitlines() if line.startswith("{")]
+
+    def terminate(self, timeout_seconds: float = 30) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        returncode = self.process.wait(timeout=timeout_seconds)
+        self._log.close()
+        return returncode
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+    @classmethod
+    def start(cls, config: Path, port: int, log_path: Path) -> Served:
+        """Start `serve` and return once it accepts connections on `port`."""
+        served = cls(config, log_path)
+        served.wait_listening(port)
+        return served

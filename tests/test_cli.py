@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,14 +16,9 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from tests.conftest import SECRET, make_body, wait_for
+from tests.helpers import Served, free_port
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def run_cli(
@@ -72,31 +65,13 @@ directory = "{tmp_path / "results"}"
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
-    """`pulse-relay serve` as a subprocess; yields (process, port, config)."""
+def served(tmp_path: Path) -> Iterator[tuple[Served, int, Path]]:
+    """`pulse-relay serve` as a subprocess; yields (served, port, config)."""
     port = free_port()
     config = write_config(tmp_path, port)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pulse_relay", "--config", str(config), "serve"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                _, err = process.communicate()
-                raise AssertionError(f"serve did not start: {err}") from None
-            time.sleep(0.05)
-    yield process, port, config
-    if process.poll() is None:
-        process.kill()
-        process.communicate()
+    served = Served.start(config, port, tmp_path / "serve.log")
+    yield served, port, config
+    served.kill()
 
 
 def test_check_config_accepts_the_example_and_prints_no_secret(tmp_path: Path) -> None:
@@ -151,7 +126,7 @@ def test_events_without_a_store_says_so(tmp_path: Path) -> None:
 
 
 async def test_serve_accepts_a_library_signed_webhook_visible_in_events_and_show(
-    served: tuple[subprocess.Popen[str], int, Path], tmp_path: Path
+    served: tuple[Served, int, Path], tmp_path: Path
 ) -> None:
     process, port, config = served
     body = make_body(job_id="job-cli")
@@ -192,9 +167,9 @@ async def test_serve_accepts_a_library_signed_webhook_visible_in_events_and_show
     assert human.returncode == 0 and "job-cli" in human.stdout
     assert run_cli("show", "msg_nope", config=config).returncode == 1
 
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=20)
-    assert process.returncode == 0, stderr
+    returncode = process.terminate(timeout_seconds=20)
+    stderr = process.log()
+    assert returncode == 0, stderr
     assert SECRET not in stderr
     lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     assert any(
@@ -214,7 +189,7 @@ def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
 
 
 async def test_replay_from_the_cli_while_serve_runs(
-    served: tuple[subprocess.Popen[str], int, Path], tmp_path: Path
+    served: tuple[Served, int, Path], tmp_path: Path
 ) -> None:
     _, port, config = served
     body = make_body(event_type="job.created", job_id="job-replay")
@@ -281,7 +256,7 @@ def test_watch_refuses_bad_input(tmp_path: Path) -> None:
 
 
 async def test_send_test_is_accepted_and_shows_in_events(
-    served: tuple[subprocess.Popen[str], int, Path],
+    served: tuple[Served, int, Path],
 ) -> None:
     _, _, config = served
     result = run_cli("send-test", "--job-id", "job-sent", config=config)

@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,8 @@ import pytest
 
 from pulse_relay.signature import sign_headers
 from tests.conftest import SECRET, make_body
-from tests.test_cli import free_port, run_cli
+from tests.helpers import Served, free_port
+from tests.test_cli import run_cli
 
 # Blocks while the "block" marker exists (the delivery in flight when the relay dies),
 # otherwise records the envelope.
@@ -33,25 +33,6 @@ while (out / "block").exists():
     time.sleep(0.05)
 (out / (event_id + ".json")).write_bytes(data)
 """
-
-
-def start_serve(config: Path, port: int) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pulse_relay", "--config", str(config), "serve"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise AssertionError(f"serve did not start: {process.communicate()[1]}") from None
-            time.sleep(0.05)
 
 
 def wait_until(condition: object, timeout_seconds: float = 20.0) -> None:
@@ -103,7 +84,7 @@ retry_initial_seconds = 0.05
 """
     )
     (out / "block").touch()
-    first = start_serve(config, port)
+    first = Served.start(config, port, tmp_path / "first.log")
     try:
         body = make_body(event_type="job.created", job_id="job-crash")
         request = urllib.request.Request(
@@ -115,9 +96,8 @@ retry_initial_seconds = 0.05
             assert response.status == 202
         wait_until((out / "started").exists)
     finally:
-        first.send_signal(signal.SIGKILL)
-        first.communicate()
-    assert first.returncode == -signal.SIGKILL
+        first.kill()
+    assert first.process.returncode == -signal.SIGKILL
 
     listed = run_cli("events", "--json", config=config)
     row = json.loads(listed.stdout)
@@ -125,7 +105,7 @@ retry_initial_seconds = 0.05
     assert not (out / "msg_crash.json").exists()
 
     (out / "block").unlink()
-    second = start_serve(config, port)
+    second = Served.start(config, port, tmp_path / "second.log")
     try:
         wait_until((out / "msg_crash.json").exists)
 
@@ -135,9 +115,8 @@ retry_initial_seconds = 0.05
 
         wait_until(delivered)
     finally:
-        second.send_signal(signal.SIGTERM)
-        _, stderr = second.communicate(timeout=30)
-    assert second.returncode == 0, stderr
+        returncode = second.terminate()
+    assert returncode == 0, second.log()
     envelope = json.loads((out / "msg_crash.json").read_bytes())
     assert (envelope["id"], envelope["job_id"]) == ("msg_crash", "job-crash")
     integrity = subprocess.run(

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import stat
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -19,7 +17,8 @@ import pytest
 from pulse_relay.config import Settings
 from pulse_relay.store import Attempt, IngestRecord, Store
 from tests.conftest import SECRET, MakeSettings, StartRelay, make_body, signed, wait_for
-from tests.test_cli import free_port, run_cli, write_config
+from tests.helpers import Served, free_port
+from tests.test_cli import run_cli, write_config
 
 DAY = 86_400.0
 
@@ -37,51 +36,6 @@ if not started.exists():
     sys.exit(1)
 (out / "delivered.json").write_bytes(data)
 """
-
-
-class Served:
-    """`pulse-relay serve` as a subprocess with stderr in a file (readable while it runs)."""
-
-    def __init__(self, config: Path, log_path: Path) -> None:
-        self.config = config
-        self.log_path = log_path
-        self._log = log_path.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pulse_relay", "--config", str(config), "serve"],
-            stdout=subprocess.DEVNULL,
-            stderr=self._log,
-            text=True,
-        )
-
-    def wait_listening(self, port: int) -> None:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.kill()
-                    raise AssertionError(f"serve did not start: {self.log()}") from None
-                time.sleep(0.05)
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def log_lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.log().splitlines() if line.startswith("{")]
-
-    def terminate(self, timeout_seconds: float = 30) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        returncode = self.process.wait(timeout=timeout_seconds)
-        self._log.close()
-        return returncode
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
 
 
 @pytest.fixture
