@@ -1215,6 +1215,11 @@ def run_hostile(
 ) -> HostileFigures:
     """Fuzz, slow clients, duplicate ids and disk full against fresh relays; figures + problems."""
     figures = HostileFigures(fuzz_examples=fuzz_examples)
+    # A store left by an earlier run would count its events as stored by this one.
+    if workdir.exists():
+        import shutil
+
+        shutil.rmtree(workdir)
     read_timeout = 1.0
     relay = SyncRelay(workdir / "fuzz", read_timeout=read_timeout)
     try:
