@@ -15,7 +15,6 @@ from pulse_relay.sinks.base import (
     PermanentSinkError,
     RetryableSinkError,
     SinkResult,
-    matches_any,
 )
 
 # How much of each of stdout and stderr is kept for the attempt log.
@@ -84,10 +83,6 @@ class CommandSink:
     def __init__(self, settings: CommandSinkSettings) -> None:
         self.name = settings.name
         self._settings = settings
-
-    def matches(self, event_type: str) -> bool:
-        """True when the sink's `events` globs select `event_type`."""
-        return matches_any(self._settings.events, event_type)
 
     def _environment(self, delivery: Delivery) -> dict[str, str]:
         env = dict(os.environ)

@@ -21,7 +21,6 @@ from pulse_relay.sinks.base import (
     PermanentSinkError,
     RetryableSinkError,
     SinkResult,
-    matches_any,
 )
 
 DEFAULT_JSON_FILENAME = "{job_id}.json"
@@ -117,10 +116,6 @@ class FileSink:
         # flock in the writer covers other processes sharing the file.
         self._append_lock = asyncio.Lock()
         self._path_locks = [asyncio.Lock() for _ in range(_PATH_LOCK_STRIPES)]
-
-    def matches(self, event_type: str) -> bool:
-        """True when the sink's `events` globs select `event_type`."""
-        return matches_any(self._settings.events, event_type)
 
     def render_filename(self, delivery: Delivery) -> str:
         """The file name for `delivery` relative to the directory, field values encoded."""

@@ -15,7 +15,6 @@ from pulse_relay.sinks.base import (
     PermanentSinkError,
     RetryableSinkError,
     SinkResult,
-    matches_any,
 )
 
 # How much of a response body is kept for the attempt log. An HTTP error body
@@ -45,10 +44,6 @@ class HttpSink:
         self._session = session
         self._owns_session = session is None
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout_seconds)
-
-    def matches(self, event_type: str) -> bool:
-        """True when the sink's `events` globs select `event_type`."""
-        return matches_any(self._settings.events, event_type)
 
     def _headers(self, delivery: Delivery) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "User-Agent": f"pulse-relay/{__version__}"}
