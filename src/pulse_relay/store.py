@@ -788,27 +788,21 @@ class Store:
     async def list_watches(self) -> list[Watch]:
         """Every watch, active first, newest first."""
         async with self.db.execute(
-            "SELECT job_id, metadata, origin, state, added_at, next_poll_at, interval_seconds, "
-            "polls, last_status, last_error FROM watches "
-            "ORDER BY state = 'active' DESC, added_at DESC"
+            _WATCH_COLUMNS + "ORDER BY state = 'active' DESC, added_at DESC"
         ) as cursor:
-            return [Watch(r[0], json.loads(r[1]), *tuple(r)[2:]) async for r in cursor]
+            return [_watch(row) async for row in cursor]
 
     async def claim_watches(self, *, limit: int, lease_seconds: float) -> list[Watch]:
         """Lease up to `limit` watches whose poll is due (by moving their next poll on)."""
         now = self._clock()
 
         def op(db: sqlite3.Connection) -> list[Watch]:
-            with closing(
-                db.execute(
-                    "SELECT job_id, metadata, origin, state, added_at, next_poll_at, "
-                    "interval_seconds, polls, last_status, last_error FROM watches "
-                    "WHERE state = 'active' AND next_poll_at <= ? ORDER BY next_poll_at LIMIT ?",
-                    (now, limit),
-                )
-            ) as cursor:
-                rows = cursor.fetchall()
-            watches = [Watch(r[0], json.loads(r[1]), *tuple(r)[2:]) for r in rows]
+            rows = db.execute(
+                _WATCH_COLUMNS
+                + "WHERE state = 'active' AND next_poll_at <= ? ORDER BY next_poll_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            watches = [_watch(row) for row in rows]
             db.executemany(
                 "UPDATE watches SET next_poll_at = ? WHERE job_id = ?",
                 [(now + lease_seconds, w.job_id) for w in watches],
@@ -1000,6 +994,16 @@ class Store:
             if row and row[0] is not None:
                 times.append(float(row[0]))
         return min(times) if times else None
+
+
+_WATCH_COLUMNS = (
+    "SELECT job_id, metadata, origin, state, added_at, next_poll_at, interval_seconds, "
+    "polls, last_status, last_error FROM watches "
+)
+
+
+def _watch(row: sqlite3.Row) -> Watch:
+    return Watch(row[0], json.loads(row[1]), *tuple(row)[2:])
 
 
 def _claim_fetches(
