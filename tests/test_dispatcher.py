@@ -27,6 +27,7 @@ from pulse_relay.dispatcher import (
 )
 from pulse_relay.metrics import Metrics
 from pulse_relay.pulse import (
+    NOT_FOUND_MAX_ATTEMPTS,
     FetchedJob,
     PulseAuthError,
     PulseError,
@@ -134,7 +135,7 @@ def test_a_sink_failure_keeps_a_sink_error_and_names_anything_else() -> None:
 
 FETCH_POLICY = RetryPolicy(initial_seconds=1.0, max_seconds=600.0)
 # A 404 is the only fetch failure with a last attempt; the others have none.
-F_FIRST, F_MIDDLE, F_LAST = 1, 3, dispatcher_module.NOT_FOUND_MAX_ATTEMPTS
+F_FIRST, F_MIDDLE, F_LAST = 1, 3, NOT_FOUND_MAX_ATTEMPTS
 F_BACKOFF = {F_FIRST: 1.0, F_MIDDLE: 4.0, F_LAST: 16.0}
 DONE = FetchedJob(
     job={"status": "completed", "result": {"extraction_id": "ext_1"}}, result_url=None

@@ -20,14 +20,7 @@ from typing import Any, Final, Literal
 from pulse_relay.events import build_envelope, encode_envelope, is_terminal, says_terminal
 from pulse_relay.logs import get_logger
 from pulse_relay.metrics import Metrics
-from pulse_relay.pulse import (
-    FetchedJob,
-    PulseAuthError,
-    PulseClient,
-    PulseError,
-    PulseNotFoundError,
-    PulsePermanentError,
-)
+from pulse_relay.pulse import FetchedJob, PulseClient, PulseError, judge_error
 from pulse_relay.retry import RetryPolicy
 from pulse_relay.sinks.base import Delivery, PermanentSinkError, Sink, SinkError, SinkResult
 from pulse_relay.store import (
@@ -41,10 +34,6 @@ from pulse_relay.store import (
 
 log = get_logger("pulse_relay.dispatcher")
 
-# A wrong API key is a configuration error: keep the work, retry slowly, never drop it.
-AUTH_RETRY_SECONDS = 300.0
-# A job may not be visible yet right after its webhook; a few 404s are tolerated.
-NOT_FOUND_MAX_ATTEMPTS = 5
 # Nothing announced: look again this often anyway (leases expire, the CLI queues replays).
 IDLE_WAKE_SECONDS = 1.0
 # On top of a sink's own timeout, so a sink that ignores its timeout cannot hold a slot forever.
@@ -145,7 +134,13 @@ def decide_fetch(
 ) -> FetchDecision:
     """Fetched, retry or dead after fetch number `attempt` (1-based); only `rng` is drawn on."""
     if isinstance(answer, PulseError):
-        return _decide_fetch_error(answer, attempt=attempt, policy=policy, now=now, rng=rng)
+        verdict = judge_error(answer, attempt=attempt)
+        if verdict.gives_up:
+            return FetchDecision("dead", "dead", answer.status_code, answer.reason)
+        delay = verdict.delay_seconds(policy.delay_seconds(attempt, rng=rng))
+        return FetchDecision(
+            "retry", verdict.outcome, answer.status_code, answer.reason, delay, now + delay
+        )
     status = answer.job.get("status")
     if says_terminal(event_type) and not (isinstance(status, str) and is_terminal(status)):
         # The API is eventually consistent: the event may run ahead of the job.
@@ -153,24 +148,6 @@ def decide_fetch(
         delay = policy.delay_seconds(attempt, rng=rng)
         return FetchDecision("retry", "not_terminal", 200, reason, delay, now + delay)
     return FetchDecision("fetched", "ok", 200, fetched=answer)
-
-
-def _decide_fetch_error(
-    error: PulseError, *, attempt: int, policy: RetryPolicy, now: float, rng: random.Random
-) -> FetchDecision:
-    status_code, reason = error.status_code, error.reason
-    if isinstance(error, PulseAuthError):
-        delay = max(AUTH_RETRY_SECONDS, error.retry_after_seconds or 0.0)
-        return FetchDecision("retry", "auth_error", status_code, reason, delay, now + delay)
-    if isinstance(error, PulsePermanentError) or (
-        isinstance(error, PulseNotFoundError) and attempt >= NOT_FOUND_MAX_ATTEMPTS
-    ):
-        return FetchDecision("dead", "dead", status_code, reason)
-    delay = policy.delay_seconds(attempt, rng=rng, retry_after_seconds=error.retry_after_seconds)
-    label: Literal["retry", "not_found"] = (
-        "not_found" if isinstance(error, PulseNotFoundError) else "retry"
-    )
-    return FetchDecision("retry", label, status_code, reason, delay, now + delay)
 
 
 # Level and message of the one log line each outcome writes.
