@@ -66,8 +66,8 @@ def build_router(settings: Settings) -> Callable[[str], Sequence[str]]:
     return route
 
 
-def open_store(settings: Settings) -> Store:
-    """A Store configured from settings (not yet opened)."""
+def build_store(settings: Settings) -> Store:
+    """A Store configured from settings; the caller opens it (or enters it with `async with`)."""
     return Store(
         settings.store.path,
         synchronous=settings.store.synchronous,
@@ -92,7 +92,7 @@ class Relay:
         self._retention_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._reloading = False
-        self.store = open_store(settings)
+        self.store = build_store(settings)
         self.verifier = build_verifier(settings)
         self._clock = clock
         self._runner: web.AppRunner | None = None
@@ -175,7 +175,6 @@ class Relay:
         server = self.settings.server
         ingress = Ingress(
             IngressConfig(
-                path=server.path,
                 max_body_bytes=server.max_body_bytes,
                 read_timeout_seconds=server.read_timeout_seconds,
                 fetch_on=frozenset(self.settings.pulse.fetch_on),

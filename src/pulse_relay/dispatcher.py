@@ -373,7 +373,6 @@ class Dispatcher:
             job_status=job_status if isinstance(job_status, str) else None,
             envelope=envelope,
             body=body,
-            attempt=attempt_number,
             received_at=envelope["received_at"],
         )
         context = {
