@@ -66,6 +66,12 @@ def build_router(settings: Settings) -> Callable[[str], Sequence[str]]:
     return route
 
 
+def listener_base_url(host: str, port: int | None) -> str:
+    """http://host:port of a listener, an IPv6 host in brackets."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
 def build_store(settings: Settings) -> Store:
     """A Store configured from settings; the caller opens it (or enters it with `async with`)."""
     return Store(
@@ -105,9 +111,7 @@ class Relay:
     @property
     def base_url(self) -> str:
         """http://host:port of the bound listener."""
-        host = self.settings.server.host
-        shown = f"[{host}]" if ":" in host else host
-        return f"http://{shown}:{self.port}"
+        return listener_base_url(self.settings.server.host, self.port)
 
     @property
     def webhook_url(self) -> str:

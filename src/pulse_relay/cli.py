@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import sys
 import time
@@ -19,12 +17,12 @@ import aiohttp
 import click
 
 from pulse_relay import __version__
-from pulse_relay.app import build_store, serve
+from pulse_relay.app import build_store, listener_base_url, serve
 from pulse_relay.config import ConfigError, Settings, load_settings, redacted_settings
 from pulse_relay.events import is_valid_job_id
 from pulse_relay.logs import configure_logging
 from pulse_relay.preflight import check_host
-from pulse_relay.signature import sign_headers
+from pulse_relay.signature import hex_signature, sign_headers
 from pulse_relay.store import (
     DeliveryView,
     EventView,
@@ -434,8 +432,7 @@ def _own_base_url(settings: Settings) -> str:
     host = settings.server.host
     if host in ("0.0.0.0", "::", ""):  # noqa: S104 - only to build a URL to reach ourselves
         host = "127.0.0.1"
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{settings.server.port}"
+    return listener_base_url(host, settings.server.port)
 
 
 def _own_url(settings: Settings) -> str:
@@ -449,7 +446,7 @@ def _test_headers(
     if not secrets:
         raise ValueError("no webhook secret configured (verify.secrets); give --secret")
     if settings.verify.scheme == "hmac-sha256-hex":
-        digest = hmac.new(secrets[0].encode(), body, hashlib.sha256).hexdigest()
+        digest = hex_signature(secrets[0], body)
         return {settings.verify.signature_header: digest, settings.verify.id_header: webhook_id}
     return sign_headers(secrets[0], webhook_id, body)
 
