@@ -493,7 +493,7 @@ class Dispatcher:
             "type": task.event_type,
             "status": delivery.job_status,
             "sink": task.sink,
-            "attempt": delivery.attempt,
+            "attempt": task.attempts + 1,
             "extraction_id": extraction_id(task.job),
         }
         started_at = self._clock()
@@ -575,6 +575,5 @@ def _delivery(task: DeliveryTask, envelope: dict[str, Any], body: bytes) -> Deli
         job_status=job_status if isinstance(job_status, str) else None,
         envelope=envelope,
         body=body,
-        attempt=task.attempts + 1,
         received_at=envelope["received_at"],
     )

@@ -12,16 +12,6 @@ from typing import Any
 from pulse_relay import __version__
 from pulse_relay.store import IngestRecord
 
-KNOWN_TYPES = frozenset(
-    {
-        "job.created",
-        "job.processing",
-        "job.completed",
-        "job.failed",
-        "job.cancelled",
-        "job.canceled",
-    }
-)
 TERMINAL_STATUSES = frozenset({"completed", "failed", "canceled", "cancelled", "expired"})
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 

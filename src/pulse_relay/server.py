@@ -46,7 +46,6 @@ class IngressError(Exception):
 class IngressConfig:
     """What the ingress needs to know about routing and limits."""
 
-    path: str
     max_body_bytes: int
     read_timeout_seconds: float
     fetch_on: frozenset[str]
