@@ -52,7 +52,12 @@ from pydantic_settings import (
 
 from pulse_relay.redaction import REDACTED, is_secret_name
 from pulse_relay.signature import decode_secret
-from pulse_relay.sinks.file import parse_filename_template, relative_path_problem
+from pulse_relay.sinks.file import (
+    DEFAULT_FILE_MODE,
+    parse_file_mode,
+    parse_filename_template,
+    relative_path_problem,
+)
 from pulse_relay.sinks.http import signing_secret
 
 ENV_PREFIX = "PULSE_RELAY_"
@@ -230,7 +235,19 @@ class FileSinkSettings(_SinkBase):
     directory: Path
     filename: str | None = None  # default depends on format
     format: Literal["json", "jsonl"] = "json"
+    # Permissions of the files written, set exactly whatever the umask (octal text).
+    mode: str = DEFAULT_FILE_MODE
     timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode_is_octal_text(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            # TOML's 0o600 and a bare 600 both arrive as numbers; only text reads one way.
+            raise ValueError('must be a quoted octal string such as "0600"')
+        if isinstance(value, str):
+            parse_file_mode(value)
+        return value
 
     @field_validator("filename")
     @classmethod
