@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +35,9 @@ from pulse_relay.store import Store, StoreUnavailableError
 
 log = get_logger("pulse_relay.app")
 
+# Files the relay creates hold customer documents: for its own user only (the
+# store and file sinks also set their modes explicitly; this covers the rest).
+RELAY_UMASK = 0o077
 POLLING_ONLY_REASON = "no webhook secret configured: polling-only mode, ingress closed"
 DAY_SECONDS = 86_400.0
 # The first retention run comes shortly after start, so a relay restarted daily still prunes.
@@ -414,11 +418,14 @@ async def serve(
 ) -> None:
     """Run the relay until SIGTERM or SIGINT, then shut down in order.
 
+    The process umask becomes 077 first: whatever the relay creates is its user's alone.
+
     Tells systemd (when `$NOTIFY_SOCKET` is set) READY=1 once the store is open
     and the listener bound, WATCHDOG=1 while the relay proves alive, and
     STOPPING=1 when shutdown begins. SIGHUP calls `reload_settings` and applies
     the new sinks and log settings.
     """
+    os.umask(RELAY_UMASK)
     notifier = notifier or Notifier.from_environment()
     relay = Relay(settings)
     stop = asyncio.Event()
