@@ -1,4 +1,4 @@
-"""What the real `serve` leaves behind and hands on: file modes, the command environment."""
+"""What the real `serve` leaves behind, hands on and logs: file modes, command environment."""
 
 from __future__ import annotations
 
@@ -157,3 +157,45 @@ env = {{ APP_MODE = "relay" }}
     }
     assert canary not in json.dumps(seen)
     assert serve_processes[0].terminate() == 0
+
+
+def test_a_200_kb_event_type_reaches_no_command_and_no_log_line(
+    tmp_path: Path, serve_processes: list[Served]
+) -> None:
+    port = free_port()
+    ran = tmp_path / "ran"
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+[verify]
+secrets = ["{SECRET}"]
+[store]
+path = "{tmp_path / "relay.db"}"
+[log]
+format = "json"
+level = "debug"
+[[sinks]]
+name = "script"
+type = "command"
+events = ["*"]
+argv = ["/usr/bin/touch", "{ran}"]
+"""
+    )
+    served = Served.start(config, port, tmp_path / "serve.log")
+    serve_processes.append(served)
+    huge = "job." + "x" * 200_000
+    body = make_body(huge)
+    status, answer = post(port, body, signed(body, webhook_id="msg_huge_type"))
+    assert (status, answer["status"]) == (200, "invalid")
+    # An ordinary event afterwards is delivered: the command sink works.
+    body = make_body("job.processing", job_id="job-after")
+    assert post(port, body, signed(body, webhook_id="msg_after"))[0] == 202
+    wait_until(ran.exists)
+    assert served.terminate() == 0
+    lines = served.log().splitlines()
+    assert any('"webhook invalid"' in line and "msg_huge_type" in line for line in lines)
+    assert max(len(line) for line in lines) < 4096
+    assert "x" * 600 not in served.log()
