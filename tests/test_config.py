@@ -497,6 +497,21 @@ SINK_FILE = '[[sinks]]\nname = "{name}"\ntype = "file"\ndirectory = "out"\n'
             "sinks[0].directory: required key is missing",
             id="sink-missing-key",
         ),
+        pytest.param(
+            "[store]\ndedupe_days = 0.5\n",
+            "store.dedupe_days: Input should be greater than or equal to 1",
+            id="dedupe-days",
+        ),
+        pytest.param(
+            '[[sinks]]\nname = "f"\ntype = "file"\ndirectory = "out"\nmode = "0644x"\n',
+            "sinks[0].mode: '0644x' is not an octal permission mode",
+            id="file-mode",
+        ),
+        pytest.param(
+            '[[sinks]]\nname = "f"\ntype = "file"\ndirectory = "out"\nmode = 0o600\n',
+            'sinks[0].mode: must be a quoted octal string such as "0600"',
+            id="file-mode-number",
+        ),
     ],
 )
 def test_validation_error_names_the_key(

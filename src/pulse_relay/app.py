@@ -15,6 +15,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
@@ -93,6 +94,24 @@ def build_store(settings: Settings) -> Store:
         synchronous=settings.store.synchronous,
         busy_timeout_seconds=settings.store.busy_timeout_seconds,
     )
+
+
+@dataclass(frozen=True)
+class PruneOutcome:
+    """What one prune did: events deleted, and ids of pruned events no longer remembered."""
+
+    events: int
+    forgotten_ids: int
+
+
+async def prune_store(
+    store: Store, *, now: float, older_than_days: float, dedupe_days: float
+) -> PruneOutcome:
+    """Delete finished events older than `older_than_days` (0: every finished event); the
+    ids of pruned events stay known until `dedupe_days` after they were received."""
+    events = await store.prune(received_before=now - older_than_days * DAY_SECONDS)
+    forgotten = await store.forget_ids(received_before=now - dedupe_days * DAY_SECONDS)
+    return PruneOutcome(events=events, forgotten_ids=forgotten)
 
 
 class Relay:
@@ -298,13 +317,16 @@ class Relay:
                 await _close_sinks(old_sinks)
             return ignored
 
-    async def prune(self, *, older_than_days: float) -> int:
-        """Delete finished events older than `older_than_days`; returns how many."""
-        deleted = await self.store.prune(
-            received_before=self._clock() - older_than_days * DAY_SECONDS
+    async def prune(self, *, older_than_days: float) -> PruneOutcome:
+        """Delete finished events older than `older_than_days` and forget expired ids."""
+        outcome = await prune_store(
+            self.store,
+            now=self._clock(),
+            older_than_days=older_than_days,
+            dedupe_days=self.settings.store.dedupe_days,
         )
-        self.metrics.pruned_events.inc(deleted)
-        return deleted
+        self.metrics.pruned_events.inc(outcome.events)
+        return outcome
 
     async def _retention_loop(self) -> None:
         delay_seconds = self._retention_first_run_seconds
@@ -312,12 +334,18 @@ class Relay:
             await asyncio.sleep(delay_seconds)
             days = self.settings.store.retention_days
             try:
-                deleted = await self.prune(older_than_days=days)
+                outcome = await self.prune(older_than_days=days)
             except StoreUnavailableError as error:
                 log.error("retention run failed; retried later", reason=error.reason)
                 delay_seconds = RETENTION_RETRY_SECONDS
                 continue
-            log.info("retention run", pruned_events=deleted, retention_days=days)
+            log.info(
+                "retention run",
+                pruned_events=outcome.events,
+                forgotten_ids=outcome.forgotten_ids,
+                retention_days=days,
+                dedupe_days=self.settings.store.dedupe_days,
+            )
             delay_seconds = DAY_SECONDS
 
     def _on_accepted(self) -> None:

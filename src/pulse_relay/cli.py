@@ -17,7 +17,7 @@ import aiohttp
 import click
 
 from pulse_relay import __version__
-from pulse_relay.app import build_store, listener_base_url, serve
+from pulse_relay.app import PruneOutcome, build_store, listener_base_url, prune_store, serve
 from pulse_relay.config import ConfigError, Settings, load_settings, redacted_settings
 from pulse_relay.events import is_valid_job_id
 from pulse_relay.logs import configure_logging
@@ -464,20 +464,29 @@ async def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, st
 @click.option(
     "--older-than",
     "older_than_days",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Age limit in days (default: store.retention_days).",
+    type=click.FloatRange(min=0),
+    help="Age limit in days; 0 prunes every finished event (default: store.retention_days).",
 )
 @click.pass_obj
 def prune_command(obj: _Context, older_than_days: float | None) -> None:
-    """Delete finished events older than the limit; pending and dead ones are kept."""
+    """Delete finished events older than the limit; pending and dead ones are kept.
+
+    The ids of pruned events stay known for store.dedupe_days: a replayed
+    request is still answered duplicate.
+    """
     settings = obj.settings()
     days = older_than_days if older_than_days is not None else settings.store.retention_days
-    cutoff = time.time() - days * 86_400
 
-    async def action(store: Store) -> int:
-        return await store.prune(received_before=cutoff)
+    async def action(store: Store) -> PruneOutcome:
+        return await prune_store(
+            store,
+            now=time.time(),
+            older_than_days=days,
+            dedupe_days=settings.store.dedupe_days,
+        )
 
-    deleted = _with_store(settings, action)
+    outcome = _with_store(settings, action)
+    deleted = outcome.events
     click.echo(f"{deleted} event{'' if deleted == 1 else 's'} older than {days:g} days pruned")
 
 

@@ -174,6 +174,8 @@ class StoreSettings(_Section):
     path: Path = Path("pulse-relay.db")
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     retention_days: float = Field(default=14, gt=0)
+    # How long the ids of pruned events stay known, so a replay is still a duplicate.
+    dedupe_days: float = Field(default=30, ge=1)
     busy_timeout_seconds: float = Field(default=5.0, gt=0)
 
 

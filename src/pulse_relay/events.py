@@ -74,8 +74,7 @@ def parse_event(body: bytes) -> ParsedEvent:
         return ParsedEvent(
             None,
             None,
-            f"event type is {len(event_type)} characters long"
-            f" (at most {MAX_EVENT_TYPE_CHARS})",
+            f"event type is {len(event_type)} characters long (at most {MAX_EVENT_TYPE_CHARS})",
         )
     data = payload.get("data")
     data = data if isinstance(data, dict) else {}

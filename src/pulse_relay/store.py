@@ -112,6 +112,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE probes (name TEXT PRIMARY KEY, written_at REAL NOT NULL);
     """,
+    # Ids of pruned events, remembered for store.dedupe_days: a captured request
+    # replayed after its payload was pruned is still a duplicate.
+    """
+    CREATE TABLE seen_ids (id TEXT PRIMARY KEY, received_at REAL NOT NULL) WITHOUT ROWID;
+    CREATE INDEX seen_ids_received_at ON seen_ids (received_at);
+    """,
 )
 
 
@@ -281,6 +287,61 @@ def _placeholders(count: int) -> str:
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
+
+
+def _known_ids(db: sqlite3.Connection, ids: list[str]) -> set[str]:
+    """The ids among `ids` that are stored, or were pruned but are still remembered."""
+    known: set[str] = set()
+    for table in ("events", "seen_ids"):
+        for chunk in _chunks(ids):
+            sql = f"SELECT id FROM {table} WHERE id IN ({_placeholders(len(chunk))})"
+            known.update(row[0] for row in db.execute(sql, chunk))
+    return known
+
+
+def _accepted_job_keys(db: sqlite3.Connection, keys: list[str]) -> dict[str, str]:
+    """job_key → id of the accepted event that holds it, for the keys among `keys`."""
+    seen: dict[str, str] = {}
+    for chunk in _chunks(keys):
+        sql = (
+            "SELECT job_key, id FROM events WHERE state = 'accepted' "
+            f"AND job_key IN ({_placeholders(len(chunk))})"
+        )
+        seen.update({row[0]: row[1] for row in db.execute(sql, chunk)})
+    return seen
+
+
+def _ingest_state(record: IngestRecord, seen_keys: dict[str, str]) -> tuple[str, str | None]:
+    """(state, error) of a new event: invalid, a repeat of a job status, or accepted."""
+    if record.error is not None:
+        return "invalid", record.error
+    if record.job_key is not None and record.job_key in seen_keys:
+        return "repeat", (
+            f"job {record.job_id} already has a {record.event_type} event "
+            f"({seen_keys[record.job_key]}); not delivered twice"
+        )
+    if record.job_key is not None:
+        seen_keys[record.job_key] = record.event_id
+    return "accepted", None
+
+
+def _event_row(
+    record: IngestRecord, state: str, error: str | None, *, needs_fetch: bool
+) -> tuple[Any, ...]:
+    return (
+        record.event_id,
+        record.received_at,
+        record.source,
+        record.event_type,
+        record.job_id,
+        record.job_key,
+        state,
+        error,
+        json.dumps(record.headers),
+        record.body,
+        "pending" if needs_fetch else "none",
+        record.received_at if needs_fetch else None,
+    )
 
 
 class Store:
@@ -486,19 +547,8 @@ class Store:
     def _insert_events(
         self, db: sqlite3.Connection, records: list[IngestRecord]
     ) -> list[IngestOutcome]:
-        ids = list({record.event_id for record in records})
-        existing: set[str] = set()
-        for chunk in _chunks(ids):
-            sql = f"SELECT id FROM events WHERE id IN ({_placeholders(len(chunk))})"
-            existing.update(row[0] for row in db.execute(sql, chunk))
-        keys = list({r.job_key for r in records if r.job_key is not None})
-        seen_keys: dict[str, str] = {}
-        for chunk in _chunks(keys):
-            sql = (
-                "SELECT job_key, id FROM events WHERE state = 'accepted' "
-                f"AND job_key IN ({_placeholders(len(chunk))})"
-            )
-            seen_keys.update({row[0]: row[1] for row in db.execute(sql, chunk)})
+        existing = _known_ids(db, list({record.event_id for record in records}))
+        seen_keys = _accepted_job_keys(db, list({r.job_key for r in records if r.job_key}))
         outcomes: list[IngestOutcome] = []
         event_rows: list[tuple[Any, ...]] = []
         delivery_rows: list[tuple[Any, ...]] = []
@@ -508,35 +558,10 @@ class Store:
                 continue
             existing.add(record.event_id)
             outcomes.append("accepted")
-            state, error = "accepted", record.error
-            if error is not None:
-                state = "invalid"
-            elif record.job_key is not None and record.job_key in seen_keys:
-                state = "repeat"
-                error = (
-                    f"job {record.job_id} already has a {record.event_type} event "
-                    f"({seen_keys[record.job_key]}); not delivered twice"
-                )
-            elif record.job_key is not None:
-                seen_keys[record.job_key] = record.event_id
+            state, error = _ingest_state(record, seen_keys)
             sinks = list(record.sinks) if state == "accepted" else []
             needs_fetch = record.needs_fetch and bool(sinks)
-            event_rows.append(
-                (
-                    record.event_id,
-                    record.received_at,
-                    record.source,
-                    record.event_type,
-                    record.job_id,
-                    record.job_key,
-                    state,
-                    error,
-                    json.dumps(record.headers),
-                    record.body,
-                    "pending" if needs_fetch else "none",
-                    record.received_at if needs_fetch else None,
-                )
-            )
+            event_rows.append(_event_row(record, state, error, needs_fetch=needs_fetch))
             due_at = AWAITING_FETCH if needs_fetch else record.received_at
             delivery_rows.extend(
                 (record.event_id, sink, due_at, record.received_at) for sink in sinks
@@ -762,26 +787,51 @@ class Store:
 
         Finished means: every delivery delivered (or none at all, as for invalid
         and repeat events) and no job fetch still pending. Events with a pending
-        or dead delivery are kept until replayed. Deletes run in small batches so
-        ingest never waits long behind them.
+        or dead delivery are kept until replayed. The ids of deleted events are
+        remembered (`forget_ids` ends that), so a replayed request stays a
+        duplicate. Deletes run in small batches so ingest never waits long behind them.
         """
 
         def op(db: sqlite3.Connection) -> int:
+            with closing(
+                db.execute(
+                    "SELECT e.id, e.received_at FROM events e WHERE e.received_at < ? "
+                    "AND e.fetch_state NOT IN ('pending', 'dead') "
+                    "AND NOT EXISTS (SELECT 1 FROM deliveries d "
+                    "WHERE d.event_id = e.id AND d.state != 'delivered') LIMIT ?",
+                    (received_before, batch_size),
+                )
+            ) as cursor:
+                rows = [(row[0], row[1]) for row in cursor]
+            db.executemany(
+                "INSERT INTO seen_ids (id, received_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
+                rows,
+            )
+            db.executemany("DELETE FROM events WHERE id = ?", [(row[0],) for row in rows])
+            return len(rows)
+
+        return await self._in_batches(op, batch_size)
+
+    async def forget_ids(self, *, received_before: float, batch_size: int = PRUNE_BATCH) -> int:
+        """Stop remembering the ids of pruned events received before `received_before`."""
+
+        def op(db: sqlite3.Connection) -> int:
             cursor = db.execute(
-                "DELETE FROM events WHERE id IN ("
-                "SELECT e.id FROM events e WHERE e.received_at < ? "
-                "AND e.fetch_state NOT IN ('pending', 'dead') "
-                "AND NOT EXISTS (SELECT 1 FROM deliveries d "
-                "WHERE d.event_id = e.id AND d.state != 'delivered') LIMIT ?)",
+                "DELETE FROM seen_ids WHERE id IN (SELECT id FROM seen_ids "
+                "WHERE received_at < ? LIMIT ?)",
                 (received_before, batch_size),
             )
             return cursor.rowcount
 
+        return await self._in_batches(op, batch_size)
+
+    async def _in_batches(self, op: Callable[[sqlite3.Connection], int], batch_size: int) -> int:
+        """Run `op` (which handles at most `batch_size` rows) until it handles fewer."""
         total = 0
         while True:
-            deleted: int = await self.write(op)
-            total += deleted
-            if deleted < batch_size:
+            handled: int = await self.write(op)
+            total += handled
+            if handled < batch_size:
                 return total
 
     # -- watched jobs (polling) ----------------------------------------
