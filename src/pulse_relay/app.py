@@ -21,7 +21,7 @@ from typing import Protocol
 import aiohttp
 from aiohttp import web
 
-from pulse_relay.config import ConfigError, Settings, SinkSettings
+from pulse_relay.config import ConfigError, Settings, SinkSettings, settings_warnings
 from pulse_relay.dispatcher import Dispatcher, DispatcherLimits, SinkRuntime
 from pulse_relay.logs import configure_logging, get_logger
 from pulse_relay.metrics import Metrics
@@ -183,6 +183,8 @@ class Relay:
         )
         if not pulse.api_key.get_secret_value():
             log.warning("pulse.api_key is not set: job fetches will fail until it is")
+        for warning in settings_warnings(settings):
+            log.warning("risky configuration", detail=warning)
         self._sinks = self._build_sinks(settings)
         self.dispatcher = self._build_dispatcher(self._sinks)
         self.dispatcher.start()

@@ -22,6 +22,7 @@ is read only when `pulse.api_key` is empty (a key given directly wins, so a
 from __future__ import annotations
 
 import copy
+import ipaddress
 import os
 import re
 import tomllib
@@ -29,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -50,7 +51,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from pulse_relay.redaction import REDACTED, is_secret_name
+from pulse_relay.redaction import REDACTED, is_secret_name, mask_url
 from pulse_relay.signature import decode_secret
 from pulse_relay.sinks.file import (
     DEFAULT_FILE_MODE,
@@ -356,6 +357,28 @@ class Settings(BaseSettings):
         return self
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` is a loopback address: 127.0.0.0/8, ::1 or "localhost"."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def settings_warnings(settings: Settings) -> list[str]:
+    """Valid but risky settings, one line each naming the key (check-config and serve show them)."""
+    warnings: list[str] = []
+    base_url = urlsplit(settings.pulse.base_url)
+    if base_url.scheme != "https" and not is_loopback_host(base_url.hostname or ""):
+        warnings.append(
+            f"pulse.base_url: {mask_url(settings.pulse.base_url)} is not https: the API key"
+            " and the job results would cross the network unencrypted"
+        )
+    return warnings
+
+
 # --- loading ---------------------------------------------------------------------------------
 
 
@@ -621,12 +644,15 @@ def _mask(value: str) -> str:
     return REDACTED if value else ""
 
 
-def _redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{REDACTED}@{host}"))
+def _mask_urls(value: Any) -> Any:
+    """`value` with every URL inside it (at any depth) masked: user-info, query, fragment."""
+    if isinstance(value, str):
+        return mask_url(value) if "://" in value else value
+    if isinstance(value, dict):
+        return {key: _mask_urls(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_mask_urls(item) for item in value]
+    return value
 
 
 def _redact_named(values: Mapping[str, str]) -> dict[str, str]:
@@ -638,13 +664,14 @@ def redacted_settings(settings: Settings) -> dict[str, Any]:
     data: dict[str, Any] = settings.model_dump(mode="json")
     data["verify"]["secrets"] = [_mask(s.get_secret_value()) for s in settings.verify.secrets]
     data["pulse"]["api_key"] = _mask(settings.pulse.api_key.get_secret_value())
-    data["pulse"]["base_url"] = _redact_url(settings.pulse.base_url)
     for sink, sink_data in zip(settings.sinks, data["sinks"], strict=True):
         if isinstance(sink, HttpSinkSettings):
-            sink_data["url"] = _redact_url(sink.url)
             sink_data["headers"] = _redact_named(sink.headers)
             secret = sink.sign_secret
             sink_data["sign_secret"] = None if secret is None else _mask(secret.get_secret_value())
         elif isinstance(sink, CommandSinkSettings):
             sink_data["env"] = _redact_named(sink.env)
-    return data
+    # Every URL, wherever it is (base_url, sink urls, a variable or an argument):
+    # tokens travel in user-info and query strings.
+    masked: dict[str, Any] = _mask_urls(data)
+    return masked
