@@ -30,7 +30,8 @@ DeliveryOutcome = Literal["delivered", "retry", "dead"]
 AWAITING_FETCH = 9.0e15
 # Bound on the number of queued writes that go into one transaction.
 MAX_BATCH = 512
-# SQLite's default limit on host parameters in one statement is 999 on old builds.
+# SQLite's default limit on host parameters in one statement is 999 on old builds, so
+# every "IN (...)" list of caller-given length is bound in chunks of this many.
 _CHUNK = 500
 # Events deleted per transaction by prune(), so the writer is never held for long.
 PRUNE_BATCH = 500
@@ -697,26 +698,32 @@ class Store:
     ) -> int:
         """Make deliveries due again as replays; returns how many were queued."""
         now = self._clock()
+        clauses = ["1 = 1"]
+        params: list[Any] = [now, now]
+        if dead_only:
+            clauses.append("state = 'dead'")
+        if sink is not None:
+            clauses.append("sink = ?")
+            params.append(sink)
+        update = (
+            "UPDATE deliveries SET state = 'pending', attempts = 0, replay = 1, "
+            "lease_until = NULL, next_attempt_at = ?, updated_at = ? "
+            f"WHERE {' AND '.join(clauses)}"
+        )
+        # Repeated ids must not count twice when they land in different chunks.
+        unique_ids = list(dict.fromkeys(event_ids))
 
         def op(db: sqlite3.Connection) -> int:
-            clauses = ["1 = 1"]
-            params: list[Any] = []
-            if dead_only:
-                clauses.append("state = 'dead'")
-            if sink is not None:
-                clauses.append("sink = ?")
-                params.append(sink)
-            if event_ids:
-                clauses.append(f"event_id IN ({_placeholders(len(event_ids))})")
-                params.extend(event_ids)
-            where = " AND ".join(clauses)
-            cursor = db.execute(
-                "UPDATE deliveries SET state = 'pending', attempts = 0, replay = 1, "
-                "lease_until = NULL, next_attempt_at = ?, updated_at = ? "
-                f"WHERE {where}",
-                [now, now, *params],
-            )
-            count = cursor.rowcount
+            if unique_ids:
+                count = sum(
+                    db.execute(
+                        update + f" AND event_id IN ({_placeholders(len(chunk))})",
+                        [*params, *chunk],
+                    ).rowcount
+                    for chunk in _chunks(unique_ids)
+                )
+            else:
+                count = db.execute(update, params).rowcount
             # A replay of an event whose fetch had died tries the fetch again.
             db.execute(
                 "UPDATE events SET fetch_state = 'pending', next_fetch_at = ?, fetch_attempts = 0 "
@@ -795,12 +802,15 @@ class Store:
     async def remove_watches(self, job_ids: Sequence[str]) -> int:
         """Stop watching jobs; returns how many were watched."""
 
+        unique_ids = list(dict.fromkeys(job_ids))
+
         def op(db: sqlite3.Connection) -> int:
-            cursor = db.execute(
-                f"DELETE FROM watches WHERE job_id IN ({_placeholders(len(job_ids))})",
-                list(job_ids),
+            return sum(
+                db.execute(
+                    f"DELETE FROM watches WHERE job_id IN ({_placeholders(len(chunk))})", chunk
+                ).rowcount
+                for chunk in _chunks(unique_ids)
             )
-            return cursor.rowcount
 
         result: int = await self.write(op)
         return result
@@ -974,15 +984,15 @@ class Store:
         """When the next claimable fetch or delivery (for `sinks`) is due; None if none waits."""
         now = self._clock()
         times: list[float] = []
-        if sinks:
+        for chunk in _chunks(list(sinks)):
             async with self.db.execute(
                 "SELECT MIN(d.next_attempt_at) FROM deliveries d "
                 "JOIN events e ON e.id = d.event_id "
-                f"WHERE d.state = 'pending' AND d.sink IN ({_placeholders(len(sinks))}) "
+                f"WHERE d.state = 'pending' AND d.sink IN ({_placeholders(len(chunk))}) "
                 f"AND d.next_attempt_at < {AWAITING_FETCH!r} "
                 "AND (d.lease_until IS NULL OR d.lease_until <= ?) "
                 "AND e.fetch_state IN ('none', 'done')",
-                [*sinks, now],
+                [*chunk, now],
             ) as cursor:
                 row = await cursor.fetchone()
             if row and row[0] is not None:
