@@ -467,19 +467,8 @@ class Store:
     def _insert_events(
         self, db: sqlite3.Connection, records: list[IngestRecord]
     ) -> list[IngestOutcome]:
-        ids = list({record.event_id for record in records})
-        existing: set[str] = set()
-        for chunk in _chunks(ids):
-            sql = f"SELECT id FROM events WHERE id IN ({_placeholders(len(chunk))})"
-            existing.update(row[0] for row in db.execute(sql, chunk))
-        keys = list({r.job_key for r in records if r.job_key is not None})
-        seen_keys: dict[str, str] = {}
-        for chunk in _chunks(keys):
-            sql = (
-                "SELECT job_key, id FROM events WHERE state = 'accepted' "
-                f"AND job_key IN ({_placeholders(len(chunk))})"
-            )
-            seen_keys.update({row[0]: row[1] for row in db.execute(sql, chunk)})
+        existing = _stored_ids(db, [record.event_id for record in records])
+        seen_keys = _accepted_job_keys(db, [r.job_key for r in records if r.job_key is not None])
         outcomes: list[IngestOutcome] = []
         event_rows: list[tuple[Any, ...]] = []
         delivery_rows: list[tuple[Any, ...]] = []
@@ -489,17 +478,7 @@ class Store:
                 continue
             existing.add(record.event_id)
             outcomes.append("accepted")
-            state, error = "accepted", record.error
-            if error is not None:
-                state = "invalid"
-            elif record.job_key is not None and record.job_key in seen_keys:
-                state = "repeat"
-                error = (
-                    f"job {record.job_id} already has a {record.event_type} event "
-                    f"({seen_keys[record.job_key]}); not delivered twice"
-                )
-            elif record.job_key is not None:
-                seen_keys[record.job_key] = record.event_id
+            state, error = _ingest_state(record, seen_keys)
             sinks = list(record.sinks) if state == "accepted" else []
             needs_fetch = record.needs_fetch and bool(sinks)
             event_rows.append(
@@ -1007,6 +986,46 @@ class Store:
             if row and row[0] is not None:
                 times.append(float(row[0]))
         return min(times) if times else None
+
+
+def _stored_ids(db: sqlite3.Connection, event_ids: Sequence[str]) -> set[str]:
+    """Which of `event_ids` the store already holds."""
+    found: set[str] = set()
+    for chunk in _chunks(list(dict.fromkeys(event_ids))):
+        sql = f"SELECT id FROM events WHERE id IN ({_placeholders(len(chunk))})"
+        found.update(row[0] for row in db.execute(sql, chunk))
+    return found
+
+
+def _accepted_job_keys(db: sqlite3.Connection, job_keys: Sequence[str]) -> dict[str, str]:
+    """For each of `job_keys` already accepted, the id of the event that holds it."""
+    found: dict[str, str] = {}
+    for chunk in _chunks(list(dict.fromkeys(job_keys))):
+        sql = (
+            "SELECT job_key, id FROM events WHERE state = 'accepted' "
+            f"AND job_key IN ({_placeholders(len(chunk))})"
+        )
+        found.update({row[0]: row[1] for row in db.execute(sql, chunk)})
+    return found
+
+
+def _ingest_state(record: IngestRecord, seen_keys: dict[str, str]) -> tuple[str, str | None]:
+    """A new event's state and error: invalid, a repeat of its job's status, or accepted.
+
+    An accepted event's job key is added to `seen_keys`, so a later record in the
+    same batch is a repeat of it.
+    """
+    if record.error is not None:
+        return "invalid", record.error
+    if record.job_key is None:
+        return "accepted", None
+    if record.job_key in seen_keys:
+        return "repeat", (
+            f"job {record.job_id} already has a {record.event_type} event "
+            f"({seen_keys[record.job_key]}); not delivered twice"
+        )
+    seen_keys[record.job_key] = record.event_id
+    return "accepted", None
 
 
 _WATCH_COLUMNS = (
