@@ -74,14 +74,15 @@ def wait_until(condition: Any, timeout_seconds: float = 20) -> None:
         time.sleep(0.02)
 
 
-# --- graceful shutdown ---------------------------------------------------------------------
+def command_sink_config(
+    tmp_path: Path, script: str, *, grace_seconds: float, timeout_seconds: float
+) -> tuple[Path, int, Path]:
+    """A serve configuration with a command sink "slow" running `script` with an out folder.
 
-
-def test_sigterm_during_a_slow_delivery_exits_0_and_the_delivery_completes_after_restart(
-    tmp_path: Path, serve_processes: list[Served]
-) -> None:
-    script = tmp_path / "slow.py"
-    script.write_text(SLOW_COMMAND)
+    Returns the configuration file, its port and the out folder.
+    """
+    script_path = tmp_path / "command.py"
+    script_path.write_text(script)
     out = tmp_path / "out"
     out.mkdir()
     port = free_port()
@@ -92,12 +93,26 @@ def test_sigterm_during_a_slow_delivery_exits_0_and_the_delivery_completes_after
 [[sinks]]
 name = "slow"
 type = "command"
-argv = {json.dumps([sys.executable, str(script), str(out)])}
-timeout_seconds = 300
+argv = {json.dumps([sys.executable, str(script_path), str(out)])}
+timeout_seconds = {timeout_seconds}
 """,
     )
     config.write_text(
-        config.read_text().replace("[verify]", "shutdown_grace_seconds = 1.0\n\n[verify]")
+        config.read_text().replace(
+            "[verify]", f"shutdown_grace_seconds = {grace_seconds}\n\n[verify]"
+        )
+    )
+    return config, port, out
+
+
+# --- graceful shutdown ---------------------------------------------------------------------
+
+
+def test_sigterm_during_a_slow_delivery_exits_0_and_the_delivery_completes_after_restart(
+    tmp_path: Path, serve_processes: list[Served]
+) -> None:
+    config, port, out = command_sink_config(
+        tmp_path, SLOW_COMMAND, grace_seconds=1.0, timeout_seconds=300
     )
     first = Served(config, tmp_path / "first.log")
     serve_processes.append(first)
@@ -135,25 +150,9 @@ def process_is_gone(pid: int) -> bool:
 def test_a_second_signal_during_the_grace_period_exits_at_once_with_status_1(
     tmp_path: Path, serve_processes: list[Served], second: signal.Signals
 ) -> None:
-    script = tmp_path / "hang.py"
-    script.write_text(HANGING_COMMAND)
-    out = tmp_path / "out"
-    out.mkdir()
-    port = free_port()
-    config = write_config(
-        tmp_path,
-        port,
-        extra=f"""
-[[sinks]]
-name = "slow"
-type = "command"
-argv = {json.dumps([sys.executable, str(script), str(out)])}
-timeout_seconds = 900
-""",
-    )
     # A grace period no test waits for: only the second signal can end this shutdown soon.
-    config.write_text(
-        config.read_text().replace("[verify]", "shutdown_grace_seconds = 900\n\n[verify]")
+    config, port, out = command_sink_config(
+        tmp_path, HANGING_COMMAND, grace_seconds=900, timeout_seconds=900
     )
     served = Served(config, tmp_path / "serve.log")
     serve_processes.append(served)
