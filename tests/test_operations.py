@@ -12,6 +12,8 @@ import sqlite3
 import stat
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -59,17 +61,20 @@ def serve_processes() -> Iterator[list[Served]]:
         served.kill()
 
 
-def post_webhook(port: int, body: bytes, webhook_id: str) -> int:
-    import urllib.request
-
+def post_captured(port: int, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    """POST exactly these bytes and headers; (status, JSON status) whatever the status."""
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/webhooks/pulse",
-        data=body,
-        headers=signed(body, webhook_id=webhook_id),
-        method="POST",
+        f"http://127.0.0.1:{port}/webhooks/pulse", data=body, headers=headers, method="POST"
     )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return int(response.status)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status), json.loads(response.read())["status"]
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())["status"]
+
+
+def post_webhook(port: int, body: bytes, webhook_id: str) -> int:
+    return post_captured(port, body, signed(body, webhook_id=webhook_id))[0]
 
 
 def wait_until(condition: Any, timeout_seconds: float = 20) -> None:
@@ -332,21 +337,6 @@ def hex_signed(body: bytes, webhook_id: str | None) -> dict[str, str]:
     if webhook_id is not None:
         headers["X-Webhook-Id"] = webhook_id
     return headers
-
-
-def post_captured(port: int, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
-    """POST exactly these bytes and headers; (status, JSON status) whatever the status."""
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/webhooks/pulse", data=body, headers=headers, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return int(response.status), json.loads(response.read())["status"]
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())["status"]
 
 
 def delivered_count(database: Path) -> int:
