@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pulse_relay.app import Relay
-from pulse_relay.config import ConfigError
+from pulse_relay.config import ConfigError, is_loopback_host
 from tests.conftest import MakeSettings, StartRelay, make_body, signed
-from tests.helpers import call
+from tests.helpers import call, free_port
+from tests.test_cli import run_cli, write_config
 
 
 async def post_webhook(relay: Relay, webhook_id: str, **body: Any) -> int:
@@ -76,3 +78,34 @@ async def test_serve_refuses_an_exposed_admin_listener_without_a_token(
     with pytest.raises(ConfigError, match=r"admin\.token"):
         await relay.start()
     assert relay.admin_port is None and relay.port is None
+
+
+def test_serve_and_check_config_name_the_missing_token(tmp_path: Path) -> None:
+    config = write_config(tmp_path, free_port(), admin_port=free_port())
+    config.write_text(
+        config.read_text().replace('[admin]\nhost = "127.0.0.1"', '[admin]\nhost = "0.0.0.0"')
+    )
+    served = run_cli("serve", config=config)
+    assert served.returncode == 1
+    assert "admin.token: required when admin.host ('0.0.0.0') is not a loopback" in served.stderr
+    checked = run_cli("check-config", config=config)
+    assert checked.returncode == 1 and "admin.token" in checked.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "is_loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("LOCALHOST", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.5", False),
+        ("relay.internal", False),
+    ],
+)
+def test_loopback_means_127_0_0_0_8_and_ipv6_and_localhost(host: str, is_loopback: bool) -> None:
+    assert is_loopback_host(host) is is_loopback
