@@ -131,6 +131,7 @@ def _settings(folder: Path, secret: str, pulse_url: str, api_key: str, app_url: 
     return Settings.model_validate(
         {
             "server": {"host": "127.0.0.1", "port": 0},
+            "admin": {"host": "127.0.0.1", "port": 0},
             "verify": {"secrets": [secret]},
             "store": {"path": str(folder / "relay.db")},
             "pulse": {"base_url": pulse_url, "api_key": api_key},
