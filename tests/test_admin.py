@@ -114,7 +114,7 @@ async def test_events_one_event_and_stats(start_relay: StartRelay, tmp_path: Any
 
     async def delivered() -> bool:
         view = await relay.store.get_event("msg_a")
-        return view is not None and view.deliveries["files"]["state"] == "delivered"
+        return view is not None and view.deliveries["files"].state == "delivered"
 
     await wait_for(delivered)
     status, listing = await request("GET", relay.admin_url + "/api/events")

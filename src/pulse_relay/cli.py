@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import sys
 import time
@@ -17,13 +15,13 @@ import aiohttp
 import click
 
 from pulse_relay import __version__
-from pulse_relay.app import local_url, open_store, serve
+from pulse_relay.app import build_store, local_url, serve
 from pulse_relay.config import ConfigError, Settings, load_settings, redacted_settings
 from pulse_relay.events import is_valid_job_id
 from pulse_relay.logs import configure_logging
 from pulse_relay.preflight import check_host
 from pulse_relay.serialize import event_document, iso, summary_state, watch_document
-from pulse_relay.signature import sign_headers
+from pulse_relay.signature import hex_signature, sign_headers
 from pulse_relay.store import EventView, Store, StoreUnavailableError, StoreVersionError, Watch
 
 T = TypeVar("T")
@@ -55,7 +53,7 @@ def _with_store(
         fail(f"no store at {path} (start `pulse-relay serve` with this configuration first)")
 
     async def run() -> T:
-        async with open_store(settings) as store:
+        async with build_store(settings) as store:
             return await action(store)
 
     try:
@@ -164,7 +162,7 @@ def events_command(
             view.type or "-",
             view.job_id or "-",
             summary_state(view),
-            " ".join(f"{sink}:{d['state']}" for sink, d in view.deliveries.items()) or "-",
+            " ".join(f"{sink}:{d.state}" for sink, d in view.deliveries.items()) or "-",
         ]
         for view in views
     ]
@@ -202,9 +200,9 @@ def show_command(obj: _Context, event_id: str, as_json: bool) -> None:
     click.echo("job:")
     click.echo(_indent(json.dumps(view.job, indent=2)))
     click.echo("deliveries:")
-    for sink, state in view.deliveries.items():
-        extra = f" - {state['last_error']}" if state["last_error"] else ""
-        click.echo(f"  {sink}: {state['state']} after {state['attempts']} attempt(s){extra}")
+    for sink, delivery in view.deliveries.items():
+        extra = f" - {delivery.last_error}" if delivery.last_error else ""
+        click.echo(f"  {sink}: {delivery.state} after {delivery.attempts} attempt(s){extra}")
     click.echo("attempts:")
     for attempt in view.attempts:
         what = attempt.sink or "job fetch"
@@ -383,7 +381,7 @@ def _test_headers(
     if not secrets:
         raise ValueError("no webhook secret configured (verify.secrets); give --secret")
     if settings.verify.scheme == "hmac-sha256-hex":
-        digest = hmac.new(secrets[0].encode(), body, hashlib.sha256).hexdigest()
+        digest = hex_signature(secrets[0], body)
         return {settings.verify.signature_header: digest, settings.verify.id_header: webhook_id}
     return sign_headers(secrets[0], webhook_id, body)
 

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from pulse_relay.store import Attempt, EventView, Watch
+from pulse_relay.store import Attempt, DeliveryView, EventView, Watch
 
 
 def iso(unix_seconds: float | None) -> str | None:
@@ -33,10 +33,7 @@ def event_document(view: EventView) -> dict[str, Any]:
         "state": view.state,
         "error": view.error,
         "fetch": {"state": view.fetch_state, "error": view.fetch_error},
-        "deliveries": {
-            sink: {**state, "next_attempt_at": iso(state["next_attempt_at"])}
-            for sink, state in view.deliveries.items()
-        },
+        "deliveries": {sink: delivery_document(d) for sink, d in view.deliveries.items()},
     }
     if view.body is not None:
         document["headers"] = view.headers
@@ -50,9 +47,20 @@ def event_document(view: EventView) -> dict[str, Any]:
     return document
 
 
+def delivery_document(delivery: DeliveryView) -> dict[str, Any]:
+    """One sink's delivery state of an event."""
+    return {
+        "state": delivery.state,
+        "attempts": delivery.attempts,
+        "next_attempt_at": iso(delivery.next_attempt_at),
+        "last_error": delivery.last_error,
+        "replay": delivery.is_replay,
+    }
+
+
 def summary_state(view: EventView) -> str:
     """One word for an event's progress: its own state, else the worst of its deliveries."""
-    return summarize(view.state, view.fetch_state, [d["state"] for d in view.deliveries.values()])
+    return summarize(view.state, view.fetch_state, [d.state for d in view.deliveries.values()])
 
 
 def document_summary_state(document: dict[str, Any]) -> str:
