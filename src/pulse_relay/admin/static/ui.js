@@ -66,11 +66,11 @@ function concernsThisPage(change) {
   return !eventId || change.id === eventId || change.event_id === eventId;
 }
 
-function setLive(isLive) {
+function setLive(state) {
   const badge = document.getElementById("live");
   if (!badge) return;
-  badge.classList.toggle("on", isLive);
-  badge.textContent = isLive ? "live" : "reconnecting";
+  badge.classList.toggle("on", state === "live");
+  badge.textContent = state;
 }
 
 // No polling loop: the page changes only when the stream says something changed.
@@ -91,10 +91,13 @@ function listen() {
   stream.addEventListener("resync", () => refresh());
   // What changed between rendering the page and (re)connecting the stream.
   stream.addEventListener("open", () => {
-    setLive(true);
+    setLive("live");
     refresh();
   });
-  stream.addEventListener("error", () => setLive(false));
+  // The browser retries by itself, except after an answer such as 401 (logged out).
+  stream.addEventListener("error", () => {
+    setLive(stream.readyState === EventSource.CLOSED ? "offline: reload the page" : "reconnecting");
+  });
 }
 
 function parsePairs(text) {
@@ -149,7 +152,8 @@ async function act(source, body) {
     location.assign(source.dataset.then);
     return true;
   }
-  flash((source.dataset.done || "Done.").replace("{count}", String(answer.count ?? "")));
+  // data-done may name fields of the answer: "Replaying {queued} deliveries."
+  flash((source.dataset.done || "Done.").replace(/\{(\w+)\}/g, (_, key) => String(answer[key] ?? "")));
   await refresh();
   return true;
 }
