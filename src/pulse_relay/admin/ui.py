@@ -23,7 +23,7 @@ from pulse_relay.admin import service
 from pulse_relay.admin.auth import clear_login_cookie, set_login_cookie
 from pulse_relay.admin.context import AdminContext
 from pulse_relay.admin.service import ServiceError
-from pulse_relay.serialize import document_summary_state, watch_document
+from pulse_relay.serialize import document_summary_state
 from pulse_relay.store import DELIVERY_STATES
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -216,10 +216,10 @@ class _Pages:
 
     async def watches(self, request: web.Request) -> web.Response:
         """`/watches`: watched jobs, a form to add one, a button to remove each."""
-        documents = [watch_document(w) for w in await self._ctx.store.list_watches()]
+        answer = await service.list_watches(self._ctx)
         watches = [
             {**watch, "api_href": f"/api/watches/{path_segment(watch['job_id'])}"}
-            for watch in documents
+            for watch in answer["watches"]
         ]
         return await self._render(request, "watches.html", {"nav": "watches", "watches": watches})
 

@@ -185,6 +185,8 @@ async function copy(button) {
 document.addEventListener("click", (event) => {
   const copyButton = event.target.closest("button[data-copy]");
   if (copyButton) {
+    // Inside a <summary>, the click would also open or close the block.
+    event.preventDefault();
     copy(copyButton);
     return;
   }
