@@ -76,6 +76,12 @@ async def relay(start_relay: StartRelay, emulator: PulseEmulator, receiver: Rece
     return await start_ui_relay(start_relay, emulator, receiver)
 
 
+@pytest.fixture
+async def guarded(start_relay: StartRelay, emulator: PulseEmulator, receiver: Receiver) -> Relay:
+    """A relay whose admin listener needs TOKEN."""
+    return await start_ui_relay(start_relay, emulator, receiver, admin={"token": TOKEN})
+
+
 async def send(
     relay: Relay,
     emulator: PulseEmulator,
@@ -184,10 +190,8 @@ async def test_event_ids_with_reserved_characters_link_to_their_page(
     assert "job-odd" in text
 
 
-async def test_static_assets_need_no_token(
-    start_relay: StartRelay, emulator: PulseEmulator, receiver: Receiver
-) -> None:
-    relay = await start_ui_relay(start_relay, emulator, receiver, admin={"token": TOKEN})
+async def test_static_assets_need_no_token(guarded: Relay) -> None:
+    relay = guarded
     for asset in ("/static/ui.js", "/static/ui.css"):
         status, _, text = await fetch(relay.admin_url + asset)
         assert status == 200
@@ -195,9 +199,9 @@ async def test_static_assets_need_no_token(
 
 
 async def test_with_a_token_the_pages_need_the_login_cookie(
-    start_relay: StartRelay, emulator: PulseEmulator, receiver: Receiver
+    guarded: Relay, emulator: PulseEmulator
 ) -> None:
-    relay = await start_ui_relay(start_relay, emulator, receiver, admin={"token": TOKEN})
+    relay = guarded
     await send(relay, emulator, webhook_id="msg_secret_1")
     login = relay.admin_url + "/login"
 
@@ -233,10 +237,8 @@ async def test_with_a_token_the_pages_need_the_login_cookie(
     assert "msg_secret_1" in text
 
 
-async def test_login_from_another_origin_is_refused(
-    start_relay: StartRelay, emulator: PulseEmulator, receiver: Receiver
-) -> None:
-    relay = await start_ui_relay(start_relay, emulator, receiver, admin={"token": TOKEN})
+async def test_login_from_another_origin_is_refused(guarded: Relay) -> None:
+    relay = guarded
     status, headers, _ = await fetch(
         relay.admin_url + "/login",
         method="POST",
@@ -405,7 +407,9 @@ async def test_a_script_in_type_or_payload_is_shown_never_run(
 async def test_filters_narrow_the_list(
     relay: Relay, emulator: PulseEmulator, watched: Watched
 ) -> None:
-    await send(relay, emulator, "job.completed", "job-a", webhook_id="msg_filter_a")
+    await send(
+        relay, emulator, "job.completed", "job-a", webhook_id="msg_filter_a", data={"po": "PO-4471"}
+    )
     await send(relay, emulator, "job.failed", "job-b", webhook_id="msg_filter_b")
     await send(relay, emulator, "credits.low_balance", None, webhook_id="msg_filter_c")
     page = watched.page
@@ -416,6 +420,12 @@ async def test_filters_narrow_the_list(
     await page.get_by_role("button", name="Filter").click()
     await expect(page.locator("tr[data-row]")).to_have_count(1)
     await expect(page.locator('tr[data-row="msg_filter_b"]')).to_be_visible()
+
+    await page.get_by_role("link", name="Clear").click()
+    await page.get_by_label("search").fill("PO-4471")
+    await page.get_by_role("button", name="Filter").click()
+    await expect(page.locator("tr[data-row]")).to_have_count(1)
+    await expect(page.locator('tr[data-row="msg_filter_a"]')).to_be_visible()
 
     await page.get_by_role("link", name="Clear").click()
     await page.get_by_label("job id").fill("job-a")
@@ -433,9 +443,9 @@ async def test_filters_narrow_the_list(
 
 
 async def test_replay_all_dead_and_login_with_a_token(
-    start_relay: StartRelay, emulator: PulseEmulator, receiver: Receiver, watched: Watched
+    guarded: Relay, emulator: PulseEmulator, receiver: Receiver, watched: Watched
 ) -> None:
-    relay = await start_ui_relay(start_relay, emulator, receiver, admin={"token": TOKEN})
+    relay = guarded
     receiver.answers = [400]
     await send(relay, emulator, webhook_id="msg_dead_1")
     await settled(relay, "msg_dead_1")
@@ -489,6 +499,11 @@ async def test_watches_are_added_with_metadata_and_removed(
     await page.get_by_label("job id").fill("job-other")
     await page.get_by_role("button", name="Watch").click()
     await expect(page.locator("#flash")).to_contain_text("not KEY=VALUE")
+    await page.get_by_label("metadata").fill("")
+    await page.get_by_label("job id").fill("not a job id!")
+    await page.get_by_role("button", name="Watch").click()
+    await expect(page.locator("#flash")).to_contain_text("400 bad_request: job_id:")
+    await expect(page.locator("tr[data-row]")).to_have_count(1)
 
     await row.get_by_role("button", name="Remove").click()
     await expect(row).to_have_count(0)
