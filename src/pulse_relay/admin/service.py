@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,8 @@ SOURCES = ("webhook", "poll")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 MAX_FILTER_CHARS = 256
+# ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+_DECIMAL = re.compile(r"[0-9]{1,9}")
 
 
 class ServiceError(Exception):
@@ -143,7 +146,7 @@ def parse_limit(raw: str | None) -> int:
     """`limit` as given in a query string: 1 to MAX_LIMIT, DEFAULT_LIMIT when absent."""
     if raw is None or raw == "":
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not _DECIMAL.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
         raise BadRequest("limit", f"must be an integer from 1 to {MAX_LIMIT}")
     return int(raw)
 
