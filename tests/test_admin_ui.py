@@ -22,7 +22,7 @@ from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
 from pulse_relay.admin.ui import age_text, duration_text, safe_next, short_time
 from pulse_relay.app import Relay
 from pulse_relay.emulator import PulseEmulator
-from tests.conftest import SECRET, StartRelay, wait_for
+from tests.conftest import SECRET, StartRelay, signed, wait_for
 from tests.helpers import Receiver
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -162,6 +162,44 @@ async def test_pages_escape_type_and_payload(relay: Relay, emulator: PulseEmulat
         assert "&lt;script&gt;window.__xss" in text
 
 
+async def test_older_pages_keep_the_filters_and_the_page_size(
+    relay: Relay, emulator: PulseEmulator
+) -> None:
+    for number in range(3):
+        await send(relay, emulator, webhook_id=f"msg_page_{number}")
+
+    _, _, text = await fetch(relay.admin_url + "/?type=job.completed&limit=2")
+    assert text.count("<tr data-row=") == 2
+    assert "msg_page_0" not in text
+    [older] = re.findall(r'href="(/\?[^"]+)" rel="next"', text)
+    older = older.replace("&amp;", "&")
+    assert "type=job.completed" in older
+    assert "limit=2" in older
+
+    _, _, text = await fetch(relay.admin_url + older)
+    assert text.count("<tr data-row=") == 1
+    assert 'data-row="msg_page_0"' in text
+    assert 'rel="next"' not in text
+    assert 'href="/?type=job.completed&amp;limit=2">← newest' in text
+
+
+async def test_a_payload_that_is_not_json_is_shown_as_escaped_text(relay: Relay) -> None:
+    body = b"<script>alert(1)</script> not json"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            relay.webhook_url, data=body, headers=signed(body, webhook_id="msg_raw")
+        ) as answer,
+    ):
+        assert answer.status == 200
+
+    status, _, text = await fetch(relay.admin_url + "/events/msg_raw")
+    assert status == 200
+    assert "Payload (not JSON)" in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; not json" in text
+    assert "<script>alert" not in text
+
+
 async def test_unknown_event_and_bad_filters_answer_html_errors(relay: Relay) -> None:
     status, headers, text = await fetch(relay.admin_url + "/events/msg_nowhere")
     assert status == 404
@@ -215,6 +253,7 @@ async def test_with_a_token_the_pages_need_the_login_cookie(
     assert status == 200
     assert 'name="token"' in text
     assert "msg_secret_1" not in text
+    assert "pending per sink" not in text
 
     status, headers, text = await fetch(login, method="POST", data={"token": "wrong"})
     assert status == 401
@@ -235,6 +274,8 @@ async def test_with_a_token_the_pages_need_the_login_cookie(
     status, _, text = await fetch(relay.admin_url + "/", cookies={name: value})
     assert status == 200
     assert "msg_secret_1" in text
+    status, headers, _ = await fetch(login + "?next=/watches", cookies={name: value})
+    assert (status, headers["Location"]) == (303, "/watches")
 
 
 async def test_login_from_another_origin_is_refused(guarded: Relay) -> None:
@@ -251,6 +292,8 @@ async def test_login_from_another_origin_is_refused(guarded: Relay) -> None:
 
 async def test_without_a_token_login_leads_straight_to_the_list(relay: Relay) -> None:
     status, headers, _ = await fetch(relay.admin_url + "/login")
+    assert (status, headers["Location"]) == (303, "/")
+    status, headers, _ = await fetch(relay.admin_url + "/login", method="POST", data={"token": "x"})
     assert (status, headers["Location"]) == (303, "/")
     status, headers, _ = await fetch(relay.admin_url + "/login?next=/watches")
     assert (status, headers["Location"]) == (303, "/watches")

@@ -34,6 +34,8 @@ CONTENT_SECURITY_POLICY = (
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 LIST_FILTERS = ("type", "state", "sink", "source", "job_id", "q")
+# What the "older" and "newest" links carry over from the current page.
+CARRIED_PARAMS = (*LIST_FILTERS, "limit")
 
 
 def setup_ui(app: web.Application, ctx: AdminContext) -> None:
@@ -139,13 +141,20 @@ class _Pages:
         self._ctx = ctx
 
     async def _render(
-        self, request: web.Request, template: str, context: dict[str, Any], *, status: int = 200
+        self,
+        request: web.Request,
+        template: str,
+        context: dict[str, Any],
+        *,
+        status: int = 200,
+        shows_state: bool = True,
     ) -> web.Response:
-        """A page with the shared header (backlog strip, navigation) and the security headers."""
+        """A page with the shared header (backlog strip, navigation) and the security headers.
+
+        `shows_state` is False for the login form, which tells a visitor nothing.
+        """
         ctx = self._ctx
-        backlog = None
-        if template != "login.html":
-            backlog = _backlog(await service.stats(ctx))
+        backlog = _backlog(await service.stats(ctx)) if shows_state else None
         page = {
             "version": ctx.version,
             "has_token": ctx.auth.is_required,
@@ -168,7 +177,7 @@ class _Pages:
     async def events(self, request: web.Request) -> web.Response:
         """`/`: the event list, filtered and paged like `GET /api/events`."""
         shown = {name: request.query.get(name, "") for name in LIST_FILTERS}
-        active = {name: value for name, value in shown.items() if value}
+        active = {name: request.query[name] for name in CARRIED_PARAMS if request.query.get(name)}
         context: dict[str, Any] = {
             "nav": "events",
             "filters": shown,
@@ -229,7 +238,8 @@ class _Pages:
         auth = self._ctx.auth
         if not auth.is_required or auth.is_authenticated(request):
             raise web.HTTPSeeOther(target)
-        return await self._render(request, "login.html", {"next": target, "error": None})
+        context = {"next": target, "error": None}
+        return await self._render(request, "login.html", context, shows_state=False)
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         """`POST /login`: the right token sets the session cookie; a wrong one shows the form."""
@@ -241,7 +251,7 @@ class _Pages:
             raise web.HTTPSeeOther("/")
         if not isinstance(token, str) or not auth.is_token(token):
             context = {"next": target, "error": "That is not the admin token."}
-            return await self._render(request, "login.html", context, status=401)
+            return await self._render(request, "login.html", context, status=401, shows_state=False)
         response = web.Response(status=303, headers={"Location": target})
         set_login_cookie(response, auth, request)
         return response
