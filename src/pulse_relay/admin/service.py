@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from pulse_relay.events import build_envelope, is_valid_job_id
+from pulse_relay.events import build_envelope, envelope_source, is_valid_job_id
 from pulse_relay.serialize import event_document, watch_document
 from pulse_relay.store import DELIVERY_STATES, EventCursor, EventView
 from pulse_relay.testevent import build_test_event, post_test_event
@@ -212,7 +212,7 @@ async def envelopes(ctx: AdminContext, view: EventView) -> dict[str, Any]:
             event_type=view.type,
             job_id=view.job_id,
             received_at=view.received_at,
-            source="replay" if delivery.is_replay else view.source,
+            source=envelope_source(view.source, is_replay=delivery.is_replay),
             body=view.body,
             job=view.job,
             result_url=view.result_url,
