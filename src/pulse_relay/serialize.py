@@ -60,14 +60,27 @@ def delivery_document(delivery: DeliveryView) -> dict[str, Any]:
 
 def summary_state(view: EventView) -> str:
     """One word for an event's progress: its own state, else the worst of its deliveries."""
-    if view.state != "accepted":
-        return view.state
-    states = {d.state for d in view.deliveries.values()}
-    if view.fetch_state == "pending" and "pending" in states:
+    return summarize(view.state, view.fetch_state, [d.state for d in view.deliveries.values()])
+
+
+def document_summary_state(document: dict[str, Any]) -> str:
+    """`summary_state` of an event document (a list item or a full one)."""
+    deliveries = document["deliveries"].values()
+    return summarize(
+        document["state"], document["fetch"]["state"], [d["state"] for d in deliveries]
+    )
+
+
+def summarize(state: str, fetch_state: str, delivery_states: list[str]) -> str:
+    """The rule behind `summary_state`: invalid/repeat, fetching, dead, pending, delivered."""
+    if state != "accepted":
+        return state
+    states = set(delivery_states)
+    if fetch_state == "pending" and "pending" in states:
         return "fetching"
-    for state in ("dead", "pending"):
-        if state in states:
-            return state
+    for worst in ("dead", "pending"):
+        if worst in states:
+            return worst
     return "delivered" if states else "no sinks"
 
 
