@@ -18,6 +18,8 @@ import httpx
 from aiohttp import web
 from pulse import AsyncPulse, Pulse
 
+from pulse_relay.store import Store
+
 
 @dataclass
 class Received:
@@ -171,3 +173,10 @@ async def async_sdk_client(
     """The official SDK's async client on `base_url`, its connections closed afterwards."""
     async with httpx.AsyncClient(timeout=SDK_TIMEOUT_SECONDS) as http:
         yield AsyncPulse(api_key=api_key, base_url=base_url, httpx_client=http, **options)
+
+
+async def count_events(store: Store) -> int:
+    """How many events the store holds (read straight from its table)."""
+    async with store.db.execute("SELECT COUNT(*) FROM events") as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0
