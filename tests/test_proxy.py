@@ -379,7 +379,7 @@ async def test_body_over_the_limit_is_413_up_front_or_while_streaming(
 
     assert declared.status == 413
     assert streamed.status == 413
-    assert declared_body["error"] == "request body too large"
+    assert declared_body["error"] == "too_large"
     assert "proxy.max_body_bytes (100000 bytes)" in streamed_body["detail"]
     assert all(seen.size_bytes < 100_000 for seen in upstream.seen)
     assert len([s for s in upstream.seen if s.size_bytes == 100_001]) == 0
@@ -402,7 +402,7 @@ async def test_metadata_headers_over_8_kb_are_400_naming_the_header_and_not_forw
         body = await got.json()
 
     assert got.status == 400
-    assert body["error"] == "invalid metadata header"
+    assert body["error"] == "bad_request"
     assert "X-Pulse-Relay-Meta-Notes" in body["detail"]
     assert upstream.seen == []
     assert proxied.outcome_count("bad_request") == 1
@@ -415,8 +415,8 @@ async def test_unreachable_upstream_is_502_json(
     async with http.post(f"{proxied.url}/extract", data=b"x", headers=KEY) as got:
         body = await got.json()
     assert got.status == 502
-    assert body["error"] == "the Pulse API could not be reached"
-    assert body["detail"]
+    assert body["error"] == "upstream_unreachable"
+    assert body["detail"].startswith("the Pulse API could not be reached: ")
     assert proxied.outcome_count("upstream_unreachable") == 1
 
 
@@ -431,8 +431,8 @@ async def test_upstream_that_hangs_is_504_json(
         body = await got.json()
     assert got.status == 504
     assert body == {
-        "error": "the Pulse API did not answer in time",
-        "detail": "nothing received for proxy.timeout_seconds (0.5 s)",
+        "error": "upstream_timeout",
+        "detail": "the Pulse API sent nothing for proxy.timeout_seconds (0.5 s)",
     }
     assert proxied.outcome_count("upstream_timeout") == 1
     assert await proxied.store.list_watches() == []

@@ -93,18 +93,17 @@ class ProxyConfig:
 
 
 class ProxyError(Exception):
-    """A request the pass-through answers itself; mapped to JSON in `error_response`."""
+    """A request the pass-through answers itself; `error` is also the metric's outcome."""
 
-    def __init__(self, status: int, outcome: str, error: str, detail: str) -> None:
+    def __init__(self, status: int, error: str, detail: str) -> None:
         super().__init__(f"{error}: {detail}")
         self.status = status
-        self.outcome = outcome
         self.error = error
         self.detail = detail
 
 
 def error_response(error: ProxyError) -> web.Response:
-    """The one JSON shape of the pass-through's own answers."""
+    """The pass-through's own answers: {"error", "detail"} JSON like the rest of the listener."""
     return web.json_response({"error": error.error, "detail": error.detail}, status=error.status)
 
 
@@ -227,7 +226,7 @@ class _Upload:
         if self.too_large:
             return _too_large(self._max_body_bytes)
         if self.client_gone:
-            return ProxyError(400, "client_gone", "request body incomplete", "the client left")
+            return ProxyError(400, "client_gone", "the client left before its body was sent")
         return None
 
 
@@ -237,10 +236,7 @@ class _UploadStopped(Exception):
 
 def _too_large(max_body_bytes: int) -> ProxyError:
     return ProxyError(
-        413,
-        "too_large",
-        "request body too large",
-        f"the body is over proxy.max_body_bytes ({max_body_bytes} bytes)",
+        413, "too_large", f"the body is over proxy.max_body_bytes ({max_body_bytes} bytes)"
     )
 
 
@@ -310,12 +306,12 @@ class PulseProxy:
         try:
             response, outcome = await self._forward(request)
         except ProxyError as error:
-            self._metrics.proxy_requests.labels(outcome=error.outcome).inc()
+            self._metrics.proxy_requests.labels(outcome=error.error).inc()
             log.info(
                 "proxied request answered by the relay",
                 path=request.path,
                 status=error.status,
-                outcome=error.outcome,
+                outcome=error.error,
                 detail=error.detail,
             )
             return error_response(error)
@@ -326,9 +322,9 @@ class PulseProxy:
         try:
             metadata = metadata_from_headers(request.headers)
         except MetadataHeaderError as error:
-            raise ProxyError(400, "bad_request", "invalid metadata header", str(error)) from None
+            raise ProxyError(400, "bad_request", str(error)) from None
         if not request.raw_path.startswith(PREFIX + "/"):
-            raise ProxyError(400, "bad_request", "invalid path", f"must start with {PREFIX}/")
+            raise ProxyError(400, "bad_request", f"path: must start with {PREFIX}/ as sent")
         length = request.content_length
         if length is not None and length > self._config.max_body_bytes:
             raise _too_large(self._config.max_body_bytes)
@@ -348,13 +344,12 @@ class PulseProxy:
             timed_out = ProxyError(
                 504,
                 "upstream_timeout",
-                "the Pulse API did not answer in time",
-                f"nothing received for proxy.timeout_seconds ({timeout_seconds:g} s)",
+                f"the Pulse API sent nothing for proxy.timeout_seconds ({timeout_seconds:g} s)",
             )
             raise self._failed(exchange, timed_out) from None
         except (aiohttp.ClientError, OSError) as failure:
             unreachable = ProxyError(
-                502, "upstream_unreachable", "the Pulse API could not be reached", str(failure)
+                502, "upstream_unreachable", f"the Pulse API could not be reached: {failure}"
             )
             raise self._failed(exchange, unreachable) from None
 
