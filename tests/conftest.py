@@ -55,6 +55,7 @@ def make_settings(tmp_path: Path) -> MakeSettings:
     def make(**sections: Any) -> Settings:
         data: dict[str, Any] = {
             "server": {"host": "127.0.0.1", "port": 0},
+            "admin": {"host": "127.0.0.1", "port": 0},
             "verify": {"secrets": [SECRET]},
             "store": {"path": str(tmp_path / "relay.db")},
             "log": {"format": "json", "level": "warning"},

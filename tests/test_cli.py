@@ -37,7 +37,7 @@ def run_cli(
     )
 
 
-def write_config(tmp_path: Path, port: int, extra: str = "") -> Path:
+def write_config(tmp_path: Path, port: int, extra: str = "", *, admin_port: int = 0) -> Path:
     config = tmp_path / "relay.toml"
     config.write_text(
         f"""
@@ -53,6 +53,10 @@ path = "{tmp_path / "relay.db"}"
 
 [log]
 format = "json"
+
+[admin]
+host = "127.0.0.1"
+port = {admin_port}
 
 [[sinks]]
 name = "results"

@@ -84,6 +84,7 @@ async def _run(out: TextIO, folder: Path) -> bool:
     settings = Settings.model_validate(
         {
             "server": {"host": "127.0.0.1", "port": 0},
+            "admin": {"host": "127.0.0.1", "port": 0},
             "verify": {"secrets": [secret]},
             "store": {"path": str(folder / "relay.db")},
             "pulse": {"base_url": emulator.base_url, "api_key": emulator.api_key},

@@ -69,13 +69,13 @@ class WatchRecorder:
         self._task = asyncio.create_task(self._retry_loop(), name="proxy-watch-retries")
 
     async def stop(self) -> None:
-        """Stop retrying; watches still pending are named in an error log line."""
+        """Stop retrying after one last try; watches still pending are named in an error line."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._pending:
+        if self._pending and not await self._drain():
             log.error(
                 "stopping with watches never recorded; watch these jobs by hand",
                 job_ids=[job_id for watch in self._pending for job_id in watch.job_ids],

@@ -26,6 +26,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from pulse_relay.admin.api import json_error
 from pulse_relay.admin.autowatch import WatchRecorder
 from pulse_relay.admin.capture import (
     MetadataHeaderError,
@@ -33,6 +34,7 @@ from pulse_relay.admin.capture import (
     is_metadata_header,
     metadata_from_headers,
 )
+from pulse_relay.admin.context import AdminContext
 from pulse_relay.events import format_timestamp, is_valid_job_id
 from pulse_relay.logs import get_logger
 from pulse_relay.metrics import Metrics
@@ -100,11 +102,6 @@ class ProxyError(Exception):
         self.status = status
         self.error = error
         self.detail = detail
-
-
-def error_response(error: ProxyError) -> web.Response:
-    """The pass-through's own answers: {"error", "detail"} JSON like the rest of the listener."""
-    return web.json_response({"error": error.error, "detail": error.detail}, status=error.status)
 
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
@@ -314,7 +311,7 @@ class PulseProxy:
                 outcome=error.error,
                 detail=error.detail,
             )
-            return error_response(error)
+            return json_error(error.status, error.error, error.detail)
         self._metrics.proxy_requests.labels(outcome=outcome).inc()
         return response
 
@@ -461,3 +458,23 @@ async def _read_up_to(
         if len(buffer) > limit_bytes:
             return bytes(buffer), False
     return bytes(buffer), True
+
+
+def setup_proxy(app: web.Application, ctx: AdminContext) -> None:
+    """Serve `/pulse/...` on the admin listener when `proxy.enabled` (the default)."""
+    settings = ctx.settings
+    if not settings.proxy.enabled:
+        return
+    recorder = WatchRecorder(
+        ctx.store,
+        metrics=ctx.metrics,
+        # Read at each watch: the interval is the poll section's, whatever it is then.
+        interval_seconds=lambda: ctx.settings.poll.interval_seconds,
+        on_recorded=ctx.wake_poller,
+    )
+    config = ProxyConfig(
+        base_url=settings.pulse.base_url,
+        max_body_bytes=settings.proxy.max_body_bytes,
+        timeout_seconds=settings.proxy.timeout_seconds,
+    )
+    PulseProxy(config, recorder=recorder, metrics=ctx.metrics, clock=ctx.clock).install(app)

@@ -1,0 +1,218 @@
+"""What the admin API and the UI do, as async functions returning JSON-ready documents.
+
+Handlers parse the request, call one function here and render its answer. Bad input
+and impossible requests raise a ServiceError subclass carrying its HTTP status; the
+API's error middleware is the one place that turns them into answers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pulse_relay.serialize import event_document
+from pulse_relay.store import DELIVERY_STATES, EventCursor, EventView
+
+if TYPE_CHECKING:
+    from pulse_relay.admin.context import AdminContext
+
+EVENT_STATES = ("accepted", "invalid", "repeat")
+SOURCES = ("webhook", "poll")
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+MAX_FILTER_CHARS = 256
+
+
+class ServiceError(Exception):
+    """A request that cannot be answered as asked; `detail` says why, for the caller."""
+
+    http_status = 500
+    error = "internal"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class BadRequest(ServiceError):
+    """A parameter or body field is invalid; the detail starts with its name."""
+
+    http_status = 400
+    error = "bad_request"
+
+    def __init__(self, param: str, problem: str) -> None:
+        super().__init__(f"{param}: {problem}")
+        self.param = param
+
+
+class Unauthorized(ServiceError):
+    """The admin token is missing or wrong."""
+
+    http_status = 401
+    error = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    """A state-changing request without the token or the CSRF header, or from another origin."""
+
+    http_status = 403
+    error = "forbidden"
+
+
+class NotFound(ServiceError):
+    """No such event, watch or route."""
+
+    http_status = 404
+    error = "not_found"
+
+
+class Conflict(ServiceError):
+    """The request contradicts the current state (e.g. a replay of a pruned event)."""
+
+    http_status = 409
+    error = "conflict"
+
+
+class Unavailable(ServiceError):
+    """The store (or the ingress) cannot be used now; retry later."""
+
+    http_status = 503
+    error = "unavailable"
+
+
+# -- event listings ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventFilters:
+    """The filters of `GET /api/events` (every one optional)."""
+
+    type: str | None = None
+    state: str | None = None
+    sink: str | None = None
+    job_id: str | None = None
+    source: str | None = None
+    q: str | None = None
+    limit: int = DEFAULT_LIMIT
+    before: EventCursor | None = None
+
+
+def encode_cursor(cursor: EventCursor) -> str:
+    """The opaque `next` / `before` token for a position in a listing."""
+    raw = json.dumps([cursor.received_at, cursor.event_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> EventCursor:
+    """The position a `before` token stands for; BadRequest("before") if it is not one."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        received_at, event_id = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError):
+        raise BadRequest("before", "not a cursor returned as `next` by this API") from None
+    if not isinstance(received_at, int | float) or not isinstance(event_id, str):
+        raise BadRequest("before", "not a cursor returned as `next` by this API")
+    return EventCursor(float(received_at), event_id)
+
+
+def _text_filter(query: Mapping[str, str], name: str) -> str | None:
+    value = query.get(name)
+    if value is None or value == "":
+        return None
+    if len(value) > MAX_FILTER_CHARS or "\x00" in value:
+        raise BadRequest(name, f"at most {MAX_FILTER_CHARS} characters, no NUL")
+    return value
+
+
+def _choice_filter(query: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str | None:
+    value = _text_filter(query, name)
+    if value is not None and value not in allowed:
+        raise BadRequest(name, f"must be one of {', '.join(allowed)}")
+    return value
+
+
+def parse_limit(raw: str | None) -> int:
+    """`limit` as given in a query string: 1 to MAX_LIMIT, DEFAULT_LIMIT when absent."""
+    if raw is None or raw == "":
+        return DEFAULT_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise BadRequest("limit", f"must be an integer from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+def parse_event_filters(query: Mapping[str, str]) -> EventFilters:
+    """Validate the query of an event listing; BadRequest names the first bad parameter."""
+    before = _text_filter(query, "before")
+    return EventFilters(
+        type=_text_filter(query, "type"),
+        state=_choice_filter(query, "state", EVENT_STATES + DELIVERY_STATES),
+        sink=_text_filter(query, "sink"),
+        job_id=_text_filter(query, "job_id"),
+        source=_choice_filter(query, "source", SOURCES),
+        q=_text_filter(query, "q"),
+        limit=parse_limit(query.get("limit")),
+        before=None if before is None else decode_cursor(before),
+    )
+
+
+async def list_events(ctx: AdminContext, filters: EventFilters) -> dict[str, Any]:
+    """A page of events, newest first: {"events": [list items], "next": cursor or None}."""
+    views = await ctx.store.list_events(
+        event_type=filters.type,
+        state=filters.state,
+        sink=filters.sink,
+        job_id=filters.job_id,
+        source=filters.source,
+        text=filters.q,
+        before=filters.before,
+        # One more than asked tells whether another page exists.
+        limit=filters.limit + 1,
+    )
+    page = views[: filters.limit]
+    next_cursor = None
+    if len(views) > filters.limit:
+        next_cursor = encode_cursor(EventCursor(page[-1].received_at, page[-1].id))
+    return {"events": [event_document(view) for view in page], "next": next_cursor}
+
+
+async def event_item(ctx: AdminContext, event_id: str) -> dict[str, Any] | None:
+    """The list item document of one event; None when it is not (or no longer) stored."""
+    views = await ctx.store.list_events(event_id=event_id, limit=1)
+    return event_document(views[0]) if views else None
+
+
+async def _require_event(ctx: AdminContext, event_id: str) -> EventView:
+    view = await ctx.store.get_event(event_id)
+    if view is None:
+        raise NotFound(f"no event with id {event_id!r}")
+    return view
+
+
+async def get_event(ctx: AdminContext, event_id: str) -> dict[str, Any]:
+    """One event as `show --json` prints it."""
+    return event_document(await _require_event(ctx, event_id))
+
+
+# -- statistics ----------------------------------------------------------------
+
+
+async def stats(ctx: AdminContext) -> dict[str, Any]:
+    """Counts by state, the backlog per sink and its age, the version and the store backend."""
+    events, deliveries = await ctx.store.state_counts()
+    pending = await ctx.store.pending_counts()
+    oldest = await ctx.store.oldest_pending_received_at()
+    return {
+        "events": {state: events.get(state, 0) for state in EVENT_STATES},
+        "deliveries": {state: deliveries.get(state, 0) for state in DELIVERY_STATES},
+        "pending": {
+            name: pending.get(name, 0)
+            for name in sorted({sink.name for sink in ctx.settings.sinks} | set(pending))
+        },
+        "oldest_pending_seconds": None if oldest is None else max(0.0, ctx.clock() - oldest),
+        "version": ctx.version,
+        "store_backend": ctx.store_backend,
+    }
