@@ -135,8 +135,11 @@ async def start_proxy(tmp_path: Path) -> AsyncIterator[StartProxy]:
             retry_initial_seconds=0.05,
             retry_max_seconds=0.2,
         )
+        session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        cleanups.append(session.close)
         proxy = PulseProxy(
             ProxyConfig(base_url, max_body_bytes, timeout_seconds),
+            session=session,
             recorder=recorder,
             metrics=metrics,
         )

@@ -224,6 +224,8 @@ class EventView:
     job: Any = None
     result_url: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    # The job's watch metadata: what its envelopes carry in `relay.metadata`.
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -979,6 +981,12 @@ class Store:
         view.body = bytes(row["body"])
         view.job = json.loads(row["job"]) if row["job"] is not None else None
         view.result_url = row["result_url"]
+        if view.job_id is not None:
+            async with self.db.execute(
+                "SELECT metadata FROM watches WHERE job_id = ?", (view.job_id,)
+            ) as cursor:
+                watch = await cursor.fetchone()
+            view.metadata = json.loads(watch[0]) if watch is not None else None
         await self._attach_deliveries([view])
         async with self.db.execute(
             "SELECT sink, attempt, started_at, duration_ms, outcome, status_code, error, "

@@ -255,45 +255,30 @@ class PulseProxy:
         self,
         config: ProxyConfig,
         *,
+        session: aiohttp.ClientSession,
         recorder: WatchRecorder,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
+        self._session = session
         self._recorder = recorder
         self._metrics = metrics
         self._clock = clock
-        self._session: aiohttp.ClientSession | None = None
+        # Connecting is bounded here; the rest by the idle deadline in `_forward`.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.timeout_seconds)
         for outcome in OUTCOMES:
             metrics.proxy_requests.labels(outcome=outcome)
-
-    async def start(self) -> None:
-        """Open the upstream session and start the watch retries."""
-        self._session = aiohttp.ClientSession(
-            # The answer goes back byte for byte, in the coding the upstream chose.
-            auto_decompress=False,
-            # Cookies one caller gets must never be sent on behalf of another.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._config.timeout_seconds),
-        )
-        self._recorder.start()
-
-    async def close(self) -> None:
-        """Stop the retries and close the upstream session."""
-        await self._recorder.stop()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     def install(self, app: web.Application) -> None:
         """Route `/pulse/...` here and tie the session to the app's start-up and clean-up."""
         app.router.add_route("*", PREFIX + "/{tail:.*}", self.handle)
 
         async def on_startup(_: web.Application) -> None:
-            await self.start()
+            self._recorder.start()
 
         async def on_cleanup(_: web.Application) -> None:
-            await self.close()
+            await self._recorder.stop()
 
         app.on_startup.append(on_startup)
         app.on_cleanup.append(on_cleanup)
@@ -374,8 +359,6 @@ class PulseProxy:
         self, exchange: _Exchange, progress: Callable[[], None]
     ) -> tuple[web.StreamResponse, str]:
         request = exchange.request
-        if self._session is None:
-            raise RuntimeError("the pass-through is not started")
         upstream = await self._session.request(
             request.method,
             URL(self._config.base_url + request.raw_path[len(PREFIX) :], encoded=True),
@@ -383,6 +366,9 @@ class PulseProxy:
             data=exchange.upload.chunks() if request.body_exists else None,
             allow_redirects=False,
             skip_auto_headers=_NO_AUTO_HEADERS,
+            # The answer goes back byte for byte, in the coding the upstream chose.
+            auto_decompress=False,
+            timeout=self._timeout,
         )
         async with upstream:
             progress()
@@ -477,4 +463,7 @@ def setup_proxy(app: web.Application, ctx: AdminContext) -> None:
         max_body_bytes=settings.proxy.max_body_bytes,
         timeout_seconds=settings.proxy.timeout_seconds,
     )
-    PulseProxy(config, recorder=recorder, metrics=ctx.metrics, clock=ctx.clock).install(app)
+    proxy = PulseProxy(
+        config, session=ctx.session, recorder=recorder, metrics=ctx.metrics, clock=ctx.clock
+    )
+    proxy.install(app)
