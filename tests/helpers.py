@@ -180,3 +180,26 @@ async def count_events(store: Store) -> int:
     async with store.db.execute("SELECT COUNT(*) FROM events") as cursor:
         row = await cursor.fetchone()
     return int(row[0]) if row else 0
+
+
+async def call(
+    method: str,
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    json_body: Any = None,
+    data: bytes | None = None,
+) -> tuple[int, Any]:
+    """One HTTP request: (status, the JSON body, or the text when it is not JSON)."""
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method, url, headers=headers, json=json_body, data=data, allow_redirects=False
+        ) as response,
+    ):
+        text = await response.text()
+        if response.content_type == "application/json":
+            return response.status, json.loads(text)
+        return response.status, text

@@ -3,45 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from pulse_relay.app import Relay
-from pulse_relay.config import ConfigError
-from tests.conftest import MakeSettings, StartRelay, make_body, signed, wait_for
-
-
-async def request(
-    method: str, url: str, *, headers: dict[str, str] | None = None, json_body: Any = None
-) -> tuple[int, Any]:
-    """(status, JSON body or text) of one request."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.request(
-            method, url, headers=headers, json=json_body, allow_redirects=False
-        ) as response,
-    ):
-        text = await response.text()
-        if response.content_type == "application/json":
-            return response.status, await response.json()
-        return response.status, text
+from pulse_relay.config import ConfigError, is_loopback_host
+from tests.conftest import MakeSettings, StartRelay, make_body, signed
+from tests.helpers import call, free_port
+from tests.test_cli import run_cli, write_config
 
 
 async def post_webhook(relay: Relay, webhook_id: str, **body: Any) -> int:
+    """POST a signed webhook to the relay's ingress; its status."""
     payload = make_body(**body)
-    headers = signed(payload, webhook_id=webhook_id)
-    status, _ = await request_raw(relay.webhook_url, payload, headers)
+    status, _ = await call(
+        "POST", relay.webhook_url, data=payload, headers=signed(payload, webhook_id=webhook_id)
+    )
     return status
-
-
-async def request_raw(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(url, data=body, headers=headers) as response,
-    ):
-        return response.status, await response.read()
 
 
 # -- two listeners -------------------------------------------------------------
@@ -49,27 +29,27 @@ async def request_raw(url: str, body: bytes, headers: dict[str, str]) -> tuple[i
 
 async def test_ingress_serves_only_the_webhook_and_healthz(start_relay: StartRelay) -> None:
     relay = await start_relay()
-    assert (await request("GET", relay.base_url + "/healthz"))[0] == 200
+    assert (await call("GET", relay.base_url + "/healthz"))[0] == 200
     for path in ("/readyz", "/metrics", "/api/events", "/api/stats", "/", "/login"):
-        assert (await request("GET", relay.base_url + path))[0] == 404, path
-    assert (await request("GET", relay.webhook_url))[0] == 405
+        assert (await call("GET", relay.base_url + path))[0] == 404, path
+    assert (await call("GET", relay.webhook_url))[0] == 405
     assert relay.admin_port is not None and relay.admin_port != relay.port
 
 
 async def test_admin_serves_health_readiness_and_metrics(start_relay: StartRelay) -> None:
     relay = await start_relay()
-    assert await request("GET", relay.admin_url + "/healthz") == (200, {"status": "ok"})
-    assert await request("GET", relay.admin_url + "/readyz") == (200, {"status": "ready"})
-    status, text = await request("GET", relay.admin_url + "/metrics")
+    assert await call("GET", relay.admin_url + "/healthz") == (200, {"status": "ok"})
+    assert await call("GET", relay.admin_url + "/readyz") == (200, {"status": "ready"})
+    status, text = await call("GET", relay.admin_url + "/metrics")
     assert status == 200 and "pulse_relay_webhooks_total" in text
     # The webhook path is not on the admin side.
-    assert (await request("POST", relay.admin_url + "/webhooks/pulse"))[0] in (403, 404)
+    assert (await call("POST", relay.admin_url + "/webhooks/pulse"))[0] in (403, 404)
 
 
 async def test_admin_disabled_binds_one_port(start_relay: StartRelay) -> None:
     relay = await start_relay(admin={"enabled": False})
     assert relay.admin_port is None
-    assert (await request("GET", relay.base_url + "/healthz"))[0] == 200
+    assert (await call("GET", relay.base_url + "/healthz"))[0] == 200
 
 
 async def test_readiness_probe_runs_at_most_once_per_second(start_relay: StartRelay) -> None:
@@ -84,11 +64,9 @@ async def test_readiness_probe_runs_at_most_once_per_second(start_relay: StartRe
 
     relay.store.check_writable = counted  # type: ignore[method-assign]
     # One answer first so the 50 below all fall in the same second as a cached probe.
-    assert (await request("GET", relay.admin_url + "/readyz"))[0] == 200
+    assert (await call("GET", relay.admin_url + "/readyz"))[0] == 200
     probes = 0
-    answers = await asyncio.gather(
-        *(request("GET", relay.admin_url + "/readyz") for _ in range(50))
-    )
+    answers = await asyncio.gather(*(call("GET", relay.admin_url + "/readyz") for _ in range(50)))
     assert [status for status, _ in answers] == [200] * 50
     assert probes <= 1
 
@@ -102,47 +80,32 @@ async def test_serve_refuses_an_exposed_admin_listener_without_a_token(
     assert relay.admin_port is None and relay.port is None
 
 
-# -- the control API ------------------------------------------------------------
-
-
-async def test_events_one_event_and_stats(start_relay: StartRelay, tmp_path: Any) -> None:
-    relay = await start_relay(
-        sinks=[{"type": "file", "name": "files", "directory": str(tmp_path / "out")}],
-        pulse={"fetch_on": []},
+def test_serve_and_check_config_name_the_missing_token(tmp_path: Path) -> None:
+    config = write_config(tmp_path, free_port(), admin_port=free_port())
+    config.write_text(
+        config.read_text().replace('[admin]\nhost = "127.0.0.1"', '[admin]\nhost = "0.0.0.0"')
     )
-    assert await post_webhook(relay, "msg_a", job_id="job-a") == 202
-
-    async def delivered() -> bool:
-        view = await relay.store.get_event("msg_a")
-        return view is not None and view.deliveries["files"].state == "delivered"
-
-    await wait_for(delivered)
-    status, listing = await request("GET", relay.admin_url + "/api/events")
-    assert status == 200
-    assert listing["next"] is None
-    (item,) = listing["events"]
-    assert item["id"] == "msg_a" and item["job_id"] == "job-a"
-    assert item["deliveries"]["files"]["state"] == "delivered"
-    assert "payload" not in item
-    status, event = await request("GET", relay.admin_url + "/api/events/msg_a")
-    assert status == 200
-    assert event["payload"]["data"]["job_id"] == "job-a"
-    assert [a["sink"] for a in event["attempts"]] == ["files"]
-    status, stats = await request("GET", relay.admin_url + "/api/stats")
-    assert status == 200
-    assert stats["events"]["accepted"] == 1
-    assert stats["deliveries"]["delivered"] == 1
-    assert stats["pending"] == {"files": 0}
-    assert stats["store_backend"] == "sqlite"
+    served = run_cli("serve", config=config)
+    assert served.returncode == 1
+    assert "admin.token: required when admin.host ('0.0.0.0') is not a loopback" in served.stderr
+    checked = run_cli("check-config", config=config)
+    assert checked.returncode == 1 and "admin.token" in checked.stderr
 
 
-async def test_unknown_event_and_bad_filters_answer_json_errors(start_relay: StartRelay) -> None:
-    relay = await start_relay()
-    status, body = await request("GET", relay.admin_url + "/api/events/msg_nope")
-    assert status == 404 and body["error"] == "not_found" and "msg_nope" in body["detail"]
-    for query, param in (("limit=0", "limit"), ("state=lost", "state"), ("before=%%%", "before")):
-        status, body = await request("GET", relay.admin_url + "/api/events?" + query)
-        assert status == 400, query
-        assert body["detail"].startswith(param + ":"), body
-    status, body = await request("GET", relay.admin_url + "/api/nowhere")
-    assert status == 404 and body["error"] == "not_found"
+@pytest.mark.parametrize(
+    ("host", "is_loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("LOCALHOST", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.5", False),
+        ("relay.internal", False),
+    ],
+)
+def test_loopback_means_127_0_0_0_8_and_ipv6_and_localhost(host: str, is_loopback: bool) -> None:
+    assert is_loopback_host(host) is is_loopback

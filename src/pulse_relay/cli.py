@@ -6,7 +6,6 @@ import asyncio
 import json
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -21,8 +20,8 @@ from pulse_relay.events import is_valid_job_id
 from pulse_relay.logs import configure_logging
 from pulse_relay.preflight import check_host
 from pulse_relay.serialize import event_document, iso, summary_state, watch_document
-from pulse_relay.signature import hex_signature, sign_headers
 from pulse_relay.store import EventView, Store, StoreUnavailableError, StoreVersionError, Watch
+from pulse_relay.testevent import build_test_event, post_test_event
 
 T = TypeVar("T")
 
@@ -344,18 +343,12 @@ def send_test_command(
     """Sign a test event with the configured secret and POST it to the relay."""
     settings = obj.settings()
     target = url or _own_url(settings)
-    job = job_id or f"test-{uuid.uuid4().hex[:12]}"
-    body = json.dumps(
-        {"type": event_type, "data": {"job_id": job, "status": event_type.removeprefix("job.")}}
-    ).encode()
-    webhook_id = f"msg_test_{uuid.uuid4().hex}"
     try:
-        headers = _test_headers(settings, secret, webhook_id, body)
+        event = build_test_event(settings, event_type=event_type, job_id=job_id, secret=secret)
     except ValueError as error:
-        fail(str(error))
-    headers["content-type"] = "application/json"
+        fail(f"{error}; give --secret")
     try:
-        status, answer = asyncio.run(_post(target, body, headers))
+        status, answer = asyncio.run(post_test_event(target, event))
     except (aiohttp.ClientError, OSError, TimeoutError) as error:
         fail(f"cannot reach {target}: {error or type(error).__name__} (is serve running?)")
     click.echo(f"{status} {answer}")
@@ -375,27 +368,6 @@ def _probe_url(settings: Settings, check_ready: bool) -> str:
     if check_ready:
         fail("/readyz is served by the admin listener, and admin.enabled is false")
     return local_url(settings.server.host, settings.server.port) + "/healthz"
-
-
-def _test_headers(
-    settings: Settings, secret: str | None, webhook_id: str, body: bytes
-) -> dict[str, str]:
-    secrets = [secret] if secret else [s.get_secret_value() for s in settings.verify.secrets]
-    if not secrets:
-        raise ValueError("no webhook secret configured (verify.secrets); give --secret")
-    if settings.verify.scheme == "hmac-sha256-hex":
-        digest = hex_signature(secrets[0], body)
-        return {settings.verify.signature_header: digest, settings.verify.id_header: webhook_id}
-    return sign_headers(secrets[0], webhook_id, body)
-
-
-async def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with (
-        aiohttp.ClientSession(timeout=timeout) as session,
-        session.post(url, data=body, headers=headers, allow_redirects=False) as response,
-    ):
-        return response.status, (await response.text()).strip()
 
 
 @cli.command("prune")

@@ -34,6 +34,8 @@ MAX_BATCH = 512
 _CHUNK = 500
 # Events deleted per transaction by prune(), so the writer is never held for long.
 PRUNE_BATCH = 500
+# Pruned ids are remembered at least this long (a replay of one then answers "pruned").
+PRUNED_IDS_MIN_SECONDS = 86_400.0
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -110,6 +112,12 @@ MIGRATIONS: tuple[str, ...] = (
     # Readiness must prove a real write: taking the write lock alone succeeds on a full disk.
     """
     CREATE TABLE probes (name TEXT PRIMARY KEY, written_at REAL NOT NULL);
+    """,
+    # The ids of pruned events, for a while, so that asking for one can be told
+    # "pruned" (a replay answers 409) rather than "unknown".
+    """
+    CREATE TABLE pruned_events (id TEXT PRIMARY KEY, pruned_at REAL NOT NULL) WITHOUT ROWID;
+    CREATE INDEX pruned_events_at ON pruned_events (pruned_at);
     """,
 )
 
@@ -392,7 +400,7 @@ class Store:
     def db(self) -> aiosqlite.Connection:
         """The reading connection."""
         if self._db is None:
-            raise RuntimeError("store is not open")
+            raise StoreUnavailableError("store is not open")
         return self._db
 
     def _migrate(self, db: sqlite3.Connection) -> None:
@@ -776,26 +784,48 @@ class Store:
         Finished means: every delivery delivered (or none at all, as for invalid
         and repeat events) and no job fetch still pending. Events with a pending
         or dead delivery are kept until replayed. Deletes run in small batches so
-        ingest never waits long behind them.
+        ingest never waits long behind them. Each pruned id is remembered (see
+        `is_pruned`) as long as an event is kept (at least a day), then forgotten.
         """
+        now = self._clock()
 
         def op(db: sqlite3.Connection) -> int:
-            cursor = db.execute(
-                "DELETE FROM events WHERE id IN ("
-                "SELECT e.id FROM events e WHERE e.received_at < ? "
-                "AND e.fetch_state NOT IN ('pending', 'dead') "
-                "AND NOT EXISTS (SELECT 1 FROM deliveries d "
-                "WHERE d.event_id = e.id AND d.state != 'delivered') LIMIT ?)",
-                (received_before, batch_size),
+            with closing(
+                db.execute(
+                    "SELECT e.id FROM events e WHERE e.received_at < ? "
+                    "AND e.fetch_state NOT IN ('pending', 'dead') "
+                    "AND NOT EXISTS (SELECT 1 FROM deliveries d "
+                    "WHERE d.event_id = e.id AND d.state != 'delivered') LIMIT ?",
+                    (received_before, batch_size),
+                )
+            ) as cursor:
+                ids = [row[0] for row in cursor]
+            db.executemany(
+                "INSERT OR REPLACE INTO pruned_events (id, pruned_at) VALUES (?, ?)",
+                [(event_id, now) for event_id in ids],
             )
-            return cursor.rowcount
+            for chunk in _chunks(ids):
+                db.execute(f"DELETE FROM events WHERE id IN ({_placeholders(len(chunk))})", chunk)
+            return len(ids)
+
+        def forget(db: sqlite3.Connection) -> None:
+            forget_before = min(received_before, now - PRUNED_IDS_MIN_SECONDS)
+            db.execute("DELETE FROM pruned_events WHERE pruned_at < ?", (forget_before,))
 
         total = 0
         while True:
             deleted: int = await self.write(op)
             total += deleted
             if deleted < batch_size:
+                await self.write(forget)
                 return total
+
+    async def is_pruned(self, event_id: str) -> bool:
+        """Whether `event_id` was stored once and pruned since (remembered for a retention)."""
+        async with self.db.execute(
+            "SELECT 1 FROM pruned_events WHERE id = ?", (event_id,)
+        ) as cursor:
+            return await cursor.fetchone() is not None
 
     # -- watched jobs (polling) ----------------------------------------
 

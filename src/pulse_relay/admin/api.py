@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,7 +12,7 @@ from aiohttp import web
 from pulse_relay.admin import service
 from pulse_relay.admin.context import CONTEXT_KEY
 from pulse_relay.admin.openapi import openapi_document
-from pulse_relay.admin.service import ServiceError
+from pulse_relay.admin.service import BadRequest, ServiceError
 from pulse_relay.admin.stream import stream_handler
 from pulse_relay.logs import get_logger
 from pulse_relay.store import StoreUnavailableError
@@ -58,6 +59,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return json_error(500, "internal", "unexpected error; see the relay's log")
 
 
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body ({} when there is none); BadRequest("body") otherwise."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise BadRequest("body", "not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body", "a JSON object")
+    return body
+
+
 async def _events(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
     filters = service.parse_event_filters(request.query)
@@ -67,6 +82,40 @@ async def _events(request: web.Request) -> web.Response:
 async def _event(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
     return web.json_response(await service.get_event(ctx, request.match_info["event_id"]))
+
+
+async def _replay_one(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT_KEY]
+    body = await read_json_object(request)
+    answer = await service.replay_one(ctx, request.match_info["event_id"], body)
+    return web.json_response(answer, status=202)
+
+
+async def _replay_matching(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT_KEY]
+    answer = await service.replay_matching(ctx, await read_json_object(request))
+    return web.json_response(answer, status=202)
+
+
+async def _watches(request: web.Request) -> web.Response:
+    return web.json_response(await service.list_watches(request.app[CONTEXT_KEY]))
+
+
+async def _add_watch(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT_KEY]
+    answer = await service.add_watch(ctx, await read_json_object(request))
+    return web.json_response(answer, status=201)
+
+
+async def _remove_watch(request: web.Request) -> web.Response:
+    await service.remove_watch(request.app[CONTEXT_KEY], request.match_info["job_id"])
+    return web.Response(status=204)
+
+
+async def _send_test(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT_KEY]
+    answer = await service.send_test(ctx, await read_json_object(request))
+    return web.json_response(answer, status=202)
 
 
 async def _stats(request: web.Request) -> web.Response:
@@ -80,7 +129,13 @@ async def _openapi(request: web.Request) -> web.Response:
 def setup_api(app: web.Application) -> None:
     """Register the /api/ routes on the admin application."""
     app.router.add_get("/api/events", _events)
-    app.router.add_get("/api/events/{event_id}", _event)
+    app.router.add_get("/api/events/{event_id:.+}", _event)
+    app.router.add_post("/api/events/{event_id:.+}/replay", _replay_one)
+    app.router.add_post("/api/replay", _replay_matching)
+    app.router.add_get("/api/watches", _watches)
+    app.router.add_post("/api/watches", _add_watch)
+    app.router.add_delete("/api/watches/{job_id}", _remove_watch)
+    app.router.add_post("/api/send-test", _send_test)
     app.router.add_get("/api/stats", _stats)
     app.router.add_get("/api/stream", stream_handler)
     app.router.add_get("/api/openapi.json", _openapi)

@@ -14,8 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pulse_relay.serialize import event_document
+import aiohttp
+
+from pulse_relay.events import build_envelope, is_valid_job_id
+from pulse_relay.serialize import event_document, watch_document
 from pulse_relay.store import DELIVERY_STATES, EventCursor, EventView
+from pulse_relay.testevent import build_test_event, post_test_event
 
 if TYPE_CHECKING:
     from pulse_relay.admin.context import AdminContext
@@ -188,13 +192,162 @@ async def event_item(ctx: AdminContext, event_id: str) -> dict[str, Any] | None:
 async def _require_event(ctx: AdminContext, event_id: str) -> EventView:
     view = await ctx.store.get_event(event_id)
     if view is None:
+        if await ctx.store.is_pruned(event_id):
+            raise NotFound(f"event {event_id!r} was pruned (store.retention_days)")
         raise NotFound(f"no event with id {event_id!r}")
     return view
 
 
+async def envelopes(ctx: AdminContext, view: EventView) -> dict[str, Any]:
+    """The envelope each sink of a full event view received (or will receive), by sink."""
+    if view.type is None or view.body is None or not view.deliveries:
+        return {}
+    watch = None if view.job_id is None else await ctx.store.get_watch(view.job_id)
+    return {
+        sink: build_envelope(
+            event_id=view.id,
+            event_type=view.type,
+            job_id=view.job_id,
+            received_at=view.received_at,
+            source="replay" if delivery.is_replay else view.source,
+            body=view.body,
+            job=view.job,
+            result_url=view.result_url,
+            metadata=None if watch is None else watch.metadata,
+        )
+        for sink, delivery in view.deliveries.items()
+    }
+
+
 async def get_event(ctx: AdminContext, event_id: str) -> dict[str, Any]:
-    """One event as `show --json` prints it."""
-    return event_document(await _require_event(ctx, event_id))
+    """One event as `show --json` prints it, plus `envelopes`: what each sink received."""
+    view = await _require_event(ctx, event_id)
+    return {**event_document(view), "envelopes": await envelopes(ctx, view)}
+
+
+# -- replay --------------------------------------------------------------------
+
+
+def _sink_list(body: Mapping[str, Any]) -> list[str] | None:
+    sinks = body.get("sinks")
+    if sinks is None:
+        return None
+    if not isinstance(sinks, list) or not sinks or not all(isinstance(s, str) for s in sinks):
+        raise BadRequest("sinks", "a non-empty list of sink names (or leave it out: every sink)")
+    return list(dict.fromkeys(sinks))
+
+
+async def replay_one(ctx: AdminContext, event_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """Deliver one event again, to `body["sinks"]` or every sink it had; 409 once it is pruned."""
+    sinks = _sink_list(body)
+    view = await ctx.store.get_event(event_id)
+    if view is None:
+        if await ctx.store.is_pruned(event_id):
+            raise Conflict(
+                f"event {event_id!r} was pruned (store.retention_days): nothing to replay"
+            )
+        raise NotFound(f"no event with id {event_id!r}")
+    unknown = [sink for sink in sinks or () if sink not in view.deliveries]
+    if unknown:
+        known = ", ".join(sorted(view.deliveries)) or "none"
+        raise BadRequest("sinks", f"no delivery of this event to {unknown[0]!r} (it has: {known})")
+    if not view.deliveries:
+        raise Conflict(f"event {event_id!r} ({view.state}) has no delivery to replay")
+    targets: list[str | None] = list(sinks) if sinks else [None]
+    queued = 0
+    for sink in targets:
+        queued += await ctx.store.replay([event_id], sink=sink)
+    ctx.wake_dispatcher()
+    ctx.hub.publish_event(event_id)
+    return {"id": event_id, "queued": queued, "sinks": sinks or sorted(view.deliveries)}
+
+
+async def replay_matching(ctx: AdminContext, body: Mapping[str, Any]) -> dict[str, Any]:
+    """Deliver again every dead delivery (of `body["sink"]`, if given); answers the count."""
+    state = body.get("state", "dead")
+    if state != "dead":
+        raise BadRequest("state", 'only "dead" deliveries are replayed in bulk')
+    sink = body.get("sink")
+    if sink is not None:
+        known = {s.name for s in ctx.settings.sinks}
+        if not isinstance(sink, str) or sink not in known:
+            shown = ", ".join(sorted(known)) or "none"
+            raise BadRequest("sink", f"no sink by that name in the configuration (known: {shown})")
+    queued = await ctx.store.replay(sink=sink, dead_only=True)
+    ctx.wake_dispatcher()
+    return {"queued": queued, "state": state, "sink": sink}
+
+
+# -- watches -------------------------------------------------------------------
+
+
+def _job_id(value: object) -> str:
+    if not isinstance(value, str) or not is_valid_job_id(value):
+        raise BadRequest("job_id", "not a valid job id (letters, digits, _ and -; at most 128)")
+    return value
+
+
+async def list_watches(ctx: AdminContext) -> dict[str, Any]:
+    """Every watched job, active first: {"watches": [...]}, as `watch --list --json` prints."""
+    return {"watches": [watch_document(w) for w in await ctx.store.list_watches()]}
+
+
+async def add_watch(ctx: AdminContext, body: Mapping[str, Any]) -> dict[str, Any]:
+    """Watch a job (again); metadata is merged into what it has and reaches every sink."""
+    job_id = _job_id(body.get("job_id"))
+    metadata = body.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise BadRequest("metadata", "a JSON object")
+    await ctx.store.add_watches(
+        [job_id],
+        metadata=metadata,
+        origin="api",
+        interval_seconds=ctx.settings.poll.interval_seconds,
+    )
+    ctx.wake_poller()
+    watch = await ctx.store.get_watch(job_id)
+    if watch is None:  # removed by another client in between
+        raise Conflict(f"job {job_id!r} was unwatched while it was being added")
+    return watch_document(watch)
+
+
+async def remove_watch(ctx: AdminContext, job_id: str) -> None:
+    """Stop watching a job; NotFound when it was not watched."""
+    if await ctx.store.remove_watches([_job_id(job_id)]) == 0:
+        raise NotFound(f"job {job_id!r} is not watched")
+
+
+# -- test events ---------------------------------------------------------------
+
+
+def _event_type(value: object) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_FILTER_CHARS:
+        raise BadRequest("type", f"a non-empty event type of at most {MAX_FILTER_CHARS} characters")
+    return value
+
+
+async def send_test(ctx: AdminContext, body: Mapping[str, Any]) -> dict[str, Any]:
+    """Sign a test event with the configured secret and POST it to the relay's own ingress."""
+    event_type = _event_type(body.get("type", "job.completed"))
+    job_id = None if body.get("job_id") is None else _job_id(body.get("job_id"))
+    try:
+        event = build_test_event(ctx.settings, event_type=event_type, job_id=job_id)
+    except ValueError as error:
+        raise Conflict(f"{error}: the relay is in polling-only mode") from None
+    url = ctx.ingress_url()
+    try:
+        status, text = await post_test_event(url, event)
+    except (aiohttp.ClientError, OSError, TimeoutError) as error:
+        raise Unavailable(f"cannot reach the ingress at {url}: {error}") from None
+    try:
+        answer: Any = json.loads(text)
+    except ValueError:
+        answer = text
+    if status == 503:
+        raise Unavailable(f"the ingress answered 503: {text}")
+    if not 200 <= status < 300:
+        raise Conflict(f"the ingress refused the test event: {status} {text}")
+    return {"id": event.webhook_id, "status": status, "answer": answer}
 
 
 # -- statistics ----------------------------------------------------------------
