@@ -15,10 +15,13 @@ import aiohttp
 import pytest
 import structlog
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
+from pulse_relay.admin.auth import AdminAuth, check_request
 from pulse_relay.admin.autowatch import WatchRecorder
 from pulse_relay.admin.capture import META_HEADERS_MAX_BYTES
 from pulse_relay.admin.proxy import WATCH_HEADER, ProxyConfig, PulseProxy
+from pulse_relay.admin.service import Unauthorized
 from pulse_relay.emulator import Fault, PulseEmulator
 from pulse_relay.metrics import Metrics
 from pulse_relay.store import Store
@@ -497,3 +500,12 @@ async def test_watch_that_cannot_be_stored_is_flagged_then_recorded_when_the_sto
     assert proxied.recorder.pending == 0
     (watch,) = await proxied.store.list_watches()
     assert watch.metadata["request"]["fields"]["fileUrl"] == "https://example.com/a.pdf"
+
+
+def test_with_a_token_a_pass_through_request_without_its_key_is_401_whatever_the_method() -> None:
+    guarded, open_auth = AdminAuth("admin-token"), AdminAuth("")
+    for method in ("GET", "POST", "DELETE"):
+        request = make_mocked_request(method, "/pulse/extract", headers={"X-Pulse-Relay": "1"})
+        with pytest.raises(Unauthorized, match="x-api-key"):
+            check_request(guarded, request)
+        check_request(open_auth, request)

@@ -1011,12 +1011,8 @@ class Store:
         view.body = bytes(row["body"])
         view.job = json.loads(row["job"]) if row["job"] is not None else None
         view.result_url = row["result_url"]
-        if view.job_id is not None:
-            async with self.db.execute(
-                "SELECT metadata FROM watches WHERE job_id = ?", (view.job_id,)
-            ) as cursor:
-                watch = await cursor.fetchone()
-            view.metadata = json.loads(watch[0]) if watch is not None else None
+        watch = None if view.job_id is None else await self.get_watch(view.job_id)
+        view.metadata = None if watch is None else watch.metadata
         await self._attach_deliveries([view])
         async with self.db.execute(
             "SELECT sink, attempt, started_at, duration_ms, outcome, status_code, error, "
