@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import io
@@ -51,6 +52,7 @@ class Upstream:
 
     answer: Answer | None = None
     seen: list[Seen] = field(default_factory=list)
+    started: int = 0
     url: str = ""
     _runner: web.AppRunner | None = None
 
@@ -67,6 +69,7 @@ class Upstream:
             await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.started += 1
         digest = hashlib.sha256()
         size_bytes = 0
         while chunk := await request.content.read(65536):
@@ -509,3 +512,39 @@ def test_with_a_token_a_pass_through_request_without_its_key_is_401_whatever_the
         with pytest.raises(Unauthorized, match="x-api-key"):
             check_request(guarded, request)
         check_request(open_auth, request)
+
+
+async def test_head_and_empty_answers_pass_through(
+    upstream: Upstream, start_proxy: StartProxy, http: aiohttp.ClientSession
+) -> None:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        if request.method == "HEAD":
+            return web.Response(headers={"Content-Length": "1234", "Content-Type": "text/csv"})
+        return web.Response(status=204)
+
+    upstream.answer = answer
+    proxied = await start_proxy(upstream.url)
+    async with http.head(f"{proxied.url}/results/r.csv", headers=KEY) as head:
+        assert (head.status, head.headers["Content-Length"]) == (200, "1234")
+    async with http.delete(f"{proxied.url}/job/j-1", headers=KEY) as deleted:
+        assert (deleted.status, await deleted.read()) == (204, b"")
+    assert [seen.method for seen in upstream.seen] == ["HEAD", "DELETE"]
+
+
+async def test_a_client_that_leaves_mid_upload_is_counted_not_an_error(
+    upstream: Upstream, start_proxy: StartProxy
+) -> None:
+    proxied = await start_proxy(upstream.url)
+    port = int(proxied.url.split(":")[2].split("/")[0])
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /pulse/extract HTTP/1.1\r\nHost: relay\r\nx-api-key: k\r\n"
+        b'Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"file_url": '
+    )
+    await writer.drain()
+    await wait_for(lambda: upstream.started == 1)  # the upload is under way upstream
+    writer.close()
+    await writer.wait_closed()
+    await wait_for(lambda: proxied.outcome_count("client_gone") == 1)
+    assert upstream.seen == []  # the upstream never got a whole body
+    assert await proxied.store.list_watches() == []
