@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
+from pulse_relay.admin.context import CachedReadiness
 from pulse_relay.app import Relay
 from pulse_relay.config import ConfigError, is_loopback_host
 from tests.conftest import MakeSettings, StartRelay, make_body, signed
@@ -69,6 +71,43 @@ async def test_readiness_probe_runs_at_most_once_per_second(start_relay: StartRe
     answers = await asyncio.gather(*(call("GET", relay.admin_url + "/readyz") for _ in range(50)))
     assert [status for status, _ in answers] == [200] * 50
     assert probes <= 1
+
+
+async def test_cached_readiness_probes_once_per_interval() -> None:
+    now = 100.0
+    probes = 0
+
+    async def probe() -> list[str]:
+        nonlocal probes
+        probes += 1
+        return [] if probes == 1 else ["store not writable"]
+
+    readiness = CachedReadiness(probe, interval_seconds=1.0, clock=lambda: now)
+    assert await readiness.problems() == []
+    now += 0.999
+    assert await readiness.problems() == [] and probes == 1
+    now += 0.001
+    assert await readiness.problems() == ["store not writable"] and probes == 2
+
+
+async def test_an_unexpected_failure_is_a_logged_json_500(
+    start_relay: StartRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pulse_relay.admin import service
+
+    relay = await start_relay()
+
+    async def broken(*_: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(service, "stats", broken)
+    with capture_logs() as logs:
+        status, body = await call("GET", relay.admin_url + "/api/stats")
+    assert (status, body["error"]) == (500, "internal")
+    assert "a bug" not in body["detail"]
+    assert [entry["event"] for entry in logs if entry["log_level"] == "error"] == [
+        "admin request failed"
+    ]
 
 
 async def test_serve_refuses_an_exposed_admin_listener_without_a_token(

@@ -139,6 +139,21 @@ def test_login_form_post_needs_no_header_but_a_same_origin() -> None:
         check_request(auth, mocked("POST", "/login", {"Origin": "http://evil.example"}))
 
 
+def test_behind_a_tls_proxy_the_forwarded_origin_counts() -> None:
+    auth = AdminAuth(TOKEN)
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "relay.example"}
+    headers = {**forwarded, **HEADER, "Origin": "https://relay.example"}
+    check_request(auth, mocked("POST", "/api/watches", {**headers, **BEARER}))
+    with pytest.raises(Forbidden):
+        check_request(
+            auth,
+            mocked("POST", "/api/watches", {**HEADER, **BEARER, "Origin": "https://relay.example"}),
+        )
+    response = web.Response()
+    set_login_cookie(response, auth, mocked("POST", "/login", forwarded))
+    assert response.cookies[COOKIE_NAME]["secure"]
+
+
 def test_the_login_cookie_is_http_only_strict_and_not_the_token() -> None:
     auth = AdminAuth(TOKEN)
     response = web.Response()

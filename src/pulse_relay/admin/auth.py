@@ -80,7 +80,7 @@ def set_login_cookie(response: web.StreamResponse, auth: AdminAuth, request: web
         path="/",
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        secure=request_origin(request).startswith("https:"),
     )
 
 
@@ -89,12 +89,27 @@ def clear_login_cookie(response: web.StreamResponse) -> None:
     response.del_cookie(COOKIE_NAME, path="/")
 
 
+def _first(value: str | None) -> str | None:
+    first = (value or "").split(",")[0].strip()
+    return first or None
+
+
+def request_origin(request: web.Request) -> str:
+    """The scheme://host[:port] the client addressed, as a browser's Origin would show it.
+
+    Behind a TLS-terminating proxy, X-Forwarded-Proto / X-Forwarded-Host say what the
+    browser used. Believing them is safe here: a cross-site page cannot add these
+    headers to its request without a CORS preflight, which this listener never grants.
+    """
+    scheme = _first(request.headers.get("X-Forwarded-Proto")) or request.scheme
+    host = _first(request.headers.get("X-Forwarded-Host")) or request.host
+    return f"{scheme}://{host}".lower()
+
+
 def is_same_origin(request: web.Request) -> bool:
     """True without an Origin header, or when it is the scheme://host[:port] addressed."""
     origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    return origin.rstrip("/").lower() == f"{request.scheme}://{request.host}".lower()
+    return origin is None or origin.rstrip("/").lower() == request_origin(request)
 
 
 def _is_open(path: str) -> bool:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from pulse_relay.events import build_envelope, is_valid_job_id
+from pulse_relay.events import build_envelope, envelope_source, is_valid_job_id
 from pulse_relay.serialize import event_document, watch_document
 from pulse_relay.store import DELIVERY_STATES, EventCursor, EventView
 from pulse_relay.testevent import build_test_event, post_test_event
@@ -29,6 +30,8 @@ SOURCES = ("webhook", "poll")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 MAX_FILTER_CHARS = 256
+# ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+_DECIMAL = re.compile(r"[0-9]{1,9}")
 
 
 class ServiceError(Exception):
@@ -143,7 +146,7 @@ def parse_limit(raw: str | None) -> int:
     """`limit` as given in a query string: 1 to MAX_LIMIT, DEFAULT_LIMIT when absent."""
     if raw is None or raw == "":
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not _DECIMAL.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
         raise BadRequest("limit", f"must be an integer from 1 to {MAX_LIMIT}")
     return int(raw)
 
@@ -209,7 +212,7 @@ async def envelopes(ctx: AdminContext, view: EventView) -> dict[str, Any]:
             event_type=view.type,
             job_id=view.job_id,
             received_at=view.received_at,
-            source="replay" if delivery.is_replay else view.source,
+            source=envelope_source(view.source, is_replay=delivery.is_replay),
             body=view.body,
             job=view.job,
             result_url=view.result_url,

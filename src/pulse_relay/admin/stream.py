@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
@@ -21,8 +22,11 @@ from aiohttp import web
 
 from pulse_relay.admin import service
 from pulse_relay.admin.context import CONTEXT_KEY, AdminContext
+from pulse_relay.logs import get_logger
 from pulse_relay.serialize import attempt_document
-from pulse_relay.store import Attempt
+from pulse_relay.store import Attempt, StoreUnavailableError
+
+log = get_logger("pulse_relay.admin")
 
 RING_CAPACITY = 2_000
 HEARTBEAT_SECONDS = 15.0
@@ -144,9 +148,8 @@ def _start_seq(hub: ChangeHub, last_event_id: str | None) -> tuple[int, bool]:
 async def stream_handler(request: web.Request) -> web.StreamResponse:
     """`GET /api/stream`: Server-Sent Events of every change from now (or Last-Event-ID) on."""
     ctx = request.app[CONTEXT_KEY]
-    hub = ctx.hub
     last_event_id = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
-    seq, must_resync = _start_seq(hub, last_event_id)
+    seq, must_resync = _start_seq(ctx.hub, last_event_id)
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -155,9 +158,21 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    await response.write(f"retry: {RETRY_MILLISECONDS}\n\n".encode())
-    if must_resync:
-        await response.write(_message("resync", {"last_seq": seq}, seq))
+    try:
+        await response.write(f"retry: {RETRY_MILLISECONDS}\n\n".encode())
+        if must_resync:
+            await response.write(_message("resync", {"last_seq": seq}, seq))
+        await _send_changes(ctx, response, seq)
+    except ConnectionResetError:
+        pass  # the client went away
+    except (StoreUnavailableError, sqlite3.Error) as error:
+        # Headers are sent: end the stream; the client reconnects with Last-Event-ID.
+        log.warning("change stream ended: store unavailable", reason=str(error))
+    return response
+
+
+async def _send_changes(ctx: AdminContext, response: web.StreamResponse, seq: int) -> None:
+    hub = ctx.hub
     while not hub.is_closed:
         changes = hub.since(seq)
         if changes is None:
@@ -174,4 +189,3 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
             await hub.wait(seq, timeout_seconds=HEARTBEAT_SECONDS)
             if hub.since(seq) == []:
                 await response.write(b": keep-alive\n\n")
-    return response
