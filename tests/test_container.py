@@ -101,6 +101,17 @@ def test_compose_configuration_is_valid() -> None:
     assert {sink.name for sink in settings.sinks} == {"results", "app"}
 
 
+def test_compose_app_submits_through_the_pass_through() -> None:
+    text = COMPOSE.read_text()
+    assert "PULSE_BASE_URL: http://relay:8788/pulse" in text
+    # The admin listener faces the private network: with a token, from a secret file.
+    assert "PULSE_RELAY_ADMIN__HOST: 0.0.0.0" in text
+    assert "PULSE_RELAY_ADMIN__TOKEN_FILE: /run/secrets/admin-token" in text
+    assert '"8788:8788"' not in text
+    app = (REPO / "examples" / "app.py").read_text()
+    assert '"/extract"' in app and "x-api-key" in app
+
+
 def test_the_image_keeps_the_admin_listener_inside_the_container(
     final_stage: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -190,7 +190,9 @@ class Relay:
 
     async def _start_background(self) -> None:
         settings = self.settings
-        self._session = aiohttp.ClientSession()
+        # One session for the Pulse client, the HTTP sinks and the pass-through. No cookie
+        # jar: a cookie one caller or receiver sets must never be sent on behalf of another.
+        self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         pulse = settings.pulse
         self.pulse = PulseClient(
             pulse.base_url,

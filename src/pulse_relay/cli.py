@@ -198,6 +198,9 @@ def show_command(obj: _Context, event_id: str, as_json: bool) -> None:
     click.echo(_indent(json.dumps(document.get("payload", document.get("payload_text")), indent=2)))
     click.echo("job:")
     click.echo(_indent(json.dumps(view.job, indent=2)))
+    if view.metadata:
+        click.echo("metadata:")
+        click.echo(_indent(json.dumps(view.metadata, indent=2)))
     click.echo("deliveries:")
     for sink, delivery in view.deliveries.items():
         extra = f" - {delivery.last_error}" if delivery.last_error else ""

@@ -207,6 +207,13 @@ class PollSettings(_Section):
         return value
 
 
+class ProxySettings(_Section):
+    enabled: bool = True
+    max_body_bytes: int = Field(default=104_857_600, ge=1)
+    # Silence allowed from either side; a synchronous extract answers only when it is done.
+    timeout_seconds: float = Field(default=300.0, gt=0)
+
+
 class DeliverySettings(_Section):
     concurrency: int = Field(default=32, ge=1)
     lease_seconds: float = Field(default=120.0, gt=0)
@@ -314,6 +321,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     pulse: PulseSettings = Field(default_factory=PulseSettings)
     poll: PollSettings = Field(default_factory=PollSettings)
+    proxy: ProxySettings = Field(default_factory=ProxySettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
     log: LogSettings = Field(default_factory=LogSettings)

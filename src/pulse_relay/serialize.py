@@ -43,6 +43,7 @@ def event_document(view: EventView) -> dict[str, Any]:
             document["payload_text"] = view.body.decode("utf-8", errors="replace")
         document["job"] = view.job
         document["result_url"] = view.result_url
+        document["metadata"] = view.metadata
         document["attempts"] = [attempt_document(attempt) for attempt in view.attempts]
     return document
 

@@ -233,6 +233,8 @@ class EventView:
     job: Any = None
     result_url: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    # The job's watch metadata: what its envelopes carry in `relay.metadata`.
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -998,6 +1000,8 @@ class Store:
         view.body = bytes(row["body"])
         view.job = json.loads(row["job"]) if row["job"] is not None else None
         view.result_url = row["result_url"]
+        watch = None if view.job_id is None else await self.get_watch(view.job_id)
+        view.metadata = None if watch is None else watch.metadata
         await self._attach_deliveries([view])
         async with self.db.execute(
             "SELECT sink, attempt, started_at, duration_ms, outcome, status_code, error, "

@@ -124,6 +124,9 @@ def check_request(auth: AdminAuth, request: web.Request) -> None:
     if path.startswith(PROXY_PREFIX) and "x-api-key" in request.headers:
         # It acts only with the caller's own Pulse key; see SPEC §14.
         return
+    if path.startswith(PROXY_PREFIX) and auth.is_required:
+        # 401 whatever the method: the caller lacks a key, not a cross-site header.
+        raise Unauthorized("a request to the Pulse pass-through needs its x-api-key header")
     if request.method not in SAFE_METHODS:
         if not is_same_origin(request):
             raise Forbidden("cross-origin request refused (Origin is not this listener)")
