@@ -229,26 +229,23 @@ async def test_pruned_ids_stay_known_until_forgotten(store: Store, clock: Clock)
     assert await store.ingest(record("m_old")) == "duplicate"
     assert await store.ingest(record("m_new", job_id="job-2")) == "duplicate"
     assert await count_events(store) == 0
-    assert await store.forget_ids(received_before=clock.now - day) == 0
-    assert await store.forget_ids(received_before=clock.now + 1, batch_size=1) == 2
+    assert await store.is_pruned("m_old")
+    # Never within a day of the pruning, whatever the caller asks.
+    assert await store.forget_ids(pruned_before=clock.now + 1) == 0
+    clock.now += day + 1
+    assert await store.forget_ids(pruned_before=clock.now - 2 * day) == 0
+    assert await store.forget_ids(pruned_before=clock.now, batch_size=1) == 2
+    assert not await store.is_pruned("m_old")
     assert await store.ingest(record("m_old")) == "accepted"
 
 
-async def test_pruned_ids_survive_a_restart_and_old_stores_are_migrated(tmp_path: Path) -> None:
+async def test_pruned_ids_survive_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "relay.db"
-    async with Store(path):
-        pass
-    # A store written before ids were remembered: schema version 2, no seen_ids.
-    with sqlite3.connect(path) as db:
-        db.execute("DROP TABLE seen_ids")
-        db.execute("PRAGMA user_version = 2")
     async with Store(path) as store:
         assert await store.ingest(record("m1", sinks=(), needs_fetch=False)) == "accepted"
         assert await store.prune(received_before=2_000_000.0) == 1
     async with Store(path) as store:
         assert await store.ingest(record("m1")) == "duplicate"
-    with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 async def test_the_database_file_is_created_for_its_owner_only(tmp_path: Path) -> None:
