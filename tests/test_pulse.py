@@ -15,6 +15,7 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
 from pulse_relay.emulator import Fault, PulseEmulator, sample_result
+from pulse_relay.events import is_terminal
 from pulse_relay.pulse import (
     MAX_REASON_CHARS,
     PulseAuthError,
@@ -23,8 +24,6 @@ from pulse_relay.pulse import (
     PulseNotFoundError,
     PulsePermanentError,
     PulseRetryableError,
-    is_terminal,
-    is_valid_job_id,
 )
 
 API_KEY = "pk_test_0123456789abcdefSECRET"
@@ -69,32 +68,7 @@ async def _wait_for(condition: Callable[[], bool], *, deadline_seconds: float = 
         await asyncio.sleep(0.005)
 
 
-# -- helpers ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("status", ["completed", "failed", "canceled", "cancelled", "expired"])
-def test_terminal_statuses(status: str) -> None:
-    assert is_terminal(status)
-
-
-@pytest.mark.parametrize("status", ["pending", "processing", "queued", "", "COMPLETED"])
-def test_non_terminal_statuses(status: str) -> None:
-    assert not is_terminal(status)
-
-
-@pytest.mark.parametrize(
-    "job_id", ["a", "123e4567-e89b-12d3-a456-426614174000", "Job_1-x", "A" * 128]
-)
-def test_valid_job_ids(job_id: str) -> None:
-    assert is_valid_job_id(job_id)
-
-
-@pytest.mark.parametrize(
-    "job_id",
-    ["", "-abc", "_abc", "a/b", "../etc", "a.b", "a b", "A" * 129, "abc\n", "é", "a%2F"],
-)
-def test_invalid_job_ids(job_id: str) -> None:
-    assert not is_valid_job_id(job_id)
+# -- construction -------------------------------------------------------------
 
 
 def test_base_url_must_be_http() -> None:
