@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -88,6 +89,21 @@ def recorder_argv(tmp_path: Path) -> tuple[list[str], Path]:
     out = tmp_path / "command-out"
     out.mkdir(exist_ok=True)
     return [sys.executable, str(script), str(out)], out
+
+
+def wait_until(
+    condition: Callable[[], object],
+    *,
+    timeout_seconds: float = 20.0,
+    interval_seconds: float = 0.02,
+) -> None:
+    """Poll `condition` until it is true; fail the test at the deadline. For tests that
+    are not async (conftest.wait_for is the async twin: it yields to the event loop)."""
+    deadline = time.monotonic() + timeout_seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_seconds} s")
+        time.sleep(interval_seconds)
 
 
 def free_port() -> int:

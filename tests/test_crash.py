@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 
 from pulse_relay.signature import sign_headers
 from tests.conftest import SECRET, make_body
-from tests.helpers import Served, free_port
+from tests.helpers import Served, free_port, wait_until
 from tests.test_cli import run_cli
 
 # Blocks while the "block" marker exists (the delivery in flight when the relay dies),
@@ -33,14 +32,6 @@ while (out / "block").exists():
     time.sleep(0.05)
 (out / (event_id + ".json")).write_bytes(data)
 """
-
-
-def wait_until(condition: object, timeout_seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 @pytest.fixture

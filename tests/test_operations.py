@@ -17,7 +17,7 @@ import pytest
 from pulse_relay.config import Settings
 from pulse_relay.store import Attempt, IngestRecord, Store
 from tests.conftest import SECRET, MakeSettings, StartRelay, make_body, signed, wait_for
-from tests.helpers import Served, free_port
+from tests.helpers import Served, free_port, wait_until
 from tests.test_cli import run_cli, write_config
 
 DAY = 86_400.0
@@ -57,13 +57,6 @@ def post_webhook(port: int, body: bytes, webhook_id: str) -> int:
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return int(response.status)
-
-
-def wait_until(condition: Any, timeout_seconds: float = 20) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 # --- graceful shutdown ---------------------------------------------------------------------

@@ -25,6 +25,7 @@ from pulse_relay.pulse import (
     PulsePermanentError,
     PulseRetryableError,
 )
+from tests.conftest import wait_for
 
 API_KEY = "pk_test_0123456789abcdefSECRET"
 
@@ -58,14 +59,6 @@ def client(make_client: MakeClient) -> PulseClient:
 
 def _paths(emulator: PulseEmulator, prefix: str) -> list[str]:
     return [r.path for r in emulator.requests if r.path.startswith(prefix)]
-
-
-async def _wait_for(condition: Callable[[], bool], *, deadline_seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + deadline_seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.005)
 
 
 # -- construction -------------------------------------------------------------
@@ -211,7 +204,7 @@ async def test_slow_answer_past_the_timeout_is_retryable(
 
     assert caught.value.status_code is None
     # The client gave up and the emulator saw it go.
-    await _wait_for(lambda: emulator.in_flight == 0)
+    await wait_for(lambda: emulator.in_flight == 0)
 
 
 async def test_connection_reset_is_retryable(emulator: PulseEmulator, client: PulseClient) -> None:
@@ -344,7 +337,7 @@ async def test_concurrent_requests_are_counted(
     emulator.hold_requests()
 
     tasks = [asyncio.create_task(client.get_job(f"job-{n}")) for n in range(5)]
-    await _wait_for(lambda: emulator.in_flight == 5)
+    await wait_for(lambda: emulator.in_flight == 5)
     emulator.release_requests()
     jobs = await asyncio.gather(*tasks)
 
