@@ -1,7 +1,9 @@
-"""Real peers for end-to-end tests: a receiving HTTP server and a recording command."""
+"""Configuration text, and real peers for end-to-end tests: a receiving HTTP server,
+a recording command, `pulse-relay serve` as a subprocess."""
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import socket
@@ -13,7 +15,60 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import tomli_w
 from aiohttp import web
+
+SECRET = "whsec_" + base64.b64encode(b"pulse-relay-test-secret-32-bytes").decode()
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` over `base`, merging nested tables."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def relay_config(tmp_path: Path, **sections: Any) -> dict[str, Any]:
+    """A test relay's settings as data: 127.0.0.1 on an ephemeral port, the test secret,
+    a store in `tmp_path`, JSON logs at warning; `sections` are merged over that."""
+    base: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": 0},
+        "verify": {"secrets": [SECRET]},
+        "store": {"path": str(tmp_path / "relay.db")},
+        "log": {"format": "json", "level": "warning"},
+    }
+    return deep_merge(base, sections)
+
+
+def config_toml(**sections: Any) -> str:
+    """The TOML text of exactly these sections (paths given as strings)."""
+    return tomli_w.dumps(sections)
+
+
+def write_config(
+    tmp_path: Path,
+    port: int,
+    *,
+    sinks: list[dict[str, Any]] | None = None,
+    extra_sinks: list[dict[str, Any]] | tuple[()] = (),
+    **sections: Any,
+) -> Path:
+    """`tmp_path/relay.toml` for `serve` on `port`, logging JSON at info; the sinks are a
+    file sink "results" writing to `tmp_path/results` (or `sinks`), then `extra_sinks`."""
+    if sinks is None:
+        sinks = [{"name": "results", "type": "file", "directory": str(tmp_path / "results")}]
+    document = relay_config(
+        tmp_path,
+        **deep_merge({"server": {"port": port}, "log": {"level": "info"}}, sections),
+        sinks=[*sinks, *extra_sinks],
+    )
+    path = tmp_path / "relay.toml"
+    path.write_text(config_toml(**document))
+    return path
 
 
 @dataclass

@@ -16,7 +16,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from tests.conftest import SECRET, make_body, wait_for
-from tests.helpers import Served, free_port
+from tests.helpers import Served, config_toml, free_port, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,33 +35,6 @@ def run_cli(
         env={**os.environ, **(env or {})},
         check=False,
     )
-
-
-def write_config(tmp_path: Path, port: int, extra: str = "") -> Path:
-    config = tmp_path / "relay.toml"
-    config.write_text(
-        f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-
-[verify]
-secrets = ["{SECRET}"]
-
-[store]
-path = "{tmp_path / "relay.db"}"
-
-[log]
-format = "json"
-
-[[sinks]]
-name = "results"
-type = "file"
-directory = "{tmp_path / "results"}"
-{extra}
-"""
-    )
-    return config
 
 
 @pytest.fixture
@@ -91,11 +64,15 @@ def test_check_config_accepts_the_example_and_prints_no_secret(tmp_path: Path) -
 @pytest.mark.parametrize(
     ("content", "key"),
     [
-        ('[server]\nport = "eighty"\n', "server.port"),
-        ("[server]\nprot = 1\n", "server.prot"),
-        ('[verify]\nsecrets = ["whsec_!!!"]\n', "verify.secrets[0]"),
-        ('[[sinks]]\nname = "a"\ntype = "http"\nurl = "not a url"\n', "sinks[0].url"),
-        ('[[sinks]]\nname = "a"\ntype = "carrier-pigeon"\n', "sinks[0]"),
+        (config_toml(server={"port": "eighty"}), "server.port"),
+        (config_toml(server={"prot": 1}), "server.prot"),
+        (config_toml(verify={"secrets": ["whsec_!!!"]}), "verify.secrets[0]"),
+        (
+            config_toml(sinks=[{"name": "a", "type": "http", "url": "not a url"}]),
+            "sinks[0].url",
+        ),
+        (config_toml(sinks=[{"name": "a", "type": "carrier-pigeon"}]), "sinks[0]"),
+        # Not TOML at all: no factory writes this.
         ("[server\nport = 1\n", "line 1"),
     ],
 )

@@ -16,7 +16,7 @@ import pytest
 
 from pulse_relay.signature import sign_headers
 from tests.conftest import SECRET, make_body
-from tests.helpers import Served, free_port, wait_until
+from tests.helpers import Served, free_port, wait_until, write_config
 from tests.test_cli import run_cli
 
 # Blocks while the "block" marker exists (the delivery in flight when the relay dies),
@@ -53,27 +53,14 @@ def test_delivery_in_flight_when_the_relay_is_killed_is_made_after_restart(
     port = free_port()
     script = tmp_path / "slow.py"
     script.write_text(SLOW_COMMAND)
-    config = tmp_path / "relay.toml"
-    config.write_text(
-        f"""
-[server]
-port = {port}
-[verify]
-secrets = ["{SECRET}"]
-[store]
-path = "{tmp_path / "relay.db"}"
-[delivery]
-lease_seconds = 1
-[log]
-format = "json"
-[[sinks]]
-name = "cmd"
-type = "command"
-argv = ["{sys.executable}", "{script}", "{out}"]
-events = ["job.*"]
-retry_initial_seconds = 0.05
-"""
-    )
+    command = {
+        "name": "cmd",
+        "type": "command",
+        "argv": [sys.executable, str(script), str(out)],
+        "events": ["job.*"],
+        "retry_initial_seconds": 0.05,
+    }
+    config = write_config(tmp_path, port, delivery={"lease_seconds": 1}, sinks=[command])
     (out / "block").touch()
     first = Served.start(config, port, tmp_path / "first.log")
     try:

@@ -19,8 +19,7 @@ import pytest
 
 from pulse_relay.notify import Notifier, run_watchdog, watchdog_interval_seconds
 from tests.conftest import wait_for
-from tests.helpers import free_port
-from tests.test_cli import write_config
+from tests.helpers import free_port, write_config
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pulse_relay.emulator import PulseEmulator
 from pulse_relay.logs import REDACTED, configure_logging, get_logger
 from tests.conftest import OTHER_SECRET, SECRET, StartRelay, make_body, signed, wait_for
-from tests.helpers import Receiver, Served, free_port
+from tests.helpers import Receiver, Served, free_port, write_config
 from tests.test_server import UNAUTHORIZED_CASES
 
 SINK_SECRET = "whsec_" + base64.b64encode(b"sink-secret-for-observability-00").decode()
@@ -163,42 +163,25 @@ async def test_logs_never_show_secrets_signatures_or_bodies(
     emulator.add_job("job-logs", result={"extraction_id": "ext_logs", "text": result_canary})
     receiver.answers = [503]
     port = free_port()
-    config = tmp_path / "relay.toml"
-    config.write_text(
-        f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-max_body_bytes = 4096
-
-[verify]
-secrets = ["{SECRET}"]
-
-[store]
-path = "{tmp_path / "relay.db"}"
-
-[pulse]
-base_url = "{emulator.base_url}"
-api_key = "{emulator.api_key}"
-
-[log]
-format = "json"
-level = "debug"
-
-[[sinks]]
-name = "app"
-type = "http"
-url = "{receiver.url}"
-sign_secret = "{SINK_SECRET}"
-headers = {{ Authorization = "{SINK_TOKEN}" }}
-retry_initial_seconds = 0.05
-retry_max_seconds = 0.1
-
-[[sinks]]
-name = "files"
-type = "file"
-directory = "{tmp_path / "files"}"
-"""
+    sinks = [
+        {
+            "name": "app",
+            "type": "http",
+            "url": receiver.url,
+            "sign_secret": SINK_SECRET,
+            "headers": {"Authorization": SINK_TOKEN},
+            "retry_initial_seconds": 0.05,
+            "retry_max_seconds": 0.1,
+        },
+        {"name": "files", "type": "file", "directory": str(tmp_path / "files")},
+    ]
+    config = write_config(
+        tmp_path,
+        port,
+        server={"max_body_bytes": 4096},
+        pulse={"base_url": emulator.base_url, "api_key": emulator.api_key},
+        log={"level": "debug"},
+        sinks=sinks,
     )
     served = Served(config, tmp_path / "serve.log")
     try:

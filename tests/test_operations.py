@@ -17,8 +17,8 @@ import pytest
 from pulse_relay.config import Settings
 from pulse_relay.store import Attempt, IngestRecord, Store
 from tests.conftest import SECRET, MakeSettings, StartRelay, make_body, signed, wait_for
-from tests.helpers import Served, free_port, wait_until
-from tests.test_cli import run_cli, write_config
+from tests.helpers import Served, free_port, wait_until, write_config
+from tests.test_cli import run_cli
 
 DAY = 86_400.0
 
@@ -70,19 +70,14 @@ def test_sigterm_during_a_slow_delivery_exits_0_and_the_delivery_completes_after
     out = tmp_path / "out"
     out.mkdir()
     port = free_port()
+    slow = {
+        "name": "slow",
+        "type": "command",
+        "argv": [sys.executable, str(script), str(out)],
+        "timeout_seconds": 300,
+    }
     config = write_config(
-        tmp_path,
-        port,
-        extra=f"""
-[[sinks]]
-name = "slow"
-type = "command"
-argv = {json.dumps([sys.executable, str(script), str(out)])}
-timeout_seconds = 300
-""",
-    )
-    config.write_text(
-        config.read_text().replace("[verify]", "shutdown_grace_seconds = 1.0\n\n[verify]")
+        tmp_path, port, server={"shutdown_grace_seconds": 1.0}, extra_sinks=[slow]
     )
     first = Served(config, tmp_path / "first.log")
     serve_processes.append(first)
@@ -258,10 +253,8 @@ def test_sighup_reloads_sinks_and_refuses_a_broken_configuration(
         return sum(line["event"] == outcome_event for line in served.log_lines())
 
     # A second file sink appears; the first one keeps working.
-    config.write_text(
-        config.read_text()
-        + f'\n[[sinks]]\nname = "more"\ntype = "file"\ndirectory = "{tmp_path / "more"}"\n'
-    )
+    more = {"name": "more", "type": "file", "directory": str(tmp_path / "more")}
+    write_config(tmp_path, port, extra_sinks=[more])
     served.process.send_signal(signal.SIGHUP)
     wait_until(lambda: reloads("configuration reloaded") == 1)
     assert post_webhook(port, make_body("job.created", job_id="job-a"), "msg_a") == 202
@@ -279,7 +272,7 @@ def test_sighup_reloads_sinks_and_refuses_a_broken_configuration(
     wait_until((tmp_path / "more" / "job-b.json").exists)
 
     # A change outside sinks and log is reported as needing a restart.
-    config.write_text(good.replace("[log]", "[pulse]\ntimeout_seconds = 7.0\n\n[log]"))
+    write_config(tmp_path, port, extra_sinks=[more], pulse={"timeout_seconds": 7.0})
     served.process.send_signal(signal.SIGHUP)
     wait_until(lambda: reloads("configuration reloaded") == 2)
     warnings = [line for line in served.log_lines() if line["event"].startswith("changes in these")]
@@ -336,8 +329,7 @@ def test_healthcheck_passes_against_serve_and_fails_against_a_dead_port(
     tmp_path: Path, serve_processes: list[Served]
 ) -> None:
     port = free_port()
-    config = write_config(tmp_path, port)
-    config.write_text(config.read_text().replace('host = "127.0.0.1"', 'host = "0.0.0.0"'))
+    config = write_config(tmp_path, port, server={"host": "0.0.0.0"})
     served = Served(config, tmp_path / "serve.log")
     serve_processes.append(served)
     served.wait_listening(port)
@@ -369,35 +361,19 @@ def test_check_config_reports_unwritable_sink_directories_and_missing_commands(
     not_executable = tmp_path / "script.sh"
     not_executable.write_text("#!/bin/sh\n")
     not_executable.chmod(stat.S_IRUSR | stat.S_IWUSR)
-    extra = f"""
-[[sinks]]
-name = "blocked"
-type = "file"
-directory = "{not_a_dir / "results"}"
-
-[[sinks]]
-name = "ghost"
-type = "command"
-argv = ["pulse-relay-no-such-program-anywhere"]
-
-[[sinks]]
-name = "noexec"
-type = "command"
-argv = ["{not_executable}"]
-
-[[sinks]]
-name = "relative"
-type = "command"
-argv = ["./script.sh"]
-cwd = "{tmp_path}"
-
-[[sinks]]
-name = "off"
-type = "command"
-argv = ["pulse-relay-no-such-program-anywhere"]
-enabled = false
-"""
-    config = write_config(tmp_path, 8787, extra=extra)
+    extra = [
+        {"name": "blocked", "type": "file", "directory": str(not_a_dir / "results")},
+        {"name": "ghost", "type": "command", "argv": ["pulse-relay-no-such-program-anywhere"]},
+        {"name": "noexec", "type": "command", "argv": [str(not_executable)]},
+        {"name": "relative", "type": "command", "argv": ["./script.sh"], "cwd": str(tmp_path)},
+        {
+            "name": "off",
+            "type": "command",
+            "argv": ["pulse-relay-no-such-program-anywhere"],
+            "enabled": False,
+        },
+    ]
+    config = write_config(tmp_path, 8787, extra_sinks=extra)
     result = run_cli("check-config", config=config)
     assert result.returncode == 1
     lines = result.stderr.splitlines()
@@ -413,9 +389,10 @@ enabled = false
 
     not_executable.chmod(stat.S_IRWXU)
     not_a_dir.unlink()
-    fixed = write_config(
-        tmp_path, 8787, extra=extra.replace('argv = ["pulse-relay-no-such', 'argv = ["sh", "-c')
-    )
+    for sink in extra:
+        if sink.get("argv") == ["pulse-relay-no-such-program-anywhere"]:
+            sink["argv"] = ["sh", "-c", "true"]
+    fixed = write_config(tmp_path, 8787, extra_sinks=extra)
     result = run_cli("check-config", config=fixed)
     assert result.returncode == 0, result.stderr
     assert os.access(tmp_path, os.W_OK)
