@@ -18,6 +18,8 @@ from typing import Any, TextIO
 import tomli_w
 from aiohttp import web
 
+from pulse_relay.store import Store
+
 SECRET = "whsec_" + base64.b64encode(b"pulse-relay-test-secret-32-bytes").decode()
 
 
@@ -218,3 +220,10 @@ class Served:
         served = cls(config, log_path)
         served.wait_listening(port)
         return served
+
+
+async def count_events(store: Store) -> int:
+    """How many events the store holds (read straight from its table)."""
+    async with store.db.execute("SELECT COUNT(*) FROM events") as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0

@@ -1,10 +1,21 @@
-"""The composition root's pure parts: routing events to sinks, choosing the verifier."""
+"""The composition root: routing events to sinks, choosing the verifier, closing what it opens."""
 
 from __future__ import annotations
 
-from pulse_relay.app import build_router, build_verifier
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from pulse_relay.app import Relay, build_router, build_verifier
+from pulse_relay.config import SinkSettings
+from pulse_relay.emulator import PulseEmulator
 from pulse_relay.signature import HexHmacVerifier, NoneVerifier, StandardVerifier
-from tests.conftest import SECRET, MakeSettings
+from pulse_relay.sinks import Delivery, Sink, SinkResult, build_sink
+from tests.conftest import SECRET, MakeSettings, make_body, signed, wait_for
+from tests.helpers import Receiver
 
 
 def test_events_are_routed_by_each_enabled_sinks_globs(make_settings: MakeSettings) -> None:
@@ -31,3 +42,147 @@ def test_the_verifier_follows_the_scheme_and_no_secret_means_polling_only(
     assert isinstance(build_verifier(make_settings(verify={"scheme": "none"})), NoneVerifier)
     hex_settings = make_settings(verify={"scheme": "hmac-sha256-hex", "secrets": [SECRET]})
     assert isinstance(build_verifier(hex_settings), HexHmacVerifier)
+
+
+# --- closing what the relay opens ------------------------------------------------------------
+
+
+class ObservedSink:
+    """A real sink whose deliveries wait for `gate`; `history` shows what happened when."""
+
+    def __init__(self, inner: Sink, label: str, history: list[str], gate: asyncio.Event) -> None:
+        self.name = inner.name
+        self._inner = inner
+        self._label = label
+        self._history = history
+        self._gate = gate
+
+    async def deliver(self, delivery: Delivery) -> SinkResult:
+        self._history.append(f"{self._label} started")
+        try:
+            await self._gate.wait()
+        except asyncio.CancelledError:
+            self._history.append(f"{self._label} cancelled")
+            raise
+        result = await self._inner.deliver(delivery)
+        self._history.append(f"{self._label} delivered")
+        return result
+
+    async def close(self) -> None:
+        self._history.append(f"{self._label} closed")
+        await self._inner.close()
+
+
+class ObservingFactory:
+    """Builds the real sinks, numbering each generation: files#0, then files#1 after a reload."""
+
+    def __init__(self, *, first_generation_gate: asyncio.Event) -> None:
+        self.history: list[str] = []
+        self.built: list[str] = []
+        self._first_gate = first_generation_gate
+
+    def __call__(
+        self, settings: SinkSettings, *, session: aiohttp.ClientSession | None = None
+    ) -> Sink:
+        generation = sum(label.startswith(f"{settings.name}#") for label in self.built)
+        label = f"{settings.name}#{generation}"
+        self.built.append(label)
+        gate = self._first_gate
+        if generation > 0:
+            gate = asyncio.Event()
+            gate.set()
+        return ObservedSink(build_sink(settings, session=session), label, self.history, gate)
+
+
+async def _post_webhook(relay: Relay, webhook_id: str) -> None:
+    body = make_body("job.created", job_id=f"job-{webhook_id}")
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(relay.webhook_url, data=body, headers=signed(body, webhook_id=webhook_id)) as r,
+    ):
+        assert r.status == 202
+
+
+async def test_reload_closes_the_old_sinks_after_their_delivery_finished_and_stop_the_rest(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    settings = make_settings(sinks=[{"type": "file", "name": "files", "directory": str(tmp_path)}])
+    gate = asyncio.Event()
+    factory = ObservingFactory(first_generation_gate=gate)
+    relay = Relay(settings, sink_factory=factory)
+    await relay.start()
+    try:
+        await _post_webhook(relay, "msg_a")
+        await wait_for(lambda: factory.history == ["files#0 started"])
+        assert relay.dispatcher is not None
+        old_dispatcher = relay.dispatcher
+        reload = asyncio.create_task(relay.reload(settings))
+        # The old dispatcher has stopped claiming and waits for the delivery in flight.
+        await wait_for(lambda: not old_dispatcher.is_running)
+        assert factory.history == ["files#0 started"]
+        gate.set()
+        assert await reload == []
+        assert factory.history == ["files#0 started", "files#0 delivered", "files#0 closed"]
+        assert (tmp_path / "job-msg_a.json").exists()
+    finally:
+        await relay.stop()
+    assert factory.built == ["files#0", "files#1"]
+    assert factory.history[3:] == ["files#1 closed"]
+
+
+async def test_reload_closes_old_sinks_after_their_cut_off_work_was_handed_back(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        server={"shutdown_grace_seconds": 0.1},
+        sinks=[{"type": "file", "name": "files", "directory": str(tmp_path)}],
+    )
+    factory = ObservingFactory(first_generation_gate=asyncio.Event())  # never opens
+    relay = Relay(settings, sink_factory=factory)
+    await relay.start()
+    try:
+        await _post_webhook(relay, "msg_b")
+        await wait_for(lambda: factory.history == ["files#0 started"])
+        await relay.reload(settings)
+        assert factory.history[:3] == ["files#0 started", "files#0 cancelled", "files#0 closed"]
+        # The cut-off delivery went back to the store and the new sink delivers it.
+        await wait_for((tmp_path / "job-msg_b.json").exists)
+    finally:
+        await relay.stop()
+    assert factory.history[3:] == ["files#1 started", "files#1 delivered", "files#1 closed"]
+
+
+async def test_the_pulse_client_and_the_http_sinks_share_one_session(
+    make_settings: MakeSettings,
+    emulator: PulseEmulator,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    emulator.add_job("job-one")
+    body = make_body("job.completed", job_id="job-one")
+    created: list[aiohttp.ClientSession] = []
+    original_init = aiohttp.ClientSession.__init__
+
+    def counting_init(session: aiohttp.ClientSession, *args: Any, **kwargs: Any) -> None:
+        created.append(session)
+        original_init(session, *args, **kwargs)
+
+    settings = make_settings(
+        pulse={"base_url": emulator.base_url, "api_key": emulator.api_key},
+        sinks=[{"type": "http", "name": "app", "url": receiver.url}],
+    )
+    async with aiohttp.ClientSession() as client:
+        monkeypatch.setattr(aiohttp.ClientSession, "__init__", counting_init)
+        relay = Relay(settings)
+        await relay.start()
+        try:
+            headers = signed(body, webhook_id="msg_one")
+            async with client.post(relay.webhook_url, data=body, headers=headers) as answer:
+                assert answer.status == 202
+            await wait_for(lambda: len(receiver.received) == 1)
+            assert emulator.get_count("job-one") == 1
+            (session,) = created
+            assert not session.closed
+        finally:
+            await relay.stop()
+    assert session.closed

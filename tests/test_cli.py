@@ -249,6 +249,18 @@ async def test_send_test_is_accepted_and_shows_in_events(
     assert wrong.stdout.startswith("401 ")
 
 
+def test_send_test_signs_for_the_hex_scheme_too(tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path, port, verify={"scheme": "hmac-sha256-hex"})
+    served = Served.start(config, port, tmp_path / "serve.log")
+    try:
+        result = run_cli("send-test", "--job-id", "job-hex", config=config)
+    finally:
+        served.kill()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("202 ")
+
+
 def test_send_test_without_a_running_relay_says_so(tmp_path: Path) -> None:
     result = run_cli("send-test", config=write_config(tmp_path, free_port()))
     assert result.returncode == 1

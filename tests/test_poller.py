@@ -195,6 +195,25 @@ async def test_unknown_watched_job_is_given_up_with_a_reason(
     assert await relay.store.list_events() == []
 
 
+async def test_a_watched_job_the_api_can_never_answer_is_given_up_at_once(
+    start_relay: StartRelay, poll_settings: Any, emulator: PulseEmulator
+) -> None:
+    emulator.add_job("job-refused", statuses=["completed"])
+    emulator.fail_next("job-refused", 400)
+    relay = await start_relay(poll_settings())
+    await relay.store.add_watches(["job-refused"], interval_seconds=0.01)
+    relay.poller.notify()  # type: ignore[union-attr]
+
+    async def dead() -> list[Any]:
+        return [w for w in await relay.store.list_watches() if w.state == "dead"]
+
+    await wait_for(dead, timeout_seconds=15)
+    (watch,) = await dead()
+    assert (watch.job_id, watch.polls) == ("job-refused", 1)
+    assert "HTTP 400" in (watch.last_error or "")
+    assert await relay.store.list_events() == []
+
+
 async def test_polling_only_mode_runs_without_a_secret_and_refuses_webhooks(
     start_relay: StartRelay, poll_settings: Any, emulator: PulseEmulator, tmp_path: Path
 ) -> None:

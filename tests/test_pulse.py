@@ -17,13 +17,17 @@ from pytest_aiohttp import AiohttpServer
 from pulse_relay.emulator import Fault, PulseEmulator, sample_result
 from pulse_relay.events import is_terminal
 from pulse_relay.pulse import (
+    AUTH_RETRY_SECONDS,
     MAX_REASON_CHARS,
+    NOT_FOUND_MAX_ATTEMPTS,
+    ErrorVerdict,
     PulseAuthError,
     PulseClient,
     PulseError,
     PulseNotFoundError,
     PulsePermanentError,
     PulseRetryableError,
+    judge_error,
 )
 from tests.conftest import wait_for
 
@@ -672,3 +676,42 @@ async def test_given_session_is_left_open(emulator: PulseEmulator) -> None:
 
         assert not session.closed
         assert (await client.get_job("job-1"))["job_id"] == "job-1"
+
+
+# -- the one policy for failed calls ------------------------------------------------
+
+LAST_404 = NOT_FOUND_MAX_ATTEMPTS
+JUDGED: list[tuple[PulseError, int, ErrorVerdict]] = [
+    (PulseRetryableError("HTTP 503", 503), 1, ErrorVerdict("retry")),
+    (PulseRetryableError("HTTP 503", 503), 1000, ErrorVerdict("retry")),
+    (PulseRetryableError("timed out"), LAST_404, ErrorVerdict("retry")),
+    (PulseRetryableError("HTTP 429", 429, 30.0), 1, ErrorVerdict("retry", 30.0)),
+    (PulseAuthError("HTTP 401", 401), 1, ErrorVerdict("auth_error")),
+    (PulseAuthError("HTTP 403", 403, 900.0), 1000, ErrorVerdict("auth_error", 900.0)),
+    (PulseNotFoundError("HTTP 404", 404), 1, ErrorVerdict("not_found")),
+    (PulseNotFoundError("HTTP 404", 404, 2.0), LAST_404 - 1, ErrorVerdict("not_found", 2.0)),
+    (PulseNotFoundError("HTTP 404", 404), LAST_404, ErrorVerdict("dead")),
+    (PulsePermanentError("HTTP 400", 400), 1, ErrorVerdict("dead")),
+    (PulsePermanentError("response is not a JSON object"), 3, ErrorVerdict("dead")),
+]
+
+
+@pytest.mark.parametrize(("error", "attempt", "expected"), JUDGED)
+def test_one_verdict_for_every_pulse_error(
+    error: PulseError, attempt: int, expected: ErrorVerdict
+) -> None:
+    verdict = judge_error(error, attempt=attempt)
+    assert verdict == expected
+    assert verdict.gives_up == (expected.outcome == "dead")
+
+
+def test_a_retry_waits_the_callers_backoff_but_never_less_than_retry_after() -> None:
+    assert ErrorVerdict("retry").delay_seconds(4.0) == 4.0
+    assert ErrorVerdict("retry", 30.0).delay_seconds(4.0) == 30.0
+    assert ErrorVerdict("not_found", 2.0).delay_seconds(4.0) == 4.0
+
+
+def test_a_rejected_key_waits_the_slow_schedule_whatever_the_backoff() -> None:
+    assert ErrorVerdict("auth_error").delay_seconds(0.1) == AUTH_RETRY_SECONDS
+    assert ErrorVerdict("auth_error").delay_seconds(900.0) == AUTH_RETRY_SECONDS
+    assert ErrorVerdict("auth_error", 900.0).delay_seconds(1.0) == 900.0

@@ -31,6 +31,7 @@ from pulse_relay.signature import (
     Verified,
     compute_signature,
     decode_secret,
+    hex_signature,
     is_valid_webhook_id,
     sign,
     sign_headers,
@@ -903,6 +904,11 @@ def test_hex_hmac_accepts_valid_signatures(signature: str) -> None:
     verified = verifier.verify({"X-DocExtract-Signature": signature}, HEX_BODY)
 
     assert verified == Verified(webhook_id=HEX_BODY_ID, timestamp=None)
+
+
+def test_hex_signature_is_the_hex_hmac_of_the_body_with_the_secret_as_utf8() -> None:
+    assert hex_signature(HEX_SECRET, HEX_BODY) == HEX_DIGEST
+    assert hex_signature(HEX_SECRET.encode(), HEX_BODY) == HEX_DIGEST
 
 
 def test_hex_hmac_header_name_is_case_insensitive() -> None:

@@ -16,6 +16,7 @@ from pulse_relay.store import (
     StoreUnavailableError,
     StoreVersionError,
 )
+from tests.helpers import count_events
 
 
 class Clock:
@@ -73,7 +74,7 @@ async def test_concurrent_ingests_share_transactions_and_each_learns_its_outcome
     outcomes = await asyncio.gather(*(store.ingest(r) for r in [*records, records[0]]))
     assert outcomes.count("accepted") == 200
     assert outcomes[-1] == "duplicate"
-    assert await store.count_events() == 200
+    assert await count_events(store) == 200
 
 
 async def test_a_second_event_for_the_same_job_status_is_kept_but_not_delivered(
@@ -201,3 +202,15 @@ async def test_an_op_that_raises_fails_alone(store: Store) -> None:
     # The failing op's own write was rolled back with its savepoint.
     async with store.db.execute("SELECT COUNT(*) FROM probes WHERE name = 'x'") as cursor:
         assert (await cursor.fetchone())[0] == 0
+
+
+async def test_a_delivery_view_reads_by_attribute_and_by_its_former_keys(store: Store) -> None:
+    await store.ingest(record("m1", needs_fetch=False))
+    await store.replay(["m1"], sink="a")
+    view = await store.get_event("m1")
+    assert view is not None
+    delivery = view.deliveries["a"]
+    assert (delivery.state, delivery.attempts, delivery.is_replay) == ("pending", 0, True)
+    assert (delivery["state"], delivery["replay"]) == ("pending", True)
+    with pytest.raises(KeyError):
+        delivery["sink"]

@@ -3,7 +3,8 @@
 Start-up: store → sinks and Pulse client → dispatcher and poller → listener →
 READY=1 to systemd. Shutdown (SIGTERM/SIGINT): STOPPING=1 → stop accepting →
 finish acks in flight → give running deliveries the grace period → release
-leases → close the store. SIGHUP reloads the sinks and the log settings.
+leases → close the sinks and the HTTP session → close the store. SIGHUP
+reloads the sinks and the log settings.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
 
-from pulse_relay.config import ConfigError, Settings
+from pulse_relay.config import ConfigError, Settings, SinkSettings
 from pulse_relay.dispatcher import Dispatcher, DispatcherLimits, SinkRuntime
 from pulse_relay.logs import configure_logging, get_logger
 from pulse_relay.metrics import Metrics
@@ -27,7 +29,7 @@ from pulse_relay.pulse import PulseClient
 from pulse_relay.server import Ingress, IngressConfig, build_app
 from pulse_relay.signature import HexHmacVerifier, NoneVerifier, StandardVerifier, Verifier
 from pulse_relay.sinks import build_sink, retry_policy_for
-from pulse_relay.sinks.base import matches_any
+from pulse_relay.sinks.base import Sink, matches_any
 from pulse_relay.store import Store, StoreUnavailableError
 
 log = get_logger("pulse_relay.app")
@@ -66,8 +68,22 @@ def build_router(settings: Settings) -> Callable[[str], Sequence[str]]:
     return route
 
 
-def open_store(settings: Settings) -> Store:
-    """A Store configured from settings (not yet opened)."""
+class SinkFactory(Protocol):
+    """Builds one sink from its settings (`build_sink`, unless a test observes the sinks)."""
+
+    def __call__(
+        self, settings: SinkSettings, *, session: aiohttp.ClientSession | None = None
+    ) -> Sink: ...
+
+
+def listener_base_url(host: str, port: int | None) -> str:
+    """http://host:port of a listener, an IPv6 host in brackets."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+def build_store(settings: Settings) -> Store:
+    """A Store configured from settings; the caller opens it (or enters it with `async with`)."""
     return Store(
         settings.store.path,
         synchronous=settings.store.synchronous,
@@ -84,6 +100,7 @@ class Relay:
         *,
         clock: Callable[[], float] = time.time,
         retention_first_run_seconds: float = RETENTION_FIRST_RUN_SECONDS,
+        sink_factory: SinkFactory = build_sink,
     ) -> None:
         self.settings = settings
         self.metrics = Metrics()
@@ -92,11 +109,14 @@ class Relay:
         self._retention_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._reloading = False
-        self.store = open_store(settings)
+        self.store = build_store(settings)
         self.verifier = build_verifier(settings)
         self._clock = clock
         self._runner: web.AppRunner | None = None
+        # One HTTP session for the Pulse client and every HTTP sink (one connection pool).
         self._session: aiohttp.ClientSession | None = None
+        self._sink_factory = sink_factory
+        self._sinks: dict[str, SinkRuntime] = {}
         self.pulse: PulseClient | None = None
         self.dispatcher: Dispatcher | None = None
         self.poller: Poller | None = None
@@ -105,9 +125,7 @@ class Relay:
     @property
     def base_url(self) -> str:
         """http://host:port of the bound listener."""
-        host = self.settings.server.host
-        shown = f"[{host}]" if ":" in host else host
-        return f"http://{shown}:{self.port}"
+        return listener_base_url(self.settings.server.host, self.port)
 
     @property
     def webhook_url(self) -> str:
@@ -138,10 +156,12 @@ class Relay:
             pulse.api_key.get_secret_value(),
             timeout_seconds=pulse.timeout_seconds,
             max_result_bytes=pulse.max_result_bytes,
+            session=self._session,
         )
         if not pulse.api_key.get_secret_value():
             log.warning("pulse.api_key is not set: job fetches will fail until it is")
-        self.dispatcher = self._build_dispatcher(settings)
+        self._sinks = self._build_sinks(settings)
+        self.dispatcher = self._build_dispatcher(self._sinks)
         self.dispatcher.start()
         poll = settings.poll
         self.poller = Poller(
@@ -175,7 +195,6 @@ class Relay:
         server = self.settings.server
         ingress = Ingress(
             IngressConfig(
-                path=server.path,
                 max_body_bytes=server.max_body_bytes,
                 read_timeout_seconds=server.read_timeout_seconds,
                 fetch_on=frozenset(self.settings.pulse.fetch_on),
@@ -208,11 +227,11 @@ class Relay:
         self.port = int(address[1])
         log.info("listening", url=self.webhook_url, store=str(self.store.path))
 
-    def _build_dispatcher(self, settings: Settings) -> Dispatcher:
+    def _build_sinks(self, settings: Settings) -> dict[str, SinkRuntime]:
         assert self._session is not None
         runtimes = {
             sink.name: SinkRuntime(
-                sink=build_sink(sink, session=self._session),
+                sink=self._sink_factory(sink, session=self._session),
                 concurrency=sink.concurrency,
                 timeout_seconds=sink.timeout_seconds,
                 policy=retry_policy_for(sink),
@@ -224,11 +243,14 @@ class Relay:
             for outcome in ("delivered", "retry", "dead"):
                 self.metrics.deliveries.labels(sink=name, outcome=outcome)
             self.metrics.delivery_seconds.labels(sink=name)
-        delivery = settings.delivery
+        return runtimes
+
+    def _build_dispatcher(self, sinks: Mapping[str, SinkRuntime]) -> Dispatcher:
+        delivery = self.settings.delivery
         return Dispatcher(
             store=self.store,
             pulse=self.pulse,
-            sinks=runtimes,
+            sinks=sinks,
             metrics=self.metrics,
             limits=DispatcherLimits(
                 concurrency=delivery.concurrency,
@@ -244,8 +266,9 @@ class Relay:
         Webhooks keep being accepted throughout. The running dispatcher stops
         claiming and gets the grace period to finish what it runs; what is cut
         off keeps its place in the store (its lease is released) and the new
-        dispatcher takes it up at once. Deliveries to a removed sink stay pending
-        and visible until the sink comes back or they are pruned.
+        dispatcher takes it up at once. The old sinks are closed once nothing
+        runs on them any more. Deliveries to a removed sink stay pending and
+        visible until the sink comes back or they are pruned.
         """
         async with self._reload_lock:
             old = self.settings
@@ -258,14 +281,17 @@ class Relay:
             self._route = build_router(self.settings)
             if self.dispatcher is not None and self._session is not None:
                 self._reloading = True
+                old_sinks = self._sinks
                 try:
                     await self.dispatcher.stop(
                         grace_seconds=self.settings.server.shutdown_grace_seconds
                     )
-                    self.dispatcher = self._build_dispatcher(self.settings)
+                    self._sinks = self._build_sinks(self.settings)
+                    self.dispatcher = self._build_dispatcher(self._sinks)
                     self.dispatcher.start()
                 finally:
                     self._reloading = False
+                await _close_sinks(old_sinks)
             return ignored
 
     async def prune(self, *, older_than_days: float) -> int:
@@ -355,6 +381,8 @@ class Relay:
         if self.dispatcher is not None:
             await self.dispatcher.stop(grace_seconds=self.settings.server.shutdown_grace_seconds)
             self.dispatcher = None
+        sinks, self._sinks = self._sinks, {}
+        await _close_sinks(sinks)
         if self.pulse is not None:
             await self.pulse.close()
             self.pulse = None
@@ -363,6 +391,15 @@ class Relay:
             self._session = None
         await self.store.close()
         log.info("stopped")
+
+
+async def _close_sinks(sinks: Mapping[str, SinkRuntime]) -> None:
+    """Close every sink; one that fails to close is logged and does not keep the others open."""
+    for name, runtime in sinks.items():
+        try:
+            await runtime.sink.close()
+        except Exception:
+            log.exception("closing a sink failed", sink=name)
 
 
 SettingsLoader = Callable[[], Settings]

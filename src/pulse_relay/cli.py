@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import sys
 import time
@@ -19,13 +17,20 @@ import aiohttp
 import click
 
 from pulse_relay import __version__
-from pulse_relay.app import open_store, serve
+from pulse_relay.app import build_store, listener_base_url, serve
 from pulse_relay.config import ConfigError, Settings, load_settings, redacted_settings
 from pulse_relay.events import is_valid_job_id
 from pulse_relay.logs import configure_logging
 from pulse_relay.preflight import check_host
-from pulse_relay.signature import sign_headers
-from pulse_relay.store import EventView, Store, StoreUnavailableError, StoreVersionError, Watch
+from pulse_relay.signature import hex_signature, sign_headers
+from pulse_relay.store import (
+    DeliveryView,
+    EventView,
+    Store,
+    StoreUnavailableError,
+    StoreVersionError,
+    Watch,
+)
 
 T = TypeVar("T")
 
@@ -56,7 +61,7 @@ def _with_store(
         fail(f"no store at {path} (start `pulse-relay serve` with this configuration first)")
 
     async def run() -> T:
-        async with open_store(settings) as store:
+        async with build_store(settings) as store:
             return await action(store)
 
     try:
@@ -81,10 +86,7 @@ def _event_document(view: EventView) -> dict[str, Any]:
         "state": view.state,
         "error": view.error,
         "fetch": {"state": view.fetch_state, "error": view.fetch_error},
-        "deliveries": {
-            sink: {**state, "next_attempt_at": _iso(state["next_attempt_at"])}
-            for sink, state in view.deliveries.items()
-        },
+        "deliveries": {sink: _delivery_document(d) for sink, d in view.deliveries.items()},
     }
     if view.body is not None:
         document["headers"] = view.headers
@@ -100,10 +102,20 @@ def _event_document(view: EventView) -> dict[str, Any]:
     return document
 
 
+def _delivery_document(delivery: DeliveryView) -> dict[str, Any]:
+    return {
+        "state": delivery.state,
+        "attempts": delivery.attempts,
+        "next_attempt_at": _iso(delivery.next_attempt_at),
+        "last_error": delivery.last_error,
+        "replay": delivery.is_replay,
+    }
+
+
 def _summary_state(view: EventView) -> str:
     if view.state != "accepted":
         return view.state
-    states = {d["state"] for d in view.deliveries.values()}
+    states = {d.state for d in view.deliveries.values()}
     if view.fetch_state == "pending" and "pending" in states:
         return "fetching"
     for state in ("dead", "pending"):
@@ -210,7 +222,7 @@ def events_command(
             view.type or "-",
             view.job_id or "-",
             _summary_state(view),
-            " ".join(f"{sink}:{d['state']}" for sink, d in view.deliveries.items()) or "-",
+            " ".join(f"{sink}:{d.state}" for sink, d in view.deliveries.items()) or "-",
         ]
         for view in views
     ]
@@ -248,9 +260,9 @@ def show_command(obj: _Context, event_id: str, as_json: bool) -> None:
     click.echo("job:")
     click.echo(_indent(json.dumps(view.job, indent=2)))
     click.echo("deliveries:")
-    for sink, state in view.deliveries.items():
-        extra = f" - {state['last_error']}" if state["last_error"] else ""
-        click.echo(f"  {sink}: {state['state']} after {state['attempts']} attempt(s){extra}")
+    for sink, delivery in view.deliveries.items():
+        extra = f" - {delivery.last_error}" if delivery.last_error else ""
+        click.echo(f"  {sink}: {delivery.state} after {delivery.attempts} attempt(s){extra}")
     click.echo("attempts:")
     for attempt in view.attempts:
         what = attempt.sink or "job fetch"
@@ -420,8 +432,7 @@ def _own_base_url(settings: Settings) -> str:
     host = settings.server.host
     if host in ("0.0.0.0", "::", ""):  # noqa: S104 - only to build a URL to reach ourselves
         host = "127.0.0.1"
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{settings.server.port}"
+    return listener_base_url(host, settings.server.port)
 
 
 def _own_url(settings: Settings) -> str:
@@ -435,7 +446,7 @@ def _test_headers(
     if not secrets:
         raise ValueError("no webhook secret configured (verify.secrets); give --secret")
     if settings.verify.scheme == "hmac-sha256-hex":
-        digest = hmac.new(secrets[0].encode(), body, hashlib.sha256).hexdigest()
+        digest = hex_signature(secrets[0], body)
         return {settings.verify.signature_header: digest, settings.verify.id_header: webhook_id}
     return sign_headers(secrets[0], webhook_id, body)
 

@@ -24,11 +24,10 @@ from __future__ import annotations
 import copy
 import os
 import re
-import string
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
 
@@ -51,7 +50,10 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from pulse_relay.redaction import REDACTED, is_secret_name
 from pulse_relay.signature import decode_secret
+from pulse_relay.sinks.file import parse_filename_template, relative_path_problem
+from pulse_relay.sinks.http import signing_secret
 
 ENV_PREFIX = "PULSE_RELAY_"
 ENV_CONFIG_PATH = "PULSE_RELAY_CONFIG"
@@ -59,16 +61,9 @@ ENV_WEBHOOK_SECRET = "PULSE_WEBHOOK_SECRET"  # noqa: S105 (a variable name)
 ENV_API_KEY = "PULSE_API_KEY"
 ENV_CREDENTIALS_DIRECTORY = "CREDENTIALS_DIRECTORY"
 
-REDACTED = "**********"
-FILENAME_FIELDS = frozenset({"id", "type", "job_id", "date"})
-
 Loc = tuple[str | int, ...]
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# Over-matching only hides a harmless value in `check-config`; under-matching leaks a credential.
-_SECRET_NAME = re.compile(
-    r"auth|api[-_]?key|token|secret|cookie|passw|credential|session|signature", re.IGNORECASE
-)
 
 
 class ConfigError(Exception):
@@ -105,14 +100,6 @@ def _check_http_url(url: str) -> None:
         raise ValueError(problem)
     if any(c.isspace() for c in url):
         raise ValueError(problem)
-
-
-def _check_secret(value: SecretStr | None) -> SecretStr | None:
-    """An empty secret means none; any other must be a valid Standard Webhooks secret."""
-    if value is None or value.get_secret_value() == "":
-        return None
-    decode_secret(value.get_secret_value())
-    return value
 
 
 class _Section(BaseModel):
@@ -250,23 +237,10 @@ class FileSinkSettings(_SinkBase):
     def _filename_stays_inside(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if not value.strip():
-            raise ValueError("must not be empty")
-        try:
-            parsed = list(string.Formatter().parse(value))
-        except ValueError as exc:
-            raise ValueError(f"not a valid template: {exc}") from None
-        allowed = ", ".join(f"{{{name}}}" for name in sorted(FILENAME_FIELDS))
-        for _, field_name, format_spec, conversion in parsed:
-            if field_name is None:
-                continue
-            # Attribute or index access ({id.__class__}) would reach into Python objects.
-            if field_name not in FILENAME_FIELDS or format_spec or conversion:
-                raise ValueError(f"unknown template field {{{field_name}}} (allowed: {allowed})")
-        if PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute():
-            raise ValueError("must be relative to the sink directory")
-        if ".." in re.split(r"[/\\]", value):
-            raise ValueError('must not contain ".." components')
+        parse_filename_template(value)
+        problem = relative_path_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
 
@@ -297,7 +271,7 @@ class HttpSinkSettings(_SinkBase):
     @field_validator("sign_secret")
     @classmethod
     def _sign_secret_decodes(cls, value: SecretStr | None) -> SecretStr | None:
-        return _check_secret(value)
+        return None if signing_secret(value) is None else value
 
 
 class CommandSinkSettings(_SinkBase):
@@ -637,9 +611,7 @@ def _redact_url(url: str) -> str:
 
 
 def _redact_named(values: Mapping[str, str]) -> dict[str, str]:
-    return {
-        name: _mask(value) if _SECRET_NAME.search(name) else value for name, value in values.items()
-    }
+    return {name: _mask(value) if is_secret_name(name) else value for name, value in values.items()}
 
 
 def redacted_settings(settings: Settings) -> dict[str, Any]:

@@ -154,7 +154,7 @@ async def _wait_until_settled(relay: Relay) -> list[EventView]:
     while True:
         views = await relay.store.list_events(limit=100)
         polled = any(v.source == "poll" for v in views)
-        pending = any(d["state"] == "pending" for v in views for d in v.deliveries.values())
+        pending = any(d.state == "pending" for v in views for d in v.deliveries.values())
         if (polled and not pending) or time.monotonic() > deadline:
             return views
         await asyncio.sleep(0.1)
@@ -180,10 +180,9 @@ def _report(
             if delivery is None:
                 cells.append("-")
                 continue
-            state = delivery["state"]
-            everything_arrived &= state == "delivered"
-            tries = delivery["attempts"]
-            cells.append(f"{state} ({tries} tr{'y' if tries == 1 else 'ies'})")
+            everything_arrived &= delivery.state == "delivered"
+            tries = delivery.attempts
+            cells.append(f"{delivery.state} ({tries} tr{'y' if tries == 1 else 'ies'})")
         out.write(
             f"{view.id[:36]:<36} {view.type or '-':<20} {view.source:<8}"
             + "".join(f" {c:<19}" for c in cells)

@@ -10,32 +10,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
 
 from pulse_relay.events import build_envelope, encode_envelope, is_terminal, says_terminal
 from pulse_relay.logs import get_logger
 from pulse_relay.metrics import Metrics
-from pulse_relay.pulse import (
-    PulseAuthError,
-    PulseClient,
-    PulseError,
-    PulseNotFoundError,
-    PulsePermanentError,
-)
+from pulse_relay.pulse import FetchedJob, PulseClient, PulseError, judge_error
 from pulse_relay.retry import RetryPolicy
 from pulse_relay.sinks.base import Delivery, PermanentSinkError, Sink, SinkError, SinkResult
-from pulse_relay.store import Attempt, DeliveryTask, FetchTask, Store, StoreUnavailableError
+from pulse_relay.store import (
+    Attempt,
+    DeliveryOutcome,
+    DeliveryTask,
+    FetchTask,
+    Store,
+    StoreUnavailableError,
+)
 
 log = get_logger("pulse_relay.dispatcher")
 
-# A wrong API key is a configuration error: keep the work, retry slowly, never drop it.
-AUTH_RETRY_SECONDS = 300.0
-# A job may not be visible yet right after its webhook; a few 404s are tolerated.
-NOT_FOUND_MAX_ATTEMPTS = 5
 # Nothing announced: look again this often anyway (leases expire, the CLI queues replays).
 IDLE_WAKE_SECONDS = 1.0
 # On top of a sink's own timeout, so a sink that ignores its timeout cannot hold a slot forever.
@@ -68,6 +66,186 @@ def extraction_id(job: Mapping[str, Any] | None) -> str | None:
     return value if isinstance(value, str) else None
 
 
+# -- decisions: pure, so every outcome is unit-tested apart from the I/O ------
+
+
+@dataclass(frozen=True)
+class DeliveryDecision:
+    """What one delivery attempt comes to: delivered, retry at `next_attempt_at`, or dead."""
+
+    outcome: DeliveryOutcome
+    reason: str | None = None
+    retry_in_seconds: float | None = None
+    next_attempt_at: float | None = None
+
+
+def sink_failure(error: Exception, *, timeout_seconds: float) -> SinkError:
+    """Whatever a sink raised, as the `SinkError` that decides its retry or dead."""
+    if isinstance(error, SinkError):
+        return error
+    if isinstance(error, TimeoutError):
+        return SinkError(f"no answer within {timeout_seconds} s")
+    return SinkError(f"internal error: {type(error).__name__}: {error}")
+
+
+def decide_delivery(
+    answer: SinkResult | SinkError,
+    *,
+    attempt: int,
+    policy: RetryPolicy,
+    now: float,
+    rng: random.Random,
+) -> DeliveryDecision:
+    """Delivered, retry or dead after attempt number `attempt` (1-based); only `rng` is drawn on."""
+    if isinstance(answer, SinkResult):
+        return DeliveryDecision("delivered")
+    if isinstance(answer, PermanentSinkError):
+        return DeliveryDecision("dead", answer.reason)
+    if policy.is_exhausted(attempt):
+        return DeliveryDecision("dead", f"gave up after {attempt} attempts: {answer.reason}")
+    delay = policy.delay_seconds(attempt, rng=rng, retry_after_seconds=answer.retry_after_seconds)
+    return DeliveryDecision("retry", answer.reason, delay, now + delay)
+
+
+@dataclass(frozen=True)
+class FetchDecision:
+    """What one job fetch comes to: fetched, retry at `next_fetch_at`, or dead.
+
+    `label` is the finer outcome the metric and the log line report.
+    """
+
+    outcome: Literal["fetched", "retry", "dead"]
+    label: Literal["ok", "not_terminal", "retry", "not_found", "auth_error", "dead"]
+    status_code: int | None
+    reason: str | None = None
+    retry_in_seconds: float | None = None
+    next_fetch_at: float | None = None
+    fetched: FetchedJob | None = None
+
+
+def decide_fetch(
+    event_type: str,
+    answer: FetchedJob | PulseError,
+    *,
+    attempt: int,
+    policy: RetryPolicy,
+    now: float,
+    rng: random.Random,
+) -> FetchDecision:
+    """Fetched, retry or dead after fetch number `attempt` (1-based); only `rng` is drawn on."""
+    if isinstance(answer, PulseError):
+        verdict = judge_error(answer, attempt=attempt)
+        if verdict.gives_up:
+            return FetchDecision("dead", "dead", answer.status_code, answer.reason)
+        delay = verdict.delay_seconds(policy.delay_seconds(attempt, rng=rng))
+        return FetchDecision(
+            "retry", verdict.outcome, answer.status_code, answer.reason, delay, now + delay
+        )
+    status = answer.job.get("status")
+    if says_terminal(event_type) and not (isinstance(status, str) and is_terminal(status)):
+        # The API is eventually consistent: the event may run ahead of the job.
+        reason = f"job is {status!r}, not yet terminal as {event_type} says"
+        delay = policy.delay_seconds(attempt, rng=rng)
+        return FetchDecision("retry", "not_terminal", 200, reason, delay, now + delay)
+    return FetchDecision("fetched", "ok", 200, fetched=answer)
+
+
+# Level and message of the one log line each outcome writes.
+_DELIVERY_LOG: Final[Mapping[str, tuple[int, str]]] = {
+    "delivered": (logging.INFO, "delivered"),
+    "retry": (logging.WARNING, "delivery failed; will retry"),
+    "dead": (logging.ERROR, "delivery dead"),
+}
+_FETCH_LOG: Final[Mapping[str, tuple[int, str]]] = {
+    "ok": (logging.INFO, "job fetched"),
+    "not_terminal": (logging.INFO, "job not terminal yet; fetch retried"),
+    "retry": (logging.WARNING, "job fetch failed; will retry"),
+    "not_found": (logging.WARNING, "job fetch failed; will retry"),
+    "auth_error": (
+        logging.ERROR,
+        "Pulse API rejected the API key (check pulse.api_key / PULSE_API_KEY); "
+        "the event is kept and retried",
+    ),
+    "dead": (logging.ERROR, "job fetch failed for good; deliveries dead"),
+}
+
+
+# -- slots --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Slots held by running or about-to-be-claimed work: per sink, deliveries, fetches."""
+
+    per_sink: dict[str, int] = field(default_factory=dict)
+    deliveries: int = 0
+    fetches: int = 0
+
+
+FETCH_SLOT: Final = Reservation(fetches=1)
+
+
+def delivery_slot(sink: str) -> Reservation:
+    """The slots one running delivery to `sink` holds."""
+    return Reservation({sink: 1}, deliveries=1)
+
+
+class Slots:
+    """Work in flight against its limits: per sink, all deliveries, all job fetches."""
+
+    def __init__(
+        self, sink_limits: Mapping[str, int], *, delivery_limit: int, fetch_limit: int
+    ) -> None:
+        self._sink_limits = dict(sink_limits)
+        self._delivery_limit = delivery_limit
+        self._fetch_limit = fetch_limit
+        self._per_sink = dict.fromkeys(self._sink_limits, 0)
+        self._deliveries = 0
+        self._fetches = 0
+        self._rotation = 0
+
+    def open_sinks(self) -> list[str]:
+        """The sinks a delivery could start for now."""
+        if self._deliveries >= self._delivery_limit:
+            return []
+        return [n for n, limit in self._sink_limits.items() if self._per_sink[n] < limit]
+
+    @property
+    def has_free_fetch(self) -> bool:
+        """True while another job fetch may start."""
+        return self._fetches < self._fetch_limit
+
+    def reserve_free(self, *, fetches: bool) -> Reservation:
+        """Reserve every free slot (and the free fetch slots if `fetches`) until `release`."""
+        free_fetches = max(0, self._fetch_limit - self._fetches) if fetches else 0
+        total_free = max(0, self._delivery_limit - self._deliveries)
+        names = list(self._sink_limits)
+        if not names or total_free == 0:
+            reservation = Reservation(fetches=free_fetches)
+        else:
+            # Rotate the order so one busy sink cannot take the whole budget every time.
+            self._rotation = (self._rotation + 1) % len(names)
+            names = names[self._rotation :] + names[: self._rotation]
+            per_sink = {n: max(0, self._sink_limits[n] - self._per_sink[n]) for n in names}
+            reservation = Reservation(per_sink, total_free, free_fetches)
+        self.reserve(reservation)
+        return reservation
+
+    def reserve(self, reservation: Reservation) -> None:
+        """Count `reservation`'s slots as taken."""
+        self._add(reservation, 1)
+
+    def release(self, reservation: Reservation) -> None:
+        """Give `reservation`'s slots back."""
+        self._add(reservation, -1)
+
+    def _add(self, reservation: Reservation, sign: int) -> None:
+        for name, slots in reservation.per_sink.items():
+            self._per_sink[name] += sign * slots
+        self._deliveries += sign * reservation.deliveries
+        self._fetches += sign * reservation.fetches
+
+
 class Dispatcher:
     """Runs fetches and deliveries with bounded concurrency until stopped."""
 
@@ -96,11 +274,12 @@ class Dispatcher:
         self._loop_task: asyncio.Task[None] | None = None
         self._fetches: set[asyncio.Task[None]] = set()
         self._deliveries: set[asyncio.Task[None]] = set()
-        self._in_flight: dict[str, int] = dict.fromkeys(self._sinks, 0)
-        # Deliveries whose sink is still working (recording the outcome comes after).
-        self._delivering = 0
-        self._fetching = 0
-        self._rotation = 0
+        # A delivery's slot is held while its sink works (recording the outcome comes after).
+        self._slots = Slots(
+            {name: runtime.concurrency for name, runtime in self._sinks.items()},
+            delivery_limit=limits.concurrency,
+            fetch_limit=limits.fetch_concurrency if pulse is not None else 0,
+        )
 
     @property
     def is_running(self) -> bool:
@@ -156,59 +335,30 @@ class Dispatcher:
     async def _idle_seconds(self) -> float:
         # Only work that could be claimed now counts: running work wakes the loop itself
         # when it finishes, so waiting for it here would only spin.
-        sinks = [n for n, r in self._sinks.items() if self._in_flight[n] < r.concurrency]
-        if self._delivering >= self._limits.concurrency:
-            sinks = []
-        include_fetches = (
-            self._pulse is not None and self._fetching < self._limits.fetch_concurrency
+        next_due = await self._store.next_due_at(
+            self._slots.open_sinks(), include_fetches=self._slots.has_free_fetch
         )
-        next_due = await self._store.next_due_at(sinks, include_fetches=include_fetches)
         if next_due is None:
             return IDLE_WAKE_SECONDS
         return min(max(next_due - self._clock(), 0.005), IDLE_WAKE_SECONDS)
 
     async def _claim(self) -> int:
-        fetch_free = 0
-        if self._pulse is not None:
-            fetch_free = max(0, self._limits.fetch_concurrency - self._fetching)
-        free, total_free = self._reserve_slots()
         # Reserved before the await: a fetch finishing meanwhile claims only what is left.
-        self._fetching += fetch_free
+        free = self._slots.reserve_free(fetches=True)
         try:
             fetches, deliveries = await self._store.claim(
-                fetch_limit=fetch_free,
-                free_slots=free,
-                total_limit=total_free,
+                fetch_limit=free.fetches,
+                free_slots=free.per_sink,
+                total_limit=free.deliveries,
                 lease_seconds=self._limits.lease_seconds,
             )
         finally:
-            self._fetching -= fetch_free
-            self._release_slots(free, total_free)
+            self._slots.release(free)
         for fetch in fetches:
-            self._fetching += 1
+            self._slots.reserve(FETCH_SLOT)
             self._spawn(self._fetches, self._run_fetch(fetch))
         self._start_deliveries(deliveries)
         return len(fetches) + len(deliveries)
-
-    def _reserve_slots(self) -> tuple[dict[str, int], int]:
-        """Free slots per sink and in all, reserved until `_release_slots`."""
-        total_free = max(0, self._limits.concurrency - self._delivering)
-        names = list(self._sinks)
-        if not names or total_free == 0:
-            return {}, 0
-        # Rotate the order so one busy sink cannot take the whole budget every time.
-        self._rotation = (self._rotation + 1) % len(names)
-        names = names[self._rotation :] + names[: self._rotation]
-        free = {n: max(0, self._sinks[n].concurrency - self._in_flight[n]) for n in names}
-        for name, slots in free.items():
-            self._in_flight[name] += slots
-        self._delivering += total_free
-        return free, total_free
-
-    def _release_slots(self, free: dict[str, int], total_free: int) -> None:
-        for name, slots in free.items():
-            self._in_flight[name] -= slots
-        self._delivering -= total_free
 
     def _start_deliveries(self, tasks: list[DeliveryTask]) -> None:
         bodies: dict[tuple[str, bool], tuple[dict[str, Any], bytes]] = {}
@@ -216,8 +366,7 @@ class Dispatcher:
             key = (task.event_id, task.is_replay)
             if key not in bodies:
                 bodies[key] = self._envelope(task)
-            self._in_flight[task.sink] += 1
-            self._delivering += 1
+            self._slots.reserve(delivery_slot(task.sink))
             self._spawn(self._deliveries, self._run_delivery(task, *bodies[key]))
 
     def _spawn(self, group: set[asyncio.Task[None]], work: Any) -> None:
@@ -256,107 +405,80 @@ class Dispatcher:
         except Exception:  # a bug must not end dispatching; the lease expiry retries it
             log.exception("job fetch failed unexpectedly", **context)
         finally:
-            self._fetching -= 1
+            self._slots.release(FETCH_SLOT)
 
     async def _fetch(self, task: FetchTask, attempt_number: int, context: dict[str, Any]) -> None:
+        """Fetch the job, decide, then one store write, one metric and one log line."""
         assert self._pulse is not None
         started_at = self._clock()
         began = time.perf_counter()
+        answer: FetchedJob | PulseError
         try:
-            fetched = await self._pulse.fetch_job(task.job_id)
+            answer = await self._pulse.fetch_job(task.job_id)
         except PulseError as error:
-            duration_ms = (time.perf_counter() - began) * 1000
-            attempt = Attempt(
-                sink=None,
-                attempt=attempt_number,
-                started_at=started_at,
-                duration_ms=duration_ms,
-                outcome="retry",
-                status_code=error.status_code,
-                error=error.reason,
-            )
-            await self._fetch_failed(task, error, attempt, context)
-            return
+            answer = error
         duration_ms = (time.perf_counter() - began) * 1000
-        job = fetched.job
-        status = job.get("status")
-        context.update(status=status, duration_ms=round(duration_ms, 1))
-        if says_terminal(task.event_type) and not (isinstance(status, str) and is_terminal(status)):
-            # The API is eventually consistent: the event may run ahead of the job.
-            reason = f"job is {status!r}, not yet terminal as {task.event_type} says"
-            delay = self._fetch_policy.delay_seconds(attempt_number, rng=self._rng)
+        decision = decide_fetch(
+            task.event_type,
+            answer,
+            attempt=attempt_number,
+            policy=self._fetch_policy,
+            now=self._clock(),
+            rng=self._rng,
+        )
+        attempt = Attempt(
+            sink=None,
+            attempt=attempt_number,
+            started_at=started_at,
+            duration_ms=duration_ms,
+            outcome=decision.outcome,
+            status_code=decision.status_code,
+            error=decision.reason,
+        )
+        if isinstance(answer, FetchedJob):
+            context.update(status=answer.job.get("status"), duration_ms=round(duration_ms, 1))
+        await self._write_fetch(task, decision, attempt)
+        self._metrics.job_fetches.labels(outcome=decision.label).inc()
+        level, message = _FETCH_LOG[decision.label]
+        fields: dict[str, Any] = (
+            {"extraction_id": extraction_id(decision.fetched.job)}
+            if decision.fetched is not None
+            else {"reason": decision.reason, "status_code": decision.status_code}
+        )
+        if decision.retry_in_seconds is not None:
+            fields["retry_in_seconds"] = round(decision.retry_in_seconds, 2)
+        log.log(level, message, **fields, **context)
+
+    async def _write_fetch(
+        self, task: FetchTask, decision: FetchDecision, attempt: Attempt
+    ) -> None:
+        if decision.fetched is not None:
+            await self._finish_fetch(task, decision.fetched, attempt)
+        elif decision.next_fetch_at is not None:
             await self._store.retry_fetch(
-                task.event_id,
-                next_fetch_at=self._clock() + delay,
-                attempt=Attempt(
-                    None, attempt_number, started_at, duration_ms, "retry", 200, reason
-                ),
+                task.event_id, next_fetch_at=decision.next_fetch_at, attempt=attempt
             )
-            self._metrics.job_fetches.labels(outcome="not_terminal").inc()
-            log.info(
-                "job not terminal yet; fetch retried",
-                retry_in_seconds=round(delay, 2),
-                **context,
-            )
-            return
+        else:
+            await self._store.fail_fetch(task.event_id, attempt=attempt)
+
+    async def _finish_fetch(self, task: FetchTask, fetched: FetchedJob, attempt: Attempt) -> None:
         # The event's sinks start straight from this transaction, without waiting
         # for the next claim round.
-        free, total_free = self._reserve_slots()
+        free = self._slots.reserve_free(fetches=False)
         try:
             deliveries = await self._store.finish_fetch(
                 task.event_id,
-                job=job,
+                job=fetched.job,
                 result_url=fetched.result_url,
-                attempt=Attempt(None, attempt_number, started_at, duration_ms, "fetched", 200),
-                free_slots=free,
-                total_limit=total_free,
+                attempt=attempt,
+                free_slots=free.per_sink,
+                total_limit=free.deliveries,
                 lease_seconds=self._limits.lease_seconds,
             )
         finally:
-            self._release_slots(free, total_free)
+            self._slots.release(free)
         self._start_deliveries(deliveries)
-        self._metrics.job_fetches.labels(outcome="ok").inc()
-        log.info("job fetched", extraction_id=extraction_id(job), **context)
         self.notify()
-
-    async def _fetch_failed(
-        self, task: FetchTask, error: PulseError, attempt: Attempt, context: dict[str, Any]
-    ) -> None:
-        number = attempt.attempt
-        if isinstance(error, PulseAuthError):
-            delay = max(AUTH_RETRY_SECONDS, error.retry_after_seconds or 0.0)
-            log.error(
-                "Pulse API rejected the API key (check pulse.api_key / PULSE_API_KEY); "
-                "the event is kept and retried",
-                status_code=error.status_code,
-                retry_in_seconds=delay,
-                **context,
-            )
-            outcome = "auth_error"
-        elif isinstance(error, PulsePermanentError) or (
-            isinstance(error, PulseNotFoundError) and number >= NOT_FOUND_MAX_ATTEMPTS
-        ):
-            dead = Attempt(**{**attempt.__dict__, "outcome": "dead"})
-            await self._store.fail_fetch(task.event_id, attempt=dead)
-            self._metrics.job_fetches.labels(outcome="dead").inc()
-            log.error("job fetch failed for good; deliveries dead", reason=error.reason, **context)
-            return
-        else:
-            delay = self._fetch_policy.delay_seconds(
-                number, rng=self._rng, retry_after_seconds=error.retry_after_seconds
-            )
-            outcome = "not_found" if isinstance(error, PulseNotFoundError) else "retry"
-            log.warning(
-                "job fetch failed; will retry",
-                reason=error.reason,
-                status_code=error.status_code,
-                retry_in_seconds=round(delay, 2),
-                **context,
-            )
-        await self._store.retry_fetch(
-            task.event_id, next_fetch_at=self._clock() + delay, attempt=attempt
-        )
-        self._metrics.job_fetches.labels(outcome=outcome).inc()
 
     # -- delivering ------------------------------------------------------
 
@@ -364,52 +486,35 @@ class Dispatcher:
         self, task: DeliveryTask, envelope: dict[str, Any], body: bytes
     ) -> None:
         runtime = self._sinks[task.sink]
-        attempt_number = task.attempts + 1
-        job_status = task.job.get("status") if isinstance(task.job, dict) else None
-        delivery = Delivery(
-            event_id=task.event_id,
-            event_type=task.event_type,
-            job_id=task.job_id,
-            job_status=job_status if isinstance(job_status, str) else None,
-            envelope=envelope,
-            body=body,
-            attempt=attempt_number,
-            received_at=envelope["received_at"],
-        )
+        delivery = _delivery(task, envelope, body)
         context = {
             "webhook_id": task.event_id,
             "job_id": task.job_id,
             "type": task.event_type,
             "status": delivery.job_status,
             "sink": task.sink,
-            "attempt": attempt_number,
+            "attempt": task.attempts + 1,
             "extraction_id": extraction_id(task.job),
         }
         started_at = self._clock()
         began = time.perf_counter()
-        result: SinkResult | None = None
-        failure: SinkError | None = None
+        answer: SinkResult | SinkError
         try:
             async with asyncio.timeout(runtime.timeout_seconds + SINK_TIMEOUT_MARGIN_SECONDS):
-                result = await runtime.sink.deliver(delivery)
-        except SinkError as error:
-            failure = error
-        except TimeoutError:
-            failure = SinkError(f"no answer within {runtime.timeout_seconds} s")
-        except Exception as error:  # a sink bug must not lose the delivery
-            log.exception("sink raised unexpectedly", **context)
-            failure = SinkError(f"internal error: {type(error).__name__}: {error}")
+                answer = await runtime.sink.deliver(delivery)
+        except Exception as error:
+            if not isinstance(error, SinkError | TimeoutError):
+                # A sink bug must not lose the delivery: it is retried like any failure.
+                log.exception("sink raised unexpectedly", **context)
+            answer = sink_failure(error, timeout_seconds=runtime.timeout_seconds)
         finally:
             # The slot is free once the sink is done: the next claim can share a
             # transaction with this record (the lease keeps this delivery unclaimed).
-            self._in_flight[task.sink] -= 1
-            self._delivering -= 1
+            self._slots.release(delivery_slot(task.sink))
             self.notify()
         duration_seconds = time.perf_counter() - began
         try:
-            await self._record(
-                task, runtime, result, failure, started_at, duration_seconds, context
-            )
+            await self._record(task, runtime, answer, started_at, duration_seconds, context)
         except StoreUnavailableError as error:
             # The lease runs out and the delivery is made again: at least once, never lost.
             log.error("could not record delivery outcome", reason=error.reason, **context)
@@ -420,84 +525,55 @@ class Dispatcher:
         self,
         task: DeliveryTask,
         runtime: SinkRuntime,
-        result: SinkResult | None,
-        failure: SinkError | None,
+        answer: SinkResult | SinkError,
         started_at: float,
         duration_seconds: float,
         context: dict[str, Any],
     ) -> None:
-        """The one place that maps a delivery's result to delivered, retry or dead."""
+        """Decide the delivery's outcome, then one store write, one metric and one log line."""
         number = int(context["attempt"])
-        duration_ms = duration_seconds * 1000
         self._metrics.delivery_seconds.labels(sink=task.sink).observe(duration_seconds)
-        context["duration_ms"] = round(duration_ms, 1)
-        if failure is None:
-            assert result is not None
-            attempt = Attempt(
-                task.sink,
-                number,
-                started_at,
-                duration_ms,
-                "delivered",
-                result.status_code,
-                None,
-                result.output_tail,
-            )
-            await self._store.finish_delivery(
-                task.event_id, task.sink, outcome="delivered", attempt=attempt
-            )
-            self._metrics.deliveries.labels(sink=task.sink, outcome="delivered").inc()
-            log.info("delivered", detail=result.detail, **context)
-            return
-        permanent = isinstance(failure, PermanentSinkError)
-        exhausted = runtime.policy.is_exhausted(number)
-        if permanent or exhausted:
-            reason = (
-                failure.reason
-                if permanent
-                else (f"gave up after {number} attempts: {failure.reason}")
-            )
-            attempt = Attempt(
-                task.sink,
-                number,
-                started_at,
-                duration_ms,
-                "dead",
-                failure.status_code,
-                reason,
-                failure.output_tail,
-            )
-            await self._store.finish_delivery(
-                task.event_id, task.sink, outcome="dead", attempt=attempt
-            )
-            self._metrics.deliveries.labels(sink=task.sink, outcome="dead").inc()
-            log.error("delivery dead", reason=reason, status_code=failure.status_code, **context)
-            return
-        delay = runtime.policy.delay_seconds(
-            number, rng=self._rng, retry_after_seconds=failure.retry_after_seconds
+        context["duration_ms"] = round(duration_seconds * 1000, 1)
+        decision = decide_delivery(
+            answer, attempt=number, policy=runtime.policy, now=self._clock(), rng=self._rng
         )
         attempt = Attempt(
-            task.sink,
-            number,
-            started_at,
-            duration_ms,
-            "retry",
-            failure.status_code,
-            failure.reason,
-            failure.output_tail,
+            sink=task.sink,
+            attempt=number,
+            started_at=started_at,
+            duration_ms=duration_seconds * 1000,
+            outcome=decision.outcome,
+            status_code=answer.status_code,
+            error=decision.reason,
+            output_tail=answer.output_tail,
         )
         await self._store.finish_delivery(
             task.event_id,
             task.sink,
-            outcome="retry",
+            outcome=decision.outcome,
             attempt=attempt,
-            next_attempt_at=self._clock() + delay,
+            next_attempt_at=decision.next_attempt_at,
         )
-        self._metrics.deliveries.labels(sink=task.sink, outcome="retry").inc()
-        log.warning(
-            "delivery failed; will retry",
-            reason=failure.reason,
-            status_code=failure.status_code,
-            retry_in_seconds=round(delay, 2),
-            **context,
+        self._metrics.deliveries.labels(sink=task.sink, outcome=decision.outcome).inc()
+        level, message = _DELIVERY_LOG[decision.outcome]
+        fields: dict[str, Any] = (
+            {"detail": answer.detail}
+            if isinstance(answer, SinkResult)
+            else {"reason": decision.reason, "status_code": answer.status_code}
         )
+        if decision.retry_in_seconds is not None:
+            fields["retry_in_seconds"] = round(decision.retry_in_seconds, 2)
+        log.log(level, message, **fields, **context)
+
+
+def _delivery(task: DeliveryTask, envelope: dict[str, Any], body: bytes) -> Delivery:
+    job_status = task.job.get("status") if isinstance(task.job, dict) else None
+    return Delivery(
+        event_id=task.event_id,
+        event_type=task.event_type,
+        job_id=task.job_id,
+        job_status=job_status if isinstance(job_status, str) else None,
+        envelope=envelope,
+        body=body,
+        received_at=envelope["received_at"],
+    )

@@ -29,7 +29,6 @@ from yarl import URL
 
 from pulse_relay.signature import sign_headers
 
-JOB_STATUSES: Final = ("pending", "processing", "completed", "failed", "canceled", "expired")
 DEFAULT_API_KEY: Final = "emulator-key"
 
 # What a `job.*` event says about the job's status at the time it was sent.

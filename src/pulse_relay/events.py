@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from pulse_relay import __version__
+from pulse_relay.store import IngestRecord
 
-KNOWN_TYPES = frozenset(
-    {
-        "job.created",
-        "job.processing",
-        "job.completed",
-        "job.failed",
-        "job.cancelled",
-        "job.canceled",
-    }
-)
 TERMINAL_STATUSES = frozenset({"completed", "failed", "canceled", "cancelled", "expired"})
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 
@@ -84,6 +76,36 @@ def parse_event(body: bytes) -> ParsedEvent:
         shown = json.dumps(raw_job_id)[:80]
         return ParsedEvent(event_type, None, f"job id {shown} is not a valid job id")
     return ParsedEvent(event_type, raw_job_id)
+
+
+def ingest_record(
+    *,
+    event_id: str,
+    received_at: float,
+    source: str,
+    headers: dict[str, str],
+    body: bytes,
+    route: Callable[[str], Sequence[str]],
+    fetch_on: frozenset[str],
+) -> IngestRecord:
+    """What the store keeps for a received body (a webhook's or a poll's): parsed and routed."""
+    parsed = parse_event(body)
+    sinks: Sequence[str] = ()
+    if parsed.is_deliverable and parsed.type is not None:
+        sinks = route(parsed.type)
+    return IngestRecord(
+        event_id=event_id,
+        received_at=received_at,
+        source=source,
+        headers=headers,
+        body=body,
+        event_type=parsed.type,
+        job_id=parsed.job_id,
+        job_key=parsed.job_key,
+        error=parsed.error,
+        sinks=sinks,
+        needs_fetch=parsed.type in fetch_on and parsed.job_id is not None,
+    )
 
 
 def format_timestamp(unix_seconds: float) -> str:

@@ -7,12 +7,13 @@ Lines from other libraries (aiohttp, asyncio) that log through the standard
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
+
+from pulse_relay.redaction import REDACTED, is_secret_name
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -21,21 +22,20 @@ _LEVELS = {
     "error": logging.ERROR,
 }
 
-REDACTED = "[redacted]"
-# Keys whose values must never reach a log line, whoever passes them: a last line of
-# defence behind the rule that secrets, signatures and bodies are not logged at all.
-_SENSITIVE_KEY = re.compile(
-    r"secret|api[-_]?key|token|passw|authorization|cookie|signature|credential|^body$|^payload$",
-    re.IGNORECASE,
-)
+# Not secrets by name, but a document's content must not reach a log line either.
+_BODY_KEYS = frozenset({"body", "payload"})
 
 
 def redact_sensitive(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """Replace the value of every secret-looking key with a marker."""
+    """Replace the value of every secret-looking or body key with a marker.
+
+    A last line of defence behind the rule that secrets, signatures and bodies
+    are not logged at all, whoever passes them.
+    """
     for key in list(event_dict):
-        if _SENSITIVE_KEY.search(key):
+        if is_secret_name(key) or key.lower() in _BODY_KEYS:
             event_dict[key] = REDACTED
     return event_dict
 

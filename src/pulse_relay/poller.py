@@ -10,26 +10,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
-from pulse_relay.events import format_timestamp, is_terminal, parse_event
+from pulse_relay.events import format_timestamp, ingest_record, is_terminal
 from pulse_relay.logs import get_logger
 from pulse_relay.metrics import Metrics
-from pulse_relay.pulse import PulseAuthError, PulseClient, PulseError, PulseNotFoundError
-from pulse_relay.store import IngestRecord, Store, StoreUnavailableError, Watch
+from pulse_relay.pulse import PulseClient, PulseError, judge_error
+from pulse_relay.store import Store, StoreUnavailableError, Watch
 
 log = get_logger("pulse_relay.poller")
 
 # How much the interval grows after each poll that finds the job still running.
 BACKOFF_FACTOR = 1.5
-AUTH_RETRY_SECONDS = 300.0
-# A watched job the API does not know after this many polls is given up on.
-NOT_FOUND_MAX_POLLS = 5
 IDLE_WAKE_SECONDS = 1.0
 # Events older than this are not looked at by recovery (they are long settled or pruned).
 RECOVERY_WINDOW_SECONDS = 7 * 24 * 3600.0
+# Level and message of the one log line each failed poll writes.
+_POLL_ERROR_LOG: Final[Mapping[str, tuple[int, str]]] = {
+    "auth_error": (logging.ERROR, "Pulse API rejected the API key; polling paused"),
+    "dead": (logging.ERROR, "watched job given up; no longer polled"),
+    "not_found": (logging.WARNING, "poll failed; will retry"),
+    "retry": (logging.WARNING, "poll failed; will retry"),
+}
 
 
 @dataclass(frozen=True)
@@ -196,49 +202,33 @@ class Poller:
     ) -> None:
         now = self._clock()
         interval = watch.interval_seconds
-        state = "active"
-        if isinstance(error, PulseAuthError):
-            delay = AUTH_RETRY_SECONDS
-            log.error("Pulse API rejected the API key; polling paused", **context)
-        elif isinstance(error, PulseNotFoundError) and watch.polls + 1 >= NOT_FOUND_MAX_POLLS:
-            state, delay = "dead", 0.0
-            log.error("watched job not found; no longer polled", reason=error.reason, **context)
-        else:
-            delay = max(interval, error.retry_after_seconds or 0.0)
-            log.warning(
-                "poll failed; will retry",
-                reason=error.reason,
-                status_code=error.status_code,
-                retry_in_seconds=delay,
-                **context,
-            )
+        verdict = judge_error(error, attempt=watch.polls + 1)
+        delay = 0.0 if verdict.gives_up else verdict.delay_seconds(interval)
         await self._store.update_watch(
             watch.job_id,
-            state=state,
+            state="dead" if verdict.gives_up else "active",
             next_poll_at=now + delay,
             interval_seconds=min(interval * BACKOFF_FACTOR, self._config.max_interval_seconds),
             last_status=None,
             last_error=error.reason,
         )
         self._metrics.polls.labels(outcome="error").inc()
+        level, message = _POLL_ERROR_LOG[verdict.outcome]
+        fields = {"reason": error.reason, "status_code": error.status_code, **context}
+        if not verdict.gives_up:
+            fields["retry_in_seconds"] = round(delay, 2)
+        log.log(level, message, **fields)
 
     async def _emit(self, job_id: str, status: str) -> str:
         """Feed the terminal status into the pipeline as a `source: poll` event."""
-        body = synthetic_body(job_id, status)
-        parsed = parse_event(body)
-        event_type = f"job.{status}"
-        record = IngestRecord(
+        record = ingest_record(
             event_id=f"poll:{job_id}:{status}",
             received_at=self._clock(),
             source="poll",
             headers={},
-            body=body,
-            event_type=event_type,
-            job_id=job_id,
-            job_key=parsed.job_key,
-            error=None,
-            sinks=self._route(event_type),
-            needs_fetch=event_type in self._config.fetch_on,
+            body=synthetic_body(job_id, status),
+            route=self._route,
+            fetch_on=self._config.fetch_on,
         )
         outcome = await self._store.ingest(record)
         self._on_event()

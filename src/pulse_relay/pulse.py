@@ -1,8 +1,8 @@
 """The Pulse API client: `GET /job/{id}`, large-result downloads, error classification.
 
-Every failure is one of a small hierarchy of `PulseError`s so the dispatcher and
-the poller decide retry / slow retry / give up from the class alone, with the
-status code and any `Retry-After` carried along.
+Every failure is one of a small hierarchy of `PulseError`s carrying the status
+code and any `Retry-After`; `judge_error` is the one policy that turns one into
+retry / slow retry / give up, for the dispatcher's fetches and the poller alike.
 """
 
 from __future__ import annotations
@@ -10,32 +10,22 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import quote
 
 import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from pulse_relay.events import TERMINAL_STATUSES, is_terminal, is_valid_job_id
 from pulse_relay.retry import parse_retry_after
-
-__all__ = [
-    "TERMINAL_STATUSES",
-    "FetchedJob",
-    "PulseAuthError",
-    "PulseClient",
-    "PulseError",
-    "PulseNotFoundError",
-    "PulsePermanentError",
-    "PulseRetryableError",
-    "is_terminal",
-    "is_valid_job_id",
-]
 
 API_KEY_HEADER: Final = "x-api-key"
 DEFAULT_MAX_RESULT_BYTES: Final = 256 * 1024 * 1024
 MAX_REASON_CHARS: Final = 200
+# A wrong API key is a configuration error: keep the work, retry slowly, never drop it.
+AUTH_RETRY_SECONDS: Final = 300.0
+# A job may not be visible yet right after its webhook; a few 404s are tolerated.
+NOT_FOUND_MAX_ATTEMPTS: Final = 5
 
 # Enough of an error body to find its message; the rest is never read.
 _MAX_ERROR_BODY_BYTES: Final = 64 * 1024
@@ -71,6 +61,47 @@ class PulseNotFoundError(PulseError):
 
 class PulsePermanentError(PulseError):
     """Can never succeed as asked: other 4xx, a body that is not a JSON object, too large."""
+
+
+@dataclass(frozen=True)
+class ErrorVerdict:
+    """What a failed Pulse API call means for the work that made it: give up, or retry when."""
+
+    outcome: Literal["retry", "not_found", "auth_error", "dead"]
+    retry_after_seconds: float | None = None
+
+    @property
+    def gives_up(self) -> bool:
+        """True when the work is dead: no further call can succeed."""
+        return self.outcome == "dead"
+
+    def delay_seconds(self, backoff_seconds: float) -> float:
+        """Seconds until the next call: the caller's backoff, never before `Retry-After`.
+
+        A rejected API key waits on the slow schedule instead of the caller's backoff.
+        """
+        if self.outcome == "auth_error":
+            backoff_seconds = AUTH_RETRY_SECONDS
+        return max(backoff_seconds, self.retry_after_seconds or 0.0)
+
+
+def judge_error(error: PulseError, *, attempt: int) -> ErrorVerdict:
+    """Retry, retry slowly or give up after failed call number `attempt` (1-based).
+
+    Transient errors are retried for as long as it takes, a rejected API key
+    slowly and forever, a 404 up to NOT_FOUND_MAX_ATTEMPTS calls; a permanent
+    error gives up at once.
+    """
+    if isinstance(error, PulseAuthError):
+        return ErrorVerdict("auth_error", error.retry_after_seconds)
+    if isinstance(error, PulsePermanentError) or (
+        isinstance(error, PulseNotFoundError) and attempt >= NOT_FOUND_MAX_ATTEMPTS
+    ):
+        return ErrorVerdict("dead")
+    outcome: Literal["retry", "not_found"] = (
+        "not_found" if isinstance(error, PulseNotFoundError) else "retry"
+    )
+    return ErrorVerdict(outcome, error.retry_after_seconds)
 
 
 @dataclass

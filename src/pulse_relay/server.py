@@ -11,11 +11,11 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import Counter
 
-from pulse_relay.events import parse_event
+from pulse_relay.events import ingest_record
 from pulse_relay.logs import get_logger
 from pulse_relay.metrics import CONTENT_TYPE_LATEST, Metrics
 from pulse_relay.signature import VerificationError, Verifier, is_valid_webhook_id
-from pulse_relay.store import IngestRecord, Store, StoreUnavailableError
+from pulse_relay.store import Store, StoreUnavailableError
 
 log = get_logger("pulse_relay.server")
 
@@ -46,7 +46,6 @@ class IngressError(Exception):
 class IngressConfig:
     """What the ingress needs to know about routing and limits."""
 
-    path: str
     max_body_bytes: int
     read_timeout_seconds: float
     fetch_on: frozenset[str]
@@ -116,36 +115,32 @@ class Ingress:
         except VerificationError as error:
             log.warning("webhook rejected", reason=error.reason, remote=request.remote)
             raise IngressError(401, "unauthorized", error.reason) from None
-        parsed = parse_event(body)
-        sinks: Sequence[str] = ()
-        if parsed.is_deliverable and parsed.type is not None:
-            sinks = self._route(parsed.type)
-        record = IngestRecord(
+        record = ingest_record(
             event_id=verified.webhook_id,
             received_at=self._clock(),
             source="webhook",
             headers={k: request.headers[k] for k in STORED_HEADERS if k in request.headers},
             body=body,
-            event_type=parsed.type,
-            job_id=parsed.job_id,
-            job_key=parsed.job_key,
-            error=parsed.error,
-            sinks=sinks,
-            needs_fetch=parsed.type in self._config.fetch_on and parsed.job_id is not None,
+            route=self._route,
+            fetch_on=self._config.fetch_on,
         )
         try:
             outcome = await self._store.ingest(record)
         except StoreUnavailableError as error:
             log.error("store unavailable", webhook_id=verified.webhook_id, reason=error.reason)
             raise IngressError(503, "unavailable", "store unavailable, retry later") from None
-        context = {"webhook_id": verified.webhook_id, "type": parsed.type, "job_id": parsed.job_id}
+        context = {
+            "webhook_id": record.event_id,
+            "type": record.event_type,
+            "job_id": record.job_id,
+        }
         if outcome == "duplicate":
             log.info("webhook duplicate", **context)
             return {"status": "duplicate", "id": verified.webhook_id}, 200
-        if parsed.error is not None:
-            log.warning("webhook invalid", reason=parsed.error, **context)
-            return {"status": "invalid", "id": verified.webhook_id, "reason": parsed.error}, 200
-        log.info("webhook accepted", sinks=len(sinks), **context)
+        if record.error is not None:
+            log.warning("webhook invalid", reason=record.error, **context)
+            return {"status": "invalid", "id": verified.webhook_id, "reason": record.error}, 200
+        log.info("webhook accepted", sinks=len(record.sinks), **context)
         self._on_accepted()
         return {"status": "accepted", "id": verified.webhook_id}, 202
 

@@ -90,6 +90,15 @@ def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + compute_signature(decode_secret(secret), webhook_id, timestamp, body)
 
 
+def hex_signature(secret: str | bytes, body: bytes) -> str:
+    """The hmac-sha256-hex scheme's signature: hex HMAC-SHA256 of the body alone.
+
+    A text secret is used as its UTF-8 bytes, as such providers document it.
+    """
+    key = secret if isinstance(secret, bytes) else secret.encode()
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
 def sign_headers(
     secret: str, webhook_id: str, body: bytes, *, timestamp: int | None = None
 ) -> dict[str, str]:
@@ -182,8 +191,8 @@ class HexHmacVerifier:
         signature_header: str = "X-DocExtract-Signature",
         id_header: str = "X-Webhook-Id",
     ) -> None:
-        self._keys = [s if isinstance(s, bytes) else s.encode() for s in secrets]
-        if not self._keys:
+        self._secrets = list(secrets)
+        if not self._secrets:
             raise ValueError("at least one secret is required")
         self._signature_header = signature_header.lower()
         self._id_header = id_header.lower()
@@ -200,8 +209,8 @@ class HexHmacVerifier:
         if re.fullmatch(r"[0-9a-fA-F]{64}", given) is None:
             raise VerificationError("malformed signature")
         matched = False
-        for key in self._keys:
-            expected = hmac.new(key, body, hashlib.sha256).hexdigest()
+        for secret in self._secrets:
+            expected = hex_signature(secret, body)
             matched |= hmac.compare_digest(expected.encode(), given.lower().encode())
         if not matched:
             raise VerificationError("no matching signature")

@@ -185,6 +185,26 @@ class Attempt:
     output_tail: str | None = None
 
 
+@dataclass(frozen=True)
+class DeliveryView:
+    """One sink's delivery of an event, as `events` and `show` present it."""
+
+    state: str
+    attempts: int
+    # None while the delivery waits for the job fetch.
+    next_attempt_at: float | None
+    last_error: str | None
+    is_replay: bool
+
+    def __getitem__(self, name: str) -> object:
+        """The field `name`, for callers written against the mapping this view replaced."""
+        if name == "replay":
+            return self.is_replay
+        if name not in self.__dataclass_fields__:
+            raise KeyError(name)
+        return getattr(self, name)
+
+
 @dataclass
 class EventView:
     """An event as `events` and `show` present it."""
@@ -198,7 +218,7 @@ class EventView:
     error: str | None
     fetch_state: str
     fetch_error: str | None
-    deliveries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    deliveries: dict[str, DeliveryView] = field(default_factory=dict)
     headers: dict[str, str] | None = None
     body: bytes | None = None
     job: Any = None
@@ -930,24 +950,7 @@ class Store:
                 chunk,
             ) as cursor:
                 async for row in cursor:
-                    by_id[row["event_id"]].deliveries[row["sink"]] = {
-                        "state": row["state"],
-                        "attempts": row["attempts"],
-                        # None while the delivery waits for the job fetch.
-                        "next_attempt_at": (
-                            None
-                            if row["next_attempt_at"] >= AWAITING_FETCH
-                            else row["next_attempt_at"]
-                        ),
-                        "last_error": row["last_error"],
-                        "replay": bool(row["replay"]),
-                    }
-
-    async def count_events(self) -> int:
-        """How many events the store holds."""
-        async with self.db.execute("SELECT COUNT(*) FROM events") as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row else 0
+                    by_id[row["event_id"]].deliveries[row["sink"]] = _delivery_view(row)
 
     async def pending_counts(self) -> dict[str, int]:
         """Pending deliveries per sink."""
@@ -1100,6 +1103,17 @@ def _insert_attempt(db: sqlite3.Connection, event_id: str, attempt: Attempt) -> 
             attempt.error,
             attempt.output_tail,
         ),
+    )
+
+
+def _delivery_view(row: sqlite3.Row) -> DeliveryView:
+    due_at = row["next_attempt_at"]
+    return DeliveryView(
+        state=row["state"],
+        attempts=row["attempts"],
+        next_attempt_at=None if due_at >= AWAITING_FETCH else due_at,
+        last_error=row["last_error"],
+        is_replay=bool(row["replay"]),
     )
 
 

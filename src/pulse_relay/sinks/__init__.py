@@ -1,10 +1,16 @@
-"""Sinks: where envelopes go. `build_sink` turns one `[[sinks]]` table into a sink."""
+"""Sinks: where envelopes go. `build_sink` turns one `[[sinks]]` table into a sink.
+
+The settings types are imported for type checking only: config.py calls into
+the sink modules for the rules they own (filename templates, signing secrets),
+so importing config here at run time would make the import circular.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import aiohttp
 
-from pulse_relay.config import CommandSinkSettings, FileSinkSettings, HttpSinkSettings
 from pulse_relay.retry import RetryPolicy
 from pulse_relay.sinks.base import (
     Delivery,
@@ -19,8 +25,10 @@ from pulse_relay.sinks.command import CommandSink
 from pulse_relay.sinks.file import FileSink
 from pulse_relay.sinks.http import HttpSink
 
+if TYPE_CHECKING:
+    from pulse_relay.config import SinkSettings
+
 __all__ = [
-    "AnySinkSettings",
     "CommandSink",
     "Delivery",
     "FileSink",
@@ -35,25 +43,24 @@ __all__ = [
     "retry_policy_for",
 ]
 
-AnySinkSettings = FileSinkSettings | HttpSinkSettings | CommandSinkSettings
 
-
-def build_sink(settings: AnySinkSettings, *, session: aiohttp.ClientSession | None = None) -> Sink:
+def build_sink(settings: SinkSettings, *, session: aiohttp.ClientSession | None = None) -> Sink:
     """The sink for one settings table; `session` is shared by HTTP sinks and never closed by them.
 
-    Raises ValueError for settings only a sink can judge (a filename template
-    with unknown fields, a sign_secret that is not valid base64).
+    Raises ValueError for settings that skipped validation and that a sink
+    cannot use (a filename template with unknown fields, a sign_secret that is
+    not valid base64).
     """
-    if isinstance(settings, FileSinkSettings):
+    if settings.type == "file":
         return FileSink(settings)
-    if isinstance(settings, HttpSinkSettings):
+    if settings.type == "http":
         return HttpSink(settings, session=session)
-    if isinstance(settings, CommandSinkSettings):
+    if settings.type == "command":
         return CommandSink(settings)
     raise TypeError(f"unknown sink settings: {type(settings).__name__}")
 
 
-def retry_policy_for(settings: AnySinkSettings) -> RetryPolicy:
+def retry_policy_for(settings: SinkSettings) -> RetryPolicy:
     """The backoff policy a sink's settings ask for (`retry_*_seconds`, `max_attempts`)."""
     return RetryPolicy(
         initial_seconds=settings.retry_initial_seconds,

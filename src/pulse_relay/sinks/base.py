@@ -17,7 +17,6 @@ class Delivery:
     job_status: str | None
     envelope: dict[str, Any]
     body: bytes
-    attempt: int = 1
     received_at: str = ""
 
 

@@ -7,15 +7,17 @@ import contextlib
 import os
 import signal
 import subprocess
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-from pulse_relay.config import CommandSinkSettings
 from pulse_relay.sinks.base import (
     Delivery,
     PermanentSinkError,
     RetryableSinkError,
     SinkResult,
 )
+
+if TYPE_CHECKING:
+    from pulse_relay.config import CommandSinkSettings
 
 # How much of each of stdout and stderr is kept for the attempt log.
 MAX_OUTPUT_TAIL_BYTES = 4096

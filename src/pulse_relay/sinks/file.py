@@ -13,15 +13,18 @@ import secrets
 import string
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING
 
-from pulse_relay.config import FileSinkSettings
 from pulse_relay.sinks.base import (
     Delivery,
     PermanentSinkError,
     RetryableSinkError,
     SinkResult,
 )
+
+if TYPE_CHECKING:
+    from pulse_relay.config import FileSinkSettings
 
 DEFAULT_JSON_FILENAME = "{job_id}.json"
 DEFAULT_JSONL_FILENAME = "events.jsonl"
@@ -47,12 +50,14 @@ class _Piece:
 
 
 def parse_filename_template(template: str) -> tuple[_Piece, ...]:
-    """Split a filename template into literal text and fields; ValueError names what is wrong."""
-    pieces: list[_Piece] = []
+    """Split a filename template into literal text and fields; ValueError says what is wrong."""
+    if not template.strip():
+        raise ValueError("must not be empty")
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise ValueError(f"filename template {template!r} is malformed: {exc}") from None
+        raise ValueError(f"not a valid template: {exc}") from None
+    pieces: list[_Piece] = []
     for literal, field_name, format_spec, conversion in parsed:
         if field_name is None:
             pieces.append(_Piece(literal, None))
@@ -61,13 +66,18 @@ def parse_filename_template(template: str) -> tuple[_Piece, ...]:
         # reach into objects or pad names in surprising ways.
         if field_name not in TEMPLATE_FIELDS or format_spec or conversion:
             allowed = ", ".join("{" + name + "}" for name in sorted(TEMPLATE_FIELDS))
-            raise ValueError(
-                f"filename template {template!r} uses {{{field_name}}}; allowed fields: {allowed}"
-            )
+            raise ValueError(f"unknown template field {{{field_name}}} (allowed: {allowed})")
         pieces.append(_Piece(literal, field_name))
-    if not template:
-        raise ValueError("filename template is empty")
     return tuple(pieces)
+
+
+def relative_path_problem(relative: str) -> str | None:
+    """Why `relative` (a template or a rendered name) could leave the sink directory, or None."""
+    if PurePosixPath(relative).is_absolute() or PureWindowsPath(relative).is_absolute():
+        return "must be relative to the sink directory"
+    if ".." in re.split(r"[/\\]", relative):
+        return 'must not contain ".." components'
+    return None
 
 
 def encode_field_value(value: str) -> str:
@@ -108,7 +118,11 @@ class FileSink:
         self._settings = settings
         self._format = settings.format
         default = DEFAULT_JSON_FILENAME if self._format == "json" else DEFAULT_JSONL_FILENAME
-        self._template = parse_filename_template(settings.filename or default)
+        template = settings.filename or default
+        try:
+            self._template = parse_filename_template(template)
+        except ValueError as exc:
+            raise ValueError(f"sink {self.name!r}: filename template {template!r}: {exc}") from None
         extension = ".json" if self._format == "json" else ".jsonl"
         self._fallback_template = parse_filename_template("{id}" + extension)
         # Appends are short, so one lock for the whole sink is enough to keep
@@ -173,13 +187,12 @@ class FileSink:
 
     def _resolve(self, relative: str) -> Path:
         """The real path for `relative`, created directories included, or PermanentSinkError."""
+        problem = relative_path_problem(relative)
+        if problem is not None:
+            raise PermanentSinkError(f"file name {relative!r} would leave the directory: {problem}")
         pure = PurePosixPath(relative)
-        if pure.is_absolute():
-            raise PermanentSinkError(f"file name {relative!r} is absolute; it must be relative")
-        if ".." in pure.parts or relative.endswith("/") or not pure.parts:
-            raise PermanentSinkError(
-                f"file name {relative!r} leaves or names the directory; '..' is not allowed"
-            )
+        if relative.endswith("/") or not pure.parts:
+            raise PermanentSinkError(f"file name {relative!r} names the directory, not a file")
         directory = Path(self._settings.directory)
         directory.mkdir(parents=True, exist_ok=True)
         root = os.path.realpath(directory)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import aiohttp
+from pydantic import SecretStr
 
 from pulse_relay import __version__
-from pulse_relay.config import HttpSinkSettings
 from pulse_relay.retry import parse_retry_after
 from pulse_relay.signature import decode_secret, sign_headers
 from pulse_relay.sinks.base import (
@@ -17,12 +18,24 @@ from pulse_relay.sinks.base import (
     SinkResult,
 )
 
+if TYPE_CHECKING:
+    from pulse_relay.config import HttpSinkSettings
+
 # How much of a response body is kept for the attempt log. An HTTP error body
 # states its reason up front, so the first bytes are the useful ones, and
 # nothing beyond them is read.
 MAX_RESPONSE_EXCERPT_BYTES = 4096
 # Statuses below 500 that still mean "try again later".
 RETRYABLE_CLIENT_STATUSES = frozenset({408, 425, 429})
+
+
+def signing_secret(sign_secret: SecretStr | None) -> str | None:
+    """The secret a sink re-signs with; None when unset or empty. ValueError when unusable."""
+    if sign_secret is None or not sign_secret.get_secret_value():
+        return None
+    secret = sign_secret.get_secret_value()
+    decode_secret(secret)
+    return secret
 
 
 class HttpSink:
@@ -33,14 +46,10 @@ class HttpSink:
     ) -> None:
         self.name = settings.name
         self._settings = settings
-        self._secret: str | None = None
-        if settings.sign_secret is not None:
-            secret = settings.sign_secret.get_secret_value()
-            try:
-                decode_secret(secret)
-            except ValueError as exc:
-                raise ValueError(f"sink {settings.name!r}: sign_secret: {exc}") from None
-            self._secret = secret
+        try:
+            self._secret = signing_secret(settings.sign_secret)
+        except ValueError as exc:
+            raise ValueError(f"sink {settings.name!r}: sign_secret: {exc}") from None
         self._session = session
         self._owns_session = session is None
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout_seconds)
