@@ -315,9 +315,14 @@ async def test_reload_keeps_pending_work_and_serves_it_with_the_new_sinks(
         sinks=[{"type": "file", "name": "files", "directory": str(tmp_path / "fixed")}]
     )
     assert await relay.reload(fixed) == []
-    await wait_for((tmp_path / "fixed" / "job-r.json").exists)
-    view = await relay.store.get_event("msg_r")
-    assert view is not None and view.deliveries["files"]["state"] == "delivered"
+
+    async def delivered() -> bool:
+        view = await relay.store.get_event("msg_r")
+        return view is not None and view.deliveries["files"]["state"] == "delivered"
+
+    # The file is in place a moment before the outcome is recorded: wait for the record.
+    await wait_for(delivered)
+    assert (tmp_path / "fixed" / "job-r.json").exists()
     assert relay.dispatcher is not None and relay.dispatcher.is_running
     assert await relay.readiness() == []
 
