@@ -35,7 +35,9 @@ if not started.exists():
     while time.monotonic() < deadline:
         time.sleep(0.05)
     sys.exit(1)
-(out / "delivered.json").write_bytes(data)
+# Written aside and renamed, so that the test never reads a half-written file.
+(out / "delivered.part").write_bytes(data)
+(out / "delivered.part").rename(out / "delivered.json")
 """
 
 # A command sink that records its pid, then hangs far beyond any test's patience.
