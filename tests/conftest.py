@@ -23,6 +23,14 @@ from tests.helpers import SECRET, Receiver, relay_config
 OTHER_SECRET = "whsec_" + base64.b64encode(b"an-entirely-different-secret-key").decode()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--screenshots",
+        action="store_true",
+        help="write the inspector's screenshots to docs/ (tests/test_admin_ui.py)",
+    )
+
+
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """A developer's own PULSE_* variables must not leak into any test."""

@@ -4,19 +4,22 @@ a recording command, `pulse-relay serve` as a subprocess."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import httpx
 import tomli_w
 from aiohttp import web
+from pulse import AsyncPulse, Pulse
 
 from pulse_relay.store import Store
 
@@ -39,6 +42,7 @@ def relay_config(tmp_path: Path, **sections: Any) -> dict[str, Any]:
     a store in `tmp_path`, JSON logs at warning; `sections` are merged over that."""
     base: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0},
+        "admin": {"host": "127.0.0.1", "port": 0},
         "verify": {"secrets": [SECRET]},
         "store": {"path": str(tmp_path / "relay.db")},
         "log": {"format": "json", "level": "warning"},
@@ -57,17 +61,16 @@ def write_config(
     *,
     sinks: list[dict[str, Any]] | None = None,
     extra_sinks: list[dict[str, Any]] | tuple[()] = (),
+    admin_port: int = 0,
     **sections: Any,
 ) -> Path:
-    """`tmp_path/relay.toml` for `serve` on `port`, logging JSON at info; the sinks are a
-    file sink "results" writing to `tmp_path/results` (or `sinks`), then `extra_sinks`."""
+    """`tmp_path/relay.toml` for `serve` on `port` (admin listener on `admin_port`), logging
+    JSON at info; the sinks are a file sink "results" writing to `tmp_path/results` (or
+    `sinks`), then `extra_sinks`."""
     if sinks is None:
         sinks = [{"name": "results", "type": "file", "directory": str(tmp_path / "results")}]
-    document = relay_config(
-        tmp_path,
-        **deep_merge({"server": {"port": port}, "log": {"level": "info"}}, sections),
-        sinks=[*sinks, *extra_sinks],
-    )
+    served = {"server": {"port": port}, "admin": {"port": admin_port}, "log": {"level": "info"}}
+    document = relay_config(tmp_path, **deep_merge(served, sections), sinks=[*sinks, *extra_sinks])
     path = tmp_path / "relay.toml"
     path.write_text(config_toml(**document))
     return path
@@ -222,8 +225,51 @@ class Served:
         return served
 
 
+# The official SDK's own default is no timeout at all; a test must never hang on one call.
+SDK_TIMEOUT_SECONDS = 30.0
+
+
+@contextlib.contextmanager
+def sdk_client(base_url: str, api_key: str, **options: Any) -> Iterator[Pulse]:
+    """The official SDK's sync client on `base_url`, its connections closed afterwards."""
+    with httpx.Client(timeout=SDK_TIMEOUT_SECONDS) as http:
+        yield Pulse(api_key=api_key, base_url=base_url, httpx_client=http, **options)
+
+
+@contextlib.asynccontextmanager
+async def async_sdk_client(
+    base_url: str, api_key: str, **options: Any
+) -> AsyncIterator[AsyncPulse]:
+    """The official SDK's async client on `base_url`, its connections closed afterwards."""
+    async with httpx.AsyncClient(timeout=SDK_TIMEOUT_SECONDS) as http:
+        yield AsyncPulse(api_key=api_key, base_url=base_url, httpx_client=http, **options)
+
+
 async def count_events(store: Store) -> int:
     """How many events the store holds (read straight from its table)."""
     async with store.db.execute("SELECT COUNT(*) FROM events") as cursor:
         row = await cursor.fetchone()
     return int(row[0]) if row else 0
+
+
+async def call(
+    method: str,
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    json_body: Any = None,
+    data: bytes | None = None,
+) -> tuple[int, Any]:
+    """One HTTP request: (status, the JSON body, or the text when it is not JSON)."""
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method, url, headers=headers, json=json_body, data=data, allow_redirects=False
+        ) as response,
+    ):
+        text = await response.text()
+        if response.content_type == "application/json":
+            return response.status, json.loads(text)
+        return response.status, text

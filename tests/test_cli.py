@@ -280,5 +280,9 @@ def test_demo_runs_the_whole_pipeline_from_an_empty_folder(tmp_path: Path) -> No
     assert result.returncode == 0, result.stdout + result.stderr
     assert "everything arrived" in result.stdout
     assert "poll:job-watched:completed" in result.stdout
+    # A document submitted through the pass-through, delivered with no webhook and no watch.
+    assert "/pulse/extract (as the Pulse SDK does) → 200" in result.stdout
+    assert "request POST /extract invoice-042.pdf (9800 bytes" in result.stdout
+    assert "metadata user_id=demo@example.com" in result.stdout
     assert "large result downloaded 1 time(s)" in result.stdout
     assert list(tmp_path.iterdir()) == []

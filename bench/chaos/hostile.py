@@ -50,6 +50,8 @@ class SyncRelay:
     def __init__(self, workdir: Path, *, store_path: Path | None = None, read_timeout: float = 1.0):
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        # /readyz lives on the admin listener.
+        self.admin_port = free_port()
         self.store_path = store_path or workdir / "relay.db"
         document = {
             "server": {
@@ -58,6 +60,7 @@ class SyncRelay:
                 "read_timeout_seconds": read_timeout,
                 "max_body_bytes": FUZZ_MAX_BODY_BYTES,
             },
+            "admin": {"port": self.admin_port},
             "verify": {"secrets": [SECRET]},
             "store": {"path": self.store_path, "busy_timeout_seconds": 1.0},
             "log": {"format": "json", "level": "error"},
@@ -66,7 +69,8 @@ class SyncRelay:
         self._process = Process(
             [PYTHON, "-m", "pulse_relay", "--config", str(config), "serve"],
             log_path=workdir / "relay.log",
-            health_url=f"http://127.0.0.1:{self.port}/healthz",
+            # The admin listener is bound last: once it answers, both do.
+            health_url=f"http://127.0.0.1:{self.admin_port}/healthz",
             start_timeout_seconds=30.0,
         ).start()
 
@@ -405,7 +409,7 @@ def _probe_full_disk(relay: SyncRelay, filler: Path, figures: DiskFullFigures) -
         else:
             raise AssertionError(f"HTTP {status} while the disk fills")
     figures.unavailable = len(refused)
-    figures.readyz_while_full = _readyz_status(relay.port)
+    figures.readyz_while_full = _readyz_status(relay.admin_port)
     filler.unlink()
     # The sender retries what was refused, then sends new events.
     for event_id in [*refused, *(f"msg_after_{n}" for n in range(DISK_EVENTS_AFTER))]:
@@ -429,9 +433,10 @@ def _fill(filler: Path) -> None:
             stream.flush()
 
 
-def _readyz_status(port: int) -> int:
+def _readyz_status(admin_port: int) -> int:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as answer:
+        url = f"http://127.0.0.1:{admin_port}/readyz"
+        with urllib.request.urlopen(url, timeout=10) as answer:
             return int(answer.status)
     except urllib.error.HTTPError as error:
         return error.code

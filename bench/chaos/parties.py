@@ -234,6 +234,7 @@ def write_relay_config(
             "read_timeout_seconds": 5.0,
             "shutdown_grace_seconds": 5.0,
         },
+        "admin": {"port": 0},
         "verify": {"secrets": [SECRET]},
         "store": {"path": workdir / "relay.db"},
         "pulse": {"base_url": emulator_url, "api_key": API_KEY, "timeout_seconds": 1.0},

@@ -1,10 +1,10 @@
-"""HTTP side: webhook ingress, health, readiness and metrics. Nothing slow runs on a request."""
+"""The public listener: the webhook ingress and /healthz. Nothing slow runs on a request."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +13,7 @@ from prometheus_client import Counter
 
 from pulse_relay.events import ingest_record
 from pulse_relay.logs import get_logger
-from pulse_relay.metrics import CONTENT_TYPE_LATEST, Metrics
+from pulse_relay.metrics import Metrics
 from pulse_relay.signature import VerificationError, Verifier, is_valid_webhook_id
 from pulse_relay.store import Store, StoreUnavailableError
 
@@ -54,7 +54,6 @@ class IngressConfig:
 
 
 SinkRouter = Callable[[str], Sequence[str]]
-ReadinessCheck = Callable[[], Awaitable[list[str]]]
 
 
 class Ingress:
@@ -166,15 +165,12 @@ class Ingress:
         return b"".join(chunks)
 
 
-def build_app(
-    ingress: Ingress,
-    *,
-    path: str,
-    metrics: Metrics,
-    readiness: ReadinessCheck,
-    refresh_metrics: Callable[[], Awaitable[None]] | None = None,
-) -> web.Application:
-    """The aiohttp application with every route the relay serves."""
+def build_app(ingress: Ingress, *, path: str) -> web.Application:
+    """The ingress application: the webhook path and /healthz; every other path is 404.
+
+    Readiness, metrics and the control API live on the admin listener, away from
+    the port that faces the internet.
+    """
     # aiohttp has no deadline for reading request headers; its keep-alive timer is the
     # one that covers that gap. It is armed when a connection opens and again after
     # each answer, and when it fires on a connection whose next request's headers are
@@ -190,21 +186,6 @@ def build_app(
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    async def readyz(_: web.Request) -> web.Response:
-        problems = await readiness()
-        if problems:
-            return web.json_response({"status": "unavailable", "reasons": problems}, status=503)
-        return web.json_response({"status": "ready"})
-
-    async def metrics_view(_: web.Request) -> web.Response:
-        if refresh_metrics is not None:
-            await refresh_metrics()
-        response = web.Response(body=metrics.render())
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return response
-
     app.router.add_post(path, ingress.handle)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_view)
     return app
