@@ -136,8 +136,10 @@ if fail_marker.exists():
     sys.exit(1)
 env = {k: v for k, v in os.environ.items() if k.startswith("PULSE_")}
 name = envelope["id"].replace(":", "_")
-(out / (name + ".json")).write_bytes(data)
+# Readers poll for the .json file: write it last and whole (temp file, then rename).
 (out / (name + ".env")).write_text(json.dumps(env))
+(out / (name + ".json.part")).write_bytes(data)
+os.replace(out / (name + ".json.part"), out / (name + ".json"))
 print("recorded", envelope["id"])
 """
 
