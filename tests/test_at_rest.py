@@ -6,21 +6,18 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import SECRET, make_body, signed
-from tests.helpers import Served, free_port
-from tests.test_cli import write_config
-from tests.test_operations import post_captured, wait_until
+from tests.helpers import Served, free_port, wait_until, write_config
+from tests.test_operations import post_captured
 
 
-def command_sink(argv: list[str], *, events: list[str]) -> str:
-    """A `[[sinks]]` table for a command sink named "script"."""
-    return (
-        f'\n[[sinks]]\nname = "script"\ntype = "command"\n'
-        f"events = {json.dumps(events)}\nargv = {json.dumps(argv)}\n"
-    )
+def command_sink(argv: list[str], *, events: list[str], **more: Any) -> dict[str, Any]:
+    """A command sink named "script"."""
+    return {"name": "script", "type": "command", "events": events, "argv": argv, **more}
 
 
 def mode_of(path: Path) -> int:
@@ -31,20 +28,22 @@ def test_a_real_run_under_a_permissive_umask_leaves_only_private_files(tmp_path:
     port = free_port()
     state, results, lines = tmp_path / "state", tmp_path / "results", tmp_path / "lines"
     database = state / "nested" / "relay.db"
+    file_sink = {"name": "results", "type": "file", "directory": str(results)}
     config = write_config(
         tmp_path,
         port,
-        extra=f"""filename = "{{date}}/{{job_id}}.json"
-
-[[sinks]]
-name = "lines"
-type = "file"
-format = "jsonl"
-directory = "{lines}"
-filename = "by-type/{{type}}.jsonl"
-""",
+        store={"path": str(database)},
+        sinks=[
+            {**file_sink, "filename": "{date}/{job_id}.json"},
+            {
+                **file_sink,
+                "name": "lines",
+                "format": "jsonl",
+                "directory": str(lines),
+                "filename": "by-type/{type}.jsonl",
+            },
+        ],
     )
-    config.write_text(config.read_text().replace(str(tmp_path / "relay.db"), str(database)))
     previous = os.umask(0o022)
     try:
         served = Served.start(config, port, tmp_path / "serve.log")
@@ -85,8 +84,8 @@ def test_a_command_sink_sees_none_of_the_relays_environment(
     credentials.mkdir()
     (credentials / "pulse-api-key").write_text("credential-api-key")
     argv = [sys.executable, str(script), str(dumped)]
-    extra = command_sink(argv, events=["job.processing"]) + 'env = { APP_MODE = "relay" }\n'
-    config = write_config(tmp_path, port, extra=extra)
+    sink = command_sink(argv, events=["job.processing"], env={"APP_MODE": "relay"})
+    config = write_config(tmp_path, port, extra_sinks=[sink])
     canary = f"canary-{os.getpid()}-{port}"
     # The relay reads its secrets the usual ways: the well-known variables and a
     # credentials directory.
@@ -125,12 +124,8 @@ def test_a_command_sink_sees_none_of_the_relays_environment(
 def test_a_200_kb_event_type_reaches_no_command_and_no_log_line(tmp_path: Path) -> None:
     port = free_port()
     ran = tmp_path / "ran"
-    config = write_config(
-        tmp_path, port, extra=command_sink(["/usr/bin/touch", str(ran)], events=["*"])
-    )
-    config.write_text(
-        config.read_text().replace('format = "json"', 'format = "json"\nlevel = "debug"')
-    )
+    sink = command_sink(["/usr/bin/touch", str(ran)], events=["*"])
+    config = write_config(tmp_path, port, extra_sinks=[sink], log={"level": "debug"})
     served = Served.start(config, port, tmp_path / "serve.log")
     try:
         body = make_body("job." + "x" * 200_000)
