@@ -274,11 +274,11 @@ class FileSink:
         with self._parent_directory(relative) as (directory_fd, name):
             fd = _open_for_append(directory_fd, name, relative)
             try:
-                status = os.fstat(fd)
-                _refuse_unless_single_file(status, relative)
+                _refuse_unless_single_file(os.fstat(fd), relative)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                status = _still_the_only_name(fd, directory_fd, name, relative)
                 if status.st_mode & 0o777 != self._mode and status.st_uid == os.geteuid():
                     os.fchmod(fd, self._mode)
-                fcntl.flock(fd, fcntl.LOCK_EX)
                 size_bytes = _append_whole_line(fd, line)
             finally:
                 os.close(fd)
@@ -374,6 +374,25 @@ def _refuse_link(directory_fd: int, name: str, relative: str) -> None:
         raise PermanentSinkError(
             f"cannot write {relative!r}: {name!r} is a symbolic link (the file sink follows none)"
         )
+
+
+def _still_the_only_name(fd: int, directory_fd: int, name: str, relative: str) -> os.stat_result:
+    """The status of the open file, once it is proven to have one name: `name` here.
+
+    A link count read from the open file proves nothing a moment later: a file
+    outside, hard-linked in at `name` and unlinked and linked again around the
+    check, would pass. The name's own status gives both facts at one instant:
+    it leads to the very file that is open, and that file has no other name.
+    """
+    status = os.fstat(fd)
+    try:
+        current = os.stat(name, dir_fd=directory_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        current = None
+    if current is None or (current.st_dev, current.st_ino) != (status.st_dev, status.st_ino):
+        raise RetryableSinkError(f"{relative!r} was replaced while it was being opened")
+    _refuse_unless_single_file(current, relative)
+    return current
 
 
 def _refuse_unless_single_file(status: os.stat_result, relative: str) -> None:
