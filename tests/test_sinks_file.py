@@ -7,7 +7,6 @@ import contextlib
 import fcntl
 import json
 import os
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from bench.chaos.at_rest import racing
 from pulse_relay.config import FileSinkSettings
 from pulse_relay.sinks import (
     Delivery,
@@ -487,21 +487,10 @@ async def test_links_swapped_in_during_writes_never_send_an_envelope_outside(
         if racer == "target"
         else race_intermediate_directory(directory, outside)
     )
-    stop = threading.Event()
-
-    def keep_swapping() -> None:
-        step = 0
-        while not stop.is_set():
-            with contextlib.suppress(OSError):
-                swap(step)
-            step += 1
-
     sink = make_sink(directory, format=file_format, filename=filename)
     outcomes: Counter[str] = Counter()
-    racing = threading.Thread(target=keep_swapping, daemon=True)
-    racing.start()
-    try:
-        number = 0
+    number = 0
+    with racing(swap):
         while number < RACE_WRITES or not (outcomes["refused"] and outcomes["written"]):
             assert number < MAX_RACE_WRITES, f"the race never went both ways: {outcomes}"
             number += 1
@@ -514,8 +503,5 @@ async def test_links_swapped_in_during_writes_never_send_an_envelope_outside(
                 outcomes["refused"] += 1
             except RetryableSinkError:
                 outcomes["retry"] += 1  # a component vanished between two steps
-    finally:
-        stop.set()
-        racing.join()
     assert victim.read_text() == "untouched\n"
     assert [path.name for path in outside.iterdir()] == ["victim"]

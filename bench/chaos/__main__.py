@@ -8,14 +8,15 @@ import sys
 from pathlib import Path
 
 from bench.chaos import __doc__ as package_doc
+from bench.chaos.at_rest import run_at_rest
 from bench.chaos.hostile import run_hostile
 from bench.chaos.plan import ChaosConfig
 from bench.chaos.report import render
 from bench.chaos.rounds import run_chaos
 
 REPO = Path(__file__).resolve().parent.parent.parent
-# --quick: (events, kill rounds, fuzz examples, duplicate-id requests).
-QUICK_SIZES = (300, 4, 200, 1000)
+# --quick: (events, kill rounds, fuzz examples, duplicate-id requests, racing writes).
+QUICK_SIZES = (300, 4, 200, 1000, 300)
 SLOW_CLIENTS_EACH = 10
 
 
@@ -31,6 +32,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--fuzz", type=int, default=2000, help="hypothesis examples")
     parser.add_argument("--duplicates", type=int, default=10_000, help="duplicate-id requests")
+    parser.add_argument(
+        "--race-writes", type=int, default=2000, help="file sink writes per racing target"
+    )
     parser.add_argument("--workdir", type=Path, default=defaults.workdir)
     parser.add_argument("--output", type=Path, default=REPO / "RELIABILITY.md")
     parser.add_argument(
@@ -38,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.events, args.rounds, args.fuzz, args.duplicates = QUICK_SIZES
+        args.events, args.rounds, args.fuzz, args.duplicates, args.race_writes = QUICK_SIZES
     return args
 
 
@@ -60,13 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         duplicate_requests=args.duplicates,
         slow_clients_each=SLOW_CLIENTS_EACH,
     )
-    report = render(config, outcome, hostile, "python -m bench.chaos")
+    at_rest = run_at_rest(args.workdir / "at-rest", race_writes=args.race_writes)
+    report = render(config, outcome, hostile, "python -m bench.chaos", at_rest)
     if args.quick:
         print(report)
     else:
         args.output.write_text(report)
         print(f"wrote {args.output}")
-    problems = outcome.problems + hostile.problems
+    problems = outcome.problems + hostile.problems + at_rest.problems
     for problem in problems:
         print("PROBLEM:", problem, file=sys.stderr)
     return 1 if problems else 0
