@@ -4,7 +4,7 @@ Start-up: store → sinks and Pulse client → dispatcher and poller → listene
 READY=1 to systemd. Shutdown (SIGTERM/SIGINT): STOPPING=1 → stop accepting →
 finish acks in flight → give running deliveries the grace period → release
 leases → close the sinks and the HTTP session → close the store. SIGHUP
-reloads the sinks and the log settings.
+reloads the TLS certificate files, the sinks and the log settings.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
@@ -21,16 +22,23 @@ from aiohttp import web
 
 from pulse_relay.config import ConfigError, Settings, SinkSettings
 from pulse_relay.dispatcher import Dispatcher, DispatcherLimits, SinkRuntime
+from pulse_relay.edge import (
+    SampledLog,
+    digest_header_values,
+    parse_networks,
+    sample_accept_errors,
+)
 from pulse_relay.logs import configure_logging, get_logger
 from pulse_relay.metrics import Metrics
 from pulse_relay.notify import Notifier, run_watchdog, watchdog_interval_seconds
 from pulse_relay.poller import Poller, PollerConfig
 from pulse_relay.pulse import PulseClient
-from pulse_relay.server import Ingress, IngressConfig, build_app
+from pulse_relay.server import Ingress, IngressConfig, IngressRunner, build_app
 from pulse_relay.signature import HexHmacVerifier, NoneVerifier, StandardVerifier, Verifier
 from pulse_relay.sinks import build_sink, retry_policy_for
 from pulse_relay.sinks.base import Sink, matches_any
 from pulse_relay.store import Store, StoreUnavailableError
+from pulse_relay.tls import TLSFilesError, reload_context, server_context
 
 log = get_logger("pulse_relay.app")
 
@@ -76,10 +84,30 @@ class SinkFactory(Protocol):
     ) -> Sink: ...
 
 
-def listener_base_url(host: str, port: int | None) -> str:
+def listener_base_url(host: str, port: int | None, *, scheme: str = "http") -> str:
     """http://host:port of a listener, an IPv6 host in brackets."""
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
+    return f"{scheme}://{shown}:{port}"
+
+
+def build_ingress_config(settings: Settings, *, closed_reason: str | None) -> IngressConfig:
+    """The ingress's limits and edge rules from settings."""
+    server, verify = settings.server, settings.verify
+    required = {name: value.get_secret_value() for name, value in verify.required_headers.items()}
+    return IngressConfig(
+        max_body_bytes=server.max_body_bytes,
+        read_timeout_seconds=server.read_timeout_seconds,
+        fetch_on=frozenset(settings.pulse.fetch_on),
+        closed_reason=closed_reason,
+        allow_from=parse_networks(server.allow_from),
+        trusted_proxies=parse_networks(server.trusted_proxies),
+        required_headers=digest_header_values(required),
+        single_headers=(
+            (verify.signature_header, verify.id_header)
+            if verify.scheme == "hmac-sha256-hex"
+            else ()
+        ),
+    )
 
 
 def build_store(settings: Settings) -> Store:
@@ -121,11 +149,14 @@ class Relay:
         self.dispatcher: Dispatcher | None = None
         self.poller: Poller | None = None
         self.port: int | None = None
+        # The live TLS context of the ingress (None for plain HTTP); SIGHUP reloads it.
+        self.tls_context: ssl.SSLContext | None = None
 
     @property
     def base_url(self) -> str:
-        """http://host:port of the bound listener."""
-        return listener_base_url(self.settings.server.host, self.port)
+        """http(s)://host:port of the bound listener."""
+        scheme = "https" if self.settings.server.is_tls else "http"
+        return listener_base_url(self.settings.server.host, self.port, scheme=scheme)
 
     @property
     def webhook_url(self) -> str:
@@ -193,13 +224,9 @@ class Relay:
                 "endpoint answers 503; watched jobs are polled"
             )
         server = self.settings.server
+        closed_reason = POLLING_ONLY_REASON if self.verifier is None else None
         ingress = Ingress(
-            IngressConfig(
-                max_body_bytes=server.max_body_bytes,
-                read_timeout_seconds=server.read_timeout_seconds,
-                fetch_on=frozenset(self.settings.pulse.fetch_on),
-                closed_reason=POLLING_ONLY_REASON if self.verifier is None else None,
-            ),
+            build_ingress_config(self.settings, closed_reason=closed_reason),
             verifier=self.verifier,
             store=self.store,
             route=self.route,
@@ -214,14 +241,20 @@ class Relay:
             readiness=self.readiness,
             refresh_metrics=self.refresh_gauges,
         )
-        self._runner = web.AppRunner(
-            app,
-            access_log=None,
-            handle_signals=False,
-            shutdown_timeout=server.shutdown_grace_seconds,
-        )
+        if server.tls_cert_file is not None and server.tls_key_file is not None:
+            try:
+                self.tls_context = server_context(server.tls_cert_file, server.tls_key_file)
+            except TLSFilesError as error:
+                raise ConfigError(f"server.tls_cert_file: {error}") from None
+        self._runner = IngressRunner(app, ingress, shutdown_timeout=server.shutdown_grace_seconds)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, server.host, server.port, reuse_address=True)
+        site = web.TCPSite(
+            self._runner,
+            server.host,
+            server.port,
+            reuse_address=True,
+            ssl_context=self.tls_context,
+        )
         await site.start()
         address = self._runner.addresses[0]
         self.port = int(address[1])
@@ -293,6 +326,22 @@ class Relay:
                     self._reloading = False
                 await _close_sinks(old_sinks)
             return ignored
+
+    def reload_tls(self) -> bool:
+        """Load renewed certificate files into the live context; False (logged) if unusable.
+
+        Connections already open keep their session; new handshakes see the new chain.
+        """
+        server = self.settings.server
+        if self.tls_context is None or server.tls_cert_file is None or server.tls_key_file is None:
+            return True
+        try:
+            reload_context(self.tls_context, server.tls_cert_file, server.tls_key_file)
+        except TLSFilesError as error:
+            log.error("TLS reload refused; keeping the running certificate", reason=str(error))
+            return False
+        log.info("TLS certificate reloaded", cert_file=str(server.tls_cert_file))
+        return True
 
     async def prune(self, *, older_than_days: float) -> int:
         """Delete finished events older than `older_than_days`; returns how many."""
@@ -433,6 +482,7 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    sample_accept_errors(loop, SampledLog(log))
     try:
         await relay.start()
         notifier.ready(status=f"listening on {relay.webhook_url}")
@@ -455,6 +505,7 @@ async def serve(
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
+        loop.set_exception_handler(None)
         for task in list(background):
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
@@ -462,7 +513,9 @@ async def serve(
 
 
 async def _reload(relay: Relay, load: SettingsLoader | None, notifier: Notifier) -> None:
-    """SIGHUP: read the configuration again; keep the running one if the new one is broken."""
+    """SIGHUP: reload TLS files and read the configuration again; keep what is broken out."""
+    # A renewed certificate is loaded whatever becomes of the configuration.
+    relay.reload_tls()
     if load is None:
         log.warning("SIGHUP ignored: no configuration source to reload from")
         return

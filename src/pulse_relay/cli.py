@@ -68,6 +68,8 @@ def _with_store(
         return asyncio.run(run())
     except (StoreUnavailableError, StoreVersionError) as error:
         fail(str(error))
+    except ConfigError as error:
+        fail(f"cannot start: {error}")
 
 
 def _iso(unix_seconds: float | None) -> str | None:
@@ -89,6 +91,7 @@ def _event_document(view: EventView) -> dict[str, Any]:
         "deliveries": {sink: _delivery_document(d) for sink, d in view.deliveries.items()},
     }
     if view.body is not None:
+        document["client_address"] = view.client_address
         document["headers"] = view.headers
         try:
             document["payload"] = json.loads(view.body)
@@ -179,7 +182,8 @@ def check_config(obj: _Context) -> None:
     """Validate the configuration and print it with secrets redacted.
 
     Also checks this host: the store's folder and file sink directories are
-    writable, command sink programs exist and are executable.
+    writable, command sink programs exist and are executable, and the TLS
+    certificate and key can be read and belong together.
     """
     settings = obj.settings()
     problems = check_host(settings)
@@ -249,6 +253,7 @@ def show_command(obj: _Context, event_id: str, as_json: bool) -> None:
         return
     for key in ("id", "received_at", "source", "type", "job_id", "state", "error"):
         click.echo(f"{key + ':':<13}{document[key] if document[key] is not None else '-'}")
+    click.echo(f"{'client:':<13}{view.client_address or '-'}")
     click.echo(
         f"{'fetch:':<13}{view.fetch_state}" + (f" ({view.fetch_error})" if view.fetch_error else "")
     )

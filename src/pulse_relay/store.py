@@ -111,6 +111,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE probes (name TEXT PRIMARY KEY, written_at REAL NOT NULL);
     """,
+    # The sender's address as the ingress determined it (behind trusted proxies).
+    """
+    ALTER TABLE events ADD COLUMN client_address TEXT;
+    """,
 )
 
 
@@ -141,6 +145,8 @@ class IngestRecord:
     error: str | None
     sinks: Sequence[str]
     needs_fetch: bool
+    # Webhooks only: the client as the ingress saw it (None for polled events).
+    client_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -220,6 +226,7 @@ class EventView:
     fetch_error: str | None
     deliveries: dict[str, DeliveryView] = field(default_factory=dict)
     headers: dict[str, str] | None = None
+    client_address: str | None = None
     body: bytes | None = None
     job: Any = None
     result_url: str | None = None
@@ -515,6 +522,7 @@ class Store:
                     record.body,
                     "pending" if needs_fetch else "none",
                     record.received_at if needs_fetch else None,
+                    record.client_address,
                 )
             )
             due_at = AWAITING_FETCH if needs_fetch else record.received_at
@@ -524,8 +532,8 @@ class Store:
         if event_rows:
             db.executemany(
                 "INSERT INTO events (id, received_at, source, type, job_id, job_key, state, "
-                "error, headers, body, fetch_state, next_fetch_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "error, headers, body, fetch_state, next_fetch_at, client_address) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 event_rows,
             )
         if delivery_rows:
@@ -928,6 +936,7 @@ class Store:
             return None
         view = _event_view(row)
         view.headers = json.loads(row["headers"])
+        view.client_address = row["client_address"]
         view.body = bytes(row["body"])
         view.job = json.loads(row["job"]) if row["job"] is not None else None
         view.result_url = row["result_url"]
