@@ -68,8 +68,6 @@ def _with_store(
         return asyncio.run(run())
     except (StoreUnavailableError, StoreVersionError) as error:
         fail(str(error))
-    except ConfigError as error:
-        fail(f"cannot start: {error}")
 
 
 def _iso(unix_seconds: float | None) -> str | None:
@@ -170,7 +168,7 @@ def serve_command(obj: _Context, host: str | None, port: int | None) -> None:
 
     try:
         asyncio.run(serve(settings, reload_settings=reload_settings))
-    except OSError as error:
+    except (OSError, ConfigError) as error:
         fail(f"cannot start: {error}")
     except (StoreUnavailableError, StoreVersionError) as error:
         fail(str(error))

@@ -1,0 +1,261 @@
+"""Native TLS on the ingress: real clients, a certificate the test makes, renewal by SIGHUP."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import ssl
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from pulse_relay.config import ConfigError, load_settings
+from tests.certs import CertificateAuthority, Issued
+from tests.conftest import SECRET, StartRelay, make_body, signed, wait_for
+from tests.helpers import Served, free_port
+from tests.test_cli import run_cli
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> CertificateAuthority:
+    directory = tmp_path / "pki"
+    directory.mkdir()
+    return CertificateAuthority(directory)
+
+
+def client_context(ca: CertificateAuthority) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(ca.cert_file))
+
+
+def tls_settings(issued: Issued) -> dict[str, str]:
+    return {"tls_cert_file": str(issued.cert_file), "tls_key_file": str(issued.key_file)}
+
+
+async def test_signed_webhook_over_https_is_accepted(
+    start_relay: StartRelay, ca: CertificateAuthority
+) -> None:
+    relay = await start_relay(server=tls_settings(ca.issue("relay")))
+    body = make_body()
+
+    assert relay.webhook_url.startswith("https://127.0.0.1:")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            relay.webhook_url,
+            data=body,
+            headers=signed(body, webhook_id="msg_tls"),
+            ssl=client_context(ca),
+        ) as answer,
+    ):
+        assert answer.status == 202
+        assert await answer.json() == {"status": "accepted", "id": "msg_tls"}
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+async def test_tls_1_2_and_1_3_clients_connect_and_nothing_older_is_offered(
+    start_relay: StartRelay, ca: CertificateAuthority, version: ssl.TLSVersion
+) -> None:
+    relay = await start_relay(server=tls_settings(ca.issue("relay")))
+    pinned = client_context(ca)
+    pinned.minimum_version = pinned.maximum_version = version
+
+    _, writer = await asyncio.open_connection("127.0.0.1", relay.port, ssl=pinned)
+
+    assert writer.get_extra_info("ssl_object").version() == version.name.replace("_", ".")
+    writer.close()
+    assert relay.tls_context is not None
+    assert relay.tls_context.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+async def test_plain_http_to_the_tls_port_gets_no_answer_and_harms_nothing(
+    start_relay: StartRelay, ca: CertificateAuthority
+) -> None:
+    relay = await start_relay(server=tls_settings(ca.issue("relay")))
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert await asyncio.wait_for(reader.read(), 30) == b""
+    writer.close()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(relay.base_url + "/healthz", ssl=client_context(ca)) as answer,
+    ):
+        assert answer.status == 200
+
+
+def write_config(tmp_path: Path, port: int, issued: Issued) -> Path:
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+tls_cert_file = "{issued.cert_file}"
+tls_key_file = "{issued.key_file}"
+# Long enough that the kept-open connection is not closed as idle during the test.
+read_timeout_seconds = 60
+
+[verify]
+secrets = ["{SECRET}"]
+
+[store]
+path = "{tmp_path / "relay.db"}"
+
+[log]
+format = "json"
+"""
+    )
+    return config
+
+
+class KeptConnection:
+    """One TLS connection kept open across requests, as a sender's pool would keep it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int, ca: CertificateAuthority) -> KeptConnection:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_context(ca), server_hostname="127.0.0.1"
+        )
+        return cls(reader, writer)
+
+    @property
+    def serial(self) -> int:
+        return int(self.writer.get_extra_info("peercert")["serialNumber"], 16)
+
+    async def post(self, webhook_id: str) -> int:
+        body = make_body()
+        headers = signed(body, webhook_id=webhook_id) | {
+            "Host": "127.0.0.1",
+            "Content-Length": str(len(body)),
+        }
+        head = "POST /webhooks/pulse HTTP/1.1\r\n" + "".join(
+            f"{k}: {v}\r\n" for k, v in headers.items()
+        )
+        self.writer.write(head.encode() + b"\r\n" + body)
+        status_line = await asyncio.wait_for(self.reader.readline(), 30)
+        response_head = await self.reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in response_head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        await self.reader.readexactly(length)
+        return int(status_line.split()[1])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def renew(issued: Issued, new: Issued) -> None:
+    """Replace the files in place, as certbot's deploy hook or a secret mount would."""
+    issued.cert_file.write_bytes(new.cert_file.read_bytes())
+    issued.key_file.write_bytes(new.key_file.read_bytes())
+
+
+@pytest.mark.timeout(90)
+async def test_sighup_renews_the_certificate_without_dropping_connections(
+    tmp_path: Path, ca: CertificateAuthority
+) -> None:
+    port = free_port()
+    first = ca.issue("relay")
+    served = Served.start(write_config(tmp_path, port, first), port, tmp_path / "serve.log")
+    try:
+        kept = await KeptConnection.open(port, ca)
+        assert kept.serial == first.serial
+        assert await kept.post("msg_before") == 202
+
+        renewed = ca.issue("renewed")
+        renew(first, renewed)
+        served.process.send_signal(signal.SIGHUP)
+        await wait_for(
+            lambda: any(line["event"] == "TLS certificate reloaded" for line in served.log_lines())
+        )
+
+        # The connection opened before the renewal still works...
+        assert await kept.post("msg_after_on_old_connection") == 202
+        assert kept.serial == first.serial
+        # ...and a new connection is shown the new certificate.
+        fresh = await KeptConnection.open(port, ca)
+        assert fresh.serial == renewed.serial
+        assert await fresh.post("msg_after_on_new_connection") == 202
+        kept.close()
+        fresh.close()
+    finally:
+        assert served.terminate() == 0, served.log()
+
+
+@pytest.mark.timeout(90)
+async def test_a_broken_renewal_keeps_the_running_certificate(
+    tmp_path: Path, ca: CertificateAuthority
+) -> None:
+    port = free_port()
+    first = ca.issue("relay")
+    served = Served.start(write_config(tmp_path, port, first), port, tmp_path / "serve.log")
+    try:
+        # A half-finished renewal: the new certificate, but the key not yet replaced.
+        first.cert_file.write_bytes(ca.issue("half").cert_file.read_bytes())
+        served.process.send_signal(signal.SIGHUP)
+        await wait_for(
+            lambda: any(
+                line["event"].startswith("TLS reload refused") for line in served.log_lines()
+            )
+        )
+        refused = next(
+            line for line in served.log_lines() if line["event"].startswith("TLS reload refused")
+        )
+        assert "does not match" in refused["reason"]
+
+        fresh = await KeptConnection.open(port, ca)
+        assert fresh.serial == first.serial
+        assert await fresh.post("msg_still_served") == 202
+        fresh.close()
+    finally:
+        assert served.terminate() == 0, served.log()
+
+
+def test_check_config_validates_the_certificate_and_key(
+    tmp_path: Path, ca: CertificateAuthority
+) -> None:
+    first, other = ca.issue("relay"), ca.issue("other")
+    config = write_config(tmp_path, 8787, first)
+    assert run_cli("check-config", config=config).returncode == 0
+
+    mismatched = write_config(tmp_path, 8787, Issued(first.cert_file, other.key_file, 0))
+    result = run_cli("check-config", config=mismatched)
+    assert result.returncode == 1
+    assert "server.tls_cert_file / server.tls_key_file" in result.stderr
+    assert f"the key in {other.key_file} does not match {first.cert_file}" in result.stderr
+
+    first.cert_file.unlink()
+    result = run_cli("check-config", config=config)
+    assert result.returncode == 1
+    assert f"cannot read certificate {first.cert_file}" in result.stderr
+
+
+def test_serve_refuses_to_start_with_an_unusable_pair(
+    tmp_path: Path, ca: CertificateAuthority
+) -> None:
+    first, other = ca.issue("relay"), ca.issue("other")
+    config = write_config(tmp_path, free_port(), Issued(first.cert_file, other.key_file, 0))
+
+    result = run_cli("serve", config=config)
+
+    assert result.returncode == 1
+    assert "cannot start: server.tls_cert_file:" in result.stderr
+    assert "does not match" in result.stderr
+
+
+@pytest.mark.parametrize("given", ["tls_cert_file", "tls_key_file"])
+def test_a_certificate_without_its_key_is_a_configuration_error(tmp_path: Path, given: str) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text(f'[server]\n{given} = "x.pem"\n')
+    missing = "tls_key_file" if given == "tls_cert_file" else "tls_cert_file"
+
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings(config)
+
+    assert f"server.{missing}: required when server.{given} is set" in str(excinfo.value)
