@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from pulse_relay.app import Relay, build_router, build_verifier
 from pulse_relay.config import SinkSettings
@@ -186,3 +187,36 @@ async def test_the_pulse_client_and_the_http_sinks_share_one_session(
         finally:
             await relay.stop()
     assert session.closed
+
+
+class BrokenOnClose(ObservedSink):
+    async def close(self) -> None:
+        await super().close()
+        raise OSError("cannot close")
+
+
+async def test_a_sink_that_fails_to_close_does_not_keep_the_others_open(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    history: list[str] = []
+    open_gate = asyncio.Event()
+    open_gate.set()
+
+    def factory(settings: SinkSettings, *, session: aiohttp.ClientSession | None = None) -> Sink:
+        kind = BrokenOnClose if settings.name == "broken" else ObservedSink
+        return kind(build_sink(settings, session=session), settings.name, history, open_gate)
+
+    settings = make_settings(
+        sinks=[
+            {"type": "file", "name": "broken", "directory": str(tmp_path / "a")},
+            {"type": "file", "name": "fine", "directory": str(tmp_path / "b")},
+        ]
+    )
+    relay = Relay(settings, sink_factory=factory)
+    await relay.start()
+    with capture_logs() as logs:
+        await relay.stop()
+    assert history == ["broken closed", "fine closed"]
+    assert [(e["event"], e["sink"]) for e in logs if e["log_level"] == "error"] == [
+        ("closing a sink failed", "broken")
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import stat
 import sys
 import time
@@ -37,6 +38,13 @@ if not started.exists():
 (out / "delivered.json").write_bytes(data)
 """
 
+# A command sink that records its pid, then hangs far beyond any test's patience.
+HANGING_COMMAND = """\
+import os, pathlib, sys, time
+pathlib.Path(sys.argv[1], "pid").write_text(str(os.getpid()))
+time.sleep(600)
+"""
+
 
 @pytest.fixture
 def serve_processes() -> Iterator[list[Served]]:
@@ -66,14 +74,15 @@ def wait_until(condition: Any, timeout_seconds: float = 20) -> None:
         time.sleep(0.02)
 
 
-# --- graceful shutdown ---------------------------------------------------------------------
+def command_sink_config(
+    tmp_path: Path, script: str, *, grace_seconds: float, timeout_seconds: float
+) -> tuple[Path, int, Path]:
+    """A serve configuration with a command sink "slow" running `script` with an out folder.
 
-
-def test_sigterm_during_a_slow_delivery_exits_0_and_the_delivery_completes_after_restart(
-    tmp_path: Path, serve_processes: list[Served]
-) -> None:
-    script = tmp_path / "slow.py"
-    script.write_text(SLOW_COMMAND)
+    Returns the configuration file, its port and the out folder.
+    """
+    script_path = tmp_path / "command.py"
+    script_path.write_text(script)
     out = tmp_path / "out"
     out.mkdir()
     port = free_port()
@@ -84,12 +93,26 @@ def test_sigterm_during_a_slow_delivery_exits_0_and_the_delivery_completes_after
 [[sinks]]
 name = "slow"
 type = "command"
-argv = {json.dumps([sys.executable, str(script), str(out)])}
-timeout_seconds = 300
+argv = {json.dumps([sys.executable, str(script_path), str(out)])}
+timeout_seconds = {timeout_seconds}
 """,
     )
     config.write_text(
-        config.read_text().replace("[verify]", "shutdown_grace_seconds = 1.0\n\n[verify]")
+        config.read_text().replace(
+            "[verify]", f"shutdown_grace_seconds = {grace_seconds}\n\n[verify]"
+        )
+    )
+    return config, port, out
+
+
+# --- graceful shutdown ---------------------------------------------------------------------
+
+
+def test_sigterm_during_a_slow_delivery_exits_0_and_the_delivery_completes_after_restart(
+    tmp_path: Path, serve_processes: list[Served]
+) -> None:
+    config, port, out = command_sink_config(
+        tmp_path, SLOW_COMMAND, grace_seconds=1.0, timeout_seconds=300
     )
     first = Served(config, tmp_path / "first.log")
     serve_processes.append(first)
@@ -112,6 +135,48 @@ timeout_seconds = 300
     assert second.terminate() == 0, second.log()
     shown = run_cli("show", "msg_slow", "--json", config=config)
     assert json.loads(shown.stdout)["deliveries"]["slow"]["state"] == "delivered"
+
+
+def process_is_gone(pid: int) -> bool:
+    """True once `pid` has exited (a zombie not yet reaped counts as gone)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat_line.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_second_signal_during_the_grace_period_exits_at_once_with_status_1(
+    tmp_path: Path, serve_processes: list[Served], second: signal.Signals
+) -> None:
+    # A grace period no test waits for: only the second signal can end this shutdown soon.
+    config, port, out = command_sink_config(
+        tmp_path, HANGING_COMMAND, grace_seconds=900, timeout_seconds=900
+    )
+    served = Served(config, tmp_path / "serve.log")
+    serve_processes.append(served)
+    served.wait_listening(port)
+    assert post_webhook(port, make_body("job.created", job_id="job-hang"), "msg_hang") == 202
+    wait_until(lambda: (out / "pid").exists() and (out / "pid").read_text() != "")
+    command_pid = int((out / "pid").read_text())
+
+    served.process.send_signal(signal.SIGTERM)
+    wait_until(lambda: "shutting down" in [line["event"] for line in served.log_lines()])
+    served.process.send_signal(second)
+    assert served.process.wait(timeout=60) == 1, served.log()
+
+    events = [line["event"] for line in served.log_lines()]
+    assert "second signal: exiting at once; unfinished work runs again after a restart" in events
+    assert "stopped" not in events
+    wait_until(lambda: process_is_gone(command_pid))
+    # The delivery keeps its lease and no outcome: the next start takes it up again.
+    with sqlite3.connect(tmp_path / "relay.db") as db:
+        row = db.execute(
+            "SELECT state, attempts, lease_until FROM deliveries WHERE sink = 'slow'"
+        ).fetchone()
+    assert row[:2] == ("pending", 0)
+    assert row[2] is not None
 
 
 # --- prune and retention -------------------------------------------------------------------

@@ -214,3 +214,49 @@ async def test_a_delivery_view_reads_by_attribute_and_by_its_former_keys(store: 
     assert (delivery["state"], delivery["replay"]) == ("pending", True)
     with pytest.raises(KeyError):
         delivery["sink"]
+
+
+SQLITE_DEFAULT_MAX_VARIABLES = 32_766
+MORE_IDS_THAN_ONE_STATEMENT_BINDS = 33_000
+
+
+async def limit_writes_to_sqlite_default_variables(store: Store) -> None:
+    """Builds differ (Debian's allows 250 000 variables); the default is what must work."""
+
+    def limit(db: sqlite3.Connection) -> None:
+        db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, SQLITE_DEFAULT_MAX_VARIABLES)
+
+    await store.write(limit)
+
+
+async def test_replay_takes_more_event_ids_than_one_statement_can_bind(store: Store) -> None:
+    ids = [f"m{n}" for n in range(MORE_IDS_THAN_ONE_STATEMENT_BINDS)]
+
+    def insert_dead_deliveries(db: sqlite3.Connection) -> None:
+        # Straight into the tables in one transaction: ingesting them one by one would be slow.
+        db.executemany(
+            "INSERT INTO events (id, received_at, source, state, headers, body, fetch_state) "
+            "VALUES (?, 0, 'webhook', 'accepted', '{}', x'', 'none')",
+            [(event_id,) for event_id in ids],
+        )
+        db.executemany(
+            "INSERT INTO deliveries (event_id, sink, state, next_attempt_at, updated_at) "
+            "VALUES (?, 'a', 'dead', 0, 0)",
+            [(event_id,) for event_id in ids],
+        )
+
+    await store.write(insert_dead_deliveries)
+    await limit_writes_to_sqlite_default_variables(store)
+    # A repeated id is one delivery, however the ids are split up.
+    assert await store.replay([*ids, ids[0]]) == len(ids)
+    assert await store.pending_counts() == {"a": len(ids)}
+    last = await store.get_event(ids[-1])
+    assert last is not None and last.deliveries["a"].is_replay
+
+
+async def test_unwatch_takes_more_job_ids_than_one_statement_can_bind(store: Store) -> None:
+    job_ids = [f"job-{n}" for n in range(MORE_IDS_THAN_ONE_STATEMENT_BINDS)]
+    await store.add_watches(job_ids, interval_seconds=5)
+    await limit_writes_to_sqlite_default_variables(store)
+    assert await store.remove_watches([*job_ids, "job-unknown"]) == len(job_ids)
+    assert await store.list_watches() == []

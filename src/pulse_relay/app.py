@@ -3,7 +3,8 @@
 Start-up: store → sinks and Pulse client → dispatcher and poller → listener →
 READY=1 to systemd. Shutdown (SIGTERM/SIGINT): STOPPING=1 → stop accepting →
 finish acks in flight → give running deliveries the grace period → release
-leases → close the sinks and the HTTP session → close the store. SIGHUP
+leases → close the sinks and the HTTP session → close the store. A second
+signal during that ends the process at once (status 1, leases kept). SIGHUP
 reloads the TLS certificate files, the sinks and the log settings.
 """
 
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import ssl
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -47,6 +50,10 @@ DAY_SECONDS = 86_400.0
 # The first retention run comes shortly after start, so a relay restarted daily still prunes.
 RETENTION_FIRST_RUN_SECONDS = 60.0
 RETENTION_RETRY_SECONDS = 600.0
+# A second SIGTERM/SIGINT during shutdown: the exit status, and how long cancelled work
+# gets to clean up (a command sink kills its process group) before the process ends.
+FORCED_EXIT_CODE = 1
+FORCED_EXIT_CLEANUP_SECONDS = 1.0
 # Sections a SIGHUP applies; any other change needs a restart.
 RELOADABLE_SECTIONS = ("sinks", "log")
 
@@ -466,13 +473,21 @@ async def serve(
     Tells systemd (when `$NOTIFY_SOCKET` is set) READY=1 once the store is open
     and the listener bound, WATCHDOG=1 while the relay proves alive, and
     STOPPING=1 when shutdown begins. SIGHUP calls `reload_settings` and applies
-    the new sinks and log settings.
+    the new sinks and log settings. A second SIGTERM or SIGINT during shutdown
+    ends the process at once with status 1 (see `_exit_now`).
     """
     notifier = notifier or Notifier.from_environment()
     relay = Relay(settings)
     stop = asyncio.Event()
+    hurry = asyncio.Event()
     loop = asyncio.get_running_loop()
     background: set[asyncio.Task[None]] = set()
+
+    def on_stop_signal() -> None:
+        # As in uvicorn: the first signal shuts down in order, a second one means now.
+        if stop.is_set():
+            hurry.set()
+        stop.set()
 
     def on_hangup() -> None:
         task = asyncio.create_task(_reload(relay, reload_settings, notifier))
@@ -480,22 +495,14 @@ async def serve(
         task.add_done_callback(background.discard)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_stop_signal)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
     sample_accept_errors(loop, SampledLog(log))
     try:
         await relay.start()
         notifier.ready(status=f"listening on {relay.webhook_url}")
-        interval_seconds = watchdog_interval_seconds()
-        if interval_seconds is not None and notifier.is_enabled:
-
-            async def alive() -> list[str]:
-                return await relay.liveness(timeout_seconds=interval_seconds)
-
-            watchdog = asyncio.create_task(
-                run_watchdog(notifier, interval_seconds=interval_seconds, check=alive),
-                name="watchdog",
-            )
+        watchdog = _start_watchdog(relay, notifier)
+        if watchdog is not None:
             background.add(watchdog)
         if on_ready is not None:
             on_ready(relay)
@@ -503,13 +510,63 @@ async def serve(
         notifier.stopping()
         log.info("shutting down")
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(signum)
+        loop.remove_signal_handler(signal.SIGHUP)
         loop.set_exception_handler(None)
         for task in list(background):
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        await relay.stop()
+        await _stop_unless_hurried(relay, hurry)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+def _start_watchdog(relay: Relay, notifier: Notifier) -> asyncio.Task[None] | None:
+    """Ping systemd's watchdog while the relay proves alive, when `WatchdogSec` asks for it."""
+    interval_seconds = watchdog_interval_seconds()
+    if interval_seconds is None or not notifier.is_enabled:
+        return None
+
+    async def alive() -> list[str]:
+        return await relay.liveness(timeout_seconds=interval_seconds)
+
+    return asyncio.create_task(
+        run_watchdog(notifier, interval_seconds=interval_seconds, check=alive), name="watchdog"
+    )
+
+
+async def _stop_unless_hurried(relay: Relay, hurry: asyncio.Event) -> None:
+    """Stop the relay in order, unless `hurry` (a second signal) asks to exit at once."""
+    stopping = asyncio.create_task(relay.stop(), name="relay-stop")
+    hurried = asyncio.create_task(hurry.wait(), name="second-signal")
+    await asyncio.wait({stopping, hurried}, return_when=asyncio.FIRST_COMPLETED)
+    hurried.cancel()
+    if not stopping.done():
+        await _exit_now()
+    await stopping
+
+
+async def _exit_now() -> NoReturn:
+    """End the process at once with FORCED_EXIT_CODE: no grace period, no lease release.
+
+    Running work is cancelled and gets a moment to clean up (a command sink
+    kills its process group); what it held keeps its lease and runs again after
+    a restart, as after a crash. Nothing acknowledged is lost: SQLite rolls
+    back an unfinished transaction when the store is next opened.
+    """
+    log.warning(
+        "second signal: exiting at once; unfinished work runs again after a restart",
+        exit_code=FORCED_EXIT_CODE,
+    )
+    current = asyncio.current_task()
+    others = [task for task in asyncio.all_tasks() if task is not current]
+    for task in others:
+        task.cancel()
+    if others:
+        await asyncio.wait(others, timeout=FORCED_EXIT_CLEANUP_SECONDS)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Not sys.exit: that would wait for threads that may be stuck (a commit on a hung disk).
+    os._exit(FORCED_EXIT_CODE)
 
 
 async def _reload(relay: Relay, load: SettingsLoader | None, notifier: Notifier) -> None:

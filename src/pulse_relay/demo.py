@@ -26,6 +26,8 @@ from pulse_relay.emulator import PulseEmulator
 from pulse_relay.store import EventView
 
 DEADLINE_SECONDS = 30.0
+RESULTS_FOLDER = "results"
+COMMAND_OUT_FOLDER = "command-out"
 # Copies stdin to a file named after the event: the command sink's observable effect.
 _COMMAND = (
     "import json, pathlib, sys\n"
@@ -65,8 +67,8 @@ async def run_demo(out: TextIO, *, workdir: Path | None = None) -> bool:
 
 async def _run(out: TextIO, folder: Path) -> bool:
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-    files = folder / "results"
-    command_out = folder / "command-out"
+    files = folder / RESULTS_FOLDER
+    command_out = folder / COMMAND_OUT_FOLDER
     command_out.mkdir(parents=True, exist_ok=True)
     app = _FlakyApp()
     web_app = web.Application()
@@ -81,32 +83,7 @@ async def _run(out: TextIO, folder: Path) -> bool:
     emulator.add_job("job-scan-large", large_result=True)
     emulator.add_job("job-watched", statuses=["pending", "processing", "completed"])
     await emulator.start()
-    settings = Settings.model_validate(
-        {
-            "server": {"host": "127.0.0.1", "port": 0},
-            "verify": {"secrets": [secret]},
-            "store": {"path": str(folder / "relay.db")},
-            "pulse": {"base_url": emulator.base_url, "api_key": emulator.api_key},
-            "poll": {"interval_seconds": 0.2, "max_interval_seconds": 0.5},
-            "log": {"level": "error"},
-            "sinks": [
-                {"name": "files", "type": "file", "directory": str(files)},
-                {
-                    "name": "app",
-                    "type": "http",
-                    "url": app_url,
-                    "events": ["job.*", "credits.*"],
-                    "retry_initial_seconds": 0.3,
-                },
-                {
-                    "name": "script",
-                    "type": "command",
-                    "argv": [sys.executable, "-c", _COMMAND, str(command_out)],
-                    "events": ["job.completed"],
-                },
-            ],
-        }
-    )
+    settings = _settings(folder, secret, emulator.base_url, emulator.api_key, app_url)
     relay = Relay(settings)
     await relay.start()
     started = time.monotonic()
@@ -147,6 +124,36 @@ async def _run(out: TextIO, folder: Path) -> bool:
         await app_runner.cleanup()
     elapsed = time.monotonic() - started
     return _report(out, views, app, emulator, files, command_out, elapsed)
+
+
+def _settings(folder: Path, secret: str, pulse_url: str, api_key: str, app_url: str) -> Settings:
+    """The demo relay: every sink type, fast polling, quiet logs, its files inside `folder`."""
+    return Settings.model_validate(
+        {
+            "server": {"host": "127.0.0.1", "port": 0},
+            "verify": {"secrets": [secret]},
+            "store": {"path": str(folder / "relay.db")},
+            "pulse": {"base_url": pulse_url, "api_key": api_key},
+            "poll": {"interval_seconds": 0.2, "max_interval_seconds": 0.5},
+            "log": {"level": "error"},
+            "sinks": [
+                {"name": "files", "type": "file", "directory": str(folder / RESULTS_FOLDER)},
+                {
+                    "name": "app",
+                    "type": "http",
+                    "url": app_url,
+                    "events": ["job.*", "credits.*"],
+                    "retry_initial_seconds": 0.3,
+                },
+                {
+                    "name": "script",
+                    "type": "command",
+                    "argv": [sys.executable, "-c", _COMMAND, str(folder / COMMAND_OUT_FOLDER)],
+                    "events": ["job.completed"],
+                },
+            ],
+        }
+    )
 
 
 async def _wait_until_settled(relay: Relay) -> list[EventView]:

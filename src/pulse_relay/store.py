@@ -30,7 +30,8 @@ DeliveryOutcome = Literal["delivered", "retry", "dead"]
 AWAITING_FETCH = 9.0e15
 # Bound on the number of queued writes that go into one transaction.
 MAX_BATCH = 512
-# SQLite's default limit on host parameters in one statement is 999 on old builds.
+# SQLite's default limit on host parameters in one statement is 999 on old builds, so
+# every "IN (...)" list of caller-given length is bound in chunks of this many.
 _CHUNK = 500
 # Events deleted per transaction by prune(), so the writer is never held for long.
 PRUNE_BATCH = 500
@@ -473,19 +474,8 @@ class Store:
     def _insert_events(
         self, db: sqlite3.Connection, records: list[IngestRecord]
     ) -> list[IngestOutcome]:
-        ids = list({record.event_id for record in records})
-        existing: set[str] = set()
-        for chunk in _chunks(ids):
-            sql = f"SELECT id FROM events WHERE id IN ({_placeholders(len(chunk))})"
-            existing.update(row[0] for row in db.execute(sql, chunk))
-        keys = list({r.job_key for r in records if r.job_key is not None})
-        seen_keys: dict[str, str] = {}
-        for chunk in _chunks(keys):
-            sql = (
-                "SELECT job_key, id FROM events WHERE state = 'accepted' "
-                f"AND job_key IN ({_placeholders(len(chunk))})"
-            )
-            seen_keys.update({row[0]: row[1] for row in db.execute(sql, chunk)})
+        existing = _stored_ids(db, [record.event_id for record in records])
+        seen_keys = _accepted_job_keys(db, [r.job_key for r in records if r.job_key is not None])
         outcomes: list[IngestOutcome] = []
         event_rows: list[tuple[Any, ...]] = []
         delivery_rows: list[tuple[Any, ...]] = []
@@ -495,17 +485,7 @@ class Store:
                 continue
             existing.add(record.event_id)
             outcomes.append("accepted")
-            state, error = "accepted", record.error
-            if error is not None:
-                state = "invalid"
-            elif record.job_key is not None and record.job_key in seen_keys:
-                state = "repeat"
-                error = (
-                    f"job {record.job_id} already has a {record.event_type} event "
-                    f"({seen_keys[record.job_key]}); not delivered twice"
-                )
-            elif record.job_key is not None:
-                seen_keys[record.job_key] = record.event_id
+            state, error = _ingest_state(record, seen_keys)
             sinks = list(record.sinks) if state == "accepted" else []
             needs_fetch = record.needs_fetch and bool(sinks)
             event_rows.append(
@@ -705,26 +685,32 @@ class Store:
     ) -> int:
         """Make deliveries due again as replays; returns how many were queued."""
         now = self._clock()
+        clauses = ["1 = 1"]
+        params: list[Any] = [now, now]
+        if dead_only:
+            clauses.append("state = 'dead'")
+        if sink is not None:
+            clauses.append("sink = ?")
+            params.append(sink)
+        update = (
+            "UPDATE deliveries SET state = 'pending', attempts = 0, replay = 1, "
+            "lease_until = NULL, next_attempt_at = ?, updated_at = ? "
+            f"WHERE {' AND '.join(clauses)}"
+        )
+        # Repeated ids must not count twice when they land in different chunks.
+        unique_ids = list(dict.fromkeys(event_ids))
 
         def op(db: sqlite3.Connection) -> int:
-            clauses = ["1 = 1"]
-            params: list[Any] = []
-            if dead_only:
-                clauses.append("state = 'dead'")
-            if sink is not None:
-                clauses.append("sink = ?")
-                params.append(sink)
-            if event_ids:
-                clauses.append(f"event_id IN ({_placeholders(len(event_ids))})")
-                params.extend(event_ids)
-            where = " AND ".join(clauses)
-            cursor = db.execute(
-                "UPDATE deliveries SET state = 'pending', attempts = 0, replay = 1, "
-                "lease_until = NULL, next_attempt_at = ?, updated_at = ? "
-                f"WHERE {where}",
-                [now, now, *params],
-            )
-            count = cursor.rowcount
+            if unique_ids:
+                count = sum(
+                    db.execute(
+                        update + f" AND event_id IN ({_placeholders(len(chunk))})",
+                        [*params, *chunk],
+                    ).rowcount
+                    for chunk in _chunks(unique_ids)
+                )
+            else:
+                count = db.execute(update, params).rowcount
             # A replay of an event whose fetch had died tries the fetch again.
             db.execute(
                 "UPDATE events SET fetch_state = 'pending', next_fetch_at = ?, fetch_attempts = 0 "
@@ -803,12 +789,15 @@ class Store:
     async def remove_watches(self, job_ids: Sequence[str]) -> int:
         """Stop watching jobs; returns how many were watched."""
 
+        unique_ids = list(dict.fromkeys(job_ids))
+
         def op(db: sqlite3.Connection) -> int:
-            cursor = db.execute(
-                f"DELETE FROM watches WHERE job_id IN ({_placeholders(len(job_ids))})",
-                list(job_ids),
+            return sum(
+                db.execute(
+                    f"DELETE FROM watches WHERE job_id IN ({_placeholders(len(chunk))})", chunk
+                ).rowcount
+                for chunk in _chunks(unique_ids)
             )
-            return cursor.rowcount
 
         result: int = await self.write(op)
         return result
@@ -983,15 +972,15 @@ class Store:
         """When the next claimable fetch or delivery (for `sinks`) is due; None if none waits."""
         now = self._clock()
         times: list[float] = []
-        if sinks:
+        for chunk in _chunks(list(sinks)):
             async with self.db.execute(
                 "SELECT MIN(d.next_attempt_at) FROM deliveries d "
                 "JOIN events e ON e.id = d.event_id "
-                f"WHERE d.state = 'pending' AND d.sink IN ({_placeholders(len(sinks))}) "
+                f"WHERE d.state = 'pending' AND d.sink IN ({_placeholders(len(chunk))}) "
                 f"AND d.next_attempt_at < {AWAITING_FETCH!r} "
                 "AND (d.lease_until IS NULL OR d.lease_until <= ?) "
                 "AND e.fetch_state IN ('none', 'done')",
-                [*sinks, now],
+                [*chunk, now],
             ) as cursor:
                 row = await cursor.fetchone()
             if row and row[0] is not None:
@@ -1006,6 +995,46 @@ class Store:
             if row and row[0] is not None:
                 times.append(float(row[0]))
         return min(times) if times else None
+
+
+def _stored_ids(db: sqlite3.Connection, event_ids: Sequence[str]) -> set[str]:
+    """Which of `event_ids` the store already holds."""
+    found: set[str] = set()
+    for chunk in _chunks(list(dict.fromkeys(event_ids))):
+        sql = f"SELECT id FROM events WHERE id IN ({_placeholders(len(chunk))})"
+        found.update(row[0] for row in db.execute(sql, chunk))
+    return found
+
+
+def _accepted_job_keys(db: sqlite3.Connection, job_keys: Sequence[str]) -> dict[str, str]:
+    """For each of `job_keys` already accepted, the id of the event that holds it."""
+    found: dict[str, str] = {}
+    for chunk in _chunks(list(dict.fromkeys(job_keys))):
+        sql = (
+            "SELECT job_key, id FROM events WHERE state = 'accepted' "
+            f"AND job_key IN ({_placeholders(len(chunk))})"
+        )
+        found.update({row[0]: row[1] for row in db.execute(sql, chunk)})
+    return found
+
+
+def _ingest_state(record: IngestRecord, seen_keys: dict[str, str]) -> tuple[str, str | None]:
+    """A new event's state and error: invalid, a repeat of its job's status, or accepted.
+
+    An accepted event's job key is added to `seen_keys`, so a later record in the
+    same batch is a repeat of it.
+    """
+    if record.error is not None:
+        return "invalid", record.error
+    if record.job_key is None:
+        return "accepted", None
+    if record.job_key in seen_keys:
+        return "repeat", (
+            f"job {record.job_id} already has a {record.event_type} event "
+            f"({seen_keys[record.job_key]}); not delivered twice"
+        )
+    seen_keys[record.job_key] = record.event_id
+    return "accepted", None
 
 
 _WATCH_COLUMNS = (
