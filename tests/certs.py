@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,3 +83,7 @@ class CertificateAuthority:
     @property
     def cert_pem(self) -> bytes:
         return self._cert.public_bytes(serialization.Encoding.PEM)
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client context that trusts this CA only."""
+        return ssl.create_default_context(cafile=str(self.cert_file))
