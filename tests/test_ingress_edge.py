@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import json
 import logging
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -22,58 +20,7 @@ from structlog.testing import capture_logs
 
 from pulse_relay.app import Relay
 from tests.conftest import OTHER_SECRET, StartRelay, make_body, signed, wait_for
-
-PATH = "/webhooks/pulse"
-
-
-@dataclass
-class Answer:
-    """One HTTP response as read off the socket."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def document(self) -> dict[str, Any]:
-        parsed: dict[str, Any] = json.loads(self.body)
-        return parsed
-
-
-def request_bytes(
-    body: bytes,
-    headers: dict[str, str] | list[tuple[str, str]],
-    *,
-    chunked: bool = False,
-    path: str = PATH,
-    keep_alive: bool = False,
-) -> bytes:
-    """A POST as a client would write it; the body is sent as is (or as one chunk)."""
-    pairs = list(headers.items()) if isinstance(headers, dict) else list(headers)
-    pairs.append(("Host", "127.0.0.1"))
-    if not keep_alive:
-        pairs.append(("Connection", "close"))
-    if chunked:
-        pairs.append(("Transfer-Encoding", "chunked"))
-        body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
-    elif not any(name.lower() == "content-length" for name, _ in pairs):
-        pairs.append(("Content-Length", str(len(body))))
-    head = f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in pairs) + "\r\n"
-    return head.encode("latin-1") + body
-
-
-async def read_answer(reader: asyncio.StreamReader) -> Answer:
-    """Read one response (status line, headers, Content-Length body)."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        if line:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
-    body = await reader.readexactly(length) if length else b""
-    return Answer(int(status_line.split()[1]), headers, body)
+from tests.rawhttp import Answer, close, read_answer, request_bytes
 
 
 async def exchange(relay: Relay, data: bytes) -> Answer:
@@ -84,7 +31,7 @@ async def exchange(relay: Relay, data: bytes) -> Answer:
         await writer.drain()
         return await asyncio.wait_for(read_answer(reader), 30)
     finally:
-        writer.close()
+        await close(writer)
 
 
 async def metric(relay: Relay, outcome: str) -> float:
@@ -232,7 +179,7 @@ async def send_expecting(relay: Relay, headers: dict[str, str]) -> tuple[Answer,
         first = await asyncio.wait_for(read_answer(reader), 30)
         return first, first.status == 100
     finally:
-        writer.close()
+        await close(writer)
 
 
 async def test_expect_continue_over_the_size_limit_is_413_without_continue(
@@ -283,7 +230,7 @@ async def test_expect_continue_with_good_headers_continues_and_is_accepted(relay
         writer.write(body)
         final = await asyncio.wait_for(read_answer(reader), 30)
     finally:
-        writer.close()
+        await close(writer)
 
     assert interim.status == 100
     assert (final.status, final.document["status"]) == (202, "accepted")
@@ -313,7 +260,7 @@ async def test_malformed_chunk_mid_body_is_400_at_once(relay: Relay, no_tracebac
         writer.write(b"5\r\nhello\r\nZZ\r\nnot a chunk\r\n")
         answer = await asyncio.wait_for(read_answer(reader), 30)
     finally:
-        writer.close()
+        await close(writer)
 
     assert answer.status == 400
     assert answer.document == {
@@ -379,7 +326,7 @@ async def test_a_body_not_sent_in_time_is_408_counted_and_logged(
             await writer.drain()
             answer = await asyncio.wait_for(read_answer(reader), 30)
     finally:
-        writer.close()
+        await close(writer)
 
     assert (answer.status, answer.document["status"]) == (408, "timeout")
     assert await metric(relay, "timeout") == 1
@@ -451,32 +398,24 @@ async def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(
     assert view is not None and view.client_address == "203.0.113.9"
 
 
-async def test_forwarding_headers_from_an_untrusted_peer_change_nothing(
-    start_relay: StartRelay,
+@pytest.mark.parametrize(
+    ("trusted_proxies", "client"),
+    [(["10.0.0.0/8"], "127.0.0.1"), (["127.0.0.0/8"], "2001:db8::7")],
+    ids=["untrusted peer: its headers change nothing", "Forwarded preferred to X-Forwarded-For"],
+)
+async def test_the_stored_client_address(
+    start_relay: StartRelay, trusted_proxies: list[str], client: str
 ) -> None:
-    relay = await start_relay(server={"trusted_proxies": ["10.0.0.0/8"]})
+    relay = await start_relay(server={"trusted_proxies": trusted_proxies})
     body = make_body()
-    headers = signed(body, webhook_id="msg_direct") | {
-        "X-Forwarded-For": "203.0.113.9",
-        "Forwarded": "for=198.51.100.7",
-    }
-
-    assert (await exchange(relay, request_bytes(body, headers))).status == 202
-    view = await relay.store.get_event("msg_direct")
-    assert view is not None and view.client_address == "127.0.0.1"
-
-
-async def test_forwarded_is_preferred_to_x_forwarded_for(start_relay: StartRelay) -> None:
-    relay = await start_relay(server={"trusted_proxies": ["127.0.0.0/8"]})
-    body = make_body()
-    headers = signed(body, webhook_id="msg_rfc7239") | {
+    headers = signed(body, webhook_id="msg_client") | {
         "X-Forwarded-For": "203.0.113.9",
         "Forwarded": 'for="[2001:db8::7]:4711";proto=https',
     }
 
     assert (await exchange(relay, request_bytes(body, headers))).status == 202
-    view = await relay.store.get_event("msg_rfc7239")
-    assert view is not None and view.client_address == "2001:db8::7"
+    view = await relay.store.get_event("msg_client")
+    assert view is not None and view.client_address == client
 
 
 REQUIRED = {"X-Relay-Token": "token-only-svix-knows"}

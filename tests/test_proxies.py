@@ -30,6 +30,7 @@ from pulse_relay.app import Relay
 from tests.certs import CertificateAuthority
 from tests.conftest import StartRelay, make_body, signed, wait_for
 from tests.helpers import free_port
+from tests.rawhttp import close, request_bytes
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 CLIENT = "127.0.0.2"
@@ -282,11 +283,8 @@ async def test_a_body_over_the_relay_limit_gets_the_relay_json_413(
 
 async def test_nginx_caps_the_connections_of_one_source(relay: Relay, workdir: Workdir) -> None:
     body = make_body()
-    head = "".join(
-        f"{name}: {value}\r\n"
-        for name, value in (signed(body) | {"Content-Length": str(len(body))}).items()
-    )
-    request = f"POST /webhooks/pulse HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}\r\n".encode()
+    # The headers of a request whose body never comes.
+    request = request_bytes(b"", signed(body) | {"Content-Length": str(len(body))})
     async with running_proxy("nginx", relay, workdir) as url:
         port = int(url.split(":")[2].split("/")[0])
         held: list[asyncio.StreamWriter] = []
@@ -303,7 +301,7 @@ async def test_nginx_caps_the_connections_of_one_source(relay: Relay, workdir: W
             status, _, _ = await post(url, workdir, body, signed(body))
         finally:
             for writer in held:
-                writer.close()
+                await close(writer)
 
     assert status == 429
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -14,6 +17,7 @@ from pulse_relay.config import ConfigError, load_settings
 from tests.certs import CertificateAuthority, Issued
 from tests.conftest import SECRET, StartRelay, make_body, signed, wait_for
 from tests.helpers import Served, free_port
+from tests.rawhttp import close, read_answer, request_bytes
 from tests.test_cli import run_cli
 
 
@@ -63,7 +67,7 @@ async def test_tls_1_2_and_1_3_clients_connect_and_nothing_older_is_offered(
     _, writer = await asyncio.open_connection("127.0.0.1", relay.port, ssl=pinned)
 
     assert writer.get_extra_info("ssl_object").version() == version.name.replace("_", ".")
-    writer.close()
+    await close(writer)
     assert relay.tls_context is not None
     assert relay.tls_context.minimum_version == ssl.TLSVersion.TLSv1_2
 
@@ -75,7 +79,7 @@ async def test_plain_http_to_the_tls_port_gets_no_answer_and_harms_nothing(
     reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     assert await asyncio.wait_for(reader.read(), 30) == b""
-    writer.close()
+    await close(writer)
     async with (
         aiohttp.ClientSession() as session,
         session.get(relay.base_url + "/healthz", ssl=client_context(ca)) as answer,
@@ -128,26 +132,11 @@ class KeptConnection:
 
     async def post(self, webhook_id: str) -> int:
         body = make_body()
-        headers = signed(body, webhook_id=webhook_id) | {
-            "Host": "127.0.0.1",
-            "Content-Length": str(len(body)),
-        }
-        head = "POST /webhooks/pulse HTTP/1.1\r\n" + "".join(
-            f"{k}: {v}\r\n" for k, v in headers.items()
-        )
-        self.writer.write(head.encode() + b"\r\n" + body)
-        status_line = await asyncio.wait_for(self.reader.readline(), 30)
-        response_head = await self.reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":")[1])
-            for line in response_head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        )
-        await self.reader.readexactly(length)
-        return int(status_line.split()[1])
+        self.writer.write(request_bytes(body, signed(body, webhook_id=webhook_id), keep_alive=True))
+        return (await asyncio.wait_for(read_answer(self.reader), 30)).status
 
-    def close(self) -> None:
-        self.writer.close()
+    async def close(self) -> None:
+        await close(self.writer)
 
 
 def renew(issued: Issued, new: Issued) -> None:
@@ -156,65 +145,78 @@ def renew(issued: Issued, new: Issued) -> None:
     issued.key_file.write_bytes(new.key_file.read_bytes())
 
 
-@pytest.mark.timeout(90)
-async def test_sighup_renews_the_certificate_without_dropping_connections(
-    tmp_path: Path, ca: CertificateAuthority
-) -> None:
+@dataclass
+class ServedTLS:
+    """`pulse-relay serve` over TLS as a subprocess, with the certificate it started with."""
+
+    served: Served
+    port: int
+    certificate: Issued
+
+    async def hang_up_until_logged(self, event: str) -> dict[str, Any]:
+        """Send SIGHUP and return the first log line whose event starts with `event`."""
+        self.served.process.send_signal(signal.SIGHUP)
+
+        def logged() -> dict[str, Any] | None:
+            lines = self.served.log_lines()
+            return next((line for line in lines if line["event"].startswith(event)), None)
+
+        await wait_for(lambda: logged() is not None)
+        line = logged()
+        assert line is not None
+        return line
+
+
+@pytest.fixture
+def served_tls(tmp_path: Path, ca: CertificateAuthority) -> Iterator[ServedTLS]:
     port = free_port()
     first = ca.issue("relay")
     served = Served.start(write_config(tmp_path, port, first), port, tmp_path / "serve.log")
     try:
-        kept = await KeptConnection.open(port, ca)
-        assert kept.serial == first.serial
-        assert await kept.post("msg_before") == 202
-
-        renewed = ca.issue("renewed")
-        renew(first, renewed)
-        served.process.send_signal(signal.SIGHUP)
-        await wait_for(
-            lambda: any(line["event"] == "TLS certificate reloaded" for line in served.log_lines())
-        )
-
-        # The connection opened before the renewal still works...
-        assert await kept.post("msg_after_on_old_connection") == 202
-        assert kept.serial == first.serial
-        # ...and a new connection is shown the new certificate.
-        fresh = await KeptConnection.open(port, ca)
-        assert fresh.serial == renewed.serial
-        assert await fresh.post("msg_after_on_new_connection") == 202
-        kept.close()
-        fresh.close()
+        yield ServedTLS(served, port, first)
     finally:
         assert served.terminate() == 0, served.log()
+
+
+@pytest.mark.timeout(90)
+async def test_sighup_renews_the_certificate_without_dropping_connections(
+    served_tls: ServedTLS, ca: CertificateAuthority
+) -> None:
+    first = served_tls.certificate
+    kept = await KeptConnection.open(served_tls.port, ca)
+    assert kept.serial == first.serial
+    assert await kept.post("msg_before") == 202
+
+    renewed = ca.issue("renewed")
+    renew(first, renewed)
+    await served_tls.hang_up_until_logged("TLS certificate reloaded")
+
+    # The connection opened before the renewal still works...
+    assert await kept.post("msg_after_on_old_connection") == 202
+    assert kept.serial == first.serial
+    # ...and a new connection is shown the new certificate.
+    fresh = await KeptConnection.open(served_tls.port, ca)
+    assert fresh.serial == renewed.serial
+    assert await fresh.post("msg_after_on_new_connection") == 202
+    await kept.close()
+    await fresh.close()
 
 
 @pytest.mark.timeout(90)
 async def test_a_broken_renewal_keeps_the_running_certificate(
-    tmp_path: Path, ca: CertificateAuthority
+    served_tls: ServedTLS, ca: CertificateAuthority
 ) -> None:
-    port = free_port()
-    first = ca.issue("relay")
-    served = Served.start(write_config(tmp_path, port, first), port, tmp_path / "serve.log")
-    try:
-        # A half-finished renewal: the new certificate, but the key not yet replaced.
-        first.cert_file.write_bytes(ca.issue("half").cert_file.read_bytes())
-        served.process.send_signal(signal.SIGHUP)
-        await wait_for(
-            lambda: any(
-                line["event"].startswith("TLS reload refused") for line in served.log_lines()
-            )
-        )
-        refused = next(
-            line for line in served.log_lines() if line["event"].startswith("TLS reload refused")
-        )
-        assert "does not match" in refused["reason"]
+    first = served_tls.certificate
+    # A half-finished renewal: the new certificate, but the key not yet replaced.
+    first.cert_file.write_bytes(ca.issue("half").cert_file.read_bytes())
 
-        fresh = await KeptConnection.open(port, ca)
-        assert fresh.serial == first.serial
-        assert await fresh.post("msg_still_served") == 202
-        fresh.close()
-    finally:
-        assert served.terminate() == 0, served.log()
+    refused = await served_tls.hang_up_until_logged("TLS reload refused")
+
+    assert "does not match" in refused["reason"]
+    fresh = await KeptConnection.open(served_tls.port, ca)
+    assert fresh.serial == first.serial
+    assert await fresh.post("msg_still_served") == 202
+    await fresh.close()
 
 
 def test_check_config_validates_the_certificate_and_key(
