@@ -921,8 +921,10 @@ def hostile_requests() -> Any:
             return headers, body + junk + b" "
         if mode == "id-changed":
             return {**headers, "webhook-id": safe_id + "x"}, body
-        # A valid v1 signature hidden among malformed entries.
-        return {**headers, "webhook-signature": "v1 " + headers["webhook-signature"]}, body
+        # Malformed entries beside a well-formed but wrong one (beside a matching one they
+        # would be accepted, as the reference libraries accept them).
+        wrong = "v1," + base64.b64encode(bytes(32)).decode()
+        return {**headers, "webhook-signature": f"v1 v1,AAAA {wrong}"}, body
 
     forged = st.tuples(
         bodies,
