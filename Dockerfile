@@ -4,7 +4,12 @@
 #   docker run -d -p 8787:8787 -v pulse-relay-state:/var/lib/pulse-relay \
 #     -e PULSE_WEBHOOK_SECRET=whsec_... -e PULSE_API_KEY=... pulse-relay
 #
-# See examples/docker-compose.yml for the sidecar set-up.
+# The webhook port 8787 is the only one to publish. The admin listener (readiness,
+# metrics, the control API, the inspector) stays on 127.0.0.1:8788 inside the
+# container, where `pulse-relay healthcheck` and `docker exec` reach it. To open it
+# to other containers, set PULSE_RELAY_ADMIN__HOST=0.0.0.0 and a token
+# (PULSE_RELAY_ADMIN__TOKEN_FILE=/run/secrets/admin-token): without one the relay
+# refuses to start. See examples/docker-compose.yml for the sidecar set-up.
 
 FROM python:3.12-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
@@ -36,7 +41,7 @@ USER pulse-relay:pulse-relay
 WORKDIR /var/lib/pulse-relay
 VOLUME ["/var/lib/pulse-relay"]
 EXPOSE 8787
-# No curl in a slim image: the relay probes itself (GET /healthz on its own port).
+# No curl in a slim image: the relay probes itself (GET /healthz on its admin port).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["pulse-relay", "healthcheck"]
 # SIGTERM (docker stop) starts the graceful shutdown; give it more than

@@ -326,6 +326,9 @@ port = {port}
 read_timeout_seconds = 5.0
 shutdown_grace_seconds = 5.0
 
+[admin]
+port = 0
+
 [verify]
 secrets = ["{SECRET}"]
 
@@ -777,6 +780,8 @@ class SyncRelay:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        # /readyz lives on the admin listener.
+        self.admin_port = free_port()
         self.store_path = store_path or workdir / "relay.db"
         config = workdir / "relay.toml"
         config.write_text(
@@ -786,6 +791,9 @@ host = "127.0.0.1"
 port = {self.port}
 read_timeout_seconds = {read_timeout}
 max_body_bytes = 65536
+
+[admin]
+port = {self.admin_port}
 
 [verify]
 secrets = ["{SECRET}"]
@@ -808,7 +816,8 @@ level = "error"
         deadline = time.monotonic() + 30
         while True:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                # The admin listener is bound last: once it answers, both do.
+                socket.create_connection(("127.0.0.1", self.admin_port), timeout=0.2).close()
                 break
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
@@ -1174,7 +1183,7 @@ def disk_full(workdir: Path, *, size_kib: int = 2048) -> DiskFullFigures | None:
                 raise AssertionError(f"HTTP {status} while the disk fills")
         figures.unavailable = len(refused)
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{relay.port}/readyz", timeout=10):
+            with urllib.request.urlopen(f"http://127.0.0.1:{relay.admin_port}/readyz", timeout=10):
                 figures.readyz_while_full = 200
         except urllib.error.HTTPError as error:
             figures.readyz_while_full = error.code

@@ -215,6 +215,8 @@ def relay_process(
         "[server]",
         'host = "127.0.0.1"',
         f"port = {port}",
+        "[admin]",
+        "port = 0",
         "[verify]",
         f"secrets = [{json.dumps(SECRET)}]",
         # Requests are signed just before each run; a wide window only lets a long run
@@ -479,9 +481,9 @@ def workdir(name: str) -> Iterator[Path]:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def metric_value(port: int, name: str, labels: str = "") -> float:
-    """One sample from the relay's /metrics (0 when absent)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+def metric_value(admin_port: int, name: str, labels: str = "") -> float:
+    """One sample from the relay's /metrics on its admin port (0 when absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as answer:
         text = answer.read().decode()
     wanted = name + ("{" + labels + "}" if labels else "")
     for line in text.splitlines():

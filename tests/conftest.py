@@ -24,6 +24,14 @@ SECRET = "whsec_" + base64.b64encode(b"pulse-relay-test-secret-32-bytes").decode
 OTHER_SECRET = "whsec_" + base64.b64encode(b"an-entirely-different-secret-key").decode()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--screenshots",
+        action="store_true",
+        help="write the inspector's screenshots to docs/ (tests/test_admin_ui.py)",
+    )
+
+
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """A developer's own PULSE_* variables must not leak into any test."""
@@ -55,6 +63,7 @@ def make_settings(tmp_path: Path) -> MakeSettings:
     def make(**sections: Any) -> Settings:
         data: dict[str, Any] = {
             "server": {"host": "127.0.0.1", "port": 0},
+            "admin": {"host": "127.0.0.1", "port": 0},
             "verify": {"secrets": [SECRET]},
             "store": {"path": str(tmp_path / "relay.db")},
             "log": {"format": "json", "level": "warning"},

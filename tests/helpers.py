@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import httpx
 from aiohttp import web
+from pulse import AsyncPulse, Pulse
 
 from pulse_relay.store import Store
 
@@ -151,8 +155,51 @@ class Served:
         return served
 
 
+# The official SDK's own default is no timeout at all; a test must never hang on one call.
+SDK_TIMEOUT_SECONDS = 30.0
+
+
+@contextlib.contextmanager
+def sdk_client(base_url: str, api_key: str, **options: Any) -> Iterator[Pulse]:
+    """The official SDK's sync client on `base_url`, its connections closed afterwards."""
+    with httpx.Client(timeout=SDK_TIMEOUT_SECONDS) as http:
+        yield Pulse(api_key=api_key, base_url=base_url, httpx_client=http, **options)
+
+
+@contextlib.asynccontextmanager
+async def async_sdk_client(
+    base_url: str, api_key: str, **options: Any
+) -> AsyncIterator[AsyncPulse]:
+    """The official SDK's async client on `base_url`, its connections closed afterwards."""
+    async with httpx.AsyncClient(timeout=SDK_TIMEOUT_SECONDS) as http:
+        yield AsyncPulse(api_key=api_key, base_url=base_url, httpx_client=http, **options)
+
+
 async def count_events(store: Store) -> int:
     """How many events the store holds (read straight from its table)."""
     async with store.db.execute("SELECT COUNT(*) FROM events") as cursor:
         row = await cursor.fetchone()
     return int(row[0]) if row else 0
+
+
+async def call(
+    method: str,
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    json_body: Any = None,
+    data: bytes | None = None,
+) -> tuple[int, Any]:
+    """One HTTP request: (status, the JSON body, or the text when it is not JSON)."""
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method, url, headers=headers, json=json_body, data=data, allow_redirects=False
+        ) as response,
+    ):
+        text = await response.text()
+        if response.content_type == "application/json":
+            return response.status, json.loads(text)
+        return response.status, text

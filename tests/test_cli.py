@@ -37,7 +37,7 @@ def run_cli(
     )
 
 
-def write_config(tmp_path: Path, port: int, extra: str = "") -> Path:
+def write_config(tmp_path: Path, port: int, extra: str = "", *, admin_port: int = 0) -> Path:
     config = tmp_path / "relay.toml"
     config.write_text(
         f"""
@@ -53,6 +53,10 @@ path = "{tmp_path / "relay.db"}"
 
 [log]
 format = "json"
+
+[admin]
+host = "127.0.0.1"
+port = {admin_port}
 
 [[sinks]]
 name = "results"
@@ -306,5 +310,9 @@ def test_demo_runs_the_whole_pipeline_from_an_empty_folder(tmp_path: Path) -> No
     assert result.returncode == 0, result.stdout + result.stderr
     assert "everything arrived" in result.stdout
     assert "poll:job-watched:completed" in result.stdout
+    # A document submitted through the pass-through, delivered with no webhook and no watch.
+    assert "/pulse/extract (as the Pulse SDK does) → 200" in result.stdout
+    assert "request POST /extract invoice-042.pdf (9800 bytes" in result.stdout
+    assert "metadata user_id=demo@example.com" in result.stdout
     assert "large result downloaded 1 time(s)" in result.stdout
     assert list(tmp_path.iterdir()) == []

@@ -99,3 +99,52 @@ def test_compose_configuration_is_valid() -> None:
 
     settings = load_settings(REPO / "examples" / "relay.toml")
     assert {sink.name for sink in settings.sinks} == {"results", "app"}
+
+
+def test_compose_app_submits_through_the_pass_through() -> None:
+    text = COMPOSE.read_text()
+    assert "PULSE_BASE_URL: http://relay:8788/pulse" in text
+    # The admin listener faces the private network: with a token, from a secret file.
+    assert "PULSE_RELAY_ADMIN__HOST: 0.0.0.0" in text
+    assert "PULSE_RELAY_ADMIN__TOKEN_FILE: /run/secrets/admin-token" in text
+    assert '"8788:8788"' not in text
+    app = (REPO / "examples" / "app.py").read_text()
+    assert '"/extract"' in app and "x-api-key" in app
+
+
+def test_the_image_keeps_the_admin_listener_inside_the_container(
+    final_stage: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pulse_relay.cli import _probe_url
+    from pulse_relay.config import admin_exposure_problem, load_settings
+
+    env = " ".join(values(final_stage, "ENV"))
+    assert "PULSE_RELAY_ADMIN__HOST" not in env
+    assert values(final_stage, "EXPOSE") == ["8787"]
+    # The image's own variables, as the relay reads them: the HEALTHCHECK probes the
+    # admin listener on loopback, and nothing exposes it without a token.
+    for name, value in re.findall(r"(PULSE_RELAY_\w+)=(\S+)", env):
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert admin_exposure_problem(settings) is None
+    assert _probe_url(settings, check_ready=False) == "http://127.0.0.1:8788/healthz"
+    assert _probe_url(settings, check_ready=True) == "http://127.0.0.1:8788/readyz"
+
+
+def test_an_admin_listener_opened_in_a_container_needs_its_token_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pulse_relay.cli import _probe_url
+    from pulse_relay.config import admin_exposure_problem, load_settings
+
+    monkeypatch.setenv("PULSE_RELAY_ADMIN__HOST", "0.0.0.0")
+    problem = admin_exposure_problem(load_settings())
+    assert problem is not None and problem.startswith("admin.token:")
+    token = tmp_path / "admin-token"
+    token.write_text("from-a-docker-secret\n")
+    monkeypatch.setenv("PULSE_RELAY_ADMIN__TOKEN_FILE", str(token))
+    settings = load_settings()
+    assert admin_exposure_problem(settings) is None
+    assert settings.admin.token.get_secret_value() == "from-a-docker-secret"
+    # The HEALTHCHECK still probes it on loopback, and /healthz needs no token.
+    assert _probe_url(settings, check_ready=False) == "http://127.0.0.1:8788/healthz"

@@ -67,6 +67,8 @@ def test_delivery_in_flight_when_the_relay_is_killed_is_made_after_restart(
         f"""
 [server]
 port = {port}
+[admin]
+port = 0
 [verify]
 secrets = ["{SECRET}"]
 [store]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import io
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,12 +23,15 @@ from pulse_relay.emulator import (
     DEFAULT_API_KEY,
     Fault,
     PulseEmulator,
+    UploadedFile,
     new_message_id,
     run_emulator,
     sample_result,
 )
+from tests.helpers import async_sdk_client, sdk_client
 
 API_KEY = "emulator-test-key"
+_JSON_TYPE = "application/json"
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 KEY_HEADERS = {"x-api-key": API_KEY}
 
@@ -507,6 +512,142 @@ def test_message_ids_look_like_svix_ids() -> None:
         assert message_id.startswith("msg_")
         assert len(message_id) == 31
         assert message_id[4:].isalnum()
+
+
+# -- extract (submissions), spoken to with the official SDK ----------------------------
+
+
+async def test_sdk_async_extract_with_a_file_becomes_a_job_that_advances(
+    emulator: PulseEmulator,
+) -> None:
+    document = b"%PDF-1.7 an invoice" * 100
+
+    def submit_and_poll() -> tuple[Any, list[Any]]:
+        with sdk_client(emulator.base_url, API_KEY) as client:
+            answer = client.extract(
+                file=("invoice.pdf", io.BytesIO(document), "application/pdf"),
+                async_=True,
+                pages="1-2",
+            )
+            polls = [client.jobs.get_job(job_id=answer.job_id) for _ in range(4)]
+            return answer, polls
+
+    answer, polls = await asyncio.to_thread(submit_and_poll)
+
+    assert answer.status == "pending"
+    assert answer.message
+    assert [poll.status for poll in polls] == ["pending", "processing", "completed", "completed"]
+    assert polls[0].result is None
+    assert polls[-1].result == sample_result(answer.job_id)
+    (submission,) = emulator.submissions
+    assert submission.job_id == answer.job_id
+    assert submission.path == "/extract"
+    assert submission.is_async
+    assert submission.fields == {"pages": "1-2", "async": "true"}
+    assert submission.files == [
+        UploadedFile("file", "invoice.pdf", len(document), hashlib.sha256(document).hexdigest())
+    ]
+    assert submission.headers["x-api-key"] == API_KEY
+
+
+async def test_sdk_sync_extract_answers_the_result_and_its_job_is_completed(
+    emulator: PulseEmulator,
+) -> None:
+    async with async_sdk_client(emulator.base_url, API_KEY) as client:
+        result = await client.extract(file_url="https://example.com/report.pdf")
+        job = await client.jobs.get_job(job_id=result.job_id or "")
+
+    assert result.job_id
+    assert result.extraction_id == sample_result(result.job_id)["extraction_id"]
+    assert result.markdown
+    assert job.status == "completed"
+    assert job.result == sample_result(result.job_id)
+    (submission,) = emulator.submissions
+    assert not submission.is_async
+    assert submission.fields == {"fileUrl": "https://example.com/report.pdf"}
+    assert submission.files == []
+
+
+async def test_sdk_deprecated_extract_async_follows_a_planned_failure(
+    emulator: PulseEmulator,
+) -> None:
+    emulator.plan_next_job("processing", "failed", error="The document is password protected")
+    async with async_sdk_client(emulator.base_url, API_KEY) as client:
+        answer = await client.extract_async(
+            file_url="https://example.com/locked.pdf", extraction_config_id="cfg-7"
+        )
+        polls = [await client.jobs.get_job(job_id=answer.job_id) for _ in range(2)]
+        second = await client.extract_async(file_url="https://example.com/other.pdf")
+        after = await client.jobs.get_job(job_id=second.job_id)
+
+    assert answer.status == "pending"
+    assert [poll.status for poll in polls] == ["processing", "failed"]
+    assert polls[1].error == "The document is password protected"
+    assert after.status == "pending"  # the plan was used once
+    assert emulator.submissions[0].path == "/extract_async"
+    assert emulator.submissions[0].fields["extractionConfigId"] == "cfg-7"
+
+
+async def test_a_job_planned_completed_is_completed_at_its_first_poll(
+    emulator: PulseEmulator, http: aiohttp.ClientSession
+) -> None:
+    emulator.plan_next_job("completed", result={"markdown": "done"})
+    async with http.post(
+        f"{emulator.base_url}/extract",
+        json={"file_url": "https://example.com/a.pdf", "async": True},
+        headers=KEY_HEADERS,
+    ) as response:
+        assert response.status == 200
+        answer = await response.json()
+
+    status, job = await _job(http, emulator, answer["job_id"])
+
+    assert status == 200
+    assert job["status"] == "completed"
+    assert job["result"] == {"markdown": "done"}
+    assert emulator.submissions[0].fields == {
+        "file_url": "https://example.com/a.pdf",
+        "async": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "message"),
+    [
+        ({"json": {"async": True}}, 400, "file or file_url is required"),
+        ({"json": ["https://example.com/a.pdf"]}, 400, "must be an object"),
+        ({"data": b"file_url=x", "headers": {"content-type": "text/plain"}}, 400, "expected"),
+        ({"data": b"{not json", "headers": {"content-type": _JSON_TYPE}}, 400, "unreadable"),
+        ({"data": {"fileUrl": "https://example.com/a.pdf"}}, 200, None),
+    ],
+)
+async def test_submissions_the_api_would_refuse_are_400_naming_the_problem(
+    emulator: PulseEmulator,
+    http: aiohttp.ClientSession,
+    kwargs: dict[str, Any],
+    status: int,
+    message: str | None,
+) -> None:
+    headers = {**KEY_HEADERS, **kwargs.pop("headers", {})}
+    async with http.post(f"{emulator.base_url}/extract", headers=headers, **kwargs) as response:
+        body = await response.json()
+
+    assert response.status == status
+    if message is not None:
+        assert message in body["error"]
+        assert emulator.submissions == []
+
+
+async def test_submission_without_the_key_is_401_and_faults_come_first(
+    emulator: PulseEmulator, http: aiohttp.ClientSession
+) -> None:
+    emulator.fail_next_submission(429)
+    form = {"file_url": "https://example.com/a.pdf"}
+    async with http.post(f"{emulator.base_url}/extract", data=form, headers=KEY_HEADERS) as first:
+        assert first.status == 429
+    async with http.post(f"{emulator.base_url}/extract_async", data=form) as second:
+        assert second.status == 401
+    assert emulator.submissions == []
 
 
 # -- run_emulator ------------------------------------------------------------------

@@ -54,8 +54,8 @@ def test_serve_notifies_ready_after_binding_then_watchdog_then_stopping(
     tmp_path: Path, notify_socket: tuple[socket.socket, str]
 ) -> None:
     listener, path = notify_socket
-    port = free_port()
-    config = write_config(tmp_path, port)
+    port, admin_port = free_port(), free_port()
+    config = write_config(tmp_path, port, admin_port=admin_port)
     env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"}
     env.pop("WATCHDOG_PID", None)
     process = subprocess.Popen(
@@ -67,10 +67,12 @@ def test_serve_notifies_ready_after_binding_then_watchdog_then_stopping(
     )
     try:
         first = receive(listener)
-        # Checked the moment READY arrives: the port must already take connections.
+        # Checked the moment READY arrives: both ports must already take connections.
         assert first.get("READY") == "1", first
         assert accepts_connections(port)
+        assert accepts_connections(admin_port)
         assert f":{port}/webhooks/pulse" in first.get("STATUS", "")
+        assert f"admin on http://127.0.0.1:{admin_port}" in first.get("STATUS", "")
 
         pings = 0
         while pings < 3:

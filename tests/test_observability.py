@@ -98,7 +98,7 @@ async def test_metrics_after_a_scripted_run(
         return all(v is not None and v.deliveries["app"]["state"] == "delivered" for v in views)
 
     await wait_for(settled, timeout_seconds=20)
-    status, text = await http("GET", relay.base_url + "/metrics")
+    status, text = await http("GET", relay.admin_url + "/metrics")
     assert status == 200
     values = samples(text)
 
@@ -140,8 +140,8 @@ async def test_pending_gauges_show_backlog_and_its_age(start_relay: StartRelay) 
     await relay.dispatcher.stop(grace_seconds=0)
     body = make_body("job.created")
     assert (await http("POST", relay.webhook_url, data=body, headers=signed(body)))[0] == 202
-    assert (await http("GET", relay.base_url + "/readyz"))[0] == 503
-    _, text = await http("GET", relay.base_url + "/metrics")
+    assert (await http("GET", relay.admin_url + "/readyz"))[0] == 503
+    _, text = await http("GET", relay.admin_url + "/metrics")
     values = samples(text)
     assert values[("pulse_relay_pending", (("sink", "down"),))] == 1
     age = values[("pulse_relay_oldest_pending_seconds", ())]
@@ -150,9 +150,15 @@ async def test_pending_gauges_show_backlog_and_its_age(start_relay: StartRelay) 
 
 async def test_readyz_reports_a_closed_store(start_relay: StartRelay) -> None:
     relay = await start_relay(sinks=[])
-    assert (await http("GET", relay.base_url + "/readyz"))[0] == 200
+    assert (await http("GET", relay.admin_url + "/readyz"))[0] == 200
     await relay.store.close()
-    status, text = await http("GET", relay.base_url + "/readyz")
+
+    async def unready() -> bool:
+        return (await http("GET", relay.admin_url + "/readyz"))[0] == 503
+
+    # The readiness probe runs at most once a second: the 200 above may be repeated once.
+    await wait_for(unready, timeout_seconds=5)
+    status, text = await http("GET", relay.admin_url + "/readyz")
     assert status == 503
     assert any(r.startswith("store not writable") for r in json.loads(text)["reasons"])
 
@@ -192,6 +198,9 @@ async def test_logs_never_show_secrets_signatures_or_bodies(
 host = "127.0.0.1"
 port = {port}
 max_body_bytes = 4096
+
+[admin]
+port = 0
 
 [verify]
 secrets = ["{SECRET}"]

@@ -407,22 +407,48 @@ async def test_reload_keeps_pending_work_and_serves_it_with_the_new_sinks(
 def test_healthcheck_passes_against_serve_and_fails_against_a_dead_port(
     tmp_path: Path, serve_processes: list[Served]
 ) -> None:
+    port, admin_port = free_port(), free_port()
+    config = write_config(tmp_path, port, admin_port=admin_port)
+    # The admin listener on every interface (so with a token), as in a container.
+    config.write_text(
+        config.read_text().replace(
+            f'host = "127.0.0.1"\nport = {admin_port}',
+            f'host = "0.0.0.0"\nport = {admin_port}\ntoken = "probe-needs-no-token"',
+        )
+    )
+    served = Served(config, tmp_path / "serve.log")
+    serve_processes.append(served)
+    served.wait_listening(admin_port)
+
+    # Derived from the configuration: the admin listener, 0.0.0.0 probed on 127.0.0.1.
+    result = run_cli("healthcheck", config=config)
+    assert result.returncode == 0, result.stderr
+    assert f"http://127.0.0.1:{admin_port}/healthz answered 200" in result.stdout
+    ready = run_cli("healthcheck", "--ready", config=config)
+    assert ready.returncode == 0, ready.stderr
+    assert f"http://127.0.0.1:{admin_port}/readyz answered 200" in ready.stdout
+    # The public port answers /healthz, and nothing of the admin side.
+    explicit = run_cli("healthcheck", "--url", f"http://127.0.0.1:{port}/healthz")
+    assert explicit.returncode == 0
+    missing = run_cli("healthcheck", "--url", f"http://127.0.0.1:{port}/readyz")
+    assert missing.returncode == 1 and "answered 404" in missing.stderr
+
+
+def test_healthcheck_without_an_admin_listener_probes_the_ingress(
+    tmp_path: Path, serve_processes: list[Served]
+) -> None:
     port = free_port()
-    config = write_config(tmp_path, port)
-    config.write_text(config.read_text().replace('host = "127.0.0.1"', 'host = "0.0.0.0"'))
+    config = write_config(tmp_path, port, extra="")
+    config.write_text(config.read_text().replace("[admin]\n", "[admin]\nenabled = false\n"))
     served = Served(config, tmp_path / "serve.log")
     serve_processes.append(served)
     served.wait_listening(port)
-
-    # Derived from the configuration: 0.0.0.0 is probed on 127.0.0.1.
     result = run_cli("healthcheck", config=config)
     assert result.returncode == 0, result.stderr
     assert f"http://127.0.0.1:{port}/healthz answered 200" in result.stdout
-    assert run_cli("healthcheck", "--ready", config=config).returncode == 0
-    explicit = run_cli("healthcheck", "--url", f"http://127.0.0.1:{port}/healthz")
-    assert explicit.returncode == 0
-    missing = run_cli("healthcheck", "--url", f"http://127.0.0.1:{port}/nowhere")
-    assert missing.returncode == 1 and "answered 404" in missing.stderr
+    ready = run_cli("healthcheck", "--ready", config=config)
+    assert ready.returncode == 1
+    assert "admin.enabled is false" in ready.stderr
 
     assert served.terminate() == 0
     dead = run_cli("healthcheck", "--timeout", "2", config=config)

@@ -142,3 +142,23 @@ def test_systemd_analyze_verify_finds_nothing(tmp_path: Path) -> None:
         check=False,
     )
     assert "broken.service" in result.stderr
+
+
+def test_every_environment_variable_is_a_setting_the_relay_reads(
+    service: dict[str, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pulse_relay.config import admin_exposure_problem, load_settings
+
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "webhook-secret").write_text("whsec_" + "A" * 44)
+    (credentials / "pulse-api-key").write_text("key")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    (tmp_path / "relay.toml").write_text("")
+    for value in service["Environment"]:
+        name, _, setting = value.partition("=")
+        monkeypatch.setenv(name, setting.replace("/etc/pulse-relay", str(tmp_path)))
+    settings = load_settings()
+    # The admin listener stays on loopback: it needs no token here.
+    assert settings.admin.host == "127.0.0.1"
+    assert admin_exposure_problem(settings) is None

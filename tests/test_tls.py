@@ -247,7 +247,7 @@ def test_serve_refuses_to_start_with_an_unusable_pair(
     result = run_cli("serve", config=config)
 
     assert result.returncode == 1
-    assert "cannot start: server.tls_cert_file:" in result.stderr
+    assert "configuration error:\nserver.tls_cert_file:" in result.stderr
     assert "does not match" in result.stderr
 
 

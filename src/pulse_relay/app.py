@@ -1,11 +1,18 @@
 """The composition root: builds every component from settings and runs them in order.
 
-Start-up: store → sinks and Pulse client → dispatcher and poller → listener →
-READY=1 to systemd. Shutdown (SIGTERM/SIGINT): STOPPING=1 → stop accepting →
-finish acks in flight → give running deliveries the grace period → release
-leases → close the sinks and the HTTP session → close the store. A second
-signal during that ends the process at once (status 1, leases kept). SIGHUP
-reloads the TLS certificate files, the sinks and the log settings.
+Start-up: refuse an exposed admin listener without a token → store → sinks and
+Pulse client → dispatcher and poller → ingress listener → admin listener →
+READY=1 to systemd (so READY means both ports are bound).
+
+Shutdown (SIGTERM/SIGINT): STOPPING=1 → the ingress stops accepting and finishes
+the acks in flight → the change stream ends and the admin listener closes (its
+requests in flight finish) → the poller stops → running deliveries get the grace
+period → release leases → close the sinks and the HTTP session → close the store.
+A second signal during that ends the process at once (status 1, leases kept).
+The ingress goes first because it is the only way new work arrives from outside;
+the admin side stays up until then so that probes see the relay to the end.
+
+SIGHUP reloads the ingress's TLS certificate files, the sinks and the log settings.
 """
 
 from __future__ import annotations
@@ -23,7 +30,11 @@ from typing import NoReturn, Protocol
 import aiohttp
 from aiohttp import web
 
-from pulse_relay.config import ConfigError, Settings, SinkSettings
+from pulse_relay.admin import build_admin_app
+from pulse_relay.admin.auth import AdminAuth
+from pulse_relay.admin.context import AdminContext, CachedReadiness
+from pulse_relay.admin.stream import ChangeHub
+from pulse_relay.config import ConfigError, Settings, SinkSettings, admin_exposure_problem
 from pulse_relay.dispatcher import Dispatcher, DispatcherLimits, SinkRuntime
 from pulse_relay.edge import (
     SampledLog,
@@ -35,8 +46,9 @@ from pulse_relay.logs import configure_logging, get_logger
 from pulse_relay.metrics import Metrics
 from pulse_relay.notify import Notifier, run_watchdog, watchdog_interval_seconds
 from pulse_relay.poller import Poller, PollerConfig
+from pulse_relay.protocol import IngressRunner
 from pulse_relay.pulse import PulseClient
-from pulse_relay.server import Ingress, IngressConfig, IngressRunner, build_app
+from pulse_relay.server import Ingress, IngressConfig, build_app
 from pulse_relay.signature import HexHmacVerifier, NoneVerifier, StandardVerifier, Verifier
 from pulse_relay.sinks import build_sink, retry_policy_for
 from pulse_relay.sinks.base import Sink, matches_any
@@ -117,6 +129,13 @@ def build_ingress_config(settings: Settings, *, closed_reason: str | None) -> In
     )
 
 
+def local_url(host: str, port: int | None, *, scheme: str = "http") -> str:
+    """http(s)://host:port to reach a listener bound to `host` from this machine."""
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - only to build a URL to reach ourselves
+        host = "127.0.0.1"
+    return listener_base_url(host, port, scheme=scheme)
+
+
 def build_store(settings: Settings) -> Store:
     """A Store configured from settings; the caller opens it (or enters it with `async with`)."""
     return Store(
@@ -148,6 +167,7 @@ class Relay:
         self.verifier = build_verifier(settings)
         self._clock = clock
         self._runner: web.AppRunner | None = None
+        self._admin_runner: web.AppRunner | None = None
         # One HTTP session for the Pulse client and every HTTP sink (one connection pool).
         self._session: aiohttp.ClientSession | None = None
         self._sink_factory = sink_factory
@@ -158,12 +178,22 @@ class Relay:
         self.port: int | None = None
         # The live TLS context of the ingress (None for plain HTTP); SIGHUP reloads it.
         self.tls_context: ssl.SSLContext | None = None
+        self.admin_port: int | None = None
+        self.hub = ChangeHub(clock=clock)
+        self.store.add_listener(self.hub.on_store_change)
+        self.cached_readiness = CachedReadiness(self.readiness)
+        self.admin_auth = AdminAuth(settings.admin.token.get_secret_value())
 
     @property
     def base_url(self) -> str:
-        """http(s)://host:port of the bound listener."""
+        """http(s)://host:port of the bound ingress listener, as reached from this machine."""
         scheme = "https" if self.settings.server.is_tls else "http"
-        return listener_base_url(self.settings.server.host, self.port, scheme=scheme)
+        return local_url(self.settings.server.host, self.port, scheme=scheme)
+
+    @property
+    def admin_url(self) -> str:
+        """http://host:port of the bound admin listener, as reached from this machine."""
+        return local_url(self.settings.admin.host, self.admin_port)
 
     @property
     def webhook_url(self) -> str:
@@ -171,11 +201,16 @@ class Relay:
         return self.base_url + self.settings.server.path
 
     async def start(self) -> None:
-        """Open the store, start background work, then bind the listener."""
+        """Open the store, start background work, then bind the ingress and admin listeners."""
+        problem = admin_exposure_problem(self.settings)
+        if problem is not None:
+            raise ConfigError(problem)
         await self.store.open()
         try:
             await self._start_background()
             await self._start_listener()
+            if self.settings.admin.enabled:
+                await self._start_admin()
         except BaseException:
             await self.stop()
             raise
@@ -187,7 +222,9 @@ class Relay:
 
     async def _start_background(self) -> None:
         settings = self.settings
-        self._session = aiohttp.ClientSession()
+        # One session for the Pulse client, the HTTP sinks and the pass-through. No cookie
+        # jar: a cookie one caller or receiver sets must never be sent on behalf of another.
+        self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         pulse = settings.pulse
         self.pulse = PulseClient(
             pulse.base_url,
@@ -241,19 +278,18 @@ class Relay:
             on_accepted=self._on_accepted,
             clock=self._clock,
         )
-        app = build_app(
-            ingress,
-            path=server.path,
-            metrics=self.metrics,
-            readiness=self.readiness,
-            refresh_metrics=self.refresh_gauges,
-        )
+        app = build_app(ingress, path=server.path)
         if server.tls_cert_file is not None and server.tls_key_file is not None:
             try:
                 self.tls_context = server_context(server.tls_cert_file, server.tls_key_file)
             except TLSFilesError as error:
                 raise ConfigError(f"server.tls_cert_file: {error}") from None
-        self._runner = IngressRunner(app, ingress, shutdown_timeout=server.shutdown_grace_seconds)
+        self._runner = IngressRunner(
+            app,
+            on_malformed=ingress.malformed,
+            keepalive_timeout_seconds=server.read_timeout_seconds,
+            shutdown_timeout=server.shutdown_grace_seconds,
+        )
         await self._runner.setup()
         site = web.TCPSite(
             self._runner,
@@ -266,6 +302,44 @@ class Relay:
         address = self._runner.addresses[0]
         self.port = int(address[1])
         log.info("listening", url=self.webhook_url, store=str(self.store.path))
+
+    async def _start_admin(self) -> None:
+        assert self._session is not None
+        admin = self.settings.admin
+        context = AdminContext(
+            get_settings=lambda: self.settings,
+            store=self.store,
+            metrics=self.metrics,
+            hub=self.hub,
+            readiness=self.cached_readiness,
+            auth=self.admin_auth,
+            session=self._session,
+            refresh_metrics=self.refresh_gauges,
+            wake_dispatcher=self._on_accepted,
+            wake_poller=self._wake_poller,
+            ingress_url=lambda: self.webhook_url,
+            clock=self._clock,
+        )
+        self._admin_runner = web.AppRunner(
+            build_admin_app(context),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self.settings.server.shutdown_grace_seconds,
+        )
+        await self._admin_runner.setup()
+        site = web.TCPSite(self._admin_runner, admin.host, admin.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as error:
+            raise OSError(
+                error.errno, f"admin listener {admin.host}:{admin.port}: {error.strerror}"
+            ) from error
+        self.admin_port = int(self._admin_runner.addresses[0][1])
+        log.info("admin listening", url=self.admin_url, port=self.admin_port)
+
+    def _wake_poller(self) -> None:
+        if self.poller is not None:
+            self.poller.notify()
 
     def _build_sinks(self, settings: Settings) -> dict[str, SinkRuntime]:
         assert self._session is not None
@@ -431,6 +505,11 @@ class Relay:
             # Closes the listening socket first, then waits for handlers in flight.
             await self._runner.cleanup()
             self._runner = None
+        if self._admin_runner is not None:
+            # Streams end at once; other admin requests in flight may finish.
+            self.hub.close()
+            await self._admin_runner.cleanup()
+            self._admin_runner = None
         if self.poller is not None:
             await self.poller.stop()
             self.poller = None
@@ -500,7 +579,7 @@ async def serve(
     sample_accept_errors(loop, SampledLog(log))
     try:
         await relay.start()
-        notifier.ready(status=f"listening on {relay.webhook_url}")
+        notifier.ready(status=_status_line(relay))
         watchdog = _start_watchdog(relay, notifier)
         if watchdog is not None:
             background.add(watchdog)
@@ -569,6 +648,11 @@ async def _exit_now() -> NoReturn:
     os._exit(FORCED_EXIT_CODE)
 
 
+def _status_line(relay: Relay) -> str:
+    admin = f"; admin on {relay.admin_url}" if relay.admin_port is not None else ""
+    return f"listening on {relay.webhook_url}{admin}"
+
+
 async def _reload(relay: Relay, load: SettingsLoader | None, notifier: Notifier) -> None:
     """SIGHUP: reload TLS files and read the configuration again; keep what is broken out."""
     # A renewed certificate is loaded whatever becomes of the configuration.
@@ -589,7 +673,7 @@ async def _reload(relay: Relay, load: SettingsLoader | None, notifier: Notifier)
         configure_logging(format=new.log.format, level=new.log.level)
         ignored = await relay.reload(new)
     finally:
-        notifier.ready(status=f"listening on {relay.webhook_url}")
+        notifier.ready(status=_status_line(relay))
     relay.metrics.reloads.labels(outcome="ok").inc()
     log.info("configuration reloaded", sinks=[sink.name for sink in new.sinks if sink.enabled])
     if ignored:

@@ -6,10 +6,7 @@ import asyncio
 import json
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -17,20 +14,14 @@ import aiohttp
 import click
 
 from pulse_relay import __version__
-from pulse_relay.app import build_store, listener_base_url, serve
+from pulse_relay.app import build_store, local_url, serve
 from pulse_relay.config import ConfigError, Settings, load_settings, redacted_settings
 from pulse_relay.events import is_valid_job_id
 from pulse_relay.logs import configure_logging
 from pulse_relay.preflight import check_host
-from pulse_relay.signature import hex_signature, sign_headers
-from pulse_relay.store import (
-    DeliveryView,
-    EventView,
-    Store,
-    StoreUnavailableError,
-    StoreVersionError,
-    Watch,
-)
+from pulse_relay.serialize import event_document, iso, summary_state, watch_document
+from pulse_relay.store import EventView, Store, StoreUnavailableError, StoreVersionError, Watch
+from pulse_relay.testevent import build_test_event, post_test_event
 
 T = TypeVar("T")
 
@@ -68,61 +59,6 @@ def _with_store(
         return asyncio.run(run())
     except (StoreUnavailableError, StoreVersionError) as error:
         fail(str(error))
-
-
-def _iso(unix_seconds: float | None) -> str | None:
-    if unix_seconds is None:
-        return None
-    return datetime.fromtimestamp(unix_seconds, tz=UTC).isoformat(timespec="milliseconds")
-
-
-def _event_document(view: EventView) -> dict[str, Any]:
-    document: dict[str, Any] = {
-        "id": view.id,
-        "received_at": _iso(view.received_at),
-        "source": view.source,
-        "type": view.type,
-        "job_id": view.job_id,
-        "state": view.state,
-        "error": view.error,
-        "fetch": {"state": view.fetch_state, "error": view.fetch_error},
-        "deliveries": {sink: _delivery_document(d) for sink, d in view.deliveries.items()},
-    }
-    if view.body is not None:
-        document["client_address"] = view.client_address
-        document["headers"] = view.headers
-        try:
-            document["payload"] = json.loads(view.body)
-        except ValueError:
-            document["payload_text"] = view.body.decode("utf-8", errors="replace")
-        document["job"] = view.job
-        document["result_url"] = view.result_url
-        document["attempts"] = [
-            {**asdict(attempt), "started_at": _iso(attempt.started_at)} for attempt in view.attempts
-        ]
-    return document
-
-
-def _delivery_document(delivery: DeliveryView) -> dict[str, Any]:
-    return {
-        "state": delivery.state,
-        "attempts": delivery.attempts,
-        "next_attempt_at": _iso(delivery.next_attempt_at),
-        "last_error": delivery.last_error,
-        "replay": delivery.is_replay,
-    }
-
-
-def _summary_state(view: EventView) -> str:
-    if view.state != "accepted":
-        return view.state
-    states = {d.state for d in view.deliveries.values()}
-    if view.fetch_state == "pending" and "pending" in states:
-        return "fetching"
-    for state in ("dead", "pending"):
-        if state in states:
-            return state
-    return "delivered" if states else "no sinks"
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
@@ -168,7 +104,9 @@ def serve_command(obj: _Context, host: str | None, port: int | None) -> None:
 
     try:
         asyncio.run(serve(settings, reload_settings=reload_settings))
-    except (OSError, ConfigError) as error:
+    except ConfigError as error:
+        fail(f"configuration error:\n{error}")
+    except OSError as error:
         fail(f"cannot start: {error}")
     except (StoreUnavailableError, StoreVersionError) as error:
         fail(str(error))
@@ -214,16 +152,16 @@ def events_command(
     views = _with_store(settings, action)
     if as_json:
         for view in views:
-            click.echo(json.dumps(_event_document(view)))
+            click.echo(json.dumps(event_document(view)))
         return
     rows = [
         [
             view.id,
-            _iso(view.received_at) or "",
+            iso(view.received_at) or "",
             view.source,
             view.type or "-",
             view.job_id or "-",
-            _summary_state(view),
+            summary_state(view),
             " ".join(f"{sink}:{d.state}" for sink, d in view.deliveries.items()) or "-",
         ]
         for view in views
@@ -245,7 +183,7 @@ def show_command(obj: _Context, event_id: str, as_json: bool) -> None:
     view = _with_store(settings, action)
     if view is None:
         fail(f"no event with id {event_id!r}")
-    document = _event_document(view)
+    document = event_document(view)
     if as_json:
         click.echo(json.dumps(document, indent=2))
         return
@@ -262,6 +200,9 @@ def show_command(obj: _Context, event_id: str, as_json: bool) -> None:
     click.echo(_indent(json.dumps(document.get("payload", document.get("payload_text")), indent=2)))
     click.echo("job:")
     click.echo(_indent(json.dumps(view.job, indent=2)))
+    if view.metadata:
+        click.echo("metadata:")
+        click.echo(_indent(json.dumps(view.metadata, indent=2)))
     click.echo("deliveries:")
     for sink, delivery in view.deliveries.items():
         extra = f" - {delivery.last_error}" if delivery.last_error else ""
@@ -272,7 +213,7 @@ def show_command(obj: _Context, event_id: str, as_json: bool) -> None:
         code = f" [{attempt.status_code}]" if attempt.status_code is not None else ""
         error = f" {attempt.error}" if attempt.error else ""
         click.echo(
-            f"  {_iso(attempt.started_at)} {what} #{attempt.attempt} {attempt.outcome}{code}"
+            f"  {iso(attempt.started_at)} {what} #{attempt.attempt} {attempt.outcome}{code}"
             f" {attempt.duration_ms:.1f} ms{error}"
         )
 
@@ -359,15 +300,7 @@ def _list_watches(obj: _Context, as_json: bool) -> None:
     watches = _with_store(settings, action)
     if as_json:
         for w in watches:
-            click.echo(
-                json.dumps(
-                    {
-                        **asdict(w),
-                        "added_at": _iso(w.added_at),
-                        "next_poll_at": _iso(w.next_poll_at),
-                    }
-                )
-            )
+            click.echo(json.dumps(watch_document(w)))
         return
     rows = [
         [
@@ -376,7 +309,7 @@ def _list_watches(obj: _Context, as_json: bool) -> None:
             w.origin,
             w.last_status or "-",
             str(w.polls),
-            (_iso(w.next_poll_at) or "-") if w.state == "active" else "-",
+            (iso(w.next_poll_at) or "-") if w.state == "active" else "-",
             w.last_error or "",
             " ".join(f"{k}={v}" for k, v in w.metadata.items()),
         ]
@@ -412,18 +345,12 @@ def send_test_command(
     """Sign a test event with the configured secret and POST it to the relay."""
     settings = obj.settings()
     target = url or _own_url(settings)
-    job = job_id or f"test-{uuid.uuid4().hex[:12]}"
-    body = json.dumps(
-        {"type": event_type, "data": {"job_id": job, "status": event_type.removeprefix("job.")}}
-    ).encode()
-    webhook_id = f"msg_test_{uuid.uuid4().hex}"
     try:
-        headers = _test_headers(settings, secret, webhook_id, body)
+        event = build_test_event(settings, event_type=event_type, job_id=job_id, secret=secret)
     except ValueError as error:
-        fail(str(error))
-    headers["content-type"] = "application/json"
+        fail(f"{error}; give --secret")
     try:
-        status, answer = asyncio.run(_post(target, body, headers))
+        status, answer = asyncio.run(post_test_event(target, event))
     except (aiohttp.ClientError, OSError, TimeoutError) as error:
         fail(f"cannot reach {target}: {error or type(error).__name__} (is serve running?)")
     click.echo(f"{status} {answer}")
@@ -431,36 +358,18 @@ def send_test_command(
         sys.exit(1)
 
 
-def _own_base_url(settings: Settings) -> str:
-    host = settings.server.host
-    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - only to build a URL to reach ourselves
-        host = "127.0.0.1"
-    return listener_base_url(host, settings.server.port)
-
-
 def _own_url(settings: Settings) -> str:
-    return _own_base_url(settings) + settings.server.path
+    return local_url(settings.server.host, settings.server.port) + settings.server.path
 
 
-def _test_headers(
-    settings: Settings, secret: str | None, webhook_id: str, body: bytes
-) -> dict[str, str]:
-    secrets = [secret] if secret else [s.get_secret_value() for s in settings.verify.secrets]
-    if not secrets:
-        raise ValueError("no webhook secret configured (verify.secrets); give --secret")
-    if settings.verify.scheme == "hmac-sha256-hex":
-        digest = hex_signature(secrets[0], body)
-        return {settings.verify.signature_header: digest, settings.verify.id_header: webhook_id}
-    return sign_headers(secrets[0], webhook_id, body)
-
-
-async def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with (
-        aiohttp.ClientSession(timeout=timeout) as session,
-        session.post(url, data=body, headers=headers, allow_redirects=False) as response,
-    ):
-        return response.status, (await response.text()).strip()
+def _probe_url(settings: Settings, check_ready: bool) -> str:
+    """The admin listener's /healthz or /readyz; the ingress's /healthz without an admin side."""
+    admin = settings.admin
+    if admin.enabled:
+        return local_url(admin.host, admin.port) + ("/readyz" if check_ready else "/healthz")
+    if check_ready:
+        fail("/readyz is served by the admin listener, and admin.enabled is false")
+    return local_url(settings.server.host, settings.server.port) + "/healthz"
 
 
 @cli.command("prune")
@@ -485,7 +394,7 @@ def prune_command(obj: _Context, older_than_days: float | None) -> None:
 
 
 @cli.command("healthcheck")
-@click.option("--url", help="URL to probe (default: /healthz of this configuration's listener).")
+@click.option("--url", help="URL to probe (default: /healthz of the admin listener configured).")
 @click.option("--ready", "check_ready", is_flag=True, help="Probe /readyz instead of /healthz.")
 @click.option(
     "--timeout",
@@ -501,7 +410,7 @@ def healthcheck_command(
 ) -> None:
     """Exit 0 if the running relay answers 200, else 1 (for container HEALTHCHECKs)."""
     if url is None:
-        url = _own_base_url(obj.settings()) + ("/readyz" if check_ready else "/healthz")
+        url = _probe_url(obj.settings(), check_ready)
     try:
         status, answer = asyncio.run(_get(url, timeout_seconds))
     except (aiohttp.ClientError, OSError, TimeoutError) as error:
@@ -539,7 +448,7 @@ def demo_command(keep: Path | None) -> None:
 
 @cli.command("emulator")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8788, show_default=True)
+@click.option("--port", type=int, default=8789, show_default=True)
 @click.option("--api-key", default="emulator-key", show_default=True)
 def emulator_command(host: str, port: int, api_key: str) -> None:
     """Serve the built-in Pulse API emulator (jobs demo-completed, demo-progress, ...)."""

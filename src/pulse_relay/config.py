@@ -15,14 +15,16 @@ Tables are merged key by key across these layers; a list (such as `sinks` or
 
 Secret files are read after the layers are merged: the secrets in
 `verify.secrets_file` are added to `verify.secrets`, the `Name: value` lines of
-`verify.required_headers_file` to `verify.required_headers`, and `pulse.api_key_file`
-is read only when `pulse.api_key` is empty (a key given directly wins, so a
-`PULSE_API_KEY` set for one run does not need the file to exist).
+`verify.required_headers_file` to `verify.required_headers`; `pulse.api_key_file` and
+`admin.token_file` are read only when `pulse.api_key` / `admin.token` is empty (a
+value given directly wins, so a `PULSE_API_KEY` set for one run does not need the
+file to exist).
 """
 
 from __future__ import annotations
 
 import copy
+import ipaddress
 import os
 import re
 import tomllib
@@ -267,9 +269,24 @@ class PollSettings(_Section):
         return value
 
 
+class ProxySettings(_Section):
+    enabled: bool = True
+    max_body_bytes: int = Field(default=104_857_600, ge=1)
+    # Silence allowed from either side; a synchronous extract answers only when it is done.
+    timeout_seconds: float = Field(default=300.0, gt=0)
+
+
 class DeliverySettings(_Section):
     concurrency: int = Field(default=32, ge=1)
     lease_seconds: float = Field(default=120.0, gt=0)
+
+
+class AdminSettings(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8788, ge=0, le=65535)
+    token: SecretStr = SecretStr("")
+    token_file: Path | None = None
 
 
 class LogSettings(_Section):
@@ -362,7 +379,9 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     pulse: PulseSettings = Field(default_factory=PulseSettings)
     poll: PollSettings = Field(default_factory=PollSettings)
+    proxy: ProxySettings = Field(default_factory=ProxySettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     sinks: list[SinkSettings] = Field(default_factory=list)
 
@@ -393,6 +412,28 @@ class Settings(BaseSettings):
         if problems:
             raise _invalid(type(self).__name__, problems)
         return self
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` is a loopback address: 127.0.0.0/8, ::1 or "localhost"."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def admin_exposure_problem(settings: Settings) -> str | None:
+    """Why `serve` must not start with this admin listener, or None when it may."""
+    admin = settings.admin
+    if not admin.enabled or admin.token.get_secret_value() or is_loopback_host(admin.host):
+        return None
+    return (
+        f"admin.token: required when admin.host ({admin.host!r}) is not a loopback address; "
+        "set admin.token, admin.token_file or PULSE_RELAY_ADMIN__TOKEN, "
+        'or bind the admin listener to "127.0.0.1"'
+    )
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -560,18 +601,8 @@ def _read_secret_files(merged: dict[str, Any]) -> dict[Loc, str]:
     if isinstance(verify, dict):
         _fold_webhook_secrets_file(verify, pinned)
         _fold_required_headers_file(verify, pinned)
-    pulse = merged.get("pulse")
-    if isinstance(pulse, dict):
-        raw = pulse.get("api_key_file")
-        if raw == "":
-            pulse["api_key_file"] = None
-        elif isinstance(raw, str | os.PathLike) and not pulse.get("api_key"):
-            path, from_file = _read_secret_file("pulse.api_key_file", raw)
-            if len(from_file) > 1:
-                raise ConfigError(f"pulse.api_key_file: {path} holds more than one word")
-            pulse["api_key"] = from_file[0]
-            pulse["api_key_file"] = str(path)
-            pinned["pulse", "api_key"] = f"in {path}"
+    _read_single_secret_file(merged, pinned, "pulse", "api_key")
+    _read_single_secret_file(merged, pinned, "admin", "token")
     return pinned
 
 
@@ -622,6 +653,26 @@ def _fold_required_headers_file(verify: dict[str, Any], pinned: dict[Loc, str]) 
         pinned["verify", "required_headers", name] = f"in {path}"
     verify["required_headers"] = {**configured, **from_file}
     verify["required_headers_file"] = str(path)
+
+
+def _read_single_secret_file(
+    merged: dict[str, Any], pinned: dict[Loc, str], section: str, key: str
+) -> None:
+    """Fill `section.key` from `section.key_file` when the key itself is empty (it wins)."""
+    table = merged.get(section)
+    if not isinstance(table, dict):
+        return
+    file_key = f"{key}_file"
+    raw = table.get(file_key)
+    if raw == "":
+        table[file_key] = None
+    elif isinstance(raw, str | os.PathLike) and not table.get(key):
+        path, from_file = _read_secret_file(f"{section}.{file_key}", raw)
+        if len(from_file) > 1:
+            raise ConfigError(f"{section}.{file_key}: {path} holds more than one word")
+        table[key] = from_file[0]
+        table[file_key] = str(path)
+        pinned[section, key] = f"in {path}"
 
 
 # --- error messages --------------------------------------------------------------------------
@@ -723,6 +774,7 @@ def redacted_settings(settings: Settings) -> dict[str, Any]:
     }
     data["pulse"]["api_key"] = _mask(settings.pulse.api_key.get_secret_value())
     data["pulse"]["base_url"] = _redact_url(settings.pulse.base_url)
+    data["admin"]["token"] = _mask(settings.admin.token.get_secret_value())
     for sink, sink_data in zip(settings.sinks, data["sinks"], strict=True):
         if isinstance(sink, HttpSinkSettings):
             sink_data["url"] = _redact_url(sink.url)

@@ -1,8 +1,10 @@
 """`pulse-relay demo`: the whole pipeline in a temporary folder, against the built-in emulator.
 
 Signed webhooks go through the real ingress, a large result is downloaded once,
-an HTTP sink fails twice before it recovers, a command sink runs, and one job
-is polled instead of announced — then the demo shows what every sink received.
+an HTTP sink fails twice before it recovers, a command sink runs, an app submits
+a document through the relay's Pulse API pass-through (as the Pulse SDK does,
+and with no webhook and no `watch` call the job is delivered), and one job is
+watched by hand — then the demo shows what every sink received.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import aiohttp
 from aiohttp import web
 
 from pulse_relay.app import Relay
@@ -28,6 +31,10 @@ from pulse_relay.store import EventView
 DEADLINE_SECONDS = 30.0
 RESULTS_FOLDER = "results"
 COMMAND_OUT_FOLDER = "command-out"
+# The polled events the demo waits for: the submitted job and the watched one.
+POLLED_EVENTS = 2
+EVENT_ID_WIDTH = 36
+_DOCUMENT = b"%PDF-1.7\n% an invoice, as an app would upload it\n" * 200
 # Copies stdin to a file named after the event: the command sink's observable effect.
 _COMMAND = (
     "import json, pathlib, sys\n"
@@ -90,6 +97,7 @@ async def _run(out: TextIO, folder: Path) -> bool:
     try:
         out.write(f"pulse-relay demo in {folder}\n")
         out.write(f"  relay     {relay.webhook_url}\n  emulator  {emulator.base_url}\n")
+        out.write(f"  pulse API {relay.admin_url}/pulse (the relay's pass-through)\n")
         out.write(f"  app       {app_url} (answers 503 to its first two requests)\n\n")
         sent = [
             ("job.created", "job-invoice-001", None),
@@ -109,6 +117,7 @@ async def _run(out: TextIO, folder: Path) -> bool:
             "job-invoice-001",
         )
         out.write(f"sent a forged event (wrong secret)       → {forged} {answer['status']}\n")
+        await _submit_like_the_sdk(out, f"{relay.admin_url}/pulse", emulator.api_key)
         await relay.store.add_watches(
             ["job-watched"],
             metadata={"user": "demo@example.com", "source_file": "watched.pdf"},
@@ -131,6 +140,7 @@ def _settings(folder: Path, secret: str, pulse_url: str, api_key: str, app_url: 
     return Settings.model_validate(
         {
             "server": {"host": "127.0.0.1", "port": 0},
+            "admin": {"host": "127.0.0.1", "port": 0},
             "verify": {"secrets": [secret]},
             "store": {"path": str(folder / "relay.db")},
             "pulse": {"base_url": pulse_url, "api_key": api_key},
@@ -156,15 +166,57 @@ def _settings(folder: Path, secret: str, pulse_url: str, api_key: str, app_url: 
     )
 
 
+async def _submit_like_the_sdk(out: TextIO, pulse_url: str, api_key: str) -> None:
+    """What `Pulse(base_url=pulse_url).extract(file=..., async_=True)` sends, byte for byte.
+
+    The official SDK is not a dependency of the relay, so the demo builds the same
+    multipart request itself: the form fields, then the file, and the caller's key.
+    """
+    form = aiohttp.FormData()
+    form.add_field("async", "true")
+    form.add_field("file", _DOCUMENT, filename="invoice-042.pdf", content_type="application/pdf")
+    headers = {"x-api-key": api_key, "X-Pulse-Relay-Meta-User-Id": "demo@example.com"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{pulse_url}/extract", data=form, headers=headers) as response,
+    ):
+        answer = await response.json()
+    out.write(
+        f"app submitted invoice-042.pdf to {pulse_url}/extract (as the Pulse SDK does)"
+        f" → {response.status}, job {answer.get('job_id')} {answer.get('status')}\n"
+        "  no webhook, no watch call: the relay saw the job id and polls the job\n"
+    )
+
+
 async def _wait_until_settled(relay: Relay) -> list[EventView]:
     deadline = time.monotonic() + DEADLINE_SECONDS
     while True:
         views = await relay.store.list_events(limit=100)
-        polled = any(v.source == "poll" for v in views)
+        polled = sum(v.source == "poll" for v in views)
         pending = any(d.state == "pending" for v in views for d in v.deliveries.values())
-        if (polled and not pending) or time.monotonic() > deadline:
+        if (polled >= POLLED_EVENTS and not pending) or time.monotonic() > deadline:
             return views
         await asyncio.sleep(0.1)
+
+
+def _short(event_id: str) -> str:
+    """An id that fits its column, keeping both ends (`poll:<job id>:<status>`)."""
+    if len(event_id) <= EVENT_ID_WIDTH:
+        return event_id
+    return event_id[:20] + "…" + event_id[-(EVENT_ID_WIDTH - 21) :]
+
+
+def _describe_metadata(metadata: dict[str, Any]) -> str:
+    """The metadata on one line: its keys, and the submission the pass-through saw."""
+    parts = [f"{k}={v}" for k, v in metadata.items() if k != "request"]
+    request = metadata.get("request")
+    if isinstance(request, dict):
+        files = ", ".join(
+            f"{f['filename']} ({f['size_bytes']} bytes, sha256 {f['sha256'][:12]}…)"
+            for f in request.get("files", [])
+        )
+        parts.append(f"request {request['method']} {request['path']} {files}".rstrip())
+    return "; ".join(parts)
 
 
 def _report(
@@ -191,22 +243,13 @@ def _report(
             tries = delivery.attempts
             cells.append(f"{delivery.state} ({tries} tr{'y' if tries == 1 else 'ies'})")
         out.write(
-            f"{view.id[:36]:<36} {view.type or '-':<20} {view.source:<8}"
+            f"{_short(view.id):<{EVENT_ID_WIDTH}} {view.type or '-':<20} {view.source:<8}"
             + "".join(f" {c:<19}" for c in cells)
             + "\n"
         )
-    polled = any(v.source == "poll" for v in views)
-    everything_arrived &= polled
+    everything_arrived &= sum(v.source == "poll" for v in views) >= POLLED_EVENTS
     out.write("\nWhat the sinks received:\n")
-    for path in sorted(files.glob("*.json")):
-        envelope = json.loads(path.read_bytes())
-        job = envelope["job"] or {}
-        line = f"  files   {path.name:<26} {envelope['type']:<15} job {job.get('status', '-')}"
-        if job.get("result"):
-            line += f", result {len(json.dumps(job['result']))} bytes"
-        if envelope["relay"]["metadata"]:
-            line += f", metadata {json.dumps(envelope['relay']['metadata'])}"
-        out.write(line + "\n")
+    _report_files(out, files)
     out.write(
         f"  app     {len(app.received)} envelopes after {app.refused} refused requests "
         f"(retried with backoff)\n"
@@ -220,3 +263,15 @@ def _report(
     verdict = "everything arrived" if everything_arrived else "NOT everything arrived"
     out.write(f"\n{verdict} in {elapsed_seconds:.1f} s\n")
     return everything_arrived
+
+
+def _report_files(out: TextIO, files: Path) -> None:
+    for path in sorted(files.glob("*.json")):
+        envelope = json.loads(path.read_bytes())
+        job = envelope["job"] or {}
+        line = f"  files   {path.name:<26} {envelope['type']:<15} job {job.get('status', '-')}"
+        if job.get("result"):
+            line += f", result {len(json.dumps(job['result']))} bytes"
+        out.write(line + "\n")
+        if envelope["relay"]["metadata"]:
+            out.write(f"          metadata {_describe_metadata(envelope['relay']['metadata'])}\n")

@@ -17,7 +17,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from pulse_relay.events import build_envelope, encode_envelope, is_terminal, says_terminal
+from pulse_relay.events import (
+    build_envelope,
+    encode_envelope,
+    envelope_source,
+    is_terminal,
+    says_terminal,
+)
 from pulse_relay.logs import get_logger
 from pulse_relay.metrics import Metrics
 from pulse_relay.pulse import FetchedJob, PulseClient, PulseError, judge_error
@@ -380,7 +386,7 @@ class Dispatcher:
             event_type=task.event_type,
             job_id=task.job_id,
             received_at=task.received_at,
-            source="replay" if task.is_replay else task.source,
+            source=envelope_source(task.source, is_replay=task.is_replay),
             body=task.body,
             job=task.job,
             result_url=task.result_url,

@@ -1,9 +1,11 @@
 """An emulator of the Pulse API on a real socket, for `pulse-relay demo` and the test suite.
 
-It serves `GET /job/{job_id}` in the documented shape, hands out single-use
-large-result URLs, plays scripted faults (error statuses, `Retry-After`, slow
-answers, truncated JSON, connection resets), counts what it saw, and can send
-Svix-style signed webhooks the way Pulse does.
+It serves `GET /job/{job_id}` in the documented shape, accepts documents on
+`POST /extract` (synchronous, or with `async` a job to poll) and the deprecated
+`POST /extract_async` in the shapes of the official Python SDK, hands out
+single-use large-result URLs, plays scripted faults (error statuses,
+`Retry-After`, slow answers, truncated JSON, connection resets), counts what it
+saw, and can send Svix-style signed webhooks the way Pulse does.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hmac
 import json
 import secrets
 import string
+import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +45,10 @@ _EVENT_STATUS: Final = {
 }
 _ID_ALPHABET: Final = string.ascii_letters + string.digits
 _JSON: Final = "application/json"
+# What an accepted asynchronous job answers to its first polls, unless a plan says otherwise.
+SUBMITTED_JOB_STATUSES: Final = ("pending", "processing", "completed")
+_UPLOAD_CHUNK_BYTES: Final = 64 * 1024
+_TRUE_WORDS: Final = frozenset({"true", "1", "yes", "on"})
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,41 @@ class RecordedRequest:
     headers: dict[str, str]
 
 
+@dataclass(frozen=True)
+class UploadedFile:
+    """A file part of a submission: its form field, name, size and SHA-256 (hex)."""
+
+    field: str
+    filename: str
+    size_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A document accepted on `POST /extract` or `POST /extract_async`."""
+
+    job_id: str
+    path: str
+    is_async: bool
+    fields: dict[str, Any]
+    files: list[UploadedFile]
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """How the next asynchronous submission behaves when polled: its statuses, in order."""
+
+    statuses: tuple[str, ...] = SUBMITTED_JOB_STATUSES
+    error: str | None = None
+    result: dict[str, Any] | None = None
+
+
+class _BadSubmission(Exception):
+    """A submission the API would refuse with 400; the message names the field."""
+
+
 @dataclass
 class _Job:
     job_id: str
@@ -175,9 +217,12 @@ class PulseEmulator:
         self._api_key = api_key
         self._jobs: dict[str, _Job] = {}
         self._faults: defaultdict[str, _Faults] = defaultdict(_Faults)
+        self._submit_faults: deque[Fault] = deque()
         self._downloads: dict[str, _Download] = {}
         self._get_counts: defaultdict[str, int] = defaultdict(int)
         self._requests: list[RecordedRequest] = []
+        self._submissions: list[Submission] = []
+        self._plans: deque[JobPlan] = deque()
         self._in_flight = 0
         self._max_in_flight = 0
         self._documents_served = 0
@@ -196,6 +241,8 @@ class PulseEmulator:
         app = web.Application(middlewares=[self._record])
         app.router.add_get("/job/{job_id}", self._get_job)
         app.router.add_get("/results/{token}", self._get_result)
+        app.router.add_post("/extract", self._extract)
+        app.router.add_post("/extract_async", self._extract_async)
         # handler_cancellation: a client that gives up (timeout, reset) must not
         # leave a handler counted as in flight.
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
@@ -285,6 +332,24 @@ class PulseEmulator:
         """Queue faults for the next downloads of `job_id`'s large result, one per request."""
         self._faults[job_id].download.extend(_as_fault(f) for f in faults)
 
+    def plan_next_job(
+        self,
+        *statuses: str,
+        error: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        """Script the next asynchronous submission: the statuses its polls answer, in order.
+
+        Plans are used one per asynchronous submission, oldest first; without
+        one a job answers pending, processing, then completed.
+        """
+        steps = statuses or SUBMITTED_JOB_STATUSES
+        self._plans.append(JobPlan(statuses=tuple(steps), error=error, result=result))
+
+    def fail_next_submission(self, *faults: Fault | int) -> None:
+        """Queue faults for the next `POST /extract` or `/extract_async` calls (one each)."""
+        self._submit_faults.extend(_as_fault(f) for f in faults)
+
     def hold_requests(self) -> None:
         """Keep every `GET /job` in flight until `release_requests` (for concurrency tests)."""
         self._gate.clear()
@@ -313,6 +378,11 @@ class PulseEmulator:
     def requests(self) -> list[RecordedRequest]:
         """Every request received, oldest first."""
         return list(self._requests)
+
+    @property
+    def submissions(self) -> list[Submission]:
+        """Every document accepted on the extract endpoints, oldest first."""
+        return list(self._submissions)
 
     @property
     def in_flight(self) -> int:
@@ -381,6 +451,50 @@ class PulseEmulator:
                 "updated_at": job.updated_at,
                 "result": result,
                 "error": error if status == "failed" else None,
+            }
+        )
+
+    async def _extract(self, request: web.Request) -> web.StreamResponse:
+        return await self._submit(request, always_async=False)
+
+    async def _extract_async(self, request: web.Request) -> web.StreamResponse:
+        return await self._submit(request, always_async=True)
+
+    async def _submit(self, request: web.Request, *, always_async: bool) -> web.StreamResponse:
+        """`POST /extract` and `/extract_async`: record the document, answer as Pulse does."""
+        queue = self._submit_faults
+        if queue:
+            fault = queue.popleft()
+            if not await self._delay(fault):
+                return _error(503, "shutting down")
+            if not fault.answers_normally:
+                return await self._play(request, fault, lambda: _error(500, "no answer"))
+        supplied = request.headers.get("x-api-key", "")
+        if not hmac.compare_digest(supplied.encode(), self._api_key.encode()):
+            return _error(401, "Invalid or missing API key")
+        try:
+            fields, files = await _read_submission(request)
+            if not files and not (fields.get("file_url") or fields.get("fileUrl")):
+                raise _BadSubmission("file or file_url is required")
+        except _BadSubmission as error:
+            return _error(400, str(error))
+        is_async = always_async or str(fields.get("async", "")).lower() in _TRUE_WORDS
+        job_id = str(uuid.uuid4())
+        self._submissions.append(
+            Submission(job_id, request.path, is_async, fields, files, dict(request.headers))
+        )
+        if not is_async:
+            document = sample_result(job_id)
+            self.add_job(job_id, result=document)
+            return web.json_response({**document, "job_id": job_id})
+        plan = self._plans.popleft() if self._plans else JobPlan()
+        self.add_job(job_id, statuses=list(plan.statuses), error=plan.error, result=plan.result)
+        return web.json_response(
+            {
+                "job_id": job_id,
+                "status": "pending",
+                "message": "Job accepted; poll GET /job/{job_id} for its status",
+                "queuedAt": _now_iso(),
             }
         )
 
@@ -517,6 +631,48 @@ async def _post(
         except ValueError:
             answer = None
         return response.status, answer if isinstance(answer, dict) else {}
+
+
+async def _read_submission(
+    request: web.Request,
+) -> tuple[dict[str, Any], list[UploadedFile]]:
+    """The fields and files of a JSON, multipart or urlencoded submission."""
+    content_type = request.content_type
+    try:
+        if content_type == "multipart/form-data":
+            return await _read_multipart(request)
+        if content_type == "application/x-www-form-urlencoded":
+            form = await request.post()
+            return {name: str(value) for name, value in form.items()}, []
+        if content_type == _JSON:
+            document = await request.json()
+            if not isinstance(document, dict):
+                raise _BadSubmission("the JSON body must be an object")
+            return document, []
+    except (ValueError, aiohttp.ClientError, web.HTTPException) as error:
+        raise _BadSubmission(f"unreadable {content_type} body: {error}") from None
+    raise _BadSubmission("expected multipart/form-data or application/json")
+
+
+async def _read_multipart(request: web.Request) -> tuple[dict[str, Any], list[UploadedFile]]:
+    """Read a multipart body part by part, hashing files without keeping them."""
+    fields: dict[str, Any] = {}
+    files: list[UploadedFile] = []
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, aiohttp.BodyPartReader):
+            raise _BadSubmission("nested multipart bodies are not accepted")
+        name = part.name or ""
+        if part.filename is None:
+            fields[name] = await part.text()
+            continue
+        digest = hashlib.sha256()
+        size_bytes = 0
+        while chunk := await part.read_chunk(_UPLOAD_CHUNK_BYTES):
+            digest.update(chunk)
+            size_bytes += len(chunk)
+        files.append(UploadedFile(name, part.filename, size_bytes, digest.hexdigest()))
+    return fields, files
 
 
 def _error(status: int, message: str, *, headers: Mapping[str, str] | None = None) -> web.Response:

@@ -116,6 +116,11 @@ def format_timestamp(unix_seconds: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def envelope_source(source: str, *, is_replay: bool) -> str:
+    """The envelope's `source`: "replay" for a replayed delivery, else where the event came from."""
+    return "replay" if is_replay else source
+
+
 def build_envelope(
     *,
     event_id: str,

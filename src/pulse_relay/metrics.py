@@ -84,6 +84,17 @@ class Metrics:
             "Finished events deleted by retention (the daily task and `prune`).",
             registry=self.registry,
         )
+        self.proxy_requests = Counter(
+            "pulse_relay_proxy_requests",
+            "Requests to the Pulse API pass-through, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.proxy_pending_watches = Gauge(
+            "pulse_relay_proxy_pending_watches",
+            "Watches found by the pass-through that the store has not taken yet (retried).",
+            registry=self.registry,
+        )
         self.reloads = Counter(
             "pulse_relay_config_reloads",
             "Configuration reloads on SIGHUP, by outcome.",

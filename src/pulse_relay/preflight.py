@@ -13,7 +13,12 @@ import os
 import shutil
 from pathlib import Path
 
-from pulse_relay.config import CommandSinkSettings, FileSinkSettings, Settings
+from pulse_relay.config import (
+    CommandSinkSettings,
+    FileSinkSettings,
+    Settings,
+    admin_exposure_problem,
+)
 from pulse_relay.tls import tls_problem
 
 
@@ -54,6 +59,9 @@ def _program_problem(program: str, cwd: Path | None) -> str | None:
 def check_host(settings: Settings) -> list[str]:
     """One line per problem, each naming the key it is about; empty when all is well."""
     problems: list[str] = []
+    admin_problem = admin_exposure_problem(settings)
+    if admin_problem is not None:
+        problems.append(admin_problem)
     store_problem = _writable_directory_problem(settings.store.path.absolute().parent)
     if store_problem is not None:
         problems.append(f"store.path: {store_problem}")

@@ -1,4 +1,4 @@
-"""HTTP side: webhook ingress, health, readiness and metrics. Nothing slow runs on a request.
+"""The public listener: the webhook ingress and /healthz. Nothing slow runs on a request.
 
 A webhook is judged in two stages. Its headers come first, before a byte of the
 body is read, and instead of `100 Continue` when the sender asks for one: the
@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.streams import StreamReader
-from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from prometheus_client import Counter
 
 from pulse_relay.edge import (
@@ -34,7 +32,7 @@ from pulse_relay.edge import (
 )
 from pulse_relay.events import ingest_record
 from pulse_relay.logs import get_logger
-from pulse_relay.metrics import CONTENT_TYPE_LATEST, Metrics
+from pulse_relay.metrics import Metrics
 from pulse_relay.signature import VerificationError, Verifier, is_valid_webhook_id
 from pulse_relay.store import Store, StoreUnavailableError
 
@@ -85,7 +83,6 @@ class IngressConfig:
 
 
 SinkRouter = Callable[[str], Sequence[str]]
-ReadinessCheck = Callable[[], Awaitable[list[str]]]
 
 
 class Ingress:
@@ -298,113 +295,12 @@ def _shown(address: IPAddress | None) -> str:
     return "unknown" if address is None else str(address)
 
 
-MalformedHook = Callable[[str | None, str], None]
+def build_app(ingress: Ingress, *, path: str) -> web.Application:
+    """The ingress application: the webhook path and /healthz; every other path is 404.
 
-
-class IngressProtocol(RequestHandler):
-    """aiohttp's connection handler, with HTTP framing errors answered as the ingress answers.
-
-    aiohttp answers a request it cannot parse with a plain-text 400 and logs a
-    traceback at error level; here it is a JSON 400, counted, logged at most a
-    few times a second. And when the framing breaks *inside* a body being read
-    (a malformed chunk), aiohttp's C parser drops the body's stream without
-    telling the handler reading it, which would then wait for its read timeout:
-    the stream is failed here at once.
+    Readiness, metrics and the control API live on the admin listener, away from
+    the port that faces the internet.
     """
-
-    __slots__ = ("_on_malformed", "_open_body")
-
-    def __init__(self, manager: web.Server, *, on_malformed: MalformedHook, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        self._on_malformed = on_malformed
-        self._open_body: StreamReader | None = None
-
-    def data_received(self, data: bytes) -> None:
-        """Parse as aiohttp does; fail the body in progress if its framing broke."""
-        queued = len(self._messages)
-        super().data_received(data)
-        for message, payload in list(self._messages)[queued:]:
-            if not isinstance(message, _ErrInfo):
-                self._open_body = payload
-                continue
-            body = self._open_body
-            if body is not None and not body.is_eof():
-                body.set_exception(message.exc)
-                # At EOF, aiohttp does not wait to read the rest after the answer.
-                body.feed_eof()
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        """A JSON 400 for a request that is not valid HTTP; anything else as aiohttp does."""
-        if not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
-            return super().handle_error(request, status, exc, message)
-        self._on_malformed(request.remote, "malformed HTTP request")
-        response = web.json_response(
-            {"status": "bad_request", "reason": "malformed HTTP request"}, status=status
-        )
-        response.force_close()
-        return response
-
-
-class IngressServer(web.Server):
-    """aiohttp's server, building an IngressProtocol for each connection."""
-
-    def __init__(
-        self,
-        handler: Any,
-        *,
-        request_factory: Any,
-        on_malformed: MalformedHook,
-        protocol_options: dict[str, Any],
-    ) -> None:
-        super().__init__(handler, request_factory=request_factory, **protocol_options)
-        self._protocol_options = protocol_options
-        self._on_malformed = on_malformed
-        self._event_loop = asyncio.get_running_loop()
-
-    def __call__(self) -> RequestHandler:
-        return IngressProtocol(
-            self, on_malformed=self._on_malformed, loop=self._event_loop, **self._protocol_options
-        )
-
-
-class IngressRunner(web.AppRunner):
-    """An AppRunner whose server answers malformed HTTP as the ingress does."""
-
-    def __init__(self, app: web.Application, ingress: Ingress, *, shutdown_timeout: float) -> None:
-        super().__init__(app, handle_signals=False, shutdown_timeout=shutdown_timeout)
-        self._ingress = ingress
-
-    async def _make_server(self) -> web.Server:
-        plain = await super()._make_server()
-        return IngressServer(
-            plain.request_handler,
-            request_factory=plain.request_factory,
-            on_malformed=self._ingress.malformed,
-            protocol_options={
-                "access_log": None,
-                # The relay reads the body as sent; a compressed one is refused (415).
-                "auto_decompress": False,
-                # See build_app: this timer is also the deadline for request headers.
-                "keepalive_timeout": self._ingress.read_timeout_seconds,
-            },
-        )
-
-
-def build_app(
-    ingress: Ingress,
-    *,
-    path: str,
-    metrics: Metrics,
-    readiness: ReadinessCheck,
-    refresh_metrics: Callable[[], Awaitable[None]] | None = None,
-) -> web.Application:
-    """The aiohttp application with every route the relay serves."""
     # aiohttp has no deadline for reading request headers; its keep-alive timer is the
     # one that covers that gap. It is armed when a connection opens and again after
     # each answer, and when it fires on a connection whose next request's headers are
@@ -417,21 +313,6 @@ def build_app(
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    async def readyz(_: web.Request) -> web.Response:
-        problems = await readiness()
-        if problems:
-            return web.json_response({"status": "unavailable", "reasons": problems}, status=503)
-        return web.json_response({"status": "ready"})
-
-    async def metrics_view(_: web.Request) -> web.Response:
-        if refresh_metrics is not None:
-            await refresh_metrics()
-        response = web.Response(body=metrics.render())
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return response
-
     app.router.add_post(path, ingress.handle, expect_handler=ingress.expect)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_view)
     return app

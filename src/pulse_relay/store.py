@@ -35,6 +35,8 @@ MAX_BATCH = 512
 _CHUNK = 500
 # Events deleted per transaction by prune(), so the writer is never held for long.
 PRUNE_BATCH = 500
+# Pruned ids are remembered at least this long (a replay of one then answers "pruned").
+PRUNED_IDS_MIN_SECONDS = 86_400.0
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -111,6 +113,12 @@ MIGRATIONS: tuple[str, ...] = (
     # Readiness must prove a real write: taking the write lock alone succeeds on a full disk.
     """
     CREATE TABLE probes (name TEXT PRIMARY KEY, written_at REAL NOT NULL);
+    """,
+    # The ids of pruned events, for a while, so that asking for one can be told
+    # "pruned" (a replay answers 409) rather than "unknown".
+    """
+    CREATE TABLE pruned_events (id TEXT PRIMARY KEY, pruned_at REAL NOT NULL) WITHOUT ROWID;
+    CREATE INDEX pruned_events_at ON pruned_events (pruned_at);
     """,
     # The sender's address as the ingress determined it (behind trusted proxies).
     """
@@ -232,6 +240,23 @@ class EventView:
     job: Any = None
     result_url: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    # The job's watch metadata: what its envelopes carry in `relay.metadata`.
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class EventCursor:
+    """Where a listing stopped: the last event shown (listings are newest first)."""
+
+    received_at: float
+    event_id: str
+
+
+DELIVERY_STATES = ("pending", "delivered", "dead")
+
+# (kind, event_id, detail) after a change is committed: "event" (stored), "delivery"
+# (an attempt's outcome: sink, state, attempt) and "fetch" (a job fetch attempt).
+ChangeListener = Callable[[str, str, dict[str, Any] | None], None]
 
 
 @dataclass(frozen=True)
@@ -299,6 +324,15 @@ class Store:
         self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._listeners: list[ChangeListener] = []
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        """Call `listener` after each committed change of an event (see ChangeListener)."""
+        self._listeners.append(listener)
+
+    def _changed(self, kind: str, event_id: str, detail: dict[str, Any] | None = None) -> None:
+        for listener in self._listeners:
+            listener(kind, event_id, detail)
 
     # -- lifecycle -------------------------------------------------------
 
@@ -374,7 +408,7 @@ class Store:
     def db(self) -> aiosqlite.Connection:
         """The reading connection."""
         if self._db is None:
-            raise RuntimeError("store is not open")
+            raise StoreUnavailableError("store is not open")
         return self._db
 
     def _migrate(self, db: sqlite3.Connection) -> None:
@@ -397,7 +431,10 @@ class Store:
         """Store one event and its deliveries; returns after the commit that holds it."""
         future: asyncio.Future[IngestOutcome] = asyncio.get_running_loop().create_future()
         self._enqueue(_Queued(future=future, record=record))
-        return await future
+        outcome: IngestOutcome = await future
+        if outcome == "accepted":
+            self._changed("event", record.event_id)
+        return outcome
 
     async def write(self, op: WriteOp) -> Any:
         """Run `op` in the next group transaction, in a savepoint of its own; return its result."""
@@ -607,6 +644,7 @@ class Store:
             )
 
         result: list[DeliveryTask] = await self.write(op)
+        self._changed("fetch", event_id, {"state": "done", "attempt": attempt})
         return result
 
     async def retry_fetch(self, event_id: str, *, next_fetch_at: float, attempt: Attempt) -> None:
@@ -621,6 +659,7 @@ class Store:
             _insert_attempt(db, event_id, attempt)
 
         await self.write(op)
+        self._changed("fetch", event_id, {"state": "pending", "attempt": attempt})
 
     async def fail_fetch(self, event_id: str, *, attempt: Attempt) -> None:
         """Give up on the job fetch: the event's pending deliveries go dead with the reason."""
@@ -641,6 +680,7 @@ class Store:
             _insert_attempt(db, event_id, attempt)
 
         await self.write(op)
+        self._changed("fetch", event_id, {"state": "dead", "attempt": attempt})
 
     # -- delivery queue ------------------------------------------------
 
@@ -668,6 +708,7 @@ class Store:
             _insert_attempt(db, event_id, attempt)
 
         await self.write(op)
+        self._changed("delivery", event_id, {"sink": sink, "state": state, "attempt": attempt})
 
     async def release_leases(self) -> None:
         """Make every leased item due again at once (graceful shutdown)."""
@@ -737,26 +778,48 @@ class Store:
         Finished means: every delivery delivered (or none at all, as for invalid
         and repeat events) and no job fetch still pending. Events with a pending
         or dead delivery are kept until replayed. Deletes run in small batches so
-        ingest never waits long behind them.
+        ingest never waits long behind them. Each pruned id is remembered (see
+        `is_pruned`) as long as an event is kept (at least a day), then forgotten.
         """
+        now = self._clock()
 
         def op(db: sqlite3.Connection) -> int:
-            cursor = db.execute(
-                "DELETE FROM events WHERE id IN ("
-                "SELECT e.id FROM events e WHERE e.received_at < ? "
-                "AND e.fetch_state NOT IN ('pending', 'dead') "
-                "AND NOT EXISTS (SELECT 1 FROM deliveries d "
-                "WHERE d.event_id = e.id AND d.state != 'delivered') LIMIT ?)",
-                (received_before, batch_size),
+            with closing(
+                db.execute(
+                    "SELECT e.id FROM events e WHERE e.received_at < ? "
+                    "AND e.fetch_state NOT IN ('pending', 'dead') "
+                    "AND NOT EXISTS (SELECT 1 FROM deliveries d "
+                    "WHERE d.event_id = e.id AND d.state != 'delivered') LIMIT ?",
+                    (received_before, batch_size),
+                )
+            ) as cursor:
+                ids = [row[0] for row in cursor]
+            db.executemany(
+                "INSERT OR REPLACE INTO pruned_events (id, pruned_at) VALUES (?, ?)",
+                [(event_id, now) for event_id in ids],
             )
-            return cursor.rowcount
+            for chunk in _chunks(ids):
+                db.execute(f"DELETE FROM events WHERE id IN ({_placeholders(len(chunk))})", chunk)
+            return len(ids)
+
+        def forget(db: sqlite3.Connection) -> None:
+            forget_before = min(received_before, now - PRUNED_IDS_MIN_SECONDS)
+            db.execute("DELETE FROM pruned_events WHERE pruned_at < ?", (forget_before,))
 
         total = 0
         while True:
             deleted: int = await self.write(op)
             total += deleted
             if deleted < batch_size:
+                await self.write(forget)
                 return total
+
+    async def is_pruned(self, event_id: str) -> bool:
+        """Whether `event_id` was stored once and pruned since (remembered for a retention)."""
+        async with self.db.execute(
+            "SELECT 1 FROM pruned_events WHERE id = ?", (event_id,)
+        ) as cursor:
+            return await cursor.fetchone() is not None
 
     # -- watched jobs (polling) ----------------------------------------
 
@@ -808,6 +871,12 @@ class Store:
             _WATCH_COLUMNS + "ORDER BY state = 'active' DESC, added_at DESC"
         ) as cursor:
             return [_watch(row) async for row in cursor]
+
+    async def get_watch(self, job_id: str) -> Watch | None:
+        """One watch; None when the job is not watched."""
+        async with self.db.execute(_WATCH_COLUMNS + "WHERE job_id = ?", (job_id,)) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else _watch(row)
 
     async def claim_watches(self, *, limit: int, lease_seconds: float) -> list[Watch]:
         """Lease up to `limit` watches whose poll is due (by moving their next poll on)."""
@@ -890,21 +959,32 @@ class Store:
         event_type: str | None = None,
         state: str | None = None,
         limit: int = 50,
+        sink: str | None = None,
+        job_id: str | None = None,
+        source: str | None = None,
+        text: str | None = None,
+        before: EventCursor | None = None,
+        event_id: str | None = None,
     ) -> list[EventView]:
-        """Newest events first, with each sink's delivery state."""
-        clauses: list[str] = []
-        params: list[Any] = []
-        if event_type is not None:
-            clauses.append("e.type = ?")
-            params.append(event_type)
-        if state is not None:
-            if state in ("pending", "delivered", "dead"):
-                clauses.append(
-                    "EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.state = ?)"
-                )
-            else:
-                clauses.append("e.state = ?")
-            params.append(state)
+        """Newest events first, with each sink's delivery state.
+
+        `state` is an event state (accepted, invalid, repeat) or a delivery state
+        (pending, delivered, dead: some delivery, to `sink` if given, is in it);
+        `text` is matched case-insensitively in the id, type, job id and body;
+        `before` continues a listing after the last event of its previous page.
+        """
+        clauses, params = _event_filters(
+            event_id=event_id,
+            event_type=event_type,
+            state=state,
+            sink=sink,
+            job_id=job_id,
+            source=source,
+            text=text,
+        )
+        if before is not None:
+            clauses.append("(e.received_at < ? OR (e.received_at = ? AND e.id > ?))")
+            params += [before.received_at, before.received_at, before.event_id]
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = (
             "SELECT e.id, e.received_at, e.source, e.type, e.job_id, e.state, e.error, "
@@ -929,6 +1009,8 @@ class Store:
         view.body = bytes(row["body"])
         view.job = json.loads(row["job"]) if row["job"] is not None else None
         view.result_url = row["result_url"]
+        watch = None if view.job_id is None else await self.get_watch(view.job_id)
+        view.metadata = None if watch is None else watch.metadata
         await self._attach_deliveries([view])
         async with self.db.execute(
             "SELECT sink, attempt, started_at, duration_ms, outcome, status_code, error, "
@@ -949,6 +1031,16 @@ class Store:
             ) as cursor:
                 async for row in cursor:
                     by_id[row["event_id"]].deliveries[row["sink"]] = _delivery_view(row)
+
+    async def state_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """How many events are in each event state, and deliveries in each delivery state."""
+        async with self.db.execute("SELECT state, COUNT(*) FROM events GROUP BY state") as cursor:
+            events = {row[0]: int(row[1]) async for row in cursor}
+        async with self.db.execute(
+            "SELECT state, COUNT(*) FROM deliveries GROUP BY state"
+        ) as cursor:
+            deliveries = {row[0]: int(row[1]) async for row in cursor}
+        return events, deliveries
 
     async def pending_counts(self) -> dict[str, int]:
         """Pending deliveries per sink."""
@@ -1041,6 +1133,58 @@ _WATCH_COLUMNS = (
     "SELECT job_id, metadata, origin, state, added_at, next_poll_at, interval_seconds, "
     "polls, last_status, last_error FROM watches "
 )
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _event_filters(
+    *,
+    event_id: str | None,
+    event_type: str | None,
+    state: str | None,
+    sink: str | None,
+    job_id: str | None,
+    source: str | None,
+    text: str | None,
+) -> tuple[list[str], list[Any]]:
+    """The WHERE clauses (on `events e`) and their parameters for `list_events`."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (
+        ("e.id", event_id),
+        ("e.type", event_type),
+        ("e.job_id", job_id),
+        ("e.source", source),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    delivery: list[str] = []
+    if sink is not None:
+        delivery.append("d.sink = ?")
+        params.append(sink)
+    if state in DELIVERY_STATES:
+        delivery.append("d.state = ?")
+        params.append(state)
+    elif state is not None:
+        clauses.append("e.state = ?")
+        params.append(state)
+    if delivery:
+        clauses.append(
+            "EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND "
+            + " AND ".join(delivery)
+            + ")"
+        )
+    if text:
+        clauses.append(
+            "(e.id LIKE ? ESCAPE '\\' OR e.type LIKE ? ESCAPE '\\' "
+            "OR e.job_id LIKE ? ESCAPE '\\' OR CAST(e.body AS TEXT) LIKE ? ESCAPE '\\')"
+        )
+        params += [_like_pattern(text)] * 4
+    return clauses, params
 
 
 def _watch(row: sqlite3.Row) -> Watch:

@@ -1,0 +1,146 @@
+"""`/api/…`: thin handlers (parse → service → JSON) and the one place errors become answers."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from pulse_relay.admin import service
+from pulse_relay.admin.context import CONTEXT_KEY
+from pulse_relay.admin.openapi import openapi_document
+from pulse_relay.admin.service import BadRequest, ServiceError
+from pulse_relay.admin.stream import stream_handler
+from pulse_relay.logs import get_logger
+from pulse_relay.store import StoreUnavailableError
+
+log = get_logger("pulse_relay.admin")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Paths whose every answer, errors included, is JSON.
+JSON_PREFIXES = ("/api/", "/pulse/")
+
+
+def json_error(http_status: int, error: str, detail: Any) -> web.Response:
+    """The body of every error answer: {"error": ..., "detail": ...}."""
+    return web.json_response({"error": error, "detail": detail}, status=http_status)
+
+
+def _http_error(error: web.HTTPException) -> web.Response:
+    detail = error.text if error.text and not error.text.startswith(f"{error.status}:") else None
+    code = error.reason.lower().replace(" ", "_")
+    return json_error(error.status, code, detail or error.reason)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every failure to an answer: ServiceError to its status, the store's to 503.
+
+    Anything else on a JSON path is a bug: it is logged and answered 500 as a last resort.
+    """
+    try:
+        return await handler(request)
+    except ServiceError as error:
+        return json_error(error.http_status, error.error, error.detail)
+    except (StoreUnavailableError, sqlite3.Error) as error:
+        log.error("store unavailable", path=request.path, reason=str(error))
+        return json_error(503, "unavailable", "the store is unavailable; retry later")
+    except web.HTTPException as error:
+        if error.status < 400 or not request.path.startswith(JSON_PREFIXES):
+            raise
+        return _http_error(error)
+    except Exception:
+        if not request.path.startswith(JSON_PREFIXES):
+            raise
+        log.exception("admin request failed", path=request.path, method=request.method)
+        return json_error(500, "internal", "unexpected error; see the relay's log")
+
+
+def _refuse_constant(name: str) -> None:
+    # Python reads NaN and Infinity, which are not JSON: SQLite's JSON functions reject them.
+    raise ValueError(f"{name} is not JSON")
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body ({} when there is none); BadRequest("body") otherwise."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise BadRequest("body", "not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body", "a JSON object")
+    return body
+
+
+async def _events(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT_KEY]
+    filters = service.parse_event_filters(request.query)
+    return web.json_response(await service.list_events(ctx, filters))
+
+
+async def _event(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT_KEY]
+    return web.json_response(await service.get_event(ctx, request.match_info["event_id"]))
+
+
+async def _replay_one(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT_KEY]
+    body = await read_json_object(request)
+    answer = await service.replay_one(ctx, request.match_info["event_id"], body)
+    return web.json_response(answer, status=202)
+
+
+async def _replay_matching(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT_KEY]
+    answer = await service.replay_matching(ctx, await read_json_object(request))
+    return web.json_response(answer, status=202)
+
+
+async def _watches(request: web.Request) -> web.Response:
+    return web.json_response(await service.list_watches(request.app[CONTEXT_KEY]))
+
+
+async def _add_watch(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT_KEY]
+    answer = await service.add_watch(ctx, await read_json_object(request))
+    return web.json_response(answer, status=201)
+
+
+async def _remove_watch(request: web.Request) -> web.Response:
+    await service.remove_watch(request.app[CONTEXT_KEY], request.match_info["job_id"])
+    return web.Response(status=204)
+
+
+async def _send_test(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT_KEY]
+    answer = await service.send_test(ctx, await read_json_object(request))
+    return web.json_response(answer, status=202)
+
+
+async def _stats(request: web.Request) -> web.Response:
+    return web.json_response(await service.stats(request.app[CONTEXT_KEY]))
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document(request.app[CONTEXT_KEY].version))
+
+
+def setup_api(app: web.Application) -> None:
+    """Register the /api/ routes on the admin application."""
+    app.router.add_get("/api/events", _events)
+    app.router.add_get("/api/events/{event_id:.+}", _event)
+    app.router.add_post("/api/events/{event_id:.+}/replay", _replay_one)
+    app.router.add_post("/api/replay", _replay_matching)
+    app.router.add_get("/api/watches", _watches)
+    app.router.add_post("/api/watches", _add_watch)
+    app.router.add_delete("/api/watches/{job_id}", _remove_watch)
+    app.router.add_post("/api/send-test", _send_test)
+    app.router.add_get("/api/stats", _stats)
+    app.router.add_get("/api/stream", stream_handler)
+    app.router.add_get("/api/openapi.json", _openapi)

@@ -1,0 +1,374 @@
+"""What the admin API and the UI do, as async functions returning JSON-ready documents.
+
+Handlers parse the request, call one function here and render its answer. Bad input
+and impossible requests raise a ServiceError subclass carrying its HTTP status; the
+API's error middleware is the one place that turns them into answers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from pulse_relay.events import build_envelope, envelope_source, is_valid_job_id
+from pulse_relay.serialize import event_document, watch_document
+from pulse_relay.store import DELIVERY_STATES, EventCursor, EventView
+from pulse_relay.testevent import build_test_event, post_test_event
+
+if TYPE_CHECKING:
+    from pulse_relay.admin.context import AdminContext
+
+EVENT_STATES = ("accepted", "invalid", "repeat")
+SOURCES = ("webhook", "poll")
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+MAX_FILTER_CHARS = 256
+# ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+_DECIMAL = re.compile(r"[0-9]{1,9}")
+
+
+class ServiceError(Exception):
+    """A request that cannot be answered as asked; `detail` says why, for the caller."""
+
+    http_status = 500
+    error = "internal"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class BadRequest(ServiceError):
+    """A parameter or body field is invalid; the detail starts with its name."""
+
+    http_status = 400
+    error = "bad_request"
+
+    def __init__(self, param: str, problem: str) -> None:
+        super().__init__(f"{param}: {problem}")
+        self.param = param
+
+
+class Unauthorized(ServiceError):
+    """The admin token is missing or wrong."""
+
+    http_status = 401
+    error = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    """A state-changing request without the token or the CSRF header, or from another origin."""
+
+    http_status = 403
+    error = "forbidden"
+
+
+class NotFound(ServiceError):
+    """No such event, watch or route."""
+
+    http_status = 404
+    error = "not_found"
+
+
+class Conflict(ServiceError):
+    """The request contradicts the current state (e.g. a replay of a pruned event)."""
+
+    http_status = 409
+    error = "conflict"
+
+
+class Unavailable(ServiceError):
+    """The store (or the ingress) cannot be used now; retry later."""
+
+    http_status = 503
+    error = "unavailable"
+
+
+# -- event listings ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventFilters:
+    """The filters of `GET /api/events` (every one optional)."""
+
+    type: str | None = None
+    state: str | None = None
+    sink: str | None = None
+    job_id: str | None = None
+    source: str | None = None
+    q: str | None = None
+    limit: int = DEFAULT_LIMIT
+    before: EventCursor | None = None
+
+
+def encode_cursor(cursor: EventCursor) -> str:
+    """The opaque `next` / `before` token for a position in a listing."""
+    raw = json.dumps([cursor.received_at, cursor.event_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> EventCursor:
+    """The position a `before` token stands for; BadRequest("before") if it is not one."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        received_at, event_id = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError):
+        raise BadRequest("before", "not a cursor returned as `next` by this API") from None
+    if not isinstance(received_at, int | float) or not isinstance(event_id, str):
+        raise BadRequest("before", "not a cursor returned as `next` by this API")
+    return EventCursor(float(received_at), event_id)
+
+
+def _text_filter(query: Mapping[str, str], name: str) -> str | None:
+    value = query.get(name)
+    if value is None or value == "":
+        return None
+    if len(value) > MAX_FILTER_CHARS or "\x00" in value:
+        raise BadRequest(name, f"at most {MAX_FILTER_CHARS} characters, no NUL")
+    return value
+
+
+def _choice_filter(query: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str | None:
+    value = _text_filter(query, name)
+    if value is not None and value not in allowed:
+        raise BadRequest(name, f"must be one of {', '.join(allowed)}")
+    return value
+
+
+def parse_limit(raw: str | None) -> int:
+    """`limit` as given in a query string: 1 to MAX_LIMIT, DEFAULT_LIMIT when absent."""
+    if raw is None or raw == "":
+        return DEFAULT_LIMIT
+    if not _DECIMAL.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
+        raise BadRequest("limit", f"must be an integer from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+def parse_event_filters(query: Mapping[str, str]) -> EventFilters:
+    """Validate the query of an event listing; BadRequest names the first bad parameter."""
+    before = _text_filter(query, "before")
+    return EventFilters(
+        type=_text_filter(query, "type"),
+        state=_choice_filter(query, "state", EVENT_STATES + DELIVERY_STATES),
+        sink=_text_filter(query, "sink"),
+        job_id=_text_filter(query, "job_id"),
+        source=_choice_filter(query, "source", SOURCES),
+        q=_text_filter(query, "q"),
+        limit=parse_limit(query.get("limit")),
+        before=None if before is None else decode_cursor(before),
+    )
+
+
+async def list_events(ctx: AdminContext, filters: EventFilters) -> dict[str, Any]:
+    """A page of events, newest first: {"events": [list items], "next": cursor or None}."""
+    views = await ctx.store.list_events(
+        event_type=filters.type,
+        state=filters.state,
+        sink=filters.sink,
+        job_id=filters.job_id,
+        source=filters.source,
+        text=filters.q,
+        before=filters.before,
+        # One more than asked tells whether another page exists.
+        limit=filters.limit + 1,
+    )
+    page = views[: filters.limit]
+    next_cursor = None
+    if len(views) > filters.limit:
+        next_cursor = encode_cursor(EventCursor(page[-1].received_at, page[-1].id))
+    return {"events": [event_document(view) for view in page], "next": next_cursor}
+
+
+async def event_item(ctx: AdminContext, event_id: str) -> dict[str, Any] | None:
+    """The list item document of one event; None when it is not (or no longer) stored."""
+    views = await ctx.store.list_events(event_id=event_id, limit=1)
+    return event_document(views[0]) if views else None
+
+
+async def _require_event(ctx: AdminContext, event_id: str) -> EventView:
+    view = await ctx.store.get_event(event_id)
+    if view is None:
+        if await ctx.store.is_pruned(event_id):
+            raise NotFound(f"event {event_id!r} was pruned (store.retention_days)")
+        raise NotFound(f"no event with id {event_id!r}")
+    return view
+
+
+async def envelopes(ctx: AdminContext, view: EventView) -> dict[str, Any]:
+    """The envelope each sink of a full event view received (or will receive), by sink."""
+    if view.type is None or view.body is None or not view.deliveries:
+        return {}
+    watch = None if view.job_id is None else await ctx.store.get_watch(view.job_id)
+    return {
+        sink: build_envelope(
+            event_id=view.id,
+            event_type=view.type,
+            job_id=view.job_id,
+            received_at=view.received_at,
+            source=envelope_source(view.source, is_replay=delivery.is_replay),
+            body=view.body,
+            job=view.job,
+            result_url=view.result_url,
+            metadata=None if watch is None else watch.metadata,
+        )
+        for sink, delivery in view.deliveries.items()
+    }
+
+
+async def get_event(ctx: AdminContext, event_id: str) -> dict[str, Any]:
+    """One event as `show --json` prints it, plus `envelopes`: what each sink received."""
+    view = await _require_event(ctx, event_id)
+    return {**event_document(view), "envelopes": await envelopes(ctx, view)}
+
+
+# -- replay --------------------------------------------------------------------
+
+
+def _sink_list(body: Mapping[str, Any]) -> list[str] | None:
+    sinks = body.get("sinks")
+    if sinks is None:
+        return None
+    if not isinstance(sinks, list) or not sinks or not all(isinstance(s, str) for s in sinks):
+        raise BadRequest("sinks", "a non-empty list of sink names (or leave it out: every sink)")
+    return list(dict.fromkeys(sinks))
+
+
+async def replay_one(ctx: AdminContext, event_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """Deliver one event again, to `body["sinks"]` or every sink it had; 409 once it is pruned."""
+    sinks = _sink_list(body)
+    view = await ctx.store.get_event(event_id)
+    if view is None:
+        if await ctx.store.is_pruned(event_id):
+            raise Conflict(
+                f"event {event_id!r} was pruned (store.retention_days): nothing to replay"
+            )
+        raise NotFound(f"no event with id {event_id!r}")
+    unknown = [sink for sink in sinks or () if sink not in view.deliveries]
+    if unknown:
+        known = ", ".join(sorted(view.deliveries)) or "none"
+        raise BadRequest("sinks", f"no delivery of this event to {unknown[0]!r} (it has: {known})")
+    if not view.deliveries:
+        raise Conflict(f"event {event_id!r} ({view.state}) has no delivery to replay")
+    targets: list[str | None] = list(sinks) if sinks else [None]
+    queued = 0
+    for sink in targets:
+        queued += await ctx.store.replay([event_id], sink=sink)
+    ctx.wake_dispatcher()
+    ctx.hub.publish_event(event_id)
+    return {"id": event_id, "queued": queued, "sinks": sinks or sorted(view.deliveries)}
+
+
+async def replay_matching(ctx: AdminContext, body: Mapping[str, Any]) -> dict[str, Any]:
+    """Deliver again every dead delivery (of `body["sink"]`, if given); answers the count."""
+    state = body.get("state", "dead")
+    if state != "dead":
+        raise BadRequest("state", 'only "dead" deliveries are replayed in bulk')
+    sink = body.get("sink")
+    if sink is not None:
+        known = {s.name for s in ctx.settings.sinks}
+        if not isinstance(sink, str) or sink not in known:
+            shown = ", ".join(sorted(known)) or "none"
+            raise BadRequest("sink", f"no sink by that name in the configuration (known: {shown})")
+    queued = await ctx.store.replay(sink=sink, dead_only=True)
+    ctx.wake_dispatcher()
+    return {"queued": queued, "state": state, "sink": sink}
+
+
+# -- watches -------------------------------------------------------------------
+
+
+def _job_id(value: object) -> str:
+    if not isinstance(value, str) or not is_valid_job_id(value):
+        raise BadRequest("job_id", "not a valid job id (letters, digits, _ and -; at most 128)")
+    return value
+
+
+async def list_watches(ctx: AdminContext) -> dict[str, Any]:
+    """Every watched job, active first: {"watches": [...]}, as `watch --list --json` prints."""
+    return {"watches": [watch_document(w) for w in await ctx.store.list_watches()]}
+
+
+async def add_watch(ctx: AdminContext, body: Mapping[str, Any]) -> dict[str, Any]:
+    """Watch a job (again); metadata is merged into what it has and reaches every sink."""
+    job_id = _job_id(body.get("job_id"))
+    metadata = body.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise BadRequest("metadata", "a JSON object")
+    await ctx.store.add_watches(
+        [job_id],
+        metadata=metadata,
+        origin="api",
+        interval_seconds=ctx.settings.poll.interval_seconds,
+    )
+    ctx.wake_poller()
+    watch = await ctx.store.get_watch(job_id)
+    if watch is None:  # removed by another client in between
+        raise Conflict(f"job {job_id!r} was unwatched while it was being added")
+    return watch_document(watch)
+
+
+async def remove_watch(ctx: AdminContext, job_id: str) -> None:
+    """Stop watching a job; NotFound when it was not watched."""
+    if await ctx.store.remove_watches([_job_id(job_id)]) == 0:
+        raise NotFound(f"job {job_id!r} is not watched")
+
+
+# -- test events ---------------------------------------------------------------
+
+
+def _event_type(value: object) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_FILTER_CHARS:
+        raise BadRequest("type", f"a non-empty event type of at most {MAX_FILTER_CHARS} characters")
+    return value
+
+
+async def send_test(ctx: AdminContext, body: Mapping[str, Any]) -> dict[str, Any]:
+    """Sign a test event with the configured secret and POST it to the relay's own ingress."""
+    event_type = _event_type(body.get("type", "job.completed"))
+    job_id = None if body.get("job_id") is None else _job_id(body.get("job_id"))
+    try:
+        event = build_test_event(ctx.settings, event_type=event_type, job_id=job_id)
+    except ValueError as error:
+        raise Conflict(f"{error}: the relay is in polling-only mode") from None
+    url = ctx.ingress_url()
+    try:
+        status, text = await post_test_event(url, event)
+    except (aiohttp.ClientError, OSError, TimeoutError) as error:
+        raise Unavailable(f"cannot reach the ingress at {url}: {error}") from None
+    try:
+        answer: Any = json.loads(text)
+    except ValueError:
+        answer = text
+    if status == 503:
+        raise Unavailable(f"the ingress answered 503: {text}")
+    if not 200 <= status < 300:
+        raise Conflict(f"the ingress refused the test event: {status} {text}")
+    return {"id": event.webhook_id, "status": status, "answer": answer}
+
+
+# -- statistics ----------------------------------------------------------------
+
+
+async def stats(ctx: AdminContext) -> dict[str, Any]:
+    """Counts by state, the backlog per sink and its age, the version and the store backend."""
+    events, deliveries = await ctx.store.state_counts()
+    pending = await ctx.store.pending_counts()
+    oldest = await ctx.store.oldest_pending_received_at()
+    return {
+        "events": {state: events.get(state, 0) for state in EVENT_STATES},
+        "deliveries": {state: deliveries.get(state, 0) for state in DELIVERY_STATES},
+        "pending": {
+            name: pending.get(name, 0)
+            for name in sorted({sink.name for sink in ctx.settings.sinks} | set(pending))
+        },
+        "oldest_pending_seconds": None if oldest is None else max(0.0, ctx.clock() - oldest),
+        "version": ctx.version,
+        "store_backend": ctx.store_backend,
+    }
