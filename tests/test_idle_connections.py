@@ -66,6 +66,9 @@ secrets = ["{SECRET}"]
 [store]
 path = "{tmp_path / "relay.db"}"
 
+[admin]
+enabled = false
+
 [log]
 format = "json"
 """

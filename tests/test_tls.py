@@ -87,7 +87,14 @@ async def test_plain_http_to_the_tls_port_gets_no_answer_and_harms_nothing(
         assert answer.status == 200
 
 
-def write_config(tmp_path: Path, port: int, issued: Issued) -> Path:
+REQUIRED_TOKEN = "token-svix-sends"
+
+
+def write_config(
+    tmp_path: Path, port: int, issued: Issued, *, admin_port: int | None = None
+) -> Path:
+    """A serve configuration with TLS and a required header; the admin side only if a port."""
+    admin = f"port = {admin_port}" if admin_port is not None else "enabled = false"
     config = tmp_path / "relay.toml"
     config.write_text(
         f"""
@@ -101,9 +108,14 @@ read_timeout_seconds = 60
 
 [verify]
 secrets = ["{SECRET}"]
+required_headers = {{ X-Relay-Token = "{REQUIRED_TOKEN}" }}
 
 [store]
 path = "{tmp_path / "relay.db"}"
+
+[admin]
+host = "127.0.0.1"
+{admin}
 
 [log]
 format = "json"
@@ -132,7 +144,8 @@ class KeptConnection:
 
     async def post(self, webhook_id: str) -> int:
         body = make_body()
-        self.writer.write(request_bytes(body, signed(body, webhook_id=webhook_id), keep_alive=True))
+        headers = signed(body, webhook_id=webhook_id) | {"X-Relay-Token": REQUIRED_TOKEN}
+        self.writer.write(request_bytes(body, headers, keep_alive=True))
         return (await asyncio.wait_for(read_answer(self.reader), 30)).status
 
     async def close(self) -> None:
@@ -261,3 +274,41 @@ def test_a_certificate_without_its_key_is_a_configuration_error(tmp_path: Path, 
         load_settings(config)
 
     assert f"server.{missing}: required when server.{given} is set" in str(excinfo.value)
+
+
+def test_healthcheck_and_send_test_reach_their_own_https_listener(
+    served_tls: ServedTLS,
+) -> None:
+    config = served_tls.served.config
+
+    health = run_cli("healthcheck", config=config)
+    sent = run_cli("send-test", config=config)
+
+    assert health.returncode == 0, health.stderr
+    assert f"healthy: https://127.0.0.1:{served_tls.port}/healthz answered 200" in health.stdout
+    # Signed and carrying the required header, over HTTPS to the relay's own port.
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.startswith("202 ")
+
+
+async def test_the_admin_send_test_reaches_the_https_ingress(
+    tmp_path: Path, ca: CertificateAuthority
+) -> None:
+    port, admin_port = free_port(), free_port()
+    config = write_config(tmp_path, port, ca.issue("relay"), admin_port=admin_port)
+    served = Served.start(config, port, tmp_path / "serve.log")
+    try:
+        served.wait_listening(admin_port)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://127.0.0.1:{admin_port}/api/send-test",
+                json={},
+                headers={"X-Pulse-Relay": "1"},
+            ) as answer,
+        ):
+            document = await answer.json()
+        assert answer.status == 202, document
+        assert document["answer"]["status"] == "accepted"
+    finally:
+        assert served.terminate() == 0, served.log()

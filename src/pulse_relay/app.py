@@ -136,6 +136,13 @@ def local_url(host: str, port: int | None, *, scheme: str = "http") -> str:
     return listener_base_url(host, port, scheme=scheme)
 
 
+def ingress_url(settings: Settings, port: int | None = None) -> str:
+    """http(s)://host:port to reach the ingress from this machine (`port` once bound)."""
+    server = settings.server
+    scheme = "https" if server.is_tls else "http"
+    return local_url(server.host, server.port if port is None else port, scheme=scheme)
+
+
 def build_store(settings: Settings) -> Store:
     """A Store configured from settings; the caller opens it (or enters it with `async with`)."""
     return Store(
@@ -187,8 +194,7 @@ class Relay:
     @property
     def base_url(self) -> str:
         """http(s)://host:port of the bound ingress listener, as reached from this machine."""
-        scheme = "https" if self.settings.server.is_tls else "http"
-        return local_url(self.settings.server.host, self.port, scheme=scheme)
+        return ingress_url(self.settings, self.port)
 
     @property
     def admin_url(self) -> str:
