@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import logging
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,6 +23,7 @@ from structlog.testing import capture_logs
 from pulse_relay.app import Relay
 from tests.conftest import OTHER_SECRET, StartRelay, make_body, signed, wait_for
 from tests.rawhttp import Answer, close, read_answer, request_bytes
+from tests.test_cli import run_cli
 
 
 async def exchange(relay: Relay, data: bytes) -> Answer:
@@ -382,7 +385,7 @@ async def test_a_source_outside_allow_from_is_403_before_its_body(
 
 
 async def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(
-    start_relay: StartRelay,
+    start_relay: StartRelay, tmp_path: Path
 ) -> None:
     relay = await start_relay(
         server={"allow_from": ["203.0.113.0/24"], "trusted_proxies": ["127.0.0.1"]}
@@ -396,6 +399,18 @@ async def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(
     assert (await exchange(relay, request_bytes(body, headers))).status == 202
     view = await relay.store.get_event("msg_proxied")
     assert view is not None and view.client_address == "203.0.113.9"
+    # The API and `show` give the same address.
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(relay.admin_url + "/api/events/msg_proxied") as answer,
+    ):
+        assert (await answer.json())["client_address"] == "203.0.113.9"
+    config = tmp_path / "relay.toml"
+    config.write_text(f'[store]\npath = "{relay.settings.store.path}"\n')
+    shown = await asyncio.to_thread(run_cli, "show", "msg_proxied", "--json", config=config)
+    assert json.loads(shown.stdout)["client_address"] == "203.0.113.9"
+    shown = await asyncio.to_thread(run_cli, "show", "msg_proxied", config=config)
+    assert "client:      203.0.113.9" in shown.stdout
 
 
 @pytest.mark.parametrize(
