@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 from collections.abc import Sequence
 
@@ -21,6 +22,7 @@ from pulse_relay.edge import (
     parse_network,
     parse_networks,
     repeated_signature_header,
+    sample_accept_errors,
     wrong_required_header,
 )
 from pulse_relay.logs import get_logger
@@ -280,3 +282,27 @@ async def test_sampled_log_writes_a_few_lines_then_one_count() -> None:
         ("webhook rejected", None),
         ("similar log lines suppressed", 48),
     ]
+
+
+async def test_accept_errors_are_sampled_and_other_loop_errors_pass_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = asyncio.get_running_loop()
+    passed_on: list[dict[str, object]] = []
+    monkeypatch.setattr(loop, "default_exception_handler", passed_on.append)
+    sample_accept_errors(loop, SampledLog(get_logger("test"), sampler=LogSampler(per_second=2)))
+    out_of_files = OSError(errno.EMFILE, "Too many open files")
+    try:
+        with capture_logs() as logs:
+            for _ in range(5):
+                loop.call_exception_handler(
+                    {"message": "socket.accept() out of system resource", "exception": out_of_files}
+                )
+            loop.call_exception_handler({"message": "something else"})
+    finally:
+        loop.set_exception_handler(None)
+
+    assert [(line["event"], line["reason"]) for line in logs] == [
+        ("cannot accept connections; retrying in 1 s", "Too many open files")
+    ] * 2
+    assert passed_on == [{"message": "something else"}]

@@ -467,3 +467,18 @@ async def test_the_required_header_lets_a_signed_webhook_in(start_relay: StartRe
         session.get(relay.base_url + "/healthz") as health,
     ):
         assert health.status == 200
+
+
+async def test_a_bug_not_input_still_answers_500_with_its_traceback(
+    relay: Relay, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(record: object) -> str:
+        raise RuntimeError("a bug in the relay")
+
+    monkeypatch.setattr(relay.store, "ingest", broken)
+    body = make_body()
+
+    answer = await exchange(relay, request_bytes(body, signed(body)))
+
+    assert answer.status == 500
+    assert any(record.exc_info for record in caplog.records if record.levelno >= logging.ERROR)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import signal
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from pulse_relay.config import ConfigError, load_settings
+from pulse_relay.tls import tls_problem
 from tests.certs import CertificateAuthority, Issued
 from tests.conftest import SECRET, StartRelay, make_body, signed, wait_for
 from tests.helpers import Served, free_port
@@ -312,3 +314,41 @@ async def test_the_admin_send_test_reaches_the_https_ingress(
         assert document["answer"]["status"] == "accepted"
     finally:
         assert served.terminate() == 0, served.log()
+
+
+@pytest.mark.parametrize(
+    ("spoil", "problem"),
+    [
+        (lambda issued: issued.cert_file.write_text("not pem"), "holds no PEM certificate"),
+        (lambda issued: issued.key_file.write_text("not pem"), "holds no usable PEM private key"),
+        (lambda issued: replace_by_directory(issued.key_file), "cannot read key"),
+        (lambda issued: encrypt_key(issued.key_file), "encrypted with a passphrase"),
+    ],
+    ids=["certificate not PEM", "key not PEM", "key unreadable", "key with a passphrase"],
+)
+def test_tls_problem_says_what_is_wrong(
+    ca: CertificateAuthority, spoil: Callable[[Issued], object], problem: str
+) -> None:
+    issued = ca.issue("relay")
+    assert tls_problem(issued.cert_file, issued.key_file) is None
+
+    spoil(issued)
+
+    found = tls_problem(issued.cert_file, issued.key_file)
+    assert found is not None and problem in found
+
+
+def replace_by_directory(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def encrypt_key(key_file: Path) -> None:
+    key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )

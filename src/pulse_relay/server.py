@@ -111,11 +111,6 @@ class Ingress:
         # Label lookups take a lock in prometheus-client: resolve each outcome once.
         self._outcome_counters: dict[str, Counter] = {}
 
-    @property
-    def read_timeout_seconds(self) -> float:
-        """How long a client may take to send a whole request (headers, then body)."""
-        return self._config.read_timeout_seconds
-
     def client_of(self, request: web.BaseRequest) -> IPAddress | None:
         """The calling client's address: the peer, or behind a trusted proxy the one it names."""
         return client_address(
