@@ -55,7 +55,7 @@ def test_a_bad_network_names_the_key(tmp_path: Path, value: str, message: str) -
 
 def test_required_headers_are_secrets(tmp_path: Path) -> None:
     settings = load_settings(
-        write(tmp_path, '[verify]\nrequired_headers = { X-Relay-Token = "t0ken" }\n')
+        write(tmp_path, '[verify]\nrequired_headers = { X-Relay-Token = " t0ken " }\n')
     )
     assert settings.verify.required_headers["X-Relay-Token"].get_secret_value() == "t0ken"
     assert "t0ken" not in repr(settings)

@@ -194,7 +194,10 @@ class VerifySettings(_Section):
             if name.lower() in seen:
                 raise ValueError(f"header {name!r} is given twice")
             seen.add(name.lower())
-        return value
+        # HTTP drops the spaces around a header value: a value is compared without them.
+        return {
+            name: SecretStr(secret.get_secret_value().strip()) for name, secret in value.items()
+        }
 
     @field_validator("secrets", mode="before")
     @classmethod
