@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from bench.certs import CertificateAuthority, Issued
 from pulse_relay.config import ConfigError, load_settings
 from pulse_relay.tls import tls_problem
-from tests.certs import CertificateAuthority, Issued
 from tests.conftest import SECRET, StartRelay, make_body, signed, wait_for
 from tests.helpers import Served, free_port
 from tests.rawhttp import close, read_answer, request_bytes
