@@ -1,4 +1,4 @@
-"""bench/edge_probes.py, small: every ingress finding of issue 13 answers as SPEC §15 says."""
+"""bench/chaos/edge.py, small: every ingress finding of issue 13 answers as SPEC §15 says."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.edge_probes import run_edge
+from bench.chaos.edge import run_edge
 
 
 @pytest.mark.timeout(120)

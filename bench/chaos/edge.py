@@ -1,7 +1,7 @@
 """Issue 13's ingress findings, replayed against a running relay: what each one gets now.
 
 Every probe sends the real bytes over a real socket to `pulse-relay serve`
-(bench/edge_client.py) and measures the answer: status, JSON status, time
+(bench/chaos/edge_client.py) and measures the answer: status, JSON status, time
 taken, whether `100 Continue` came, what the log and the metrics show. An
 answer that breaks SPEC §15 is a problem, which makes `python -m bench.chaos`
 exit 1.
@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.edge_client import (
+from bench.chaos.edge_client import (
     DEFAULT_FILE_LIMIT,
     READ_TIMEOUT_SECONDS,
     UNIT_FILE_LIMIT,
@@ -40,6 +40,8 @@ OTHER_SECRET = "whsec_" + base64.b64encode(b"not-the-relay-secret-0123456789").d
 class EdgeFigures:
     """One row per finding: what it is, and the answer measured now."""
 
+    flood_requests: int = 0
+    idle_connections: int = 0
     rows: list[tuple[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -218,7 +220,7 @@ def _genuine_after_idle(relay: EdgeRelay, idle: int) -> tuple[float, int, int]:
 def run_edge(workdir: Path, *, flood_requests: int, idle_connections: int) -> EdgeFigures:
     """Every ingress row of issue 13, measured against fresh relays."""
     started = time.monotonic()
-    figures = EdgeFigures()
+    figures = EdgeFigures(flood_requests=flood_requests, idle_connections=idle_connections)
     relay = EdgeRelay(workdir / "edge")
     try:
         for probe in (probe_encodings, probe_signatures, probe_expect, probe_framing):
@@ -265,24 +267,3 @@ def probe_nginx(workdir: Path, figures: EdgeFigures) -> None:
         and client == CLIENT
         and (too_large.status, too_large.document.get("status")) == (413, "too_large"),
     )
-
-
-def main() -> None:
-    """Print the rows (the same run as in `python -m bench.chaos`, on its own)."""
-    import argparse
-    import tempfile
-
-    parser = argparse.ArgumentParser(prog="python -m bench.edge_probes")
-    parser.add_argument("--flood", type=int, default=2000)
-    parser.add_argument("--idle", type=int, default=1100)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="pulse-relay-edge-") as directory:
-        figures = run_edge(Path(directory), flood_requests=args.flood, idle_connections=args.idle)
-    for finding, answer in figures.rows:
-        print(f"| {finding} | {answer} |")
-    for problem in figures.problems:
-        print("PROBLEM:", problem)
-
-
-if __name__ == "__main__":
-    main()

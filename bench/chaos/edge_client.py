@@ -1,4 +1,4 @@
-"""A raw HTTP/1.1 client and a relay process for bench/edge_probes.py.
+"""A raw HTTP/1.1 client and a relay process for bench/chaos/edge.py.
 
 The probes control every byte they send (framing, `Expect`, repeated headers),
 so they speak HTTP over plain sockets.
