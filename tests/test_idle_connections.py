@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SECRET, make_body, signed
-from tests.helpers import free_port
+from tests.conftest import make_body, signed
+from tests.helpers import free_port, write_config
 
 FILE_LIMIT = 64
 READ_TIMEOUT_SECONDS = 1.0
@@ -52,26 +52,12 @@ def test_a_webhook_is_answered_after_idle_connections_exhaust_the_file_limit(
     tmp_path: Path,
 ) -> None:
     port = free_port()
-    config = tmp_path / "relay.toml"
-    config.write_text(
-        f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-read_timeout_seconds = {READ_TIMEOUT_SECONDS}
-
-[verify]
-secrets = ["{SECRET}"]
-
-[store]
-path = "{tmp_path / "relay.db"}"
-
-[admin]
-enabled = false
-
-[log]
-format = "json"
-"""
+    config = write_config(
+        tmp_path,
+        port,
+        sinks=[],
+        server={"read_timeout_seconds": READ_TIMEOUT_SECONDS},
+        admin={"enabled": False},
     )
     log_path = tmp_path / "serve.log"
     with log_path.open("w") as log_file:

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from bench.certs import CertificateAuthority, Issued
 from pulse_relay.config import ConfigError, load_settings
 from pulse_relay.tls import tls_problem
-from tests.conftest import SECRET, StartRelay, make_body, signed, wait_for
+from tests import helpers
+from tests.conftest import StartRelay, make_body, signed, wait_for
 from tests.helpers import Served, free_port
 from tests.rawhttp import close, read_answer, request_bytes
 from tests.test_cli import run_cli
@@ -96,34 +97,20 @@ def write_config(
     tmp_path: Path, port: int, issued: Issued, *, admin_port: int | None = None
 ) -> Path:
     """A serve configuration with TLS and a required header; the admin side only if a port."""
-    admin = f"port = {admin_port}" if admin_port is not None else "enabled = false"
-    config = tmp_path / "relay.toml"
-    config.write_text(
-        f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-tls_cert_file = "{issued.cert_file}"
-tls_key_file = "{issued.key_file}"
-# Long enough that the kept-open connection is not closed as idle during the test.
-read_timeout_seconds = 60
-
-[verify]
-secrets = ["{SECRET}"]
-required_headers = {{ X-Relay-Token = "{REQUIRED_TOKEN}" }}
-
-[store]
-path = "{tmp_path / "relay.db"}"
-
-[admin]
-host = "127.0.0.1"
-{admin}
-
-[log]
-format = "json"
-"""
+    return helpers.write_config(
+        tmp_path,
+        port,
+        sinks=[],
+        admin_port=admin_port or 0,
+        server={
+            "tls_cert_file": str(issued.cert_file),
+            "tls_key_file": str(issued.key_file),
+            # Long enough that the kept-open connection is not closed as idle during the test.
+            "read_timeout_seconds": 60,
+        },
+        admin={"enabled": admin_port is not None},
+        verify={"required_headers": {"X-Relay-Token": REQUIRED_TOKEN}},
     )
-    return config
 
 
 class KeptConnection:
