@@ -107,7 +107,7 @@ class Ingress:
         self._metrics = metrics
         self._on_accepted = on_accepted
         self._clock = clock
-        self.refusal_log = refusal_log or SampledLog(log)
+        self._refusal_log = refusal_log or SampledLog(log)
         # Label lookups take a lock in prometheus-client: resolve each outcome once.
         self._outcome_counters: dict[str, Counter] = {}
 
@@ -181,7 +181,7 @@ class Ingress:
             # A stranger learns nothing but the refusal.
             payload = {"status": error.status}
         response = self._answer(request, payload, error.http_status, started)
-        self.refusal_log.emit(
+        self._refusal_log.emit(
             f"{error.http_status}:{error.reason}",
             error.log_level,
             "webhook rejected",
@@ -214,7 +214,7 @@ class Ingress:
     def malformed(self, peer: str | None, reason: str) -> None:
         """Count and log a request that is not valid HTTP (IngressProtocol answers it)."""
         self._count("bad_request")
-        self.refusal_log.emit(
+        self._refusal_log.emit(
             f"400:{reason}", "warning", "malformed request", reason=reason, peer=peer
         )
 
