@@ -68,6 +68,7 @@ def test_unit_has_unit_service_and_install_sections() -> None:
         ("UMask", "0077"),
         ("StateDirectoryMode", "0700"),
         ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        ("LimitNOFILE", "65536"),
     ],
 )
 def test_required_directive(service: dict[str, list[str]], key: str, value: str) -> None:

@@ -9,14 +9,16 @@ from pathlib import Path
 
 from bench.chaos import __doc__ as package_doc
 from bench.chaos.at_rest import run_at_rest
+from bench.chaos.edge import run_edge
 from bench.chaos.hostile import run_hostile
 from bench.chaos.plan import ChaosConfig
 from bench.chaos.report import render
 from bench.chaos.rounds import run_chaos
 
 REPO = Path(__file__).resolve().parent.parent.parent
-# --quick: (events, kill rounds, fuzz examples, duplicate-id requests, racing writes).
-QUICK_SIZES = (300, 4, 200, 1000, 300)
+# --quick: (events, kill rounds, fuzz examples, duplicate-id requests, flood requests,
+# racing writes).
+QUICK_SIZES = (300, 4, 200, 1000, 500, 300)
 SLOW_CLIENTS_EACH = 10
 
 
@@ -32,6 +34,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--fuzz", type=int, default=2000, help="hypothesis examples")
     parser.add_argument("--duplicates", type=int, default=10_000, help="duplicate-id requests")
+    parser.add_argument("--flood", type=int, default=2000, help="bad-signature requests")
+    parser.add_argument(
+        "--idle", type=int, default=1100, help="idle connections (0: skip that probe)"
+    )
     parser.add_argument(
         "--race-writes", type=int, default=2000, help="file sink writes per racing target"
     )
@@ -42,7 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.events, args.rounds, args.fuzz, args.duplicates, args.race_writes = QUICK_SIZES
+        (args.events, args.rounds, args.fuzz, args.duplicates, args.flood, args.race_writes) = (
+            QUICK_SIZES
+        )
     return args
 
 
@@ -64,14 +72,19 @@ def main(argv: list[str] | None = None) -> int:
         duplicate_requests=args.duplicates,
         slow_clients_each=SLOW_CLIENTS_EACH,
     )
-    at_rest = run_at_rest(args.workdir / "at-rest", race_writes=args.race_writes)
-    report = render(config, outcome, hostile, "python -m bench.chaos", at_rest)
+    hostile.edge = run_edge(
+        args.workdir / "edge", flood_requests=args.flood, idle_connections=args.idle
+    )
+    hostile.problems += hostile.edge.problems
+    hostile.at_rest = run_at_rest(args.workdir / "at-rest", race_writes=args.race_writes)
+    hostile.problems += hostile.at_rest.problems
+    report = render(config, outcome, hostile, "python -m bench.chaos")
     if args.quick:
         print(report)
     else:
         args.output.write_text(report)
         print(f"wrote {args.output}")
-    problems = outcome.problems + hostile.problems + at_rest.problems
+    problems = outcome.problems + hostile.problems
     for problem in problems:
         print("PROBLEM:", problem, file=sys.stderr)
     return 1 if problems else 0

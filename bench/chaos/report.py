@@ -87,6 +87,28 @@ METHOD: tuple[tuple[str, str], ...] = (
         "that succeeded after the relay's timeout (the receiver's slow 2xx bodies).",
     ),
     (
+        "Hostile input",
+        "(separate relays, `read_timeout_seconds = {read_timeout}`): hypothesis generates "
+        "arbitrary headers and bodies and forged requests (other secret, stale timestamp, "
+        "body or id changed after signing, malformed signature lists); none may be accepted "
+        "or stored, none may get a 5xx other than 503, the process must survive. Slow "
+        "clients trickle headers or bodies byte by byte while other clients send signed "
+        "events. Random ids with {duplicate_rate} duplicates must store exactly the distinct "
+        "ones. The store on a small tmpfs is filled up: the relay must answer 503, then "
+        "accept again once space returns, losing nothing.",
+    ),
+    (
+        "The public edge",
+        "(issue 13; a relay logging at info, `read_timeout_seconds = {read_timeout}`, "
+        "bodies up to 64 KiB): every ingress finding of the review is replayed with the real "
+        "bytes on a raw socket — compressed and corrupt bodies, a malformed signature entry "
+        "beside a good one, `Expect: 100-continue` with a refusal due, a repeated "
+        "`webhook-id`, a chunk that breaks mid-body, a client that disconnects mid-body, "
+        "{flood} bad signatures from 8 senders at once, {idle} idle connections against "
+        "systemd's default soft file limit and then the unit's `LimitNOFILE`, and the "
+        "README's nginx recipe in front of a relay. Each row gives the answer measured now.",
+    ),
+    (
         "At rest and on the way out",
         "(a relay started under umask 022 with `PULSE_API_KEY`, `PULSE_WEBHOOK_SECRET`, "
         "`CREDENTIALS_DIRECTORY` and a variable of its own in its environment, a json and "
@@ -100,36 +122,15 @@ METHOD: tuple[tuple[str, str], ...] = (
         "sub-directory; a hard link of an outside file is placed at the target. "
         "`check-config` reads URLs with user-info and query tokens and a plain-http API.",
     ),
-    (
-        "Hostile input",
-        "(separate relays, `read_timeout_seconds = {read_timeout}`): hypothesis generates "
-        "arbitrary headers and bodies and forged requests (other secret, stale timestamp, "
-        "body or id changed after signing, malformed signature lists); none may be accepted "
-        "or stored, none may get a 5xx other than 503, the process must survive. Slow "
-        "clients trickle headers or bodies byte by byte while other clients send signed "
-        "events. Random ids with {duplicate_rate} duplicates must store exactly the distinct "
-        "ones. The store on a small tmpfs is filled up: the relay must answer 503, then "
-        "accept again once space returns, losing nothing.",
-    ),
 )
 
 
-def render(
-    config: ChaosConfig,
-    outcome: Outcome,
-    hostile: HostileFigures,
-    command: str,
-    at_rest: AtRestFigures | None = None,
-) -> str:
+def render(config: ChaosConfig, outcome: Outcome, hostile: HostileFigures, command: str) -> str:
     """RELIABILITY.md for one run."""
     rows = chaos_rows(outcome) + hostile_rows(hostile, outcome)
-    problems = outcome.problems + hostile.problems
-    if at_rest is not None:
-        rows += at_rest_rows(at_rest)
-        problems += at_rest.problems
     facts = _facts(config, outcome, hostile)
     lines = ["# Reliability", "", INTRO, "", "```sh", command, "```", ""]
-    lines += [f"Result: **{verdict(problems)}**", ""]
+    lines += [f"Result: **{verdict(outcome.problems + hostile.problems)}**", ""]
     lines += markdown_table(("figure", "value"), rows)
     lines += ["", _run_summary(config, outcome, hostile), ""]
     lines += ["## What happens in the run", ""]
@@ -224,6 +225,10 @@ def hostile_rows(hostile: HostileFigures, outcome: Outcome) -> list[Row]:
                 f"(integrity {disk.integrity}; /readyz while full: {disk.readyz_while_full})",
             )
         )
+    if hostile.edge is not None:
+        rows += hostile.edge.rows
+    if hostile.at_rest is not None:
+        rows += at_rest_rows(hostile.at_rest)
     return rows
 
 
@@ -336,6 +341,8 @@ def _facts(config: ChaosConfig, outcome: Outcome, hostile: HostileFigures) -> di
         ),
         "read_timeout": f"{hostile.read_timeout_seconds:g}",
         "duplicate_rate": f"{hostile.duplicate_rate:.0%}",
+        "flood": f"{hostile.edge.flood_requests:,}" if hostile.edge else "no",
+        "idle": f"{hostile.edge.idle_connections:,}" if hostile.edge else "no",
     }
 
 
