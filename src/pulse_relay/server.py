@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiohttp import web
 from prometheus_client import Counter
 
@@ -103,7 +104,7 @@ class Ingress:
             counter = self._outcome_counters[outcome] = self._metrics.webhooks.labels(outcome)
         counter.inc()
         self._metrics.ack_seconds.observe(time.perf_counter() - started)
-        return web.json_response(payload, status=http_status)
+        return json_answer(payload, http_status)
 
     async def _ingest(self, request: web.Request) -> tuple[dict[str, Any], int]:
         if self._config.closed_reason is not None or self._verifier is None:
@@ -140,7 +141,9 @@ class Ingress:
             log.warning("webhook invalid", reason=record.error, **context)
             return {"status": "invalid", "id": verified.webhook_id, "reason": record.error}, 200
         log.info("webhook accepted", sinks=len(record.sinks), **context)
-        self._on_accepted()
+        if record.sinks:
+            # Nothing to deliver is nothing to claim: waking the dispatcher would only query.
+            self._on_accepted()
         return {"status": "accepted", "id": verified.webhook_id}, 202
 
     async def _read_body(self, request: web.Request) -> bytes:
@@ -163,6 +166,16 @@ class Ingress:
         except TimeoutError:
             raise IngressError(408, "timeout", "request body not received in time") from None
         return b"".join(chunks)
+
+
+def json_answer(payload: dict[str, Any], http_status: int) -> web.Response:
+    """A JSON answer, encoded by orjson (a few microseconds less than json on every request)."""
+    return web.Response(
+        body=orjson.dumps(payload),
+        status=http_status,
+        content_type="application/json",
+        charset="utf-8",
+    )
 
 
 def build_app(ingress: Ingress, *, path: str) -> web.Application:
