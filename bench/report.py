@@ -16,7 +16,7 @@ from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 FINDINGS = Path(__file__).resolve().parent / "FINDINGS.md"
-ORDER = ("ingest", "e2e", "fanout", "memory", "scale", "command")
+ORDER = ("ingest", "e2e", "fanout", "memory", "scale", "command", "cli")
 
 
 def machine() -> dict[str, str]:

@@ -31,6 +31,7 @@ class Sizes:
     scale_prefill: int = 1_000_000
     dedupe_ids: int = 20_000
     command_events: int = 3000
+    cli_runs: int = 21
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -44,6 +45,7 @@ class Sizes:
             scale_prefill=100_000,
             dedupe_ids=5000,
             command_events=400,
+            cli_runs=7,
         )
 
 
@@ -624,6 +626,48 @@ def _wrk_path(url: str, path: Path, connections: int, sizes: Sizes) -> WrkResult
             os.environ["BENCH_PATH"] = previous
 
 
+# -- CLI start ---------------------------------------------------------------------------------
+
+
+def cli_start(sizes: Sizes) -> dict[str, Any]:
+    """Wall time of `pulse-relay --help` and `events`, next to `python -c pass`, interleaved."""
+    with common.workdir("cli") as workdir:
+        config = workdir / "relay.toml"
+        config.write_text(f'[store]\npath = "{workdir / "relay.db"}"\n')
+        relay = [common.PYTHON, "-m", "pulse_relay", "--config", str(config)]
+        subprocess.run([*relay, "watch", "cli-job"], check=True, capture_output=True)
+        commands = {
+            "python -c pass": [common.PYTHON, "-c", "pass"],
+            "--help": [*relay, "--help"],
+            "events": [*relay, "events"],
+        }
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(sizes.cli_runs):
+            for name, argv in commands.items():
+                started = time.perf_counter()
+                subprocess.run(argv, check=True, capture_output=True)
+                times[name].append(time.perf_counter() - started)
+    medians = {name: median(values) for name, values in times.items()}
+    floor = medians["python -c pass"]
+    figure = "; ".join(
+        f"`{name}` {medians[name]:.3f} s ({medians[name] / floor:.1f} times `python -c pass`)"
+        for name in ("--help", "events")
+    )
+    met = medians["--help"] < 0.25 and medians["events"] < 0.25
+    return {
+        "rows": [
+            _row(
+                "CLI start",
+                f"{figure}; `python -c pass` {floor:.3f} s",
+                "< 0.25 s",
+                met,
+            )
+        ],
+        "medians_seconds": medians,
+        "runs": sizes.cli_runs,
+    }
+
+
 SCENARIOS: dict[str, Callable[[Sizes], dict[str, Any]]] = {
     "ingest": ingest,
     "e2e": end_to_end,
@@ -631,4 +675,5 @@ SCENARIOS: dict[str, Callable[[Sizes], dict[str, Any]]] = {
     "memory": memory,
     "scale": scale,
     "command": command_path,
+    "cli": cli_start,
 }

@@ -44,7 +44,8 @@ from pulse_relay.server import Ingress, IngressConfig, build_app
 from pulse_relay.signature import HexHmacVerifier, NoneVerifier, StandardVerifier, Verifier
 from pulse_relay.sinks import build_sink, retry_policy_for
 from pulse_relay.sinks.base import Sink, matches_any
-from pulse_relay.store import Store, StoreUnavailableError
+from pulse_relay.store import StoreUnavailableError
+from pulse_relay.wiring import build_store, local_url
 
 log = get_logger("pulse_relay.app")
 
@@ -92,28 +93,6 @@ class SinkFactory(Protocol):
     def __call__(
         self, settings: SinkSettings, *, session: aiohttp.ClientSession | None = None
     ) -> Sink: ...
-
-
-def listener_base_url(host: str, port: int | None) -> str:
-    """http://host:port of a listener, an IPv6 host in brackets."""
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
-
-
-def local_url(host: str, port: int | None) -> str:
-    """http://host:port to reach a listener bound to `host` from this machine."""
-    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - only to build a URL to reach ourselves
-        host = "127.0.0.1"
-    return listener_base_url(host, port)
-
-
-def build_store(settings: Settings) -> Store:
-    """A Store configured from settings; the caller opens it (or enters it with `async with`)."""
-    return Store(
-        settings.store.path,
-        synchronous=settings.store.synchronous,
-        busy_timeout_seconds=settings.store.busy_timeout_seconds,
-    )
 
 
 class Relay:

@@ -1,0 +1,36 @@
+"""Addresses and the store from settings, without the server stack.
+
+The CLI's store commands need these and nothing of aiohttp or the admin side:
+importing them from here keeps `pulse-relay events` from loading the daemon.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pulse_relay.store import Store
+
+if TYPE_CHECKING:
+    from pulse_relay.config import Settings
+
+
+def listener_base_url(host: str, port: int | None) -> str:
+    """http://host:port of a listener, an IPv6 host in brackets."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+def local_url(host: str, port: int | None) -> str:
+    """http://host:port to reach a listener bound to `host` from this machine."""
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - only to build a URL to reach ourselves
+        host = "127.0.0.1"
+    return listener_base_url(host, port)
+
+
+def build_store(settings: Settings) -> Store:
+    """A Store configured from settings; the caller opens it (or enters it with `async with`)."""
+    return Store(
+        settings.store.path,
+        synchronous=settings.store.synchronous,
+        busy_timeout_seconds=settings.store.busy_timeout_seconds,
+    )
