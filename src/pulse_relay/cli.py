@@ -131,7 +131,8 @@ def check_config(obj: _Context) -> None:
     """Validate the configuration and print it with secrets redacted.
 
     Also checks this host: the store's folder and file sink directories are
-    writable, command sink programs exist and are executable.
+    writable, command sink programs exist and are executable, and the TLS
+    certificate and key can be read and belong together.
     """
     from pulse_relay.config import redacted_settings
     from pulse_relay.preflight import check_host
@@ -208,6 +209,7 @@ def show_command(obj: _Context, event_id: str, as_json: bool) -> None:
         return
     for key in ("id", "received_at", "source", "type", "job_id", "state", "error"):
         click.echo(f"{key + ':':<13}{document[key] if document[key] is not None else '-'}")
+    click.echo(f"{'client:':<13}{view.client_address or '-'}")
     click.echo(
         f"{'fetch:':<13}{view.fetch_state}" + (f" ({view.fetch_error})" if view.fetch_error else "")
     )
@@ -378,7 +380,7 @@ def send_test_command(
     except ValueError as error:
         fail(f"{error}; give --secret")
     try:
-        status, answer = asyncio.run(post_test_event(target, event))
+        status, answer = asyncio.run(post_test_event(target, event, is_own_listener=url is None))
     except (aiohttp.ClientError, OSError, TimeoutError) as error:
         fail(f"cannot reach {target}: {error or type(error).__name__} (is serve running?)")
     click.echo(f"{status} {answer}")
@@ -387,21 +389,21 @@ def send_test_command(
 
 
 def _own_url(settings: Settings) -> str:
-    from pulse_relay.wiring import local_url
+    from pulse_relay.wiring import ingress_url
 
-    return local_url(settings.server.host, settings.server.port) + settings.server.path
+    return ingress_url(settings) + settings.server.path
 
 
 def _probe_url(settings: Settings, check_ready: bool) -> str:
     """The admin listener's /healthz or /readyz; the ingress's /healthz without an admin side."""
-    from pulse_relay.wiring import local_url
+    from pulse_relay.wiring import ingress_url, local_url
 
     admin = settings.admin
     if admin.enabled:
         return local_url(admin.host, admin.port) + ("/readyz" if check_ready else "/healthz")
     if check_ready:
         fail("/readyz is served by the admin listener, and admin.enabled is false")
-    return local_url(settings.server.host, settings.server.port) + "/healthz"
+    return ingress_url(settings) + "/healthz"
 
 
 @cli.command("prune")
@@ -445,24 +447,25 @@ def healthcheck_command(
 
     import aiohttp
 
-    if url is None:
-        url = _probe_url(obj.settings(), check_ready)
+    target = _probe_url(obj.settings(), check_ready) if url is None else url
     try:
-        status, answer = asyncio.run(_get(url, timeout_seconds))
+        status, answer = asyncio.run(_get(target, timeout_seconds, is_own_listener=url is None))
     except (aiohttp.ClientError, OSError, TimeoutError) as error:
-        fail(f"unhealthy: cannot reach {url}: {error or type(error).__name__}")
+        fail(f"unhealthy: cannot reach {target}: {error or type(error).__name__}")
     if status != 200:
-        fail(f"unhealthy: {url} answered {status} {answer}")
-    click.echo(f"healthy: {url} answered {status}")
+        fail(f"unhealthy: {target} answered {status} {answer}")
+    click.echo(f"healthy: {target} answered {status}")
 
 
-async def _get(url: str, timeout_seconds: float) -> tuple[int, str]:
+async def _get(url: str, timeout_seconds: float, *, is_own_listener: bool) -> tuple[int, str]:
     import aiohttp
 
     timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+    # This relay's own listener (HTTPS without an admin side): its certificate names the
+    # public host, not the loopback address probed, so it is not verified.
     async with (
         aiohttp.ClientSession(timeout=timeout) as session,
-        session.get(url, allow_redirects=False) as response,
+        session.get(url, allow_redirects=False, ssl=not is_own_listener) as response,
     ):
         return response.status, (await response.text()).strip()
 

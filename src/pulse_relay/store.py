@@ -120,6 +120,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE pruned_events (id TEXT PRIMARY KEY, pruned_at REAL NOT NULL) WITHOUT ROWID;
     CREATE INDEX pruned_events_at ON pruned_events (pruned_at);
     """,
+    # The sender's address as the ingress determined it (behind trusted proxies).
+    """
+    ALTER TABLE events ADD COLUMN client_address TEXT;
+    """,
 )
 
 
@@ -150,6 +154,8 @@ class IngestRecord:
     error: str | None
     sinks: Sequence[str]
     needs_fetch: bool
+    # Webhooks only: the client as the ingress saw it (None for polled events).
+    client_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -229,6 +235,7 @@ class EventView:
     fetch_error: str | None
     deliveries: dict[str, DeliveryView] = field(default_factory=dict)
     headers: dict[str, str] | None = None
+    client_address: str | None = None
     body: bytes | None = None
     job: Any = None
     result_url: str | None = None
@@ -532,6 +539,7 @@ class Store:
                     record.body,
                     "pending" if needs_fetch else "none",
                     record.received_at if needs_fetch else None,
+                    record.client_address,
                 )
             )
             due_at = AWAITING_FETCH if needs_fetch else record.received_at
@@ -541,8 +549,8 @@ class Store:
         if event_rows:
             db.executemany(
                 "INSERT INTO events (id, received_at, source, type, job_id, job_key, state, "
-                "error, headers, body, fetch_state, next_fetch_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "error, headers, body, fetch_state, next_fetch_at, client_address) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 event_rows,
             )
         if delivery_rows:
@@ -997,6 +1005,7 @@ class Store:
             return None
         view = _event_view(row)
         view.headers = json.loads(row["headers"])
+        view.client_address = row["client_address"]
         view.body = bytes(row["body"])
         view.job = json.loads(row["job"]) if row["job"] is not None else None
         view.result_url = row["result_url"]

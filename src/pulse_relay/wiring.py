@@ -14,17 +14,24 @@ if TYPE_CHECKING:
     from pulse_relay.config import Settings
 
 
-def listener_base_url(host: str, port: int | None) -> str:
+def listener_base_url(host: str, port: int | None, *, scheme: str = "http") -> str:
     """http://host:port of a listener, an IPv6 host in brackets."""
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
+    return f"{scheme}://{shown}:{port}"
 
 
-def local_url(host: str, port: int | None) -> str:
-    """http://host:port to reach a listener bound to `host` from this machine."""
+def local_url(host: str, port: int | None, *, scheme: str = "http") -> str:
+    """http(s)://host:port to reach a listener bound to `host` from this machine."""
     if host in ("0.0.0.0", "::", ""):  # noqa: S104 - only to build a URL to reach ourselves
         host = "127.0.0.1"
-    return listener_base_url(host, port)
+    return listener_base_url(host, port, scheme=scheme)
+
+
+def ingress_url(settings: Settings, port: int | None = None) -> str:
+    """http(s)://host:port to reach the ingress from this machine (`port` once bound)."""
+    server = settings.server
+    scheme = "https" if server.is_tls else "http"
+    return local_url(server.host, server.port if port is None else port, scheme=scheme)
 
 
 def build_store(settings: Settings) -> Store:
