@@ -54,7 +54,7 @@ def _dumps(event_dict: Any, **dumps_kw: Any) -> str:
         return orjson.dumps(
             event_dict, default=dumps_kw["default"], option=orjson.OPT_NON_STR_KEYS
         ).decode()
-    except TypeError:  # orjson.JSONEncodeError: an int beyond 64 bits, a circular value
+    except TypeError:  # orjson.JSONEncodeError: an int beyond 64 bits, for one
         return json.dumps(event_dict, **dumps_kw)
 
 
