@@ -25,6 +25,7 @@ import ssl
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
 import aiohttp
@@ -34,7 +35,13 @@ from pulse_relay.admin import build_admin_app
 from pulse_relay.admin.auth import AdminAuth
 from pulse_relay.admin.context import AdminContext, CachedReadiness
 from pulse_relay.admin.stream import ChangeHub
-from pulse_relay.config import ConfigError, Settings, SinkSettings, admin_exposure_problem
+from pulse_relay.config import (
+    ConfigError,
+    Settings,
+    SinkSettings,
+    admin_exposure_problem,
+    settings_warnings,
+)
 from pulse_relay.dispatcher import Dispatcher, DispatcherLimits, SinkRuntime
 from pulse_relay.edge import (
     SampledLog,
@@ -52,12 +59,15 @@ from pulse_relay.server import Ingress, IngressConfig, build_app
 from pulse_relay.signature import HexHmacVerifier, NoneVerifier, StandardVerifier, Verifier
 from pulse_relay.sinks import build_sink, retry_policy_for
 from pulse_relay.sinks.base import Sink, matches_any
-from pulse_relay.store import StoreUnavailableError
+from pulse_relay.store import Store, StoreUnavailableError
 from pulse_relay.tls import TLSFilesError, reload_context, server_context
 from pulse_relay.wiring import build_store, ingress_url, local_url
 
 log = get_logger("pulse_relay.app")
 
+# Files the relay creates hold customer documents: for its own user only (the
+# store and file sinks also set their modes explicitly; this covers the rest).
+RELAY_UMASK = 0o077
 POLLING_ONLY_REASON = "no webhook secret configured: polling-only mode, ingress closed"
 DAY_SECONDS = 86_400.0
 # The first retention run comes shortly after start, so a relay restarted daily still prunes.
@@ -124,6 +134,24 @@ def build_ingress_config(settings: Settings, *, closed_reason: str | None) -> In
     )
 
 
+@dataclass(frozen=True)
+class PruneOutcome:
+    """What one prune did: events deleted, and ids of pruned events no longer remembered."""
+
+    events: int
+    forgotten_ids: int
+
+
+async def prune_store(
+    store: Store, *, now: float, older_than_days: float, dedupe_days: float
+) -> PruneOutcome:
+    """Delete finished events older than `older_than_days` (0: every finished event); the
+    ids of pruned events stay known for `dedupe_days` after they were pruned."""
+    events = await store.prune(received_before=now - older_than_days * DAY_SECONDS)
+    forgotten = await store.forget_ids(pruned_before=now - dedupe_days * DAY_SECONDS)
+    return PruneOutcome(events=events, forgotten_ids=forgotten)
+
+
 class Relay:
     """One running pulse-relay: store, ingress, dispatcher and poller."""
 
@@ -142,7 +170,7 @@ class Relay:
         self._retention_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._reloading = False
-        self.store = build_store(settings)
+        self.store = build_store(settings, clock=clock)
         self.verifier = build_verifier(settings)
         self._clock = clock
         self._runner: web.AppRunner | None = None
@@ -213,6 +241,8 @@ class Relay:
         )
         if not pulse.api_key.get_secret_value():
             log.warning("pulse.api_key is not set: job fetches will fail until it is")
+        for warning in settings_warnings(settings):
+            log.warning("risky configuration", detail=warning)
         self._sinks = self._build_sinks(settings)
         self.dispatcher = self._build_dispatcher(self._sinks)
         self.dispatcher.start()
@@ -402,13 +432,16 @@ class Relay:
         log.info("TLS certificate reloaded", cert_file=str(server.tls_cert_file))
         return True
 
-    async def prune(self, *, older_than_days: float) -> int:
-        """Delete finished events older than `older_than_days`; returns how many."""
-        deleted = await self.store.prune(
-            received_before=self._clock() - older_than_days * DAY_SECONDS
+    async def prune(self, *, older_than_days: float) -> PruneOutcome:
+        """Delete finished events older than `older_than_days` and forget expired ids."""
+        outcome = await prune_store(
+            self.store,
+            now=self._clock(),
+            older_than_days=older_than_days,
+            dedupe_days=self.settings.store.dedupe_days,
         )
-        self.metrics.pruned_events.inc(deleted)
-        return deleted
+        self.metrics.pruned_events.inc(outcome.events)
+        return outcome
 
     async def _retention_loop(self) -> None:
         delay_seconds = self._retention_first_run_seconds
@@ -416,12 +449,18 @@ class Relay:
             await asyncio.sleep(delay_seconds)
             days = self.settings.store.retention_days
             try:
-                deleted = await self.prune(older_than_days=days)
+                outcome = await self.prune(older_than_days=days)
             except StoreUnavailableError as error:
                 log.error("retention run failed; retried later", reason=error.reason)
                 delay_seconds = RETENTION_RETRY_SECONDS
                 continue
-            log.info("retention run", pruned_events=deleted, retention_days=days)
+            log.info(
+                "retention run",
+                pruned_events=outcome.events,
+                forgotten_ids=outcome.forgotten_ids,
+                retention_days=days,
+                dedupe_days=self.settings.store.dedupe_days,
+            )
             delay_seconds = DAY_SECONDS
 
     def _on_accepted(self) -> None:
@@ -527,12 +566,15 @@ async def serve(
 ) -> None:
     """Run the relay until SIGTERM or SIGINT, then shut down in order.
 
+    The process umask becomes 077 first: whatever the relay creates is its user's alone.
+
     Tells systemd (when `$NOTIFY_SOCKET` is set) READY=1 once the store is open
     and the listener bound, WATCHDOG=1 while the relay proves alive, and
     STOPPING=1 when shutdown begins. SIGHUP calls `reload_settings` and applies
     the new sinks and log settings. A second SIGTERM or SIGINT during shutdown
     ends the process at once with status 1 (see `_exit_now`).
     """
+    os.umask(RELAY_UMASK)
     notifier = notifier or Notifier.from_environment()
     relay = Relay(settings)
     stop = asyncio.Event()

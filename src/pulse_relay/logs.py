@@ -27,6 +27,10 @@ _LEVELS = {
 
 # Not secrets by name, but a document's content must not reach a log line either.
 _BODY_KEYS = frozenset({"body", "payload"})
+# The longest text a log line carries in one field: values that come from
+# senders (an event type stored before types were bounded, a job status) must
+# not make a line of hundreds of kilobytes.
+MAX_LOG_VALUE_CHARS = 512
 
 
 @functools.lru_cache(maxsize=1024)
@@ -56,6 +60,17 @@ def _dumps(event_dict: Any, **dumps_kw: Any) -> str:
         ).decode()
     except TypeError:  # orjson.JSONEncodeError: an int beyond 64 bits, for one
         return json.dumps(event_dict, **dumps_kw)
+
+
+def clip_long_values(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Cut every text value to MAX_LOG_VALUE_CHARS, saying how much was dropped."""
+    for key, value in event_dict.items():
+        if isinstance(value, str) and len(value) > MAX_LOG_VALUE_CHARS:
+            dropped = len(value) - MAX_LOG_VALUE_CHARS
+            event_dict[key] = f"{value[:MAX_LOG_VALUE_CHARS]}...[{dropped} more characters]"
+    return event_dict
 
 
 class _RelayHandler(logging.StreamHandler[TextIO]):
@@ -92,6 +107,7 @@ def configure_logging(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact_sensitive,
+        clip_long_values,
     ]
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -35,7 +36,8 @@ MAX_BATCH = 512
 _CHUNK = 500
 # Events deleted per transaction by prune(), so the writer is never held for long.
 PRUNE_BATCH = 500
-# Pruned ids are remembered at least this long (a replay of one then answers "pruned").
+# Pruned ids are remembered at least this long (a replay of one then answers "pruned"),
+# whatever store.dedupe_days asks for.
 PRUNED_IDS_MIN_SECONDS = 86_400.0
 
 MIGRATIONS: tuple[str, ...] = (
@@ -125,6 +127,26 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE events ADD COLUMN client_address TEXT;
     """,
 )
+
+
+# The store holds customer documents: the file is created for its owner alone,
+# whatever the umask; SQLite gives the -wal and -shm files the database's mode.
+STORE_FILE_MODE = 0o600
+STORE_DIRECTORY_MODE = 0o700
+
+
+def _create_private_file(path: Path) -> None:
+    """Create `path` (and missing parent directories) readable by its owner only, if absent."""
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=STORE_DIRECTORY_MODE)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, STORE_FILE_MODE)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, STORE_FILE_MODE)
+    finally:
+        os.close(fd)
 
 
 class StoreUnavailableError(Exception):
@@ -338,8 +360,7 @@ class Store:
 
     async def open(self) -> None:
         """Open (creating if needed) the database, migrate it, and start the writer."""
-        if self.path.parent and not self.path.parent.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private_file(self.path)
         loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
         try:
@@ -778,8 +799,9 @@ class Store:
         Finished means: every delivery delivered (or none at all, as for invalid
         and repeat events) and no job fetch still pending. Events with a pending
         or dead delivery are kept until replayed. Deletes run in small batches so
-        ingest never waits long behind them. Each pruned id is remembered (see
-        `is_pruned`) as long as an event is kept (at least a day), then forgotten.
+        ingest never waits long behind them. Each pruned id is remembered until
+        `forget_ids`: a replayed request is still a duplicate, and `is_pruned`
+        tells a pruned id from an unknown one.
         """
         now = self._clock()
 
@@ -802,16 +824,29 @@ class Store:
                 db.execute(f"DELETE FROM events WHERE id IN ({_placeholders(len(chunk))})", chunk)
             return len(ids)
 
-        def forget(db: sqlite3.Connection) -> None:
-            forget_before = min(received_before, now - PRUNED_IDS_MIN_SECONDS)
-            db.execute("DELETE FROM pruned_events WHERE pruned_at < ?", (forget_before,))
+        return await self._in_batches(op, batch_size)
 
+    async def forget_ids(self, *, pruned_before: float, batch_size: int = PRUNE_BATCH) -> int:
+        """Forget the ids of events pruned before `pruned_before` (never within a day)."""
+        forget_before = min(pruned_before, self._clock() - PRUNED_IDS_MIN_SECONDS)
+
+        def op(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
+                "DELETE FROM pruned_events WHERE id IN (SELECT id FROM pruned_events "
+                "WHERE pruned_at < ? LIMIT ?)",
+                (forget_before, batch_size),
+            )
+            return cursor.rowcount
+
+        return await self._in_batches(op, batch_size)
+
+    async def _in_batches(self, op: Callable[[sqlite3.Connection], int], batch_size: int) -> int:
+        """Run `op` (which handles at most `batch_size` rows) until it handles fewer."""
         total = 0
         while True:
-            deleted: int = await self.write(op)
-            total += deleted
-            if deleted < batch_size:
-                await self.write(forget)
+            handled: int = await self.write(op)
+            total += handled
+            if handled < batch_size:
                 return total
 
     async def is_pruned(self, event_id: str) -> bool:
@@ -1090,11 +1125,12 @@ class Store:
 
 
 def _stored_ids(db: sqlite3.Connection, event_ids: Sequence[str]) -> set[str]:
-    """Which of `event_ids` the store already holds."""
+    """Which of `event_ids` the store already holds, or remembers from pruned events."""
     found: set[str] = set()
-    for chunk in _chunks(list(dict.fromkeys(event_ids))):
-        sql = f"SELECT id FROM events WHERE id IN ({_placeholders(len(chunk))})"
-        found.update(row[0] for row in db.execute(sql, chunk))
+    for table in ("events", "pruned_events"):
+        for chunk in _chunks(list(dict.fromkeys(event_ids))):
+            sql = f"SELECT id FROM {table} WHERE id IN ({_placeholders(len(chunk))})"
+            found.update(row[0] for row in db.execute(sql, chunk))
     return found
 
 

@@ -6,6 +6,8 @@ importing them from here keeps `pulse-relay events` from loading the daemon.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pulse_relay.store import Store
@@ -34,10 +36,11 @@ def ingress_url(settings: Settings, port: int | None = None) -> str:
     return local_url(server.host, server.port if port is None else port, scheme=scheme)
 
 
-def build_store(settings: Settings) -> Store:
+def build_store(settings: Settings, *, clock: Callable[[], float] = time.time) -> Store:
     """A Store configured from settings; the caller opens it (or enters it with `async with`)."""
     return Store(
         settings.store.path,
         synchronous=settings.store.synchronous,
         busy_timeout_seconds=settings.store.busy_timeout_seconds,
+        clock=clock,
     )
