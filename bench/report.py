@@ -16,7 +16,7 @@ from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 FINDINGS = Path(__file__).resolve().parent / "FINDINGS.md"
-ORDER = ("ingest", "e2e", "fanout", "memory", "scale", "command")
+ORDER = ("ingest", "e2e", "fanout", "memory", "scale", "command", "cli")
 
 
 def machine() -> dict[str, str]:
@@ -96,7 +96,7 @@ def write(path: Path) -> None:
         "apt-get install -y wrk webhook   # the load generator and Debian's adnanh/webhook",
         ".venv/bin/pip install -e '.[test]'",
         ".venv/bin/python -m bench all            # or: --quick, or one scenario:",
-        ".venv/bin/python -m bench ingest   # ingest | e2e | fanout | memory | scale | command",
+        ".venv/bin/python -m bench ingest  # ingest|e2e|fanout|memory|scale|command|cli",
         ".venv/bin/python -m bench report         # rewrite this file from bench/results/*.json",
         "```",
         "",
@@ -138,19 +138,26 @@ METHOD = """## How each figure is measured
 Everything runs on one 2-core machine: the load generator (wrk, or the Python sender),
 the relay, the baseline, the Pulse API emulator (its own process, `bench/emulator_proc.py`)
 and the HTTP sink's receiver all compete for the same two cores. That is why timings
-are ratios against a baseline measured in the same run. The relay runs with
-`store.synchronous = "FULL"`, `[log] level = "warning"`, and `verify.tolerance_seconds = 3600`
-(requests are signed just before each run; verification costs the same). "Median" is
-over `--runs` runs (3 by default, 1 with `--quick`).
+are ratios against baselines measured in the same run. The relay runs with
+`store.synchronous = "FULL"` and `verify.tolerance_seconds = 3600` (requests are
+signed just before each run; verification costs the same); the ingest runs use the
+default `[log] level = "info"` (one JSON line per accepted webhook, SPEC §11), the
+others `warning`. Metrics are always on. "Median" is over `--runs` runs (3 by
+default, 1 with `--quick`).
 
-- **ingest ceiling** — `wrk -t2 -c64 -d10s --timeout 10s -s bench/signed_requests.lua`
+- **ingest** — `wrk -t2 -c64 -d10s --timeout 10s -s bench/signed_requests.lua`
   over pre-signed requests with unique `webhook-id`s (enough that no id repeats within a
   run, so every request is a real insert into a fresh store; the store's row count is
   recorded to check it). The relay has no sinks, so only the ingest path runs: bounded
-  read, Standard Webhooks verification, parse, group-commit insert with fsync, 202. The
-  baseline is `bench/baseline.py`, a bare aiohttp handler that reads the body and
-  answers 200, driven by the same wrk command and requests in the same run,
-  alternating with the relay. Figure: median of relay req/s ÷ baseline req/s.
+  read, Standard Webhooks verification, parse, group-commit insert with fsync, log
+  line, 202. Each run drives, back to back with the same wrk command, two baselines
+  and then the relay: `bench/baseline.py`, a bare aiohttp handler that reads the body
+  and answers 200, and `bench/minimal.py`, the least a verified durable ingest can
+  do on this stack (Standard Webhooks verify, JSON parse, group commit of the event
+  on a writer thread with `synchronous = FULL`, JSON answer; no logs, metrics or
+  routing). Figures: median of relay req/s ÷ each baseline's req/s, and each
+  server's CPU time (all threads, from `/proc/PID/stat`) per answer, which does
+  not depend on how much of a core the server got on a shared machine.
 - **ack latency** — wrk's p50 and p99 of those same relay runs (64 connections,
   closed loop, so at the ingest ceiling), median over runs.
 - **end-to-end** — a Python asyncio/aiohttp sender posts `job.completed` webhooks at a
@@ -185,4 +192,7 @@ over `--runs` runs (3 by default, 1 with `--quick`).
   `include-command-output-in-response: true`, so each answer comes after the command
   exited and wrk's request rate (same request file, 5 s, 4 and 16 connections) is its
   execution rate. It verifies nothing and stores nothing: it is the cost of running a
-  command from an HTTP request, not a like-for-like relay."""
+  command from an HTTP request, not a like-for-like relay.
+- **CLI start** — wall time of `pulse-relay --help` and `pulse-relay events` (on a
+  store holding one watch) and of `python -c pass`, run in turn 21 times (7 with
+  `--quick`); figure: each median, and its ratio to `python -c pass`."""

@@ -31,4 +31,4 @@ def test_end_to_end_scenario_runs_and_the_report_renders(
     report.write(output)
     text = output.read_text()
     assert "| end-to-end |" in text
-    assert "Not run yet: ingest, fanout, memory, scale, command." in text
+    assert "Not run yet: ingest, fanout, memory, scale, command, cli." in text

@@ -162,6 +162,25 @@ def test_secret_looking_keys_are_redacted_whoever_logs_them(tmp_path: Path) -> N
     assert lines[1]["level"] == "error"
 
 
+def test_json_lines_hold_values_the_fast_encoder_refuses(tmp_path: Path) -> None:
+    # orjson renders the usual line; an int beyond 64 bits or an object without a JSON
+    # form must still give one valid JSON line, not an exception in the caller.
+    out = (tmp_path / "log").open("w+")
+    try:
+        configure_logging(format="json", level="info", stream=out)
+        get_logger("test").info("odd values", big=2**70, thing=object(), keys={1: "one"})
+        out.seek(0)
+        lines = [json.loads(line) for line in out.read().splitlines()]
+    finally:
+        configure_logging(format="json", level="info")
+        out.close()
+    assert len(lines) == 1
+    assert lines[0]["big"] == 2**70
+    assert lines[0]["thing"].startswith("<object object at")
+    assert lines[0]["keys"] == {"1": "one"}
+    assert lines[0]["event"] == "odd values"
+
+
 def test_long_values_are_clipped_whoever_logs_them(tmp_path: Path) -> None:
     out = (tmp_path / "log").open("w+")
     try:

@@ -9,6 +9,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -505,3 +506,27 @@ async def test_links_swapped_in_during_writes_never_send_an_envelope_outside(
                 outcomes["retry"] += 1  # a component vanished between two steps
     assert victim.read_text() == "untouched\n"
     assert [path.name for path in outside.iterdir()] == ["victim"]
+
+
+class _RefusingExecutor(ThreadPoolExecutor):
+    """A default executor that refuses work: whoever submits to it fails."""
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the loop's default executor was used")
+
+
+async def test_writes_run_on_the_sinks_own_threads_not_the_loops_default_pool(
+    tmp_path: Path,
+) -> None:
+    # A slow disk must not hold up the default pool's other users (name lookups).
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(_RefusingExecutor(max_workers=1))
+    sink = make_sink(tmp_path, filename="{id}.json")
+    try:
+        result = await sink.deliver(make_delivery("msg_own_threads"))
+        second = await sink.deliver(make_delivery("msg_second"))
+    finally:
+        await sink.close()
+    assert "msg_own_threads.json" in result.detail
+    assert "msg_second.json" in second.detail
+    assert all_files(tmp_path) == ["msg_own_threads.json", "msg_second.json"]

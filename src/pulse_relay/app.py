@@ -61,6 +61,7 @@ from pulse_relay.sinks import build_sink, retry_policy_for
 from pulse_relay.sinks.base import Sink, matches_any
 from pulse_relay.store import Store, StoreUnavailableError
 from pulse_relay.tls import TLSFilesError, reload_context, server_context
+from pulse_relay.wiring import build_store, ingress_url, local_url
 
 log = get_logger("pulse_relay.app")
 
@@ -113,12 +114,6 @@ class SinkFactory(Protocol):
     ) -> Sink: ...
 
 
-def listener_base_url(host: str, port: int | None, *, scheme: str = "http") -> str:
-    """http://host:port of a listener, an IPv6 host in brackets."""
-    shown = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{shown}:{port}"
-
-
 def build_ingress_config(settings: Settings, *, closed_reason: str | None) -> IngressConfig:
     """The ingress's limits and edge rules from settings."""
     server, verify = settings.server, settings.verify
@@ -136,30 +131,6 @@ def build_ingress_config(settings: Settings, *, closed_reason: str | None) -> In
             if verify.scheme == "hmac-sha256-hex"
             else ()
         ),
-    )
-
-
-def local_url(host: str, port: int | None, *, scheme: str = "http") -> str:
-    """http(s)://host:port to reach a listener bound to `host` from this machine."""
-    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - only to build a URL to reach ourselves
-        host = "127.0.0.1"
-    return listener_base_url(host, port, scheme=scheme)
-
-
-def ingress_url(settings: Settings, port: int | None = None) -> str:
-    """http(s)://host:port to reach the ingress from this machine (`port` once bound)."""
-    server = settings.server
-    scheme = "https" if server.is_tls else "http"
-    return local_url(server.host, server.port if port is None else port, scheme=scheme)
-
-
-def build_store(settings: Settings, *, clock: Callable[[], float] = time.time) -> Store:
-    """A Store configured from settings; the caller opens it (or enters it with `async with`)."""
-    return Store(
-        settings.store.path,
-        synchronous=settings.store.synchronous,
-        busy_timeout_seconds=settings.store.busy_timeout_seconds,
-        clock=clock,
     )
 
 

@@ -1,41 +1,27 @@
-"""The `pulse-relay` command line: argument parsing and output formatting only."""
+"""The `pulse-relay` command line: argument parsing and output formatting only.
+
+Modules are imported inside the commands that use them: `--help` or `events`
+then start without loading aiohttp, the daemon or the admin side (a third of a
+second on a small machine, paid by every invocation in scripts).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-import aiohttp
 import click
 
 from pulse_relay import __version__
-from pulse_relay.app import (
-    PruneOutcome,
-    build_store,
-    ingress_url,
-    local_url,
-    prune_store,
-    serve,
-)
-from pulse_relay.config import (
-    ConfigError,
-    Settings,
-    load_settings,
-    redacted_settings,
-    settings_warnings,
-)
-from pulse_relay.events import is_valid_job_id
-from pulse_relay.logs import configure_logging
-from pulse_relay.preflight import check_host
-from pulse_relay.serialize import event_document, iso, summary_state, watch_document
-from pulse_relay.store import EventView, Store, StoreUnavailableError, StoreVersionError, Watch
-from pulse_relay.testevent import build_test_event, post_test_event
+
+if TYPE_CHECKING:
+    from pulse_relay.config import Settings
+    from pulse_relay.store import EventView, Store, Watch
 
 T = TypeVar("T")
 
@@ -45,6 +31,8 @@ class _Context:
         self.config_path = config_path
 
     def settings(self, overrides: dict[str, Any] | None = None) -> Settings:
+        from pulse_relay.config import ConfigError, load_settings
+
         try:
             return load_settings(self.config_path, overrides=overrides)
         except ConfigError as error:
@@ -61,6 +49,11 @@ def _with_store(
     settings: Settings, action: Callable[[Store], Awaitable[T]], *, create: bool = False
 ) -> T:
     """Run `action` against the configured store, which must already exist unless `create`."""
+    import asyncio
+
+    from pulse_relay.store import StoreUnavailableError, StoreVersionError
+    from pulse_relay.wiring import build_store
+
     path = settings.store.path
     if not create and not path.exists():
         fail(f"no store at {path} (start `pulse-relay serve` with this configuration first)")
@@ -130,6 +123,13 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
 @click.pass_obj
 def serve_command(obj: _Context, host: str | None, port: int | None) -> None:
     """Run the daemon in the foreground; logs go to stderr."""
+    import asyncio
+
+    from pulse_relay.app import serve
+    from pulse_relay.config import ConfigError, load_settings
+    from pulse_relay.logs import configure_logging
+    from pulse_relay.store import StoreUnavailableError, StoreVersionError
+
     overrides: dict[str, Any] = {}
     if host is not None:
         overrides["server.host"] = host
@@ -160,6 +160,9 @@ def check_config(obj: _Context) -> None:
     writable, command sink programs exist and are executable, and the TLS
     certificate and key can be read and belong together.
     """
+    from pulse_relay.config import redacted_settings, settings_warnings
+    from pulse_relay.preflight import check_host
+
     settings = obj.settings()
     problems = check_host(settings)
     if problems:
@@ -185,6 +188,8 @@ def events_command(
     obj: _Context, event_type: str | None, state: str | None, limit: int, as_json: bool
 ) -> None:
     """List stored events, newest first, with each sink's delivery state."""
+    from pulse_relay.serialize import event_document, iso, summary_state
+
     settings = obj.settings()
 
     async def action(store: Store) -> list[EventView]:
@@ -216,6 +221,8 @@ def events_command(
 @click.pass_obj
 def show_command(obj: _Context, event_id: str, as_json: bool) -> None:
     """Show one event: headers, payload, job, and every attempt."""
+    from pulse_relay.serialize import event_document, iso
+
     settings = obj.settings()
 
     async def action(store: Store) -> EventView | None:
@@ -316,6 +323,8 @@ def watch_command(
         return
     if not job_ids:
         raise click.UsageError("give at least one job id (or --list)")
+    from pulse_relay.events import is_valid_job_id
+
     bad = [job_id for job_id in job_ids if not is_valid_job_id(job_id)]
     if bad:
         fail(f"not a valid job id: {', '.join(repr(b) for b in bad)}")
@@ -333,6 +342,8 @@ def watch_command(
 
 
 def _list_watches(obj: _Context, as_json: bool) -> None:
+    from pulse_relay.serialize import iso, watch_document
+
     settings = obj.settings()
 
     async def action(store: Store) -> list[Watch]:
@@ -384,6 +395,12 @@ def send_test_command(
     obj: _Context, url: str | None, event_type: str, job_id: str | None, secret: str | None
 ) -> None:
     """Sign a test event with the configured secret and POST it to the relay."""
+    import asyncio
+
+    import aiohttp
+
+    from pulse_relay.testevent import build_test_event, post_test_event
+
     settings = obj.settings()
     target = url or _own_url(settings)
     try:
@@ -400,11 +417,15 @@ def send_test_command(
 
 
 def _own_url(settings: Settings) -> str:
+    from pulse_relay.wiring import ingress_url
+
     return ingress_url(settings) + settings.server.path
 
 
 def _probe_url(settings: Settings, check_ready: bool) -> str:
     """The admin listener's /healthz or /readyz; the ingress's /healthz without an admin side."""
+    from pulse_relay.wiring import ingress_url, local_url
+
     admin = settings.admin
     if admin.enabled:
         return local_url(admin.host, admin.port) + ("/readyz" if check_ready else "/healthz")
@@ -427,6 +448,8 @@ def prune_command(obj: _Context, older_than_days: float | None) -> None:
     The ids of pruned events stay known for store.dedupe_days: a replayed
     request is still answered duplicate.
     """
+    from pulse_relay.app import PruneOutcome, prune_store
+
     settings = obj.settings()
     days = older_than_days if older_than_days is not None else settings.store.retention_days
 
@@ -459,6 +482,10 @@ def healthcheck_command(
     obj: _Context, url: str | None, check_ready: bool, timeout_seconds: float
 ) -> None:
     """Exit 0 if the running relay answers 200, else 1 (for container HEALTHCHECKs)."""
+    import asyncio
+
+    import aiohttp
+
     target = _probe_url(obj.settings(), check_ready) if url is None else url
     try:
         status, answer = asyncio.run(_get(target, timeout_seconds, is_own_listener=url is None))
@@ -470,6 +497,8 @@ def healthcheck_command(
 
 
 async def _get(url: str, timeout_seconds: float, *, is_own_listener: bool) -> tuple[int, str]:
+    import aiohttp
+
     timeout = aiohttp.ClientTimeout(total=timeout_seconds)
     # This relay's own listener (HTTPS without an admin side): its certificate names the
     # public host, not the loopback address probed, so it is not verified.
@@ -488,7 +517,10 @@ async def _get(url: str, timeout_seconds: float, *, is_own_listener: bool) -> tu
 )
 def demo_command(keep: Path | None) -> None:
     """Run the whole pipeline against a built-in Pulse emulator; needs no account or network."""
+    import asyncio
+
     from pulse_relay.demo import run_demo
+    from pulse_relay.logs import configure_logging
 
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
@@ -503,7 +535,10 @@ def demo_command(keep: Path | None) -> None:
 @click.option("--api-key", default="emulator-key", show_default=True)
 def emulator_command(host: str, port: int, api_key: str) -> None:
     """Serve the built-in Pulse API emulator (jobs demo-completed, demo-progress, ...)."""
+    import asyncio
+
     from pulse_relay.emulator import run_emulator
+    from pulse_relay.logs import configure_logging
 
     configure_logging(format="auto", level="info")
     try:

@@ -56,13 +56,13 @@ from pydantic_settings import (
 from pulse_relay.edge import parse_networks
 from pulse_relay.redaction import REDACTED, is_secret_name, mask_url
 from pulse_relay.signature import decode_secret
+from pulse_relay.sinks.base import signing_secret
 from pulse_relay.sinks.file import (
     DEFAULT_FILE_MODE,
     parse_file_mode,
     parse_filename_template,
     relative_path_problem,
 )
-from pulse_relay.sinks.http import signing_secret
 
 ENV_PREFIX = "PULSE_RELAY_"
 ENV_CONFIG_PATH = "PULSE_RELAY_CONFIG"

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
@@ -203,7 +204,7 @@ class Ingress:
             payload["id"] = given_id
         self._count(str(payload["status"]))
         self._metrics.ack_seconds.observe(time.perf_counter() - started)
-        return web.json_response(payload, status=http_status)
+        return json_answer(payload, http_status)
 
     def _count(self, outcome: str) -> None:
         counter = self._outcome_counters.get(outcome)
@@ -254,7 +255,9 @@ class Ingress:
             log.warning("webhook invalid", reason=record.error, **context)
             return {"status": "invalid", "id": verified.webhook_id, "reason": record.error}, 200
         log.info("webhook accepted", sinks=len(record.sinks), **context)
-        self._on_accepted()
+        if record.sinks:
+            # Nothing to deliver is nothing to claim: waking the dispatcher would only query.
+            self._on_accepted()
         return {"status": "accepted", "id": verified.webhook_id}, 202
 
     async def _read_body(self, request: web.Request) -> bytes:
@@ -284,6 +287,16 @@ class Ingress:
                     raise IngressError(413, "too_large", f"body larger than {limit} bytes")
                 chunks.append(chunk)
         return b"".join(chunks)
+
+
+def json_answer(payload: dict[str, Any], http_status: int) -> web.Response:
+    """A JSON answer, encoded by orjson (a few microseconds less than json on every request)."""
+    return web.Response(
+        body=orjson.dumps(payload),
+        status=http_status,
+        content_type="application/json",
+        charset="utf-8",
+    )
 
 
 def _shown(address: IPAddress | None) -> str:

@@ -2,14 +2,15 @@
 
 The settings types are imported for type checking only: config.py calls into
 the sink modules for the rules they own (filename templates, signing secrets),
-so importing config here at run time would make the import circular.
+so importing config here at run time would make the import circular. The HTTP
+sink (and aiohttp with it) is imported when first used: config.py's imports
+reach this package, and `pulse-relay events` should not load an HTTP client.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import aiohttp
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from pulse_relay.retry import RetryPolicy
 from pulse_relay.sinks.base import (
@@ -23,10 +24,12 @@ from pulse_relay.sinks.base import (
 )
 from pulse_relay.sinks.command import CommandSink
 from pulse_relay.sinks.file import FileSink
-from pulse_relay.sinks.http import HttpSink
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from pulse_relay.config import SinkSettings
+    from pulse_relay.sinks.http import HttpSink
 
 __all__ = [
     "CommandSink",
@@ -44,6 +47,12 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    if name == "HttpSink":
+        return importlib.import_module("pulse_relay.sinks.http").HttpSink
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def build_sink(settings: SinkSettings, *, session: aiohttp.ClientSession | None = None) -> Sink:
     """The sink for one settings table; `session` is shared by HTTP sinks and never closed by them.
 
@@ -54,6 +63,8 @@ def build_sink(settings: SinkSettings, *, session: aiohttp.ClientSession | None 
     if settings.type == "file":
         return FileSink(settings)
     if settings.type == "http":
+        from pulse_relay.sinks.http import HttpSink
+
         return HttpSink(settings, session=session)
     if settings.type == "command":
         return CommandSink(settings)

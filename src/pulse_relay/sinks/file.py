@@ -12,11 +12,12 @@ import re
 import secrets
 import stat
 import string
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from pulse_relay.sinks.base import (
     Delivery,
@@ -27,6 +28,8 @@ from pulse_relay.sinks.base import (
 
 if TYPE_CHECKING:
     from pulse_relay.config import FileSinkSettings
+
+_T = TypeVar("_T")
 
 DEFAULT_JSON_FILENAME = "{job_id}.json"
 DEFAULT_JSONL_FILENAME = "events.jsonl"
@@ -157,6 +160,12 @@ class FileSink:
         # flock in the writer covers other processes sharing the file.
         self._append_lock = asyncio.Lock()
         self._path_locks = [asyncio.Lock() for _ in range(_PATH_LOCK_STRIPES)]
+        # Threads of its own, one per delivery slot: writes wait on fsync, and in the
+        # loop's default pool (cores + 4 threads) they queued behind each other and
+        # held up its other users (name lookups of the HTTP sink and the Pulse client).
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.concurrency, thread_name_prefix=f"file-sink-{self.name}"
+        )
 
     def render_filename(self, delivery: Delivery) -> str:
         """The file name for `delivery` relative to the directory, field values encoded."""
@@ -183,7 +192,7 @@ class FileSink:
                 # with another delivery for the same job.
                 async with self._path_locks[hash(relative) % len(self._path_locks)]:
                     path, written = await asyncio.wait_for(
-                        asyncio.to_thread(
+                        self._in_thread(
                             self._write_json, relative, delivery.body, delivery.received_at
                         ),
                         self._settings.timeout_seconds,
@@ -194,7 +203,7 @@ class FileSink:
                 line = _one_line(delivery.body)
                 async with self._append_lock:
                     path = await asyncio.wait_for(
-                        asyncio.to_thread(self._append_line, relative, line),
+                        self._in_thread(self._append_line, relative, line),
                         self._settings.timeout_seconds,
                     )
         except TimeoutError:
@@ -210,7 +219,12 @@ class FileSink:
         return SinkResult(detail=f"{verb} {path}")
 
     async def close(self) -> None:
-        """Nothing to release: every write opens and closes its own file."""
+        """Let the writer threads end once their writes are done (every write closes its file)."""
+        # Not waited for: a write stuck on a dead mount must not hold up shutdown.
+        self._executor.shutdown(wait=False)
+
+    async def _in_thread(self, work: Callable[..., _T], *args: object) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
 
     def _parts(self, relative: str) -> tuple[str, ...]:
         """The components of `relative`, or PermanentSinkError if it cannot name a file inside."""

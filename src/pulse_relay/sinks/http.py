@@ -6,16 +6,16 @@ import contextlib
 from typing import TYPE_CHECKING
 
 import aiohttp
-from pydantic import SecretStr
 
 from pulse_relay import __version__
 from pulse_relay.retry import parse_retry_after
-from pulse_relay.signature import decode_secret, sign_headers
+from pulse_relay.signature import sign_headers
 from pulse_relay.sinks.base import (
     Delivery,
     PermanentSinkError,
     RetryableSinkError,
     SinkResult,
+    signing_secret,
 )
 
 if TYPE_CHECKING:
@@ -27,15 +27,6 @@ if TYPE_CHECKING:
 MAX_RESPONSE_EXCERPT_BYTES = 4096
 # Statuses below 500 that still mean "try again later".
 RETRYABLE_CLIENT_STATUSES = frozenset({408, 425, 429})
-
-
-def signing_secret(sign_secret: SecretStr | None) -> str | None:
-    """The secret a sink re-signs with; None when unset or empty. ValueError when unusable."""
-    if sign_secret is None or not sign_secret.get_secret_value():
-        return None
-    secret = sign_secret.get_secret_value()
-    decode_secret(secret)
-    return secret
 
 
 class HttpSink:

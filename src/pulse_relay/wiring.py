@@ -1,0 +1,46 @@
+"""Addresses and the store from settings, without the server stack.
+
+The CLI's store commands need these and nothing of aiohttp or the admin side:
+importing them from here keeps `pulse-relay events` from loading the daemon.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from pulse_relay.store import Store
+
+if TYPE_CHECKING:
+    from pulse_relay.config import Settings
+
+
+def listener_base_url(host: str, port: int | None, *, scheme: str = "http") -> str:
+    """http://host:port of a listener, an IPv6 host in brackets."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port}"
+
+
+def local_url(host: str, port: int | None, *, scheme: str = "http") -> str:
+    """http(s)://host:port to reach a listener bound to `host` from this machine."""
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - only to build a URL to reach ourselves
+        host = "127.0.0.1"
+    return listener_base_url(host, port, scheme=scheme)
+
+
+def ingress_url(settings: Settings, port: int | None = None) -> str:
+    """http(s)://host:port to reach the ingress from this machine (`port` once bound)."""
+    server = settings.server
+    scheme = "https" if server.is_tls else "http"
+    return local_url(server.host, server.port if port is None else port, scheme=scheme)
+
+
+def build_store(settings: Settings, *, clock: Callable[[], float] = time.time) -> Store:
+    """A Store configured from settings; the caller opens it (or enters it with `async with`)."""
+    return Store(
+        settings.store.path,
+        synchronous=settings.store.synchronous,
+        busy_timeout_seconds=settings.store.busy_timeout_seconds,
+        clock=clock,
+    )
