@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from pulse_relay.app import PruneOutcome
 from pulse_relay.config import Settings
 from pulse_relay.store import Attempt, IngestRecord, Store
+from pulse_relay.wiring import PruneOutcome
 from tests.conftest import SECRET, MakeSettings, StartRelay, make_body, signed, wait_for
 from tests.helpers import Served, free_port, wait_until, write_config
 from tests.test_cli import run_cli

@@ -25,7 +25,6 @@ import ssl
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
 import aiohttp
@@ -59,9 +58,16 @@ from pulse_relay.server import Ingress, IngressConfig, build_app
 from pulse_relay.signature import HexHmacVerifier, NoneVerifier, StandardVerifier, Verifier
 from pulse_relay.sinks import build_sink, retry_policy_for
 from pulse_relay.sinks.base import Sink, matches_any
-from pulse_relay.store import Store, StoreUnavailableError
+from pulse_relay.store import StoreUnavailableError
 from pulse_relay.tls import TLSFilesError, reload_context, server_context
-from pulse_relay.wiring import build_store, ingress_url, local_url
+from pulse_relay.wiring import (
+    DAY_SECONDS,
+    PruneOutcome,
+    build_store,
+    ingress_url,
+    local_url,
+    prune_store,
+)
 
 log = get_logger("pulse_relay.app")
 
@@ -69,7 +75,6 @@ log = get_logger("pulse_relay.app")
 # store and file sinks also set their modes explicitly; this covers the rest).
 RELAY_UMASK = 0o077
 POLLING_ONLY_REASON = "no webhook secret configured: polling-only mode, ingress closed"
-DAY_SECONDS = 86_400.0
 # The first retention run comes shortly after start, so a relay restarted daily still prunes.
 RETENTION_FIRST_RUN_SECONDS = 60.0
 RETENTION_RETRY_SECONDS = 600.0
@@ -132,24 +137,6 @@ def build_ingress_config(settings: Settings, *, closed_reason: str | None) -> In
             else ()
         ),
     )
-
-
-@dataclass(frozen=True)
-class PruneOutcome:
-    """What one prune did: events deleted, and ids of pruned events no longer remembered."""
-
-    events: int
-    forgotten_ids: int
-
-
-async def prune_store(
-    store: Store, *, now: float, older_than_days: float, dedupe_days: float
-) -> PruneOutcome:
-    """Delete finished events older than `older_than_days` (0: every finished event); the
-    ids of pruned events stay known for `dedupe_days` after they were pruned."""
-    events = await store.prune(received_before=now - older_than_days * DAY_SECONDS)
-    forgotten = await store.forget_ids(pruned_before=now - dedupe_days * DAY_SECONDS)
-    return PruneOutcome(events=events, forgotten_ids=forgotten)
 
 
 class Relay:

@@ -448,7 +448,7 @@ def prune_command(obj: _Context, older_than_days: float | None) -> None:
     The ids of pruned events stay known for store.dedupe_days: a replayed
     request is still answered duplicate.
     """
-    from pulse_relay.app import PruneOutcome, prune_store
+    from pulse_relay.wiring import PruneOutcome, prune_store
 
     settings = obj.settings()
     days = older_than_days if older_than_days is not None else settings.store.retention_days

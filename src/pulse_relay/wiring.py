@@ -1,4 +1,4 @@
-"""Addresses and the store from settings, without the server stack.
+"""Addresses, the store and its retention step from settings, without the server stack.
 
 The CLI's store commands need these and nothing of aiohttp or the admin side:
 importing them from here keeps `pulse-relay events` from loading the daemon.
@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pulse_relay.store import Store
 
 if TYPE_CHECKING:
     from pulse_relay.config import Settings
+
+DAY_SECONDS = 86_400.0
 
 
 def listener_base_url(host: str, port: int | None, *, scheme: str = "http") -> str:
@@ -44,3 +47,21 @@ def build_store(settings: Settings, *, clock: Callable[[], float] = time.time) -
         busy_timeout_seconds=settings.store.busy_timeout_seconds,
         clock=clock,
     )
+
+
+@dataclass(frozen=True)
+class PruneOutcome:
+    """What one prune did: events deleted, and ids of pruned events no longer remembered."""
+
+    events: int
+    forgotten_ids: int
+
+
+async def prune_store(
+    store: Store, *, now: float, older_than_days: float, dedupe_days: float
+) -> PruneOutcome:
+    """Delete finished events older than `older_than_days` (0: every finished event); the
+    ids of pruned events stay known for `dedupe_days` after they were pruned."""
+    events = await store.prune(received_before=now - older_than_days * DAY_SECONDS)
+    forgotten = await store.forget_ids(pruned_before=now - dedupe_days * DAY_SECONDS)
+    return PruneOutcome(events=events, forgotten_ids=forgotten)
