@@ -47,8 +47,9 @@ async def stored_ids(relay: Relay) -> list[str]:
 
 
 @pytest.fixture
-async def relay(start_relay: StartRelay) -> Relay:
-    return await start_relay(sinks=[{"type": "file", "name": "files", "directory": "out"}])
+async def relay(start_relay: StartRelay, tmp_path: Path) -> Relay:
+    sinks = [{"type": "file", "name": "files", "directory": str(tmp_path / "out")}]
+    return await start_relay(sinks=sinks)
 
 
 async def test_signed_event_is_accepted_and_stored(relay: Relay) -> None:
