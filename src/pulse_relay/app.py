@@ -44,7 +44,7 @@ from pulse_relay.server import Ingress, IngressConfig, build_app
 from pulse_relay.signature import HexHmacVerifier, NoneVerifier, StandardVerifier, Verifier
 from pulse_relay.sinks import build_sink, retry_policy_for
 from pulse_relay.sinks.base import Sink, matches_any
-from pulse_relay.store import Store, StoreUnavailableError
+from pulse_relay.store import SQLiteStore, StoreBackend, StoreUnavailableError
 
 log = get_logger("pulse_relay.app")
 
@@ -107,9 +107,9 @@ def local_url(host: str, port: int | None) -> str:
     return listener_base_url(host, port)
 
 
-def build_store(settings: Settings) -> Store:
-    """A Store configured from settings; the caller opens it (or enters it with `async with`)."""
-    return Store(
+def build_store(settings: Settings) -> StoreBackend:
+    """The configured store backend; the caller opens it (or enters it with `async with`)."""
+    return SQLiteStore(
         settings.store.path,
         synchronous=settings.store.synchronous,
         busy_timeout_seconds=settings.store.busy_timeout_seconds,
@@ -262,7 +262,7 @@ class Relay:
         await site.start()
         address = self._runner.addresses[0]
         self.port = int(address[1])
-        log.info("listening", url=self.webhook_url, store=str(self.store.path))
+        log.info("listening", url=self.webhook_url, store=self.store.location)
 
     async def _start_admin(self) -> None:
         assert self._session is not None

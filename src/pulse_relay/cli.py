@@ -20,7 +20,13 @@ from pulse_relay.events import is_valid_job_id
 from pulse_relay.logs import configure_logging
 from pulse_relay.preflight import check_host
 from pulse_relay.serialize import event_document, iso, summary_state, watch_document
-from pulse_relay.store import EventView, Store, StoreUnavailableError, StoreVersionError, Watch
+from pulse_relay.store import (
+    EventView,
+    StoreBackend,
+    StoreUnavailableError,
+    StoreVersionError,
+    Watch,
+)
 from pulse_relay.testevent import build_test_event, post_test_event
 
 T = TypeVar("T")
@@ -44,7 +50,7 @@ def fail(message: str) -> NoReturn:
 
 
 def _with_store(
-    settings: Settings, action: Callable[[Store], Awaitable[T]], *, create: bool = False
+    settings: Settings, action: Callable[[StoreBackend], Awaitable[T]], *, create: bool = False
 ) -> T:
     """Run `action` against the configured store, which must already exist unless `create`."""
     path = settings.store.path
@@ -145,7 +151,7 @@ def events_command(
     """List stored events, newest first, with each sink's delivery state."""
     settings = obj.settings()
 
-    async def action(store: Store) -> list[EventView]:
+    async def action(store: StoreBackend) -> list[EventView]:
         return await store.list_events(event_type=event_type, state=state, limit=limit)
 
     views = _with_store(settings, action)
@@ -176,7 +182,7 @@ def show_command(obj: _Context, event_id: str, as_json: bool) -> None:
     """Show one event: headers, payload, job, and every attempt."""
     settings = obj.settings()
 
-    async def action(store: Store) -> EventView | None:
+    async def action(store: StoreBackend) -> EventView | None:
         return await store.get_event(event_id)
 
     view = _with_store(settings, action)
@@ -234,7 +240,7 @@ def replay_command(
     if sink is not None and sink not in known:
         fail(f"no sink named {sink!r} in the configuration (known: {', '.join(sorted(known))})")
 
-    async def action(store: Store) -> tuple[int, list[str]]:
+    async def action(store: StoreBackend) -> tuple[int, list[str]]:
         missing = [i for i in event_ids if await store.get_event(i) is None]
         if missing:
             return 0, missing
@@ -279,7 +285,7 @@ def watch_command(
     metadata = _parse_meta(meta)
     settings = obj.settings()
 
-    async def action(store: Store) -> None:
+    async def action(store: StoreBackend) -> None:
         await store.add_watches(
             list(job_ids), metadata=metadata, interval_seconds=settings.poll.interval_seconds
         )
@@ -292,7 +298,7 @@ def watch_command(
 def _list_watches(obj: _Context, as_json: bool) -> None:
     settings = obj.settings()
 
-    async def action(store: Store) -> list[Watch]:
+    async def action(store: StoreBackend) -> list[Watch]:
         return await store.list_watches()
 
     watches = _with_store(settings, action)
@@ -324,7 +330,7 @@ def unwatch_command(obj: _Context, job_ids: tuple[str, ...]) -> None:
     """Stop polling jobs."""
     settings = obj.settings()
 
-    async def action(store: Store) -> int:
+    async def action(store: StoreBackend) -> int:
         return await store.remove_watches(list(job_ids))
 
     removed = _with_store(settings, action)
@@ -384,7 +390,7 @@ def prune_command(obj: _Context, older_than_days: float | None) -> None:
     days = older_than_days if older_than_days is not None else settings.store.retention_days
     cutoff = time.time() - days * 86_400
 
-    async def action(store: Store) -> int:
+    async def action(store: StoreBackend) -> int:
         return await store.prune(received_before=cutoff)
 
     deleted = _with_store(settings, action)

@@ -34,7 +34,7 @@ from pulse_relay.store import (
     DeliveryOutcome,
     DeliveryTask,
     FetchTask,
-    Store,
+    StoreBackend,
     StoreUnavailableError,
 )
 
@@ -258,7 +258,7 @@ class Dispatcher:
     def __init__(
         self,
         *,
-        store: Store,
+        store: StoreBackend,
         pulse: PulseClient | None,
         sinks: Mapping[str, SinkRuntime],
         metrics: Metrics,

@@ -1,0 +1,63 @@
+"""SQLite retention: finished events deleted in small batches, their ids remembered."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+
+from pulse_relay.store.model import PRUNE_BATCH, PRUNED_IDS_MIN_SECONDS
+from pulse_relay.store.sqlite.plumbing import SQLitePlumbing
+from pulse_relay.store.sqlite.sql import chunks, placeholders
+
+
+class RetentionMixin(SQLitePlumbing):
+    """Prune old finished events."""
+
+    async def prune(self, *, received_before: float, batch_size: int = PRUNE_BATCH) -> int:
+        """Delete finished events received before `received_before`; returns how many.
+
+        Finished means: every delivery delivered (or none at all, as for invalid
+        and repeat events) and no job fetch still pending. Events with a pending
+        or dead delivery are kept until replayed. Deletes run in small batches so
+        ingest never waits long behind them. Each pruned id is remembered (see
+        `is_pruned`) as long as an event is kept (at least a day), then forgotten.
+        """
+        now = self._clock()
+
+        def op(db: sqlite3.Connection) -> int:
+            with closing(
+                db.execute(
+                    "SELECT e.id FROM events e WHERE e.received_at < ? "
+                    "AND e.fetch_state NOT IN ('pending', 'dead') "
+                    "AND NOT EXISTS (SELECT 1 FROM deliveries d "
+                    "WHERE d.event_id = e.id AND d.state != 'delivered') LIMIT ?",
+                    (received_before, batch_size),
+                )
+            ) as cursor:
+                ids = [row[0] for row in cursor]
+            db.executemany(
+                "INSERT OR REPLACE INTO pruned_events (id, pruned_at) VALUES (?, ?)",
+                [(event_id, now) for event_id in ids],
+            )
+            for chunk in chunks(ids):
+                db.execute(f"DELETE FROM events WHERE id IN ({placeholders(len(chunk))})", chunk)
+            return len(ids)
+
+        def forget(db: sqlite3.Connection) -> None:
+            forget_before = min(received_before, now - PRUNED_IDS_MIN_SECONDS)
+            db.execute("DELETE FROM pruned_events WHERE pruned_at < ?", (forget_before,))
+
+        total = 0
+        while True:
+            deleted: int = await self.write(op)
+            total += deleted
+            if deleted < batch_size:
+                await self.write(forget)
+                return total
+
+    async def is_pruned(self, event_id: str) -> bool:
+        """Whether `event_id` was stored once and pruned since (remembered for a retention)."""
+        async with self.db.execute(
+            "SELECT 1 FROM pruned_events WHERE id = ?", (event_id,)
+        ) as cursor:
+            return await cursor.fetchone() is not None
