@@ -7,6 +7,7 @@ import base64
 import contextlib
 import ctypes
 import json
+import math
 import os
 import re
 import select
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import tomli_w
 
 from pulse_relay.signature import sign_headers
 
@@ -92,6 +94,7 @@ def write_requests_file(path: Path, requests: Iterable[SignedRequest]) -> Path:
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -120,12 +123,19 @@ class Process:
     """A child process on 127.0.0.1 that is always terminated on exit."""
 
     def __init__(
-        self, argv: Sequence[str], *, log_path: Path, health_url: str, cwd: Path | None = None
+        self,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        health_url: str,
+        cwd: Path | None = None,
+        start_timeout_seconds: float = 20.0,
     ) -> None:
         self.argv = list(argv)
         self.log_path = log_path
         self.health_url = health_url
         self.cwd = cwd
+        self.start_timeout_seconds = start_timeout_seconds
         self.popen: subprocess.Popen[bytes] | None = None
 
     @property
@@ -133,25 +143,40 @@ class Process:
         assert self.popen is not None
         return self.popen.pid
 
+    @property
+    def is_running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
     def start(self) -> Process:
         log = self.log_path.open("ab")
         self.popen = subprocess.Popen(self.argv, stdout=log, stderr=log, cwd=self.cwd)
         log.close()
         try:
-            wait_http(self.health_url, process=self.popen)
+            wait_http(
+                self.health_url, timeout_seconds=self.start_timeout_seconds, process=self.popen
+            )
         except BaseException:
             self.stop()
             raise
         return self
 
-    def stop(self, *, timeout_seconds: float = 30.0) -> None:
+    def stop(self, *, timeout_seconds: float = 30.0) -> int | None:
+        """SIGTERM and wait; SIGKILL past the timeout. The exit code, None if it was killed."""
         popen, self.popen = self.popen, None
         if popen is None or popen.poll() is not None:
-            return
+            return None if popen is None else popen.returncode
         popen.terminate()
         try:
-            popen.wait(timeout=timeout_seconds)
+            return popen.wait(timeout=timeout_seconds)
         except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+            return None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs at all."""
+        popen, self.popen = self.popen, None
+        if popen is not None and popen.poll() is None:
             popen.kill()
             popen.wait()
 
@@ -184,14 +209,18 @@ def emulator_process(workdir: Path, prefix: str, count: int) -> tuple[Process, s
     return process, f"http://127.0.0.1:{port}"
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return repr(value)
+def write_toml(path: Path, document: dict[str, Any]) -> Path:
+    """Write `document` as TOML (paths as strings) and return `path`."""
+    path.write_text(tomli_w.dumps(_plain(document)))
+    return path
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return str(value) if isinstance(value, Path) else value
 
 
 @dataclass
@@ -211,39 +240,26 @@ def relay_process(
     """`pulse-relay serve` with a generated config in `workdir`; returns (process, port, store)."""
     port = free_port()
     store = store_path or workdir / "relay.db"
-    lines = [
-        "[server]",
-        'host = "127.0.0.1"',
-        f"port = {port}",
-        "[admin]",
-        "port = 0",
-        "[verify]",
-        f"secrets = [{json.dumps(SECRET)}]",
+    pulse: dict[str, Any] = {
+        "api_key": API_KEY,
+        "base_url": config.pulse_base_url or "http://127.0.0.1:9",
+        "timeout_seconds": 10.0,
+    }
+    if config.fetch_on is not None:
+        pulse["fetch_on"] = config.fetch_on
+    document = {
+        "server": {"host": "127.0.0.1", "port": port},
+        "admin": {"port": 0},
         # Requests are signed just before each run; a wide window only lets a long run
         # finish with the timestamps it started with. Verification costs the same.
-        "tolerance_seconds = 3600",
-        "[store]",
-        f"path = {json.dumps(str(store))}",
-        f'synchronous = "{config.synchronous}"',
-        "[pulse]",
-        f"api_key = {json.dumps(API_KEY)}",
-        f"base_url = {json.dumps(config.pulse_base_url or 'http://127.0.0.1:9')}",
-        "timeout_seconds = 10.0",
-    ]
-    if config.fetch_on is not None:
-        lines.append(f"fetch_on = {_toml(config.fetch_on)}")
-    lines += [
-        "[delivery]",
-        f"concurrency = {config.delivery_concurrency}",
-        "[log]",
-        'level = "warning"',
-        'format = "json"',
-    ]
-    for sink in config.sinks:
-        lines.append("[[sinks]]")
-        lines += [f"{key} = {_toml(value)}" for key, value in sink.items()]
-    config_path = workdir / "relay.toml"
-    config_path.write_text("\n".join(lines) + "\n")
+        "verify": {"secrets": [SECRET], "tolerance_seconds": 3600},
+        "store": {"path": store, "synchronous": config.synchronous},
+        "pulse": pulse,
+        "delivery": {"concurrency": config.delivery_concurrency},
+        "log": {"level": "warning", "format": "json"},
+        "sinks": config.sinks,
+    }
+    config_path = write_toml(workdir / "relay.toml", document)
     process = Process(
         [PYTHON, "-m", "pulse_relay", "--config", str(config_path), "serve"],
         log_path=workdir / "relay.log",
@@ -463,12 +479,18 @@ def median(values: Iterable[float]) -> float:
     return float(statistics.median(list(values)))
 
 
-def percentile(values: Sequence[float], fraction: float) -> float:
+def percentile(values: Iterable[float], fraction: float) -> float:
+    """The nearest-rank percentile: the smallest value with `fraction` of all values ≤ it.
+
+    Always a measured value (never interpolated): p50 of [1, 2, 3, 4] is 2, p99 of 100
+    values is the 99th smallest, p100 the largest. NaN when there are no values.
+    """
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
+    # Rounded first so that 0.07 * 100 (7.000000000000001) is rank 7, not 8.
+    rank = math.ceil(round(fraction * len(ordered), 9))
+    return ordered[min(len(ordered), max(rank, 1)) - 1]
 
 
 @contextlib.contextmanager

@@ -409,29 +409,9 @@ def scale(sizes: Sizes) -> dict[str, Any]:
             for number in range(sizes.runs):
                 base = _wrk_fresh(workdir, f"http://127.0.0.1:{base_port}", sizes, f"sb{number}-")
                 for label in ("empty", "full"):
-                    run_dir = workdir / f"{label}{number}"
-                    run_dir.mkdir()
                     store_path = full_store if label == "full" else None
-                    relay, port, _store = common.relay_process(
-                        run_dir, RelayConfig(), store_path=store_path
-                    )
-                    url = f"http://127.0.0.1:{port}"
-                    with relay:
-                        mine = _wrk_fresh(run_dir, url, sizes, f"s{label}{number}-", base.rate)
-                        dedupe = _dedupe(run_dir, url, sizes, label, number)
-                    results[label].append(
-                        {
-                            "ratio": mine.rate / base.rate,
-                            "relay_rate": mine.rate,
-                            "baseline_rate": base.rate,
-                            "dedupe": dedupe.__dict__,
-                            "dedupe_rate": dedupe.rate,
-                        }
-                    )
-                    print(
-                        f"  scale {label} run {number}: ratio {mine.rate / base.rate:.2f}, "
-                        f"dedupe p50 {dedupe.p50_ms:.1f} ms"
-                    )
+                    run = _scale_run(workdir, sizes, base, label, number, store_path)
+                    results[label].append(run)
     summary = {
         label: {
             "ratio": median(r["ratio"] for r in runs),
@@ -459,6 +439,30 @@ def scale(sizes: Sizes) -> dict[str, Any]:
         ],
         "summary": summary,
         "runs": results,
+    }
+
+
+def _scale_run(
+    workdir: Path, sizes: Sizes, base: WrkResult, label: str, number: int, store_path: Path | None
+) -> dict[str, Any]:
+    """One relay run (on a fresh store, or on `store_path`) against this run's baseline."""
+    run_dir = workdir / f"{label}{number}"
+    run_dir.mkdir()
+    relay, port, _store = common.relay_process(run_dir, RelayConfig(), store_path=store_path)
+    url = f"http://127.0.0.1:{port}"
+    with relay:
+        mine = _wrk_fresh(run_dir, url, sizes, f"s{label}{number}-", base.rate)
+        dedupe = _dedupe(run_dir, url, sizes, label, number)
+    print(
+        f"  scale {label} run {number}: ratio {mine.rate / base.rate:.2f}, "
+        f"dedupe p50 {dedupe.p50_ms:.1f} ms"
+    )
+    return {
+        "ratio": mine.rate / base.rate,
+        "relay_rate": mine.rate,
+        "baseline_rate": base.rate,
+        "dedupe": dedupe.__dict__,
+        "dedupe_rate": dedupe.rate,
     }
 
 

@@ -18,9 +18,8 @@ from pulse_relay.app import Relay
 from pulse_relay.config import Settings
 from pulse_relay.emulator import PulseEmulator
 from pulse_relay.signature import sign_headers
-from tests.helpers import Receiver
+from tests.helpers import SECRET, Receiver, relay_config
 
-SECRET = "whsec_" + base64.b64encode(b"pulse-relay-test-secret-32-bytes").decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(b"an-entirely-different-secret-key").decode()
 
 
@@ -42,17 +41,6 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
 
 
-def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """`extra` over `base`, merging nested tables."""
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 MakeSettings = Callable[..., Settings]
 
 
@@ -61,14 +49,7 @@ def make_settings(tmp_path: Path) -> MakeSettings:
     """Settings for a relay on 127.0.0.1, an ephemeral port and a store in tmp_path."""
 
     def make(**sections: Any) -> Settings:
-        data: dict[str, Any] = {
-            "server": {"host": "127.0.0.1", "port": 0},
-            "admin": {"host": "127.0.0.1", "port": 0},
-            "verify": {"secrets": [SECRET]},
-            "store": {"path": str(tmp_path / "relay.db")},
-            "log": {"format": "json", "level": "warning"},
-        }
-        return Settings.model_validate(deep_merge(data, sections))
+        return Settings.model_validate(relay_config(tmp_path, **sections))
 
     return make
 

@@ -1,7 +1,9 @@
-"""Real peers for end-to-end tests: a receiving HTTP server and a recording command."""
+"""Configuration text, and real peers for end-to-end tests: a receiving HTTP server,
+a recording command, `pulse-relay serve` as a subprocess."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import signal
@@ -9,16 +11,69 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
+import tomli_w
 from aiohttp import web
 from pulse import AsyncPulse, Pulse
 
 from pulse_relay.store import Store
+
+SECRET = "whsec_" + base64.b64encode(b"pulse-relay-test-secret-32-bytes").decode()
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` over `base`, merging nested tables."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def relay_config(tmp_path: Path, **sections: Any) -> dict[str, Any]:
+    """A test relay's settings as data: 127.0.0.1 on an ephemeral port, the test secret,
+    a store in `tmp_path`, JSON logs at warning; `sections` are merged over that."""
+    base: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": 0},
+        "admin": {"host": "127.0.0.1", "port": 0},
+        "verify": {"secrets": [SECRET]},
+        "store": {"path": str(tmp_path / "relay.db")},
+        "log": {"format": "json", "level": "warning"},
+    }
+    return deep_merge(base, sections)
+
+
+def config_toml(**sections: Any) -> str:
+    """The TOML text of exactly these sections (paths given as strings)."""
+    return tomli_w.dumps(sections)
+
+
+def write_config(
+    tmp_path: Path,
+    port: int,
+    *,
+    sinks: list[dict[str, Any]] | None = None,
+    extra_sinks: list[dict[str, Any]] | tuple[()] = (),
+    admin_port: int = 0,
+    **sections: Any,
+) -> Path:
+    """`tmp_path/relay.toml` for `serve` on `port` (admin listener on `admin_port`), logging
+    JSON at info; the sinks are a file sink "results" writing to `tmp_path/results` (or
+    `sinks`), then `extra_sinks`."""
+    if sinks is None:
+        sinks = [{"name": "results", "type": "file", "directory": str(tmp_path / "results")}]
+    served = {"server": {"port": port}, "admin": {"port": admin_port}, "log": {"level": "info"}}
+    document = relay_config(tmp_path, **deep_merge(served, sections), sinks=[*sinks, *extra_sinks])
+    path = tmp_path / "relay.toml"
+    path.write_text(config_toml(**document))
+    return path
 
 
 @dataclass
@@ -81,8 +136,10 @@ if fail_marker.exists():
     sys.exit(1)
 env = {k: v for k, v in os.environ.items() if k.startswith("PULSE_")}
 name = envelope["id"].replace(":", "_")
-(out / (name + ".json")).write_bytes(data)
+# Readers poll for the .json file: write it last and whole (temp file, then rename).
 (out / (name + ".env")).write_text(json.dumps(env))
+(out / (name + ".json.part")).write_bytes(data)
+os.replace(out / (name + ".json.part"), out / (name + ".json"))
 print("recorded", envelope["id"])
 """
 
@@ -94,6 +151,21 @@ def recorder_argv(tmp_path: Path) -> tuple[list[str], Path]:
     out = tmp_path / "command-out"
     out.mkdir(exist_ok=True)
     return [sys.executable, str(script), str(out)], out
+
+
+def wait_until(
+    condition: Callable[[], object],
+    *,
+    timeout_seconds: float = 20.0,
+    interval_seconds: float = 0.02,
+) -> None:
+    """Poll `condition` until it is true; fail the test at the deadline. For tests that
+    are not async (conftest.wait_for is the async twin: it yields to the event loop)."""
+    deadline = time.monotonic() + timeout_seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_seconds} s")
+        time.sleep(interval_seconds)
 
 
 def free_port() -> int:

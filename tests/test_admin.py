@@ -13,8 +13,8 @@ from pulse_relay.admin.context import CachedReadiness
 from pulse_relay.app import Relay
 from pulse_relay.config import ConfigError, is_loopback_host
 from tests.conftest import MakeSettings, StartRelay, make_body, signed
-from tests.helpers import call, free_port
-from tests.test_cli import run_cli, write_config
+from tests.helpers import call, free_port, write_config
+from tests.test_cli import run_cli
 
 
 async def post_webhook(relay: Relay, webhook_id: str, **body: Any) -> int:
@@ -120,10 +120,7 @@ async def test_serve_refuses_an_exposed_admin_listener_without_a_token(
 
 
 def test_serve_and_check_config_name_the_missing_token(tmp_path: Path) -> None:
-    config = write_config(tmp_path, free_port(), admin_port=free_port())
-    config.write_text(
-        config.read_text().replace('[admin]\nhost = "127.0.0.1"', '[admin]\nhost = "0.0.0.0"')
-    )
+    config = write_config(tmp_path, free_port(), admin_port=free_port(), admin={"host": "0.0.0.0"})
     served = run_cli("serve", config=config)
     assert served.returncode == 1
     assert "admin.token: required when admin.host ('0.0.0.0') is not a loopback" in served.stderr

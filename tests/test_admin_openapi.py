@@ -17,8 +17,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from pulse_relay.admin.openapi import openapi_document
 from tests.conftest import make_body, signed
-from tests.helpers import Served, free_port
-from tests.test_cli import write_config
+from tests.helpers import Served, free_port, write_config
 
 TOKEN = "schemathesis-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

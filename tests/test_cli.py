@@ -16,7 +16,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from tests.conftest import SECRET, make_body, wait_for
-from tests.helpers import Served, free_port
+from tests.helpers import Served, config_toml, free_port, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,37 +35,6 @@ def run_cli(
         env={**os.environ, **(env or {})},
         check=False,
     )
-
-
-def write_config(tmp_path: Path, port: int, extra: str = "", *, admin_port: int = 0) -> Path:
-    config = tmp_path / "relay.toml"
-    config.write_text(
-        f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-
-[verify]
-secrets = ["{SECRET}"]
-
-[store]
-path = "{tmp_path / "relay.db"}"
-
-[log]
-format = "json"
-
-[admin]
-host = "127.0.0.1"
-port = {admin_port}
-
-[[sinks]]
-name = "results"
-type = "file"
-directory = "{tmp_path / "results"}"
-{extra}
-"""
-    )
-    return config
 
 
 @pytest.fixture
@@ -95,11 +64,15 @@ def test_check_config_accepts_the_example_and_prints_no_secret(tmp_path: Path) -
 @pytest.mark.parametrize(
     ("content", "key"),
     [
-        ('[server]\nport = "eighty"\n', "server.port"),
-        ("[server]\nprot = 1\n", "server.prot"),
-        ('[verify]\nsecrets = ["whsec_!!!"]\n', "verify.secrets[0]"),
-        ('[[sinks]]\nname = "a"\ntype = "http"\nurl = "not a url"\n', "sinks[0].url"),
-        ('[[sinks]]\nname = "a"\ntype = "carrier-pigeon"\n', "sinks[0]"),
+        (config_toml(server={"port": "eighty"}), "server.port"),
+        (config_toml(server={"prot": 1}), "server.prot"),
+        (config_toml(verify={"secrets": ["whsec_!!!"]}), "verify.secrets[0]"),
+        (
+            config_toml(sinks=[{"name": "a", "type": "http", "url": "not a url"}]),
+            "sinks[0].url",
+        ),
+        (config_toml(sinks=[{"name": "a", "type": "carrier-pigeon"}]), "sinks[0]"),
+        # Not TOML at all: no factory writes this.
         ("[server\nport = 1\n", "line 1"),
     ],
 )
@@ -278,10 +251,7 @@ async def test_send_test_is_accepted_and_shows_in_events(
 
 def test_send_test_signs_for_the_hex_scheme_too(tmp_path: Path) -> None:
     port = free_port()
-    config = write_config(tmp_path, port)
-    config.write_text(
-        config.read_text().replace("[verify]\n", '[verify]\nscheme = "hmac-sha256-hex"\n')
-    )
+    config = write_config(tmp_path, port, verify={"scheme": "hmac-sha256-hex"})
     served = Served.start(config, port, tmp_path / "serve.log")
     try:
         result = run_cli("send-test", "--job-id", "job-hex", config=config)

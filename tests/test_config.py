@@ -25,11 +25,12 @@ from pulse_relay.config import (
     load_settings,
     redacted_settings,
 )
+from tests.helpers import config_toml
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 SECTIONS = [name for name in Settings.model_fields if name != "sinks"]
 
-WriteConfig = Callable[[str], Path]
+WriteConfig = Callable[..., Path]
 
 
 def make_secret(seed: int) -> str:
@@ -40,6 +41,16 @@ def make_secret(seed: int) -> str:
 SECRET_A = make_secret(1)
 SECRET_B = make_secret(2)
 SECRET_C = make_secret(3)
+
+
+def file_sink(name: str, **options: Any) -> dict[str, Any]:
+    """A file sink writing to ./out."""
+    return {"name": name, "type": "file", "directory": "out", **options}
+
+
+def http_sink(name: str, **options: Any) -> dict[str, Any]:
+    """An HTTP sink posting to http://x unless `url` says otherwise."""
+    return {"name": name, "type": "http", "url": "http://x", **options}
 
 
 @pytest.fixture(autouse=True)
@@ -53,12 +64,12 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture
 def write_config(tmp_path: Path) -> WriteConfig:
-    """Write TOML text to a fresh file and return its path."""
+    """Write these sections (or, for a syntax error, this text) to a fresh TOML file."""
     counter = iter(range(1_000))
 
-    def write(text: str) -> Path:
+    def write(text: str | None = None, **sections: Any) -> Path:
         path = tmp_path / f"config-{next(counter)}.toml"
-        path.write_text(text, encoding="utf-8")
+        path.write_text(config_toml(**sections) if text is None else text, encoding="utf-8")
         return path
 
     return write
@@ -183,7 +194,7 @@ def test_settings_constructor_ignores_environment(monkeypatch: pytest.MonkeyPatc
 
 
 def test_file_values_are_read(write_config: WriteConfig) -> None:
-    path = write_config('[server]\nport = 9001\n[log]\nlevel = "debug"\n')
+    path = write_config(server={"port": 9001}, log={"level": "debug"})
     settings = load_settings(path)
     assert settings.server.port == 9001
     assert settings.log.level == "debug"
@@ -193,15 +204,15 @@ def test_file_values_are_read(write_config: WriteConfig) -> None:
 def test_config_path_from_environment(
     monkeypatch: pytest.MonkeyPatch, write_config: WriteConfig
 ) -> None:
-    monkeypatch.setenv("PULSE_RELAY_CONFIG", str(write_config("[server]\nport = 9004\n")))
+    monkeypatch.setenv("PULSE_RELAY_CONFIG", str(write_config(server={"port": 9004})))
     assert load_settings().server.port == 9004
 
 
 def test_explicit_path_beats_config_path_variable(
     monkeypatch: pytest.MonkeyPatch, write_config: WriteConfig
 ) -> None:
-    monkeypatch.setenv("PULSE_RELAY_CONFIG", str(write_config("[server]\nport = 9004\n")))
-    assert load_settings(write_config("[server]\nport = 9005\n")).server.port == 9005
+    monkeypatch.setenv("PULSE_RELAY_CONFIG", str(write_config(server={"port": 9004})))
+    assert load_settings(write_config(server={"port": 9005})).server.port == 9005
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
@@ -218,7 +229,7 @@ def test_missing_file_from_config_path_variable_is_named(
 
 
 def test_environment_beats_file(monkeypatch: pytest.MonkeyPatch, write_config: WriteConfig) -> None:
-    path = write_config('[server]\nport = 9001\nhost = "0.0.0.0"\n')
+    path = write_config(server={"port": 9001, "host": "0.0.0.0"})
     monkeypatch.setenv("PULSE_RELAY_SERVER__PORT", "9002")
     settings = load_settings(path)
     assert settings.server.port == 9002
@@ -229,7 +240,7 @@ def test_environment_beats_file(monkeypatch: pytest.MonkeyPatch, write_config: W
 def test_overrides_beat_environment(
     monkeypatch: pytest.MonkeyPatch, write_config: WriteConfig
 ) -> None:
-    path = write_config("[server]\nport = 9001\n")
+    path = write_config(server={"port": 9001})
     monkeypatch.setenv("PULSE_RELAY_SERVER__PORT", "9002")
     monkeypatch.setenv("PULSE_RELAY_LOG__LEVEL", "warning")
     settings = load_settings(path, overrides={"server.port": 9003, "log.level": None})
@@ -251,7 +262,7 @@ def test_nested_environment_variables(monkeypatch: pytest.MonkeyPatch, tmp_path:
 def test_environment_list_replaces_file_list(
     monkeypatch: pytest.MonkeyPatch, write_config: WriteConfig
 ) -> None:
-    path = write_config('[[sinks]]\nname = "from-file"\ntype = "file"\ndirectory = "out"\n')
+    path = write_config(sinks=[file_sink("from-file")])
     monkeypatch.setenv(
         "PULSE_RELAY_SINKS", '[{"name": "from-env", "type": "command", "argv": ["true"]}]'
     )
@@ -278,7 +289,7 @@ def test_webhook_secret_variable_is_space_separated(monkeypatch: pytest.MonkeyPa
 def test_webhook_secret_variable_beats_file(
     monkeypatch: pytest.MonkeyPatch, write_config: WriteConfig
 ) -> None:
-    path = write_config(f'[verify]\nsecrets = ["{SECRET_A}"]\n')
+    path = write_config(verify={"secrets": [SECRET_A]})
     monkeypatch.setenv("PULSE_WEBHOOK_SECRET", SECRET_B)
     assert [s.get_secret_value() for s in load_settings(path).verify.secrets] == [SECRET_B]
 
@@ -291,12 +302,12 @@ def test_prefixed_variable_beats_well_known_one(monkeypatch: pytest.MonkeyPatch)
 
 def test_api_key_variable(monkeypatch: pytest.MonkeyPatch, write_config: WriteConfig) -> None:
     monkeypatch.setenv("PULSE_API_KEY", "key-from-env")
-    path = write_config('[pulse]\napi_key = "key-from-file"\n')
+    path = write_config(pulse={"api_key": "key-from-file"})
     assert load_settings(path).pulse.api_key.get_secret_value() == "key-from-env"
 
 
 def test_secrets_string_in_file_is_split(write_config: WriteConfig) -> None:
-    path = write_config(f'[verify]\nsecrets = "{SECRET_A} {SECRET_B}"\n')
+    path = write_config(verify={"secrets": f"{SECRET_A} {SECRET_B}"})
     assert [s.get_secret_value() for s in load_settings(path).verify.secrets] == [
         SECRET_A,
         SECRET_B,
@@ -309,7 +320,7 @@ def test_secrets_string_in_file_is_split(write_config: WriteConfig) -> None:
 def test_secrets_file_adds_to_configured_secrets(tmp_path: Path, write_config: WriteConfig) -> None:
     secret_file = tmp_path / "webhook-secret"
     secret_file.write_text(f"{SECRET_B}\n{SECRET_C}\n{SECRET_A}\n", encoding="utf-8")
-    path = write_config(f'[verify]\nsecrets = ["{SECRET_A}"]\nsecrets_file = "{secret_file}"\n')
+    path = write_config(verify={"secrets": [SECRET_A], "secrets_file": str(secret_file)})
     settings = load_settings(path)
     assert [s.get_secret_value() for s in settings.verify.secrets] == [
         SECRET_A,
@@ -331,7 +342,7 @@ def test_relative_secret_files_are_found_in_credentials_directory(
     (tmp_path / "pulse-api-key").write_text("key-from-cwd", encoding="utf-8")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
     path = write_config(
-        '[verify]\nsecrets_file = "webhook-secret"\n[pulse]\napi_key_file = "pulse-api-key"\n'
+        verify={"secrets_file": "webhook-secret"}, pulse={"api_key_file": "pulse-api-key"}
     )
     settings = load_settings(path)
     assert [s.get_secret_value() for s in settings.verify.secrets] == [SECRET_A]
@@ -352,7 +363,7 @@ def test_api_key_file_is_read_only_when_api_key_is_empty(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, write_config: WriteConfig
 ) -> None:
     (tmp_path / "pulse-api-key").write_text("key-from-file", encoding="utf-8")
-    path = write_config('[pulse]\napi_key_file = "pulse-api-key"\n')
+    path = write_config(pulse={"api_key_file": "pulse-api-key"})
     assert load_settings(path).pulse.api_key.get_secret_value() == "key-from-file"
     monkeypatch.setenv("PULSE_API_KEY", "key-from-env")
     assert load_settings(path).pulse.api_key.get_secret_value() == "key-from-env"
@@ -361,13 +372,13 @@ def test_api_key_file_is_read_only_when_api_key_is_empty(
 def test_api_key_file_not_needed_when_api_key_given(
     monkeypatch: pytest.MonkeyPatch, write_config: WriteConfig
 ) -> None:
-    path = write_config('[pulse]\napi_key_file = "/nonexistent/pulse-api-key"\n')
+    path = write_config(pulse={"api_key_file": "/nonexistent/pulse-api-key"})
     monkeypatch.setenv("PULSE_API_KEY", "key-from-env")
     assert load_settings(path).pulse.api_key.get_secret_value() == "key-from-env"
 
 
 def test_missing_secrets_file_names_key_and_path(tmp_path: Path, write_config: WriteConfig) -> None:
-    path = write_config('[verify]\nsecrets_file = "absent-secret"\n')
+    path = write_config(verify={"secrets_file": "absent-secret"})
     message = config_error(path)
     assert message.startswith("verify.secrets_file: cannot read ")
     assert str(tmp_path / "absent-secret") in message
@@ -386,7 +397,7 @@ def test_missing_api_key_file_names_key_and_path(
 
 def test_empty_secrets_file_is_an_error(tmp_path: Path, write_config: WriteConfig) -> None:
     (tmp_path / "webhook-secret").write_text("\n", encoding="utf-8")
-    path = write_config('[verify]\nsecrets_file = "webhook-secret"\n')
+    path = write_config(verify={"secrets_file": "webhook-secret"})
     assert config_error(path) == f"verify.secrets_file: {tmp_path / 'webhook-secret'} is empty"
 
 
@@ -395,7 +406,7 @@ def test_bad_secret_in_secrets_file_points_at_the_file(
 ) -> None:
     secret_file = tmp_path / "webhook-secret"
     secret_file.write_text("not*base64", encoding="utf-8")
-    path = write_config(f'[verify]\nsecrets = ["{SECRET_A}"]\nsecrets_file = "webhook-secret"\n')
+    path = write_config(verify={"secrets": [SECRET_A], "secrets_file": "webhook-secret"})
     assert config_error(path) == (
         "verify.secrets[1]: secret is not valid base64 (expected whsec_ followed by base64)"
         f" (in {secret_file})"
@@ -404,105 +415,101 @@ def test_bad_secret_in_secrets_file_points_at_the_file(
 
 # --- validation messages ---------------------------------------------------------------------
 
-SINK_FILE = '[[sinks]]\nname = "{name}"\ntype = "file"\ndirectory = "out"\n'
-
 
 @pytest.mark.parametrize(
-    ("toml", "expected"),
+    ("sections", "expected"),
     [
         pytest.param(
-            '[verify]\nsecrets = ["whsec_not*base64"]\n',
+            {"verify": {"secrets": ["whsec_not*base64"]}},
             "verify.secrets[0]: secret is not valid base64 (expected whsec_ followed by base64)",
             id="bad-secret",
         ),
         pytest.param(
-            f'[verify]\nsecrets = ["{SECRET_A}", "whsec_YWJj"]\n',
+            {"verify": {"secrets": [SECRET_A, "whsec_YWJj"]}},
             "verify.secrets[1]: secret decodes to 3 bytes; at least 16 needed",
             id="short-secret",
         ),
         pytest.param(
-            '[verify]\nscheme = "hmac-sha256-hex"\n',
+            {"verify": {"scheme": "hmac-sha256-hex"}},
             "verify.secrets: the hmac-sha256-hex scheme needs at least one secret",
             id="hmac-without-secret",
         ),
         pytest.param(
-            SINK_FILE.format(name="x") + SINK_FILE.format(name="y") + SINK_FILE.format(name="x"),
+            {"sinks": [file_sink("x"), file_sink("y"), file_sink("x")]},
             'sinks[2].name: duplicate sink name "x"',
             id="duplicate-sink",
         ),
         pytest.param(
-            SINK_FILE.format(name="a")
-            + '[[sinks]]\nname = "b"\ntype = "http"\nurl = "ftp://example.com/x"\n',
+            {"sinks": [file_sink("a"), http_sink("b", url="ftp://example.com/x")]},
             "sinks[1].url: not a valid URL",
             id="sink-url-scheme",
         ),
         pytest.param(
-            '[[sinks]]\nname = "b"\ntype = "http"\nurl = "http:///path"\n',
+            {"sinks": [http_sink("b", url="http:///path")]},
             "sinks[0].url: not a valid URL",
             id="sink-url-no-host",
         ),
         pytest.param(
-            '[[sinks]]\nname = "b"\ntype = "http"\nurl = "http://x"\nsign_secret = "whsec_@@"\n',
+            {"sinks": [http_sink("b", sign_secret="whsec_@@")]},
             "sinks[0].sign_secret: secret is not valid base64 (expected whsec_ followed by base64)",
             id="sign-secret",
         ),
         pytest.param(
-            '[pulse]\nbase_url = "api.runpulse.com"\n',
+            {"pulse": {"base_url": "api.runpulse.com"}},
             "pulse.base_url: not a valid URL",
             id="base-url",
         ),
         pytest.param(
-            '[server]\npath = "webhooks"\n',
+            {"server": {"path": "webhooks"}},
             'server.path: must start with "/"',
             id="server-path",
         ),
         pytest.param(
-            "[server]\nport = 70000\n",
+            {"server": {"port": 70000}},
             "server.port: Input should be less than or equal to 65535",
             id="port-range",
         ),
         pytest.param(
-            '[[sinks]]\nname = "f"\ntype = "file"\ndirectory = "out"\nfilename = "{user}.json"\n',
+            {"sinks": [file_sink("f", filename="{user}.json")]},
             "sinks[0].filename: unknown template field {user}",
             id="filename-field",
         ),
         pytest.param(
-            '[[sinks]]\nname = "f"\ntype = "file"\ndirectory = "out"\n'
-            'filename = "{id.__class__}.json"\n',
+            {"sinks": [file_sink("f", filename="{id.__class__}.json")]},
             "sinks[0].filename: unknown template field {id.__class__}",
             id="filename-attribute",
         ),
         pytest.param(
-            '[[sinks]]\nname = "f"\ntype = "file"\ndirectory = "out"\nfilename = "/tmp/{id}"\n',
+            {"sinks": [file_sink("f", filename="/tmp/{id}")]},
             "sinks[0].filename: must be relative to the sink directory",
             id="filename-absolute",
         ),
         pytest.param(
-            '[[sinks]]\nname = "f"\ntype = "file"\ndirectory = "out"\nfilename = "a/../../{id}"\n',
+            {"sinks": [file_sink("f", filename="a/../../{id}")]},
             'sinks[0].filename: must not contain ".." components',
             id="filename-dotdot",
         ),
         pytest.param(
-            "[poll]\ninterval_seconds = 30\nmax_interval_seconds = 10\n",
+            {"poll": {"interval_seconds": 30, "max_interval_seconds": 10}},
             "poll.max_interval_seconds: must be at least poll.interval_seconds (30)",
             id="poll-backoff",
         ),
         pytest.param(
-            '[[sinks]]\nname = "f"\ntype = "ftp"\n',
+            {"sinks": [{"name": "f", "type": "ftp"}]},
             "sinks[0].type: unknown sink type 'ftp'",
             id="sink-type",
         ),
         pytest.param(
-            '[[sinks]]\nname = "f"\ntype = "file"\n',
+            {"sinks": [{"name": "f", "type": "file"}]},
             "sinks[0].directory: required key is missing",
             id="sink-missing-key",
         ),
     ],
 )
 def test_validation_error_names_the_key(
-    write_config: WriteConfig, toml: str, expected: str
+    write_config: WriteConfig, sections: dict[str, Any], expected: str
 ) -> None:
-    path = write_config(toml)
+    path = write_config(**sections)
     lines = config_error(path).splitlines()
     matching = [line for line in lines if line.startswith(expected)]
     assert matching, lines
@@ -522,16 +529,13 @@ def test_hmac_scheme_accepts_plain_secret(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_every_problem_is_reported_at_once(write_config: WriteConfig) -> None:
-    path = write_config('[server]\nport = "high"\npath = "x"\n[log]\nlevel = "loud"\n')
+    path = write_config(server={"port": "high", "path": "x"}, log={"level": "loud"})
     keys = [line.partition(":")[0] for line in config_error(path).splitlines()]
     assert keys == ["server.port", "server.path", "log.level"]
 
 
 def test_unknown_keys_are_named(write_config: WriteConfig) -> None:
-    path = write_config(
-        "[server]\nprot = 1\n[servr]\nport = 1\n"
-        '[[sinks]]\nname = "f"\ntype = "file"\ndirectory = "out"\nfilname = "x"\n'
-    )
+    path = write_config(server={"prot": 1}, servr={"port": 1}, sinks=[file_sink("f", filname="x")])
     lines = config_error(path).splitlines()
     assert f"server.prot: unknown key (in {path})" in lines
     assert f"servr: unknown key (in {path})" in lines
@@ -571,7 +575,7 @@ def test_unknown_override_is_named() -> None:
 
 
 def test_toml_syntax_error_names_file_and_line(write_config: WriteConfig) -> None:
-    path = write_config("[server]\nport = 8787\nhost = \n")
+    path = write_config("[server]\nport = 8787\nhost = \n")  # not TOML: no factory writes it
     message = config_error(path)
     assert message.startswith(f"{path}: TOML syntax error")
     assert "line 3" in message
@@ -580,8 +584,7 @@ def test_toml_syntax_error_names_file_and_line(write_config: WriteConfig) -> Non
 def test_error_message_never_shows_a_rejected_secret(write_config: WriteConfig) -> None:
     rejected = "whsec_" + base64.b64encode(b"0123456789").decode()
     path = write_config(
-        f'[verify]\nsecrets = ["{rejected}"]\n'
-        f'[[sinks]]\nname = "h"\ntype = "http"\nurl = "http://x"\nsign_secret = "{rejected}"\n'
+        verify={"secrets": [rejected]}, sinks=[http_sink("h", sign_secret=rejected)]
     )
     with pytest.raises(ConfigError) as caught:
         load_settings(path)
@@ -596,9 +599,7 @@ def test_base_url_loses_trailing_slash() -> None:
 
 
 def test_empty_sign_secret_means_unsigned(write_config: WriteConfig) -> None:
-    path = write_config(
-        '[[sinks]]\nname = "h"\ntype = "http"\nurl = "http://x"\nsign_secret = ""\n'
-    )
+    path = write_config(sinks=[http_sink("h", sign_secret="")])
     sink = load_settings(path).sinks[0]
     assert isinstance(sink, HttpSinkSettings)
     assert sink.sign_secret is None
@@ -606,9 +607,7 @@ def test_empty_sign_secret_means_unsigned(write_config: WriteConfig) -> None:
 
 @pytest.mark.parametrize("filename", ["{job_id}.json", "{date}/{type}-{id}.json", "events.jsonl"])
 def test_allowed_filename_templates(write_config: WriteConfig, filename: str) -> None:
-    path = write_config(
-        f'[[sinks]]\nname = "f"\ntype = "file"\ndirectory = "out"\nfilename = "{filename}"\n'
-    )
+    path = write_config(sinks=[file_sink("f", filename=filename)])
     sink = load_settings(path).sinks[0]
     assert isinstance(sink, FileSinkSettings)
     assert sink.filename == filename
@@ -618,32 +617,29 @@ def test_allowed_filename_templates(write_config: WriteConfig, filename: str) ->
 
 
 def test_redacted_settings_hides_every_secret(write_config: WriteConfig) -> None:
+    headers = {
+        "Authorization": "Bearer bearer-do-not-print",
+        "X-API-Key": "header-key-do-not-print",
+        "X-Session-Token": "token-do-not-print",
+        "Cookie": "cookie-do-not-print",
+        "Accept": "application/json",
+    }
+    app = http_sink(
+        "app",
+        url="https://relay-user:url-password-do-not-print@app.example/hook",
+        sign_secret=SECRET_C,
+        headers=headers,
+    )
+    script = {
+        "name": "script",
+        "type": "command",
+        "argv": ["import"],
+        "env": {"DB_PASSWORD": "env-password-do-not-print", "APP_ENV": "production"},
+    }
     path = write_config(
-        f"""
-[verify]
-secrets = ["{SECRET_A}", "{SECRET_B}"]
-
-[pulse]
-api_key = "pulse-key-do-not-print"
-
-[[sinks]]
-name = "app"
-type = "http"
-url = "https://relay-user:url-password-do-not-print@app.example/hook"
-sign_secret = "{SECRET_C}"
-[sinks.headers]
-Authorization = "Bearer bearer-do-not-print"
-X-API-Key = "header-key-do-not-print"
-X-Session-Token = "token-do-not-print"
-Cookie = "cookie-do-not-print"
-Accept = "application/json"
-
-[[sinks]]
-name = "script"
-type = "command"
-argv = ["import"]
-env = {{ DB_PASSWORD = "env-password-do-not-print", APP_ENV = "production" }}
-"""
+        verify={"secrets": [SECRET_A, SECRET_B]},
+        pulse={"api_key": "pulse-key-do-not-print"},
+        sinks=[app, script],
     )
     text = json.dumps(redacted_settings(load_settings(path)))
     for secret in [
@@ -662,11 +658,11 @@ env = {{ DB_PASSWORD = "env-password-do-not-print", APP_ENV = "production" }}
     data = json.loads(text)
     assert data["verify"]["secrets"] == ["**********", "**********"]
     assert data["pulse"]["api_key"] == "**********"
-    http_sink = data["sinks"][0]
-    assert http_sink["sign_secret"] == "**********"
-    assert http_sink["headers"]["Accept"] == "application/json"
-    assert http_sink["headers"]["Authorization"] == "**********"
-    assert http_sink["url"] == "https://relay-user:**********@app.example/hook"
+    shown_app = data["sinks"][0]
+    assert shown_app["sign_secret"] == "**********"
+    assert shown_app["headers"]["Accept"] == "application/json"
+    assert shown_app["headers"]["Authorization"] == "**********"
+    assert shown_app["url"] == "https://relay-user:**********@app.example/hook"
     assert data["sinks"][1]["env"] == {"DB_PASSWORD": "**********", "APP_ENV": "production"}
 
 
@@ -686,7 +682,7 @@ def test_redacted_settings_hides_secrets_read_from_files(
     (tmp_path / "webhook-secret").write_text(SECRET_A, encoding="utf-8")
     (tmp_path / "pulse-api-key").write_text("file-key-do-not-print", encoding="utf-8")
     path = write_config(
-        '[verify]\nsecrets_file = "webhook-secret"\n[pulse]\napi_key_file = "pulse-api-key"\n'
+        verify={"secrets_file": "webhook-secret"}, pulse={"api_key_file": "pulse-api-key"}
     )
     text = json.dumps(redacted_settings(load_settings(path)))
     assert SECRET_A not in text

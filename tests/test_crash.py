@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 
 from pulse_relay.signature import sign_headers
 from tests.conftest import SECRET, make_body
-from tests.helpers import Served, free_port
+from tests.helpers import Served, free_port, wait_until, write_config
 from tests.test_cli import run_cli
 
 # Blocks while the "block" marker exists (the delivery in flight when the relay dies),
@@ -33,14 +32,6 @@ while (out / "block").exists():
     time.sleep(0.05)
 (out / (event_id + ".json")).write_bytes(data)
 """
-
-
-def wait_until(condition: object, timeout_seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -62,29 +53,14 @@ def test_delivery_in_flight_when_the_relay_is_killed_is_made_after_restart(
     port = free_port()
     script = tmp_path / "slow.py"
     script.write_text(SLOW_COMMAND)
-    config = tmp_path / "relay.toml"
-    config.write_text(
-        f"""
-[server]
-port = {port}
-[admin]
-port = 0
-[verify]
-secrets = ["{SECRET}"]
-[store]
-path = "{tmp_path / "relay.db"}"
-[delivery]
-lease_seconds = 1
-[log]
-format = "json"
-[[sinks]]
-name = "cmd"
-type = "command"
-argv = ["{sys.executable}", "{script}", "{out}"]
-events = ["job.*"]
-retry_initial_seconds = 0.05
-"""
-    )
+    command = {
+        "name": "cmd",
+        "type": "command",
+        "argv": [sys.executable, str(script), str(out)],
+        "events": ["job.*"],
+        "retry_initial_seconds": 0.05,
+    }
+    config = write_config(tmp_path, port, delivery={"lease_seconds": 1}, sinks=[command])
     (out / "block").touch()
     first = Served.start(config, port, tmp_path / "first.log")
     try:

@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 from standardwebhooks.webhooks import Webhook
+from structlog.testing import capture_logs
 
 from pulse_relay.app import Relay
 from pulse_relay.config import Settings
 from pulse_relay.emulator import Fault, PulseEmulator
-from tests.conftest import SECRET, MakeSettings, StartRelay, deep_merge, wait_for
-from tests.helpers import Receiver, recorder_argv
+from tests.conftest import SECRET, MakeSettings, StartRelay, wait_for
+from tests.helpers import Receiver, deep_merge, recorder_argv
 
 SINK_SECRET = "whsec_" + base64.b64encode(b"the-receiving-app-secret-000000").decode()
 FAST_RETRY = {"retry_initial_seconds": 0.05, "retry_max_seconds": 0.2}
@@ -270,13 +271,19 @@ async def test_rejected_api_key_keeps_the_event_and_logs_loudly(
 ) -> None:
     emulator.add_job("job-auth")
     relay = await start_relay(pipeline_settings(pulse={"api_key": "wrong-key"}))
-    assert (await send(relay, emulator, "job.completed", "job-auth", webhook_id="msg_a"))[0] == 202
 
     async def tried() -> bool:
         view = await relay.store.get_event("msg_a")
         return view is not None and any(a.status_code == 401 for a in view.attempts)
 
-    await wait_for(tried)
+    with capture_logs() as logs:
+        sent = await send(relay, emulator, "job.completed", "job-auth", webhook_id="msg_a")
+        assert sent[0] == 202
+        await wait_for(tried)
+    (rejected,) = [line for line in logs if line.get("status_code") == 401]
+    assert rejected["log_level"] == "error"
+    assert "rejected the API key" in rejected["event"]
+    assert (rejected["webhook_id"], rejected["job_id"]) == ("msg_a", "job-auth")
     view = await relay.store.get_event("msg_a")
     assert view is not None
     assert view.fetch_state == "pending"

@@ -7,8 +7,7 @@ import base64
 import hashlib
 import io
 import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +27,7 @@ from pulse_relay.emulator import (
     run_emulator,
     sample_result,
 )
+from tests.conftest import wait_for
 from tests.helpers import async_sdk_client, sdk_client
 
 API_KEY = "emulator-test-key"
@@ -60,14 +60,6 @@ async def _job(
 ) -> tuple[int, Any]:
     status, _, body = await _get(http, f"{emulator.base_url}/job/{job_id}")
     return status, json.loads(body)
-
-
-async def _wait_for(condition: Callable[[], bool], *, deadline_seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + deadline_seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.005)
 
 
 def _is_utc_iso(value: str) -> bool:
@@ -306,7 +298,7 @@ async def test_client_timeout_on_a_slow_fault_frees_the_handler(
         ) as response:
             await response.read()
 
-    await _wait_for(lambda: emulator.in_flight == 0)
+    await wait_for(lambda: emulator.in_flight == 0)
 
 
 async def test_stop_ends_held_and_slow_requests(http: aiohttp.ClientSession) -> None:
@@ -317,10 +309,10 @@ async def test_stop_ends_held_and_slow_requests(http: aiohttp.ClientSession) -> 
     emulator.fail_next("slow", Fault.slow(3600))
 
     slow = asyncio.create_task(_get(http, f"{emulator.base_url}/job/slow"))
-    await _wait_for(lambda: emulator.in_flight == 1)
+    await wait_for(lambda: emulator.in_flight == 1)
     emulator.hold_requests()
     held = asyncio.create_task(_get(http, f"{emulator.base_url}/job/held"))
-    await _wait_for(lambda: emulator.in_flight == 2)
+    await wait_for(lambda: emulator.in_flight == 2)
 
     # Would wait out the delay (and the per-test timeout) if stop did not wake them.
     await emulator.stop()
@@ -339,7 +331,7 @@ async def test_max_in_flight_counts_concurrent_gets(
     emulator.hold_requests()
 
     tasks = [asyncio.create_task(_job(http, emulator, f"job-{n}")) for n in range(3)]
-    await _wait_for(lambda: emulator.in_flight == 3)
+    await wait_for(lambda: emulator.in_flight == 3)
     emulator.release_requests()
     answers = await asyncio.gather(*tasks)
 
@@ -658,7 +650,7 @@ async def test_run_emulator_serves_demo_jobs_until_cancelled(
 ) -> None:
     with structlog.testing.capture_logs() as logs:
         task = asyncio.create_task(run_emulator("127.0.0.1", 0, API_KEY))
-        await _wait_for(lambda: any(e["event"] == "emulator_listening" for e in logs))
+        await wait_for(lambda: any(e["event"] == "emulator_listening" for e in logs))
     (listening,) = [e for e in logs if e["event"] == "emulator_listening"]
     base_url = listening["base_url"]
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -17,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from pulse_relay.notify import Notifier, run_watchdog, watchdog_interval_seconds
-from tests.test_cli import free_port, write_config
+from tests.conftest import wait_for
+from tests.helpers import free_port, write_config
 
 
 @pytest.fixture
@@ -138,21 +140,20 @@ async def test_watchdog_withholds_pings_while_the_relay_is_not_alive(
     task = asyncio.create_task(
         run_watchdog(Notifier(path), interval_seconds=0.01, check=check), name="watchdog"
     )
+    received: list[bytes] = []
+
+    def pinged() -> bool:
+        with contextlib.suppress(BlockingIOError):
+            received.append(listener.recv(4096))
+        return bool(received)
+
     try:
-        deadline = time.monotonic() + 10
-        while checks < 5:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: checks >= 5, interval_seconds=0.01)
         with pytest.raises(BlockingIOError):
             listener.recv(4096)
         healthy = True
-        while True:
-            try:
-                assert listener.recv(4096) == b"WATCHDOG=1"
-                break
-            except BlockingIOError:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.01)
+        await wait_for(pinged, interval_seconds=0.01)
+        assert received[0] == b"WATCHDOG=1"
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -5,44 +5,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pulse_relay.emulator import PulseEmulator
 from pulse_relay.logs import REDACTED, configure_logging, get_logger
 from tests.conftest import OTHER_SECRET, SECRET, StartRelay, make_body, signed, wait_for
-from tests.helpers import Receiver
-from tests.test_cli import free_port
+from tests.helpers import Receiver, Served, free_port, write_config
 from tests.test_server import UNAUTHORIZED_CASES
 
-API_KEY = "pulse-api-key-" + uuid.uuid4().hex
 SINK_SECRET = "whsec_" + base64.b64encode(b"sink-secret-for-observability-00").decode()
 SINK_TOKEN = "Bearer sink-token-" + uuid.uuid4().hex
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[PulseEmulator]:
-    async with PulseEmulator(api_key=API_KEY) as running:
-        yield running
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    running = Receiver()
-    await running.start()
-    yield running
-    await running.stop()
 
 
 async def http(method: str, url: str, **kwargs: Any) -> tuple[int, str]:
@@ -66,7 +44,7 @@ async def test_metrics_after_a_scripted_run(
     emulator.add_job("job-m2")
     receiver.answers = [500]  # the first delivery is retried once
     relay = await start_relay(
-        pulse={"base_url": emulator.base_url, "api_key": API_KEY},
+        pulse={"base_url": emulator.base_url, "api_key": emulator.api_key},
         sinks=[
             {
                 "type": "http",
@@ -191,84 +169,58 @@ async def test_logs_never_show_secrets_signatures_or_bodies(
     emulator.add_job("job-logs", result={"extraction_id": "ext_logs", "text": result_canary})
     receiver.answers = [503]
     port = free_port()
-    config = tmp_path / "relay.toml"
-    config.write_text(
-        f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-max_body_bytes = 4096
-
-[admin]
-port = 0
-
-[verify]
-secrets = ["{SECRET}"]
-
-[store]
-path = "{tmp_path / "relay.db"}"
-
-[pulse]
-base_url = "{emulator.base_url}"
-api_key = "{API_KEY}"
-
-[log]
-format = "json"
-level = "debug"
-
-[[sinks]]
-name = "app"
-type = "http"
-url = "{receiver.url}"
-sign_secret = "{SINK_SECRET}"
-headers = {{ Authorization = "{SINK_TOKEN}" }}
-retry_initial_seconds = 0.05
-retry_max_seconds = 0.1
-
-[[sinks]]
-name = "files"
-type = "file"
-directory = "{tmp_path / "files"}"
-"""
+    sinks = [
+        {
+            "name": "app",
+            "type": "http",
+            "url": receiver.url,
+            "sign_secret": SINK_SECRET,
+            "headers": {"Authorization": SINK_TOKEN},
+            "retry_initial_seconds": 0.05,
+            "retry_max_seconds": 0.1,
+        },
+        {"name": "files", "type": "file", "directory": str(tmp_path / "files")},
+    ]
+    config = write_config(
+        tmp_path,
+        port,
+        server={"max_body_bytes": 4096},
+        pulse={"base_url": emulator.base_url, "api_key": emulator.api_key},
+        log={"level": "debug"},
+        sinks=sinks,
     )
-    log_path = tmp_path / "serve.log"
-    with log_path.open("w") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pulse_relay", "--config", str(config), "serve"],
-            stdout=subprocess.DEVNULL,
-            stderr=log_file,
-        )
-        try:
-            await _wait_listening(port, process)
-            url = f"http://127.0.0.1:{port}/webhooks/pulse"
-            sent_signatures: list[str] = []
-            body_canaries: list[str] = []
+    served = Served(config, tmp_path / "serve.log")
+    try:
+        # In a thread: the relay may call the emulator in this event loop while it starts.
+        await asyncio.to_thread(served.wait_listening, port)
+        url = f"http://127.0.0.1:{port}/webhooks/pulse"
+        sent_signatures: list[str] = []
+        body_canaries: list[str] = []
 
-            async def post(body: bytes, headers: dict[str, str]) -> int:
-                if "webhook-signature" in headers:
-                    sent_signatures.append(headers["webhook-signature"])
-                return (await http("POST", url, data=body, headers=headers))[0]
+        async def post(body: bytes, headers: dict[str, str]) -> int:
+            if "webhook-signature" in headers:
+                sent_signatures.append(headers["webhook-signature"])
+            return (await http("POST", url, data=body, headers=headers))[0]
 
-            # The suite's hostile requests, each carrying a body canary.
-            for name, case in sorted(UNAUTHORIZED_CASES.items()):
-                body, headers = case(signed(make_body(), webhook_id="msg_hostile"))
-                assert await post(body, headers) == 401, name
-            for kind, status in (("not-json", 200), ("too-large", 413)):
-                canary = f"BODY-CANARY-{kind}-{uuid.uuid4().hex}"
-                body_canaries.append(canary)
-                body = canary.encode() * (1 if kind == "not-json" else 400)
-                assert await post(body, signed(body)) == status
-            accepted_canary = "BODY-CANARY-accepted-" + uuid.uuid4().hex
-            body_canaries.append(accepted_canary)
-            body = make_body("job.completed", job_id="job-logs", note=accepted_canary)
-            assert await post(body, signed(body, webhook_id="msg_logs")) == 202
-            assert await post(body, signed(body, webhook_id="msg_logs")) == 200
-            await wait_for(lambda: len(receiver.received) == 1, timeout_seconds=20)
-            await wait_for((tmp_path / "files" / "job-logs.json").exists)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            returncode = await asyncio.to_thread(process.wait, 30)
-    log_text = log_path.read_text()
+        # The suite's hostile requests, each carrying a body canary.
+        for name, case in sorted(UNAUTHORIZED_CASES.items()):
+            body, headers = case(signed(make_body(), webhook_id="msg_hostile"))
+            assert await post(body, headers) == 401, name
+        for kind, status in (("not-json", 200), ("too-large", 413)):
+            canary = f"BODY-CANARY-{kind}-{uuid.uuid4().hex}"
+            body_canaries.append(canary)
+            body = canary.encode() * (1 if kind == "not-json" else 400)
+            assert await post(body, signed(body)) == status
+        accepted_canary = "BODY-CANARY-accepted-" + uuid.uuid4().hex
+        body_canaries.append(accepted_canary)
+        body = make_body("job.completed", job_id="job-logs", note=accepted_canary)
+        assert await post(body, signed(body, webhook_id="msg_logs")) == 202
+        assert await post(body, signed(body, webhook_id="msg_logs")) == 200
+        await wait_for(lambda: len(receiver.received) == 1, timeout_seconds=20)
+        await wait_for((tmp_path / "files" / "job-logs.json").exists)
+    finally:
+        returncode = await asyncio.to_thread(served.terminate)
+    log_text = served.log()
     assert returncode == 0, log_text
     lines = [json.loads(line) for line in log_text.splitlines()]
 
@@ -276,7 +228,7 @@ directory = "{tmp_path / "files"}"
         SECRET,
         SECRET.removeprefix("whsec_"),
         OTHER_SECRET.removeprefix("whsec_"),
-        API_KEY,
+        emulator.api_key,
         SINK_SECRET.removeprefix("whsec_"),
         SINK_TOKEN,
         SINK_TOKEN.removeprefix("Bearer "),
@@ -304,15 +256,3 @@ directory = "{tmp_path / "files"}"
     retried = [line for line in lines if line["event"] == "delivery failed; will retry"]
     assert retried and retried[0]["attempt"] == 1 and retried[0]["sink"] == "app"
     assert sum(line["event"] == "webhook rejected" for line in lines) == len(UNAUTHORIZED_CASES)
-
-
-async def _wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            assert process.poll() is None, "serve exited"
-            assert time.monotonic() < deadline, "serve did not start"
-            await asyncio.sleep(0.05)

@@ -18,8 +18,8 @@ import pytest
 from pulse_relay.config import Settings
 from pulse_relay.store import Attempt, IngestRecord, Store
 from tests.conftest import SECRET, MakeSettings, StartRelay, make_body, signed, wait_for
-from tests.helpers import Served, free_port
-from tests.test_cli import run_cli, write_config
+from tests.helpers import Served, free_port, wait_until, write_config
+from tests.test_cli import run_cli
 
 DAY = 86_400.0
 
@@ -35,7 +35,9 @@ if not started.exists():
     while time.monotonic() < deadline:
         time.sleep(0.05)
     sys.exit(1)
-(out / "delivered.json").write_bytes(data)
+# Written aside and renamed, so that the test never reads a half-written file.
+(out / "delivered.part").write_bytes(data)
+(out / "delivered.part").rename(out / "delivered.json")
 """
 
 # A command sink that records its pid, then hangs far beyond any test's patience.
@@ -67,13 +69,6 @@ def post_webhook(port: int, body: bytes, webhook_id: str) -> int:
         return int(response.status)
 
 
-def wait_until(condition: Any, timeout_seconds: float = 20) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 def command_sink_config(
     tmp_path: Path, script: str, *, grace_seconds: float, timeout_seconds: float
 ) -> tuple[Path, int, Path]:
@@ -86,21 +81,14 @@ def command_sink_config(
     out = tmp_path / "out"
     out.mkdir()
     port = free_port()
+    slow = {
+        "name": "slow",
+        "type": "command",
+        "argv": [sys.executable, str(script_path), str(out)],
+        "timeout_seconds": timeout_seconds,
+    }
     config = write_config(
-        tmp_path,
-        port,
-        extra=f"""
-[[sinks]]
-name = "slow"
-type = "command"
-argv = {json.dumps([sys.executable, str(script_path), str(out)])}
-timeout_seconds = {timeout_seconds}
-""",
-    )
-    config.write_text(
-        config.read_text().replace(
-            "[verify]", f"shutdown_grace_seconds = {grace_seconds}\n\n[verify]"
-        )
+        tmp_path, port, server={"shutdown_grace_seconds": grace_seconds}, extra_sinks=[slow]
     )
     return config, port, out
 
@@ -330,10 +318,8 @@ def test_sighup_reloads_sinks_and_refuses_a_broken_configuration(
         return sum(line["event"] == outcome_event for line in served.log_lines())
 
     # A second file sink appears; the first one keeps working.
-    config.write_text(
-        config.read_text()
-        + f'\n[[sinks]]\nname = "more"\ntype = "file"\ndirectory = "{tmp_path / "more"}"\n'
-    )
+    more = {"name": "more", "type": "file", "directory": str(tmp_path / "more")}
+    write_config(tmp_path, port, extra_sinks=[more])
     served.process.send_signal(signal.SIGHUP)
     wait_until(lambda: reloads("configuration reloaded") == 1)
     assert post_webhook(port, make_body("job.created", job_id="job-a"), "msg_a") == 202
@@ -351,7 +337,7 @@ def test_sighup_reloads_sinks_and_refuses_a_broken_configuration(
     wait_until((tmp_path / "more" / "job-b.json").exists)
 
     # A change outside sinks and log is reported as needing a restart.
-    config.write_text(good.replace("[log]", "[pulse]\ntimeout_seconds = 7.0\n\n[log]"))
+    write_config(tmp_path, port, extra_sinks=[more], pulse={"timeout_seconds": 7.0})
     served.process.send_signal(signal.SIGHUP)
     wait_until(lambda: reloads("configuration reloaded") == 2)
     warnings = [line for line in served.log_lines() if line["event"].startswith("changes in these")]
@@ -394,9 +380,14 @@ async def test_reload_keeps_pending_work_and_serves_it_with_the_new_sinks(
         sinks=[{"type": "file", "name": "files", "directory": str(tmp_path / "fixed")}]
     )
     assert await relay.reload(fixed) == []
-    await wait_for((tmp_path / "fixed" / "job-r.json").exists)
-    view = await relay.store.get_event("msg_r")
-    assert view is not None and view.deliveries["files"]["state"] == "delivered"
+
+    async def delivered() -> bool:
+        view = await relay.store.get_event("msg_r")
+        return view is not None and view.deliveries["files"]["state"] == "delivered"
+
+    # The file is in place a moment before the outcome is recorded: wait for the record.
+    await wait_for(delivered)
+    assert (tmp_path / "fixed" / "job-r.json").exists()
     assert relay.dispatcher is not None and relay.dispatcher.is_running
     assert await relay.readiness() == []
 
@@ -408,14 +399,9 @@ def test_healthcheck_passes_against_serve_and_fails_against_a_dead_port(
     tmp_path: Path, serve_processes: list[Served]
 ) -> None:
     port, admin_port = free_port(), free_port()
-    config = write_config(tmp_path, port, admin_port=admin_port)
     # The admin listener on every interface (so with a token), as in a container.
-    config.write_text(
-        config.read_text().replace(
-            f'host = "127.0.0.1"\nport = {admin_port}',
-            f'host = "0.0.0.0"\nport = {admin_port}\ntoken = "probe-needs-no-token"',
-        )
-    )
+    admin = {"host": "0.0.0.0", "token": "probe-needs-no-token"}
+    config = write_config(tmp_path, port, admin_port=admin_port, admin=admin)
     served = Served(config, tmp_path / "serve.log")
     serve_processes.append(served)
     served.wait_listening(admin_port)
@@ -438,8 +424,7 @@ def test_healthcheck_without_an_admin_listener_probes_the_ingress(
     tmp_path: Path, serve_processes: list[Served]
 ) -> None:
     port = free_port()
-    config = write_config(tmp_path, port, extra="")
-    config.write_text(config.read_text().replace("[admin]\n", "[admin]\nenabled = false\n"))
+    config = write_config(tmp_path, port, admin={"enabled": False})
     served = Served(config, tmp_path / "serve.log")
     serve_processes.append(served)
     served.wait_listening(port)
@@ -467,35 +452,19 @@ def test_check_config_reports_unwritable_sink_directories_and_missing_commands(
     not_executable = tmp_path / "script.sh"
     not_executable.write_text("#!/bin/sh\n")
     not_executable.chmod(stat.S_IRUSR | stat.S_IWUSR)
-    extra = f"""
-[[sinks]]
-name = "blocked"
-type = "file"
-directory = "{not_a_dir / "results"}"
-
-[[sinks]]
-name = "ghost"
-type = "command"
-argv = ["pulse-relay-no-such-program-anywhere"]
-
-[[sinks]]
-name = "noexec"
-type = "command"
-argv = ["{not_executable}"]
-
-[[sinks]]
-name = "relative"
-type = "command"
-argv = ["./script.sh"]
-cwd = "{tmp_path}"
-
-[[sinks]]
-name = "off"
-type = "command"
-argv = ["pulse-relay-no-such-program-anywhere"]
-enabled = false
-"""
-    config = write_config(tmp_path, 8787, extra=extra)
+    extra = [
+        {"name": "blocked", "type": "file", "directory": str(not_a_dir / "results")},
+        {"name": "ghost", "type": "command", "argv": ["pulse-relay-no-such-program-anywhere"]},
+        {"name": "noexec", "type": "command", "argv": [str(not_executable)]},
+        {"name": "relative", "type": "command", "argv": ["./script.sh"], "cwd": str(tmp_path)},
+        {
+            "name": "off",
+            "type": "command",
+            "argv": ["pulse-relay-no-such-program-anywhere"],
+            "enabled": False,
+        },
+    ]
+    config = write_config(tmp_path, 8787, extra_sinks=extra)
     result = run_cli("check-config", config=config)
     assert result.returncode == 1
     lines = result.stderr.splitlines()
@@ -511,9 +480,10 @@ enabled = false
 
     not_executable.chmod(stat.S_IRWXU)
     not_a_dir.unlink()
-    fixed = write_config(
-        tmp_path, 8787, extra=extra.replace('argv = ["pulse-relay-no-such', 'argv = ["sh", "-c')
-    )
+    for sink in extra:
+        if sink.get("argv") == ["pulse-relay-no-such-program-anywhere"]:
+            sink["argv"] = ["sh", "-c", "true"]
+    fixed = write_config(tmp_path, 8787, extra_sinks=extra)
     result = run_cli("check-config", config=fixed)
     assert result.returncode == 0, result.stderr
     assert os.access(tmp_path, os.W_OK)

@@ -12,8 +12,8 @@ import pytest
 from pulse_relay.app import Relay
 from pulse_relay.config import Settings
 from pulse_relay.emulator import PulseEmulator
-from tests.conftest import SECRET, MakeSettings, StartRelay, deep_merge, make_body, signed, wait_for
-from tests.helpers import Receiver, recorder_argv
+from tests.conftest import SECRET, MakeSettings, StartRelay, make_body, signed, wait_for
+from tests.helpers import Receiver, deep_merge, recorder_argv
 
 FAST = {"retry_initial_seconds": 0.05, "retry_max_seconds": 0.2}
 FAST_POLL = {"interval_seconds": 0.05, "max_interval_seconds": 0.2}

@@ -23,14 +23,16 @@ import pulse
 import pytest
 
 from pulse_relay.emulator import Fault, PulseEmulator, UploadedFile
-from tests.conftest import SECRET, make_body, signed, wait_for
+from tests.conftest import make_body, signed, wait_for
 from tests.helpers import (
     Receiver,
     Served,
     async_sdk_client,
+    deep_merge,
     free_port,
     recorder_argv,
     sdk_client,
+    write_config,
 )
 
 ADMIN_TOKEN = "admin-token-for-tests"
@@ -74,25 +76,6 @@ class Relay:
         return int(line.split()[1])
 
 
-def _toml(value: Any) -> str:
-    return str(value) if isinstance(value, int | float) else json.dumps(value)
-
-
-def write_config(
-    tmp_path: Path, sections: dict[str, dict[str, Any]], sinks: list[dict[str, Any]]
-) -> Path:
-    lines: list[str] = []
-    for name, table in sections.items():
-        lines.append(f"[{name}]")
-        lines.extend(f"{key} = {_toml(value)}" for key, value in table.items())
-    for sink in sinks:
-        lines.append("[[sinks]]")
-        lines.extend(f"{key} = {_toml(value)}" for key, value in sink.items())
-    config = tmp_path / "relay.toml"
-    config.write_text("\n".join(lines) + "\n")
-    return config
-
-
 @pytest.fixture
 def start_serve(tmp_path: Path, emulator: PulseEmulator, receiver: Receiver) -> Iterator[Any]:
     started: list[Served] = []
@@ -102,22 +85,17 @@ def start_serve(tmp_path: Path, emulator: PulseEmulator, receiver: Receiver) -> 
         argv, command_out = recorder_argv(tmp_path)
         results = tmp_path / "results"
         sections: dict[str, dict[str, Any]] = {
-            "server": {"host": "127.0.0.1", "port": port},
-            "admin": {"host": "127.0.0.1", "port": admin_port},
-            "verify": {"secrets": [SECRET]},
-            "store": {"path": str(tmp_path / "relay.db")},
             "pulse": {"base_url": emulator.base_url, "api_key": emulator.api_key},
             "poll": {"interval_seconds": 0.1, "max_interval_seconds": 0.2},
-            "log": {"format": "json", "level": "info"},
         }
-        for name, table in overrides.items():
-            sections[name] = {**sections.get(name, {}), **table}
         sinks = [
             {"name": "files", "type": "file", "directory": str(results)},
             {"name": "app", "type": "http", "url": receiver.url},
             {"name": "script", "type": "command", "argv": argv},
         ]
-        config = write_config(tmp_path, sections, sinks)
+        config = write_config(
+            tmp_path, port, admin_port=admin_port, sinks=sinks, **deep_merge(sections, overrides)
+        )
         served = Served.start(config, port, tmp_path / "serve.log")
         started.append(served)
         served.wait_listening(admin_port)

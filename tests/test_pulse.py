@@ -15,7 +15,7 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
 from pulse_relay.emulator import Fault, PulseEmulator, sample_result
-from pulse_relay.events import is_terminal, is_valid_job_id
+from pulse_relay.events import is_terminal
 from pulse_relay.pulse import (
     AUTH_RETRY_SECONDS,
     MAX_REASON_CHARS,
@@ -29,6 +29,7 @@ from pulse_relay.pulse import (
     PulseRetryableError,
     judge_error,
 )
+from tests.conftest import wait_for
 
 API_KEY = "pk_test_0123456789abcdefSECRET"
 
@@ -64,40 +65,7 @@ def _paths(emulator: PulseEmulator, prefix: str) -> list[str]:
     return [r.path for r in emulator.requests if r.path.startswith(prefix)]
 
 
-async def _wait_for(condition: Callable[[], bool], *, deadline_seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + deadline_seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.005)
-
-
-# -- helpers ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("status", ["completed", "failed", "canceled", "cancelled", "expired"])
-def test_terminal_statuses(status: str) -> None:
-    assert is_terminal(status)
-
-
-@pytest.mark.parametrize("status", ["pending", "processing", "queued", "", "COMPLETED"])
-def test_non_terminal_statuses(status: str) -> None:
-    assert not is_terminal(status)
-
-
-@pytest.mark.parametrize(
-    "job_id", ["a", "123e4567-e89b-12d3-a456-426614174000", "Job_1-x", "A" * 128]
-)
-def test_valid_job_ids(job_id: str) -> None:
-    assert is_valid_job_id(job_id)
-
-
-@pytest.mark.parametrize(
-    "job_id",
-    ["", "-abc", "_abc", "a/b", "../etc", "a.b", "a b", "A" * 129, "abc\n", "é", "a%2F"],
-)
-def test_invalid_job_ids(job_id: str) -> None:
-    assert not is_valid_job_id(job_id)
+# -- construction -------------------------------------------------------------
 
 
 def test_base_url_must_be_http() -> None:
@@ -240,7 +208,7 @@ async def test_slow_answer_past_the_timeout_is_retryable(
 
     assert caught.value.status_code is None
     # The client gave up and the emulator saw it go.
-    await _wait_for(lambda: emulator.in_flight == 0)
+    await wait_for(lambda: emulator.in_flight == 0)
 
 
 async def test_connection_reset_is_retryable(emulator: PulseEmulator, client: PulseClient) -> None:
@@ -373,7 +341,7 @@ async def test_concurrent_requests_are_counted(
     emulator.hold_requests()
 
     tasks = [asyncio.create_task(client.get_job(f"job-{n}")) for n in range(5)]
-    await _wait_for(lambda: emulator.in_flight == 5)
+    await wait_for(lambda: emulator.in_flight == 5)
     emulator.release_requests()
     jobs = await asyncio.gather(*tasks)
 

@@ -8,8 +8,6 @@ import json
 import os
 import stat
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from pulse_relay.sinks import (
     build_sink,
 )
 from pulse_relay.sinks.command import MAX_OUTPUT_TAIL_BYTES
+from tests.conftest import wait_for
 
 
 def make_delivery(
@@ -91,13 +90,6 @@ def live_members_of_group(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] not in {"Z", "X"}:
             members.append(int(entry.name))
     return members
-
-
-async def poll_until(condition: Callable[[], bool], *, timeout_seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        await asyncio.sleep(0.01)
 
 
 RECORDER = """
@@ -209,8 +201,11 @@ async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
         await sink.deliver(make_delivery())
     assert caught.value.reason == "timed out after 2s, process group killed"
     leader, grandchild = (int(pid) for pid in pids.read_text().split())
-    await poll_until(lambda: is_gone(leader) and is_gone(grandchild))
-    assert live_members_of_group(leader) == []
+    # SIGKILL reaches every member at once, but each takes a moment to go: a member
+    # left alive would still be running its `sleep 100` at the deadline.
+    await wait_for(
+        lambda: is_gone(leader) and is_gone(grandchild) and live_members_of_group(leader) == []
+    )
 
 
 async def test_cancelled_delivery_leaves_no_process(tmp_path: Path) -> None:
@@ -220,12 +215,12 @@ async def test_cancelled_delivery_leaves_no_process(tmp_path: Path) -> None:
     )
     sink = make_sink([script, pids], timeout_seconds=60)
     task = asyncio.create_task(sink.deliver(make_delivery()))
-    await poll_until(lambda: pids.exists() and len(pids.read_text().split()) == 2)
+    await wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     leader, grandchild = (int(pid) for pid in pids.read_text().split())
-    await poll_until(lambda: is_gone(leader) and is_gone(grandchild))
+    await wait_for(lambda: is_gone(leader) and is_gone(grandchild))
 
 
 async def test_background_process_holding_the_pipes_does_not_hold_the_delivery(
@@ -243,7 +238,7 @@ async def test_background_process_holding_the_pipes_does_not_hold_the_delivery(
     # Left alone after a clean exit; the test tidies it up.
     assert not is_gone(background)
     os.kill(background, 9)
-    await poll_until(lambda: is_gone(background))
+    await wait_for(lambda: is_gone(background))
 
 
 async def test_payload_text_never_reaches_a_shell_or_argv(tmp_path: Path) -> None:

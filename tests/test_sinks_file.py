@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from pulse_relay.sinks import (
     build_sink,
 )
 from pulse_relay.sinks.file import encode_field_value
+from tests.conftest import wait_for
 
 
 def make_delivery(
@@ -64,13 +63,6 @@ def make_unvalidated_sink(directory: Path, **options: Any) -> FileSink:
         type="file", name="files", directory=directory, **options
     )
     return FileSink(settings)
-
-
-async def poll_until(condition: Callable[[], bool], *, timeout_seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        await asyncio.sleep(0.01)
 
 
 def all_files(directory: Path) -> list[str]:
@@ -211,7 +203,7 @@ async def test_jsonl_waits_for_another_writers_lock(tmp_path: Path) -> None:
         delivery = make_delivery()
         task = asyncio.create_task(sink.deliver(delivery))
         inode = f":{path.stat().st_ino} "
-        await poll_until(
+        await wait_for(
             lambda: any(
                 "->" in line and "FLOCK" in line and inode in line
                 for line in Path("/proc/locks").read_text().splitlines()

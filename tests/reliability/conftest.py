@@ -1,4 +1,4 @@
-"""The reliability suite: the crash, fault and hostile-input runs of bench/chaos.py, small.
+"""The reliability suite: the crash, fault and hostile-input runs of bench/chaos/, small.
 
 The long version, which writes RELIABILITY.md, is `python -m bench.chaos`.
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.chaos import SyncRelay
+from bench.chaos.hostile import SyncRelay
 
 READ_TIMEOUT_SECONDS = 1.0
 

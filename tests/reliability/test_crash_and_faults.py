@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.chaos import SINKS, ChaosConfig, run_chaos
+from bench.chaos.plan import SINKS, ChaosConfig
+from bench.chaos.rounds import run_chaos
 
 
 @pytest.mark.timeout(150)

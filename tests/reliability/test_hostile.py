@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from bench.chaos import (
+from bench.chaos.hostile import (
     SyncRelay,
     disk_full,
     duplicate_ids,

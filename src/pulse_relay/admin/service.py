@@ -201,11 +201,10 @@ async def _require_event(ctx: AdminContext, event_id: str) -> EventView:
     return view
 
 
-async def envelopes(ctx: AdminContext, view: EventView) -> dict[str, Any]:
+def envelopes(view: EventView) -> dict[str, Any]:
     """The envelope each sink of a full event view received (or will receive), by sink."""
     if view.type is None or view.body is None or not view.deliveries:
         return {}
-    watch = None if view.job_id is None else await ctx.store.get_watch(view.job_id)
     return {
         sink: build_envelope(
             event_id=view.id,
@@ -216,7 +215,7 @@ async def envelopes(ctx: AdminContext, view: EventView) -> dict[str, Any]:
             body=view.body,
             job=view.job,
             result_url=view.result_url,
-            metadata=None if watch is None else watch.metadata,
+            metadata=view.metadata,
         )
         for sink, delivery in view.deliveries.items()
     }
@@ -225,7 +224,7 @@ async def envelopes(ctx: AdminContext, view: EventView) -> dict[str, Any]:
 async def get_event(ctx: AdminContext, event_id: str) -> dict[str, Any]:
     """One event as `show --json` prints it, plus `envelopes`: what each sink received."""
     view = await _require_event(ctx, event_id)
-    return {**event_document(view), "envelopes": await envelopes(ctx, view)}
+    return {**event_document(view), "envelopes": envelopes(view)}
 
 
 # -- replay --------------------------------------------------------------------

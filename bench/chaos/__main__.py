@@ -1,0 +1,76 @@
+"""`python -m bench.chaos [--quick]`: the kill/fault run and the hostile-input probes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from bench.chaos import __doc__ as package_doc
+from bench.chaos.hostile import run_hostile
+from bench.chaos.plan import ChaosConfig
+from bench.chaos.report import render
+from bench.chaos.rounds import run_chaos
+
+REPO = Path(__file__).resolve().parent.parent.parent
+# --quick: (events, kill rounds, fuzz examples, duplicate-id requests).
+QUICK_SIZES = (300, 4, 200, 1000)
+SLOW_CLIENTS_EACH = 10
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The knobs of a run; `--quick` overrides the sizes."""
+    description = (package_doc or "").split("\n")[0]
+    parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=description)
+    defaults = ChaosConfig()
+    parser.add_argument("--events", type=int, default=defaults.events)
+    parser.add_argument("--rounds", type=int, default=defaults.kill_rounds)
+    parser.add_argument("--rate", type=float, default=defaults.send_rate_per_second)
+    parser.add_argument("--fault-rate", type=float, default=defaults.fault_rate)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--fuzz", type=int, default=2000, help="hypothesis examples")
+    parser.add_argument("--duplicates", type=int, default=10_000, help="duplicate-id requests")
+    parser.add_argument("--workdir", type=Path, default=defaults.workdir)
+    parser.add_argument("--output", type=Path, default=REPO / "RELIABILITY.md")
+    parser.add_argument(
+        "--quick", action="store_true", help="300 events, 4 rounds; print, write no file"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.events, args.rounds, args.fuzz, args.duplicates = QUICK_SIZES
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    config = ChaosConfig(
+        events=args.events,
+        kill_rounds=args.rounds,
+        send_rate_per_second=args.rate,
+        fault_rate=args.fault_rate,
+        seed=args.seed,
+        workdir=args.workdir / "chaos",
+    )
+    outcome = asyncio.run(run_chaos(config))
+    print(f"chaos: lost {outcome.lost}, problems {len(outcome.problems)}", flush=True)
+    hostile = run_hostile(
+        args.workdir / "hostile",
+        fuzz_examples=args.fuzz,
+        duplicate_requests=args.duplicates,
+        slow_clients_each=SLOW_CLIENTS_EACH,
+    )
+    report = render(config, outcome, hostile, "python -m bench.chaos")
+    if args.quick:
+        print(report)
+    else:
+        args.output.write_text(report)
+        print(f"wrote {args.output}")
+    problems = outcome.problems + hostile.problems
+    for problem in problems:
+        print("PROBLEM:", problem, file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

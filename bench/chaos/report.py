@@ -1,0 +1,278 @@
+"""RELIABILITY.md, rendered from the figures of one run: measured values only."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from bench.chaos.hostile import HostileFigures
+from bench.chaos.outcome import Outcome
+from bench.chaos.parties import LEASE_SECONDS
+from bench.chaos.plan import (
+    EVENT_MIX,
+    LARGE_RESULT_TYPE,
+    MAX_TRANSIENT_PER_EVENT,
+    PERMANENT,
+    SINKS,
+    ChaosConfig,
+)
+from bench.chaos.rounds import PHASE_WAIT_SECONDS
+from bench.chaos.senders import RETRY_PAUSE_SECONDS
+from bench.common import percentile
+
+Row = tuple[str, str]
+# What the other clients' latency is held to while slow clients hang on.
+OTHER_CLIENTS_TARGET_MS = 100.0
+
+INTRO = (
+    "pulse-relay promises that a `2xx` means the event will reach every matching sink.\n"
+    "This file is the evidence: the relay is killed with `SIGKILL` again and again\n"
+    "while signed events pour in, faults are injected on every side, hostile input is\n"
+    "thrown at it, and every event is accounted for at the end. It is produced by one\n"
+    "command, from a fresh checkout:"
+)
+# The method, one bullet per part; `{name}` fields are filled from the run (`_facts`).
+METHOD: tuple[tuple[str, str], ...] = (
+    (
+        "Set-up.",
+        "The Pulse emulator and an HTTP receiver run in the test process; the relay runs as "
+        "`pulse-relay serve` in a subprocess with three sinks: a jsonl file, the HTTP "
+        "receiver and a command (`/bin/sh` script writing one file per run). "
+        "`delivery.lease_seconds = {lease}`, so a restart takes up the work a killed "
+        "process had claimed within {lease} s.",
+    ),
+    (
+        "Events.",
+        "{mix}; {large_rate} of `{large_type}` events have a large result served through a "
+        "single-use URL. Every event is for its own job.",
+    ),
+    (
+        "Kills.",
+        "Each round waits a random time, then until the chosen moment is happening — a POST "
+        "in flight (*ingest*), a `GET /job` in flight (*fetch*), a sink call in flight "
+        "(*delivery*), a large-result download in flight (*download*) — and sends `SIGKILL`. "
+        "`PRAGMA integrity_check` runs on the store while the relay is down, then the relay "
+        "is started again. *timer* counts rounds whose moment did not occur within "
+        "{phase_wait} s (killed anyway).",
+    ),
+    (
+        "Senders.",
+        "A POST that fails (connection refused or reset, 503) is retried after "
+        "{pause} s with probability {retry_probability}, as Svix would; otherwise the event "
+        "is given up. Given-up events must be absent everywhere or delivered everywhere — "
+        "never stored without their deliveries.",
+    ),
+    (
+        "Transient faults",
+        "({faults}): the emulator answers 500, 429 with `Retry-After: 1`, hangs past "
+        "`pulse.timeout_seconds`, resets the connection or truncates the JSON, on `GET /job` "
+        "and on downloads; the receiver answers 500, 429 with `Retry-After`, hangs past the "
+        "sink timeout, resets, or trickles a 2xx body; the command exits 1 or hangs past its "
+        "timeout. Rate {fault_rate} per party per attempt, at most {max_transient} per event "
+        "and party: each must end `delivered`.",
+    ),
+    (
+        "Permanent faults",
+        "({permanent}): each must end `dead`, with a reason, on the sinks it concerns — and "
+        "`delivered` on the others. No other outcome is accepted.",
+    ),
+    (
+        "Counting.",
+        "Deliveries are identified by the envelope `id`: jsonl lines, POST bodies the "
+        "receiver answered 2xx, complete envelopes the command saved. *lost* counts "
+        "acknowledged events that some sink it matches never received. Duplicates "
+        "(at-least-once delivery) come from work in flight at a kill and from sink calls "
+        "that succeeded after the relay's timeout (the receiver's slow 2xx bodies).",
+    ),
+    (
+        "Hostile input",
+        "(separate relays, `read_timeout_seconds = {read_timeout}`): hypothesis generates "
+        "arbitrary headers and bodies and forged requests (other secret, stale timestamp, "
+        "body or id changed after signing, malformed signature lists); none may be accepted "
+        "or stored, none may get a 5xx other than 503, the process must survive. Slow "
+        "clients trickle headers or bodies byte by byte while other clients send signed "
+        "events. Random ids with {duplicate_rate} duplicates must store exactly the distinct "
+        "ones. The store on a small tmpfs is filled up: the relay must answer 503, then "
+        "accept again once space returns, losing nothing.",
+    ),
+)
+
+
+def render(config: ChaosConfig, outcome: Outcome, hostile: HostileFigures, command: str) -> str:
+    """RELIABILITY.md for one run."""
+    rows = chaos_rows(outcome) + hostile_rows(hostile, outcome)
+    facts = _facts(config, outcome, hostile)
+    lines = ["# Reliability", "", INTRO, "", "```sh", command, "```", ""]
+    lines += [f"Result: **{verdict(outcome.problems + hostile.problems)}**", ""]
+    lines += markdown_table(("figure", "value"), rows)
+    lines += ["", _run_summary(config, outcome, hostile), ""]
+    lines += ["## What happens in the run", ""]
+    lines += [f"- **{name}** {text.format(**facts)}" for name, text in METHOD]
+    lines += ["", "## Versions", ""]
+    lines += _versions(hostile)
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table(header: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> list[str]:
+    """A Markdown table, one line per row."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def verdict(problems: list[str]) -> str:
+    """The result line: every figure as the contract says, or the first 50 problems."""
+    if not problems:
+        return "every figure as the contract says"
+    return "PROBLEMS:\n\n" + "\n".join(f"- {problem}" for problem in problems[:50])
+
+
+def chaos_rows(outcome: Outcome) -> list[Row]:
+    """The figures of the kill-and-fault run."""
+    rows = [
+        ("events sent (distinct webhook ids)", f"{outcome.events_planned:,}"),
+        ("POST attempts (with sender retries)", f"{sum(outcome.http_statuses.values()):,}"),
+        ("acknowledged (2xx)", f"{outcome.acknowledged:,}"),
+        (
+            "never acknowledged: absent / delivered",
+            f"{outcome.abandoned_absent} / {outcome.abandoned_delivered}",
+        ),
+    ]
+    rows += [
+        (
+            f"delivered to `{sink}` (+ dead as planned)",
+            f"{outcome.delivered[sink]:,} (+ {outcome.dead_expected[sink]})",
+        )
+        for sink in SINKS
+    ]
+    rows += [
+        ("**lost**", f"**{outcome.lost}**"),
+        (
+            "duplicate deliveries " + " / ".join(SINKS),
+            " / ".join(str(outcome.duplicates[sink]) for sink in SINKS),
+        ),
+        ("command runs cut short by a kill (redone in full)", str(outcome.command_cut_short)),
+        (
+            "kill rounds (SIGKILL) by moment",
+            f"{outcome.kill_rounds}: {_counts(outcome.kill_phases, ' ')}",
+        ),
+        (
+            "`integrity_check` after each kill / at the end",
+            f"{dict(outcome.integrity_after_kills)} / {outcome.integrity_final}",
+        ),
+        ("transient faults injected", f"{sum(outcome.faults.values()):,}"),
+        ("permanent faults (acknowledged events)", f"{sum(outcome.permanent.values())}"),
+    ]
+    return rows
+
+
+def hostile_rows(hostile: HostileFigures, outcome: Outcome) -> list[Row]:
+    """The figures of the hostile-input probes (the 5xx count includes the chaos run's)."""
+    fuzz_5xx = sum(
+        n for status, n in hostile.fuzz_statuses.items() if status >= 500 and status != 503
+    )
+    rows = [
+        ("hostile requests tried (fuzz)", f"{hostile.fuzz_examples:,}"),
+        ("fuzz answers", _counts(hostile.fuzz_statuses, ": ", sep=", ")),
+        ("forged events stored", str(hostile.fuzz_stored)),
+        ("5xx other than 503 (chaos + fuzz)", str(outcome.five_xx_other_than_503 + fuzz_5xx)),
+    ]
+    rows += _slow_client_rows(hostile)
+    dup = hostile.duplicates
+    if dup is not None:
+        rows.append(
+            (
+                f"random ids, {hostile.duplicate_rate:.0%} duplicates: sent / distinct / stored",
+                f"{dup.requests:,} / {dup.unique_ids:,} / {dup.stored:,} "
+                f"(answers {dict(sorted(dup.statuses.items()))})",
+            )
+        )
+    disk = hostile.disk
+    if disk is None:
+        rows.append(("disk full", "not run: cannot mount a tmpfs here (needs CAP_SYS_ADMIN)"))
+    else:
+        rows.append(
+            (
+                f"disk full ({disk.method}): 503s / then accepted / lost",
+                f"{disk.unavailable} / {disk.acked_after} / {disk.lost} "
+                f"(integrity {disk.integrity}; /readyz while full: {disk.readyz_while_full})",
+            )
+        )
+    return rows
+
+
+def _slow_client_rows(hostile: HostileFigures) -> list[Row]:
+    slow = hostile.slow
+    if slow is None:
+        return []
+    latencies = slow.other_latencies_ms
+    p99 = percentile(latencies, 0.99)
+    met = "met" if p99 < OTHER_CLIENTS_TARGET_MS else "**not met**"
+    return [
+        (
+            "slow clients: headers trickled → closed after",
+            f"{len(slow.header_cutoff_seconds)} x max {max(slow.header_cutoff_seconds):.2f} s "
+            f"({dict(slow.header_answers)})",
+        ),
+        (
+            "slow clients: body trickled → answered after",
+            f"{len(slow.body_cutoff_seconds)} x max {max(slow.body_cutoff_seconds):.2f} s "
+            f"({dict(slow.body_statuses)})",
+        ),
+        (
+            "other clients meanwhile: answers, p50 / p99 / max",
+            f"{dict(slow.other_statuses)}, {percentile(latencies, 0.5):.1f} / {p99:.1f} / "
+            f"{max(latencies):.1f} ms (p99 target < {OTHER_CLIENTS_TARGET_MS:.0f} ms: {met})",
+        ),
+    ]
+
+
+def _counts(counts: Mapping[Any, int], joiner: str, *, sep: str = ", ") -> str:
+    """`key{joiner}count` for each key, sorted."""
+    return sep.join(f"{key}{joiner}{n}" for key, n in sorted(counts.items()))
+
+
+def _run_summary(config: ChaosConfig, outcome: Outcome, hostile: HostileFigures) -> str:
+    return (
+        f"Run of {time.strftime('%Y-%m-%d', time.gmtime())}: {config.events:,} events from "
+        f"{config.senders} concurrent senders at about {config.send_rate_per_second:.0f}/s, "
+        f"seed {config.seed}; chaos part {outcome.total_seconds:.0f} s, of which "
+        f"{outcome.drain_seconds:.0f} s draining after the last send; hostile part "
+        f"{hostile.total_seconds:.0f} s."
+    )
+
+
+def _facts(config: ChaosConfig, outcome: Outcome, hostile: HostileFigures) -> dict[str, str]:
+    """The values the method text quotes, from the run and the harness's own constants."""
+    mix = ", ".join(f"{share:.0%} `{event_type}`" for event_type, share in EVENT_MIX)
+    return {
+        "lease": f"{LEASE_SECONDS:g}",
+        "mix": mix,
+        "large_rate": f"{config.large_rate:.0%}",
+        "large_type": LARGE_RESULT_TYPE,
+        "phase_wait": f"{PHASE_WAIT_SECONDS:g}",
+        "pause": "-".join(f"{seconds:g}" for seconds in RETRY_PAUSE_SECONDS),
+        "retry_probability": f"{config.sender_retry_probability:g}",
+        "faults": _counts(outcome.faults, " "),
+        "fault_rate": f"{config.fault_rate:.0%}",
+        "max_transient": str(MAX_TRANSIENT_PER_EVENT),
+        "permanent": ", ".join(
+            f"{kind} {n} ({PERMANENT[kind]})" for kind, n in sorted(outcome.permanent.items())
+        ),
+        "read_timeout": f"{hostile.read_timeout_seconds:g}",
+        "duplicate_rate": f"{hostile.duplicate_rate:.0%}",
+    }
+
+
+def _versions(hostile: HostileFigures) -> list[str]:
+    defaults = ChaosConfig()
+    duplicates = hostile.duplicates.requests if hostile.duplicates else 0
+    return [
+        "- **CI (every change):** `python -m pytest tests/reliability` runs the same code with",
+        "  smaller sizes.",
+        f"- **Long:** the command above (defaults: {defaults.kill_rounds} kill rounds,",
+        f"  {defaults.events:,} events; this run: {hostile.fuzz_examples:,} fuzz examples,",
+        f"  {duplicates:,} duplicate-id requests). `python -m bench.chaos --help`",
+        "  lists the knobs; the exit status is 1 when any figure breaks the contract.",
+    ]
