@@ -138,6 +138,28 @@ async def test_leases_expire_so_work_of_a_dead_process_is_claimed_again(
     assert sorted(t.sink for t in again) == ["a", "b"]
 
 
+async def test_taking_leases_back_makes_a_dead_predecessors_work_due_at_once(
+    store: Store,
+) -> None:
+    await store.ingest(record("m1", needs_fetch=False))
+    await store.ingest(record("m2", job_id="job-2"))
+    await store.add_watches(["job-w"], interval_seconds=5)
+    fetches, deliveries = await store.claim(
+        fetch_limit=1, free_slots={"a": 1, "b": 1}, total_limit=2, lease_seconds=600
+    )
+    watches = await store.claim_watches(limit=1, lease_seconds=600)
+    assert (len(fetches), len(deliveries), len(watches)) == (1, 2, 1)
+
+    await store.take_back_leases()
+
+    fetches, deliveries = await store.claim(
+        fetch_limit=1, free_slots={"a": 1, "b": 1}, total_limit=2, lease_seconds=600
+    )
+    assert [t.event_id for t in fetches] == ["m2"]
+    assert sorted((t.event_id, t.sink) for t in deliveries) == [("m1", "a"), ("m1", "b")]
+    assert [w.job_id for w in await store.claim_watches(limit=1, lease_seconds=600)] == ["job-w"]
+
+
 async def test_a_failed_fetch_kills_the_deliveries_and_a_replay_fetches_again(
     store: Store,
 ) -> None:

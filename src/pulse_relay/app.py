@@ -1,6 +1,7 @@
 """The composition root: builds every component from settings and runs them in order.
 
-Start-up: refuse an exposed admin listener without a token → store → sinks and
+Start-up: refuse an exposed admin listener without a token → store (an embedded
+store takes back the leases a killed predecessor held) → sinks and
 Pulse client → dispatcher and poller → ingress listener → admin listener →
 READY=1 to systemd (so READY means both ports are bound).
 
@@ -175,6 +176,7 @@ class Relay:
             raise ConfigError(problem)
         await self.store.open()
         try:
+            await self.store.take_back_leases()
             await self._start_background()
             await self._start_listener()
             if self.settings.admin.enabled:

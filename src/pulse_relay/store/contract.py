@@ -54,6 +54,10 @@ class StoreBackend(Protocol):
     async def schema_version(self) -> int:
         """The schema version the store is at."""
 
+    async def take_back_leases(self) -> None:
+        """At start: make work leased by a dead predecessor due again, where this relay is
+        the queue's only owner (SQLite); a shared store waits for the leases instead."""
+
     async def claim(
         self,
         *,

@@ -166,6 +166,24 @@ class QueueMixin(SQLitePlumbing):
 
         await self.write(op)
 
+    async def take_back_leases(self) -> None:
+        """Make work leased by a killed predecessor due again at once: a single SQLite
+        relay owns its queue, so every lease found at start is a dead process's."""
+        now = self._clock()
+
+        def op(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL")
+            db.execute(
+                "UPDATE events SET fetch_lease_until = NULL WHERE fetch_lease_until IS NOT NULL"
+            )
+            db.execute(
+                "UPDATE watches SET next_poll_at = ?, lease_until = NULL "
+                "WHERE lease_until IS NOT NULL",
+                (now,),
+            )
+
+        await self.write(op)
+
     async def replay(
         self, event_ids: Sequence[str] = (), *, sink: str | None = None, dead_only: bool = False
     ) -> int:

@@ -88,8 +88,8 @@ class WatchesMixin(SQLitePlumbing):
             ).fetchall()
             watches = [watch_from_row(row) for row in rows]
             db.executemany(
-                "UPDATE watches SET next_poll_at = ? WHERE job_id = ?",
-                [(now + lease_seconds, w.job_id) for w in watches],
+                "UPDATE watches SET next_poll_at = ?, lease_until = ? WHERE job_id = ?",
+                [(now + lease_seconds, now + lease_seconds, w.job_id) for w in watches],
             )
             return watches
 
@@ -113,6 +113,7 @@ class WatchesMixin(SQLitePlumbing):
             db.execute(
                 "UPDATE watches SET state = ?, next_poll_at = ?, interval_seconds = ?, "
                 "polls = polls + 1, last_status = COALESCE(?, last_status), last_error = ?, "
+                "lease_until = NULL, "
                 "updated_at = ? WHERE job_id = ?",
                 (state, next_poll_at, interval_seconds, last_status, last_error, now, job_id),
             )
