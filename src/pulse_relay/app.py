@@ -45,7 +45,7 @@ from pulse_relay.server import Ingress, IngressConfig, build_app
 from pulse_relay.signature import HexHmacVerifier, NoneVerifier, StandardVerifier, Verifier
 from pulse_relay.sinks import build_sink, retry_policy_for
 from pulse_relay.sinks.base import Sink, matches_any
-from pulse_relay.store import SQLiteStore, StoreBackend, StoreUnavailableError
+from pulse_relay.store import PostgresStore, SQLiteStore, StoreBackend, StoreUnavailableError
 
 log = get_logger("pulse_relay.app")
 
@@ -110,10 +110,14 @@ def local_url(host: str, port: int | None) -> str:
 
 def build_store(settings: Settings) -> StoreBackend:
     """The configured store backend; the caller opens it (or enters it with `async with`)."""
+    store = settings.store
+    if store.postgres_url is not None:
+        return PostgresStore(store.postgres_url, pool_size=store.pool_size)
+    assert store.sqlite_file is not None
     return SQLiteStore(
-        settings.store.path,
-        synchronous=settings.store.synchronous,
-        busy_timeout_seconds=settings.store.busy_timeout_seconds,
+        store.sqlite_file,
+        synchronous=store.synchronous,
+        busy_timeout_seconds=store.busy_timeout_seconds,
     )
 
 
@@ -136,6 +140,8 @@ class Relay:
         self._reload_lock = asyncio.Lock()
         self._reloading = False
         self.store = build_store(settings)
+        # Another relay sharing the store committed work: look for it now.
+        self.store.add_wake_listener(self._on_accepted)
         self.verifier = build_verifier(settings)
         self._clock = clock
         self._runner: web.AppRunner | None = None
@@ -281,6 +287,7 @@ class Relay:
             wake_dispatcher=self._on_accepted,
             wake_poller=self._wake_poller,
             ingress_url=lambda: self.webhook_url,
+            store_backend=self.store.backend,
             clock=self._clock,
         )
         self._admin_runner = web.AppRunner(
@@ -332,7 +339,7 @@ class Relay:
             limits=DispatcherLimits(
                 concurrency=delivery.concurrency,
                 fetch_concurrency=max(1, delivery.concurrency // 2),
-                lease_seconds=delivery.lease_seconds,
+                lease_seconds=delivery.lease_seconds_for(self.settings.store.backend),
             ),
             clock=self._clock,
         )

@@ -27,6 +27,7 @@ from pulse_relay.store.model import (
     StoreVersionError,
     Watch,
 )
+from pulse_relay.store.postgres import PostgresStore
 from pulse_relay.store.sqlite import MIGRATIONS, SQLiteStore
 
 Store = SQLiteStore
@@ -48,6 +49,7 @@ __all__ = [
     "FetchTask",
     "IngestOutcome",
     "IngestRecord",
+    "PostgresStore",
     "SQLiteStore",
     "Store",
     "StoreBackend",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, Self
 
 from pulse_relay.store.model import (
@@ -34,6 +34,9 @@ class StoreBackend(Protocol):
 
     def add_listener(self, listener: ChangeListener) -> None:
         """Call `listener` after each committed change of an event."""
+
+    def add_wake_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener` when another relay sharing the store has committed new work."""
 
     async def open(self) -> None:
         """Connect, migrate, and start whatever background work the backend needs."""
@@ -68,6 +71,15 @@ class StoreBackend(Protocol):
     ) -> tuple[list[FetchTask], list[DeliveryTask]]:
         """Lease due job fetches and deliveries within the limits."""
 
+    async def renew_leases(
+        self,
+        fetches: Sequence[FetchTask],
+        deliveries: Sequence[DeliveryTask],
+        *,
+        lease_seconds: float,
+    ) -> None:
+        """Extend the leases of work still running here."""
+
     async def finish_fetch(
         self,
         event_id: str,
@@ -78,13 +90,18 @@ class StoreBackend(Protocol):
         free_slots: dict[str, int] | None = None,
         total_limit: int = 0,
         lease_seconds: float = 0.0,
+        token: str | None = None,
     ) -> list[DeliveryTask]:
         """Persist the fetched job; lease and return its deliveries that have a free slot."""
 
-    async def retry_fetch(self, event_id: str, *, next_fetch_at: float, attempt: Attempt) -> None:
+    async def retry_fetch(
+        self, event_id: str, *, next_fetch_at: float, attempt: Attempt, token: str | None = None
+    ) -> None:
         """Record a failed fetch and schedule the next one."""
 
-    async def fail_fetch(self, event_id: str, *, attempt: Attempt) -> None:
+    async def fail_fetch(
+        self, event_id: str, *, attempt: Attempt, token: str | None = None
+    ) -> None:
         """Give up on the job fetch: the event's pending deliveries go dead."""
 
     async def finish_delivery(
@@ -95,6 +112,7 @@ class StoreBackend(Protocol):
         outcome: DeliveryOutcome,
         attempt: Attempt,
         next_attempt_at: float | None = None,
+        token: str | None = None,
     ) -> None:
         """Record one attempt and move the delivery to delivered, pending or dead."""
 

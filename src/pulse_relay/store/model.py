@@ -56,6 +56,8 @@ class FetchTask:
     job_id: str
     event_type: str
     attempts: int
+    # The claim's token on a shared store: finishing matches it (None on SQLite).
+    token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class DeliveryTask:
     job: dict[str, Any] | None
     result_url: str | None
     metadata: dict[str, Any] | None = None
+    token: str | None = None
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,9 @@ class SQLitePlumbing:
         """The database file's path."""
         return str(self.path)
 
+    def add_wake_listener(self, listener: Callable[[], None]) -> None:
+        """Nothing to listen to: no other relay writes to this file."""
+
     def add_listener(self, listener: ChangeListener) -> None:
         """Call `listener` after each committed change of an event (see ChangeListener)."""
         self._listeners.append(listener)

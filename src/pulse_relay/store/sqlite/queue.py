@@ -61,6 +61,7 @@ class QueueMixin(SQLitePlumbing):
         free_slots: dict[str, int] | None = None,
         total_limit: int = 0,
         lease_seconds: float = 0.0,
+        token: str | None = None,
     ) -> list[DeliveryTask]:
         """Persist the fetched job; its deliveries become due, and those with a free slot
         (`free_slots`, `total_limit`) are leased and returned at once."""
@@ -92,7 +93,9 @@ class QueueMixin(SQLitePlumbing):
         self._changed("fetch", event_id, {"state": "done", "attempt": attempt})
         return result
 
-    async def retry_fetch(self, event_id: str, *, next_fetch_at: float, attempt: Attempt) -> None:
+    async def retry_fetch(
+        self, event_id: str, *, next_fetch_at: float, attempt: Attempt, token: str | None = None
+    ) -> None:
         """Record a failed fetch and schedule the next one."""
 
         def op(db: sqlite3.Connection) -> None:
@@ -106,7 +109,9 @@ class QueueMixin(SQLitePlumbing):
         await self.write(op)
         self._changed("fetch", event_id, {"state": "pending", "attempt": attempt})
 
-    async def fail_fetch(self, event_id: str, *, attempt: Attempt) -> None:
+    async def fail_fetch(
+        self, event_id: str, *, attempt: Attempt, token: str | None = None
+    ) -> None:
         """Give up on the job fetch: the event's pending deliveries go dead with the reason."""
         now = self._clock()
         reason = f"job fetch failed: {attempt.error}"
@@ -137,6 +142,7 @@ class QueueMixin(SQLitePlumbing):
         outcome: DeliveryOutcome,
         attempt: Attempt,
         next_attempt_at: float | None = None,
+        token: str | None = None,
     ) -> None:
         """Record one attempt and move the delivery to delivered, pending (retry) or dead."""
         now = self._clock()
@@ -162,6 +168,29 @@ class QueueMixin(SQLitePlumbing):
             db.execute("UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL")
             db.execute(
                 "UPDATE events SET fetch_lease_until = NULL WHERE fetch_lease_until IS NOT NULL"
+            )
+
+        await self.write(op)
+
+    async def renew_leases(
+        self,
+        fetches: Sequence[FetchTask],
+        deliveries: Sequence[DeliveryTask],
+        *,
+        lease_seconds: float,
+    ) -> None:
+        """Extend the leases of work still running (this relay is the queue's only owner)."""
+        until = self._clock() + lease_seconds
+
+        def op(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "UPDATE events SET fetch_lease_until = ? WHERE id = ? AND fetch_state = 'pending'",
+                [(until, task.event_id) for task in fetches],
+            )
+            db.executemany(
+                "UPDATE deliveries SET lease_until = ? WHERE event_id = ? AND sink = ? "
+                "AND lease_until IS NOT NULL",
+                [(until, task.event_id, task.sink) for task in deliveries],
             )
 
         await self.write(op)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
 
+from pulse_relay.store.filters import event_filters
 from pulse_relay.store.model import (
     AWAITING_FETCH,
-    DELIVERY_STATES,
     Attempt,
     DeliveryView,
     EventCursor,
@@ -42,7 +41,7 @@ class ViewsMixin(WatchesMixin):
         `text` is matched case-insensitively in the id, type, job id and body;
         `before` continues a listing after the last event of its previous page.
         """
-        clauses, params = _event_filters(
+        clauses, params = event_filters(
             event_id=event_id,
             event_type=event_type,
             state=state,
@@ -155,58 +154,6 @@ class ViewsMixin(WatchesMixin):
             if row and row[0] is not None:
                 times.append(float(row[0]))
         return min(times) if times else None
-
-
-def _like_pattern(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
-def _event_filters(
-    *,
-    event_id: str | None,
-    event_type: str | None,
-    state: str | None,
-    sink: str | None,
-    job_id: str | None,
-    source: str | None,
-    text: str | None,
-) -> tuple[list[str], list[Any]]:
-    """The WHERE clauses (on `events e`) and their parameters for `list_events`."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column, value in (
-        ("e.id", event_id),
-        ("e.type", event_type),
-        ("e.job_id", job_id),
-        ("e.source", source),
-    ):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    delivery: list[str] = []
-    if sink is not None:
-        delivery.append("d.sink = ?")
-        params.append(sink)
-    if state in DELIVERY_STATES:
-        delivery.append("d.state = ?")
-        params.append(state)
-    elif state is not None:
-        clauses.append("e.state = ?")
-        params.append(state)
-    if delivery:
-        clauses.append(
-            "EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND "
-            + " AND ".join(delivery)
-            + ")"
-        )
-    if text:
-        clauses.append(
-            "(e.id LIKE ? ESCAPE '\\' OR e.type LIKE ? ESCAPE '\\' "
-            "OR e.job_id LIKE ? ESCAPE '\\' OR CAST(e.body AS TEXT) LIKE ? ESCAPE '\\')"
-        )
-        params += [_like_pattern(text)] * 4
-    return clauses, params
 
 
 def _delivery_view(row: sqlite3.Row) -> DeliveryView:

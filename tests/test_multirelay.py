@@ -1,0 +1,76 @@
+"""Several real `serve` processes sharing one PostgreSQL database."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from pulse_relay.signature import sign_headers
+from tests.conftest import SECRET, make_body
+from tests.helpers import Served, free_port, wait_until, write_config
+
+EVENTS_ACROSS_RELAYS = 300
+
+
+def post(port: int, event_id: str, job_id: str) -> int:
+    """POST one signed job.completed-less event (no fetch) to the relay on `port`."""
+    body = make_body(event_type="job.created", job_id=job_id)
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/webhooks/pulse",
+        data=body,
+        headers={**sign_headers(SECRET, event_id, body), "content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+@pytest.fixture
+def relays(tmp_path: Path, postgres_url: str) -> Iterator[tuple[list[int], Path]]:
+    """Two relays on one database writing to one results folder: their ports and the folder."""
+    results = tmp_path / "results"
+    sink = {"name": "results", "type": "file", "directory": str(results), "filename": "{id}.json"}
+    ports: list[int] = []
+    served: list[Served] = []
+    try:
+        for name in ("a", "b"):
+            folder = tmp_path / name
+            folder.mkdir()
+            port = free_port()
+            config = write_config(
+                folder, port, sinks=[sink], store={"url": postgres_url}, log={"level": "warning"}
+            )
+            served.append(Served.start(config, port, folder / "serve.log"))
+            ports.append(port)
+        yield ports, results
+    finally:
+        for relay in served:
+            relay.kill()
+
+
+def test_an_id_posted_to_two_relays_at_once_is_accepted_by_exactly_one(
+    relays: tuple[list[int], Path],
+) -> None:
+    ports, results = relays
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for n in range(10):
+            statuses = sorted(pool.map(post, ports, [f"msg_race_{n}"] * 2, [f"job-{n}"] * 2))
+            assert statuses == [200, 202], n
+    wait_until(lambda: len(list(results.glob("*.json"))) == 10)
+
+
+def test_events_sent_across_relays_all_reach_the_sink(relays: tuple[list[int], Path]) -> None:
+    ports, results = relays
+    ids = [f"msg_{n}" for n in range(EVENTS_ACROSS_RELAYS)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(lambda n: post(ports[n % 2], ids[n], f"job-{n}"), range(len(ids))))
+    assert statuses == [202] * len(ids)
+    wait_until(lambda: len(list(results.glob("*.json"))) == len(ids), timeout_seconds=60)
+    assert {path.stem for path in results.glob("*.json")} == set(ids)
