@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import pytest
 from pulse_relay.signature import sign_headers
 from tests.conftest import SECRET, make_body
 from tests.helpers import Served, free_port, wait_until, write_config
+from tests.test_cli import run_cli
 
 EVENTS_ACROSS_RELAYS = 300
 
@@ -74,3 +76,36 @@ def test_events_sent_across_relays_all_reach_the_sink(relays: tuple[list[int], P
     assert statuses == [202] * len(ids)
     wait_until(lambda: len(list(results.glob("*.json"))) == len(ids), timeout_seconds=60)
     assert {path.stem for path in results.glob("*.json")} == set(ids)
+
+
+def test_the_cli_reads_and_steers_the_shared_store(
+    tmp_path: Path, relays: tuple[list[int], Path]
+) -> None:
+    ports, results = relays
+    assert post(ports[0], "msg_cli", "job-cli") == 202
+    wait_until((results / "msg_cli.json").exists)
+    config = tmp_path / "a" / "relay.toml"
+    checked = run_cli("check-config", config=config)
+    assert checked.returncode == 0, checked.stderr
+    assert "pulse_relay_test:pulse_relay_test" not in checked.stdout + checked.stderr
+
+    def delivered() -> bool:
+        listed = run_cli("events", "--json", config=config)
+        return bool(json.loads(listed.stdout)["deliveries"]["results"]["state"] == "delivered")
+
+    wait_until(delivered)
+    shown = json.loads(run_cli("show", "msg_cli", "--json", config=config).stdout)
+    assert shown["job_id"] == "job-cli"
+    assert run_cli("replay", "msg_cli", config=config).returncode == 0
+    assert run_cli("watch", "job-w", "--meta", "user=7", config=config).returncode == 0
+    assert run_cli("unwatch", "job-w", config=config).returncode == 0
+    assert run_cli("prune", config=config).returncode == 0
+
+
+def test_check_config_names_an_unreachable_store(tmp_path: Path) -> None:
+    url = "postgresql://someone:hunter2@127.0.0.1:1/relay?connect_timeout=1"
+    config = write_config(tmp_path, free_port(), store={"url": url})
+    checked = run_cli("check-config", config=config)
+    assert checked.returncode == 1
+    assert "store.url: cannot reach postgresql://someone:***@127.0.0.1:1/relay" in checked.stderr
+    assert "hunter2" not in checked.stdout + checked.stderr

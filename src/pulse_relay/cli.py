@@ -27,6 +27,7 @@ from pulse_relay.store import (
     StoreVersionError,
     Watch,
 )
+from pulse_relay.store.postgres import postgres_problem
 from pulse_relay.testevent import build_test_event, post_test_event
 
 T = TypeVar("T")
@@ -53,8 +54,8 @@ def _with_store(
     settings: Settings, action: Callable[[StoreBackend], Awaitable[T]], *, create: bool = False
 ) -> T:
     """Run `action` against the configured store, which must already exist unless `create`."""
-    path = settings.store.path
-    if not create and not path.exists():
+    path = settings.store.sqlite_file
+    if not create and path is not None and not path.exists():
         fail(f"no store at {path} (start `pulse-relay serve` with this configuration first)")
 
     async def run() -> T:
@@ -124,10 +125,17 @@ def check_config(obj: _Context) -> None:
     """Validate the configuration and print it with secrets redacted.
 
     Also checks this host: the store's folder and file sink directories are
-    writable, command sink programs exist and are executable.
+    writable, command sink programs exist and are executable; a PostgreSQL store
+    is reachable and its schema is not newer than this release.
     """
     settings = obj.settings()
     problems = check_host(settings)
+    postgres_url = settings.store.postgres_url
+    if postgres_url is not None:
+        # Connectivity and the schema version: a read, never a migration.
+        problem = asyncio.run(postgres_problem(postgres_url))
+        if problem is not None:
+            problems.append(f"store.url: {problem}")
     if problems:
         origin = f" (in {obj.config_path})" if obj.config_path else ""
         fail("configuration error:\n" + "\n".join(p + origin for p in problems))
