@@ -554,12 +554,32 @@ def test_malformed_signature_entry_is_rejected(entry: str) -> None:
 
 
 @pytest.mark.parametrize("entry", MALFORMED_SIGNATURE_ENTRIES)
-def test_malformed_entry_fails_the_header_even_next_to_a_match(entry: str) -> None:
-    headers = signed_headers() | {"webhook-signature": f"{VECTOR_SIGNATURE} {entry}"}
+@pytest.mark.parametrize("match_first", [True, False])
+def test_malformed_entry_next_to_a_match_is_accepted(entry: str, match_first: bool) -> None:
+    # As in svix and standardwebhooks: a malformed entry matches nothing, the good one still does.
+    entries = [VECTOR_SIGNATURE, entry] if match_first else [entry, VECTOR_SIGNATURE]
+    headers = signed_headers() | {"webhook-signature": " ".join(entries)}
 
-    assert rejection_reason(make_verifier(), headers, VECTOR_BODY) == (
-        "malformed webhook-signature entry"
-    )
+    verified = make_verifier().verify(headers, VECTOR_BODY)
+
+    assert verified == Verified(webhook_id=VECTOR_ID, timestamp=VECTOR_TIMESTAMP)
+
+
+@pytest.mark.parametrize("entry", MALFORMED_SIGNATURE_ENTRIES)
+def test_malformed_entry_next_to_a_wrong_signature_is_rejected(entry: str) -> None:
+    wrong = "v1," + b64(bytes(32))
+    headers = signed_headers() | {"webhook-signature": f"{entry} {wrong}"}
+
+    assert rejection_reason(make_verifier(), headers, VECTOR_BODY) == "no matching signature"
+
+
+@pytest.mark.parametrize("entry", MALFORMED_SIGNATURE_ENTRIES)
+def test_a_header_of_malformed_entries_fails_on_the_headers_alone(entry: str) -> None:
+    headers = signed_headers() | {"webhook-signature": f"{entry} v2,{VECTOR_SIGNATURE[3:]}"}
+
+    with pytest.raises(VerificationError) as excinfo:
+        make_verifier().check_headers(headers)
+    assert excinfo.value.reason == "malformed webhook-signature entry"
 
 
 @pytest.mark.parametrize("signature_header", ["", " ", "\t\n", " \r\n "])
@@ -1078,3 +1098,69 @@ def test_none_verifier_prefers_webhook_id_over_svix_id() -> None:
     headers = {"svix-id": "msg_svix", "webhook-id": "msg_webhook"}
 
     assert NoneVerifier().verify(headers, b"body").webhook_id == "msg_webhook"
+
+
+# --- Headers before the body ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({}, "missing signature headers"),
+        (signed_headers() | {"webhook-id": "a.b"}, "malformed webhook-id"),
+        (signed_headers() | {"webhook-timestamp": "x"}, "malformed webhook-timestamp"),
+        (signed_headers(timestamp=VECTOR_TIMESTAMP - 301), "timestamp outside tolerance"),
+        (signed_headers() | {"webhook-signature": " "}, "empty webhook-signature"),
+        (signed_headers() | {"webhook-signature": "v1,AAAA"}, "malformed webhook-signature entry"),
+        (signed_headers() | {"webhook-signature": "v2,AAAA"}, "no matching signature"),
+    ],
+)
+def test_check_headers_refuses_what_no_body_can_save(headers: dict[str, str], reason: str) -> None:
+    with pytest.raises(VerificationError) as excinfo:
+        make_verifier().check_headers(headers)
+
+    assert excinfo.value.reason == reason
+    assert rejection_reason(make_verifier(), headers, VECTOR_BODY) == reason
+
+
+def test_check_headers_passes_a_request_whose_body_is_yet_to_be_verified() -> None:
+    headers = signed_headers() | {"webhook-signature": "v1," + b64(bytes(32))}
+
+    make_verifier().check_headers(headers)
+    assert rejection_reason(make_verifier(), headers, VECTOR_BODY) == "no matching signature"
+
+
+@property_settings
+@given(webhook_id=st.text(), timestamp=st.text(), signature=st.text())
+def test_verify_refuses_for_the_same_reason_as_check_headers(
+    webhook_id: str, timestamp: str, signature: str
+) -> None:
+    headers = {
+        "webhook-id": webhook_id,
+        "webhook-timestamp": timestamp,
+        "webhook-signature": signature,
+    }
+    try:
+        make_verifier().check_headers(headers)
+    except VerificationError as error:
+        assert rejection_reason(make_verifier(), headers, VECTOR_BODY) == error.reason
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({}, "missing signature header"),
+        ({"X-DocExtract-Signature": "nothex"}, "malformed signature"),
+        ({"X-DocExtract-Signature": HEX_DIGEST, "X-Webhook-Id": "a b"}, "malformed id header"),
+    ],
+)
+def test_hex_check_headers_refuses_before_the_body(headers: dict[str, str], reason: str) -> None:
+    with pytest.raises(VerificationError) as excinfo:
+        HexHmacVerifier([HEX_SECRET]).check_headers(headers)
+
+    assert excinfo.value.reason == reason
+
+
+def test_hex_and_none_check_headers_pass_well_formed_headers() -> None:
+    HexHmacVerifier([HEX_SECRET]).check_headers({"X-DocExtract-Signature": HEX_DIGEST})
+    NoneVerifier().check_headers({})

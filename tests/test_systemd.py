@@ -66,6 +66,7 @@ def test_unit_has_unit_service_and_install_sections() -> None:
         ("SystemCallFilter", "@system-service"),
         ("KillMode", "mixed"),
         ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        ("LimitNOFILE", "65536"),
     ],
 )
 def test_required_directive(service: dict[str, list[str]], key: str, value: str) -> None:

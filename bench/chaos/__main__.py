@@ -8,14 +8,15 @@ import sys
 from pathlib import Path
 
 from bench.chaos import __doc__ as package_doc
+from bench.chaos.edge import run_edge
 from bench.chaos.hostile import run_hostile
 from bench.chaos.plan import ChaosConfig
 from bench.chaos.report import render
 from bench.chaos.rounds import run_chaos
 
 REPO = Path(__file__).resolve().parent.parent.parent
-# --quick: (events, kill rounds, fuzz examples, duplicate-id requests).
-QUICK_SIZES = (300, 4, 200, 1000)
+# --quick: (events, kill rounds, fuzz examples, duplicate-id requests, flood requests).
+QUICK_SIZES = (300, 4, 200, 1000, 500)
 SLOW_CLIENTS_EACH = 10
 
 
@@ -31,6 +32,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--fuzz", type=int, default=2000, help="hypothesis examples")
     parser.add_argument("--duplicates", type=int, default=10_000, help="duplicate-id requests")
+    parser.add_argument("--flood", type=int, default=2000, help="bad-signature requests")
+    parser.add_argument(
+        "--idle", type=int, default=1100, help="idle connections (0: skip that probe)"
+    )
     parser.add_argument("--workdir", type=Path, default=defaults.workdir)
     parser.add_argument("--output", type=Path, default=REPO / "RELIABILITY.md")
     parser.add_argument(
@@ -38,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.events, args.rounds, args.fuzz, args.duplicates = QUICK_SIZES
+        args.events, args.rounds, args.fuzz, args.duplicates, args.flood = QUICK_SIZES
     return args
 
 
@@ -60,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         duplicate_requests=args.duplicates,
         slow_clients_each=SLOW_CLIENTS_EACH,
     )
+    hostile.edge = run_edge(
+        args.workdir / "edge", flood_requests=args.flood, idle_connections=args.idle
+    )
+    hostile.problems += hostile.edge.problems
     report = render(config, outcome, hostile, "python -m bench.chaos")
     if args.quick:
         print(report)

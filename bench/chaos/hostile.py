@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.chaos.edge import EdgeFigures
 from bench.chaos.outcome import integrity
 from bench.common import PYTHON, SECRET, WEBHOOK_PATH, Process, free_port, write_toml
 from pulse_relay.signature import sign_headers
@@ -165,8 +166,10 @@ def _forge(args: tuple[bytes, str, str, int, bytes]) -> tuple[dict[str, str], by
         return headers, body + junk + b" "
     if mode == "id-changed":
         return {**headers, "webhook-id": safe_id + "x"}, body
-    # A valid v1 signature hidden among malformed entries.
-    return {**headers, "webhook-signature": "v1 " + headers["webhook-signature"]}, body
+    # Malformed entries beside a well-formed but wrong one (beside a matching one they
+    # would be accepted, as the reference libraries accept them).
+    wrong = "v1," + base64.b64encode(bytes(32)).decode()
+    return {**headers, "webhook-signature": f"v1 v1,AAAA {wrong}"}, body
 
 
 def fuzz(relay: SyncRelay, examples: int, statuses: Counter[int], *, seed: int = 0) -> None:
@@ -459,6 +462,8 @@ class HostileFigures:
     slow: SlowClientFigures | None = None
     duplicates: DuplicateFigures | None = None
     disk: DiskFullFigures | None = None
+    # Issue 13's ingress findings (bench/chaos/edge.py), measured after the rest.
+    edge: EdgeFigures | None = None
     read_timeout_seconds: float = 1.0
     duplicate_rate: float = 0.1
     total_seconds: float = 0.0

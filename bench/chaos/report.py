@@ -96,6 +96,17 @@ METHOD: tuple[tuple[str, str], ...] = (
         "ones. The store on a small tmpfs is filled up: the relay must answer 503, then "
         "accept again once space returns, losing nothing.",
     ),
+    (
+        "The public edge",
+        "(issue 13; a relay logging at info, `read_timeout_seconds = {read_timeout}`, "
+        "bodies up to 64 KiB): every ingress finding of the review is replayed with the real "
+        "bytes on a raw socket — compressed and corrupt bodies, a malformed signature entry "
+        "beside a good one, `Expect: 100-continue` with a refusal due, a repeated "
+        "`webhook-id`, a chunk that breaks mid-body, a client that disconnects mid-body, "
+        "{flood} bad signatures from 8 senders at once, {idle} idle connections against "
+        "systemd's default soft file limit and then the unit's `LimitNOFILE`, and the "
+        "README's nginx recipe in front of a relay. Each row gives the answer measured now.",
+    ),
 )
 
 
@@ -199,6 +210,8 @@ def hostile_rows(hostile: HostileFigures, outcome: Outcome) -> list[Row]:
                 f"(integrity {disk.integrity}; /readyz while full: {disk.readyz_while_full})",
             )
         )
+    if hostile.edge is not None:
+        rows += hostile.edge.rows
     return rows
 
 
@@ -262,6 +275,8 @@ def _facts(config: ChaosConfig, outcome: Outcome, hostile: HostileFigures) -> di
         ),
         "read_timeout": f"{hostile.read_timeout_seconds:g}",
         "duplicate_rate": f"{hostile.duplicate_rate:.0%}",
+        "flood": f"{hostile.edge.flood_requests:,}" if hostile.edge else "no",
+        "idle": f"{hostile.edge.idle_connections:,}" if hostile.edge else "no",
     }
 
 

@@ -13,7 +13,7 @@ A second signal during that ends the process at once (status 1, leases kept).
 The ingress goes first because it is the only way new work arrives from outside;
 the admin side stays up until then so that probes see the relay to the end.
 
-SIGHUP reloads the sinks and the log settings.
+SIGHUP reloads the ingress's TLS certificate files, the sinks and the log settings.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,16 +37,24 @@ from pulse_relay.admin.context import AdminContext, CachedReadiness
 from pulse_relay.admin.stream import ChangeHub
 from pulse_relay.config import ConfigError, Settings, SinkSettings, admin_exposure_problem
 from pulse_relay.dispatcher import Dispatcher, DispatcherLimits, SinkRuntime
+from pulse_relay.edge import (
+    SampledLog,
+    digest_header_values,
+    parse_networks,
+    sample_accept_errors,
+)
 from pulse_relay.logs import configure_logging, get_logger
 from pulse_relay.metrics import Metrics
 from pulse_relay.notify import Notifier, run_watchdog, watchdog_interval_seconds
 from pulse_relay.poller import Poller, PollerConfig
+from pulse_relay.protocol import IngressRunner
 from pulse_relay.pulse import PulseClient
 from pulse_relay.server import Ingress, IngressConfig, build_app
 from pulse_relay.signature import HexHmacVerifier, NoneVerifier, StandardVerifier, Verifier
 from pulse_relay.sinks import build_sink, retry_policy_for
 from pulse_relay.sinks.base import Sink, matches_any
 from pulse_relay.store import PostgresStore, SQLiteStore, StoreBackend, StoreUnavailableError
+from pulse_relay.tls import TLSFilesError, reload_context, server_context
 
 log = get_logger("pulse_relay.app")
 
@@ -95,17 +104,44 @@ class SinkFactory(Protocol):
     ) -> Sink: ...
 
 
-def listener_base_url(host: str, port: int | None) -> str:
+def listener_base_url(host: str, port: int | None, *, scheme: str = "http") -> str:
     """http://host:port of a listener, an IPv6 host in brackets."""
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
+    return f"{scheme}://{shown}:{port}"
 
 
-def local_url(host: str, port: int | None) -> str:
-    """http://host:port to reach a listener bound to `host` from this machine."""
+def build_ingress_config(settings: Settings, *, closed_reason: str | None) -> IngressConfig:
+    """The ingress's limits and edge rules from settings."""
+    server, verify = settings.server, settings.verify
+    required = {name: value.get_secret_value() for name, value in verify.required_headers.items()}
+    return IngressConfig(
+        max_body_bytes=server.max_body_bytes,
+        read_timeout_seconds=server.read_timeout_seconds,
+        fetch_on=frozenset(settings.pulse.fetch_on),
+        closed_reason=closed_reason,
+        allow_from=parse_networks(server.allow_from),
+        trusted_proxies=parse_networks(server.trusted_proxies),
+        required_headers=digest_header_values(required),
+        single_headers=(
+            (verify.signature_header, verify.id_header)
+            if verify.scheme == "hmac-sha256-hex"
+            else ()
+        ),
+    )
+
+
+def local_url(host: str, port: int | None, *, scheme: str = "http") -> str:
+    """http(s)://host:port to reach a listener bound to `host` from this machine."""
     if host in ("0.0.0.0", "::", ""):  # noqa: S104 - only to build a URL to reach ourselves
         host = "127.0.0.1"
-    return listener_base_url(host, port)
+    return listener_base_url(host, port, scheme=scheme)
+
+
+def ingress_url(settings: Settings, port: int | None = None) -> str:
+    """http(s)://host:port to reach the ingress from this machine (`port` once bound)."""
+    server = settings.server
+    scheme = "https" if server.is_tls else "http"
+    return local_url(server.host, server.port if port is None else port, scheme=scheme)
 
 
 def build_store(settings: Settings) -> StoreBackend:
@@ -154,6 +190,8 @@ class Relay:
         self.dispatcher: Dispatcher | None = None
         self.poller: Poller | None = None
         self.port: int | None = None
+        # The live TLS context of the ingress (None for plain HTTP); SIGHUP reloads it.
+        self.tls_context: ssl.SSLContext | None = None
         self.admin_port: int | None = None
         self.hub = ChangeHub(clock=clock)
         self.store.add_listener(self.hub.on_store_change)
@@ -162,8 +200,8 @@ class Relay:
 
     @property
     def base_url(self) -> str:
-        """http://host:port of the bound ingress listener, as reached from this machine."""
-        return local_url(self.settings.server.host, self.port)
+        """http(s)://host:port of the bound ingress listener, as reached from this machine."""
+        return ingress_url(self.settings, self.port)
 
     @property
     def admin_url(self) -> str:
@@ -244,13 +282,9 @@ class Relay:
                 "endpoint answers 503; watched jobs are polled"
             )
         server = self.settings.server
+        closed_reason = POLLING_ONLY_REASON if self.verifier is None else None
         ingress = Ingress(
-            IngressConfig(
-                max_body_bytes=server.max_body_bytes,
-                read_timeout_seconds=server.read_timeout_seconds,
-                fetch_on=frozenset(self.settings.pulse.fetch_on),
-                closed_reason=POLLING_ONLY_REASON if self.verifier is None else None,
-            ),
+            build_ingress_config(self.settings, closed_reason=closed_reason),
             verifier=self.verifier,
             store=self.store,
             route=self.route,
@@ -259,14 +293,25 @@ class Relay:
             clock=self._clock,
         )
         app = build_app(ingress, path=server.path)
-        self._runner = web.AppRunner(
+        if server.tls_cert_file is not None and server.tls_key_file is not None:
+            try:
+                self.tls_context = server_context(server.tls_cert_file, server.tls_key_file)
+            except TLSFilesError as error:
+                raise ConfigError(f"server.tls_cert_file: {error}") from None
+        self._runner = IngressRunner(
             app,
-            access_log=None,
-            handle_signals=False,
+            on_malformed=ingress.malformed,
+            keepalive_timeout_seconds=server.read_timeout_seconds,
             shutdown_timeout=server.shutdown_grace_seconds,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, server.host, server.port, reuse_address=True)
+        site = web.TCPSite(
+            self._runner,
+            server.host,
+            server.port,
+            reuse_address=True,
+            ssl_context=self.tls_context,
+        )
         await site.start()
         address = self._runner.addresses[0]
         self.port = int(address[1])
@@ -377,6 +422,22 @@ class Relay:
                     self._reloading = False
                 await _close_sinks(old_sinks)
             return ignored
+
+    def reload_tls(self) -> bool:
+        """Load renewed certificate files into the live context; False (logged) if unusable.
+
+        Connections already open keep their session; new handshakes see the new chain.
+        """
+        server = self.settings.server
+        if self.tls_context is None or server.tls_cert_file is None or server.tls_key_file is None:
+            return True
+        try:
+            reload_context(self.tls_context, server.tls_cert_file, server.tls_key_file)
+        except TLSFilesError as error:
+            log.error("TLS reload refused; keeping the running certificate", reason=str(error))
+            return False
+        log.info("TLS certificate reloaded", cert_file=str(server.tls_cert_file))
+        return True
 
     async def prune(self, *, older_than_days: float) -> int:
         """Delete finished events older than `older_than_days`; returns how many."""
@@ -530,6 +591,7 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_stop_signal)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    sample_accept_errors(loop, SampledLog(log))
     try:
         await relay.start()
         notifier.ready(status=_status_line(relay))
@@ -543,6 +605,7 @@ async def serve(
         log.info("shutting down")
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
+        loop.set_exception_handler(None)
         for task in list(background):
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
@@ -606,7 +669,9 @@ def _status_line(relay: Relay) -> str:
 
 
 async def _reload(relay: Relay, load: SettingsLoader | None, notifier: Notifier) -> None:
-    """SIGHUP: read the configuration again; keep the running one if the new one is broken."""
+    """SIGHUP: reload TLS files and read the configuration again; keep what is broken out."""
+    # A renewed certificate is loaded whatever becomes of the configuration.
+    relay.reload_tls()
     if load is None:
         log.warning("SIGHUP ignored: no configuration source to reload from")
         return

@@ -14,7 +14,7 @@ import aiohttp
 import click
 
 from pulse_relay import __version__
-from pulse_relay.app import build_store, local_url, serve
+from pulse_relay.app import build_store, ingress_url, local_url, serve
 from pulse_relay.config import ConfigError, Settings, load_settings, redacted_settings
 from pulse_relay.events import is_valid_job_id
 from pulse_relay.logs import configure_logging
@@ -125,8 +125,9 @@ def check_config(obj: _Context) -> None:
     """Validate the configuration and print it with secrets redacted.
 
     Also checks this host: the store's folder and file sink directories are
-    writable, command sink programs exist and are executable; a PostgreSQL store
-    is reachable and its schema is not newer than this release.
+    writable, command sink programs exist and are executable, the TLS certificate
+    and key can be read and belong together, and a PostgreSQL store is reachable
+    and its schema is not newer than this release.
     """
     settings = obj.settings()
     problems = check_host(settings)
@@ -202,6 +203,7 @@ def show_command(obj: _Context, event_id: str, as_json: bool) -> None:
         return
     for key in ("id", "received_at", "source", "type", "job_id", "state", "error"):
         click.echo(f"{key + ':':<13}{document[key] if document[key] is not None else '-'}")
+    click.echo(f"{'client:':<13}{view.client_address or '-'}")
     click.echo(
         f"{'fetch:':<13}{view.fetch_state}" + (f" ({view.fetch_error})" if view.fetch_error else "")
     )
@@ -362,7 +364,7 @@ def send_test_command(
     except ValueError as error:
         fail(f"{error}; give --secret")
     try:
-        status, answer = asyncio.run(post_test_event(target, event))
+        status, answer = asyncio.run(post_test_event(target, event, is_own_listener=url is None))
     except (aiohttp.ClientError, OSError, TimeoutError) as error:
         fail(f"cannot reach {target}: {error or type(error).__name__} (is serve running?)")
     click.echo(f"{status} {answer}")
@@ -371,7 +373,7 @@ def send_test_command(
 
 
 def _own_url(settings: Settings) -> str:
-    return local_url(settings.server.host, settings.server.port) + settings.server.path
+    return ingress_url(settings) + settings.server.path
 
 
 def _probe_url(settings: Settings, check_ready: bool) -> str:
@@ -381,7 +383,7 @@ def _probe_url(settings: Settings, check_ready: bool) -> str:
         return local_url(admin.host, admin.port) + ("/readyz" if check_ready else "/healthz")
     if check_ready:
         fail("/readyz is served by the admin listener, and admin.enabled is false")
-    return local_url(settings.server.host, settings.server.port) + "/healthz"
+    return ingress_url(settings) + "/healthz"
 
 
 @cli.command("prune")
@@ -421,22 +423,23 @@ def healthcheck_command(
     obj: _Context, url: str | None, check_ready: bool, timeout_seconds: float
 ) -> None:
     """Exit 0 if the running relay answers 200, else 1 (for container HEALTHCHECKs)."""
-    if url is None:
-        url = _probe_url(obj.settings(), check_ready)
+    target = _probe_url(obj.settings(), check_ready) if url is None else url
     try:
-        status, answer = asyncio.run(_get(url, timeout_seconds))
+        status, answer = asyncio.run(_get(target, timeout_seconds, is_own_listener=url is None))
     except (aiohttp.ClientError, OSError, TimeoutError) as error:
-        fail(f"unhealthy: cannot reach {url}: {error or type(error).__name__}")
+        fail(f"unhealthy: cannot reach {target}: {error or type(error).__name__}")
     if status != 200:
-        fail(f"unhealthy: {url} answered {status} {answer}")
-    click.echo(f"healthy: {url} answered {status}")
+        fail(f"unhealthy: {target} answered {status} {answer}")
+    click.echo(f"healthy: {target} answered {status}")
 
 
-async def _get(url: str, timeout_seconds: float) -> tuple[int, str]:
+async def _get(url: str, timeout_seconds: float, *, is_own_listener: bool) -> tuple[int, str]:
     timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+    # This relay's own listener (HTTPS without an admin side): its certificate names the
+    # public host, not the loopback address probed, so it is not verified.
     async with (
         aiohttp.ClientSession(timeout=timeout) as session,
-        session.get(url, allow_redirects=False) as response,
+        session.get(url, allow_redirects=False, ssl=not is_own_listener) as response,
     ):
         return response.status, (await response.text()).strip()
 

@@ -14,7 +14,8 @@ Tables are merged key by key across these layers; a list (such as `sinks` or
 `verify.secrets`) is taken whole from the highest layer that sets it.
 
 Secret files are read after the layers are merged: the secrets in
-`verify.secrets_file` are added to `verify.secrets`; `pulse.api_key_file` and
+`verify.secrets_file` are added to `verify.secrets`, the `Name: value` lines of
+`verify.required_headers_file` to `verify.required_headers`; `pulse.api_key_file` and
 `admin.token_file` are read only when `pulse.api_key` / `admin.token` is empty (a
 value given directly wins, so a `PULSE_API_KEY` set for one run does not need the
 file to exist).
@@ -52,6 +53,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from pulse_relay.edge import parse_networks
 from pulse_relay.redaction import REDACTED, is_secret_name
 from pulse_relay.signature import decode_secret
 from pulse_relay.sinks.file import parse_filename_template, relative_path_problem
@@ -105,6 +107,15 @@ def _check_http_url(url: str) -> None:
         raise ValueError(problem)
 
 
+def check_header(name: str, value: str) -> None:
+    """ValueError unless `name: value` can be one HTTP header line."""
+    if _HEADER_NAME.fullmatch(name) is None:
+        raise ValueError(f"{name!r} is not a valid header name")
+    # A line break would let a config value smuggle extra headers into the request.
+    if any(c in value for c in "\r\n\0"):
+        raise ValueError(f"header {name!r} contains a line break")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -117,6 +128,12 @@ class ServerSettings(_Section):
     # A client that has not sent its whole request by then is cut off.
     read_timeout_seconds: float = Field(default=10.0, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    # HTTPS on the ingress itself: PEM files, the certificate file may hold the chain.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # Who may call (empty: anyone), and which peers' X-Forwarded-For/Forwarded are believed.
+    allow_from: list[str] = Field(default_factory=list)
+    trusted_proxies: list[str] = Field(default_factory=list)
 
     @field_validator("path")
     @classmethod
@@ -124,6 +141,35 @@ class ServerSettings(_Section):
         if not value.startswith("/"):
             raise ValueError('must start with "/"')
         return value
+
+    @field_validator("allow_from", "trusted_proxies", mode="before")
+    @classmethod
+    def _split_network_text(cls, value: object) -> object:
+        # `allow_from = "10.0.0.0/8 192.0.2.1"` reads like an environment variable; accept it.
+        return value.replace(",", " ").split() if isinstance(value, str) else value
+
+    @field_validator("allow_from", "trusted_proxies")
+    @classmethod
+    def _networks_parse(cls, value: list[str]) -> list[str]:
+        return [str(network) for network in parse_networks(value)]
+
+    @model_validator(mode="after")
+    def _tls_files_come_in_pairs(self) -> ServerSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            given, missing = (
+                ("tls_cert_file", "tls_key_file")
+                if self.tls_key_file is None
+                else ("tls_key_file", "tls_cert_file")
+            )
+            raise _invalid(
+                type(self).__name__, [((missing,), f"required when server.{given} is set")]
+            )
+        return self
+
+    @property
+    def is_tls(self) -> bool:
+        """Whether the ingress serves HTTPS."""
+        return self.tls_cert_file is not None
 
 
 class VerifySettings(_Section):
@@ -134,6 +180,25 @@ class VerifySettings(_Section):
     # hmac-sha256-hex only: where the signature and the dedupe id are found.
     signature_header: str = "X-DocExtract-Signature"
     id_header: str = "X-Webhook-Id"
+    # Headers every webhook must carry with exactly this value (checked before the body).
+    required_headers: dict[str, SecretStr] = Field(default_factory=dict)
+    required_headers_file: Path | None = None
+
+    @field_validator("required_headers")
+    @classmethod
+    def _required_headers_are_sendable(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        seen: set[str] = set()
+        for name, secret in value.items():
+            check_header(name, secret.get_secret_value())
+            if not secret.get_secret_value().strip():
+                raise ValueError(f"header {name!r} has an empty value")
+            if name.lower() in seen:
+                raise ValueError(f"header {name!r} is given twice")
+            seen.add(name.lower())
+        # HTTP drops the spaces around a header value: a value is compared without them.
+        return {
+            name: SecretStr(secret.get_secret_value().strip()) for name, secret in value.items()
+        }
 
     @field_validator("secrets", mode="before")
     @classmethod
@@ -324,11 +389,7 @@ class HttpSinkSettings(_SinkBase):
     @classmethod
     def _headers_are_sendable(cls, value: dict[str, str]) -> dict[str, str]:
         for name, header_value in value.items():
-            if _HEADER_NAME.fullmatch(name) is None:
-                raise ValueError(f"{name!r} is not a valid header name")
-            # A line break would let a config value smuggle extra headers into the request.
-            if any(c in header_value for c in "\r\n\0"):
-                raise ValueError(f"header {name!r} contains a line break")
+            check_header(name, header_value)
         return value
 
     @field_validator("sign_secret")
@@ -559,16 +620,20 @@ def _secret_path(raw: str | os.PathLike[str]) -> Path:
     return (Path(base) if base else Path.cwd()) / path
 
 
-def _read_secret_file(key: str, raw: str | os.PathLike[str]) -> tuple[Path, list[str]]:
-    """The whitespace-separated secrets in a file; ConfigError naming the key and path."""
-    path = _secret_path(raw)
+def _read_secret_text(key: str, path: Path) -> str:
+    """A secret file's text; ConfigError naming the key and path."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{key}: {path} is not UTF-8 text") from None
-    secrets = text.split()
+
+
+def _read_secret_file(key: str, raw: str | os.PathLike[str]) -> tuple[Path, list[str]]:
+    """The whitespace-separated secrets in a file; ConfigError naming the key and path."""
+    path = _secret_path(raw)
+    secrets = _read_secret_text(key, path).split()
     if not secrets:
         raise ConfigError(f"{key}: {path} is empty")
     return path, secrets
@@ -583,24 +648,61 @@ def _read_secret_files(merged: dict[str, Any]) -> dict[Loc, str]:
     pinned: dict[Loc, str] = {}
     verify = merged.get("verify")
     if isinstance(verify, dict):
-        raw = verify.get("secrets_file")
-        if raw == "":
-            verify["secrets_file"] = None
-        elif isinstance(raw, str | os.PathLike):
-            path, from_file = _read_secret_file("verify.secrets_file", raw)
-            configured = verify.get("secrets", [])
-            if isinstance(configured, str):
-                configured = configured.split()
-            if isinstance(configured, list):
-                added = [secret for secret in from_file if secret not in configured]
-                for offset in range(len(added)):
-                    pinned["verify", "secrets", len(configured) + offset] = f"in {path}"
-                verify["secrets"] = [*configured, *added]
-                verify["secrets_file"] = str(path)
+        _fold_webhook_secrets_file(verify, pinned)
+        _fold_required_headers_file(verify, pinned)
     _read_single_secret_file(merged, pinned, "pulse", "api_key")
     _read_single_secret_file(merged, pinned, "admin", "token")
     _read_single_secret_file(merged, pinned, "store", "url")
     return pinned
+
+
+def _fold_webhook_secrets_file(verify: dict[str, Any], pinned: dict[Loc, str]) -> None:
+    """verify.secrets_file's secrets are added to verify.secrets."""
+    raw = verify.get("secrets_file")
+    if raw == "":
+        verify["secrets_file"] = None
+    elif isinstance(raw, str | os.PathLike):
+        path, from_file = _read_secret_file("verify.secrets_file", raw)
+        configured = verify.get("secrets", [])
+        if isinstance(configured, str):
+            configured = configured.split()
+        if isinstance(configured, list):
+            added = [secret for secret in from_file if secret not in configured]
+            for offset in range(len(added)):
+                pinned["verify", "secrets", len(configured) + offset] = f"in {path}"
+            verify["secrets"] = [*configured, *added]
+            verify["secrets_file"] = str(path)
+
+
+def _fold_required_headers_file(verify: dict[str, Any], pinned: dict[Loc, str]) -> None:
+    """verify.required_headers_file's `Name: value` lines are added to verify.required_headers."""
+    key = "verify.required_headers_file"
+    raw = verify.get("required_headers_file")
+    if raw == "":
+        verify["required_headers_file"] = None
+        return
+    configured = verify.get("required_headers", {})
+    if not isinstance(raw, str | os.PathLike) or not isinstance(configured, dict):
+        return
+    path = _secret_path(raw)
+    lines = _read_secret_text(key, path).splitlines()
+    from_file: dict[str, str] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not name.strip() or not value.strip():
+            raise ConfigError(f"{key}: {path} line {number}: expected `Header-Name: value`")
+        from_file[name.strip()] = value.strip()
+    if not from_file:
+        raise ConfigError(f"{key}: {path} is empty")
+    given = {name.lower() for name in configured}
+    for name in from_file:
+        if name.lower() in given:
+            raise ConfigError(f"{key}: {path} sets {name}, which verify.required_headers sets too")
+        pinned["verify", "required_headers", name] = f"in {path}"
+    verify["required_headers"] = {**configured, **from_file}
+    verify["required_headers_file"] = str(path)
 
 
 def _read_single_secret_file(
@@ -716,6 +818,10 @@ def redacted_settings(settings: Settings) -> dict[str, Any]:
     """The effective configuration as JSON-ready data with every secret masked."""
     data: dict[str, Any] = settings.model_dump(mode="json")
     data["verify"]["secrets"] = [_mask(s.get_secret_value()) for s in settings.verify.secrets]
+    data["verify"]["required_headers"] = {
+        name: _mask(value.get_secret_value())
+        for name, value in settings.verify.required_headers.items()
+    }
     data["pulse"]["api_key"] = _mask(settings.pulse.api_key.get_secret_value())
     data["pulse"]["base_url"] = _redact_url(settings.pulse.base_url)
     data["admin"]["token"] = _mask(settings.admin.token.get_secret_value())

@@ -87,6 +87,7 @@ def ingest_record(
     body: bytes,
     route: Callable[[str], Sequence[str]],
     fetch_on: frozenset[str],
+    client_address: str | None = None,
 ) -> IngestRecord:
     """What the store keeps for a received body (a webhook's or a poll's): parsed and routed."""
     parsed = parse_event(body)
@@ -105,6 +106,7 @@ def ingest_record(
         error=parsed.error,
         sinks=sinks,
         needs_fetch=parsed.type in fetch_on and parsed.job_id is not None,
+        client_address=client_address,
     )
 
 

@@ -2,7 +2,8 @@
 
 Settings validation proves the file is well-formed; these checks prove it can
 work here: the store's folder and every file sink's directory can be written,
-and every command sink's program exists and may be executed. They run as the
+every command sink's program exists and may be executed, and the ingress's
+TLS certificate and key can be read, parse, and belong together. They run as the
 user who runs them, which may not be the service's own user.
 """
 
@@ -18,6 +19,7 @@ from pulse_relay.config import (
     Settings,
     admin_exposure_problem,
 )
+from pulse_relay.tls import tls_problem
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -65,6 +67,11 @@ def check_host(settings: Settings) -> list[str]:
         store_problem = _writable_directory_problem(store_file.absolute().parent)
         if store_problem is not None:
             problems.append(f"store.path: {store_problem}")
+    server = settings.server
+    if server.tls_cert_file is not None and server.tls_key_file is not None:
+        problem = tls_problem(server.tls_cert_file, server.tls_key_file)
+        if problem is not None:
+            problems.append(f"server.tls_cert_file / server.tls_key_file: {problem}")
     for index, sink in enumerate(settings.sinks):
         if not sink.enabled:
             continue

@@ -36,6 +36,7 @@ def event_document(view: EventView) -> dict[str, Any]:
         "deliveries": {sink: delivery_document(d) for sink, d in view.deliveries.items()},
     }
     if view.body is not None:
+        document["client_address"] = view.client_address
         document["headers"] = view.headers
         try:
             document["payload"] = json.loads(view.body)

@@ -47,6 +47,10 @@ class Verified:
 class Verifier(Protocol):
     """Proves a request genuine or raises `VerificationError`."""
 
+    def check_headers(self, headers: Mapping[str, str]) -> None:
+        """Raise VerificationError if the headers alone already fail (read before the body)."""
+        ...
+
     def verify(self, headers: Mapping[str, str], body: bytes) -> Verified: ...
 
 
@@ -132,8 +136,25 @@ class StandardVerifier:
         self._tolerance_seconds = tolerance_seconds
         self._clock = clock
 
+    def check_headers(self, headers: Mapping[str, str]) -> None:
+        """Presence and form of the three headers, and the timestamp window."""
+        self._parse(headers)
+
     def verify(self, headers: Mapping[str, str], body: bytes) -> Verified:
         """Return the verified id, or raise VerificationError with a short reason."""
+        webhook_id, timestamp, candidates = self._parse(headers)
+        expected = [compute_signature(key, webhook_id, timestamp, body) for key in self._keys]
+        # Every pair is compared so the time taken does not depend on where a match is.
+        matched = False
+        for candidate in candidates:
+            for signature in expected:
+                matched |= hmac.compare_digest(candidate.encode(), signature.encode())
+        if not matched:
+            raise VerificationError("no matching signature")
+        return Verified(webhook_id=webhook_id, timestamp=timestamp)
+
+    def _parse(self, headers: Mapping[str, str]) -> tuple[str, int, list[str]]:
+        """The id, the timestamp and the usable v1 signatures; VerificationError if none."""
         lowered = _lower(headers)
         webhook_id = _header(lowered, "id")
         timestamp_text = _header(lowered, "timestamp")
@@ -147,38 +168,44 @@ class StandardVerifier:
         timestamp = int(timestamp_text)
         if abs(self._clock() - timestamp) > self._tolerance_seconds:
             raise VerificationError("timestamp outside tolerance")
-        candidates = _v1_signatures(signature_header)
-        expected = [compute_signature(key, webhook_id, timestamp, body) for key in self._keys]
-        # Every pair is compared so the time taken does not depend on where a match is.
-        matched = False
-        for candidate in candidates:
-            for signature in expected:
-                matched |= hmac.compare_digest(candidate.encode(), signature.encode())
-        if not matched:
-            raise VerificationError("no matching signature")
-        return Verified(webhook_id=webhook_id, timestamp=timestamp)
+        return webhook_id, timestamp, _v1_signatures(signature_header)
 
 
 def _v1_signatures(header: str) -> list[str]:
-    """The `v1` signatures of a header; a malformed entry fails the whole header."""
+    """The well-formed `v1` signatures of a header.
+
+    A malformed entry (no comma, not base64, not 32 bytes) matches nothing but does
+    not spoil the others, as in the reference libraries: a request signed by one good
+    entry next to a garbled one is genuine. A header with no usable `v1` entry at all
+    can never match, so it is refused before the body is read.
+    """
     entries = header.split()
     if not entries:
         raise VerificationError("empty webhook-signature")
     found: list[str] = []
+    has_malformed = False
     for entry in entries:
         version, comma, value = entry.partition(",")
         if not comma or not version or not value:
-            raise VerificationError("malformed webhook-signature entry")
-        if version != "v1":
-            continue
-        try:
-            raw = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise VerificationError("malformed webhook-signature entry") from None
-        if len(raw) != hashlib.sha256().digest_size:
-            raise VerificationError("malformed webhook-signature entry")
-        found.append(value)
+            has_malformed = True
+        elif version == "v1":
+            if _is_sha256_base64(value):
+                found.append(value)
+            else:
+                has_malformed = True
+    if not found:
+        raise VerificationError(
+            "malformed webhook-signature entry" if has_malformed else "no matching signature"
+        )
     return found
+
+
+def _is_sha256_base64(value: str) -> bool:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return len(raw) == hashlib.sha256().digest_size
 
 
 class HexHmacVerifier:
@@ -197,9 +224,26 @@ class HexHmacVerifier:
         self._signature_header = signature_header.lower()
         self._id_header = id_header.lower()
 
+    def check_headers(self, headers: Mapping[str, str]) -> None:
+        """Presence and form of the signature header and of the id header when given."""
+        self._parse(_lower(headers))
+
     def verify(self, headers: Mapping[str, str], body: bytes) -> Verified:
         """Return the id (the id header, else the body's SHA-256), or raise VerificationError."""
         lowered = _lower(headers)
+        given, webhook_id = self._parse(lowered)
+        matched = False
+        for secret in self._secrets:
+            expected = hex_signature(secret, body)
+            matched |= hmac.compare_digest(expected.encode(), given.encode())
+        if not matched:
+            raise VerificationError("no matching signature")
+        if webhook_id is None:
+            webhook_id = "sha256:" + hashlib.sha256(body).hexdigest()
+        return Verified(webhook_id=webhook_id, timestamp=None)
+
+    def _parse(self, lowered: dict[str, str]) -> tuple[str, str | None]:
+        """The lower-case hex signature and the id header (None when absent or empty)."""
         given = lowered.get(self._signature_header)
         if given is None:
             raise VerificationError("missing signature header")
@@ -208,22 +252,17 @@ class HexHmacVerifier:
             given = given[7:]
         if re.fullmatch(r"[0-9a-fA-F]{64}", given) is None:
             raise VerificationError("malformed signature")
-        matched = False
-        for secret in self._secrets:
-            expected = hex_signature(secret, body)
-            matched |= hmac.compare_digest(expected.encode(), given.lower().encode())
-        if not matched:
-            raise VerificationError("no matching signature")
-        webhook_id = lowered.get(self._id_header)
-        if webhook_id is None or webhook_id == "":
-            webhook_id = "sha256:" + hashlib.sha256(body).hexdigest()
-        elif not is_valid_webhook_id(webhook_id):
+        webhook_id = lowered.get(self._id_header) or None
+        if webhook_id is not None and not is_valid_webhook_id(webhook_id):
             raise VerificationError("malformed id header")
-        return Verified(webhook_id=webhook_id, timestamp=None)
+        return given.lower(), webhook_id
 
 
 class NoneVerifier:
     """Accepts everything (local experiments only); the id is the id header or the body hash."""
+
+    def check_headers(self, headers: Mapping[str, str]) -> None:
+        """Nothing to check."""
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> Verified:
         """Return an id without checking anything."""

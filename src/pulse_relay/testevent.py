@@ -51,16 +51,33 @@ def build_test_event(
     else:
         headers = sign_headers(secrets[0], webhook_id, body)
     headers["content-type"] = "application/json"
+    for name, value in verify.required_headers.items():
+        headers[name] = value.get_secret_value()
     return SampleEvent(webhook_id, body, headers)
 
 
 async def post_test_event(
-    url: str, event: SampleEvent, *, timeout_seconds: float = TEST_TIMEOUT_SECONDS
+    url: str,
+    event: SampleEvent,
+    *,
+    timeout_seconds: float = TEST_TIMEOUT_SECONDS,
+    is_own_listener: bool = False,
 ) -> tuple[int, str]:
-    """POST the event to `url`; (status, answer text). Raises aiohttp/OS errors when unreachable."""
+    """POST the event to `url`; (status, answer text). Raises aiohttp/OS errors when unreachable.
+
+    `is_own_listener`: `url` is this relay's ingress reached on this machine, whose
+    certificate (with TLS) names the public host, not the loopback address: it is
+    not verified.
+    """
     timeout = aiohttp.ClientTimeout(total=timeout_seconds)
     async with (
         aiohttp.ClientSession(timeout=timeout) as session,
-        session.post(url, data=event.body, headers=event.headers, allow_redirects=False) as answer,
+        session.post(
+            url,
+            data=event.body,
+            headers=event.headers,
+            allow_redirects=False,
+            ssl=not is_own_listener,
+        ) as answer,
     ):
         return answer.status, (await answer.text()).strip()

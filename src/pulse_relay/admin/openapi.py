@@ -83,7 +83,11 @@ SCHEMAS: dict[str, Any] = {
         "allOf": [
             _ref("EventItem"),
             _object(
-                ["headers", "job", "result_url", "attempts", "envelopes"],
+                ["client_address", "headers", "job", "result_url", "attempts", "envelopes"],
+                client_address={
+                    **_nullable("string"),
+                    "description": "The sender's address, behind trusted proxies; null if unknown.",
+                },
                 headers={"type": "object", "additionalProperties": {"type": "string"}},
                 payload={"description": "The body, when it is JSON."},
                 payload_text={"type": "string", "description": "The body otherwise."},

@@ -338,7 +338,7 @@ async def send_test(ctx: AdminContext, body: Mapping[str, Any]) -> dict[str, Any
         raise Conflict(f"{error}: the relay is in polling-only mode") from None
     url = ctx.ingress_url()
     try:
-        status, text = await post_test_event(url, event)
+        status, text = await post_test_event(url, event, is_own_listener=True)
     except (aiohttp.ClientError, OSError, TimeoutError) as error:
         raise Unavailable(f"cannot reach the ingress at {url}: {error}") from None
     try:

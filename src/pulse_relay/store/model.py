@@ -46,6 +46,8 @@ class IngestRecord:
     error: str | None
     sinks: Sequence[str]
     needs_fetch: bool
+    # Webhooks only: the client as the ingress saw it (None for polled events).
+    client_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ class EventView:
     fetch_error: str | None
     deliveries: dict[str, DeliveryView] = field(default_factory=dict)
     headers: dict[str, str] | None = None
+    client_address: str | None = None
     body: bytes | None = None
     job: Any = None
     result_url: str | None = None

@@ -63,12 +63,14 @@ async def _insert_new(conn: AsyncConnection[Any], decisions: list[Decision]) -> 
         [d.record.body for d in decisions],
         ["pending" if d.needs_fetch else "none" for d in decisions],
         [d.record.received_at if d.needs_fetch else None for d in decisions],
+        [d.record.client_address for d in decisions],
     ]
     cursor = await conn.execute(
         "INSERT INTO events (id, received_at, source, type, job_id, job_key, state, error, "
-        "headers, body, fetch_state, next_fetch_at) "
+        "headers, body, fetch_state, next_fetch_at, client_address) "
         "SELECT * FROM unnest(%s::text[], %s::float8[], %s::text[], %s::text[], %s::text[], "
-        "%s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[], %s::text[], %s::float8[]) "
+        "%s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[], %s::text[], %s::float8[], "
+        "%s::text[]) "
         "ON CONFLICT (id) DO NOTHING RETURNING id",
         columns,
     )

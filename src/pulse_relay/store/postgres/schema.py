@@ -37,7 +37,8 @@ MIGRATIONS: tuple[str, ...] = (
         fetch_error TEXT,
         job TEXT,
         result_url TEXT,
-        fetched_at DOUBLE PRECISION
+        fetched_at DOUBLE PRECISION,
+        client_address TEXT
     );
     CREATE INDEX events_received_at ON events (received_at);
     CREATE INDEX events_job_id ON events (job_id) WHERE job_id IS NOT NULL;

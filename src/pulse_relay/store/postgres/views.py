@@ -73,7 +73,8 @@ class ViewsMixin(WatchesMixin):
         """One event with headers, body, job and the whole attempt log; None if unknown."""
         async with self.connection() as conn:
             cursor = await conn.execute(
-                f"SELECT {_EVENT_COLUMNS}, e.headers, e.body, e.job, e.result_url, w.metadata "
+                f"SELECT {_EVENT_COLUMNS}, e.headers, e.body, e.job, e.result_url, w.metadata, "
+                "e.client_address "
                 "FROM events e LEFT JOIN watches w ON w.job_id = e.job_id WHERE e.id = %s",
                 (event_id,),
             )
@@ -81,7 +82,7 @@ class ViewsMixin(WatchesMixin):
             if row is None:
                 return None
             view = EventView(*row[:9])
-            headers, body, job, view.result_url, view.metadata = row[9:]
+            headers, body, job, view.result_url, view.metadata, view.client_address = row[9:]
             view.headers = json.loads(headers)
             view.body = bytes(body)
             view.job = json.loads(job) if job is not None else None

@@ -20,8 +20,8 @@ def insert_events(db: sqlite3.Connection, records: list[IngestRecord]) -> list[I
     if stored:
         db.executemany(
             "INSERT INTO events (id, received_at, source, type, job_id, job_key, state, "
-            "error, headers, body, fetch_state, next_fetch_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "error, headers, body, fetch_state, next_fetch_at, client_address) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     d.record.event_id,
@@ -36,6 +36,7 @@ def insert_events(db: sqlite3.Connection, records: list[IngestRecord]) -> list[I
                     d.record.body,
                     "pending" if d.needs_fetch else "none",
                     d.record.received_at if d.needs_fetch else None,
+                    d.record.client_address,
                 )
                 for d in stored
             ],

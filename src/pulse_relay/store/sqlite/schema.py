@@ -89,6 +89,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE pruned_events (id TEXT PRIMARY KEY, pruned_at REAL NOT NULL) WITHOUT ROWID;
     CREATE INDEX pruned_events_at ON pruned_events (pruned_at);
     """,
+    # The sender's address as the ingress determined it (behind trusted proxies).
+    """
+    ALTER TABLE events ADD COLUMN client_address TEXT;
+    """,
     # A watch's poll lease, apart from its schedule, so a restart can take it back.
     """
     ALTER TABLE watches ADD COLUMN lease_until REAL;

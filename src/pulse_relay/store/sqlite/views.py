@@ -73,6 +73,7 @@ class ViewsMixin(WatchesMixin):
             return None
         view = _event_view(row)
         view.headers = json.loads(row["headers"])
+        view.client_address = row["client_address"]
         view.body = bytes(row["body"])
         view.job = json.loads(row["job"]) if row["job"] is not None else None
         view.result_url = row["result_url"]

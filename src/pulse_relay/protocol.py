@@ -1,0 +1,127 @@
+"""aiohttp's connection handling, adapted for the public edge.
+
+aiohttp answers a request it cannot parse itself, before any handler runs; these
+classes make that answer the ingress's own (a JSON 400, counted, sampled in the
+log) and close a gap in its C parser. They rely on two internals of aiohttp 3's
+`RequestHandler` (the queue of parsed messages and its error marker, `_ErrInfo`),
+which tests/test_ingress_edge.py exercises over real sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
+
+# Called with the peer address and a reason for each request that is not valid HTTP.
+MalformedHook = Callable[[str | None, str], None]
+
+
+class IngressProtocol(RequestHandler):
+    """aiohttp's connection handler, with HTTP framing errors answered as the ingress answers.
+
+    aiohttp answers a request it cannot parse with a plain-text 400 and logs a
+    traceback at error level; here it is a JSON 400, counted, logged at most a
+    few times a second. And when the framing breaks *inside* a body being read
+    (a malformed chunk), aiohttp's C parser drops the body's stream without
+    telling the handler reading it, which would then wait for its read timeout:
+    the stream is failed here at once.
+    """
+
+    __slots__ = ("_on_malformed", "_open_body")
+
+    def __init__(self, manager: web.Server, *, on_malformed: MalformedHook, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._on_malformed = on_malformed
+        self._open_body: StreamReader | None = None
+
+    def data_received(self, data: bytes) -> None:
+        """Parse as aiohttp does; fail the body in progress if its framing broke."""
+        queued = len(self._messages)
+        super().data_received(data)
+        for message, payload in list(self._messages)[queued:]:
+            if not isinstance(message, _ErrInfo):
+                self._open_body = payload
+                continue
+            body = self._open_body
+            if body is not None and not body.is_eof():
+                body.set_exception(message.exc)
+                # At EOF, aiohttp does not wait to read the rest after the answer.
+                body.feed_eof()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A JSON 400 for a request that is not valid HTTP; anything else as aiohttp does."""
+        if not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        self._on_malformed(request.remote, "malformed HTTP request")
+        response = web.json_response(
+            {"status": "bad_request", "reason": "malformed HTTP request"}, status=status
+        )
+        response.force_close()
+        return response
+
+
+class IngressServer(web.Server):
+    """aiohttp's server, building an IngressProtocol for each connection."""
+
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        request_factory: Any,
+        on_malformed: MalformedHook,
+        protocol_options: dict[str, Any],
+    ) -> None:
+        super().__init__(handler, request_factory=request_factory, **protocol_options)
+        self._protocol_options = protocol_options
+        self._on_malformed = on_malformed
+        self._event_loop = asyncio.get_running_loop()
+
+    def __call__(self) -> RequestHandler:
+        return IngressProtocol(
+            self, on_malformed=self._on_malformed, loop=self._event_loop, **self._protocol_options
+        )
+
+
+class IngressRunner(web.AppRunner):
+    """An AppRunner whose server answers malformed HTTP as the ingress does."""
+
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        on_malformed: MalformedHook,
+        keepalive_timeout_seconds: float,
+        shutdown_timeout: float,
+    ) -> None:
+        super().__init__(app, handle_signals=False, shutdown_timeout=shutdown_timeout)
+        self._on_malformed = on_malformed
+        self._keepalive_timeout_seconds = keepalive_timeout_seconds
+
+    async def _make_server(self) -> web.Server:
+        # AppRunner's own server carries the application's handler; only the class of
+        # connection handler it builds differs.
+        plain = await super()._make_server()
+        return IngressServer(
+            plain.request_handler,
+            request_factory=plain.request_factory,
+            on_malformed=self._on_malformed,
+            protocol_options={
+                "access_log": None,
+                # The relay reads the body as sent; a compressed one is refused (415).
+                "auto_decompress": False,
+                # See server.build_app: this timer is also the deadline for request headers.
+                "keepalive_timeout": self._keepalive_timeout_seconds,
+            },
+        )

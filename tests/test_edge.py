@@ -1,0 +1,308 @@
+"""edge.py: client addresses behind proxies, the allowlist, header rules, log sampling."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+from collections.abc import Sequence
+
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+from structlog.testing import capture_logs
+
+from pulse_relay.edge import (
+    LogSampler,
+    SampledLog,
+    client_address,
+    digest_header_values,
+    is_allowed,
+    is_identity_encoding,
+    parse_address,
+    parse_network,
+    parse_networks,
+    repeated_signature_header,
+    sample_accept_errors,
+    wrong_required_header,
+)
+from pulse_relay.logs import get_logger
+
+
+def headers(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(CIMultiDict(pairs))
+
+
+# --- networks and addresses -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "network"),
+    [
+        ("10.0.0.0/8", "10.0.0.0/8"),
+        (" 192.0.2.7 ", "192.0.2.7/32"),
+        ("2001:db8::/32", "2001:db8::/32"),
+        ("::1", "::1/128"),
+    ],
+)
+def test_parse_network_accepts_blocks_and_addresses(text: str, network: str) -> None:
+    assert str(parse_network(text)) == network
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("10.0.0.1/8", "'10.0.0.1/8' has host bits set (did you mean 10.0.0.0/8?)"),
+        ("example.com", "'example.com' is not an IP address or CIDR block"),
+        ("10.0.0.0/33", "'10.0.0.0/33' is not an IP address or CIDR block"),
+        ("", "'' is not an IP address or CIDR block"),
+    ],
+)
+def test_parse_network_says_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(ValueError) as excinfo:
+        parse_network(text)
+    assert str(excinfo.value) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("192.0.2.1", "192.0.2.1"),
+        ("192.0.2.1:4711", "192.0.2.1"),
+        ("[2001:db8::1]:4711", "2001:db8::1"),
+        ("[2001:db8::1]", "2001:db8::1"),
+        ("2001:db8::1", "2001:db8::1"),
+        ("::ffff:192.0.2.1", "192.0.2.1"),
+        (" 192.0.2.1 ", "192.0.2.1"),
+        ("unknown", None),
+        ("_hidden", None),
+        ("", None),
+        (None, None),
+        ("999.1.1.1", None),
+    ],
+)
+def test_parse_address(text: str | None, address: str | None) -> None:
+    parsed = parse_address(text)
+    assert (None if parsed is None else str(parsed)) == address
+
+
+PROXY = "10.0.0.5"
+TRUSTED = parse_networks(["10.0.0.0/24", "2001:db8:1::/48"])
+
+
+def resolve(
+    peer: str | None,
+    *,
+    forwarded: Sequence[str] = (),
+    xff: Sequence[str] = (),
+    trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = TRUSTED,
+) -> str | None:
+    address = client_address(
+        peer, forwarded=forwarded, x_forwarded_for=xff, trusted_proxies=trusted
+    )
+    return None if address is None else str(address)
+
+
+def test_the_peer_is_the_client_when_no_proxy_is_trusted() -> None:
+    assert resolve("203.0.113.9", xff=["198.51.100.1"], trusted=()) == "203.0.113.9"
+
+
+def test_forwarding_headers_from_an_untrusted_peer_are_ignored() -> None:
+    assert resolve("203.0.113.9", xff=["198.51.100.1"], forwarded=["for=1.2.3.4"]) == (
+        "203.0.113.9"
+    )
+
+
+def test_a_trusted_proxy_without_forwarding_headers_is_the_client() -> None:
+    assert resolve(PROXY) == PROXY
+
+
+def test_the_rightmost_address_that_is_not_a_trusted_proxy_is_the_client() -> None:
+    # The client wrote a fake address first; the proxies appended the real ones.
+    xff = ["6.6.6.6, 203.0.113.9", "10.0.0.7"]
+    assert resolve(PROXY, xff=xff) == "203.0.113.9"
+
+
+def test_every_hop_trusted_means_the_farthest_proxy_is_the_client() -> None:
+    assert resolve(PROXY, xff=["10.0.0.8, 10.0.0.7"]) == "10.0.0.8"
+
+
+def test_forwarded_is_preferred_to_x_forwarded_for() -> None:
+    forwarded = ['for=198.51.100.1;proto=https, for="[2001:db8:cafe::17]:4711";by=10.0.0.5']
+    assert resolve(PROXY, forwarded=forwarded, xff=["203.0.113.9"]) == "2001:db8:cafe::17"
+
+
+def test_forwarded_elements_across_header_lines_keep_their_order() -> None:
+    forwarded = ["for=198.51.100.1", 'For="203.0.113.9:80"', "for=10.0.0.9"]
+    assert resolve(PROXY, forwarded=forwarded) == "203.0.113.9"
+
+
+def test_forwarded_without_any_for_falls_back_to_x_forwarded_for() -> None:
+    assert resolve(PROXY, forwarded=["proto=https;host=example.com"], xff=["203.0.113.9"]) == (
+        "203.0.113.9"
+    )
+
+
+@pytest.mark.parametrize(
+    ("forwarded", "xff"),
+    [
+        (["for=unknown"], []),
+        (['for="_hidden"'], []),
+        (["for=203.0.113.9, proto=https"], []),  # the nearer hop does not say who it was
+        ([], ["203.0.113.9, garbage"]),
+        ([], ["203.0.113.9, "]),
+    ],
+)
+def test_an_unknown_hop_reported_by_a_trusted_proxy_makes_the_client_unknown(
+    forwarded: list[str], xff: list[str]
+) -> None:
+    assert resolve(PROXY, forwarded=forwarded, xff=xff) is None
+
+
+def test_an_ipv4_mapped_peer_is_matched_as_ipv4() -> None:
+    assert resolve("::ffff:10.0.0.5", xff=["203.0.113.9"]) == "203.0.113.9"
+
+
+def test_is_allowed() -> None:
+    allow = parse_networks(["203.0.113.0/24", "2001:db8::/32"])
+    assert is_allowed(ipaddress.ip_address("203.0.113.9"), allow)
+    assert is_allowed(ipaddress.ip_address("2001:db8::1"), allow)
+    assert not is_allowed(ipaddress.ip_address("198.51.100.1"), allow)
+    assert not is_allowed(None, allow)
+    assert is_allowed(None, ())
+    assert is_allowed(ipaddress.ip_address("198.51.100.1"), ())
+
+
+# --- header rules ---------------------------------------------------------------------------
+
+
+REQUIRED = digest_header_values({"X-Relay-Token": "s3cret", "X-Second": "two"})
+
+
+@pytest.mark.parametrize(
+    ("given", "wrong"),
+    [
+        ([("x-relay-token", "s3cret"), ("X-Second", "two")], None),
+        ([("X-Second", "two")], "x-relay-token"),
+        ([("X-Relay-Token", "s3cre"), ("X-Second", "two")], "x-relay-token"),
+        ([("X-Relay-Token", "s3cret "), ("X-Second", "two")], "x-relay-token"),
+        (
+            [("X-Relay-Token", "s3cret"), ("X-Relay-Token", "s3cret"), ("X-Second", "two")],
+            "x-relay-token",
+        ),
+        ([("X-Relay-Token", "s3cret")], "x-second"),
+        ([], "x-relay-token"),
+    ],
+)
+def test_wrong_required_header(given: list[tuple[str, str]], wrong: str | None) -> None:
+    assert wrong_required_header(headers(*given), REQUIRED) == wrong
+
+
+def test_no_required_headers_means_nothing_is_wrong() -> None:
+    assert wrong_required_header(headers(), {}) is None
+
+
+@pytest.mark.parametrize(
+    ("given", "repeated"),
+    [
+        ([("webhook-id", "a"), ("Webhook-Id", "b")], "webhook-id"),
+        ([("svix-signature", "a"), ("svix-signature", "a")], "svix-signature"),
+        ([("webhook-id", "a"), ("svix-id", "a")], None),
+        ([("X-Other", "a"), ("X-Other", "b")], None),
+        (
+            [("X-DocExtract-Signature", "a"), ("x-docextract-signature", "b")],
+            "x-docextract-signature",
+        ),
+    ],
+)
+def test_repeated_signature_header(given: list[tuple[str, str]], repeated: str | None) -> None:
+    assert repeated_signature_header(headers(*given), ["X-DocExtract-Signature"]) == repeated
+
+
+@pytest.mark.parametrize(
+    ("encodings", "is_identity"),
+    [
+        ([], True),
+        (["identity"], True),
+        (["Identity, identity"], True),
+        (["gzip"], False),
+        (["identity", "br"], False),
+        (["zstd"], False),
+        (["deflate, identity"], False),
+    ],
+)
+def test_is_identity_encoding(encodings: list[str], is_identity: bool) -> None:
+    given = headers(*[("Content-Encoding", value) for value in encodings])
+    assert is_identity_encoding(given) is is_identity
+
+
+# --- log sampling ---------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_sampler_admits_a_few_lines_a_second_per_key_and_counts_the_rest() -> None:
+    clock = FakeClock()
+    sampler = LogSampler(per_second=3, clock=clock)
+
+    admitted = [sampler.admit("401:bad") for _ in range(10)]
+    other = sampler.admit("413:big")
+
+    assert admitted == [True] * 3 + [False] * 7
+    assert other
+    assert sampler.take_suppressed() == {"401:bad": 7}
+    assert sampler.take_suppressed() == {}
+    clock.now += 1.0
+    assert [sampler.admit("401:bad") for _ in range(4)] == [True, True, True, False]
+    assert sampler.take_suppressed() == {"401:bad": 1}
+
+
+def test_sampler_bounds_the_number_of_keys() -> None:
+    sampler = LogSampler(per_second=1, clock=FakeClock())
+    for number in range(200):
+        sampler.admit(f"401:reason {number}")
+    assert sampler.take_suppressed() == {"401:other": 200 - 64 - 1}
+
+
+async def test_sampled_log_writes_a_few_lines_then_one_count() -> None:
+    sampled = SampledLog(get_logger("test"), sampler=LogSampler(per_second=2))
+    with capture_logs() as logs:
+        for _ in range(50):
+            sampled.emit("401:no matching signature", "warning", "webhook rejected", reason="x")
+        sampled.flush()
+        await asyncio.sleep(0)
+    events = [(line["event"], line.get("suppressed")) for line in logs]
+    assert events == [
+        ("webhook rejected", None),
+        ("webhook rejected", None),
+        ("similar log lines suppressed", 48),
+    ]
+
+
+async def test_accept_errors_are_sampled_and_other_loop_errors_pass_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = asyncio.get_running_loop()
+    passed_on: list[dict[str, object]] = []
+    monkeypatch.setattr(loop, "default_exception_handler", passed_on.append)
+    sample_accept_errors(loop, SampledLog(get_logger("test"), sampler=LogSampler(per_second=2)))
+    out_of_files = OSError(errno.EMFILE, "Too many open files")
+    try:
+        with capture_logs() as logs:
+            for _ in range(5):
+                loop.call_exception_handler(
+                    {"message": "socket.accept() out of system resource", "exception": out_of_files}
+                )
+            loop.call_exception_handler({"message": "something else"})
+    finally:
+        loop.set_exception_handler(None)
+
+    assert [(line["event"], line["reason"]) for line in logs] == [
+        ("cannot accept connections; retrying in 1 s", "Too many open files")
+    ] * 2
+    assert passed_on == [{"message": "something else"}]
