@@ -34,7 +34,7 @@ COPY --from=build /opt/pulse-relay /opt/pulse-relay
 RUN groupadd --system --gid 10001 pulse-relay \
     && useradd --system --uid 10001 --gid pulse-relay --home-dir /var/lib/pulse-relay \
        --shell /usr/sbin/nologin pulse-relay \
-    && install -d -o pulse-relay -g pulse-relay -m 0750 /var/lib/pulse-relay \
+    && install -d -o pulse-relay -g pulse-relay -m 0700 /var/lib/pulse-relay \
     && install -d -o pulse-relay -g pulse-relay -m 0755 /results \
     && install -d -m 0755 /etc/pulse-relay
 USER pulse-relay:pulse-relay
@@ -47,5 +47,8 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
 # SIGTERM (docker stop) starts the graceful shutdown; give it more than
 # server.shutdown_grace_seconds with `docker stop -t` / compose stop_grace_period.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["pulse-relay"]
+# Every command runs with umask 077 (serve sets it too): the store and the
+# files written hold customer documents. `exec` keeps pulse-relay as PID 1, so
+# it receives the stop signal itself.
+ENTRYPOINT ["/bin/sh", "-c", "umask 077 && exec pulse-relay \"$@\"", "pulse-relay"]
 CMD ["serve"]

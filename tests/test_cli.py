@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from tests.conftest import SECRET, make_body, wait_for
+from tests.conftest import SECRET, make_body, signed, wait_for
 from tests.helpers import Served, config_toml, free_port, write_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,6 +59,83 @@ def test_check_config_accepts_the_example_and_prints_no_secret(tmp_path: Path) -
     assert result.returncode == 0, result.stderr
     assert SECRET not in result.stdout + result.stderr
     assert json.loads(result.stdout)["verify"]["secrets"] == ["**********"]
+
+
+def test_a_plain_http_pulse_api_draws_a_warning_in_check_config_and_at_serve_start(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    base_url = "http://pulse-user:url-password@pulse.internal:8080?key=query-key"
+    config = write_config(tmp_path, port, pulse={"base_url": base_url})
+    result = run_cli("check-config", config=config)
+    assert result.returncode == 0, result.stderr
+    warning = (
+        "warning: pulse.base_url: http://**********@pulse.internal:8080?********** is not"
+        " https: the API key and the job results would cross the network unencrypted"
+    )
+    assert warning in result.stderr.splitlines()
+    for secret in ("pulse-user", "url-password", "query-key"):
+        assert secret not in result.stdout + result.stderr
+    served = Served.start(config, port, tmp_path / "serve.log")
+    try:
+        assert served.terminate() == 0
+    finally:
+        served.kill()
+    (line,) = [line for line in served.log_lines() if line["event"] == "risky configuration"]
+    assert line["level"] == "warning"
+    assert line["detail"] == warning.removeprefix("warning: ")
+    assert "url-password" not in served.log()
+
+
+def test_loopback_or_https_pulse_api_draws_no_warning(tmp_path: Path) -> None:
+    for base_url in ("http://127.0.0.1:8788", "https://api.runpulse.com"):
+        config = write_config(tmp_path, 8787, pulse={"base_url": base_url})
+        result = run_cli("check-config", config=config)
+        assert result.returncode == 0, result.stderr
+        assert "warning" not in result.stderr
+
+
+def raw_post(port: int, head: str, body: bytes) -> bytes:
+    """Send a request byte for byte (headers no client library would let through)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode())
+        connection.sendall(body)
+        return connection.recv(65536)
+
+
+async def test_control_characters_in_a_signed_type_or_header_print_as_escapes(
+    served: tuple[Served, int, Path],
+) -> None:
+    _, port, config = served
+    hostile_type = "job.\x1b[2J\x1b[31mcompleted\r\nmsg_forged  accepted\u202e"
+    body = json.dumps({"type": hostile_type, "data": {"job_id": "job-ctl"}}).encode()
+    headers = signed(body, webhook_id="msg_ctl")
+    head = "POST /webhooks/pulse HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    # HTTP refuses C0 controls in headers; C1 ones (CSI is \x9b) and bidi overrides pass.
+    head += "User-Agent: agent\x9b2J\u202eevil\r\n"
+    answer = raw_post(port, head, body)
+    assert answer.startswith(b"HTTP/1.1 202"), answer
+
+    for command in (["events"], ["show", "msg_ctl"]):
+        # Bytes, not text: universal newlines would turn a raw \r into \n unseen.
+        result = subprocess.run(
+            [sys.executable, "-m", "pulse_relay", "--config", str(config), *command],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        stdout = result.stdout.decode()
+        unprintable = [c for c in stdout if c != "\n" and (ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0)]
+        assert unprintable == [], command
+        assert "\u202e" not in stdout
+        assert "job.\\x1b[2J\\x1b[31mcompleted\\r\\nmsg_forged  accepted\\u202e" in stdout
+    shown = run_cli("show", "msg_ctl", config=config).stdout
+    assert "user-agent: agent\\x9b2J\\u202eevil" in shown
+    # The JSON output keeps the exact text (JSON escapes it).
+    document = json.loads(run_cli("show", "msg_ctl", "--json", config=config).stdout)
+    assert document["type"] == hostile_type
 
 
 @pytest.mark.parametrize(

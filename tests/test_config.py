@@ -24,6 +24,7 @@ from pulse_relay.config import (
     SinkSettings,
     load_settings,
     redacted_settings,
+    settings_warnings,
 )
 from tests.helpers import config_toml
 
@@ -504,6 +505,21 @@ def test_bad_secret_in_secrets_file_points_at_the_file(
             "sinks[0].directory: required key is missing",
             id="sink-missing-key",
         ),
+        pytest.param(
+            {"store": {"dedupe_days": 0.5}},
+            "store.dedupe_days: Input should be greater than or equal to 1",
+            id="dedupe-days",
+        ),
+        pytest.param(
+            {"sinks": [{**file_sink("f"), "mode": "0644x"}]},
+            "sinks[0].mode: '0644x' is not an octal permission mode",
+            id="file-mode",
+        ),
+        pytest.param(
+            {"sinks": [{**file_sink("f"), "mode": 0o600}]},
+            'sinks[0].mode: must be a quoted octal string such as "0600"',
+            id="file-mode-number",
+        ),
     ],
 )
 def test_validation_error_names_the_key(
@@ -662,8 +678,72 @@ def test_redacted_settings_hides_every_secret(write_config: WriteConfig) -> None
     assert shown_app["sign_secret"] == "**********"
     assert shown_app["headers"]["Accept"] == "application/json"
     assert shown_app["headers"]["Authorization"] == "**********"
-    assert shown_app["url"] == "https://relay-user:**********@app.example/hook"
+    assert shown_app["url"] == "https://**********@app.example/hook"
     assert data["sinks"][1]["env"] == {"DB_PASSWORD": "**********", "APP_ENV": "production"}
+
+
+def test_redacted_settings_masks_user_info_and_query_of_every_url(
+    write_config: WriteConfig,
+) -> None:
+    path = write_config(
+        pulse={
+            "base_url": "https://pulse-user:base-password@api.example/v1?tenant=base-query-token"
+        },
+        sinks=[
+            http_sink("app", url="https://app.example/hook?token=sink-query-token#frag-token"),
+            {
+                "name": "script",
+                "type": "command",
+                "argv": [
+                    "import",
+                    "--from",
+                    "https://argv-user@files.example/x?sig=argv-query-token",
+                ],
+                "env": {"DATABASE_URL": "postgresql://db:env-url-password@db.example/app"},
+            },
+        ],
+    )
+    data = redacted_settings(load_settings(path))
+    text = json.dumps(data)
+    for secret in [
+        "pulse-user",
+        "base-password",
+        "base-query-token",
+        "sink-query-token",
+        "frag-token",
+        "argv-user",
+        "argv-query-token",
+        "env-url-password",
+    ]:
+        assert secret not in text
+    assert data["pulse"]["base_url"] == "https://**********@api.example/v1?**********"
+    assert data["sinks"][0]["url"] == "https://app.example/hook?**********#**********"
+    assert data["sinks"][1]["argv"][:2] == ["import", "--from"]
+    assert data["sinks"][1]["env"]["DATABASE_URL"] == "postgresql://**********@db.example/app"
+
+
+@pytest.mark.parametrize(
+    ("base_url", "warned"),
+    [
+        ("https://api.runpulse.com", False),
+        ("http://127.0.0.1:8788", False),
+        ("http://127.9.9.9", False),
+        ("http://localhost:9000/pulse", False),
+        ("http://[::1]:8788", False),
+        ("http://api.runpulse.com", True),
+        ("http://10.0.0.5:8080", True),
+        ("http://user:pw@pulse.internal?key=k", True),
+    ],
+)
+def test_a_non_https_base_url_off_loopback_draws_a_warning(base_url: str, warned: bool) -> None:
+    warnings = settings_warnings(load_settings(overrides={"pulse.base_url": base_url}))
+    if not warned:
+        assert warnings == []
+        return
+    (warning,) = warnings
+    assert warning.startswith("pulse.base_url: http://")
+    assert "is not https" in warning
+    assert "pw" not in warning and "key=k" not in warning
 
 
 def test_redacted_settings_shows_unset_secrets_as_empty(tmp_path: Path) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -64,10 +67,43 @@ def test_healthcheck_uses_the_relay_itself(final_stage: list[tuple[str, str]]) -
     assert not any("curl" in rest or "wget" in rest for _, rest in final_stage)
 
 
+def entrypoint(stage: list[tuple[str, str]]) -> list[str]:
+    (text,) = values(stage, "ENTRYPOINT")
+    argv: list[str] = json.loads(text)
+    return argv
+
+
 def test_starts_serve(final_stage: list[tuple[str, str]]) -> None:
-    assert values(final_stage, "ENTRYPOINT") == ['["pulse-relay"]']
+    assert entrypoint(final_stage)[0] == "/bin/sh"
     assert values(final_stage, "CMD") == ['["serve"]']
     assert values(final_stage, "EXPOSE") == ["8787"]
+
+
+def test_the_entrypoint_execs_the_relay_under_umask_077(
+    final_stage: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    # A stand-in pulse-relay on PATH reports the umask and arguments it got and
+    # whether it replaced the shell (same pid: it receives docker's stop signal).
+    (tmp_path / "pulse-relay").write_text('#!/bin/sh\nprintf "%s\\n" "$(umask)" "$$" "$@"\n')
+    (tmp_path / "pulse-relay").chmod(0o755)
+    command = [*entrypoint(final_stage), "watch", "job 1", "--meta", "k=v w"]
+    shell = subprocess.Popen(
+        ["/bin/sh", "-c", 'umask 022; echo "$$"; exec "$@"', "outer", *command],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"},
+    )
+    output, _ = shell.communicate(timeout=30)
+    assert shell.returncode == 0
+    pid, umask, relay_pid, *arguments = output.splitlines()
+    assert umask == "0077"
+    assert relay_pid == pid
+    assert arguments == ["watch", "job 1", "--meta", "k=v w"]
+
+
+def test_the_state_directory_is_private(final_stage: list[tuple[str, str]]) -> None:
+    (run,) = values(final_stage, "RUN")
+    assert "-m 0700 /var/lib/pulse-relay" in run
 
 
 def test_build_context_is_limited() -> None:

@@ -107,5 +107,5 @@ def test_check_config_names_an_unreachable_store(tmp_path: Path) -> None:
     config = write_config(tmp_path, free_port(), store={"url": url})
     checked = run_cli("check-config", config=config)
     assert checked.returncode == 1
-    assert "store.url: cannot reach postgresql://someone:***@127.0.0.1:1/relay" in checked.stderr
+    assert "store.url: cannot reach postgresql://**********@127.0.0.1:1/relay" in checked.stderr
     assert "hunter2" not in checked.stdout + checked.stderr

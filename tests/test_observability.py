@@ -162,6 +162,22 @@ def test_secret_looking_keys_are_redacted_whoever_logs_them(tmp_path: Path) -> N
     assert lines[1]["level"] == "error"
 
 
+def test_long_values_are_clipped_whoever_logs_them(tmp_path: Path) -> None:
+    out = (tmp_path / "log").open("w+")
+    try:
+        configure_logging(format="json", level="info", stream=out)
+        get_logger("test").warning("replayed", type="x" * 400_000, job_id="j")
+        out.seek(0)
+        (line,) = out.read().splitlines()
+    finally:
+        configure_logging(format="json", level="info")
+        out.close()
+    assert len(line) < 1_000
+    document = json.loads(line)
+    assert document["type"] == "x" * 512 + "...[399488 more characters]"
+    assert document["job_id"] == "j"
+
+
 async def test_logs_never_show_secrets_signatures_or_bodies(
     tmp_path: Path, emulator: PulseEmulator, receiver: Receiver
 ) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -9,12 +12,16 @@ import sqlite3
 import stat
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pulse_relay.app import PruneOutcome
 from pulse_relay.config import Settings
 from pulse_relay.store import Attempt, IngestRecord, Store
 from tests.conftest import SECRET, MakeSettings, StartRelay, make_body, signed, wait_for
@@ -56,17 +63,20 @@ def serve_processes() -> Iterator[list[Served]]:
         served.kill()
 
 
-def post_webhook(port: int, body: bytes, webhook_id: str) -> int:
-    import urllib.request
-
+def post_captured(port: int, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    """POST exactly these bytes and headers; (status, JSON status) whatever the status."""
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/webhooks/pulse",
-        data=body,
-        headers=signed(body, webhook_id=webhook_id),
-        method="POST",
+        f"http://127.0.0.1:{port}/webhooks/pulse", data=body, headers=headers, method="POST"
     )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return int(response.status)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status), json.loads(response.read())["status"]
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())["status"]
+
+
+def post_webhook(port: int, body: bytes, webhook_id: str) -> int:
+    return post_captured(port, body, signed(body, webhook_id=webhook_id))[0]
 
 
 def command_sink_config(
@@ -271,8 +281,14 @@ def test_prune_command_uses_retention_days_or_older_than(tmp_path: Path) -> None
     listed = run_cli("events", "--json", config=config)
     assert {json.loads(line)["id"] for line in listed.stdout.splitlines()} == KEPT
 
-    assert run_cli("prune", "--older-than", "0", config=config).returncode == 2
     assert run_cli("prune", "--older-than", "-1", config=config).returncode == 2
+    # 0: every finished event, however new.
+    result = run_cli("prune", "--older-than", "0", config=config)
+    assert (result.returncode, result.stdout.strip()) == (0, "1 event older than 0 days pruned")
+    listed = run_cli("events", "--json", config=config)
+    assert {json.loads(line)["id"] for line in listed.stdout.splitlines()} == KEPT - {
+        "new_delivered"
+    }
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     assert run_cli("prune", config=write_config(elsewhere, 8787)).returncode == 1
@@ -298,6 +314,96 @@ async def test_retention_task_prunes_shortly_after_start(
         remaining = await stored(relay.store)
         # What was pending when the relay started may have been delivered since; never pruned.
         assert remaining == KEPT
+    finally:
+        await relay.stop()
+
+
+def hex_signed(body: bytes, webhook_id: str | None) -> dict[str, str]:
+    """hmac-sha256-hex headers, computed here rather than by the relay's own helper."""
+    digest = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    headers = {"X-DocExtract-Signature": digest, "content-type": "application/json"}
+    if webhook_id is not None:
+        headers["X-Webhook-Id"] = webhook_id
+    return headers
+
+
+def delivered_count(database: Path) -> int:
+    with closing(sqlite3.connect(database)) as db:
+        row = db.execute("SELECT COUNT(*) FROM deliveries WHERE state = 'delivered'").fetchone()
+    return int(row[0])
+
+
+@pytest.mark.parametrize("scheme", ["standard", "hmac-sha256-hex"])
+def test_a_request_replayed_after_its_event_was_pruned_is_still_a_duplicate(
+    tmp_path: Path, serve_processes: list[Served], scheme: str
+) -> None:
+    port = free_port()
+    results = {"name": "results", "type": "file", "directory": str(tmp_path / "results")}
+    config = write_config(
+        tmp_path,
+        port,
+        verify={"scheme": scheme},
+        sinks=[{**results, "events": ["job.processing"]}],
+    )
+    serve_processes.append(Served.start(config, port, tmp_path / "serve.log"))
+    captured: list[tuple[bytes, dict[str, str]]] = []
+    for number, webhook_id in enumerate(["msg_pruned", None]):
+        body = make_body("job.processing", job_id=f"job-pruned-{number}")
+        if scheme == "standard":
+            captured.append((body, signed(body, webhook_id=f"msg_pruned_{number}")))
+        else:
+            # With and without an id header (then the dedupe key is the body's SHA-256).
+            captured.append((body, hex_signed(body, webhook_id)))
+    for body, headers in captured:
+        assert post_captured(port, body, headers) == (202, "accepted")
+    wait_until(lambda: delivered_count(tmp_path / "relay.db") == len(captured))
+
+    result = run_cli("prune", "--older-than", "0", config=config)
+    assert (result.returncode, result.stdout.strip()) == (0, "2 events older than 0 days pruned")
+    assert run_cli("events", "--json", config=config).stdout == ""
+    for body, headers in captured:
+        assert post_captured(port, body, headers) == (200, "duplicate")
+    assert run_cli("events", "--json", config=config).stdout == ""
+    fresh = make_body("job.processing", job_id="job-fresh")
+    headers = signed(fresh) if scheme == "standard" else hex_signed(fresh, "msg_fresh")
+    assert post_captured(port, fresh, headers) == (202, "accepted")
+    assert serve_processes[0].terminate() == 0
+
+
+async def test_ids_are_forgotten_dedupe_days_after_pruning(
+    make_settings: MakeSettings,
+) -> None:
+    from pulse_relay.app import Relay
+
+    now = [time.time()]
+    settings = make_settings(
+        verify={"scheme": "hmac-sha256-hex", "secrets": [SECRET]},
+        store={"retention_days": 14, "dedupe_days": 30},
+    )
+    relay = Relay(settings, clock=lambda: now[0], retention_first_run_seconds=3600)
+    await relay.start()
+    try:
+        body = make_body("job.processing", job_id="job-forgotten")
+        headers = hex_signed(body, "msg_forgotten")
+        assert await asyncio.to_thread(post_captured, relay.port or 0, body, headers) == (
+            202,
+            "accepted",
+        )
+        now[0] += 15 * DAY
+        assert await relay.prune(older_than_days=14) == PruneOutcome(events=1, forgotten_ids=0)
+        now[0] += 29 * DAY  # 29 days after pruning: still known
+        assert await relay.prune(older_than_days=14) == PruneOutcome(events=0, forgotten_ids=0)
+        assert await asyncio.to_thread(post_captured, relay.port or 0, body, headers) == (
+            200,
+            "duplicate",
+        )
+        now[0] += 2 * DAY
+        assert await relay.prune(older_than_days=14) == PruneOutcome(events=0, forgotten_ids=1)
+        # Forgotten: the same request is new again (this scheme has no timestamp).
+        assert await asyncio.to_thread(post_captured, relay.port or 0, body, headers) == (
+            202,
+            "accepted",
+        )
     finally:
         await relay.stop()
 

@@ -169,6 +169,25 @@ async def test_bad_job_id_is_stored_but_never_delivered(relay: Relay) -> None:
     assert view is not None and view.deliveries == {} and view.job_id is None
 
 
+async def test_an_event_type_over_128_characters_is_invalid_and_reaches_no_sink(
+    relay: Relay,
+) -> None:
+    longest = "job." + "é" * 124  # 128 code points, more bytes
+    body = make_body(longest, job_id="job-longest")
+    status, document = await post(relay, body, signed(body, webhook_id="msg_longest"))
+    assert (status, document["status"]) == (202, "accepted")
+    for webhook_id, event_type in [("msg_long", "job." + "x" * 125), ("msg_huge", "x" * 200_000)]:
+        body = make_body(event_type)
+        status, document = await post(relay, body, signed(body, webhook_id=webhook_id))
+        assert (status, document["status"]) == (200, "invalid")
+        assert document["reason"] == (
+            f"event type is {len(event_type)} characters long (at most 128)"
+        )
+        view = await relay.store.get_event(webhook_id)
+        assert view is not None
+        assert (view.state, view.type, view.deliveries, view.body) == ("invalid", None, {}, body)
+
+
 async def test_oversized_body_is_refused_with_413(start_relay: StartRelay) -> None:
     relay = await start_relay(server={"max_body_bytes": 1000})
     body = b"x" * 1001

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import json
 import os
 import stat
@@ -156,7 +157,8 @@ async def test_extra_env_and_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     report = json.loads(report_path.read_text())
     assert report["cwd"] == str(workdir)
     assert report["env"]["APP_MODE"] == "relay"
-    assert report["env"]["APP_INHERITED"] == "from-the-relay"
+    # The relay's own environment stays with the relay.
+    assert "APP_INHERITED" not in report["env"]
     assert report["env"]["PULSE_EVENT_ID"] == "msg_cmd_1"
 
 
@@ -295,28 +297,82 @@ async def test_child_closing_stdin_early_is_fine(tmp_path: Path) -> None:
     assert result.output_tail == "[stdout]\nignored\n"
 
 
-async def test_missing_command_is_retryable_with_a_clear_reason(tmp_path: Path) -> None:
-    sink = make_sink([tmp_path / "not-installed-yet"])
-    with pytest.raises(RetryableSinkError, match=r"command not found: .*not-installed-yet"):
+async def test_missing_command_is_dead_at_once_with_a_clear_reason(tmp_path: Path) -> None:
+    sink = make_sink([tmp_path / "not-installed"])
+    with pytest.raises(PermanentSinkError, match=r"command not found: .*not-installed"):
         await sink.deliver(make_delivery())
     sink = make_sink(["pulse-relay-no-such-program-on-path"])
-    with pytest.raises(RetryableSinkError, match="command not found"):
+    with pytest.raises(PermanentSinkError, match="command not found"):
         await sink.deliver(make_delivery())
 
 
-async def test_non_executable_command_is_retryable(tmp_path: Path) -> None:
+async def test_non_executable_command_is_dead_at_once(tmp_path: Path) -> None:
     script = tmp_path / "plain.sh"
     script.write_text("#!/bin/sh\nexit 0\n")
     script.chmod(0o644)
-    with pytest.raises(RetryableSinkError, match="command not executable"):
+    with pytest.raises(PermanentSinkError, match="command not executable"):
         await make_sink([script]).deliver(make_delivery())
 
 
-async def test_missing_working_directory_is_retryable(tmp_path: Path) -> None:
+async def test_missing_working_directory_is_dead_at_once(tmp_path: Path) -> None:
     script = write_script(tmp_path, "ok.sh", "exit 0\n", python=False)
     sink = make_sink([script], cwd=tmp_path / "gone")
-    with pytest.raises(RetryableSinkError, match="cannot enter working directory"):
+    with pytest.raises(PermanentSinkError, match="cannot enter working directory"):
         await sink.deliver(make_delivery())
+
+
+async def test_an_environment_too_big_to_exec_is_dead_at_once(tmp_path: Path) -> None:
+    # What a 200 KB event type stored before types were bounded would do: E2BIG,
+    # which no retry can cure.
+    script = write_script(tmp_path, "ok.sh", "exit 0\n", python=False)
+    with pytest.raises(PermanentSinkError, match="too long"):
+        await make_sink([script]).deliver(make_delivery(event_type="job." + "x" * 200_000))
+
+
+async def test_a_start_failure_that_may_pass_is_retried(tmp_path: Path) -> None:
+    sink = make_sink(["true"])
+    busy = BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+    assert isinstance(sink._start_failure(busy), RetryableSinkError)
+
+
+async def test_the_child_sees_only_the_allowed_part_of_the_relays_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    allowed = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "LC_TIME": "C.UTF-8",
+        "TZ": "UTC",
+        "HOME": str(tmp_path),
+    }
+    withheld = {
+        "PULSE_API_KEY": "relay-api-key",
+        "PULSE_WEBHOOK_SECRET": "whsec_relay",
+        "PULSE_RELAY_STORE__PATH": "/var/lib/pulse-relay/pulse-relay.db",
+        "CREDENTIALS_DIRECTORY": str(tmp_path / "credentials"),
+        "AWS_SECRET_ACCESS_KEY": "relay-cloud-key",
+        "LCX": "not a locale variable",
+    }
+    for name in list(os.environ):
+        monkeypatch.delenv(name)
+    for name, value in {**allowed, **withheld}.items():
+        monkeypatch.setenv(name, value)
+    script = write_script(
+        tmp_path,
+        "env.py",
+        "import json, os, sys\njson.dump(dict(os.environ), open(sys.argv[1], 'w'))\n",
+    )
+    report_path = tmp_path / "env.json"
+    await make_sink([script, report_path], env={"APP_MODE": "relay"}).deliver(make_delivery())
+    assert json.loads(report_path.read_text()) == {
+        **allowed,
+        "APP_MODE": "relay",
+        "PULSE_EVENT_ID": "msg_cmd_1",
+        "PULSE_EVENT_TYPE": "job.completed",
+        "PULSE_JOB_ID": "job-1",
+        "PULSE_JOB_STATUS": "completed",
+    }
 
 
 async def test_nul_in_event_text_does_not_break_the_environment(tmp_path: Path) -> None:

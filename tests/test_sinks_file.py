@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench.chaos.at_rest import racing
 from pulse_relay.config import FileSinkSettings
 from pulse_relay.sinks import (
     Delivery,
@@ -268,7 +273,7 @@ async def test_symlinked_subdirectory_pointing_out_is_refused(tmp_path: Path) ->
     outside.mkdir()
     (directory / "link").symlink_to(outside)
     sink = make_sink(directory, filename="link/{job_id}.json")
-    with pytest.raises(PermanentSinkError, match="outside the sink directory"):
+    with pytest.raises(PermanentSinkError, match="'link' is a symbolic link"):
         await sink.deliver(make_delivery())
     assert list(outside.iterdir()) == []
 
@@ -281,20 +286,25 @@ async def test_symlinked_file_pointing_out_is_refused(tmp_path: Path) -> None:
     (directory / "job-1.json").symlink_to(victim)
     for file_format, filename in (("json", "{job_id}.json"), ("jsonl", "{job_id}.json")):
         sink = make_sink(directory, format=file_format, filename=filename)
-        with pytest.raises(PermanentSinkError, match="outside the sink directory"):
+        with pytest.raises(PermanentSinkError, match=r"'job-1\.json' is a symbolic link"):
             await sink.deliver(make_delivery())
     assert victim.read_text() == "untouched"
 
 
-async def test_symlinks_that_stay_inside_are_followed(tmp_path: Path) -> None:
+async def test_only_the_configured_directory_may_be_reached_through_a_symlink(
+    tmp_path: Path,
+) -> None:
     real = tmp_path / "real"
     (real / "2026").mkdir(parents=True)
     (tmp_path / "linked").symlink_to(real)  # the configured directory is itself a link
     (real / "current").symlink_to(real / "2026")
-    sink = make_sink(tmp_path / "linked", filename="current/{job_id}.json")
     delivery = make_delivery()
-    await sink.deliver(delivery)
-    assert (real / "2026" / "job-1.json").read_bytes() == delivery.body
+    await make_sink(tmp_path / "linked", filename="{job_id}.json").deliver(delivery)
+    assert (real / "job-1.json").read_bytes() == delivery.body
+    # A link below it is refused even when it points inside.
+    with pytest.raises(PermanentSinkError, match="'current' is a symbolic link"):
+        await make_sink(tmp_path / "linked", filename="current/{job_id}.json").deliver(delivery)
+    assert list((real / "2026").iterdir()) == []
 
 
 async def test_io_errors_are_retryable(tmp_path: Path) -> None:
@@ -328,13 +338,170 @@ async def test_build_sink(tmp_path: Path) -> None:
     await sink.close()
 
 
-async def test_new_files_follow_the_umask(tmp_path: Path) -> None:
-    # mkstemp would make 0600 files a consumer running as another user could not read.
-    sink = make_sink(tmp_path)
+def file_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o7777
+
+
+@pytest.fixture
+def permissive_umask() -> Iterator[None]:
+    """A umask that lets group and others read: what the sink must not rely on."""
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+@pytest.mark.usefixtures("permissive_umask")
+@pytest.mark.parametrize("file_format", ["json", "jsonl"])
+async def test_files_get_exactly_the_default_mode_whatever_the_umask(
+    tmp_path: Path, file_format: str
+) -> None:
+    directory = tmp_path / "new" / "out"
+    sink = make_sink(directory, format=file_format, filename="{date}/{job_id}.json")
     await sink.deliver(make_delivery())
-    mode = (tmp_path / "job-1.json").stat().st_mode & 0o777
-    status = Path("/proc/self/status").read_text()
-    umask = int(
-        next(line for line in status.splitlines() if line.startswith("Umask:")).split()[1], 8
+    (written,) = directory.rglob("job-1.json")
+    assert file_mode(written) == 0o600
+    # The directories the sink created (not the parents of the configured one).
+    assert file_mode(directory) == 0o700
+    assert file_mode(written.parent) == 0o700
+
+
+@pytest.mark.parametrize("file_format", ["json", "jsonl"])
+async def test_files_get_exactly_the_configured_mode(tmp_path: Path, file_format: str) -> None:
+    previous = os.umask(0o077)  # stricter than the mode asked for
+    try:
+        sink = make_sink(tmp_path / "out", format=file_format, mode="0640", filename="a/b.json")
+        await sink.deliver(make_delivery())
+    finally:
+        os.umask(previous)
+    assert file_mode(tmp_path / "out" / "a" / "b.json") == 0o640
+    # Group members who may read the files can reach them.
+    assert file_mode(tmp_path / "out" / "a") == 0o750
+    assert file_mode(tmp_path / "out") == 0o750
+
+
+async def test_an_existing_jsonl_file_is_brought_to_the_configured_mode(tmp_path: Path) -> None:
+    existing = tmp_path / "events.jsonl"
+    existing.write_text("")
+    existing.chmod(0o666)
+    await make_sink(tmp_path, format="jsonl").deliver(make_delivery())
+    assert file_mode(existing) == 0o600
+    assert existing.read_bytes().count(b"\n") == 1
+
+
+@pytest.mark.parametrize("mode", ["600", "0644", "0o600", "0400", "rw-------", "10600", ""])
+def test_mode_must_be_octal_text_that_lets_the_owner_write(tmp_path: Path, mode: str) -> None:
+    if mode in ("600", "0644"):
+        assert make_sink(tmp_path, mode=mode)
+        return
+    with pytest.raises(ValueError, match="mode"):
+        make_sink(tmp_path, mode=mode)
+    with pytest.raises(ValueError, match="mode"):
+        make_unvalidated_sink(tmp_path, mode=mode)
+
+
+@pytest.mark.parametrize("file_format", ["json", "jsonl"])
+async def test_a_hard_linked_target_is_refused_and_left_alone(
+    tmp_path: Path, file_format: str
+) -> None:
+    directory = tmp_path / "out"
+    directory.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched\n")
+    os.link(victim, directory / "job-1.json")
+    sink = make_sink(directory, format=file_format, filename="{job_id}.json")
+    with pytest.raises(PermanentSinkError, match="2 hard links"):
+        await sink.deliver(make_delivery())
+    assert victim.read_text() == "untouched\n"
+    assert os.stat(victim).st_nlink == 2
+
+
+async def test_something_other_than_a_file_at_the_target_is_refused(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "events.jsonl")
+    os.mkfifo(tmp_path / "job-1.json")
+    for file_format in ("json", "jsonl"):
+        with pytest.raises(PermanentSinkError, match="not a regular file"):
+            await make_sink(tmp_path, format=file_format).deliver(make_delivery())
+
+
+RACE_WRITES = 500
+# The racing thread is at the scheduler's mercy: on a busy machine it may not run
+# for a while, so the writes go on (up to this many) until the race went both ways.
+MAX_RACE_WRITES = 5000
+
+
+def race_target_name(directory: Path, victim: Path, name: str) -> Callable[[int], None]:
+    """Swap a symlink to `victim` and a hard link of it in at `name`, and take them away."""
+
+    def swap(step: int) -> None:
+        spare = directory / f".spare-{step}"
+        if step % 3 == 0:
+            spare.symlink_to(victim)
+        elif step % 3 == 1:
+            os.link(victim, spare)
+        else:
+            (directory / name).unlink()
+            return
+        os.replace(spare, directory / name)
+
+    return swap
+
+
+def race_intermediate_directory(directory: Path, outside: Path) -> Callable[[int], None]:
+    """Move `sub` away and put a symlink to `outside` in its place, then remove the link."""
+
+    def swap(step: int) -> None:
+        sub = directory / "sub"
+        if step % 2 == 0:
+            with contextlib.suppress(OSError):
+                sub.rename(directory / f"parked-{step}")
+            sub.symlink_to(outside, target_is_directory=True)
+        else:
+            sub.unlink()
+
+    return swap
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("file_format", "filename", "racer"),
+    [
+        ("json", "{job_id}.json", "target"),
+        ("jsonl", "{job_id}.jsonl", "target"),
+        ("json", "sub/{job_id}.json", "intermediate"),
+        ("jsonl", "sub/{job_id}.jsonl", "intermediate"),
+    ],
+)
+async def test_links_swapped_in_during_writes_never_send_an_envelope_outside(
+    tmp_path: Path, file_format: str, filename: str, racer: str
+) -> None:
+    directory, outside = tmp_path / "out", tmp_path / "outside"
+    directory.mkdir()
+    outside.mkdir()
+    victim = outside / "victim"
+    victim.write_text("untouched\n")
+    name = filename.replace("{job_id}", "job-1")
+    swap = (
+        race_target_name(directory, victim, name)
+        if racer == "target"
+        else race_intermediate_directory(directory, outside)
     )
-    assert mode == 0o666 & ~umask
+    sink = make_sink(directory, format=file_format, filename=filename)
+    outcomes: Counter[str] = Counter()
+    number = 0
+    with racing(swap):
+        while number < RACE_WRITES or not (outcomes["refused"] and outcomes["written"]):
+            assert number < MAX_RACE_WRITES, f"the race never went both ways: {outcomes}"
+            number += 1
+            received_at = f"2026-11-23T10:{number // 100:02d}:00.{number % 100:06d}Z"
+            try:
+                await sink.deliver(make_delivery(f"msg_{number}", received_at=received_at))
+                outcomes["written"] += 1
+            except PermanentSinkError as error:
+                assert "symbolic link" in error.reason or "hard links" in error.reason
+                outcomes["refused"] += 1
+            except RetryableSinkError:
+                outcomes["retry"] += 1  # a component vanished between two steps
+    assert victim.read_text() == "untouched\n"
+    assert [path.name for path in outside.iterdir()] == ["victim"]

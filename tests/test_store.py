@@ -5,6 +5,7 @@ plumbing use `sqlite_store`."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -260,6 +261,48 @@ async def test_a_delivery_view_reads_by_attribute_and_by_its_former_keys(
     assert (delivery["state"], delivery["replay"]) == ("pending", True)
     with pytest.raises(KeyError):
         delivery["sink"]
+
+
+async def test_pruned_ids_stay_known_until_forgotten(store: StoreBackend, clock: Clock) -> None:
+    day = 86_400.0
+    assert await store.ingest(record("m_old", sinks=(), needs_fetch=False)) == "accepted"
+    assert await store.ingest(record("m_new", job_id="job-2", sinks=(), needs_fetch=False)) == (
+        "accepted"
+    )
+    assert await store.prune(received_before=clock.now + 1, batch_size=1) == 2
+    assert await count_events(store) == 0
+    # Payload and rows are gone; the ids are not.
+    assert await store.ingest(record("m_old")) == "duplicate"
+    assert await store.ingest(record("m_new", job_id="job-2")) == "duplicate"
+    assert await count_events(store) == 0
+    assert await store.is_pruned("m_old")
+    # Never within a day of the pruning, whatever the caller asks.
+    assert await store.forget_ids(pruned_before=clock.now + 1) == 0
+    clock.now += day + 1
+    assert await store.forget_ids(pruned_before=clock.now - 2 * day) == 0
+    assert await store.forget_ids(pruned_before=clock.now, batch_size=1) == 2
+    assert not await store.is_pruned("m_old")
+    assert await store.ingest(record("m_old")) == "accepted"
+
+
+async def test_pruned_ids_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    async with Store(path) as store:
+        assert await store.ingest(record("m1", sinks=(), needs_fetch=False)) == "accepted"
+        assert await store.prune(received_before=2_000_000.0) == 1
+    async with Store(path) as store:
+        assert await store.ingest(record("m1")) == "duplicate"
+
+
+async def test_the_database_file_is_created_for_its_owner_only(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        async with Store(tmp_path / "state" / "relay.db"):
+            pass
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "state" / "relay.db").stat().st_mode & 0o777 == 0o600
 
 
 SQLITE_DEFAULT_MAX_VARIABLES = 32_766

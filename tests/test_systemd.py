@@ -65,6 +65,8 @@ def test_unit_has_unit_service_and_install_sections() -> None:
         ("PrivateDevices", "yes"),
         ("SystemCallFilter", "@system-service"),
         ("KillMode", "mixed"),
+        ("UMask", "0077"),
+        ("StateDirectoryMode", "0700"),
         ("ExecReload", "/bin/kill -HUP $MAINPID"),
         ("LimitNOFILE", "65536"),
     ],

@@ -13,6 +13,8 @@ connection resets, truncated JSON, slow bodies, failing and hanging commands) at
 configured rate, and some events carry a permanent fault (`plan`). Then the relay
 drains and every event is accounted for: `outcome.Outcome` says what is counted and
 `outcome.check` the contract each count is held to. The hostile-input part (fuzzing,
-slow clients, duplicate ids, disk full) is `hostile`; `report` renders RELIABILITY.md
-from the figures. tests/reliability/ runs both, smaller.
+slow clients, duplicate ids, disk full) is `hostile`; what the relay leaves on disk and
+hands on (file modes, links swapped in under the file sink, the command's environment,
+long types, replays after pruning, terminal output) is `at_rest`; `report` renders
+RELIABILITY.md from the figures. tests/reliability/ runs them all, smaller.
 """

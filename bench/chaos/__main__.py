@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from bench.chaos import __doc__ as package_doc
+from bench.chaos.at_rest import run_at_rest
 from bench.chaos.edge import run_edge
 from bench.chaos.hostile import run_hostile
 from bench.chaos.plan import ChaosConfig
@@ -15,8 +16,9 @@ from bench.chaos.report import render
 from bench.chaos.rounds import run_chaos
 
 REPO = Path(__file__).resolve().parent.parent.parent
-# --quick: (events, kill rounds, fuzz examples, duplicate-id requests, flood requests).
-QUICK_SIZES = (300, 4, 200, 1000, 500)
+# --quick: (events, kill rounds, fuzz examples, duplicate-id requests, flood requests,
+# racing writes).
+QUICK_SIZES = (300, 4, 200, 1000, 500, 300)
 SLOW_CLIENTS_EACH = 10
 
 
@@ -36,6 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--idle", type=int, default=1100, help="idle connections (0: skip that probe)"
     )
+    parser.add_argument(
+        "--race-writes", type=int, default=2000, help="file sink writes per racing target"
+    )
     parser.add_argument("--workdir", type=Path, default=defaults.workdir)
     parser.add_argument("--output", type=Path, default=REPO / "RELIABILITY.md")
     parser.add_argument(
@@ -43,7 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.events, args.rounds, args.fuzz, args.duplicates, args.flood = QUICK_SIZES
+        (args.events, args.rounds, args.fuzz, args.duplicates, args.flood, args.race_writes) = (
+            QUICK_SIZES
+        )
     return args
 
 
@@ -69,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         args.workdir / "edge", flood_requests=args.flood, idle_connections=args.idle
     )
     hostile.problems += hostile.edge.problems
+    hostile.at_rest = run_at_rest(args.workdir / "at-rest", race_writes=args.race_writes)
+    hostile.problems += hostile.at_rest.problems
     report = render(config, outcome, hostile, "python -m bench.chaos")
     if args.quick:
         print(report)

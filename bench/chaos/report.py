@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from bench.chaos.at_rest import WITHHELD, AtRestFigures
 from bench.chaos.hostile import HostileFigures
 from bench.chaos.outcome import Outcome
 from bench.chaos.parties import LEASE_SECONDS
@@ -106,6 +107,20 @@ METHOD: tuple[tuple[str, str], ...] = (
         "{flood} bad signatures from 8 senders at once, {idle} idle connections against "
         "systemd's default soft file limit and then the unit's `LimitNOFILE`, and the "
         "README's nginx recipe in front of a relay. Each row gives the answer measured now.",
+    ),
+    (
+        "At rest and on the way out",
+        "(a relay started under umask 022 with `PULSE_API_KEY`, `PULSE_WEBHOOK_SECRET`, "
+        "`CREDENTIALS_DIRECTORY` and a variable of its own in its environment, a json and "
+        "a jsonl file sink and a command that dumps its environment): the modes of the store, "
+        "its WAL and SHM, the files and the directories it created; what the command saw; a "
+        "signed event whose type is 200 KB, and one whose type holds ESC, CR and LF, then "
+        "`events` and `show`; `prune --older-than 0` and the captured requests sent again, "
+        "also against an `hmac-sha256-hex` relay, with and without an id header. The file "
+        "sink writes to a json and a jsonl target, and below a sub-directory, while a thread "
+        "swaps symlinks and hard links to a file outside in at the target or the "
+        "sub-directory; a hard link of an outside file is placed at the target. "
+        "`check-config` reads URLs with user-info and query tokens and a plain-http API.",
     ),
 )
 
@@ -212,7 +227,58 @@ def hostile_rows(hostile: HostileFigures, outcome: Outcome) -> list[Row]:
         )
     if hostile.edge is not None:
         rows += hostile.edge.rows
+    if hostile.at_rest is not None:
+        rows += at_rest_rows(hostile.at_rest)
     return rows
+
+
+def at_rest_rows(figures: AtRestFigures) -> list[Row]:
+    """The figures of the probes of what the relay leaves on disk and hands on."""
+    race = figures.race_outcomes
+    replays = figures.replay_after_prune
+    return [
+        (
+            "modes after a run under umask 022: store + WAL + SHM / sink files / directories "
+            "the relay created",
+            " / ".join(", ".join(modes) for modes in figures.modes.values()),
+        ),
+        (
+            f"file sink, links swapped in during {figures.race_writes:,} writes: "
+            "written / refused (dead) / retried / envelopes outside",
+            f"{race['written']:,} / {race['refused (dead)']:,} / {race['retried']:,} / "
+            f"{figures.race_outside}",
+        ),
+        ("file sink, a hard link placed at the target", _hard_link_answer(figures)),
+        (
+            f"command sink: the relay's {', '.join(WITHHELD)} seen by the child",
+            f"{len(figures.env_leaked)} (it got {', '.join(figures.env_seen)})",
+        ),
+        (
+            "a 200 KB event type: answer / command runs / longest log line",
+            f"{figures.huge_type_answer} / {figures.huge_type_command_runs} / "
+            f"{figures.longest_log_line_bytes} bytes",
+        ),
+        (
+            "replayed after `prune --older-than 0`: standard / hmac-sha256-hex",
+            f"{replays.get('standard', '-')} / {replays.get('hmac-sha256-hex', '-')}",
+        ),
+        (
+            "ESC, CR, LF in a signed type: raw control characters printed by `events`, `show`",
+            str(figures.raw_controls_printed),
+        ),
+        (
+            "`check-config`: URL user-info and query values printed / plain-http API warned",
+            f"{figures.url_secrets_printed} / {'yes' if figures.base_url_warned else 'no'}",
+        ),
+    ]
+
+
+def _hard_link_answer(figures: AtRestFigures) -> str:
+    answers = {answer.partition(": ")[2] for answer in figures.hard_link.values()}
+    formats = ", ".join(figures.hard_link)
+    if len(answers) == 1 and all(a.startswith("Permanent") for a in figures.hard_link.values()):
+        return f"dead at once ({formats}): {answers.pop()}; the outside file untouched"
+    return "; ".join(f"{kind}: {answer}" for kind, answer in figures.hard_link.items())
 
 
 def _slow_client_rows(hostile: HostileFigures) -> list[Row]:

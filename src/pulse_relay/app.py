@@ -26,6 +26,7 @@ import ssl
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
 import aiohttp
@@ -35,7 +36,13 @@ from pulse_relay.admin import build_admin_app
 from pulse_relay.admin.auth import AdminAuth
 from pulse_relay.admin.context import AdminContext, CachedReadiness
 from pulse_relay.admin.stream import ChangeHub
-from pulse_relay.config import ConfigError, Settings, SinkSettings, admin_exposure_problem
+from pulse_relay.config import (
+    ConfigError,
+    Settings,
+    SinkSettings,
+    admin_exposure_problem,
+    settings_warnings,
+)
 from pulse_relay.dispatcher import Dispatcher, DispatcherLimits, SinkRuntime
 from pulse_relay.edge import (
     SampledLog,
@@ -58,6 +65,9 @@ from pulse_relay.tls import TLSFilesError, reload_context, server_context
 
 log = get_logger("pulse_relay.app")
 
+# Files the relay creates hold customer documents: for its own user only (the
+# store and file sinks also set their modes explicitly; this covers the rest).
+RELAY_UMASK = 0o077
 POLLING_ONLY_REASON = "no webhook secret configured: polling-only mode, ingress closed"
 DAY_SECONDS = 86_400.0
 # The first retention run comes shortly after start, so a relay restarted daily still prunes.
@@ -144,17 +154,36 @@ def ingress_url(settings: Settings, port: int | None = None) -> str:
     return local_url(server.host, server.port if port is None else port, scheme=scheme)
 
 
-def build_store(settings: Settings) -> StoreBackend:
+def build_store(settings: Settings, *, clock: Callable[[], float] = time.time) -> StoreBackend:
     """The configured store backend; the caller opens it (or enters it with `async with`)."""
     store = settings.store
     if store.postgres_url is not None:
-        return PostgresStore(store.postgres_url, pool_size=store.pool_size)
+        return PostgresStore(store.postgres_url, pool_size=store.pool_size, clock=clock)
     assert store.sqlite_file is not None
     return SQLiteStore(
         store.sqlite_file,
         synchronous=store.synchronous,
         busy_timeout_seconds=store.busy_timeout_seconds,
+        clock=clock,
     )
+
+
+@dataclass(frozen=True)
+class PruneOutcome:
+    """What one prune did: events deleted, and ids of pruned events no longer remembered."""
+
+    events: int
+    forgotten_ids: int
+
+
+async def prune_store(
+    store: StoreBackend, *, now: float, older_than_days: float, dedupe_days: float
+) -> PruneOutcome:
+    """Delete finished events older than `older_than_days` (0: every finished event); the
+    ids of pruned events stay known for `dedupe_days` after they were pruned."""
+    events = await store.prune(received_before=now - older_than_days * DAY_SECONDS)
+    forgotten = await store.forget_ids(pruned_before=now - dedupe_days * DAY_SECONDS)
+    return PruneOutcome(events=events, forgotten_ids=forgotten)
 
 
 class Relay:
@@ -175,7 +204,7 @@ class Relay:
         self._retention_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._reloading = False
-        self.store = build_store(settings)
+        self.store = build_store(settings, clock=clock)
         # Another relay sharing the store committed work: look for it now.
         self.store.add_wake_listener(self._on_accepted)
         self.verifier = build_verifier(settings)
@@ -249,6 +278,8 @@ class Relay:
         )
         if not pulse.api_key.get_secret_value():
             log.warning("pulse.api_key is not set: job fetches will fail until it is")
+        for warning in settings_warnings(settings):
+            log.warning("risky configuration", detail=warning)
         self._sinks = self._build_sinks(settings)
         self.dispatcher = self._build_dispatcher(self._sinks)
         self.dispatcher.start()
@@ -439,13 +470,16 @@ class Relay:
         log.info("TLS certificate reloaded", cert_file=str(server.tls_cert_file))
         return True
 
-    async def prune(self, *, older_than_days: float) -> int:
-        """Delete finished events older than `older_than_days`; returns how many."""
-        deleted = await self.store.prune(
-            received_before=self._clock() - older_than_days * DAY_SECONDS
+    async def prune(self, *, older_than_days: float) -> PruneOutcome:
+        """Delete finished events older than `older_than_days` and forget expired ids."""
+        outcome = await prune_store(
+            self.store,
+            now=self._clock(),
+            older_than_days=older_than_days,
+            dedupe_days=self.settings.store.dedupe_days,
         )
-        self.metrics.pruned_events.inc(deleted)
-        return deleted
+        self.metrics.pruned_events.inc(outcome.events)
+        return outcome
 
     async def _retention_loop(self) -> None:
         delay_seconds = self._retention_first_run_seconds
@@ -453,12 +487,18 @@ class Relay:
             await asyncio.sleep(delay_seconds)
             days = self.settings.store.retention_days
             try:
-                deleted = await self.prune(older_than_days=days)
+                outcome = await self.prune(older_than_days=days)
             except StoreUnavailableError as error:
                 log.error("retention run failed; retried later", reason=error.reason)
                 delay_seconds = RETENTION_RETRY_SECONDS
                 continue
-            log.info("retention run", pruned_events=deleted, retention_days=days)
+            log.info(
+                "retention run",
+                pruned_events=outcome.events,
+                forgotten_ids=outcome.forgotten_ids,
+                retention_days=days,
+                dedupe_days=self.settings.store.dedupe_days,
+            )
             delay_seconds = DAY_SECONDS
 
     def _on_accepted(self) -> None:
@@ -564,12 +604,15 @@ async def serve(
 ) -> None:
     """Run the relay until SIGTERM or SIGINT, then shut down in order.
 
+    The process umask becomes 077 first: whatever the relay creates is its user's alone.
+
     Tells systemd (when `$NOTIFY_SOCKET` is set) READY=1 once the store is open
     and the listener bound, WATCHDOG=1 while the relay proves alive, and
     STOPPING=1 when shutdown begins. SIGHUP calls `reload_settings` and applies
     the new sinks and log settings. A second SIGTERM or SIGINT during shutdown
     ends the process at once with status 1 (see `_exit_now`).
     """
+    os.umask(RELAY_UMASK)
     notifier = notifier or Notifier.from_environment()
     relay = Relay(settings)
     stop = asyncio.Event()

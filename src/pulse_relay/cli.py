@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -14,8 +15,21 @@ import aiohttp
 import click
 
 from pulse_relay import __version__
-from pulse_relay.app import build_store, ingress_url, local_url, serve
-from pulse_relay.config import ConfigError, Settings, load_settings, redacted_settings
+from pulse_relay.app import (
+    PruneOutcome,
+    build_store,
+    ingress_url,
+    local_url,
+    prune_store,
+    serve,
+)
+from pulse_relay.config import (
+    ConfigError,
+    Settings,
+    load_settings,
+    redacted_settings,
+    settings_warnings,
+)
 from pulse_relay.events import is_valid_job_id
 from pulse_relay.logs import configure_logging
 from pulse_relay.preflight import check_host
@@ -68,7 +82,32 @@ def _with_store(
         fail(str(error))
 
 
+# C0 and C1 controls and DEL, and the bidirectional overrides and isolates
+# (which reorder what follows them on screen): text from senders holding them
+# could move the cursor, rewrite a line or disguise a value on the terminal.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def printable(text: str) -> str:
+    """`text` for a terminal: control characters shown as visible escapes (\\x1b, \\n...)."""
+    if _UNPRINTABLE.search(text) is None:
+        return text
+
+    def escape(match: re.Match[str]) -> str:
+        character = match.group()
+        if character in _NAMED_ESCAPES:
+            return _NAMED_ESCAPES[character]
+        code = ord(character)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    # A backslash is escaped too once anything is, so "\\n" typed by a sender
+    # cannot pass for an escaped newline.
+    return re.sub(r"\\|" + _UNPRINTABLE.pattern, escape, text)
+
+
 def _table(rows: list[list[str]], headers: list[str]) -> str:
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
     ]
@@ -141,6 +180,8 @@ def check_config(obj: _Context) -> None:
         origin = f" (in {obj.config_path})" if obj.config_path else ""
         fail("configuration error:\n" + "\n".join(p + origin for p in problems))
     click.echo(json.dumps(redacted_settings(settings), indent=2))
+    for warning in settings_warnings(settings):
+        click.echo(f"warning: {warning}", err=True)
     where = obj.config_path or "defaults and environment"
     click.echo(f"configuration OK ({where})", err=True)
 
@@ -202,14 +243,14 @@ def show_command(obj: _Context, event_id: str, as_json: bool) -> None:
         click.echo(json.dumps(document, indent=2))
         return
     for key in ("id", "received_at", "source", "type", "job_id", "state", "error"):
-        click.echo(f"{key + ':':<13}{document[key] if document[key] is not None else '-'}")
+        value = document[key]
+        click.echo(f"{key + ':':<13}{printable(value) if value is not None else '-'}")
     click.echo(f"{'client:':<13}{view.client_address or '-'}")
-    click.echo(
-        f"{'fetch:':<13}{view.fetch_state}" + (f" ({view.fetch_error})" if view.fetch_error else "")
-    )
+    fetch_error = f" ({printable(view.fetch_error)})" if view.fetch_error else ""
+    click.echo(f"{'fetch:':<13}{view.fetch_state}{fetch_error}")
     click.echo("headers:")
     for name, value in (view.headers or {}).items():
-        click.echo(f"  {name}: {value}")
+        click.echo(f"  {printable(name)}: {printable(value)}")
     click.echo("payload:")
     click.echo(_indent(json.dumps(document.get("payload", document.get("payload_text")), indent=2)))
     click.echo("job:")
@@ -219,13 +260,13 @@ def show_command(obj: _Context, event_id: str, as_json: bool) -> None:
         click.echo(_indent(json.dumps(view.metadata, indent=2)))
     click.echo("deliveries:")
     for sink, delivery in view.deliveries.items():
-        extra = f" - {delivery.last_error}" if delivery.last_error else ""
+        extra = f" - {printable(delivery.last_error)}" if delivery.last_error else ""
         click.echo(f"  {sink}: {delivery.state} after {delivery.attempts} attempt(s){extra}")
     click.echo("attempts:")
     for attempt in view.attempts:
         what = attempt.sink or "job fetch"
         code = f" [{attempt.status_code}]" if attempt.status_code is not None else ""
-        error = f" {attempt.error}" if attempt.error else ""
+        error = f" {printable(attempt.error)}" if attempt.error else ""
         click.echo(
             f"  {iso(attempt.started_at)} {what} #{attempt.attempt} {attempt.outcome}{code}"
             f" {attempt.duration_ms:.1f} ms{error}"
@@ -390,20 +431,29 @@ def _probe_url(settings: Settings, check_ready: bool) -> str:
 @click.option(
     "--older-than",
     "older_than_days",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Age limit in days (default: store.retention_days).",
+    type=click.FloatRange(min=0),
+    help="Age limit in days; 0 prunes every finished event (default: store.retention_days).",
 )
 @click.pass_obj
 def prune_command(obj: _Context, older_than_days: float | None) -> None:
-    """Delete finished events older than the limit; pending and dead ones are kept."""
+    """Delete finished events older than the limit; pending and dead ones are kept.
+
+    The ids of pruned events stay known for store.dedupe_days: a replayed
+    request is still answered duplicate.
+    """
     settings = obj.settings()
     days = older_than_days if older_than_days is not None else settings.store.retention_days
-    cutoff = time.time() - days * 86_400
 
-    async def action(store: StoreBackend) -> int:
-        return await store.prune(received_before=cutoff)
+    async def action(store: StoreBackend) -> PruneOutcome:
+        return await prune_store(
+            store,
+            now=time.time(),
+            older_than_days=days,
+            dedupe_days=settings.store.dedupe_days,
+        )
 
-    deleted = _with_store(settings, action)
+    outcome = _with_store(settings, action)
+    deleted = outcome.events
     click.echo(f"{deleted} event{'' if deleted == 1 else 's'} older than {days:g} days pruned")
 
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -54,11 +54,16 @@ from pydantic_settings import (
 )
 
 from pulse_relay.edge import parse_networks
-from pulse_relay.redaction import REDACTED, is_secret_name
+from pulse_relay.redaction import REDACTED, is_secret_name, mask_url
 from pulse_relay.signature import decode_secret
-from pulse_relay.sinks.file import parse_filename_template, relative_path_problem
+from pulse_relay.sinks.file import (
+    DEFAULT_FILE_MODE,
+    parse_file_mode,
+    parse_filename_template,
+    relative_path_problem,
+)
 from pulse_relay.sinks.http import signing_secret
-from pulse_relay.store.urls import is_postgres, mask_url, sqlite_path
+from pulse_relay.store.urls import is_postgres, sqlite_path
 
 ENV_PREFIX = "PULSE_RELAY_"
 ENV_CONFIG_PATH = "PULSE_RELAY_CONFIG"
@@ -240,6 +245,8 @@ class StoreSettings(_Section):
     path: Path = Path("pulse-relay.db")
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     retention_days: float = Field(default=14, gt=0)
+    # How long the ids of pruned events stay known after pruning: a replay is still a duplicate.
+    dedupe_days: float = Field(default=30, ge=1)
     busy_timeout_seconds: float = Field(default=5.0, gt=0)
     pool_size: int = Field(default=10, ge=2)
 
@@ -358,7 +365,19 @@ class FileSinkSettings(_SinkBase):
     directory: Path
     filename: str | None = None  # default depends on format
     format: Literal["json", "jsonl"] = "json"
+    # Permissions of the files written, set exactly whatever the umask (octal text).
+    mode: str = DEFAULT_FILE_MODE
     timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode_is_octal_text(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            # TOML's 0o600 and a bare 600 both arrive as numbers; only text reads one way.
+            raise ValueError('must be a quoted octal string such as "0600"')
+        if isinstance(value, str):
+            parse_file_mode(value)
+        return value
 
     @field_validator("filename")
     @classmethod
@@ -471,6 +490,18 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def settings_warnings(settings: Settings) -> list[str]:
+    """Valid but risky settings, one line each naming the key (check-config and serve show them)."""
+    warnings: list[str] = []
+    base_url = urlsplit(settings.pulse.base_url)
+    if base_url.scheme != "https" and not is_loopback_host(base_url.hostname or ""):
+        warnings.append(
+            f"pulse.base_url: {mask_url(settings.pulse.base_url)} is not https: the API key"
+            " and the job results would cross the network unencrypted"
+        )
+    return warnings
 
 
 def admin_exposure_problem(settings: Settings) -> str | None:
@@ -802,12 +833,15 @@ def _mask(value: str) -> str:
     return REDACTED if value else ""
 
 
-def _redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{REDACTED}@{host}"))
+def _mask_urls(value: Any) -> Any:
+    """`value` with every URL inside it (at any depth) masked: user-info, query, fragment."""
+    if isinstance(value, str):
+        return mask_url(value) if "://" in value else value
+    if isinstance(value, dict):
+        return {key: _mask_urls(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_mask_urls(item) for item in value]
+    return value
 
 
 def _redact_named(values: Mapping[str, str]) -> dict[str, str]:
@@ -823,14 +857,15 @@ def redacted_settings(settings: Settings) -> dict[str, Any]:
         for name, value in settings.verify.required_headers.items()
     }
     data["pulse"]["api_key"] = _mask(settings.pulse.api_key.get_secret_value())
-    data["pulse"]["base_url"] = _redact_url(settings.pulse.base_url)
     data["admin"]["token"] = _mask(settings.admin.token.get_secret_value())
     for sink, sink_data in zip(settings.sinks, data["sinks"], strict=True):
         if isinstance(sink, HttpSinkSettings):
-            sink_data["url"] = _redact_url(sink.url)
             sink_data["headers"] = _redact_named(sink.headers)
             secret = sink.sign_secret
             sink_data["sign_secret"] = None if secret is None else _mask(secret.get_secret_value())
         elif isinstance(sink, CommandSinkSettings):
             sink_data["env"] = _redact_named(sink.env)
-    return data
+    # Every URL, wherever it is (base_url, sink urls, a variable or an argument):
+    # tokens travel in user-info and query strings.
+    masked: dict[str, Any] = _mask_urls(data)
+    return masked

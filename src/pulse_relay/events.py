@@ -14,6 +14,9 @@ from pulse_relay.store import IngestRecord
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "canceled", "cancelled", "expired"})
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+# Longer types are refused at ingest: a type travels into file names, the
+# command's environment (a 200 KB one makes exec fail with E2BIG) and log lines.
+MAX_EVENT_TYPE_CHARS = 128
 
 
 def is_valid_job_id(job_id: str) -> bool:
@@ -67,6 +70,12 @@ def parse_event(body: bytes) -> ParsedEvent:
     event_type = _text(payload.get("type")) or _text(payload.get("event"))
     if event_type is None:
         return ParsedEvent(None, None, "payload has no event type ('type' or 'event')")
+    if len(event_type) > MAX_EVENT_TYPE_CHARS:
+        return ParsedEvent(
+            None,
+            None,
+            f"event type is {len(event_type)} characters long (at most {MAX_EVENT_TYPE_CHARS})",
+        )
     data = payload.get("data")
     data = data if isinstance(data, dict) else {}
     raw_job_id = data.get("job_id", payload.get("job_id", data.get("id")))

@@ -24,6 +24,10 @@ _LEVELS = {
 
 # Not secrets by name, but a document's content must not reach a log line either.
 _BODY_KEYS = frozenset({"body", "payload"})
+# The longest text a log line carries in one field: values that come from
+# senders (an event type stored before types were bounded, a job status) must
+# not make a line of hundreds of kilobytes.
+MAX_LOG_VALUE_CHARS = 512
 
 
 def redact_sensitive(
@@ -37,6 +41,17 @@ def redact_sensitive(
     for key in list(event_dict):
         if is_secret_name(key) or key.lower() in _BODY_KEYS:
             event_dict[key] = REDACTED
+    return event_dict
+
+
+def clip_long_values(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Cut every text value to MAX_LOG_VALUE_CHARS, saying how much was dropped."""
+    for key, value in event_dict.items():
+        if isinstance(value, str) and len(value) > MAX_LOG_VALUE_CHARS:
+            dropped = len(value) - MAX_LOG_VALUE_CHARS
+            event_dict[key] = f"{value[:MAX_LOG_VALUE_CHARS]}...[{dropped} more characters]"
     return event_dict
 
 
@@ -74,6 +89,7 @@ def configure_logging(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact_sensitive,
+        clip_long_values,
     ]
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],

@@ -7,6 +7,7 @@ log pipeline masks any field so named: one list, so the two cannot drift apart.
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit, urlunsplit
 
 REDACTED = "**********"
 
@@ -19,3 +20,23 @@ _SECRET_NAME = re.compile(
 def is_secret_name(name: str) -> bool:
     """True for a key, header or variable name that may hold a credential."""
     return _SECRET_NAME.search(name) is not None
+
+
+def mask_url(url: str) -> str:
+    """`url` with its user-info, query and fragment (where tokens travel) replaced by the marker.
+
+    Text that is not a URL with a scheme and a host is returned as it is.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if not parts.scheme or not parts.netloc:
+        return url
+    _user_info, at, host = parts.netloc.rpartition("@")
+    masked = parts._replace(
+        netloc=f"{REDACTED}@{host}" if at else host,
+        query=REDACTED if parts.query else "",
+        fragment=REDACTED if parts.fragment else "",
+    )
+    return urlunsplit(masked)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import subprocess
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, cast
 
 from pulse_relay.sinks.base import (
@@ -28,6 +30,26 @@ PIPE_DRAIN_GRACE_SECONDS = 1.0
 # unreachable network filesystem); do not hang the delivery on that. With the
 # drain grace this stays well inside the margin callers add to the timeout.
 KILL_WAIT_SECONDS = 2.0
+# What a child may inherit from the relay's environment: where programs are,
+# language, time zone and home. Nothing else: the relay's own environment holds
+# its secrets (PULSE_API_KEY, PULSE_WEBHOOK_SECRET, CREDENTIALS_DIRECTORY...).
+INHERITED_VARIABLES = frozenset({"PATH", "LANG", "TZ", "HOME"})
+INHERITED_PREFIXES = ("LC_",)
+# Start failures that trying again cannot cure: the program or its working
+# directory is missing or not usable, or the arguments and environment are too big.
+_PERMANENT_START_ERRNOS = frozenset(
+    {
+        errno.ENOENT,
+        errno.EACCES,
+        errno.E2BIG,
+        errno.ENOEXEC,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ELOOP,
+        errno.ENAMETOOLONG,
+        errno.EPERM,
+    }
+)
 
 
 class _OutputCollector(asyncio.SubprocessProtocol):
@@ -87,7 +109,7 @@ class CommandSink:
         self._settings = settings
 
     def _environment(self, delivery: Delivery) -> dict[str, str]:
-        env = dict(os.environ)
+        env = inherited_environment(os.environ)
         env.update(self._settings.env)
         # Set last so the configuration cannot disguise which event this is.
         env["PULSE_EVENT_ID"] = _env_value(delivery.event_id)
@@ -96,30 +118,34 @@ class CommandSink:
         env["PULSE_JOB_STATUS"] = _env_value(delivery.job_status or "")
         return env
 
-    def _start_failure(self, exc: OSError) -> RetryableSinkError:
-        # Retryable rather than dead: a missing program or directory is
-        # usually an installation step the operator has not done yet.
+    def _start_failure(self, exc: OSError) -> PermanentSinkError | RetryableSinkError:
+        """Dead at once when retrying cannot help (ENOENT, EACCES, E2BIG...), else retryable."""
         program = self._settings.argv[0]
         cwd = self._settings.cwd
         if cwd is not None and exc.filename is not None and str(exc.filename) == str(cwd):
-            return RetryableSinkError(
-                f"cannot enter working directory {str(cwd)!r}: {exc.strerror}"
-            )
-        if isinstance(exc, FileNotFoundError):
-            return RetryableSinkError(f"command not found: {program!r}")
-        if isinstance(exc, PermissionError):
-            return RetryableSinkError(f"command not executable: {program!r}: {exc.strerror}")
-        return RetryableSinkError(f"cannot start {program!r}: {exc.strerror or exc}")
+            reason = f"cannot enter working directory {str(cwd)!r}: {exc.strerror}"
+        elif isinstance(exc, FileNotFoundError):
+            reason = f"command not found: {program!r}"
+        elif isinstance(exc, PermissionError):
+            reason = f"command not executable: {program!r}: {exc.strerror}"
+        elif exc.errno == errno.E2BIG:
+            reason = f"cannot start {program!r}: arguments and environment too long (E2BIG)"
+        else:
+            reason = f"cannot start {program!r}: {exc.strerror or exc}"
+        if exc.errno in _PERMANENT_START_ERRNOS:
+            return PermanentSinkError(reason)
+        # Out of processes or memory for a moment (EAGAIN, ENOMEM): worth another try.
+        return RetryableSinkError(reason)
 
-    async def deliver(self, delivery: Delivery) -> SinkResult:
-        """Run the command; exit 0 delivered, anything else (or the timeout) retryable."""
-        loop = asyncio.get_running_loop()
-        timeout_seconds = self._settings.timeout_seconds
-        try:
-            # The protocol-level API rather than create_subprocess_exec: output
-            # is trimmed as it arrives, the exit is seen even while a leftover
-            # grandchild keeps a pipe open, and the transport can be closed.
-            transport, protocol = await loop.subprocess_exec(
+    async def _start(
+        self, loop: asyncio.AbstractEventLoop, delivery: Delivery
+    ) -> tuple[asyncio.SubprocessTransport, _OutputCollector]:
+        """Start the command; the errors that mean it cannot start become sink errors."""
+        # The protocol-level API rather than create_subprocess_exec: output
+        # is trimmed as it arrives, the exit is seen even while a leftover
+        # grandchild keeps a pipe open, and the transport can be closed.
+        start = asyncio.ensure_future(
+            loop.subprocess_exec(
                 lambda: _OutputCollector(loop),
                 *self._settings.argv,
                 stdin=subprocess.PIPE,
@@ -131,11 +157,29 @@ class CommandSink:
                 # command started, not just the command.
                 start_new_session=True,
             )
+        )
+        try:
+            return await asyncio.shield(start)
+        except asyncio.CancelledError:
+            # Cancelled inside subprocess_exec, asyncio would wait for every pipe
+            # to close, i.e. for whatever the command started to finish. Let the
+            # start complete (it only connects pipes), then kill the group.
+            with contextlib.suppress(Exception):
+                transport, _ = await start
+                _kill_group(transport.get_pid())
+                transport.close()
+            raise
         except OSError as exc:
             raise self._start_failure(exc) from None
         except ValueError as exc:
             # An argument or variable with a NUL byte can never be passed to exec.
             raise PermanentSinkError(f"cannot start {self._settings.argv[0]!r}: {exc}") from None
+
+    async def deliver(self, delivery: Delivery) -> SinkResult:
+        """Run the command; exit 0 delivered, a failed start dead, anything else retryable."""
+        loop = asyncio.get_running_loop()
+        timeout_seconds = self._settings.timeout_seconds
+        transport, protocol = await self._start(loop, delivery)
         collector = protocol
         timed_out = False
         try:
@@ -173,6 +217,15 @@ class CommandSink:
 
     async def close(self) -> None:
         """Nothing to release: each delivery's process is gone when `deliver` returns."""
+
+
+def inherited_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The part of `environ` a command may see: PATH, LANG, LC_*, TZ and HOME."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if name in INHERITED_VARIABLES or name.startswith(INHERITED_PREFIXES)
+    }
 
 
 def _describe_exit(returncode: int | None) -> str:

@@ -10,7 +10,9 @@ import json
 import os
 import re
 import secrets
+import stat
 import string
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -41,6 +43,13 @@ _PERMANENT_ERRNOS = frozenset({errno.ENAMETOOLONG})
 _HEAD_BYTES = 64 * 1024
 _RECEIVED_AT = re.compile(rb'"received_at"\s*:\s*"([0-9T:.Z+-]{1,40})"')
 _PATH_LOCK_STRIPES = 64
+DEFAULT_FILE_MODE = "0600"
+_FILE_MODE = re.compile(r"0?[0-7]{3}")
+# The configured directory may be reached through a symlink (the operator's
+# choice); nothing below it is.
+_ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_DIRECTORY_FLAGS = _ROOT_FLAGS | os.O_NOFOLLOW
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,23 @@ def parse_filename_template(template: str) -> tuple[_Piece, ...]:
             raise ValueError(f"unknown template field {{{field_name}}} (allowed: {allowed})")
         pieces.append(_Piece(literal, field_name))
     return tuple(pieces)
+
+
+def parse_file_mode(text: str) -> int:
+    """The permission bits of an octal `mode` string ("0600", "640"); ValueError says why not."""
+    if _FILE_MODE.fullmatch(text) is None:
+        raise ValueError(f'{text!r} is not an octal permission mode such as "0600" or "0640"')
+    mode = int(text, 8)
+    # The relay reads back what it wrote (the newer-event check, a torn jsonl line).
+    if mode & 0o600 != 0o600:
+        raise ValueError(f'"{text}" must let the owner read and write (e.g. "0600")')
+    return mode
+
+
+def directory_mode_for(file_mode: int) -> int:
+    """The mode of directories the sink creates: the owner's, plus search where files are read."""
+    readable = file_mode & 0o044
+    return 0o700 | readable | (readable >> 2)
 
 
 def relative_path_problem(relative: str) -> str | None:
@@ -106,10 +132,6 @@ def _utc_date(received_at: str) -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d")
 
 
-def _is_inside(path: str, directory: str) -> bool:
-    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
-
-
 class FileSink:
     """Writes each delivery's body to a file under `settings.directory`."""
 
@@ -117,6 +139,11 @@ class FileSink:
         self.name = settings.name
         self._settings = settings
         self._format = settings.format
+        try:
+            self._mode = parse_file_mode(settings.mode)
+        except ValueError as exc:
+            raise ValueError(f"sink {self.name!r}: mode: {exc}") from None
+        self._directory_mode = directory_mode_for(self._mode)
         default = DEFAULT_JSON_FILENAME if self._format == "json" else DEFAULT_JSONL_FILENAME
         template = settings.filename or default
         try:
@@ -185,94 +212,218 @@ class FileSink:
     async def close(self) -> None:
         """Nothing to release: every write opens and closes its own file."""
 
-    def _resolve(self, relative: str) -> Path:
-        """The real path for `relative`, created directories included, or PermanentSinkError."""
+    def _parts(self, relative: str) -> tuple[str, ...]:
+        """The components of `relative`, or PermanentSinkError if it cannot name a file inside."""
         problem = relative_path_problem(relative)
         if problem is not None:
             raise PermanentSinkError(f"file name {relative!r} would leave the directory: {problem}")
-        pure = PurePosixPath(relative)
-        if relative.endswith("/") or not pure.parts:
+        parts = PurePosixPath(relative).parts
+        if relative.endswith("/") or not parts:
             raise PermanentSinkError(f"file name {relative!r} names the directory, not a file")
-        directory = Path(self._settings.directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        root = os.path.realpath(directory)
-        # realpath follows every symlink among the components that exist, so a
-        # link anywhere on the way (or the file itself) pointing out is caught.
-        target = os.path.realpath(os.path.join(root, *pure.parts))
-        if not _is_inside(target, root) or target == root:
-            raise PermanentSinkError(
-                f"file name {relative!r} resolves to {target}, outside the sink directory {root}"
-            )
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        return Path(target)
+        return parts
+
+    @contextlib.contextmanager
+    def _parent_directory(self, relative: str) -> Iterator[tuple[int, str]]:
+        """An open descriptor of the directory that holds `relative`'s file, and the file's name.
+
+        Every component below the configured directory is opened relative to its
+        parent without following a symlink, and created when missing: whatever is
+        swapped in on the way, what is written lands inside the directory.
+        """
+        parts = self._parts(relative)
+        fd = _open_root(Path(self._settings.directory), self._directory_mode)
+        try:
+            for part in parts[:-1]:
+                child = _open_child_directory(fd, part, self._directory_mode, relative)
+                os.close(fd)
+                fd = child
+            yield fd, parts[-1]
+        finally:
+            os.close(fd)
 
     def _write_json(self, relative: str, body: bytes, received_at: str) -> tuple[Path, bool]:
-        path = self._resolve(relative)
-        # Deliveries are not ordered (a retry of an older event may come last): a file
-        # already holding a later event of the job keeps it.
-        existing = _received_at_of(path)
-        if existing is not None and received_at and existing > received_at:
-            return path, False
-        # Readers never see a half-written file: the body goes to a temporary
-        # file in the same directory (same filesystem), which then replaces
-        # the target in one rename.
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-        # Created like an ordinary file (0o666 minus the umask) so whatever
-        # consumes the directory can read it.
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-        try:
+        path = Path(self._settings.directory) / relative
+        with self._parent_directory(relative) as (directory_fd, name):
+            # Deliveries are not ordered (a retry of an older event may come last): a file
+            # already holding a later event of the job keeps it.
+            existing = _received_at_of(directory_fd, name, relative)
+            if existing is not None and received_at and existing > received_at:
+                return path, False
+            # Readers never see a half-written file: the body goes to a temporary
+            # file in the same directory (same filesystem), which then replaces
+            # the target in one rename. A rename replaces a symlink at the target
+            # name rather than following it.
+            temporary = f".{name}.{secrets.token_hex(6)}.tmp"
+            fd = os.open(temporary, _NEW_FILE_FLAGS, self._mode, dir_fd=directory_fd)
             try:
-                _write_all(fd, body)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
-        _fsync_directory(path.parent)
+                try:
+                    os.fchmod(fd, self._mode)  # exactly `mode`, whatever the umask
+                    _write_all(fd, body)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(temporary, name, src_dir_fd=directory_fd, dst_dir_fd=directory_fd)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temporary, dir_fd=directory_fd)
+                raise
+            os.fsync(directory_fd)
         return path, True
 
     def _append_line(self, relative: str, line: bytes) -> Path:
-        path = self._resolve(relative)
-        # Read access too: the last byte is checked for a torn line.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            size_bytes = os.fstat(fd).st_size
-            # A crash mid-line elsewhere must not glue this envelope onto the
-            # fragment: start on a fresh line.
-            if size_bytes and os.pread(fd, 1, size_bytes - 1) != b"\n":
-                line = b"\n" + line
+        with self._parent_directory(relative) as (directory_fd, name):
+            fd = _open_for_append(directory_fd, name, relative)
             try:
-                _write_all(fd, line)
-                os.fsync(fd)
-            except OSError:
-                # Leave no partial line behind (a full disk mid-write), so the
-                # retry appends a clean one.
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, size_bytes)
-                raise
-        finally:
-            os.close(fd)
-        if size_bytes == 0:
-            _fsync_directory(path.parent)
-        return path
+                _refuse_unless_single_file(os.fstat(fd), relative)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                status = _still_the_only_name(fd, directory_fd, name, relative)
+                if status.st_mode & 0o777 != self._mode and status.st_uid == os.geteuid():
+                    os.fchmod(fd, self._mode)
+                size_bytes = _append_whole_line(fd, line)
+            finally:
+                os.close(fd)
+            if size_bytes == 0:
+                os.fsync(directory_fd)
+        return Path(self._settings.directory) / relative
 
 
-def _received_at_of(path: Path) -> str | None:
-    """The `received_at` of the envelope stored at `path`, None if absent or unreadable.
+def _append_whole_line(fd: int, line: bytes) -> int:
+    """Append `line` under the caller's lock; returns the size the file had before."""
+    size_bytes = os.fstat(fd).st_size
+    # A crash mid-line elsewhere must not glue this envelope onto the
+    # fragment: start on a fresh line.
+    if size_bytes and os.pread(fd, 1, size_bytes - 1) != b"\n":
+        line = b"\n" + line
+    try:
+        _write_all(fd, line)
+        os.fsync(fd)
+    except OSError:
+        # Leave no partial line behind (a full disk mid-write), so the
+        # retry appends a clean one.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size_bytes)
+        raise
+    return size_bytes
 
-    The envelope is written with `received_at` among its first keys, so the head
-    of the file suffices; inside JSON strings a quote is always escaped, so the
-    pattern cannot match text from an id or a type.
+
+def _open_root(directory: Path, mode: int) -> int:
+    """The configured directory, opened (created first, with `mode`, when missing).
+
+    The configured path itself is the operator's and may be or contain a symlink.
     """
     try:
-        with open(path, "rb") as file:
-            head = file.read(_HEAD_BYTES)
+        return os.open(directory, _ROOT_FLAGS)
+    except FileNotFoundError:
+        pass
+    directory.parent.mkdir(parents=True, exist_ok=True, mode=mode)
+    created = True
+    try:
+        os.mkdir(directory, mode)
+    except FileExistsError:
+        created = False
+    fd = os.open(directory, _ROOT_FLAGS)
+    if created:
+        os.fchmod(fd, mode)
+    return fd
+
+
+def _open_child_directory(parent_fd: int, name: str, mode: int, relative: str) -> int:
+    """The directory `name` inside `parent_fd`, created with `mode` when missing; never a link."""
+    created = False
+    try:
+        fd = os.open(name, _DIRECTORY_FLAGS, dir_fd=parent_fd)
+    except FileNotFoundError:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, mode, dir_fd=parent_fd)
+            created = True
+        fd = _open_no_link(name, _DIRECTORY_FLAGS, parent_fd, relative)
     except OSError:
+        _refuse_link(parent_fd, name, relative)
+        raise
+    if created:
+        os.fchmod(fd, mode)
+        os.fsync(parent_fd)
+    return fd
+
+
+def _open_for_append(directory_fd: int, name: str, relative: str) -> int:
+    # Read access too: the last byte is checked for a torn line. O_NONBLOCK so a
+    # FIFO planted at the name cannot hang the writer (it is refused once opened).
+    flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    return _open_no_link(name, flags, directory_fd, relative, mode=0o600)
+
+
+def _open_no_link(
+    name: str, flags: int, directory_fd: int, relative: str, *, mode: int = 0o600
+) -> int:
+    """os.open of `name` in `directory_fd` (flags with O_NOFOLLOW); a link there is refused."""
+    try:
+        return os.open(name, flags, mode, dir_fd=directory_fd)
+    except OSError:
+        _refuse_link(directory_fd, name, relative)
+        raise
+
+
+def _refuse_link(directory_fd: int, name: str, relative: str) -> None:
+    """PermanentSinkError when `name` in `directory_fd` is a symlink (why an open failed)."""
+    try:
+        status = os.stat(name, dir_fd=directory_fd, follow_symlinks=False)
+    except OSError:
+        return
+    if stat.S_ISLNK(status.st_mode):
+        raise PermanentSinkError(
+            f"cannot write {relative!r}: {name!r} is a symbolic link (the file sink follows none)"
+        )
+
+
+def _still_the_only_name(fd: int, directory_fd: int, name: str, relative: str) -> os.stat_result:
+    """The status of the open file, once it is proven to have one name: `name` here.
+
+    A link count read from the open file proves nothing a moment later: a file
+    outside, hard-linked in at `name` and unlinked and linked again around the
+    check, would pass. The name's own status gives both facts at one instant:
+    it leads to the very file that is open, and that file has no other name.
+    """
+    status = os.fstat(fd)
+    try:
+        current = os.stat(name, dir_fd=directory_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        current = None
+    if current is None or (current.st_dev, current.st_ino) != (status.st_dev, status.st_ino):
+        raise RetryableSinkError(f"{relative!r} was replaced while it was being opened")
+    _refuse_unless_single_file(current, relative)
+    return current
+
+
+def _refuse_unless_single_file(status: os.stat_result, relative: str) -> None:
+    """PermanentSinkError unless `status` is a regular file with no other name (hard link)."""
+    if not stat.S_ISREG(status.st_mode):
+        raise PermanentSinkError(f"cannot write {relative!r}: it exists and is not a regular file")
+    if status.st_nlink > 1:
+        raise PermanentSinkError(
+            f"cannot write {relative!r}: it has {status.st_nlink} hard links"
+            " (another name elsewhere would receive the envelope)"
+        )
+
+
+def _received_at_of(directory_fd: int, name: str, relative: str) -> str | None:
+    """The `received_at` of the envelope stored at `name`, None if there is none.
+
+    Refuses (PermanentSinkError) a symlink, a hard-linked file or anything but a
+    regular file at the name. The envelope is written with `received_at` among
+    its first keys, so the head of the file suffices; inside JSON strings a
+    quote is always escaped, so the pattern cannot match text from an id or a type.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = _open_no_link(name, flags, directory_fd, relative)
+    except FileNotFoundError:
         return None
+    try:
+        _refuse_unless_single_file(os.fstat(fd), relative)
+        head = os.pread(fd, _HEAD_BYTES, 0)
+    finally:
+        os.close(fd)
     found = _RECEIVED_AT.search(head)
     return found.group(1).decode() if found else None
 
@@ -295,12 +446,3 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename or a new directory entry durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

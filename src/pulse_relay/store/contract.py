@@ -127,6 +127,9 @@ class StoreBackend(Protocol):
     async def prune(self, *, received_before: float, batch_size: int = ...) -> int:
         """Delete finished events received before `received_before`; returns how many."""
 
+    async def forget_ids(self, *, pruned_before: float, batch_size: int = ...) -> int:
+        """Forget the ids of events pruned before `pruned_before` (never within a day)."""
+
     async def is_pruned(self, event_id: str) -> bool:
         """Whether `event_id` was stored once and pruned since."""
 

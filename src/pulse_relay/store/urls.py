@@ -1,9 +1,9 @@
-"""`store.url`: which backend, where, and how to print it without its password."""
+"""`store.url`: which backend, and where (printed through redaction.mask_url)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
@@ -25,13 +25,3 @@ def sqlite_path(url: str) -> Path | None:
 def is_postgres(url: str) -> bool:
     """Whether `url` names a PostgreSQL database."""
     return urlsplit(url).scheme in POSTGRES_SCHEMES
-
-
-def mask_url(url: str) -> str:
-    """`url` with any password replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo = f"{parts.username or ''}:***@"
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=userinfo + host))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import psycopg
 
+from pulse_relay.redaction import mask_url
 from pulse_relay.store.postgres.queue import QueueMixin
 from pulse_relay.store.postgres.retention import RetentionMixin
 from pulse_relay.store.postgres.schema import MIGRATIONS, schema_version
 from pulse_relay.store.postgres.views import ViewsMixin
-from pulse_relay.store.urls import mask_url
 
 
 class PostgresStore(ViewsMixin, QueueMixin, RetentionMixin):

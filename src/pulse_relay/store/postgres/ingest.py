@@ -30,7 +30,12 @@ async def insert_events(
         (job_keys,),
     )
     ids = [r.event_id for r in records]
-    cursor = await conn.execute("SELECT id FROM events WHERE id = ANY(%s)", (ids,))
+    # A pruned id is still known (for store.dedupe_days): a replayed request is a duplicate.
+    cursor = await conn.execute(
+        "SELECT id FROM events WHERE id = ANY(%s) "
+        "UNION SELECT id FROM pruned_events WHERE id = ANY(%s)",
+        (ids, ids),
+    )
     known_ids = {row[0] for row in await cursor.fetchall()}
     cursor = await conn.execute(
         "SELECT job_key, id FROM events WHERE state = 'accepted' AND job_key = ANY(%s)",

@@ -22,6 +22,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from pulse_relay.logs import get_logger
+from pulse_relay.redaction import mask_url
 from pulse_relay.store.model import (
     ChangeListener,
     IngestOutcome,
@@ -30,7 +31,6 @@ from pulse_relay.store.model import (
 )
 from pulse_relay.store.postgres.ingest import insert_events
 from pulse_relay.store.postgres.schema import migrate, schema_version
-from pulse_relay.store.urls import mask_url
 
 log = get_logger(__name__)
 

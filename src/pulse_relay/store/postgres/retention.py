@@ -13,8 +13,9 @@ class RetentionMixin(PostgresPlumbing):
     async def prune(self, *, received_before: float, batch_size: int = PRUNE_BATCH) -> int:
         """Delete finished events received before `received_before`; returns how many.
 
-        Finished as on SQLite. A batch whose retention lock another relay holds
-        ends the run: that relay is pruning already.
+        Finished as on SQLite; each pruned id is remembered until `forget_ids`.
+        A batch whose retention lock another relay holds ends the run: that
+        relay is pruning already.
         """
         now = self._clock()
         total = 0
@@ -22,11 +23,23 @@ class RetentionMixin(PostgresPlumbing):
             deleted = await self._prune_batch(received_before, batch_size, now)
             total += max(deleted, 0)
             if deleted < batch_size:
-                break
-        forget_before = min(received_before, now - PRUNED_IDS_MIN_SECONDS)
-        async with self.connection() as conn:
-            await conn.execute("DELETE FROM pruned_events WHERE pruned_at < %s", (forget_before,))
-        return total
+                return total
+
+    async def forget_ids(self, *, pruned_before: float, batch_size: int = PRUNE_BATCH) -> int:
+        """Forget the ids of events pruned before `pruned_before` (never within a day)."""
+        forget_before = min(pruned_before, self._clock() - PRUNED_IDS_MIN_SECONDS)
+        total = 0
+        while True:
+            async with self.connection() as conn:
+                cursor = await conn.execute(
+                    "DELETE FROM pruned_events WHERE id IN (SELECT id FROM pruned_events "
+                    "WHERE pruned_at < %s LIMIT %s FOR UPDATE SKIP LOCKED)",
+                    (forget_before, batch_size),
+                )
+                forgotten = cursor.rowcount
+            total += forgotten
+            if forgotten < batch_size:
+                return total
 
     async def _prune_batch(self, received_before: float, batch_size: int, now: float) -> int:
         async with self.connection() as conn, conn.transaction():
@@ -54,7 +67,7 @@ class RetentionMixin(PostgresPlumbing):
             return len(ids)
 
     async def is_pruned(self, event_id: str) -> bool:
-        """Whether `event_id` was stored once and pruned since (remembered for a retention)."""
+        """Whether `event_id` was stored once and pruned since (remembered for dedupe_days)."""
         async with self.connection() as conn:
             cursor = await conn.execute("SELECT 1 FROM pruned_events WHERE id = %s", (event_id,))
             return await cursor.fetchone() is not None

@@ -54,11 +54,12 @@ def insert_events(db: sqlite3.Connection, records: list[IngestRecord]) -> list[I
 
 
 def stored_ids(db: sqlite3.Connection, event_ids: Sequence[str]) -> set[str]:
-    """Which of `event_ids` the store already holds."""
+    """Which of `event_ids` the store already holds, or remembers from pruned events."""
     found: set[str] = set()
-    for chunk in chunks(list(dict.fromkeys(event_ids))):
-        sql = f"SELECT id FROM events WHERE id IN ({placeholders(len(chunk))})"
-        found.update(row[0] for row in db.execute(sql, chunk))
+    for table in ("events", "pruned_events"):
+        for chunk in chunks(list(dict.fromkeys(event_ids))):
+            sql = f"SELECT id FROM {table} WHERE id IN ({placeholders(len(chunk))})"
+            found.update(row[0] for row in db.execute(sql, chunk))
     return found
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -34,6 +35,26 @@ MAX_BATCH = 512
 
 # A write runs on the writer thread, inside the group transaction, in a savepoint of its own.
 WriteOp = Callable[[sqlite3.Connection], Any]
+
+
+# The store holds customer documents: the file is created for its owner alone,
+# whatever the umask; SQLite gives the -wal and -shm files the database's mode.
+STORE_FILE_MODE = 0o600
+STORE_DIRECTORY_MODE = 0o700
+
+
+def _create_private_file(path: Path) -> None:
+    """Create `path` (and missing parent directories) readable by its owner only, if absent."""
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=STORE_DIRECTORY_MODE)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, STORE_FILE_MODE)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, STORE_FILE_MODE)
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -94,8 +115,7 @@ class SQLitePlumbing:
 
     async def open(self) -> None:
         """Open (creating if needed) the database, migrate it, and start the writer."""
-        if self.path.parent and not self.path.parent.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private_file(self.path)
         loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from contextlib import closing
 
 from pulse_relay.store.model import PRUNE_BATCH, PRUNED_IDS_MIN_SECONDS
@@ -19,8 +20,9 @@ class RetentionMixin(SQLitePlumbing):
         Finished means: every delivery delivered (or none at all, as for invalid
         and repeat events) and no job fetch still pending. Events with a pending
         or dead delivery are kept until replayed. Deletes run in small batches so
-        ingest never waits long behind them. Each pruned id is remembered (see
-        `is_pruned`) as long as an event is kept (at least a day), then forgotten.
+        ingest never waits long behind them. Each pruned id is remembered until
+        `forget_ids`: a replayed request is still a duplicate, and `is_pruned`
+        tells a pruned id from an unknown one.
         """
         now = self._clock()
 
@@ -43,20 +45,33 @@ class RetentionMixin(SQLitePlumbing):
                 db.execute(f"DELETE FROM events WHERE id IN ({placeholders(len(chunk))})", chunk)
             return len(ids)
 
-        def forget(db: sqlite3.Connection) -> None:
-            forget_before = min(received_before, now - PRUNED_IDS_MIN_SECONDS)
-            db.execute("DELETE FROM pruned_events WHERE pruned_at < ?", (forget_before,))
+        return await self._in_batches(op, batch_size)
 
+    async def forget_ids(self, *, pruned_before: float, batch_size: int = PRUNE_BATCH) -> int:
+        """Forget the ids of events pruned before `pruned_before` (never within a day)."""
+        forget_before = min(pruned_before, self._clock() - PRUNED_IDS_MIN_SECONDS)
+
+        def op(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
+                "DELETE FROM pruned_events WHERE id IN (SELECT id FROM pruned_events "
+                "WHERE pruned_at < ? LIMIT ?)",
+                (forget_before, batch_size),
+            )
+            return cursor.rowcount
+
+        return await self._in_batches(op, batch_size)
+
+    async def _in_batches(self, op: Callable[[sqlite3.Connection], int], batch_size: int) -> int:
+        """Run `op` (which handles at most `batch_size` rows) until it handles fewer."""
         total = 0
         while True:
-            deleted: int = await self.write(op)
-            total += deleted
-            if deleted < batch_size:
-                await self.write(forget)
+            handled: int = await self.write(op)
+            total += handled
+            if handled < batch_size:
                 return total
 
     async def is_pruned(self, event_id: str) -> bool:
-        """Whether `event_id` was stored once and pruned since (remembered for a retention)."""
+        """Whether `event_id` was stored once and pruned since (remembered for dedupe_days)."""
         async with self.db.execute(
             "SELECT 1 FROM pruned_events WHERE id = ?", (event_id,)
         ) as cursor:
