@@ -443,3 +443,19 @@ async def test_an_unreachable_postgres_is_unavailable_not_a_crash() -> None:
     store = PostgresStore("postgresql://nobody@127.0.0.1:1/none?connect_timeout=1")
     with pytest.raises(StoreUnavailableError):
         await store.open()
+
+
+async def test_reads_racing_a_close_find_the_store_unavailable(tmp_path: Path) -> None:
+    store = Store(tmp_path / "relay.db")
+    with pytest.raises(StoreUnavailableError):
+        await store.next_due_at(["file"], include_fetches=True)
+    await store.open()
+    readers = [
+        asyncio.create_task(store.next_due_at(["file"], include_fetches=True)) for _ in range(50)
+    ]
+    await asyncio.sleep(0)
+    await store.close()
+    for outcome in await asyncio.gather(*readers, return_exceptions=True):
+        assert outcome is None or isinstance(outcome, StoreUnavailableError), repr(outcome)
+    with pytest.raises(StoreUnavailableError):
+        await store.next_due_at(["file"], include_fetches=True)

@@ -13,7 +13,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,9 +163,10 @@ class SQLitePlumbing:
         await self._close_connections()
 
     async def _close_connections(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        # Readers that start from now on find the store closed, not a closing connection.
+        db, self._db = self._db, None
+        if db is not None:
+            await db.close()
         if self._executor is not None:
             writer_db, self._writer_db = self._writer_db, None
             if writer_db is not None:
@@ -186,6 +187,21 @@ class SQLitePlumbing:
         if self._db is None:
             raise StoreUnavailableError("store is not open")
         return self._db
+
+    @contextlib.asynccontextmanager
+    async def read(
+        self, sql: str, parameters: Sequence[Any] = ()
+    ) -> AsyncIterator[aiosqlite.Cursor]:
+        """A cursor of `sql` on the reading connection; a store closed meanwhile raises
+        StoreUnavailableError (aiosqlite says ValueError, sqlite3 ProgrammingError)."""
+        db = self.db
+        try:
+            async with db.execute(sql, parameters) as cursor:
+                yield cursor
+        except (ValueError, sqlite3.ProgrammingError) as error:
+            if self._db is db and not self._closing:
+                raise
+            raise StoreUnavailableError("store is closed") from error
 
     # -- the single writer ---------------------------------------------
 
@@ -285,6 +301,6 @@ class SQLitePlumbing:
 
     async def schema_version(self) -> int:
         """The schema version the database is at."""
-        async with self.db.execute("PRAGMA user_version") as cursor:
+        async with self.read("PRAGMA user_version") as cursor:
             row = await cursor.fetchone()
         return int(row[0]) if row else 0

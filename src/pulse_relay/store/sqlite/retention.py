@@ -72,7 +72,5 @@ class RetentionMixin(SQLitePlumbing):
 
     async def is_pruned(self, event_id: str) -> bool:
         """Whether `event_id` was stored once and pruned since (remembered for dedupe_days)."""
-        async with self.db.execute(
-            "SELECT 1 FROM pruned_events WHERE id = ?", (event_id,)
-        ) as cursor:
+        async with self.read("SELECT 1 FROM pruned_events WHERE id = ?", (event_id,)) as cursor:
             return await cursor.fetchone() is not None

@@ -59,7 +59,7 @@ class ViewsMixin(WatchesMixin):
             f"e.fetch_state, e.fetch_error FROM events e {where} "
             "ORDER BY e.received_at DESC, e.id LIMIT ?"
         )
-        async with self.db.execute(sql, [*params, limit]) as cursor:
+        async with self.read(sql, [*params, limit]) as cursor:
             rows = await cursor.fetchall()
         views = [_event_view(row) for row in rows]
         await self._attach_deliveries(views)
@@ -67,7 +67,7 @@ class ViewsMixin(WatchesMixin):
 
     async def get_event(self, event_id: str) -> EventView | None:
         """One event with headers, body, job and the whole attempt log; None if unknown."""
-        async with self.db.execute("SELECT * FROM events WHERE id = ?", (event_id,)) as cursor:
+        async with self.read("SELECT * FROM events WHERE id = ?", (event_id,)) as cursor:
             row = await cursor.fetchone()
         if row is None:
             return None
@@ -80,7 +80,7 @@ class ViewsMixin(WatchesMixin):
         watch = None if view.job_id is None else await self.get_watch(view.job_id)
         view.metadata = None if watch is None else watch.metadata
         await self._attach_deliveries([view])
-        async with self.db.execute(
+        async with self.read(
             "SELECT sink, attempt, started_at, duration_ms, outcome, status_code, error, "
             "output_tail FROM attempts WHERE event_id = ? ORDER BY id",
             (event_id,),
@@ -91,7 +91,7 @@ class ViewsMixin(WatchesMixin):
     async def _attach_deliveries(self, views: list[EventView]) -> None:
         by_id = {view.id: view for view in views}
         for chunk in chunks(list(by_id)):
-            async with self.db.execute(
+            async with self.read(
                 "SELECT event_id, sink, state, attempts, next_attempt_at, last_error, replay "
                 f"FROM deliveries WHERE event_id IN ({placeholders(len(chunk))}) "
                 "ORDER BY sink",
@@ -102,24 +102,22 @@ class ViewsMixin(WatchesMixin):
 
     async def state_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """How many events are in each event state, and deliveries in each delivery state."""
-        async with self.db.execute("SELECT state, COUNT(*) FROM events GROUP BY state") as cursor:
+        async with self.read("SELECT state, COUNT(*) FROM events GROUP BY state") as cursor:
             events = {row[0]: int(row[1]) async for row in cursor}
-        async with self.db.execute(
-            "SELECT state, COUNT(*) FROM deliveries GROUP BY state"
-        ) as cursor:
+        async with self.read("SELECT state, COUNT(*) FROM deliveries GROUP BY state") as cursor:
             deliveries = {row[0]: int(row[1]) async for row in cursor}
         return events, deliveries
 
     async def pending_counts(self) -> dict[str, int]:
         """Pending deliveries per sink."""
-        async with self.db.execute(
+        async with self.read(
             "SELECT sink, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY sink"
         ) as cursor:
             return {row[0]: int(row[1]) async for row in cursor}
 
     async def oldest_pending_received_at(self) -> float | None:
         """When the oldest event with a pending delivery or fetch arrived; None if none."""
-        async with self.db.execute(
+        async with self.read(
             "SELECT MIN(t) FROM ("
             "SELECT MIN(e.received_at) AS t FROM deliveries d JOIN events e ON e.id = d.event_id "
             "WHERE d.state = 'pending' "
@@ -133,7 +131,7 @@ class ViewsMixin(WatchesMixin):
         now = self._clock()
         times: list[float] = []
         for chunk in chunks(list(sinks)):
-            async with self.db.execute(
+            async with self.read(
                 "SELECT MIN(d.next_attempt_at) FROM deliveries d "
                 "JOIN events e ON e.id = d.event_id "
                 f"WHERE d.state = 'pending' AND d.sink IN ({placeholders(len(chunk))}) "
@@ -146,7 +144,7 @@ class ViewsMixin(WatchesMixin):
             if row and row[0] is not None:
                 times.append(float(row[0]))
         if include_fetches:
-            async with self.db.execute(
+            async with self.read(
                 "SELECT MIN(next_fetch_at) FROM events WHERE fetch_state = 'pending' "
                 "AND (fetch_lease_until IS NULL OR fetch_lease_until <= ?)",
                 (now,),

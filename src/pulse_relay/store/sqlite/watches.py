@@ -65,14 +65,14 @@ class WatchesMixin(SQLitePlumbing):
 
     async def list_watches(self) -> list[Watch]:
         """Every watch, active first, newest first."""
-        async with self.db.execute(
+        async with self.read(
             _WATCH_COLUMNS + "ORDER BY state = 'active' DESC, added_at DESC"
         ) as cursor:
             return [watch_from_row(row) async for row in cursor]
 
     async def get_watch(self, job_id: str) -> Watch | None:
         """One watch; None when the job is not watched."""
-        async with self.db.execute(_WATCH_COLUMNS + "WHERE job_id = ?", (job_id,)) as cursor:
+        async with self.read(_WATCH_COLUMNS + "WHERE job_id = ?", (job_id,)) as cursor:
             row = await cursor.fetchone()
         return None if row is None else watch_from_row(row)
 
