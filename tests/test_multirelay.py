@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -17,6 +18,24 @@ from tests.helpers import Served, free_port, wait_until, write_config
 from tests.test_cli import run_cli
 
 EVENTS_ACROSS_RELAYS = 300
+LEASE_SECONDS = 3.0
+
+# A command sink whose first run hangs (its relay is killed meanwhile); every later run
+# appends one line per delivery, so a duplicate delivery shows as a second line.
+HANG_THEN_RECORD = """\
+import pathlib, sys, time
+out = pathlib.Path(sys.argv[1])
+sys.stdin.buffer.read()
+started = out / "started"
+if not started.exists():
+    started.write_text("first run")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    sys.exit(1)
+with (out / "delivered.log").open("a") as log:
+    log.write("delivered\\n")
+"""
 
 
 def post(port: int, event_id: str, job_id: str) -> int:
@@ -109,3 +128,44 @@ def test_check_config_names_an_unreachable_store(tmp_path: Path) -> None:
     assert checked.returncode == 1
     assert "store.url: cannot reach postgresql://**********@127.0.0.1:1/relay" in checked.stderr
     assert "hunter2" not in checked.stdout + checked.stderr
+
+
+def test_work_claimed_by_a_killed_relay_is_finished_by_the_other_within_a_lease(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    script = tmp_path / "command.py"
+    script.write_text(HANG_THEN_RECORD)
+    out = tmp_path / "out"
+    out.mkdir()
+    sink = {"name": "slow", "type": "command", "argv": [sys.executable, str(script), str(out)]}
+    served: list[Served] = []
+    try:
+        ports: list[int] = []
+        configs: list[Path] = []
+        for name in ("a", "b"):
+            folder = tmp_path / name
+            folder.mkdir()
+            port = free_port()
+            config = write_config(
+                folder,
+                port,
+                sinks=[sink],
+                store={"url": postgres_url},
+                delivery={"lease_seconds": LEASE_SECONDS},
+                log={"level": "warning"},
+            )
+            configs.append(config)
+            ports.append(port)
+        # Only relay a runs while the event arrives, so it is the one holding the claim.
+        served.append(Served.start(configs[0], ports[0], tmp_path / "a" / "serve.log"))
+        assert post(ports[0], "msg_claimed", "job-claimed") == 202
+        wait_until((out / "started").exists)
+        served[0].kill()
+        served.append(Served.start(configs[1], ports[1], tmp_path / "b" / "serve.log"))
+        delivered = out / "delivered.log"
+        # Within one lease (plus the time to start and to poll), never twice.
+        wait_until(delivered.exists, timeout_seconds=LEASE_SECONDS + 15)
+        assert delivered.read_text().splitlines() == ["delivered"]
+    finally:
+        for relay in served:
+            relay.kill()
