@@ -1,6 +1,7 @@
 """The composition root: builds every component from settings and runs them in order.
 
-Start-up: refuse an exposed admin listener without a token → store → sinks and
+Start-up: refuse an exposed admin listener without a token → store (an embedded
+store takes back the leases a killed predecessor held) → sinks and
 Pulse client → dispatcher and poller → ingress listener → admin listener →
 READY=1 to systemd (so READY means both ports are bound).
 
@@ -59,7 +60,7 @@ from pulse_relay.server import Ingress, IngressConfig, build_app
 from pulse_relay.signature import HexHmacVerifier, NoneVerifier, StandardVerifier, Verifier
 from pulse_relay.sinks import build_sink, retry_policy_for
 from pulse_relay.sinks.base import Sink, matches_any
-from pulse_relay.store import Store, StoreUnavailableError
+from pulse_relay.store import StoreBackend, StoreUnavailableError
 from pulse_relay.tls import TLSFilesError, reload_context, server_context
 from pulse_relay.wiring import build_store, ingress_url, local_url
 
@@ -143,7 +144,7 @@ class PruneOutcome:
 
 
 async def prune_store(
-    store: Store, *, now: float, older_than_days: float, dedupe_days: float
+    store: StoreBackend, *, now: float, older_than_days: float, dedupe_days: float
 ) -> PruneOutcome:
     """Delete finished events older than `older_than_days` (0: every finished event); the
     ids of pruned events stay known for `dedupe_days` after they were pruned."""
@@ -171,6 +172,8 @@ class Relay:
         self._reload_lock = asyncio.Lock()
         self._reloading = False
         self.store = build_store(settings, clock=clock)
+        # Another relay sharing the store committed work: look for it now.
+        self.store.add_wake_listener(self._on_accepted)
         self.verifier = build_verifier(settings)
         self._clock = clock
         self._runner: web.AppRunner | None = None
@@ -213,6 +216,7 @@ class Relay:
             raise ConfigError(problem)
         await self.store.open()
         try:
+            await self.store.take_back_leases()
             await self._start_background()
             await self._start_listener()
             if self.settings.admin.enabled:
@@ -309,7 +313,7 @@ class Relay:
         await site.start()
         address = self._runner.addresses[0]
         self.port = int(address[1])
-        log.info("listening", url=self.webhook_url, store=str(self.store.path))
+        log.info("listening", url=self.webhook_url, store=self.store.location)
 
     async def _start_admin(self) -> None:
         assert self._session is not None
@@ -326,6 +330,7 @@ class Relay:
             wake_dispatcher=self._on_accepted,
             wake_poller=self._wake_poller,
             ingress_url=lambda: self.webhook_url,
+            store_backend=self.store.backend,
             clock=self._clock,
         )
         self._admin_runner = web.AppRunner(
@@ -377,7 +382,7 @@ class Relay:
             limits=DispatcherLimits(
                 concurrency=delivery.concurrency,
                 fetch_concurrency=max(1, delivery.concurrency // 2),
-                lease_seconds=delivery.lease_seconds,
+                lease_seconds=delivery.lease_seconds_for(self.settings.store.backend),
             ),
             clock=self._clock,
         )

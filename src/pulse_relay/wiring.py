@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pulse_relay.store import Store
+from pulse_relay.store import PostgresStore, SQLiteStore, StoreBackend
 
 if TYPE_CHECKING:
     from pulse_relay.config import Settings
@@ -36,11 +36,15 @@ def ingress_url(settings: Settings, port: int | None = None) -> str:
     return local_url(server.host, server.port if port is None else port, scheme=scheme)
 
 
-def build_store(settings: Settings, *, clock: Callable[[], float] = time.time) -> Store:
-    """A Store configured from settings; the caller opens it (or enters it with `async with`)."""
-    return Store(
-        settings.store.path,
-        synchronous=settings.store.synchronous,
-        busy_timeout_seconds=settings.store.busy_timeout_seconds,
+def build_store(settings: Settings, *, clock: Callable[[], float] = time.time) -> StoreBackend:
+    """The configured store backend; the caller opens it (or enters it with `async with`)."""
+    store = settings.store
+    if store.postgres_url is not None:
+        return PostgresStore(store.postgres_url, pool_size=store.pool_size, clock=clock)
+    assert store.sqlite_file is not None
+    return SQLiteStore(
+        store.sqlite_file,
+        synchronous=store.synchronous,
+        busy_timeout_seconds=store.busy_timeout_seconds,
         clock=clock,
     )
