@@ -20,6 +20,9 @@ from pulse_relay.emulator import PulseEmulator
 from pulse_relay.signature import sign_headers
 from tests.helpers import SECRET, Receiver, relay_config
 
+# The PostgreSQL fixtures (postgres_server, postgres_url) for every test module.
+pytest_plugins = ["tests.postgres"]
+
 OTHER_SECRET = "whsec_" + base64.b64encode(b"an-entirely-different-secret-key").decode()
 
 

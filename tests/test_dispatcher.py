@@ -300,18 +300,22 @@ class FakeStore:
         return taken
 
     async def finish_fetch(self, event_id: str, **kwargs: Any) -> list[DeliveryTask]:
+        kwargs.pop("token")
         self.writes.append(("finish_fetch", event_id, kwargs))
         self.deliveries += self.after_fetch
         self.after_fetch = []
         return self._take(kwargs["free_slots"], kwargs["total_limit"])
 
-    async def retry_fetch(self, event_id: str, *, next_fetch_at: float, attempt: Attempt) -> None:
+    async def retry_fetch(
+        self, event_id: str, *, next_fetch_at: float, attempt: Attempt, token: str | None
+    ) -> None:
         self.writes.append(("retry_fetch", event_id, next_fetch_at, attempt))
 
-    async def fail_fetch(self, event_id: str, *, attempt: Attempt) -> None:
+    async def fail_fetch(self, event_id: str, *, attempt: Attempt, token: str | None) -> None:
         self.writes.append(("fail_fetch", event_id, attempt))
 
     async def finish_delivery(self, event_id: str, sink: str, **kwargs: Any) -> None:
+        kwargs.pop("token")
         self.writes.append(("finish_delivery", event_id, sink, kwargs))
 
     async def next_due_at(self, sinks: list[str], *, include_fetches: bool) -> float | None:
@@ -319,6 +323,9 @@ class FakeStore:
 
     async def release_leases(self) -> None:
         self.writes.append(("release_leases",))
+
+    async def renew_leases(self, *running: Any, lease_seconds: float) -> None:
+        self.writes.append(("renew_leases",))
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""The store on real SQLite files: group commit, dedupe, the queues, leases, versions."""
+"""The store's contract on both backends (a real SQLite file, a real PostgreSQL database):
+group commit, dedupe, the queues, leases, versions. Tests that reach into SQLite's own
+plumbing use `sqlite_store`."""
 
 from __future__ import annotations
 
@@ -8,15 +10,20 @@ import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from pulse_relay.store import (
     Attempt,
     IngestRecord,
+    PostgresStore,
+    SQLiteStore,
     Store,
+    StoreBackend,
     StoreUnavailableError,
     StoreVersionError,
 )
+from pulse_relay.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
 from tests.helpers import count_events
 
 
@@ -33,8 +40,21 @@ def clock() -> Clock:
     return Clock()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
+) -> AsyncIterator[StoreBackend]:
+    opened: StoreBackend
+    if request.param == "sqlite":
+        opened = SQLiteStore(tmp_path / "relay.db", clock=clock)
+    else:
+        opened = PostgresStore(request.getfixturevalue("postgres_url"), clock=clock)
+    async with opened:
+        yield opened
+
+
 @pytest.fixture
-async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[Store]:
+async def sqlite_store(tmp_path: Path, clock: Clock) -> AsyncIterator[Store]:
     async with Store(tmp_path / "relay.db", clock=clock) as opened:
         yield opened
 
@@ -69,7 +89,7 @@ def fetched(attempt: int = 1) -> Attempt:
 
 
 async def test_concurrent_ingests_share_transactions_and_each_learns_its_outcome(
-    store: Store,
+    store: StoreBackend,
 ) -> None:
     records = [record(f"m{n}", job_id=f"job-{n}") for n in range(200)]
     outcomes = await asyncio.gather(*(store.ingest(r) for r in [*records, records[0]]))
@@ -79,7 +99,7 @@ async def test_concurrent_ingests_share_transactions_and_each_learns_its_outcome
 
 
 async def test_a_second_event_for_the_same_job_status_is_kept_but_not_delivered(
-    store: Store,
+    store: StoreBackend,
 ) -> None:
     assert await store.ingest(record("m1")) == "accepted"
     assert await store.ingest(record("m2")) == "accepted"
@@ -90,7 +110,7 @@ async def test_a_second_event_for_the_same_job_status_is_kept_but_not_delivered(
 
 
 async def test_deliveries_wait_for_the_fetch_then_are_claimed_within_the_limits(
-    store: Store, clock: Clock
+    store: StoreBackend, clock: Clock
 ) -> None:
     for n in range(5):
         await store.ingest(record(f"m{n}", job_id=f"job-{n}"))
@@ -121,7 +141,7 @@ async def test_deliveries_wait_for_the_fetch_then_are_claimed_within_the_limits(
 
 
 async def test_leases_expire_so_work_of_a_dead_process_is_claimed_again(
-    store: Store, clock: Clock
+    store: StoreBackend, clock: Clock
 ) -> None:
     await store.ingest(record("m1", needs_fetch=False))
     _, first = await store.claim(
@@ -139,8 +159,32 @@ async def test_leases_expire_so_work_of_a_dead_process_is_claimed_again(
     assert sorted(t.sink for t in again) == ["a", "b"]
 
 
+async def test_sqlite_takes_back_a_dead_predecessors_leases_at_once(
+    sqlite_store: Store,
+) -> None:
+    await sqlite_store.ingest(record("m1", needs_fetch=False))
+    await sqlite_store.ingest(record("m2", job_id="job-2"))
+    await sqlite_store.add_watches(["job-w"], interval_seconds=5)
+    fetches, deliveries = await sqlite_store.claim(
+        fetch_limit=1, free_slots={"a": 1, "b": 1}, total_limit=2, lease_seconds=600
+    )
+    watches = await sqlite_store.claim_watches(limit=1, lease_seconds=600)
+    assert (len(fetches), len(deliveries), len(watches)) == (1, 2, 1)
+
+    await sqlite_store.take_back_leases()
+
+    fetches, deliveries = await sqlite_store.claim(
+        fetch_limit=1, free_slots={"a": 1, "b": 1}, total_limit=2, lease_seconds=600
+    )
+    assert [t.event_id for t in fetches] == ["m2"]
+    assert sorted((t.event_id, t.sink) for t in deliveries) == [("m1", "a"), ("m1", "b")]
+    assert [w.job_id for w in await sqlite_store.claim_watches(limit=1, lease_seconds=600)] == [
+        "job-w"
+    ]
+
+
 async def test_a_failed_fetch_kills_the_deliveries_and_a_replay_fetches_again(
-    store: Store,
+    store: StoreBackend,
 ) -> None:
     await store.ingest(record("m1"))
     await store.claim(fetch_limit=1, free_slots={}, total_limit=0, lease_seconds=30)
@@ -190,22 +234,24 @@ async def test_writes_fail_cleanly_when_another_writer_holds_the_lock(tmp_path: 
         await store.check_writable()
 
 
-async def test_an_op_that_raises_fails_alone(store: Store) -> None:
+async def test_an_op_that_raises_fails_alone(sqlite_store: Store) -> None:
     def broken(db: sqlite3.Connection) -> None:
         db.execute("INSERT INTO probes (name, written_at) VALUES ('x', 1)")
         raise ValueError("bug")
 
     results = await asyncio.gather(
-        store.write(broken), store.ingest(record("m1")), return_exceptions=True
+        sqlite_store.write(broken), sqlite_store.ingest(record("m1")), return_exceptions=True
     )
     assert isinstance(results[0], ValueError)
     assert results[1] == "accepted"
     # The failing op's own write was rolled back with its savepoint.
-    async with store.db.execute("SELECT COUNT(*) FROM probes WHERE name = 'x'") as cursor:
+    async with sqlite_store.db.execute("SELECT COUNT(*) FROM probes WHERE name = 'x'") as cursor:
         assert (await cursor.fetchone())[0] == 0
 
 
-async def test_a_delivery_view_reads_by_attribute_and_by_its_former_keys(store: Store) -> None:
+async def test_a_delivery_view_reads_by_attribute_and_by_its_former_keys(
+    store: StoreBackend,
+) -> None:
     await store.ingest(record("m1", needs_fetch=False))
     await store.replay(["m1"], sink="a")
     view = await store.get_event("m1")
@@ -217,7 +263,7 @@ async def test_a_delivery_view_reads_by_attribute_and_by_its_former_keys(store: 
         delivery["sink"]
 
 
-async def test_pruned_ids_stay_known_until_forgotten(store: Store, clock: Clock) -> None:
+async def test_pruned_ids_stay_known_until_forgotten(store: StoreBackend, clock: Clock) -> None:
     day = 86_400.0
     assert await store.ingest(record("m_old", sinks=(), needs_fetch=False)) == "accepted"
     assert await store.ingest(record("m_new", job_id="job-2", sinks=(), needs_fetch=False)) == (
@@ -272,7 +318,7 @@ async def limit_writes_to_sqlite_default_variables(store: Store) -> None:
     await store.write(limit)
 
 
-async def test_replay_takes_more_event_ids_than_one_statement_can_bind(store: Store) -> None:
+async def test_replay_takes_more_event_ids_than_one_statement_can_bind(sqlite_store: Store) -> None:
     ids = [f"m{n}" for n in range(MORE_IDS_THAN_ONE_STATEMENT_BINDS)]
 
     def insert_dead_deliveries(db: sqlite3.Connection) -> None:
@@ -288,18 +334,128 @@ async def test_replay_takes_more_event_ids_than_one_statement_can_bind(store: St
             [(event_id,) for event_id in ids],
         )
 
-    await store.write(insert_dead_deliveries)
-    await limit_writes_to_sqlite_default_variables(store)
+    await sqlite_store.write(insert_dead_deliveries)
+    await limit_writes_to_sqlite_default_variables(sqlite_store)
     # A repeated id is one delivery, however the ids are split up.
-    assert await store.replay([*ids, ids[0]]) == len(ids)
-    assert await store.pending_counts() == {"a": len(ids)}
-    last = await store.get_event(ids[-1])
+    assert await sqlite_store.replay([*ids, ids[0]]) == len(ids)
+    assert await sqlite_store.pending_counts() == {"a": len(ids)}
+    last = await sqlite_store.get_event(ids[-1])
     assert last is not None and last.deliveries["a"].is_replay
 
 
-async def test_unwatch_takes_more_job_ids_than_one_statement_can_bind(store: Store) -> None:
+async def test_unwatch_takes_more_job_ids_than_one_statement_can_bind(sqlite_store: Store) -> None:
     job_ids = [f"job-{n}" for n in range(MORE_IDS_THAN_ONE_STATEMENT_BINDS)]
-    await store.add_watches(job_ids, interval_seconds=5)
-    await limit_writes_to_sqlite_default_variables(store)
-    assert await store.remove_watches([*job_ids, "job-unknown"]) == len(job_ids)
-    assert await store.list_watches() == []
+    await sqlite_store.add_watches(job_ids, interval_seconds=5)
+    await limit_writes_to_sqlite_default_variables(sqlite_store)
+    assert await sqlite_store.remove_watches([*job_ids, "job-unknown"]) == len(job_ids)
+    assert await sqlite_store.list_watches() == []
+
+
+# --- PostgreSQL: several relays on one database ------------------------------------------
+
+
+async def test_an_id_ingested_by_two_relays_at_once_is_accepted_by_exactly_one(
+    postgres_url: str,
+) -> None:
+    async with PostgresStore(postgres_url) as first, PostgresStore(postgres_url) as second:
+        outcomes = await asyncio.gather(
+            *(
+                relay.ingest(record(f"m{n}", job_id=f"job-{n}"))
+                for n in range(50)
+                for relay in (first, second)
+            )
+        )
+        assert sorted(outcomes) == ["accepted"] * 50 + ["duplicate"] * 50
+        assert await count_events(first) == 50
+        # One delivery per sink for each id: the losing insert started none.
+        assert await first.pending_counts() == {"a": 50, "b": 50}
+
+
+async def test_a_late_relay_cannot_finish_work_another_took_over(
+    postgres_url: str, clock: Clock
+) -> None:
+    slots = {"a": 1}
+    async with (
+        PostgresStore(postgres_url, clock=clock) as late,
+        PostgresStore(postgres_url, clock=clock) as other,
+    ):
+        await late.ingest(record("m1", needs_fetch=False, sinks=("a",)))
+        _, [stale] = await late.claim(
+            fetch_limit=0, free_slots=slots, total_limit=1, lease_seconds=30
+        )
+        clock.now += 31
+        _, [taken] = await other.claim(
+            fetch_limit=0, free_slots=slots, total_limit=1, lease_seconds=30
+        )
+        dead = Attempt("a", 1, clock.now, 1.0, "dead", 400, "late answer")
+        await late.finish_delivery("m1", "a", outcome="dead", attempt=dead, token=stale.token)
+        await late.renew_leases([], [stale], lease_seconds=600)
+        view = await other.get_event("m1")
+        assert view is not None
+        assert (view.deliveries["a"].state, view.attempts) == ("pending", [])
+
+        done = Attempt("a", 1, clock.now, 1.0, "delivered", 200)
+        await other.finish_delivery("m1", "a", outcome="delivered", attempt=done, token=taken.token)
+        view = await late.get_event("m1")
+        assert view is not None
+        assert view.deliveries["a"].state == "delivered"
+
+
+async def test_a_relay_releases_its_own_leases_only(postgres_url: str) -> None:
+    slots = {"a": 1, "b": 1}
+    async with PostgresStore(postgres_url) as first, PostgresStore(postgres_url) as second:
+        await first.ingest(record("m1", needs_fetch=False))
+        _, [held] = await first.claim(
+            fetch_limit=0, free_slots={"a": 1}, total_limit=1, lease_seconds=600
+        )
+        _, [other] = await second.claim(
+            fetch_limit=0, free_slots={"b": 1}, total_limit=1, lease_seconds=600
+        )
+        await second.release_leases()
+        _, again = await first.claim(
+            fetch_limit=0, free_slots=slots, total_limit=2, lease_seconds=600
+        )
+        assert [(t.event_id, t.sink) for t in again] == [("m1", "b")]
+        assert (held.sink, other.sink) == ("a", "b")
+
+
+async def test_relays_starting_together_migrate_once(postgres_url: str) -> None:
+    stores = [PostgresStore(postgres_url) for _ in range(4)]
+    await asyncio.gather(*(store.open() for store in stores))
+    try:
+        versions = {await store.schema_version() for store in stores}
+        assert versions == {len(POSTGRES_MIGRATIONS)}
+    finally:
+        await asyncio.gather(*(store.close() for store in stores))
+
+
+async def test_a_newer_postgres_schema_is_refused(postgres_url: str) -> None:
+    async with PostgresStore(postgres_url):
+        pass
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await conn.execute("UPDATE pulse_relay_schema SET version = 99")
+    with pytest.raises(StoreVersionError, match="upgrade pulse-relay"):
+        async with PostgresStore(postgres_url):
+            pass
+
+
+async def test_an_unreachable_postgres_is_unavailable_not_a_crash() -> None:
+    store = PostgresStore("postgresql://nobody@127.0.0.1:1/none?connect_timeout=1")
+    with pytest.raises(StoreUnavailableError):
+        await store.open()
+
+
+async def test_reads_racing_a_close_find_the_store_unavailable(tmp_path: Path) -> None:
+    store = Store(tmp_path / "relay.db")
+    with pytest.raises(StoreUnavailableError):
+        await store.next_due_at(["file"], include_fetches=True)
+    await store.open()
+    readers = [
+        asyncio.create_task(store.next_due_at(["file"], include_fetches=True)) for _ in range(50)
+    ]
+    await asyncio.sleep(0)
+    await store.close()
+    for outcome in await asyncio.gather(*readers, return_exceptions=True):
+        assert outcome is None or isinstance(outcome, StoreUnavailableError), repr(outcome)
+    with pytest.raises(StoreUnavailableError):
+        await store.next_due_at(["file"], include_fetches=True)

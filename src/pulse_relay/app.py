@@ -1,6 +1,7 @@
 """The composition root: builds every component from settings and runs them in order.
 
-Start-up: refuse an exposed admin listener without a token → store → sinks and
+Start-up: refuse an exposed admin listener without a token → store (an embedded
+store takes back the leases a killed predecessor held) → sinks and
 Pulse client → dispatcher and poller → ingress listener → admin listener →
 READY=1 to systemd (so READY means both ports are bound).
 
@@ -158,6 +159,8 @@ class Relay:
         self._reload_lock = asyncio.Lock()
         self._reloading = False
         self.store = build_store(settings, clock=clock)
+        # Another relay sharing the store committed work: look for it now.
+        self.store.add_wake_listener(self._on_accepted)
         self.verifier = build_verifier(settings)
         self._clock = clock
         self._runner: web.AppRunner | None = None
@@ -200,6 +203,7 @@ class Relay:
             raise ConfigError(problem)
         await self.store.open()
         try:
+            await self.store.take_back_leases()
             await self._start_background()
             await self._start_listener()
             if self.settings.admin.enabled:
@@ -296,7 +300,7 @@ class Relay:
         await site.start()
         address = self._runner.addresses[0]
         self.port = int(address[1])
-        log.info("listening", url=self.webhook_url, store=str(self.store.path))
+        log.info("listening", url=self.webhook_url, store=self.store.location)
 
     async def _start_admin(self) -> None:
         assert self._session is not None
@@ -313,6 +317,7 @@ class Relay:
             wake_dispatcher=self._on_accepted,
             wake_poller=self._wake_poller,
             ingress_url=lambda: self.webhook_url,
+            store_backend=self.store.backend,
             clock=self._clock,
         )
         self._admin_runner = web.AppRunner(
@@ -364,7 +369,7 @@ class Relay:
             limits=DispatcherLimits(
                 concurrency=delivery.concurrency,
                 fetch_concurrency=max(1, delivery.concurrency // 2),
-                lease_seconds=delivery.lease_seconds,
+                lease_seconds=delivery.lease_seconds_for(self.settings.store.backend),
             ),
             clock=self._clock,
         )

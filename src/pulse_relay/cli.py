@@ -21,7 +21,7 @@ from pulse_relay import __version__
 
 if TYPE_CHECKING:
     from pulse_relay.config import Settings
-    from pulse_relay.store import EventView, Store, Watch
+    from pulse_relay.store import EventView, StoreBackend, Watch
 
 T = TypeVar("T")
 
@@ -46,7 +46,7 @@ def fail(message: str) -> NoReturn:
 
 
 def _with_store(
-    settings: Settings, action: Callable[[Store], Awaitable[T]], *, create: bool = False
+    settings: Settings, action: Callable[[StoreBackend], Awaitable[T]], *, create: bool = False
 ) -> T:
     """Run `action` against the configured store, which must already exist unless `create`."""
     import asyncio
@@ -54,8 +54,8 @@ def _with_store(
     from pulse_relay.store import StoreUnavailableError, StoreVersionError
     from pulse_relay.wiring import build_store
 
-    path = settings.store.path
-    if not create and not path.exists():
+    path = settings.store.sqlite_file
+    if not create and path is not None and not path.exists():
         fail(f"no store at {path} (start `pulse-relay serve` with this configuration first)")
 
     async def run() -> T:
@@ -157,14 +157,24 @@ def check_config(obj: _Context) -> None:
     """Validate the configuration and print it with secrets redacted.
 
     Also checks this host: the store's folder and file sink directories are
-    writable, command sink programs exist and are executable, and the TLS
-    certificate and key can be read and belong together.
+    writable, command sink programs exist and are executable, the TLS certificate
+    and key can be read and belong together, and a PostgreSQL store is reachable
+    and its schema is not newer than this release.
     """
+    import asyncio
+
     from pulse_relay.config import redacted_settings, settings_warnings
     from pulse_relay.preflight import check_host
+    from pulse_relay.store.postgres import postgres_problem
 
     settings = obj.settings()
     problems = check_host(settings)
+    postgres_url = settings.store.postgres_url
+    if postgres_url is not None:
+        # Connectivity and the schema version: a read, never a migration.
+        problem = asyncio.run(postgres_problem(postgres_url))
+        if problem is not None:
+            problems.append(f"store.url: {problem}")
     if problems:
         origin = f" (in {obj.config_path})" if obj.config_path else ""
         fail("configuration error:\n" + "\n".join(p + origin for p in problems))
@@ -192,7 +202,7 @@ def events_command(
 
     settings = obj.settings()
 
-    async def action(store: Store) -> list[EventView]:
+    async def action(store: StoreBackend) -> list[EventView]:
         return await store.list_events(event_type=event_type, state=state, limit=limit)
 
     views = _with_store(settings, action)
@@ -225,7 +235,7 @@ def show_command(obj: _Context, event_id: str, as_json: bool) -> None:
 
     settings = obj.settings()
 
-    async def action(store: Store) -> EventView | None:
+    async def action(store: StoreBackend) -> EventView | None:
         return await store.get_event(event_id)
 
     view = _with_store(settings, action)
@@ -284,7 +294,7 @@ def replay_command(
     if sink is not None and sink not in known:
         fail(f"no sink named {sink!r} in the configuration (known: {', '.join(sorted(known))})")
 
-    async def action(store: Store) -> tuple[int, list[str]]:
+    async def action(store: StoreBackend) -> tuple[int, list[str]]:
         missing = [i for i in event_ids if await store.get_event(i) is None]
         if missing:
             return 0, missing
@@ -331,7 +341,7 @@ def watch_command(
     metadata = _parse_meta(meta)
     settings = obj.settings()
 
-    async def action(store: Store) -> None:
+    async def action(store: StoreBackend) -> None:
         await store.add_watches(
             list(job_ids), metadata=metadata, interval_seconds=settings.poll.interval_seconds
         )
@@ -346,7 +356,7 @@ def _list_watches(obj: _Context, as_json: bool) -> None:
 
     settings = obj.settings()
 
-    async def action(store: Store) -> list[Watch]:
+    async def action(store: StoreBackend) -> list[Watch]:
         return await store.list_watches()
 
     watches = _with_store(settings, action)
@@ -378,7 +388,7 @@ def unwatch_command(obj: _Context, job_ids: tuple[str, ...]) -> None:
     """Stop polling jobs."""
     settings = obj.settings()
 
-    async def action(store: Store) -> int:
+    async def action(store: StoreBackend) -> int:
         return await store.remove_watches(list(job_ids))
 
     removed = _with_store(settings, action)
@@ -453,7 +463,7 @@ def prune_command(obj: _Context, older_than_days: float | None) -> None:
     settings = obj.settings()
     days = older_than_days if older_than_days is not None else settings.store.retention_days
 
-    async def action(store: Store) -> PruneOutcome:
+    async def action(store: StoreBackend) -> PruneOutcome:
         return await prune_store(
             store,
             now=time.time(),

@@ -63,6 +63,7 @@ from pulse_relay.sinks.file import (
     parse_filename_template,
     relative_path_problem,
 )
+from pulse_relay.store.urls import is_postgres, sqlite_path
 
 ENV_PREFIX = "PULSE_RELAY_"
 ENV_CONFIG_PATH = "PULSE_RELAY_CONFIG"
@@ -238,12 +239,47 @@ class VerifySettings(_Section):
 
 
 class StoreSettings(_Section):
+    # sqlite:///abs.db, sqlite:rel.db or postgresql://…; empty means sqlite at `path`.
+    url: SecretStr = SecretStr("")
+    url_file: Path | None = None
     path: Path = Path("pulse-relay.db")
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     retention_days: float = Field(default=14, gt=0)
     # How long the ids of pruned events stay known after pruning: a replay is still a duplicate.
     dedupe_days: float = Field(default=30, ge=1)
     busy_timeout_seconds: float = Field(default=5.0, gt=0)
+    pool_size: int = Field(default=10, ge=2)
+
+    @field_validator("url")
+    @classmethod
+    def _url_names_a_backend(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        if url and not is_postgres(url):
+            try:
+                if sqlite_path(url) is None:
+                    raise ValueError("must start with sqlite: or postgresql://")
+            except ValueError as error:
+                raise ValueError(f"{error} (got {mask_url(url)!r})") from None
+        return value
+
+    @property
+    def sqlite_file(self) -> Path | None:
+        """The SQLite database file, or None when the store is PostgreSQL."""
+        url = self.url.get_secret_value()
+        if not url:
+            return self.path
+        return None if is_postgres(url) else sqlite_path(url)
+
+    @property
+    def backend(self) -> str:
+        """ "sqlite" or "postgresql"."""
+        return "sqlite" if self.sqlite_file is not None else "postgresql"
+
+    @property
+    def postgres_url(self) -> str | None:
+        """The PostgreSQL URL (password included: never print it), or None for SQLite."""
+        url = self.url.get_secret_value()
+        return url if url and is_postgres(url) else None
 
 
 class PulseSettings(_Section):
@@ -286,9 +322,19 @@ class ProxySettings(_Section):
     timeout_seconds: float = Field(default=300.0, gt=0)
 
 
+# A claim's lease when delivery.lease_seconds is not set: a SQLite relay takes its
+# leases back at start, so its long lease never delays recovery; relays sharing
+# PostgreSQL renew theirs while work runs, so a short one bounds a takeover.
+DEFAULT_LEASE_SECONDS = {"sqlite": 120.0, "postgresql": 30.0}
+
+
 class DeliverySettings(_Section):
     concurrency: int = Field(default=32, ge=1)
-    lease_seconds: float = Field(default=120.0, gt=0)
+    lease_seconds: float | None = Field(default=None, gt=0)
+
+    def lease_seconds_for(self, backend: str) -> float:
+        """The lease a claim takes on `backend`: the configured one, else its default."""
+        return self.lease_seconds or DEFAULT_LEASE_SECONDS[backend]
 
 
 class AdminSettings(_Section):
@@ -637,6 +683,7 @@ def _read_secret_files(merged: dict[str, Any]) -> dict[Loc, str]:
         _fold_required_headers_file(verify, pinned)
     _read_single_secret_file(merged, pinned, "pulse", "api_key")
     _read_single_secret_file(merged, pinned, "admin", "token")
+    _read_single_secret_file(merged, pinned, "store", "url")
     return pinned
 
 

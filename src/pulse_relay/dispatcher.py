@@ -34,7 +34,7 @@ from pulse_relay.store import (
     DeliveryOutcome,
     DeliveryTask,
     FetchTask,
-    Store,
+    StoreBackend,
     StoreUnavailableError,
 )
 
@@ -258,7 +258,7 @@ class Dispatcher:
     def __init__(
         self,
         *,
-        store: Store,
+        store: StoreBackend,
         pulse: PulseClient | None,
         sinks: Mapping[str, SinkRuntime],
         metrics: Metrics,
@@ -280,6 +280,10 @@ class Dispatcher:
         self._loop_task: asyncio.Task[None] | None = None
         self._fetches: set[asyncio.Task[None]] = set()
         self._deliveries: set[asyncio.Task[None]] = set()
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        # Claimed work still running here, whose leases the heartbeat renews.
+        self._running_fetches: dict[str, FetchTask] = {}
+        self._running_deliveries: dict[tuple[str, str], DeliveryTask] = {}
         # A delivery's slot is held while its sink works (recording the outcome comes after).
         self._slots = Slots(
             {name: runtime.concurrency for name, runtime in self._sinks.items()},
@@ -300,6 +304,7 @@ class Dispatcher:
         """Start the claim loop."""
         self._stopping = False
         self._loop_task = asyncio.create_task(self._run(), name="dispatcher")
+        self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="lease-heartbeat")
 
     async def stop(self, *, grace_seconds: float) -> None:
         """Stop claiming, give running work `grace_seconds`, cancel the rest, release leases."""
@@ -310,6 +315,7 @@ class Dispatcher:
                 await self._loop_task
             self._loop_task = None
         running = self._fetches | self._deliveries
+        heartbeat, self._heartbeat_task = self._heartbeat_task, None
         if running:
             _, unfinished = await asyncio.wait(running, timeout=grace_seconds)
             for task in unfinished:
@@ -320,8 +326,29 @@ class Dispatcher:
                     unfinished=len(unfinished),
                 )
                 await asyncio.wait(unfinished)
+        if heartbeat is not None:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
         with contextlib.suppress(StoreUnavailableError):
             await self._store.release_leases()
+
+    async def _heartbeat(self) -> None:
+        """Renew the leases of running work, so a long delivery is never taken over while
+        this relay lives, and a dead relay's work is free again within one lease."""
+        interval_seconds = self._limits.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval_seconds)
+            fetches = list(self._running_fetches.values())
+            deliveries = list(self._running_deliveries.values())
+            if not fetches and not deliveries:
+                continue
+            try:
+                await self._store.renew_leases(
+                    fetches, deliveries, lease_seconds=self._limits.lease_seconds
+                )
+            except StoreUnavailableError as error:
+                log.warning("could not renew leases", reason=error.reason)
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -362,6 +389,7 @@ class Dispatcher:
             self._slots.release(free)
         for fetch in fetches:
             self._slots.reserve(FETCH_SLOT)
+            self._running_fetches[fetch.event_id] = fetch
             self._spawn(self._fetches, self._run_fetch(fetch))
         self._start_deliveries(deliveries)
         return len(fetches) + len(deliveries)
@@ -373,6 +401,7 @@ class Dispatcher:
             if key not in bodies:
                 bodies[key] = self._envelope(task)
             self._slots.reserve(delivery_slot(task.sink))
+            self._running_deliveries[task.event_id, task.sink] = task
             self._spawn(self._deliveries, self._run_delivery(task, *bodies[key]))
 
     def _spawn(self, group: set[asyncio.Task[None]], work: Any) -> None:
@@ -412,6 +441,7 @@ class Dispatcher:
             log.exception("job fetch failed unexpectedly", **context)
         finally:
             self._slots.release(FETCH_SLOT)
+            self._running_fetches.pop(task.event_id, None)
 
     async def _fetch(self, task: FetchTask, attempt_number: int, context: dict[str, Any]) -> None:
         """Fetch the job, decide, then one store write, one metric and one log line."""
@@ -462,10 +492,13 @@ class Dispatcher:
             await self._finish_fetch(task, decision.fetched, attempt)
         elif decision.next_fetch_at is not None:
             await self._store.retry_fetch(
-                task.event_id, next_fetch_at=decision.next_fetch_at, attempt=attempt
+                task.event_id,
+                next_fetch_at=decision.next_fetch_at,
+                attempt=attempt,
+                token=task.token,
             )
         else:
-            await self._store.fail_fetch(task.event_id, attempt=attempt)
+            await self._store.fail_fetch(task.event_id, attempt=attempt, token=task.token)
 
     async def _finish_fetch(self, task: FetchTask, fetched: FetchedJob, attempt: Attempt) -> None:
         # The event's sinks start straight from this transaction, without waiting
@@ -480,6 +513,7 @@ class Dispatcher:
                 free_slots=free.per_sink,
                 total_limit=free.deliveries,
                 lease_seconds=self._limits.lease_seconds,
+                token=task.token,
             )
         finally:
             self._slots.release(free)
@@ -526,6 +560,8 @@ class Dispatcher:
             log.error("could not record delivery outcome", reason=error.reason, **context)
         except Exception:
             log.exception("recording the delivery failed unexpectedly", **context)
+        finally:
+            self._running_deliveries.pop((task.event_id, task.sink), None)
 
     async def _record(
         self,
@@ -559,6 +595,7 @@ class Dispatcher:
             outcome=decision.outcome,
             attempt=attempt,
             next_attempt_at=decision.next_attempt_at,
+            token=task.token,
         )
         self._metrics.deliveries.labels(sink=task.sink, outcome=decision.outcome).inc()
         level, message = _DELIVERY_LOG[decision.outcome]

@@ -20,7 +20,7 @@ from pulse_relay.events import format_timestamp, ingest_record, is_terminal
 from pulse_relay.logs import get_logger
 from pulse_relay.metrics import Metrics
 from pulse_relay.pulse import PulseClient, PulseError, judge_error
-from pulse_relay.store import Store, StoreUnavailableError, Watch
+from pulse_relay.store import StoreBackend, StoreUnavailableError, Watch
 
 log = get_logger("pulse_relay.poller")
 
@@ -66,7 +66,7 @@ class Poller:
     def __init__(
         self,
         *,
-        store: Store,
+        store: StoreBackend,
         pulse: PulseClient,
         config: PollerConfig,
         route: Callable[[str], Sequence[str]],

@@ -62,9 +62,11 @@ def check_host(settings: Settings) -> list[str]:
     admin_problem = admin_exposure_problem(settings)
     if admin_problem is not None:
         problems.append(admin_problem)
-    store_problem = _writable_directory_problem(settings.store.path.absolute().parent)
-    if store_problem is not None:
-        problems.append(f"store.path: {store_problem}")
+    store_file = settings.store.sqlite_file
+    if store_file is not None:
+        store_problem = _writable_directory_problem(store_file.absolute().parent)
+        if store_problem is not None:
+            problems.append(f"store.path: {store_problem}")
     server = settings.server
     if server.tls_cert_file is not None and server.tls_key_file is not None:
         problem = tls_problem(server.tls_cert_file, server.tls_key_file)

@@ -35,7 +35,7 @@ from pulse_relay.events import ingest_record
 from pulse_relay.logs import get_logger
 from pulse_relay.metrics import Metrics
 from pulse_relay.signature import VerificationError, Verifier, is_valid_webhook_id
-from pulse_relay.store import Store, StoreUnavailableError
+from pulse_relay.store import StoreBackend, StoreUnavailableError
 
 log = get_logger("pulse_relay.server")
 
@@ -94,7 +94,7 @@ class Ingress:
         config: IngressConfig,
         *,
         verifier: Verifier | None,
-        store: Store,
+        store: StoreBackend,
         route: SinkRouter,
         metrics: Metrics,
         on_accepted: Callable[[], None] = lambda: None,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pulse_relay.store import Store
+from pulse_relay.store import PostgresStore, SQLiteStore, StoreBackend
 
 if TYPE_CHECKING:
     from pulse_relay.config import Settings
@@ -39,12 +39,16 @@ def ingress_url(settings: Settings, port: int | None = None) -> str:
     return local_url(server.host, server.port if port is None else port, scheme=scheme)
 
 
-def build_store(settings: Settings, *, clock: Callable[[], float] = time.time) -> Store:
-    """A Store configured from settings; the caller opens it (or enters it with `async with`)."""
-    return Store(
-        settings.store.path,
-        synchronous=settings.store.synchronous,
-        busy_timeout_seconds=settings.store.busy_timeout_seconds,
+def build_store(settings: Settings, *, clock: Callable[[], float] = time.time) -> StoreBackend:
+    """The configured store backend; the caller opens it (or enters it with `async with`)."""
+    store = settings.store
+    if store.postgres_url is not None:
+        return PostgresStore(store.postgres_url, pool_size=store.pool_size, clock=clock)
+    assert store.sqlite_file is not None
+    return SQLiteStore(
+        store.sqlite_file,
+        synchronous=store.synchronous,
+        busy_timeout_seconds=store.busy_timeout_seconds,
         clock=clock,
     )
 
@@ -58,7 +62,7 @@ class PruneOutcome:
 
 
 async def prune_store(
-    store: Store, *, now: float, older_than_days: float, dedupe_days: float
+    store: StoreBackend, *, now: float, older_than_days: float, dedupe_days: float
 ) -> PruneOutcome:
     """Delete finished events older than `older_than_days` (0: every finished event); the
     ids of pruned events stay known for `dedupe_days` after they were pruned."""

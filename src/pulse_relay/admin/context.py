@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from pulse_relay.admin.stream import ChangeHub
     from pulse_relay.config import Settings
     from pulse_relay.metrics import Metrics
-    from pulse_relay.store import Store
+    from pulse_relay.store import StoreBackend
 
 ProblemsCheck = Callable[[], Awaitable[list[str]]]
 READINESS_INTERVAL_SECONDS = 1.0
@@ -65,7 +65,7 @@ class AdminContext:
     """
 
     get_settings: Callable[[], Settings]
-    store: Store
+    store: StoreBackend
     metrics: Metrics
     hub: ChangeHub
     readiness: CachedReadiness

@@ -1,0 +1,63 @@
+"""The accept / invalid / repeat decision for a new event: pure, shared by every backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pulse_relay.store.model import AWAITING_FETCH, IngestOutcome, IngestRecord
+
+
+def ingest_state(record: IngestRecord, seen_keys: dict[str, str]) -> tuple[str, str | None]:
+    """A new event's state and error: invalid, a repeat of its job's status, or accepted.
+
+    An accepted event's job key is added to `seen_keys`, so a later record in the
+    same batch is a repeat of it.
+    """
+    if record.error is not None:
+        return "invalid", record.error
+    if record.job_key is None:
+        return "accepted", None
+    if record.job_key in seen_keys:
+        return "repeat", (
+            f"job {record.job_id} already has a {record.event_type} event "
+            f"({seen_keys[record.job_key]}); not delivered twice"
+        )
+    seen_keys[record.job_key] = record.event_id
+    return "accepted", None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What storing one record means: its answer, its state, and the deliveries it starts."""
+
+    record: IngestRecord
+    outcome: IngestOutcome
+    state: str
+    error: str | None
+    sinks: tuple[str, ...]
+    needs_fetch: bool
+
+    @property
+    def due_at(self) -> float:
+        """When the record's deliveries are first due (never, until its job is stored)."""
+        return AWAITING_FETCH if self.needs_fetch else self.record.received_at
+
+
+def decide_ingest(
+    records: Sequence[IngestRecord], known_ids: set[str], seen_keys: dict[str, str]
+) -> list[Decision]:
+    """Decide a batch: ids in `known_ids` are duplicates; `seen_keys` maps accepted job keys
+    to the event holding them. Both are updated, so a later record in the batch sees the
+    earlier ones."""
+    decisions: list[Decision] = []
+    for record in records:
+        if record.event_id in known_ids:
+            decisions.append(Decision(record, "duplicate", "", None, (), False))
+            continue
+        known_ids.add(record.event_id)
+        state, error = ingest_state(record, seen_keys)
+        sinks = tuple(record.sinks) if state == "accepted" else ()
+        needs_fetch = record.needs_fetch and bool(sinks)
+        decisions.append(Decision(record, "accepted", state, error, sinks, needs_fetch))
+    return decisions

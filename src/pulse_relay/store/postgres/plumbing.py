@@ -1,0 +1,224 @@
+"""PostgreSQL plumbing: the pool, the group-commit writer, the NOTIFY listener.
+
+Ingests that arrive together share one transaction, as on SQLite; every other
+write is its own short transaction on a pooled connection. Any relay's new work
+is announced with NOTIFY (one per transaction, so a burst is one wake), and a
+dedicated connection LISTENs and reconnects by itself; the dispatcher's poll
+stays the backstop for a notification lost while that connection was down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Self
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from pulse_relay.logs import get_logger
+from pulse_relay.redaction import mask_url
+from pulse_relay.store.model import (
+    ChangeListener,
+    IngestOutcome,
+    IngestRecord,
+    StoreUnavailableError,
+)
+from pulse_relay.store.postgres.ingest import insert_events
+from pulse_relay.store.postgres.schema import migrate, schema_version
+
+log = get_logger(__name__)
+
+MAX_BATCH = 512
+WORK_CHANNEL = "pulse_relay_work"
+# How long a caller waits for a pooled connection before the store counts as unavailable.
+CONNECT_TIMEOUT_SECONDS = 5.0
+LISTEN_RETRY_SECONDS = 1.0
+
+
+@dataclass
+class _Queued:
+    future: asyncio.Future[IngestOutcome]
+    record: IngestRecord
+
+
+class PostgresPlumbing:
+    """The shared store on PostgreSQL; open() before use, close() after."""
+
+    backend = "postgresql"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._url = url
+        self._clock = clock
+        self._pool = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            kwargs={"autocommit": True},
+            check=AsyncConnectionPool.check_connection,
+            timeout=CONNECT_TIMEOUT_SECONDS,
+        )
+        # Every lease this relay takes carries its id, so it releases its own alone.
+        self.relay_id = uuid.uuid4().hex
+        self._claims = 0
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._listeners: list[ChangeListener] = []
+        self._wake_listeners: list[Callable[[], None]] = []
+
+    @property
+    def location(self) -> str:
+        """The database URL with its password masked."""
+        return mask_url(self._url)
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        """Call `listener` after each committed change of an event made by this relay."""
+        self._listeners.append(listener)
+
+    def add_wake_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener` whenever any relay sharing the store has committed new work."""
+        self._wake_listeners.append(listener)
+
+    def _changed(self, kind: str, event_id: str, detail: dict[str, Any] | None = None) -> None:
+        for listener in self._listeners:
+            listener(kind, event_id, detail)
+
+    def next_token(self) -> str:
+        """A fresh claim token: a late relay's finish cannot match another relay's claim."""
+        self._claims += 1
+        return f"{self.relay_id}:{self._claims}"
+
+    async def open(self) -> None:
+        """Connect, migrate (once across relays), start the writer and the listener."""
+        try:
+            await self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
+            async with self.connection() as conn:
+                await migrate(conn, self.location)
+        except PoolTimeout as error:
+            await self._pool.close()
+            raise StoreUnavailableError(f"cannot reach {self.location}: {error}") from error
+        except BaseException:
+            await self._pool.close()
+            raise
+        self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+        self._listener = asyncio.create_task(self._listen_loop(), name="store-listener")
+
+    async def close(self) -> None:
+        """Finish queued ingests, stop the background tasks, close the pool."""
+        if self._writer is not None:
+            await self._queue.join()
+        for task in (self._writer, self._listener):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._writer = self._listener = None
+        await self._pool.close()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """A pooled connection; connection failures become StoreUnavailableError."""
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError) as error:
+            raise StoreUnavailableError(f"store unreachable: {error}") from error
+
+    async def schema_version(self) -> int:
+        """The schema version the database is at."""
+        async with self.connection() as conn:
+            return await schema_version(conn)
+
+    async def check_writable(self) -> None:
+        """Raise StoreUnavailableError unless a write can be committed now."""
+        async with self.connection() as conn:
+            await conn.execute(
+                "INSERT INTO probes (name, written_at) VALUES (%s, %s) "
+                "ON CONFLICT (name) DO UPDATE SET written_at = excluded.written_at",
+                (f"ready:{self.relay_id}", self._clock()),
+            )
+
+    async def take_back_leases(self) -> None:
+        """Nothing: a shared queue's leases belong to live relays until they expire."""
+
+    async def ingest(self, record: IngestRecord) -> IngestOutcome:
+        """Store one event and its deliveries; returns after the commit that holds it."""
+        if self._writer is None:
+            raise StoreUnavailableError("store is closed")
+        future: asyncio.Future[IngestOutcome] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Queued(future, record))
+        outcome = await future
+        if outcome == "accepted":
+            self._changed("event", record.event_id)
+        return outcome
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._commit(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _commit(self, batch: list[_Queued]) -> None:
+        try:
+            async with self.connection() as conn, conn.transaction():
+                outcomes = await insert_events(conn, [item.record for item in batch])
+                if "accepted" in outcomes:
+                    await conn.execute("SELECT pg_notify(%s, '')", (WORK_CHANNEL,))
+        except Exception as error:
+            # A failed transaction fails every ingest in it: none of them is stored.
+            failure: BaseException = error
+            if isinstance(error, psycopg.Error):
+                failure = StoreUnavailableError(f"store write failed: {error}")
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(failure)
+            return
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if not item.future.done():
+                item.future.set_result(outcome)
+
+    async def notify_work(self, conn: AsyncConnection[Any]) -> None:
+        """Wake every relay when the transaction on `conn` commits."""
+        await conn.execute("SELECT pg_notify(%s, '')", (WORK_CHANNEL,))
+
+    async def _listen_loop(self) -> None:
+        while True:
+            try:
+                async with await AsyncConnection.connect(self._url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {WORK_CHANNEL}")
+                    # Work may have been announced while no one listened.
+                    self._wake()
+                    async for _ in conn.notifies():
+                        self._wake()
+            except psycopg.Error as error:
+                log.warning("store listener lost its connection; reconnecting", reason=str(error))
+            await asyncio.sleep(LISTEN_RETRY_SECONDS)
+
+    def _wake(self) -> None:
+        for listener in self._wake_listeners:
+            listener()

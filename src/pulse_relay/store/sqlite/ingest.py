@@ -1,0 +1,75 @@
+"""SQLite ingest: a group's records decided together and inserted in one transaction."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+
+from pulse_relay.store.decide import decide_ingest
+from pulse_relay.store.model import IngestOutcome, IngestRecord
+from pulse_relay.store.sqlite.sql import chunks, placeholders
+
+
+def insert_events(db: sqlite3.Connection, records: list[IngestRecord]) -> list[IngestOutcome]:
+    """Insert the new events of `records` and their deliveries; an outcome per record."""
+    known_ids = stored_ids(db, [record.event_id for record in records])
+    seen_keys = accepted_job_keys(db, [r.job_key for r in records if r.job_key is not None])
+    decisions = decide_ingest(records, known_ids, seen_keys)
+    stored = [d for d in decisions if d.outcome == "accepted"]
+    if stored:
+        db.executemany(
+            "INSERT INTO events (id, received_at, source, type, job_id, job_key, state, "
+            "error, headers, body, fetch_state, next_fetch_at, client_address) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    d.record.event_id,
+                    d.record.received_at,
+                    d.record.source,
+                    d.record.event_type,
+                    d.record.job_id,
+                    d.record.job_key,
+                    d.state,
+                    d.error,
+                    json.dumps(d.record.headers),
+                    d.record.body,
+                    "pending" if d.needs_fetch else "none",
+                    d.record.received_at if d.needs_fetch else None,
+                    d.record.client_address,
+                )
+                for d in stored
+            ],
+        )
+        db.executemany(
+            "INSERT INTO deliveries (event_id, sink, state, next_attempt_at, updated_at) "
+            "VALUES (?, ?, 'pending', ?, ?)",
+            [
+                (d.record.event_id, sink, d.due_at, d.record.received_at)
+                for d in stored
+                for sink in d.sinks
+            ],
+        )
+    return [d.outcome for d in decisions]
+
+
+def stored_ids(db: sqlite3.Connection, event_ids: Sequence[str]) -> set[str]:
+    """Which of `event_ids` the store already holds, or remembers from pruned events."""
+    found: set[str] = set()
+    for table in ("events", "pruned_events"):
+        for chunk in chunks(list(dict.fromkeys(event_ids))):
+            sql = f"SELECT id FROM {table} WHERE id IN ({placeholders(len(chunk))})"
+            found.update(row[0] for row in db.execute(sql, chunk))
+    return found
+
+
+def accepted_job_keys(db: sqlite3.Connection, job_keys: Sequence[str]) -> dict[str, str]:
+    """For each of `job_keys` already accepted, the id of the event that holds it."""
+    found: dict[str, str] = {}
+    for chunk in chunks(list(dict.fromkeys(job_keys))):
+        sql = (
+            "SELECT job_key, id FROM events WHERE state = 'accepted' "
+            f"AND job_key IN ({placeholders(len(chunk))})"
+        )
+        found.update({row[0]: row[1] for row in db.execute(sql, chunk)})
+    return found

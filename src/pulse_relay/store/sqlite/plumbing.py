@@ -1,0 +1,306 @@
+"""SQLite plumbing: the connections and the group-commit writer.
+
+One connection writes; every write goes through one queue that a single task
+drains, so concurrent ingests share one transaction (one fsync) and each caller
+is answered only after that commit. Reads use a second connection; WAL lets
+them run beside the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import aiosqlite
+
+from pulse_relay.store.model import (
+    ChangeListener,
+    IngestOutcome,
+    IngestRecord,
+    StoreUnavailableError,
+)
+from pulse_relay.store.sqlite.ingest import insert_events
+from pulse_relay.store.sqlite.schema import migrate
+
+# Bound on the number of queued writes that go into one transaction.
+MAX_BATCH = 512
+
+# A write runs on the writer thread, inside the group transaction, in a savepoint of its own.
+WriteOp = Callable[[sqlite3.Connection], Any]
+
+
+# The store holds customer documents: the file is created for its owner alone,
+# whatever the umask; SQLite gives the -wal and -shm files the database's mode.
+STORE_FILE_MODE = 0o600
+STORE_DIRECTORY_MODE = 0o700
+
+
+def _create_private_file(path: Path) -> None:
+    """Create `path` (and missing parent directories) readable by its owner only, if absent."""
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=STORE_DIRECTORY_MODE)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, STORE_FILE_MODE)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, STORE_FILE_MODE)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _Queued:
+    future: asyncio.Future[Any]
+    record: IngestRecord | None = None
+    op: WriteOp | None = None
+
+
+class SQLitePlumbing:
+    """The relay's SQLite store; open() before use, close() after.
+
+    Writes go through one connection owned by one thread: a whole group
+    transaction runs there in a single hand-off from the event loop. (Through
+    aiosqlite each statement is its own hand-off, and under load every one of
+    them waits behind the request work queued on the loop: that, not the
+    fsync, limited ingest.) Reads use aiosqlite on a second connection; WAL
+    lets them run beside the writer.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_seconds: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self._synchronous = synchronous
+        self._busy_timeout_seconds = busy_timeout_seconds
+        self._clock = clock
+        self._db: aiosqlite.Connection | None = None
+        self._writer_db: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._listeners: list[ChangeListener] = []
+
+    @property
+    def location(self) -> str:
+        """The database file's path."""
+        return str(self.path)
+
+    def add_wake_listener(self, listener: Callable[[], None]) -> None:
+        """Nothing to listen to: no other relay writes to this file."""
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        """Call `listener` after each committed change of an event (see ChangeListener)."""
+        self._listeners.append(listener)
+
+    def _changed(self, kind: str, event_id: str, detail: dict[str, Any] | None = None) -> None:
+        for listener in self._listeners:
+            listener(kind, event_id, detail)
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open (creating if needed) the database, migrate it, and start the writer."""
+        _create_private_file(self.path)
+        loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        try:
+            self._writer_db = await loop.run_in_executor(self._executor, self._connect_writer)
+            db = await aiosqlite.connect(self.path, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            self._db = db
+            await db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_seconds * 1000)}")
+        except sqlite3.Error as error:
+            await self._close_connections()
+            raise StoreUnavailableError(f"cannot open {self.path}: {error}") from error
+        except BaseException:
+            await self._close_connections()
+            raise
+        self._closing = False
+        self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            timeout=self._busy_timeout_seconds,
+            check_same_thread=False,
+        )
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute(f"PRAGMA synchronous = {self._synchronous}")
+            db.execute("PRAGMA foreign_keys = ON")
+            migrate(db, self.path)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    async def close(self) -> None:
+        """Finish queued writes, stop the writer, and close the connections."""
+        self._closing = True
+        if self._writer is not None:
+            await self._queue.join()
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        # Readers that start from now on find the store closed, not a closing connection.
+        db, self._db = self._db, None
+        if db is not None:
+            await db.close()
+        if self._executor is not None:
+            writer_db, self._writer_db = self._writer_db, None
+            if writer_db is not None:
+                await asyncio.get_running_loop().run_in_executor(self._executor, writer_db.close)
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        """The reading connection."""
+        if self._db is None:
+            raise StoreUnavailableError("store is not open")
+        return self._db
+
+    @contextlib.asynccontextmanager
+    async def read(
+        self, sql: str, parameters: Sequence[Any] = ()
+    ) -> AsyncIterator[aiosqlite.Cursor]:
+        """A cursor of `sql` on the reading connection; a store closed meanwhile raises
+        StoreUnavailableError (aiosqlite says ValueError, sqlite3 ProgrammingError)."""
+        db = self.db
+        try:
+            async with db.execute(sql, parameters) as cursor:
+                yield cursor
+        except (ValueError, sqlite3.ProgrammingError) as error:
+            if self._db is db and not self._closing:
+                raise
+            raise StoreUnavailableError("store is closed") from error
+
+    # -- the single writer ---------------------------------------------
+
+    async def ingest(self, record: IngestRecord) -> IngestOutcome:
+        """Store one event and its deliveries; returns after the commit that holds it."""
+        future: asyncio.Future[IngestOutcome] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Queued(future=future, record=record))
+        outcome: IngestOutcome = await future
+        if outcome == "accepted":
+            self._changed("event", record.event_id)
+        return outcome
+
+    async def write(self, op: WriteOp) -> Any:
+        """Run `op` in the next group transaction, in a savepoint of its own; return its result."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Queued(future=future, op=op))
+        return await future
+
+    def _enqueue(self, item: _Queued) -> None:
+        if self._writer is None or self._closing:
+            raise StoreUnavailableError("store is closed")
+        self._queue.put_nowait(item)
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                try:
+                    outcomes = await loop.run_in_executor(self._executor, self._commit, batch)
+                except Exception as error:
+                    # A failed transaction fails every write in it: none of them is on disk.
+                    failure: BaseException = error
+                    if isinstance(error, sqlite3.Error):
+                        failure = StoreUnavailableError(f"store write failed: {error}")
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(failure)
+                    continue
+                for item, (ok, value) in zip(batch, outcomes, strict=True):
+                    if item.future.done():
+                        continue
+                    if ok:
+                        item.future.set_result(value)
+                    else:
+                        item.future.set_exception(value)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    def _commit(self, batch: list[_Queued]) -> list[tuple[bool, Any]]:
+        """One transaction for the whole batch, on the writer thread; an outcome per item."""
+        db = self._writer_db
+        if db is None:
+            raise StoreUnavailableError("store is closed")
+        outcomes: dict[int, tuple[bool, Any]] = {}
+        records = [item for item in batch if item.record is not None]
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if records:
+                inserted = insert_events(db, [item.record for item in records])  # type: ignore[misc]
+                for item, outcome in zip(records, inserted, strict=True):
+                    outcomes[id(item)] = (True, outcome)
+            for item in batch:
+                if item.op is None:
+                    continue
+                db.execute("SAVEPOINT op")
+                try:
+                    outcomes[id(item)] = (True, item.op(db))
+                except sqlite3.OperationalError:
+                    raise
+                except Exception as error:  # the op's own failure; the batch goes on
+                    db.execute("ROLLBACK TO op")
+                    outcomes[id(item)] = (False, error)
+                db.execute("RELEASE op")
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        return [outcomes[id(item)] for item in batch]
+
+    async def check_writable(self) -> None:
+        """Raise StoreUnavailableError unless a write can be committed now (a full disk fails)."""
+        now = self._clock()
+
+        def probe(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO probes (name, written_at) VALUES ('ready', ?) "
+                "ON CONFLICT (name) DO UPDATE SET written_at = excluded.written_at",
+                (now,),
+            )
+
+        await self.write(probe)
+
+    async def schema_version(self) -> int:
+        """The schema version the database is at."""
+        async with self.read("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
