@@ -165,9 +165,8 @@ class CommandSink:
             # to close, i.e. for whatever the command started to finish. Let the
             # start complete (it only connects pipes), then kill the group.
             with contextlib.suppress(Exception):
-                transport, _ = await start
-                _kill_group(transport.get_pid())
-                transport.close()
+                transport, collector = await start
+                await _kill_and_reap(transport, collector)
             raise
         except OSError as exc:
             raise self._start_failure(exc) from None
@@ -200,10 +199,8 @@ class CommandSink:
             # background process may still hold them, and is not waited for.
             await asyncio.wait({collector.pipes_closed}, timeout=PIPE_DRAIN_GRACE_SECONDS)
         finally:
-            if transport.get_returncode() is None:
-                # Cancelled (shutdown) or unkillable: leave no process running.
-                _kill_group(transport.get_pid())
-            transport.close()
+            # Cancelled (shutdown) or unkillable: leave no process running.
+            await _kill_and_reap(transport, collector)
         output_tail = collector.output_tail()
         if timed_out:
             raise RetryableSinkError(
@@ -238,6 +235,17 @@ def _describe_exit(returncode: int | None) -> str:
             name = f"signal {-returncode}"
         return f"killed by {name}"
     return f"exit status {returncode}"
+
+
+async def _kill_and_reap(
+    transport: asyncio.SubprocessTransport, collector: _OutputCollector
+) -> None:
+    """Kill the command's group if it still runs, wait a moment for its exit, close."""
+    if transport.get_returncode() is None:
+        _kill_group(transport.get_pid())
+        # Reaped before the transport is dropped, so no process is left a zombie.
+        await asyncio.wait({collector.exited}, timeout=KILL_WAIT_SECONDS)
+    transport.close()
 
 
 def _kill_group(pid: int) -> None:
