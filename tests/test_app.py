@@ -15,6 +15,7 @@ from pulse_relay.config import SinkSettings
 from pulse_relay.emulator import PulseEmulator
 from pulse_relay.signature import HexHmacVerifier, NoneVerifier, StandardVerifier
 from pulse_relay.sinks import Delivery, Sink, SinkResult, build_sink
+from pulse_relay.store import StoreUnavailableError
 from tests.conftest import SECRET, MakeSettings, make_body, signed, wait_for
 from tests.helpers import Receiver
 
@@ -220,3 +221,24 @@ async def test_a_sink_that_fails_to_close_does_not_keep_the_others_open(
     assert [(e["event"], e["sink"]) for e in logs if e["log_level"] == "error"] == [
         ("closing a sink failed", "broken")
     ]
+
+
+async def test_a_failing_shutdown_step_still_closes_the_store(
+    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    relay = Relay(make_settings())
+    await relay.start()
+    assert relay.dispatcher is not None
+
+    async def broken_stop(*, grace_seconds: float) -> None:
+        raise RuntimeError("dispatcher broke")
+
+    monkeypatch.setattr(relay.dispatcher, "stop", broken_stop)
+    with capture_logs() as logs:
+        await relay.stop()
+    (failed,) = [line for line in logs if line["event"].startswith("a shutdown step failed")]
+    assert failed["step"] == "stop_dispatcher"
+    assert logs[-1]["event"] == "stopped"
+    assert relay.dispatcher is None and relay.pulse is None
+    with pytest.raises(StoreUnavailableError):
+        await relay.store.next_due_at(["file"], include_fetches=True)

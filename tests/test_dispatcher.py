@@ -565,3 +565,26 @@ async def test_a_failed_fetch_is_written_once_as_retry_or_dead(
     assert (attempt.sink, attempt.attempt, attempt.error) == (None, attempts + 1, error.reason)
     assert attempt.outcome == ("dead" if write == "fail_fetch" else "retry")
     assert counted(metrics, "pulse_relay_job_fetches_total", outcome=label) == 1
+
+
+@dataclass
+class FailingOnceStore(FakeStore):
+    """A store whose first claim fails with an error the dispatcher has no rule for."""
+
+    failed: int = 0
+
+    async def claim(self, **limits: Any) -> tuple[list[FetchTask], list[DeliveryTask]]:
+        if not self.failed:
+            self.failed += 1
+            raise RuntimeError("claim broke")
+        return await super().claim(**limits)
+
+
+async def test_the_claim_loop_outlives_an_unexpected_error(run: RunDispatcher) -> None:
+    store = FailingOnceStore(deliveries=[delivery_task()])
+    with structlog.testing.capture_logs() as logs:
+        dispatcher, _ = run(store, FakeSink("a"))
+        await wait_for(lambda: bool(written(store, "finish_delivery")))
+    assert dispatcher.is_running
+    (line,) = [entry for entry in logs if entry["event"].startswith("claiming work failed")]
+    assert line["log_level"] == "error"

@@ -306,3 +306,30 @@ async def test_accept_errors_are_sampled_and_other_loop_errors_pass_through(
         ("cannot accept connections; retrying in 1 s", "Too many open files")
     ] * 2
     assert passed_on == [{"message": "something else"}]
+
+
+async def test_an_accept_retry_that_fires_after_its_listener_closed_is_not_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = asyncio.get_running_loop()
+    passed_on: list[dict[str, object]] = []
+    monkeypatch.setattr(loop, "default_exception_handler", passed_on.append)
+    sample_accept_errors(loop, SampledLog(get_logger("test")))
+
+    def _start_serving() -> None:  # the name asyncio's retry carries
+        raise ValueError("Invalid file descriptor: -1")
+
+    def other_callback() -> None:
+        raise ValueError("a bug")
+
+    try:
+        with capture_logs() as logs:
+            for callback in (_start_serving, other_callback):
+                handle = loop.call_later(0, callback)
+                await asyncio.sleep(0.01)
+                assert handle.when() <= loop.time()
+    finally:
+        loop.set_exception_handler(None)
+    assert logs == []
+    (context,) = passed_on
+    assert str(context["exception"]) == "a bug"

@@ -459,3 +459,11 @@ async def test_reads_racing_a_close_find_the_store_unavailable(tmp_path: Path) -
         assert outcome is None or isinstance(outcome, StoreUnavailableError), repr(outcome)
     with pytest.raises(StoreUnavailableError):
         await store.next_due_at(["file"], include_fetches=True)
+
+
+async def test_a_read_sqlite_cannot_do_finds_the_store_unavailable(tmp_path: Path) -> None:
+    async with Store(tmp_path / "relay.db") as store:
+        with sqlite3.connect(tmp_path / "relay.db") as other:
+            other.execute("ALTER TABLE deliveries RENAME TO deliveries_elsewhere")
+        with pytest.raises(StoreUnavailableError, match="store read failed: no such table"):
+            await store.next_due_at(["file"], include_fetches=True)

@@ -504,37 +504,66 @@ class Relay:
         return problems
 
     async def stop(self) -> None:
-        """Stop accepting, finish acks in flight, stop background work, close the store."""
-        if self._retention_task is not None:
-            self._retention_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retention_task
-            self._retention_task = None
-        if self._runner is not None:
-            # Closes the listening socket first, then waits for handlers in flight.
-            await self._runner.cleanup()
-            self._runner = None
-        if self._admin_runner is not None:
-            # Streams end at once; other admin requests in flight may finish.
-            self.hub.close()
-            await self._admin_runner.cleanup()
-            self._admin_runner = None
-        if self.poller is not None:
-            await self.poller.stop()
-            self.poller = None
-        if self.dispatcher is not None:
-            await self.dispatcher.stop(grace_seconds=self.settings.server.shutdown_grace_seconds)
-            self.dispatcher = None
-        sinks, self._sinks = self._sinks, {}
-        await _close_sinks(sinks)
-        if self.pulse is not None:
-            await self.pulse.close()
-            self.pulse = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Stop accepting, finish acks in flight, stop background work, close the store.
+
+        A step that fails is logged and the later ones still run: the store is closed
+        (and its threads end) whatever happened before.
+        """
+        steps = (
+            self._stop_retention,
+            self._stop_ingress,
+            self._stop_admin,
+            self._stop_poller,
+            self._stop_dispatcher,
+            self._close_clients,
+        )
+        for step in steps:
+            try:
+                await step()
+            except Exception:
+                log.exception("a shutdown step failed; going on", step=step.__name__.lstrip("_"))
         await self.store.close()
         log.info("stopped")
+
+    async def _stop_retention(self) -> None:
+        task, self._retention_task = self._retention_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _stop_ingress(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            # Closes the listening socket first, then waits for handlers in flight.
+            await runner.cleanup()
+
+    async def _stop_admin(self) -> None:
+        runner, self._admin_runner = self._admin_runner, None
+        if runner is not None:
+            # Streams end at once; other admin requests in flight may finish.
+            self.hub.close()
+            await runner.cleanup()
+
+    async def _stop_poller(self) -> None:
+        poller, self.poller = self.poller, None
+        if poller is not None:
+            await poller.stop()
+
+    async def _stop_dispatcher(self) -> None:
+        dispatcher, self.dispatcher = self.dispatcher, None
+        if dispatcher is not None:
+            await dispatcher.stop(grace_seconds=self.settings.server.shutdown_grace_seconds)
+
+    async def _close_clients(self) -> None:
+        sinks, self._sinks = self._sinks, {}
+        await _close_sinks(sinks)
+        pulse, self.pulse = self.pulse, None
+        if pulse is not None:
+            await pulse.close()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
 
 async def _close_sinks(sinks: Mapping[str, SinkRuntime]) -> None:
@@ -602,11 +631,14 @@ async def serve(
         log.info("shutting down")
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
-        loop.set_exception_handler(None)
         for task in list(background):
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        await _stop_unless_hurried(relay, hurry)
+        try:
+            await _stop_unless_hurried(relay, hurry)
+        finally:
+            # Only once the listeners are closed: retries of accept() may be pending until then.
+            loop.set_exception_handler(None)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
 

@@ -361,6 +361,10 @@ class Dispatcher:
             except StoreUnavailableError as error:
                 log.error("store unavailable; dispatcher waits", reason=error.reason)
                 timeout = IDLE_WAKE_SECONDS
+            except Exception:
+                # The claim loop outlives any one failure: a dead loop would strand the queue.
+                log.exception("claiming work failed; dispatcher waits")
+                timeout = IDLE_WAKE_SECONDS
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()

@@ -261,6 +261,8 @@ def sample_accept_errors(loop: asyncio.AbstractEventLoop, sampled: SampledLog) -
 
     def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         message = str(context.get("message", ""))
+        if _is_stale_accept_retry(context):
+            return
         if not message.startswith("socket.accept() out of system resource"):
             loop.default_exception_handler(context)
             return
@@ -273,3 +275,17 @@ def sample_accept_errors(loop: asyncio.AbstractEventLoop, sampled: SampledLog) -
         )
 
     loop.set_exception_handler(handler)
+
+
+def _is_stale_accept_retry(context: dict[str, Any]) -> bool:
+    """Whether `context` is a retry of accept() that fired after its listener was closed.
+
+    Up to Python 3.13, one readiness event that meets EMFILE schedules a retry for every
+    remaining slot of the accept loop (CPython gh-151615), so retries can still be pending
+    when the relay closes its listeners at shutdown; each then fails on the closed socket
+    with ValueError. Nothing is lost: the listener is gone on purpose.
+    """
+    callback = getattr(context.get("handle"), "_callback", None)
+    return getattr(callback, "__name__", "") == "_start_serving" and isinstance(
+        context.get("exception"), ValueError
+    )

@@ -192,8 +192,9 @@ class SQLitePlumbing:
     async def read(
         self, sql: str, parameters: Sequence[Any] = ()
     ) -> AsyncIterator[aiosqlite.Cursor]:
-        """A cursor of `sql` on the reading connection; a store closed meanwhile raises
-        StoreUnavailableError (aiosqlite says ValueError, sqlite3 ProgrammingError)."""
+        """A cursor of `sql` on the reading connection. A store closed meanwhile (aiosqlite
+        says ValueError, sqlite3 ProgrammingError) or a read SQLite cannot do (out of file
+        descriptors, an I/O error) raises StoreUnavailableError."""
         db = self.db
         try:
             async with db.execute(sql, parameters) as cursor:
@@ -202,6 +203,8 @@ class SQLitePlumbing:
             if self._db is db and not self._closing:
                 raise
             raise StoreUnavailableError("store is closed") from error
+        except sqlite3.OperationalError as error:
+            raise StoreUnavailableError(f"store read failed: {error}") from error
 
     # -- the single writer ---------------------------------------------
 
