@@ -179,6 +179,34 @@ def test_events_without_a_store_says_so(tmp_path: Path) -> None:
     assert "no store" in result.stderr
 
 
+# Every script pays for what `events` imports: on SQLite it needs neither the
+# PostgreSQL driver, nor an HTTP stack, nor the daemon's logging setup.
+_EVENTS_THEN_LIST_MODULES = """
+import json, sys
+from pulse_relay.cli import cli
+cli(["--config", sys.argv[1], "events"], prog_name="pulse-relay", standalone_mode=False)
+heavy = ("psycopg", "psycopg_pool", "aiohttp", "structlog", "rich", "pulse_relay.logs")
+print(json.dumps(sorted(name for name in heavy if name in sys.modules)))
+"""
+
+
+def test_events_on_sqlite_imports_no_postgres_http_or_logging_stack(tmp_path: Path) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text(f'[store]\npath = "{tmp_path / "relay.db"}"\n')
+    assert run_cli("watch", "job-1", config=config).returncode == 0
+    result = subprocess.run(
+        [sys.executable, "-c", _EVENTS_THEN_LIST_MODULES, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    table, loaded = result.stdout.splitlines()
+    assert table.split() == ["ID", "RECEIVED", "SOURCE", "TYPE", "JOB", "STATE", "SINKS"]
+    assert json.loads(loaded) == []
+
+
 async def test_serve_accepts_a_library_signed_webhook_visible_in_events_and_show(
     served: tuple[Served, int, Path], tmp_path: Path
 ) -> None:

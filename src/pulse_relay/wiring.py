@@ -11,10 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pulse_relay.store import PostgresStore, SQLiteStore, StoreBackend
-
 if TYPE_CHECKING:
     from pulse_relay.config import Settings
+    from pulse_relay.store import StoreBackend
 
 DAY_SECONDS = 86_400.0
 
@@ -43,8 +42,13 @@ def build_store(settings: Settings, *, clock: Callable[[], float] = time.time) -
     """The configured store backend; the caller opens it (or enters it with `async with`)."""
     store = settings.store
     if store.postgres_url is not None:
+        # Imported here: psycopg and its pool are for PostgreSQL URLs only.
+        from pulse_relay.store.postgres import PostgresStore
+
         return PostgresStore(store.postgres_url, pool_size=store.pool_size, clock=clock)
     assert store.sqlite_file is not None
+    from pulse_relay.store.sqlite import SQLiteStore
+
     return SQLiteStore(
         store.sqlite_file,
         synchronous=store.synchronous,

@@ -2,9 +2,17 @@
 
 `Store` is the embedded SQLite backend, kept under its former name for the code
 and tools that build one from a path.
+
+The backends are imported on first use (module `__getattr__`): everything that
+needs a model type (`pulse-relay events`, config.py's URL rules) imports this
+package, and the PostgreSQL backend alone costs psycopg, its pool and the
+logging stack, which a SQLite relay never uses.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from pulse_relay.store.contract import StoreBackend
 from pulse_relay.store.decide import Decision, decide_ingest, ingest_state
@@ -27,10 +35,20 @@ from pulse_relay.store.model import (
     StoreVersionError,
     Watch,
 )
-from pulse_relay.store.postgres import PostgresStore
-from pulse_relay.store.sqlite import MIGRATIONS, SQLiteStore
 
-Store = SQLiteStore
+if TYPE_CHECKING:
+    from pulse_relay.store.postgres import PostgresStore
+    from pulse_relay.store.sqlite import MIGRATIONS, SQLiteStore
+
+    Store = SQLiteStore
+
+# name -> (module, attribute) of what is imported when first asked for.
+_LAZY = {
+    "PostgresStore": ("pulse_relay.store.postgres", "PostgresStore"),
+    "SQLiteStore": ("pulse_relay.store.sqlite", "SQLiteStore"),
+    "Store": ("pulse_relay.store.sqlite", "SQLiteStore"),
+    "MIGRATIONS": ("pulse_relay.store.sqlite", "MIGRATIONS"),
+}
 
 __all__ = [
     "AWAITING_FETCH",
@@ -59,3 +77,14 @@ __all__ = [
     "decide_ingest",
     "ingest_state",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """A backend (or the SQLite MIGRATIONS), imported when first named."""
+    try:
+        module, attribute = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
