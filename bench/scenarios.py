@@ -634,7 +634,8 @@ def _wrk_path(url: str, path: Path, connections: int, sizes: Sizes) -> WrkResult
 
 
 def cli_start(sizes: Sizes) -> dict[str, Any]:
-    """Wall time of `pulse-relay --help` and `events`, next to `python -c pass`, interleaved."""
+    """Wall time of `pulse-relay --help` and `events`, next to `python -c pass` and the
+    floor under `events` (bench/cli_floor.py), interleaved."""
     with common.workdir("cli") as workdir:
         config = workdir / "relay.toml"
         config.write_text(f'[store]\npath = "{workdir / "relay.db"}"\n')
@@ -644,12 +645,17 @@ def cli_start(sizes: Sizes) -> dict[str, Any]:
             "python -c pass": [common.PYTHON, "-c", "pass"],
             "--help": [*relay, "--help"],
             "events": [*relay, "events"],
+            # The floor under `events` (bench/cli_floor.py): pydantic-settings validating
+            # the same sections, then sqlite3 printing the rows; and each half alone.
+            "floor": [common.PYTHON, "-m", "bench.cli_floor", "both", str(config)],
+            "floor: settings": [common.PYTHON, "-m", "bench.cli_floor", "settings", str(config)],
+            "floor: sqlite3": [common.PYTHON, "-m", "bench.cli_floor", "sqlite", str(config)],
         }
         times: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(sizes.cli_runs):
             for name, argv in commands.items():
                 started = time.perf_counter()
-                subprocess.run(argv, check=True, capture_output=True)
+                subprocess.run(argv, check=True, capture_output=True, cwd=common.BENCH_DIR.parent)
                 times[name].append(time.perf_counter() - started)
     medians = {name: median(values) for name, values in times.items()}
     floor = medians["python -c pass"]
@@ -663,6 +669,17 @@ def cli_start(sizes: Sizes) -> dict[str, Any]:
         )
         for name in ("--help", "events")
     ]
+    rows.append(
+        _row(
+            "CLI start: floor under `events`",
+            f"{medians['floor']:.3f} s: pydantic-settings with the same sections "
+            f"{medians['floor: settings']:.3f} s, sqlite3 read-only "
+            f"{medians['floor: sqlite3']:.3f} s; `events` is "
+            f"{medians['events'] / medians['floor']:.2f} times the floor",
+            "report",
+            None,
+        )
+    )
     return {
         "rows": rows,
         "medians_seconds": medians,
