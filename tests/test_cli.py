@@ -180,12 +180,14 @@ def test_events_without_a_store_says_so(tmp_path: Path) -> None:
 
 
 # Every script pays for what `events` imports: on SQLite it needs neither the
-# PostgreSQL driver, nor an HTTP stack, nor the daemon's logging setup.
+# PostgreSQL driver, nor an HTTP stack, nor the daemon's logging setup, nor the
+# sinks and ingress rules that only validate fields this configuration leaves out.
 _EVENTS_THEN_LIST_MODULES = """
 import json, sys
 from pulse_relay.cli import cli
 cli(["--config", sys.argv[1], "events"], prog_name="pulse-relay", standalone_mode=False)
-heavy = ("psycopg", "psycopg_pool", "aiohttp", "structlog", "rich", "pulse_relay.logs")
+heavy = ("psycopg", "psycopg_pool", "aiohttp", "structlog", "rich", "pulse_relay.logs",
+         "pulse_relay.sinks", "pulse_relay.edge", "pulse_relay.signature")
 print(json.dumps(sorted(name for name in heavy if name in sys.modules)))
 """
 

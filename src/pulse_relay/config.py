@@ -53,23 +53,20 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from pulse_relay.edge import parse_networks
 from pulse_relay.redaction import REDACTED, is_secret_name, mask_url
-from pulse_relay.signature import decode_secret
-from pulse_relay.sinks.base import signing_secret
-from pulse_relay.sinks.file import (
-    DEFAULT_FILE_MODE,
-    parse_file_mode,
-    parse_filename_template,
-    relative_path_problem,
-)
 from pulse_relay.store.urls import is_postgres, sqlite_path
+
+# The rules of the ingress edge, the signature scheme and the sinks are imported
+# in the validators that apply them: each only runs when its field is given, and
+# a command that only reads the configuration (`pulse-relay events`) would
+# otherwise load those modules, and the sink package behind them, for nothing.
 
 ENV_PREFIX = "PULSE_RELAY_"
 ENV_CONFIG_PATH = "PULSE_RELAY_CONFIG"
 ENV_WEBHOOK_SECRET = "PULSE_WEBHOOK_SECRET"  # noqa: S105 (a variable name)
 ENV_API_KEY = "PULSE_API_KEY"
 ENV_CREDENTIALS_DIRECTORY = "CREDENTIALS_DIRECTORY"
+DEFAULT_FILE_MODE = "0600"
 
 Loc = tuple[str | int, ...]
 
@@ -156,6 +153,8 @@ class ServerSettings(_Section):
     @field_validator("allow_from", "trusted_proxies")
     @classmethod
     def _networks_parse(cls, value: list[str]) -> list[str]:
+        from pulse_relay.edge import parse_networks
+
         return [str(network) for network in parse_networks(value)]
 
     @model_validator(mode="after")
@@ -216,6 +215,8 @@ class VerifySettings(_Section):
         problems: list[tuple[Loc, str]] = []
         if self.scheme == "standard":
             for index, secret in enumerate(self.secrets):
+                from pulse_relay.signature import decode_secret
+
                 try:
                     decode_secret(secret.get_secret_value())
                 except ValueError as exc:
@@ -376,6 +377,8 @@ class FileSinkSettings(_SinkBase):
             # TOML's 0o600 and a bare 600 both arrive as numbers; only text reads one way.
             raise ValueError('must be a quoted octal string such as "0600"')
         if isinstance(value, str):
+            from pulse_relay.sinks.file import parse_file_mode
+
             parse_file_mode(value)
         return value
 
@@ -384,6 +387,8 @@ class FileSinkSettings(_SinkBase):
     def _filename_stays_inside(cls, value: str | None) -> str | None:
         if value is None:
             return None
+        from pulse_relay.sinks.file import parse_filename_template, relative_path_problem
+
         parse_filename_template(value)
         problem = relative_path_problem(value)
         if problem is not None:
@@ -414,6 +419,8 @@ class HttpSinkSettings(_SinkBase):
     @field_validator("sign_secret")
     @classmethod
     def _sign_secret_decodes(cls, value: SecretStr | None) -> SecretStr | None:
+        from pulse_relay.sinks.base import signing_secret
+
         return None if signing_secret(value) is None else value
 
 

@@ -46,7 +46,6 @@ _PERMANENT_ERRNOS = frozenset({errno.ENAMETOOLONG})
 _HEAD_BYTES = 64 * 1024
 _RECEIVED_AT = re.compile(rb'"received_at"\s*:\s*"([0-9T:.Z+-]{1,40})"')
 _PATH_LOCK_STRIPES = 64
-DEFAULT_FILE_MODE = "0600"
 _FILE_MODE = re.compile(r"0?[0-7]{3}")
 # The configured directory may be reached through a symlink (the operator's
 # choice); nothing below it is.
