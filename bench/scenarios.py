@@ -262,6 +262,8 @@ def fan_out(sizes: Sizes) -> dict[str, Any]:
                 print(f"  fan-out paced {rate:.0f}/s: {result}")
                 if result["steady"]:
                     break
+            floor = _fanout_floor(workdir, base_url, http_port, min(burst, 2000))
+            print(f"  fan-out floor (no store, no relay): {floor:.0f} events/s")
     sustained = next((a for a in attempts if a["steady"]), None)
     figure = (
         f"{sustained['rate']:.0f} events/s sustained (pending ≤ {sustained['max_pending']}); "
@@ -269,13 +271,33 @@ def fan_out(sizes: Sizes) -> dict[str, Any]:
         if sustained
         else f"no steady rate found; burst drain {capacity:.0f} events/s"
     )
+    figure += f" = {capacity / floor:.2f} of the no-store floor ({floor:.0f}/s)"
     met = sustained is not None and sustained["rate"] >= 300 and drained
     return {
         "rows": [_row("fan-out", figure, "report; ≥ 300/s", met)],
         "capacity": capacity,
         "burst": burst,
         "attempts": attempts,
+        "floor_events_per_second": floor,
+        "capacity_vs_floor": capacity / floor,
     }
+
+
+def _fanout_floor(workdir: Path, base_url: str, http_port: int, count: int) -> float:
+    """Events/s of bench/fanout_floor.py, the sinks' and the fetch's own work, same processes."""
+    out = workdir / "floor"
+    out.mkdir()
+    arguments = [base_url, common.API_KEY, "fan-", str(count), str(http_port), str(out)]
+    answer = subprocess.run(
+        [common.PYTHON, "-m", "bench.fanout_floor", *arguments],
+        cwd=common.BENCH_DIR.parent,
+        capture_output=True,
+        check=True,
+        text=True,
+        timeout=600,
+    )
+    measured = json.loads(answer.stdout)
+    return float(measured["events"] / measured["seconds"])
 
 
 def _sustain(url: str, store: Path, start: int, count: int, rate: float) -> dict[str, Any]:
