@@ -246,11 +246,19 @@ def fan_out(sizes: Sizes) -> dict[str, Any]:
             started = time.monotonic()
             asyncio.run(common.send_all(url, requests))
             ingested = time.monotonic() - started
+            delivered_while_ingesting = common.delivered_count(store)
             drained = common.wait_until(
                 lambda: common.delivered_count(store) >= 3 * burst, timeout_seconds=600
             )
-            capacity = burst / (time.monotonic() - started)
-            print(f"  fan-out burst: {burst} events in {ingested:.1f} s, capacity {capacity:.0f}/s")
+            finished = time.monotonic() - started
+            capacity = burst / finished
+            # The drain once every webhook is in, with no ingest competing for the loop.
+            draining_seconds = max(finished - ingested, 1e-3)
+            after_ingest = (3 * burst - delivered_while_ingesting) / 3 / draining_seconds
+            print(
+                f"  fan-out burst: {burst} events in {ingested:.1f} s, capacity {capacity:.0f}/s, "
+                f"{after_ingest:.0f}/s once all were in"
+            )
             attempts: list[dict[str, Any]] = []
             start_at = burst
             for fraction in (0.9, 0.75, 0.6):
@@ -271,15 +279,19 @@ def fan_out(sizes: Sizes) -> dict[str, Any]:
         if sustained
         else f"no steady rate found; burst drain {capacity:.0f} events/s"
     )
-    figure += f" = {capacity / floor:.2f} of the no-store floor ({floor:.0f}/s)"
+    figure += (
+        f", {after_ingest:.0f}/s once all were in; no-store floor {floor:.0f}/s "
+        f"(drain ÷ floor {after_ingest / floor:.2f})"
+    )
     met = sustained is not None and sustained["rate"] >= 300 and drained
     return {
         "rows": [_row("fan-out", figure, "report; ≥ 300/s", met)],
         "capacity": capacity,
+        "drain_after_ingest_events_per_second": after_ingest,
         "burst": burst,
         "attempts": attempts,
         "floor_events_per_second": floor,
-        "capacity_vs_floor": capacity / floor,
+        "drain_vs_floor": after_ingest / floor,
     }
 
 
