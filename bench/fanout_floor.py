@@ -76,6 +76,7 @@ async def _run(
 
         async def post(_name: str, body: bytes) -> None:
             async with session.post(f"http://127.0.0.1:{http_port}/sink", data=body) as answer:
+                answer.raise_for_status()
                 await answer.read()
 
         async def write(name: str, body: bytes) -> None:
@@ -91,6 +92,8 @@ async def _run(
             nonlocal waiting
             url = f"{base_url}/job/{prefix}{number}"
             async with session.get(url, headers={"x-api-key": api_key}) as answer:
+                # A floor made of "not found" answers would measure nothing.
+                answer.raise_for_status()
                 job = await answer.json()
             body = json.dumps({"id": f"evt-{number}", "job": job}).encode()
             name = f"{number}.json"
