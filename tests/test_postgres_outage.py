@@ -10,6 +10,7 @@ recorded (its lease ran out and it was made again: at least once).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -23,9 +24,12 @@ from typing import Any
 import pytest
 
 from pulse_relay.signature import sign_headers
+from pulse_relay.store import PostgresStore, StoreUnavailableError
+from pulse_relay.store.postgres.plumbing import CONNECT_TIMEOUT_SECONDS
 from tests.conftest import SECRET, make_body
 from tests.helpers import Served, free_port, wait_until, write_config
 from tests.pgserver import ThrowawayPostgres
+from tests.test_store import record
 
 # The fixture throwaway_postgres comes from tests.pgserver (a plugin of conftest.py).
 pytestmark = pytest.mark.timeout(240)
@@ -38,6 +42,9 @@ SEND_INTERVAL_SECONDS = 0.02
 RETRY_SECONDS = 0.1
 MIN_OUTAGE_SECONDS = 2.0
 REQUEST_TIMEOUT_SECONDS = 15.0
+# Longer than the pool's first four reconnection delays (1 + 2 + 4 + 8 s): left to its
+# doubling backoff, the pool would next try about 15 s after the server is back.
+LONG_OUTAGE_SECONDS = 16.0
 
 
 def post(port: int, event_id: str) -> tuple[int, str]:
@@ -226,3 +233,52 @@ def test_a_relay_started_while_postgres_is_down_exits_naming_it(
 def _start_without_waiting(folder: Path, url: str) -> tuple[Served, Any]:
     config = write_config(folder, free_port(), store={"url": url}, log={"level": "warning"})
     return Served(config, folder / "serve.log"), config
+
+
+async def test_once_the_store_has_failed_ingest_is_refused_without_the_full_wait(
+    throwaway_postgres: ThrowawayPostgres,
+) -> None:
+    server = throwaway_postgres
+    async with PostgresStore(server.url) as store:
+        assert await store.ingest(record("msg_before")) == "accepted"
+        server.stop("immediate")
+        with pytest.raises(StoreUnavailableError):
+            await store.ingest(record("msg_first"))
+        began = time.monotonic()
+        with pytest.raises(StoreUnavailableError):
+            await store.ingest(record("msg_second"))
+        # The first failure waited for the pool; the next answers without that wait.
+        assert time.monotonic() - began < CONNECT_TIMEOUT_SECONDS / 2
+        server.start()
+        wait_seconds = await _seconds_until_writable(store)
+        assert await store.ingest(record("msg_second")) == "accepted"
+    assert wait_seconds < CONNECT_TIMEOUT_SECONDS
+
+
+async def test_after_a_long_outage_the_store_is_writable_soon_after_the_restart(
+    throwaway_postgres: ThrowawayPostgres,
+) -> None:
+    server = throwaway_postgres
+    async with PostgresStore(server.url) as store:
+        await store.check_writable()
+        server.stop("fast")
+        stopped_at = time.monotonic()
+        while time.monotonic() - stopped_at < LONG_OUTAGE_SECONDS:
+            with pytest.raises(StoreUnavailableError):
+                await store.check_writable()
+        server.start()
+        wait_seconds = await _seconds_until_writable(store)
+    assert wait_seconds < LONG_OUTAGE_SECONDS / 2
+
+
+async def _seconds_until_writable(store: PostgresStore) -> float:
+    """How long after now `store` first commits a write (callers retrying each second)."""
+    began = time.monotonic()
+    while True:
+        try:
+            await store.check_writable()
+        except StoreUnavailableError:
+            assert time.monotonic() - began < 60, "the store never came back"
+            await asyncio.sleep(0.1)
+        else:
+            return time.monotonic() - began
