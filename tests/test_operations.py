@@ -446,8 +446,14 @@ def test_sighup_reloads_sinks_and_refuses_a_broken_configuration(
     write_config(tmp_path, port, extra_sinks=[more], pulse={"timeout_seconds": 7.0})
     served.process.send_signal(signal.SIGHUP)
     wait_until(lambda: reloads("configuration reloaded") == 2)
-    warnings = [line for line in served.log_lines() if line["event"].startswith("changes in these")]
-    assert warnings[-1]["sections"] == ["pulse"]
+
+    def restart_warnings() -> list[dict[str, Any]]:
+        lines = served.log_lines()
+        return [line for line in lines if line["event"].startswith("changes in these")]
+
+    # Logged right after "configuration reloaded": wait for it rather than race it.
+    wait_until(lambda: bool(restart_warnings()))
+    assert restart_warnings()[-1]["sections"] == ["pulse"]
     assert served.terminate() == 0, served.log()
     assert SECRET not in served.log()
 
