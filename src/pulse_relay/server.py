@@ -10,7 +10,6 @@ them has its body read, verified, stored and acknowledged.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -236,6 +235,8 @@ class Ingress:
             verified = self._verifier.verify(request.headers, body)
         except VerificationError as error:
             raise IngressError(401, "unauthorized", error.reason) from None
+        # Formatted once (ipaddress does it in Python): the record and the log line carry it.
+        shown = _shown(client)
         record = ingest_record(
             event_id=verified.webhook_id,
             received_at=self._clock(),
@@ -244,7 +245,7 @@ class Ingress:
             body=body,
             route=self._route,
             fetch_on=self._config.fetch_on,
-            client_address=None if client is None else _shown(client),
+            client_address=None if client is None else shown,
         )
         try:
             outcome = await self._store.ingest(record)
@@ -255,7 +256,7 @@ class Ingress:
             "webhook_id": record.event_id,
             "type": record.event_type,
             "job_id": record.job_id,
-            "client_address": _shown(client),
+            "client_address": shown,
         }
         if outcome == "duplicate":
             log.info("webhook duplicate", **context)
@@ -308,9 +309,7 @@ def json_answer(payload: dict[str, Any], http_status: int) -> web.Response:
     )
 
 
-@functools.lru_cache(maxsize=1024)
 def _shown(address: IPAddress | None) -> str:
-    """The address as text (cached: ipaddress formats it in Python, on every request)."""
     return "unknown" if address is None else str(address)
 
 
