@@ -7,6 +7,7 @@ import base64
 import json
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from pulse_relay.emulator import PulseEmulator
-from pulse_relay.logs import REDACTED, configure_logging, get_logger
+from pulse_relay.logs import REDACTED, UTCTimeStamper, configure_logging, get_logger
 from tests.conftest import OTHER_SECRET, SECRET, StartRelay, make_body, signed, wait_for
 from tests.helpers import Receiver, Served, free_port, write_config
 from tests.test_server import UNAUTHORIZED_CASES
@@ -179,6 +180,15 @@ def test_json_lines_hold_values_the_fast_encoder_refuses(tmp_path: Path) -> None
     assert lines[0]["thing"].startswith("<object object at")
     assert lines[0]["keys"] == {"1": "one"}
     assert lines[0]["event"] == "odd values"
+
+
+def test_timestamps_read_as_structlogs_iso_utc_stamps() -> None:
+    # The line's timestamp is formatted once a second; it must read exactly as a
+    # datetime's isoformat would, on both sides of a second and of midnight.
+    for moment in (1_700_000_000.0, 1_700_000_000.25, 1_700_000_001.999999, 1_735_689_599.5):
+        stamp = UTCTimeStamper(clock=lambda moment=moment: moment)
+        expected = datetime.fromtimestamp(moment, tz=UTC).isoformat().replace("+00:00", "Z")
+        assert stamp(None, "info", {})["timestamp"] == expected
 
 
 def test_long_values_are_clipped_whoever_logs_them(tmp_path: Path) -> None:

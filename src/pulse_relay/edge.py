@@ -8,6 +8,7 @@ and maps the answers to HTTP.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -62,11 +63,13 @@ def _contains(networks: Sequence[IPNetwork], address: IPAddress) -> bool:
     return any(address.version == network.version and address in network for network in networks)
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_address(text: str | None) -> IPAddress | None:
     """An IP address as a socket or a proxy reports it, or None when it is not one.
 
     Accepts `[v6]:port`, `v4:port` and IPv4-mapped IPv6 (shown as IPv4), which
-    proxies and dual-stack sockets produce.
+    proxies and dual-stack sockets produce. Cached: a sender's peer address is
+    parsed on every request it makes, and ipaddress parses in Python.
     """
     if not text:
         return None

@@ -10,7 +10,8 @@ import functools
 import json
 import logging
 import sys
-from collections.abc import MutableMapping
+import time
+from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
 import orjson
@@ -73,6 +74,33 @@ def clip_long_values(
     return event_dict
 
 
+class UTCTimeStamper:
+    """`timestamp` as structlog's TimeStamper(fmt="iso", utc=True) writes it, for less.
+
+    A line per accepted webhook is on the request path, and building a datetime
+    to format it costs more than the rest of the line's processing: here the date
+    and time are formatted once a second and only the microseconds on each line.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(
+        self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        now = self._clock()
+        second = int(now)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        micro = int((now - second) * 1_000_000)
+        # datetime.isoformat leaves the fraction out when it is zero.
+        event_dict["timestamp"] = f"{self._prefix}.{micro:06d}Z" if micro else f"{self._prefix}Z"
+        return event_dict
+
+
 class _RelayHandler(logging.StreamHandler[TextIO]):
     """The root handler this module installs (so a reconfiguration replaces only it)."""
 
@@ -105,7 +133,7 @@ def configure_logging(
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        UTCTimeStamper(),
         redact_sensitive,
         clip_long_values,
     ]

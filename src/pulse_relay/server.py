@@ -28,6 +28,7 @@ from pulse_relay.edge import (
     client_address,
     is_allowed,
     is_identity_encoding,
+    parse_address,
     repeated_signature_header,
     wrong_required_header,
 )
@@ -114,6 +115,9 @@ class Ingress:
 
     def client_of(self, request: web.BaseRequest) -> IPAddress | None:
         """The calling client's address: the peer, or behind a trusted proxy the one it names."""
+        if not self._config.trusted_proxies:
+            # No proxy is believed: the forwarding headers need not even be looked up.
+            return parse_address(request.remote)
         return client_address(
             request.remote,
             forwarded=request.headers.getall("Forwarded", []),
@@ -125,7 +129,7 @@ class Ingress:
         """Answer `Expect: 100-continue`: a refusal instead of `100 Continue` when due."""
         started = time.perf_counter()
         try:
-            self._judge_headers(request)
+            self._judge_headers(request, self.client_of(request))
         except IngressError as error:
             return self._refuse(request, error, started, body_read=False)
         if request.version == HttpVersion11:
@@ -140,20 +144,22 @@ class Ingress:
     async def handle(self, request: web.Request) -> web.Response:
         """Answer one webhook request as SPEC §2 and §15 say."""
         started = time.perf_counter()
+        # Parsed once: the allow-list, the stored record and the log line all need it.
+        client = self.client_of(request)
         try:
-            self._judge_headers(request)
+            self._judge_headers(request, client)
         except IngressError as error:
             return self._refuse(request, error, started, body_read=False)
         try:
-            payload, http_status = await self._ingest(request)
+            payload, http_status = await self._ingest(request, client)
         except IngressError as error:
             return self._refuse(request, error, started, body_read=True)
         return self._answer(request, payload, http_status, started)
 
-    def _judge_headers(self, request: web.Request) -> None:
+    def _judge_headers(self, request: web.Request, client: IPAddress | None) -> None:
         """Refuse what the headers alone condemn, the checks that tell a stranger least first."""
         config = self._config
-        if not is_allowed(self.client_of(request), config.allow_from):
+        if not is_allowed(client, config.allow_from):
             raise IngressError(403, "forbidden", "source address not allowed")
         wrong = wrong_required_header(request.headers, config.required_headers)
         if wrong is not None:
@@ -199,9 +205,10 @@ class Ingress:
     def _answer(
         self, request: web.Request, payload: dict[str, Any], http_status: int, started: float
     ) -> web.Response:
-        given_id = request.headers.get("webhook-id", request.headers.get("svix-id"))
-        if given_id is not None and is_valid_webhook_id(given_id) and "id" not in payload:
-            payload["id"] = given_id
+        if "id" not in payload:
+            given_id = request.headers.get("webhook-id", request.headers.get("svix-id"))
+            if given_id is not None and is_valid_webhook_id(given_id):
+                payload["id"] = given_id
         self._count(str(payload["status"]))
         self._metrics.ack_seconds.observe(time.perf_counter() - started)
         return json_answer(payload, http_status)
@@ -219,14 +226,17 @@ class Ingress:
             f"400:{reason}", "warning", "malformed request", reason=reason, peer=peer
         )
 
-    async def _ingest(self, request: web.Request) -> tuple[dict[str, Any], int]:
+    async def _ingest(
+        self, request: web.Request, client: IPAddress | None
+    ) -> tuple[dict[str, Any], int]:
         assert self._verifier is not None  # _judge_headers refuses otherwise
         body = await self._read_body(request)
         try:
             verified = self._verifier.verify(request.headers, body)
         except VerificationError as error:
             raise IngressError(401, "unauthorized", error.reason) from None
-        client = self.client_of(request)
+        # Formatted once (ipaddress does it in Python): the record and the log line carry it.
+        shown = _shown(client)
         record = ingest_record(
             event_id=verified.webhook_id,
             received_at=self._clock(),
@@ -235,7 +245,7 @@ class Ingress:
             body=body,
             route=self._route,
             fetch_on=self._config.fetch_on,
-            client_address=None if client is None else str(client),
+            client_address=None if client is None else shown,
         )
         try:
             outcome = await self._store.ingest(record)
@@ -246,7 +256,7 @@ class Ingress:
             "webhook_id": record.event_id,
             "type": record.event_type,
             "job_id": record.job_id,
-            "client_address": _shown(client),
+            "client_address": shown,
         }
         if outcome == "duplicate":
             log.info("webhook duplicate", **context)

@@ -1,6 +1,6 @@
 """SQLite plumbing: the connections and the group-commit writer.
 
-One connection writes; every write goes through one queue that a single task
+One connection writes; every write goes through one queue that a single thread
 drains, so concurrent ingests share one transaction (one fsync) and each caller
 is answered only after that commit. Reads use a second connection; WAL lets
 them run beside the writer.
@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -64,15 +66,29 @@ class _Queued:
     op: WriteOp | None = None
 
 
+def _resolve(batch: list[_Queued], outcomes: Sequence[tuple[bool, Any]]) -> None:
+    """On the loop: answer every write of one transaction (a caller gone meanwhile is skipped)."""
+    for item, (ok, value) in zip(batch, outcomes, strict=True):
+        if item.future.done():
+            continue
+        if ok:
+            item.future.set_result(value)
+        else:
+            item.future.set_exception(value)
+
+
 class SQLitePlumbing:
     """The relay's SQLite store; open() before use, close() after.
 
-    Writes go through one connection owned by one thread: a whole group
-    transaction runs there in a single hand-off from the event loop. (Through
+    Writes go through one connection owned by one thread, fed by a plain thread
+    queue: the thread takes whatever is queued, commits it as one transaction
+    and answers the whole batch with a single wake-up of the event loop. (Through
     aiosqlite each statement is its own hand-off, and under load every one of
     them waits behind the request work queued on the loop: that, not the
-    fsync, limited ingest.) Reads use aiosqlite on a second connection; WAL
-    lets them run beside the writer.
+    fsync, limited ingest; an asyncio queue drained by a task that hands each
+    batch to an executor costs the loop a wake-up per write and three per
+    batch.) Reads use aiosqlite on a second connection; WAL lets them run beside
+    the writer.
     """
 
     def __init__(
@@ -90,8 +106,9 @@ class SQLitePlumbing:
         self._db: aiosqlite.Connection | None = None
         self._writer_db: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
+        # None is the writer thread's signal to stop, queued behind every write.
+        self._jobs: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
         self._closing = False
         self._listeners: list[ChangeListener] = []
 
@@ -131,7 +148,10 @@ class SQLitePlumbing:
             await self._close_connections()
             raise
         self._closing = False
-        self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+        self._writer = threading.Thread(
+            target=self._write_thread, args=(loop,), name="store-writer", daemon=True
+        )
+        self._writer.start()
 
     def _connect_writer(self) -> sqlite3.Connection:
         db = sqlite3.connect(
@@ -154,12 +174,11 @@ class SQLitePlumbing:
     async def close(self) -> None:
         """Finish queued writes, stop the writer, and close the connections."""
         self._closing = True
-        if self._writer is not None:
-            await self._queue.join()
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            # Every write queued before the signal is committed and answered first.
+            self._jobs.put(None)
+            await asyncio.get_running_loop().run_in_executor(self._executor, writer.join)
         await self._close_connections()
 
     async def _close_connections(self) -> None:
@@ -226,36 +245,38 @@ class SQLitePlumbing:
     def _enqueue(self, item: _Queued) -> None:
         if self._writer is None or self._closing:
             raise StoreUnavailableError("store is closed")
-        self._queue.put_nowait(item)
+        self._jobs.put(item)
 
-    async def _write_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
+    def _write_thread(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The writer: take what is queued, commit it as one transaction, answer the batch."""
+        stopping = False
+        while not stopping:
+            first = self._jobs.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < MAX_BATCH:
                 try:
-                    outcomes = await loop.run_in_executor(self._executor, self._commit, batch)
-                except Exception as error:
-                    # A failed transaction fails every write in it: none of them is on disk.
-                    failure: BaseException = error
-                    if isinstance(error, sqlite3.Error):
-                        failure = StoreUnavailableError(f"store write failed: {error}")
-                    for item in batch:
-                        if not item.future.done():
-                            item.future.set_exception(failure)
-                    continue
-                for item, (ok, value) in zip(batch, outcomes, strict=True):
-                    if item.future.done():
-                        continue
-                    if ok:
-                        item.future.set_result(value)
-                    else:
-                        item.future.set_exception(value)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+                    item = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            outcomes = self._commit_or_fail(batch)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(_resolve, batch, outcomes)
+
+    def _commit_or_fail(self, batch: list[_Queued]) -> Sequence[tuple[bool, Any]]:
+        try:
+            return self._commit(batch)
+        except Exception as error:
+            # A failed transaction fails every write in it: none of them is on disk.
+            failure: BaseException = error
+            if isinstance(error, sqlite3.Error):
+                failure = StoreUnavailableError(f"store write failed: {error}")
+            return [(False, failure)] * len(batch)
 
     def _commit(self, batch: list[_Queued]) -> list[tuple[bool, Any]]:
         """One transaction for the whole batch, on the writer thread; an outcome per item."""
