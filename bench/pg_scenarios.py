@@ -358,7 +358,7 @@ def restart_drain(sizes: Sizes) -> dict[str, Any]:
             last = common.query_one(store, "SELECT max(updated_at) FROM deliveries")
         notes = _sink_notes(log)
     rerun = max((at for w, e, at in notes if w == "start" and at > killed_at), default=0.0)
-    result = {
+    result: dict[str, Any] = {
         "events": count,
         "sink_seconds": delay,
         "seconds_to_all_running": rerun - started_at,
