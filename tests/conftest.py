@@ -20,8 +20,9 @@ from pulse_relay.emulator import PulseEmulator
 from pulse_relay.signature import sign_headers
 from tests.helpers import SECRET, Receiver, relay_config
 
-# The PostgreSQL fixtures (postgres_server, postgres_url) for every test module.
-pytest_plugins = ["tests.postgres"]
+# The PostgreSQL fixtures (postgres_server, postgres_url, and throwaway_postgres: a
+# server of its own to stop and start) for every test module.
+pytest_plugins = ["tests.postgres", "tests.pgserver"]
 
 OTHER_SECRET = "whsec_" + base64.b64encode(b"an-entirely-different-secret-key").decode()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -33,3 +34,19 @@ def test_end_to_end_scenario_runs_and_the_report_renders(
     assert "| end-to-end |" in text
     others = [name for name in report.ORDER if name != "e2e"]
     assert f"Not run yet: {', '.join(others)}." in text
+
+
+def test_the_fan_out_floor_fetches_every_job_and_feeds_every_sink(tmp_path: Path) -> None:
+    from bench import common
+
+    emulator, base_url = common.emulator_process(tmp_path, "fan-", 12)
+    receiver, http_port = common.baseline_process(tmp_path)
+    with emulator, receiver:
+        floor = scenarios._fanout_floor(tmp_path, base_url, http_port, 12)
+    assert floor > 0
+    # One renamed file per event, no temporary file left behind.
+    assert sorted(p.name for p in (tmp_path / "floor").iterdir()) == sorted(
+        f"{n}.json" for n in range(12)
+    )
+    written = json.loads((tmp_path / "floor" / "7.json").read_bytes())
+    assert written["job"]["job_id"] == "fan-7"

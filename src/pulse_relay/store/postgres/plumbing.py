@@ -5,6 +5,10 @@ write is its own short transaction on a pooled connection. Any relay's new work
 is announced with NOTIFY (one per transaction, so a burst is one wake), and a
 dedicated connection LISTENs and reconnects by itself; the dispatcher's poll
 stays the backstop for a notification lost while that connection was down.
+While the server is unreachable, ingests are refused (503) after a short wait
+rather than the pool's full one, and the pool keeps retrying without letting its
+backoff grow past a few seconds, so the relay answers again soon after the server
+is back.
 """
 
 from __future__ import annotations
@@ -38,6 +42,13 @@ MAX_BATCH = 512
 WORK_CHANNEL = "pulse_relay_work"
 # How long a caller waits for a pooled connection before the store counts as unavailable.
 CONNECT_TIMEOUT_SECONDS = 5.0
+# Once the store has failed, the writer waits this long instead: during an outage every
+# webhook is answered 503 at once rather than held for the whole timeout.
+UNREACHABLE_WAIT_SECONDS = 0.5
+# The pool retries a failed connection with a doubling delay; left at its default it
+# can still be waiting tens of seconds after PostgreSQL is back. Giving up after this
+# long lets the next caller start a fresh series whose first attempt is immediate.
+RECONNECT_GIVE_UP_SECONDS = 2.0
 LISTEN_RETRY_SECONDS = 1.0
 
 
@@ -69,7 +80,10 @@ class PostgresPlumbing:
             kwargs={"autocommit": True},
             check=AsyncConnectionPool.check_connection,
             timeout=CONNECT_TIMEOUT_SECONDS,
+            reconnect_timeout=RECONNECT_GIVE_UP_SECONDS,
         )
+        # False from a failed connection until the next one that works.
+        self._is_reachable = True
         # Every lease this relay takes carries its id, so it releases its own alone.
         self.relay_id = uuid.uuid4().hex
         self._claims = 0
@@ -136,12 +150,16 @@ class PostgresPlumbing:
         await self.close()
 
     @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+    async def connection(
+        self, *, timeout_seconds: float = CONNECT_TIMEOUT_SECONDS
+    ) -> AsyncIterator[AsyncConnection[Any]]:
         """A pooled connection; connection failures become StoreUnavailableError."""
         try:
-            async with self._pool.connection() as conn:
+            async with self._pool.connection(timeout=timeout_seconds) as conn:
+                self._is_reachable = True
                 yield conn
         except (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError) as error:
+            self._is_reachable = False
             raise StoreUnavailableError(f"store unreachable: {error}") from error
 
     async def schema_version(self) -> int:
@@ -184,8 +202,9 @@ class PostgresPlumbing:
                     self._queue.task_done()
 
     async def _commit(self, batch: list[_Queued]) -> None:
+        wait_seconds = CONNECT_TIMEOUT_SECONDS if self._is_reachable else UNREACHABLE_WAIT_SECONDS
         try:
-            async with self.connection() as conn, conn.transaction():
+            async with self.connection(timeout_seconds=wait_seconds) as conn, conn.transaction():
                 outcomes = await insert_events(conn, [item.record for item in batch])
                 if "accepted" in outcomes:
                     await conn.execute("SELECT pg_notify(%s, '')", (WORK_CHANNEL,))
