@@ -350,6 +350,7 @@ def restart_drain(sizes: Sizes) -> dict[str, Any]:
             killed_at = common.kill_with_children(relay)
             started_at = time.time()
             relay.start()
+            healthy_at = time.time()
 
             def delivered() -> bool:
                 return common.delivered_count(store) >= count
@@ -361,6 +362,7 @@ def restart_drain(sizes: Sizes) -> dict[str, Any]:
     result: dict[str, Any] = {
         "events": count,
         "sink_seconds": delay,
+        "seconds_to_healthz": healthy_at - started_at,
         "seconds_to_all_running": rerun - started_at,
         "seconds_to_all_delivered": float(last) - started_at,
         "duplicates": len([w for w, _, _ in notes if w == "done"]) - len(set(ids)),
@@ -372,7 +374,8 @@ def restart_drain(sizes: Sizes) -> dict[str, Any]:
         _row(
             "restart drain (SQLite)",
             f"{count} leased deliveries running again {running:.2f} s after the restarted "
-            f"process started, all delivered after {result['seconds_to_all_delivered']:.2f} s "
+            f"process started (/healthz answered at {result['seconds_to_healthz']:.2f} s), "
+            f"all delivered after {result['seconds_to_all_delivered']:.2f} s "
             f"(sink takes {delay:g} s)",
             "running again ≤ 2 s after restart",
             done and running <= 2.0,

@@ -239,4 +239,5 @@ default, 1 with `--quick`).
   are SIGKILLed and `serve` is started again on the same store. Figures from the
   moment the new process is spawned: until the sink has started every one of the
   killed relay's deliveries again (the target, ≤ 2 s: it includes the interpreter's
-  start), and until all are `delivered`."""
+  start; the time until `/healthz` answers is recorded beside it), and until all
+  are `delivered`."""
