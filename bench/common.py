@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psycopg
 import tomli_w
 
 from pulse_relay.signature import sign_headers
@@ -248,6 +249,9 @@ class RelayConfig:
     # The product's default is info (one line per accepted webhook, SPEC §11); scenarios
     # that measure something else than ingest keep the quieter level.
     log_level: str = "warning"
+    # A PostgreSQL URL puts the store there instead of the SQLite file in the workdir.
+    store_url: str | None = None
+    lease_seconds: float | None = None
 
 
 def relay_process(
@@ -269,9 +273,12 @@ def relay_process(
         # Requests are signed just before each run; a wide window only lets a long run
         # finish with the timestamps it started with. Verification costs the same.
         "verify": {"secrets": [SECRET], "tolerance_seconds": 3600},
-        "store": {"path": store, "synchronous": config.synchronous},
+        "store": {"url": config.store_url}
+        if config.store_url
+        else {"path": store, "synchronous": config.synchronous},
         "pulse": pulse,
-        "delivery": {"concurrency": config.delivery_concurrency},
+        "delivery": {"concurrency": config.delivery_concurrency}
+        | ({"lease_seconds": config.lease_seconds} if config.lease_seconds else {}),
         "log": {"level": config.log_level, "format": "json"},
         "sinks": config.sinks,
     }
@@ -534,3 +541,65 @@ def metric_value(admin_port: int, name: str, labels: str = "") -> float:
         if line.startswith(wanted + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+# -- PostgreSQL ------------------------------------------------------------------------
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "BENCH_POSTGRES_ADMIN_URL",
+    "postgresql://pulse_relay_test:pulse_relay_test@127.0.0.1:5432/postgres",
+)
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh database `pulse_relay_bench_<random>` on the local server, dropped after."""
+    name = f"pulse_relay_bench_{os.urandom(6).hex()}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f"CREATE DATABASE {name}".encode())
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
+
+
+def pg_query(url: str, sql: str) -> list[tuple[Any, ...]]:
+    """Every row of one read on the database at `url`."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        return list(conn.execute(sql.encode()).fetchall())
+
+
+def pg_backend_pids(url: str) -> list[int]:
+    """The server processes serving other connections to this database (the relays')."""
+    rows = pg_query(
+        url,
+        "SELECT pid FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    return [int(row[0]) for row in rows]
+
+
+def cpu_seconds_of(pids: Iterable[int]) -> dict[int, float]:
+    """CPU seconds so far of each process still readable in /proc (others are left out)."""
+    found: dict[int, float] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            found[pid] = cpu_seconds(pid)
+    return found
+
+
+def kill_with_children(process: Process) -> float:
+    """SIGKILL the process and the process groups its children lead (its sink commands),
+    as a container or a systemd unit going down takes them all; the time.time() after."""
+    import signal
+
+    children: list[int] = []
+    for task in Path(f"/proc/{process.pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            children += [int(pid) for pid in (task / "children").read_text().split()]
+    process.kill()
+    for child in children:
+        with contextlib.suppress(OSError):
+            os.killpg(child, signal.SIGKILL)
+    return time.time()

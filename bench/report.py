@@ -16,7 +16,19 @@ from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 FINDINGS = Path(__file__).resolve().parent / "FINDINGS.md"
-ORDER = ("ingest", "e2e", "fanout", "memory", "scale", "command", "cli")
+ORDER = (
+    "ingest",
+    "e2e",
+    "fanout",
+    "memory",
+    "scale",
+    "command",
+    "cli",
+    "pg-ingest",
+    "pg-e2e",
+    "takeover",
+    "restart-drain",
+)
 
 
 def machine() -> dict[str, str]:
@@ -96,7 +108,7 @@ def write(path: Path) -> None:
         "apt-get install -y wrk webhook   # the load generator and Debian's adnanh/webhook",
         ".venv/bin/pip install -e '.[test]'",
         ".venv/bin/python -m bench all            # or: --quick, or one scenario:",
-        ".venv/bin/python -m bench ingest  # ingest|e2e|fanout|memory|scale|command|cli",
+        ".venv/bin/python -m bench ingest  # or e2e, pg-ingest, takeover, ...",
         ".venv/bin/python -m bench report         # rewrite this file from bench/results/*.json",
         "```",
         "",
@@ -195,4 +207,37 @@ default, 1 with `--quick`).
   command from an HTTP request, not a like-for-like relay.
 - **CLI start** — wall time of `pulse-relay --help` and `pulse-relay events` (on a
   store holding one watch) and of `python -c pass`, run in turn 21 times (7 with
-  `--quick`); figure: each median, and its ratio to `python -c pass`."""
+  `--quick`); figure: each median, and its ratio to `python -c pass`.
+- **pg-ingest** — one run drives, back to back with the ingest scenario's wrk command
+  (64 connections, unique pre-signed ids, 10 s): bare aiohttp, the minimal handler,
+  the relay on SQLite (`synchronous = FULL`, `[log] level = "info"`, as in ingest),
+  the relay on PostgreSQL (`store.url`, a fresh database `pulse_relay_bench_<random>`
+  on the local PostgreSQL 15 at 127.0.0.1:5432, created for the measurement and
+  dropped after it), then two `serve` processes on one fresh database with the load
+  split: two wrk processes (`-t2 -c32` each, their own unique ids) started together;
+  answers/s is their sum, p50 and p99 the worse of the two. Figures: answers/s, each
+  ratio to each baseline, ack p50/p99, median over runs. PostgreSQL runs on the same
+  two cores, so its CPU counts against the relay: the PostgreSQL rows pay for the
+  database server as well, which the SQLite rows do in-process. CPU per answer: the
+  relays' from `/proc/PID/stat`, and the PostgreSQL backends serving the benchmark
+  database (their pids from `pg_stat_activity`, summed); the WAL writer,
+  checkpointer and other shared server processes are not counted.
+- **end-to-end on PostgreSQL** — the end-to-end scenario's machinery and rate with
+  `store.url` on a fresh database, and the same run on SQLite just before it.
+- **takeover** — two relays on one fresh PostgreSQL database, `delivery.lease_seconds`
+  = 5, a command sink (`bench/pg_scenarios.py` `SLOW_SINK`, concurrency 8) that notes
+  each event's start and end; its first run of an event takes 120 s (so it is still
+  in flight at the kill), a later run 0.5 s. Relay A alone receives 8
+  events (4 with `--quick`, no fetch); once the sink runs all of them, relay B starts
+  and A is SIGKILLed together with its sink commands (as a container or a systemd
+  unit going down takes them all). Figure: from the kill to the latest `updated_at`
+  of the `delivered` deliveries (the relay's clock, the same as the benchmark's), and
+  when B started the last of them again; duplicates = events the sink finished more
+  than once.
+- **restart drain** — SQLite, one relay, the same slow sink (first run 120 s, a
+  later run 1 s, concurrency 8), 8 events in flight (4 with `--quick`); the relay and its commands
+  are SIGKILLed and `serve` is started again on the same store. Figures from the
+  moment the new process is spawned: until the sink has started every one of the
+  killed relay's deliveries again (the target, ≤ 2 s: it includes the interpreter's
+  start; the time until `/healthz` answers is recorded beside it), and until all
+  are `delivered`."""

@@ -32,6 +32,8 @@ class Sizes:
     dedupe_ids: int = 20_000
     command_events: int = 3000
     cli_runs: int = 21
+    inflight_events: int = 8
+    lease_seconds: float = 5.0
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -46,6 +48,7 @@ class Sizes:
             dedupe_ids=5000,
             command_events=400,
             cli_runs=7,
+            inflight_events=4,
         )
 
 
@@ -169,16 +172,19 @@ def _wrk_fresh(
 # -- end to end ---------------------------------------------------------------------------
 
 
-def end_to_end(sizes: Sizes) -> dict[str, Any]:
-    """Webhook sent → file sink's file renamed into place, paced at `e2e_rate`."""
+def e2e_latencies(
+    sizes: Sizes, name: str, store_url: str | None = None
+) -> tuple[list[float], dict[int, int]]:
+    """One paced end-to-end run (fetch + file sink) on SQLite, or on `store_url`:
+    each event's time from POST to its file renamed into place, in ms, and the statuses."""
     count = sizes.e2e_events
-    with common.workdir("e2e") as workdir:
+    with common.workdir(name) as workdir:
         emulator, base_url = common.emulator_process(workdir, "e2e-", count)
         out = workdir / "out"
         out.mkdir()
         sink = {"name": "files", "type": "file", "directory": str(out), "filename": "{id}.json"}
         relay, port, _ = common.relay_process(
-            workdir, RelayConfig(sinks=[sink], pulse_base_url=base_url)
+            workdir, RelayConfig(sinks=[sink], pulse_base_url=base_url, store_url=store_url)
         )
         with emulator, relay:
             requests = common.signed_requests("e2e-", count)
@@ -196,6 +202,13 @@ def end_to_end(sizes: Sizes) -> dict[str, Any]:
                 for wid, sent in sent_at.items()
                 if f"{wid}.json" in watcher.times
             ]
+    return latencies, statuses
+
+
+def end_to_end(sizes: Sizes) -> dict[str, Any]:
+    """Webhook sent → file sink's file renamed into place, paced at `e2e_rate`."""
+    count = sizes.e2e_events
+    latencies, statuses = e2e_latencies(sizes, "e2e")
     p50 = common.percentile(latencies, 0.5)
     p99 = common.percentile(latencies, 0.99)
     return {
@@ -730,3 +743,7 @@ SCENARIOS: dict[str, Callable[[Sizes], dict[str, Any]]] = {
     "command": command_path,
     "cli": cli_start,
 }
+
+from bench import pg_scenarios  # noqa: E402  (it builds on the helpers above)
+
+SCENARIOS.update(pg_scenarios.SCENARIOS)
