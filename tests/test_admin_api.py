@@ -23,12 +23,23 @@ DEAD_SINK = {
 }
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every endpoint runs once per store backend."""
+    return str(request.param)
+
+
 @pytest.fixture
-async def relay(start_relay: StartRelay, tmp_path: Path) -> Relay:
-    """A relay with a file sink for every job event and a dead-end HTTP sink for job.failed."""
+async def relay(
+    start_relay: StartRelay, tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> Relay:
+    """A relay with a file sink for every job event and a dead-end HTTP sink for job.failed,
+    its store on `backend`."""
+    store = {"url": request.getfixturevalue("postgres_url")} if backend == "postgresql" else {}
     return await start_relay(
         sinks=[{"type": "file", "name": "files", "directory": str(tmp_path / "out")}, DEAD_SINK],
         pulse={"fetch_on": []},
+        store=store,
     )
 
 
@@ -249,7 +260,7 @@ async def test_send_test_in_polling_only_mode_is_a_conflict(start_relay: StartRe
     assert status == 409 and "polling-only" in body["detail"]
 
 
-async def test_stats_count_states_and_the_backlog(relay: Relay) -> None:
+async def test_stats_count_states_and_the_backlog(relay: Relay, backend: str) -> None:
     await post_webhook(relay, "msg_s1")
     await post_webhook(relay, "msg_s2", event_type="job.failed")
     await settled(relay, "msg_s1", "msg_s2")
@@ -260,7 +271,7 @@ async def test_stats_count_states_and_the_backlog(relay: Relay) -> None:
     assert stats["pending"] == {"down": 0, "files": 0}
     assert stats["oldest_pending_seconds"] is None
     assert stats["version"] == __version__
-    assert stats["store_backend"] == "sqlite"
+    assert stats["store_backend"] == backend
 
 
 async def test_bad_filters_name_the_parameter(relay: Relay) -> None:
