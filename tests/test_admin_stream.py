@@ -50,11 +50,16 @@ async def next_message(stream: AsyncIterator[Message], kind: str, **match: Any) 
     raise AssertionError("stream ended")
 
 
-@pytest.fixture
-async def relay(start_relay: StartRelay, tmp_path: Path) -> Relay:
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def relay(start_relay: StartRelay, tmp_path: Path, request: pytest.FixtureRequest) -> Relay:
+    """A relay with a file sink, its store on each backend in turn."""
+    store = (
+        {"url": request.getfixturevalue("postgres_url")} if request.param == "postgresql" else {}
+    )
     return await start_relay(
         sinks=[{"type": "file", "name": "files", "directory": str(tmp_path / "out")}],
         pulse={"fetch_on": []},
+        store=store,
     )
 
 
