@@ -164,6 +164,45 @@ def configure_logging(
     root.setLevel(max(threshold, logging.WARNING))
 
 
+class _ModuleLogger:
+    """A module's logger, assembled once per structlog configuration.
+
+    structlog's lazy proxy assembles a new bound logger on every call unless told to
+    cache it, and a cached one keeps the set-up it was built with: a SIGHUP's new level
+    or format, or a test's `capture_logs`, would not reach it. This one rebuilds when
+    the configuration's parts are no longer the ones it was built from, which costs a
+    few identity checks per line instead of an assembly (a line per accepted webhook is
+    on the request path).
+    """
+
+    __slots__ = ("_bound", "_built_from", "_name")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._built_from: tuple[Any, ...] = ()
+        self._bound: Any = None
+
+    def _current(self) -> Any:
+        config = structlog.get_config()
+        parts = (
+            config["processors"],
+            config["wrapper_class"],
+            config["logger_factory"],
+            config["context_class"],
+        )
+        built_from = self._built_from
+        if len(built_from) != len(parts) or any(
+            old is not new for old, new in zip(built_from, parts, strict=True)
+        ):
+            self._bound = structlog.get_logger(logger_name=self._name).bind()
+            self._built_from = parts
+        return self._bound
+
+    def __getattr__(self, name: str) -> Any:
+        # info, warning, error, exception, log, bind, ...: the current logger's own.
+        return getattr(self._current(), name)
+
+
 def get_logger(name: str) -> Any:
     """A structlog logger whose lines carry `logger_name`."""
-    return structlog.get_logger(logger_name=name)
+    return _ModuleLogger(name)
