@@ -797,6 +797,9 @@ def test_sign_then_verify_round_trips(
     verifier = StandardVerifier([secret], clock=fixed_clock(timestamp + offset))
 
     assert verifier.verify(headers, body) == Verified(webhook_id=webhook_id, timestamp=timestamp)
+    # The ingress hands the headers it checked to the verification of the body.
+    checked = verifier.check_headers(headers)
+    assert verifier.verify(headers, body, checked) == verifier.verify(headers, body)
 
 
 @property_settings
@@ -817,6 +820,28 @@ def test_flipping_any_body_byte_is_rejected(
 
     verifier = make_verifier(now=timestamp)
     assert rejection_reason(verifier, headers, bytes(tampered)) == "no matching signature"
+    with pytest.raises(VerificationError, match="no matching signature"):
+        verifier.verify(headers, bytes(tampered), verifier.check_headers(headers))
+
+
+def test_the_window_is_judged_again_when_the_body_has_arrived() -> None:
+    # Headers checked in time, then a body that arrives after the window has closed.
+    now = [float(VECTOR_TIMESTAMP)]
+    verifier = StandardVerifier([VECTOR_SECRET], clock=lambda: now[0])
+    headers = signed_headers()
+    checked = verifier.check_headers(headers)
+    now[0] += TOLERANCE_SECONDS + 1
+
+    with pytest.raises(VerificationError, match="timestamp outside tolerance"):
+        verifier.verify(headers, VECTOR_BODY, checked)
+
+
+def test_checked_headers_carry_what_verification_needs() -> None:
+    checked = make_verifier().check_headers(signed_headers())
+
+    assert checked.webhook_id == VECTOR_ID
+    assert checked.timestamp == VECTOR_TIMESTAMP
+    assert checked.signatures == (VECTOR_SIGNATURE.removeprefix("v1,"),)
 
 
 @property_settings
@@ -920,10 +945,25 @@ HEX_BODY_ID = "sha256:" + hashlib.sha256(HEX_BODY).hexdigest()
 )
 def test_hex_hmac_accepts_valid_signatures(signature: str) -> None:
     verifier = HexHmacVerifier([HEX_SECRET])
+    headers = {"X-DocExtract-Signature": signature}
 
-    verified = verifier.verify({"X-DocExtract-Signature": signature}, HEX_BODY)
+    verified = verifier.verify(headers, HEX_BODY)
 
     assert verified == Verified(webhook_id=HEX_BODY_ID, timestamp=None)
+    assert verifier.verify(headers, HEX_BODY, verifier.check_headers(headers)) == verified
+
+
+@pytest.mark.parametrize("webhook_id", [None, "delivery-42"])
+def test_hex_hmac_with_checked_headers_refuses_another_body(webhook_id: str | None) -> None:
+    verifier = HexHmacVerifier([HEX_SECRET])
+    headers = {"X-DocExtract-Signature": HEX_DIGEST}
+    if webhook_id is not None:
+        headers["X-Webhook-Id"] = webhook_id
+    checked = verifier.check_headers(headers)
+
+    assert verifier.verify(headers, HEX_BODY, checked).webhook_id == (webhook_id or HEX_BODY_ID)
+    with pytest.raises(VerificationError, match="no matching signature"):
+        verifier.verify(headers, HEX_BODY + b" ", checked)
 
 
 def test_hex_signature_is_the_hex_hmac_of_the_body_with_the_secret_as_utf8() -> None:
@@ -1088,10 +1128,11 @@ def test_none_verifier_empty_body_id() -> None:
 @pytest.mark.parametrize("name", ["webhook-id", "Webhook-Id", "svix-id", "SVIX-ID"])
 def test_none_verifier_takes_the_id_from_the_id_header(name: str) -> None:
     headers = {name: "msg_local", "webhook-signature": "v1,nonsense"}
+    verifier = NoneVerifier()
 
-    assert NoneVerifier().verify(headers, b"body") == Verified(
-        webhook_id="msg_local", timestamp=None
-    )
+    assert verifier.verify(headers, b"body") == Verified(webhook_id="msg_local", timestamp=None)
+    checked = verifier.check_headers(headers)
+    assert verifier.verify(headers, b"body", checked) == verifier.verify(headers, b"body")
 
 
 def test_none_verifier_prefers_webhook_id_over_svix_id() -> None:

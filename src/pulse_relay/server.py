@@ -35,7 +35,12 @@ from pulse_relay.edge import (
 from pulse_relay.events import ingest_record
 from pulse_relay.logs import get_logger
 from pulse_relay.metrics import Metrics
-from pulse_relay.signature import VerificationError, Verifier, is_valid_webhook_id
+from pulse_relay.signature import (
+    CheckedHeaders,
+    VerificationError,
+    Verifier,
+    is_valid_webhook_id,
+)
 from pulse_relay.store import StoreBackend, StoreUnavailableError
 
 log = get_logger("pulse_relay.server")
@@ -147,17 +152,19 @@ class Ingress:
         # Parsed once: the allow-list, the stored record and the log line all need it.
         client = self.client_of(request)
         try:
-            self._judge_headers(request, client)
+            checked = self._judge_headers(request, client)
         except IngressError as error:
             return self._refuse(request, error, started, body_read=False)
         try:
-            payload, http_status = await self._ingest(request, client)
+            payload, http_status = await self._ingest(request, client, checked)
         except IngressError as error:
             return self._refuse(request, error, started, body_read=True)
         return self._answer(request, payload, http_status, started)
 
-    def _judge_headers(self, request: web.Request, client: IPAddress | None) -> None:
-        """Refuse what the headers alone condemn, the checks that tell a stranger least first."""
+    def _judge_headers(self, request: web.Request, client: IPAddress | None) -> CheckedHeaders:
+        """Refuse what the headers alone condemn, the checks that tell a stranger least first.
+
+        Returns the signature headers as read, for the body's verification."""
         config = self._config
         if not is_allowed(client, config.allow_from):
             raise IngressError(403, "forbidden", "source address not allowed")
@@ -176,7 +183,7 @@ class Ingress:
         if repeated is not None:
             raise IngressError(401, "unauthorized", f"repeated {repeated} header")
         try:
-            self._verifier.check_headers(request.headers)
+            return self._verifier.check_headers(request.headers)
         except VerificationError as error:
             raise IngressError(401, "unauthorized", error.reason) from None
 
@@ -227,12 +234,12 @@ class Ingress:
         )
 
     async def _ingest(
-        self, request: web.Request, client: IPAddress | None
+        self, request: web.Request, client: IPAddress | None, checked: CheckedHeaders
     ) -> tuple[dict[str, Any], int]:
         assert self._verifier is not None  # _judge_headers refuses otherwise
         body = await self._read_body(request)
         try:
-            verified = self._verifier.verify(request.headers, body)
+            verified = self._verifier.verify(request.headers, body, checked)
         except VerificationError as error:
             raise IngressError(401, "unauthorized", error.reason) from None
         # Formatted once (ipaddress does it in Python): the record and the log line carry it.

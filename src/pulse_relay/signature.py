@@ -44,14 +44,29 @@ class Verified:
     timestamp: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class CheckedHeaders:
+    """What `check_headers` read from the headers, handed back to `verify` with the body
+    so that the headers are parsed once per request."""
+
+    webhook_id: str | None
+    timestamp: int | None
+    signatures: tuple[str, ...]
+
+
 class Verifier(Protocol):
     """Proves a request genuine or raises `VerificationError`."""
 
-    def check_headers(self, headers: Mapping[str, str]) -> None:
+    def check_headers(self, headers: Mapping[str, str]) -> CheckedHeaders:
         """Raise VerificationError if the headers alone already fail (read before the body)."""
         ...
 
-    def verify(self, headers: Mapping[str, str], body: bytes) -> Verified: ...
+    def verify(
+        self, headers: Mapping[str, str], body: bytes, checked: CheckedHeaders | None = None
+    ) -> Verified:
+        """Return the verified id, or raise VerificationError; `checked` is what
+        `check_headers` returned for these same headers, when it was called."""
+        ...
 
 
 def decode_secret(secret: str) -> bytes:
@@ -137,24 +152,37 @@ class StandardVerifier:
         self._tolerance_seconds = tolerance_seconds
         self._clock = clock
 
-    def check_headers(self, headers: Mapping[str, str]) -> None:
+    def check_headers(self, headers: Mapping[str, str]) -> CheckedHeaders:
         """Presence and form of the three headers, and the timestamp window."""
-        self._parse(headers)
-
-    def verify(self, headers: Mapping[str, str], body: bytes) -> Verified:
-        """Return the verified id, or raise VerificationError with a short reason."""
         webhook_id, timestamp, candidates = self._parse(headers)
+        return CheckedHeaders(webhook_id, timestamp, candidates)
+
+    def verify(
+        self, headers: Mapping[str, str], body: bytes, checked: CheckedHeaders | None = None
+    ) -> Verified:
+        """Return the verified id, or raise VerificationError with a short reason."""
+        if checked is None or checked.webhook_id is None or checked.timestamp is None:
+            webhook_id, timestamp, candidates = self._parse(headers)
+        else:
+            webhook_id, timestamp, candidates = (
+                checked.webhook_id,
+                checked.timestamp,
+                checked.signatures,
+            )
+            # The body took time to arrive: the window is judged again, now.
+            self._check_window(timestamp)
         expected = [compute_signature(key, webhook_id, timestamp, body) for key in self._keys]
         # Every pair is compared so the time taken does not depend on where a match is.
         matched = False
         for candidate in candidates:
             for signature in expected:
-                matched |= hmac.compare_digest(candidate.encode(), signature.encode())
+                # Both are base64 text (ASCII), which compare_digest takes as it is.
+                matched |= hmac.compare_digest(candidate, signature)
         if not matched:
             raise VerificationError("no matching signature")
         return Verified(webhook_id=webhook_id, timestamp=timestamp)
 
-    def _parse(self, headers: Mapping[str, str]) -> tuple[str, int, list[str]]:
+    def _parse(self, headers: Mapping[str, str]) -> tuple[str, int, tuple[str, ...]]:
         """The id, the timestamp and the usable v1 signatures; VerificationError if none."""
         lowered = _lower(headers)
         webhook_id = _header(lowered, "id")
@@ -167,12 +195,15 @@ class StandardVerifier:
         if _TIMESTAMP.fullmatch(timestamp_text) is None:
             raise VerificationError("malformed webhook-timestamp")
         timestamp = int(timestamp_text)
-        if abs(self._clock() - timestamp) > self._tolerance_seconds:
-            raise VerificationError("timestamp outside tolerance")
+        self._check_window(timestamp)
         return webhook_id, timestamp, _v1_signatures(signature_header)
 
+    def _check_window(self, timestamp: int) -> None:
+        if abs(self._clock() - timestamp) > self._tolerance_seconds:
+            raise VerificationError("timestamp outside tolerance")
 
-def _v1_signatures(header: str) -> list[str]:
+
+def _v1_signatures(header: str) -> tuple[str, ...]:
     """The well-formed `v1` signatures of a header.
 
     A malformed entry (no comma, not base64, not 32 bytes) matches nothing but does
@@ -198,7 +229,7 @@ def _v1_signatures(header: str) -> list[str]:
         raise VerificationError(
             "malformed webhook-signature entry" if has_malformed else "no matching signature"
         )
-    return found
+    return tuple(found)
 
 
 def _is_sha256_base64(value: str) -> bool:
@@ -225,14 +256,19 @@ class HexHmacVerifier:
         self._signature_header = signature_header.lower()
         self._id_header = id_header.lower()
 
-    def check_headers(self, headers: Mapping[str, str]) -> None:
+    def check_headers(self, headers: Mapping[str, str]) -> CheckedHeaders:
         """Presence and form of the signature header and of the id header when given."""
-        self._parse(_lower(headers))
+        given, webhook_id = self._parse(_lower(headers))
+        return CheckedHeaders(webhook_id, None, (given,))
 
-    def verify(self, headers: Mapping[str, str], body: bytes) -> Verified:
+    def verify(
+        self, headers: Mapping[str, str], body: bytes, checked: CheckedHeaders | None = None
+    ) -> Verified:
         """Return the id (the id header, else the body's SHA-256), or raise VerificationError."""
-        lowered = _lower(headers)
-        given, webhook_id = self._parse(lowered)
+        if checked is None:
+            given, webhook_id = self._parse(_lower(headers))
+        else:
+            (given,), webhook_id = checked.signatures, checked.webhook_id
         matched = False
         for secret in self._secrets:
             expected = hex_signature(secret, body)
@@ -262,10 +298,13 @@ class HexHmacVerifier:
 class NoneVerifier:
     """Accepts everything (local experiments only); the id is the id header or the body hash."""
 
-    def check_headers(self, headers: Mapping[str, str]) -> None:
+    def check_headers(self, headers: Mapping[str, str]) -> CheckedHeaders:
         """Nothing to check."""
+        return CheckedHeaders(None, None, ())
 
-    def verify(self, headers: Mapping[str, str], body: bytes) -> Verified:
+    def verify(
+        self, headers: Mapping[str, str], body: bytes, checked: CheckedHeaders | None = None
+    ) -> Verified:
         """Return an id without checking anything."""
         lowered = _lower(headers)
         webhook_id = _header(lowered, "id")
