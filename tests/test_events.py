@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pulse_relay import __version__
+from pulse_relay import __version__, events
 from pulse_relay.events import (
     ParsedEvent,
     build_envelope,
@@ -112,6 +115,59 @@ def test_payload_without_a_type_is_not_deliverable(document: dict[str, Any]) -> 
 )
 def test_unreadable_bodies_say_why(body: bytes, error: str) -> None:
     assert parse_event(body) == ParsedEvent(None, None, error)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # What orjson refuses and json has always read: the same event either way.
+        b'{"type": "job.completed", "job_id": "job-1", "score": NaN}',
+        b'{"type": "job.completed", "job_id": "job-1", "n": 123456789012345678901234567890}',
+        b'\xef\xbb\xbf{"type": "job.completed", "job_id": "job-1"}',
+        '{"type": "job.completed", "job_id": "job-1"}'.encode("utf-16"),
+        b'{"type": "job.completed", "job_id": "job-1", "text": "\\ud800"}',
+    ],
+)
+def test_bodies_json_reads_are_read_alike(body: bytes) -> None:
+    assert parse_event(body) == ParsedEvent("job.completed", "job-1")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=20,
+)
+
+
+job_ids = st.sampled_from(["job-1", "job_2", "", "a.b"]) | json_values
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    document=st.fixed_dictionaries(
+        {},
+        optional={
+            "type": st.sampled_from(["job.completed", ""]) | json_values,
+            "event": json_values,
+            "job_id": job_ids,
+            "data": st.fixed_dictionaries({}, optional={"job_id": job_ids, "id": job_ids})
+            | json_values,
+        },
+    ),
+    extra=json_values,
+)
+def test_parse_event_reads_what_json_reads(document: dict[str, Any], extra: Any) -> None:
+    body = json.dumps(document | {"extra": extra}).encode()
+
+    with mock.patch.object(events, "_loads", json.loads):
+        by_json = parse_event(body)
+
+    assert parse_event(body) == by_json
+
+
+@given(body=st.binary(max_size=64))
+def test_parse_event_never_raises(body: bytes) -> None:
+    parse_event(body)
 
 
 # -- parse_event: job id ----------------------------------------------------------------

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from pulse_relay import __version__
 from pulse_relay.store import IngestRecord
 
@@ -59,10 +61,21 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _loads(body: bytes) -> Any:
+    """json.loads of a body, by orjson when it can (on the request path: about half the time).
+
+    orjson takes strict RFC 8259 UTF-8 only; what it refuses is read by json, which
+    also takes what json always took (NaN, integers beyond 64 bits, UTF-16, a BOM)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+
+
 def parse_event(body: bytes) -> ParsedEvent:
     """Read type and job id from a raw body; never raises."""
     try:
-        payload = json.loads(body)
+        payload = _loads(body)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return ParsedEvent(None, None, "body is not valid JSON")
     if not isinstance(payload, dict):
