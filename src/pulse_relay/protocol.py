@@ -42,9 +42,13 @@ class IngressProtocol(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         """Parse as aiohttp does; fail the body in progress if its framing broke."""
-        queued = len(self._messages)
+        messages = self._messages
+        queued = len(messages)
         super().data_received(data)
-        for message, payload in list(self._messages)[queued:]:
+        if len(messages) == queued:
+            # Nothing new was parsed (a body's next bytes, aiohttp's empty feed on resume).
+            return
+        for message, payload in list(messages)[queued:]:
             if not isinstance(message, _ErrInfo):
                 self._open_body = payload
                 continue

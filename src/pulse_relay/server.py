@@ -10,6 +10,7 @@ them has its body read, verified, stored and acknowledged.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -306,17 +307,18 @@ class Ingress:
         return b"".join(chunks)
 
 
+_JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
+
+
 def json_answer(payload: dict[str, Any], http_status: int) -> web.Response:
-    """A JSON answer, encoded by orjson (a few microseconds less than json on every request)."""
-    return web.Response(
-        body=orjson.dumps(payload),
-        status=http_status,
-        content_type="application/json",
-        charset="utf-8",
-    )
+    """A JSON answer, encoded by orjson, its content type given as a finished header
+    (a few microseconds less on every request than json and aiohttp's content_type)."""
+    return web.Response(body=orjson.dumps(payload), status=http_status, headers=_JSON_HEADERS)
 
 
+@functools.lru_cache(maxsize=4096)
 def _shown(address: IPAddress | None) -> str:
+    # Formatted in Python by ipaddress; senders are few, their addresses come back.
     return "unknown" if address is None else str(address)
 
 

@@ -53,7 +53,8 @@ class ChangeHub:
         # Microseconds since the epoch at start: ids keep increasing across restarts, so a
         # client's id from an earlier run is never mistaken for one of this run's changes.
         self._last_seq = int(clock() * 1_000_000)
-        self._changed = asyncio.Event()
+        # Made when a stream first waits: with no stream open, a change costs no Event.
+        self._changed: asyncio.Event | None = None
         self._closed = False
 
     @property
@@ -72,8 +73,9 @@ class ChangeHub:
         """Record one change; returns its sequence number."""
         self._last_seq += 1
         self._ring.append(Change(self._last_seq, kind, event_id, data))
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
         return self._last_seq
 
     def publish_event(self, event_id: str) -> int:
@@ -109,9 +111,11 @@ class ChangeHub:
 
     async def wait(self, seq: int, *, timeout_seconds: float) -> None:
         """Return when a change newer than `seq` exists, the hub closes, or the time is up."""
-        changed = self._changed
         if self._last_seq > seq or self._closed:
             return
+        changed = self._changed
+        if changed is None:
+            changed = self._changed = asyncio.Event()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_seconds):
                 await changed.wait()
@@ -119,7 +123,8 @@ class ChangeHub:
     def close(self) -> None:
         """End every stream (shutdown)."""
         self._closed = True
-        self._changed.set()
+        if self._changed is not None:
+            self._changed.set()
 
 
 def _message(kind: str, data: dict[str, Any], seq: int | None) -> bytes:
