@@ -179,27 +179,43 @@ class _ModuleLogger:
 
     def __init__(self, name: str) -> None:
         self._name = name
-        self._built_from: tuple[Any, ...] = ()
+        self._built_from: tuple[Any, ...] = (None, None, None, None)
         self._bound: Any = None
 
     def _current(self) -> Any:
         config = structlog.get_config()
-        parts = (
-            config["processors"],
-            config["wrapper_class"],
-            config["logger_factory"],
-            config["context_class"],
-        )
-        built_from = self._built_from
-        if len(built_from) != len(parts) or any(
-            old is not new for old, new in zip(built_from, parts, strict=True)
+        processors, wrapper_class, logger_factory, context_class = self._built_from
+        if (
+            config["processors"] is not processors
+            or config["wrapper_class"] is not wrapper_class
+            or config["logger_factory"] is not logger_factory
+            or config["context_class"] is not context_class
         ):
             self._bound = structlog.get_logger(logger_name=self._name).bind()
-            self._built_from = parts
+            self._built_from = (
+                config["processors"],
+                config["wrapper_class"],
+                config["logger_factory"],
+                config["context_class"],
+            )
         return self._bound
 
+    # The levels the relay logs at, as methods: an attribute that is not found costs a
+    # failed lookup before __getattr__ is asked.
+    def debug(self, event: str, **fields: Any) -> Any:
+        return self._current().debug(event, **fields)
+
+    def info(self, event: str, **fields: Any) -> Any:
+        return self._current().info(event, **fields)
+
+    def warning(self, event: str, **fields: Any) -> Any:
+        return self._current().warning(event, **fields)
+
+    def error(self, event: str, **fields: Any) -> Any:
+        return self._current().error(event, **fields)
+
     def __getattr__(self, name: str) -> Any:
-        # info, warning, error, exception, log, bind, ...: the current logger's own.
+        # exception, log, bind, ...: the current logger's own.
         return getattr(self._current(), name)
 
 
