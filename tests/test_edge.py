@@ -21,8 +21,8 @@ from pulse_relay.edge import (
     parse_address,
     parse_network,
     parse_networks,
-    repeated_signature_header,
     sample_accept_errors,
+    signature_headers,
     wrong_required_header,
 )
 from pulse_relay.logs import get_logger
@@ -215,7 +215,25 @@ def test_no_required_headers_means_nothing_is_wrong() -> None:
     ],
 )
 def test_repeated_signature_header(given: list[tuple[str, str]], repeated: str | None) -> None:
-    assert repeated_signature_header(headers(*given), ["X-DocExtract-Signature"]) == repeated
+    assert signature_headers(headers(*given), ["X-DocExtract-Signature"])[1] == repeated
+
+
+def test_signature_headers_are_collected_by_lower_case_name() -> None:
+    given = headers(
+        ("Webhook-Id", "msg_1"),
+        ("SVIX-Timestamp", "1700000000"),
+        ("Content-Type", "application/json"),
+        ("X-DocExtract-Signature", "abc"),
+        ("X-Other", "b"),
+    )
+    found, repeated = signature_headers(given, ["X-DocExtract-Signature"])
+    assert found == {
+        "webhook-id": "msg_1",
+        "svix-timestamp": "1700000000",
+        "x-docextract-signature": "abc",
+    }
+    assert repeated is None
+    assert signature_headers(given)[0] == {"webhook-id": "msg_1", "svix-timestamp": "1700000000"}
 
 
 @pytest.mark.parametrize(

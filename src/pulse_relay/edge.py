@@ -42,6 +42,10 @@ class Headers(Protocol):
         """Every header, once per occurrence (iterating names may skip repeats)."""
         ...
 
+    def __contains__(self, key: object) -> bool:
+        """Whether `key` (case-insensitive) is present at all."""
+        ...
+
 
 def parse_network(text: str) -> IPNetwork:
     """An address or CIDR block; ValueError with a message that says what is wrong."""
@@ -169,22 +173,31 @@ def wrong_required_header(headers: Headers, required: Mapping[str, bytes]) -> st
     return wrong
 
 
-def repeated_signature_header(headers: Headers, extra_names: Iterable[str] = ()) -> str | None:
-    """The first `webhook-*`/`svix-*` (or other named) header given more than once, else None."""
-    named = {name.lower() for name in extra_names}
-    seen: set[str] = set()
-    for name, _ in headers.items():
+def signature_headers(
+    headers: Headers, extra_names: Iterable[str] = ()
+) -> tuple[dict[str, str], str | None]:
+    """The `webhook-*`/`svix-*` (and other named) headers by lower-case name, and the first
+    of them given more than once (None when none is).
+
+    One pass over the request's headers: the verifier then reads a few entries, not a
+    lower-cased copy of every header.
+    """
+    named = {name.lower() for name in extra_names} if extra_names else ()
+    found: dict[str, str] = {}
+    for name, value in headers.items():
         lowered = name.lower()
         if not (lowered.startswith(SIGNATURE_HEADER_PREFIXES) or lowered in named):
             continue
-        if lowered in seen:
-            return lowered
-        seen.add(lowered)
-    return None
+        if lowered in found:
+            return found, lowered
+        found[lowered] = value
+    return found, None
 
 
 def is_identity_encoding(headers: Headers) -> bool:
     """Whether the body is sent as is: no Content-Encoding, or only `identity`."""
+    if "Content-Encoding" not in headers:
+        return True
     tokens = (
         token.strip().lower()
         for value in headers.getall("Content-Encoding", [])

@@ -30,7 +30,7 @@ from pulse_relay.edge import (
     is_allowed,
     is_identity_encoding,
     parse_address,
-    repeated_signature_header,
+    signature_headers,
     wrong_required_header,
 )
 from pulse_relay.events import ingest_record
@@ -178,13 +178,14 @@ class Ingress:
             reason = "Content-Encoding is not supported: send the body uncompressed"
             raise IngressError(415, "unsupported_encoding", reason)
         limit = config.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
+        declared = request.content_length  # parsed from the header on every access
+        if declared is not None and declared > limit:
             raise IngressError(413, "too_large", f"body larger than {limit} bytes")
-        repeated = repeated_signature_header(request.headers, config.single_headers)
+        signing, repeated = signature_headers(request.headers, config.single_headers)
         if repeated is not None:
             raise IngressError(401, "unauthorized", f"repeated {repeated} header")
         try:
-            return self._verifier.check_headers(request.headers)
+            return self._verifier.check_headers(signing)
         except VerificationError as error:
             raise IngressError(401, "unauthorized", error.reason) from None
 

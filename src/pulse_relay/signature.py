@@ -92,10 +92,16 @@ def _lower(headers: Mapping[str, str]) -> dict[str, str]:
 
 def _header(headers: dict[str, str], name: str) -> str | None:
     """`webhook-{name}`, else `svix-{name}`: webhook-* wins when both are present."""
-    value = headers.get(f"webhook-{name}")
+    standard, svix = _HEADER_NAMES[name]
+    value = headers.get(standard)
     if value is None:
-        value = headers.get(f"svix-{name}")
+        value = headers.get(svix)
     return value
+
+
+_HEADER_NAMES = {
+    name: (f"webhook-{name}", f"svix-{name}") for name in ("id", "timestamp", "signature")
+}
 
 
 def compute_signature(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> str:
