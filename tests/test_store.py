@@ -5,6 +5,7 @@ plumbing use `sqlite_store`."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import sqlite3
 from collections.abc import AsyncIterator
@@ -467,3 +468,14 @@ async def test_a_read_sqlite_cannot_do_finds_the_store_unavailable(tmp_path: Pat
             other.execute("ALTER TABLE deliveries RENAME TO deliveries_elsewhere")
         with pytest.raises(StoreUnavailableError, match="store read failed: no such table"):
             await store.next_due_at(["file"], include_fetches=True)
+
+
+async def test_stored_headers_come_back_as_received(store: StoreBackend) -> None:
+    # Header values are text as aiohttp decodes it: non-ASCII, and a lone surrogate where
+    # the bytes sent were not UTF-8.
+    headers = {"webhook-id": "m1", "user-agent": "relé/1.0", "x-forwarded-for": "caf\udce9"}
+    given = dataclasses.replace(record("m1"), headers=headers)
+    assert await store.ingest(given) == "accepted"
+    view = await store.get_event("m1")
+    assert view is not None
+    assert view.headers == headers

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import orjson
 
 IngestOutcome = Literal["accepted", "duplicate"]
 DeliveryOutcome = Literal["delivered", "retry", "dead"]
@@ -48,6 +51,15 @@ class IngestRecord:
     needs_fetch: bool
     # Webhooks only: the client as the ingress saw it (None for polled events).
     client_address: str | None = None
+
+
+def headers_json(headers: dict[str, str]) -> str:
+    """The stored headers as JSON text: by orjson (on the writer, for every event), by json
+    for a value orjson refuses (a lone surrogate from a header that was not UTF-8)."""
+    try:
+        return orjson.dumps(headers).decode()
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(headers)
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,13 @@ relay asks at a time.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from psycopg import AsyncConnection
 
 from pulse_relay.store.decide import Decision, decide_ingest
-from pulse_relay.store.model import IngestOutcome, IngestRecord
+from pulse_relay.store.model import IngestOutcome, IngestRecord, headers_json
 
 
 async def insert_events(
@@ -64,7 +63,7 @@ async def _insert_new(conn: AsyncConnection[Any], decisions: list[Decision]) -> 
         [d.record.job_key for d in decisions],
         [d.state for d in decisions],
         [d.error for d in decisions],
-        [json.dumps(d.record.headers) for d in decisions],
+        [headers_json(d.record.headers) for d in decisions],
         [d.record.body for d in decisions],
         ["pending" if d.needs_fetch else "none" for d in decisions],
         [d.record.received_at if d.needs_fetch else None for d in decisions],

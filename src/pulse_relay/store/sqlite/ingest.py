@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Sequence
 
 from pulse_relay.store.decide import decide_ingest
-from pulse_relay.store.model import IngestOutcome, IngestRecord
+from pulse_relay.store.model import IngestOutcome, IngestRecord, headers_json
 from pulse_relay.store.sqlite.sql import chunks, placeholders
 
 
@@ -32,7 +31,7 @@ def insert_events(db: sqlite3.Connection, records: list[IngestRecord]) -> list[I
                     d.record.job_key,
                     d.state,
                     d.error,
-                    json.dumps(d.record.headers),
+                    headers_json(d.record.headers),
                     d.record.body,
                     "pending" if d.needs_fetch else "none",
                     d.record.received_at if d.needs_fetch else None,
