@@ -199,13 +199,15 @@ def baseline_process(workdir: Path) -> tuple[Process, int]:
     return process, port
 
 
-def minimal_process(workdir: Path) -> tuple[Process, int]:
-    """The second baseline (bench/minimal.py) on a fresh store in `workdir`."""
+def minimal_process(workdir: Path, *, log_line: bool = False) -> tuple[Process, int]:
+    """The second baseline (bench/minimal.py) on a fresh store in `workdir`; with `log_line`,
+    writing the relay's line per accepted webhook too."""
     port = free_port()
     store = workdir / f"minimal-{port}.db"
     process = Process(
-        [PYTHON, "-m", "bench.minimal", str(port), SECRET, str(store)],
-        log_path=workdir / "minimal.log",
+        [PYTHON, "-m", "bench.minimal", str(port), SECRET, str(store)]
+        + (["--log-line"] if log_line else []),
+        log_path=workdir / ("minimal-log-line.log" if log_line else "minimal.log"),
         health_url=f"http://127.0.0.1:{port}/healthz",
         cwd=BENCH_DIR.parent,
     )

@@ -3,7 +3,11 @@
 Standard Webhooks verification, JSON parse, group commit of the event on a writer
 thread (SQLite WAL, synchronous = FULL), JSON answer. No logging, metrics, dedupe
 answers, routing or limits: the floor under pulse-relay's ingest, not a relay.
-Run as `python -m bench.minimal PORT SECRET DB_PATH`.
+Run as `python -m bench.minimal PORT SECRET DB_PATH [--log-line]`.
+
+With `--log-line` it also writes the one JSON line per accepted webhook that
+SPEC §11 asks of the relay, through the relay's own logging set-up: how much of
+the gap to the relay that line alone accounts for.
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ import threading
 import time
 
 from aiohttp import web
+
+from pulse_relay.logs import configure_logging, get_logger
+
+log = get_logger("pulse_relay.server")
 
 Pending = tuple[str, bytes, asyncio.Future[bool], asyncio.AbstractEventLoop]
 
@@ -52,7 +60,7 @@ async def _healthz(_: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-def make_app(secret: str, path: str) -> web.Application:
+def make_app(secret: str, path: str, *, log_line: bool = False) -> web.Application:
     key = base64.b64decode(secret.removeprefix("whsec_"))
     jobs: queue.SimpleQueue[Pending] = queue.SimpleQueue()
     threading.Thread(target=_writer, args=(path, jobs), daemon=True).start()
@@ -73,6 +81,15 @@ def make_app(secret: str, path: str) -> web.Application:
         inserted = await future
         answer = {"status": "accepted" if inserted else "duplicate", "id": webhook_id}
         answer["type"] = payload.get("type")
+        if log_line and inserted:
+            log.info(
+                "webhook accepted",
+                sinks=0,
+                webhook_id=webhook_id,
+                type=answer["type"],
+                job_id=payload.get("data", {}).get("job_id"),
+                client_address=request.remote,
+            )
         return web.json_response(answer, status=202 if inserted else 200)
 
     app = web.Application()
@@ -83,6 +100,13 @@ def make_app(secret: str, path: str) -> web.Application:
 
 if __name__ == "__main__":
     port, secret, db_path = sys.argv[1], sys.argv[2], sys.argv[3]
+    with_line = "--log-line" in sys.argv[4:]
+    if with_line:
+        configure_logging(format="json", level="info")
     web.run_app(
-        make_app(secret, db_path), host="127.0.0.1", port=int(port), print=None, access_log=None
+        make_app(secret, db_path, log_line=with_line),
+        host="127.0.0.1",
+        port=int(port),
+        print=None,
+        access_log=None,
     )

@@ -167,7 +167,10 @@ default, 1 with `--quick`).
   and answers 200, and `bench/minimal.py`, the least a verified durable ingest can
   do on this stack (Standard Webhooks verify, JSON parse, group commit of the event
   on a writer thread with `synchronous = FULL`, JSON answer; no logs, metrics or
-  routing). Figures: median of relay req/s ÷ each baseline's req/s, and each
+  routing). After the relay, the same minimal handler again with `--log-line`: it
+  writes the relay's JSON line per accepted webhook through the relay's own logging
+  set-up, the one piece of the relay's extra work SPEC §11 requires (reported, no
+  target). Figures: median of relay req/s ÷ each baseline's req/s, and each
   server's CPU time (all threads, from `/proc/PID/stat`) per answer, which does
   not depend on how much of a core the server got on a shared machine.
 - **ack latency** — wrk's p50 and p99 of those same relay runs (64 connections,

@@ -50,3 +50,31 @@ def test_the_fan_out_floor_fetches_every_job_and_feeds_every_sink(tmp_path: Path
     )
     written = json.loads((tmp_path / "floor" / "7.json").read_bytes())
     assert written["job"]["job_id"] == "fan-7"
+
+
+def test_the_minimal_handler_with_the_log_line_stores_answers_and_logs(tmp_path: Path) -> None:
+    import sqlite3
+    import urllib.request
+
+    from bench import common
+
+    minimal, port = common.minimal_process(tmp_path, log_line=True)
+    (request,) = common.signed_requests("line-", 1)
+    with minimal:
+        posted = urllib.request.Request(
+            f"http://127.0.0.1:{port}{common.WEBHOOK_PATH}",
+            data=request.body,
+            headers={**request.headers, "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(posted, timeout=10) as answer:
+            assert answer.status == 202
+            assert json.loads(answer.read())["status"] == "accepted"
+    (store,) = tmp_path.glob("minimal-*.db")
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT id FROM events").fetchall() == [("line-0",)]
+    lines = [
+        json.loads(line) for line in (tmp_path / "minimal-log-line.log").read_text().splitlines()
+    ]
+    accepted = [line for line in lines if line["event"] == "webhook accepted"]
+    assert [line["webhook_id"] for line in accepted] == ["line-0"]
+    assert accepted[0]["level"] == "info"
