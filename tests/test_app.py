@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,7 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from pulse_relay.app import Relay, build_router, build_verifier
+from pulse_relay.app import Relay, build_router, build_verifier, freeze_startup_objects
 from pulse_relay.config import SinkSettings
 from pulse_relay.emulator import PulseEmulator
 from pulse_relay.signature import HexHmacVerifier, NoneVerifier, StandardVerifier
@@ -242,3 +244,25 @@ async def test_a_failing_shutdown_step_still_closes_the_store(
     assert relay.dispatcher is None and relay.pulse is None
     with pytest.raises(StoreUnavailableError):
         await relay.store.next_due_at(["file"], include_fetches=True)
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.other: _Node | None = None
+
+
+def test_startup_objects_are_frozen_after_their_garbage_is_collected() -> None:
+    # A cycle that start-up left behind: only the cyclic collector can free it.
+    first, second = _Node(), _Node()
+    first.other, second.other = second, first
+    gone = weakref.ref(first)
+    del first, second
+    kept = _Node()
+    try:
+        freeze_startup_objects()
+        assert gone() is None, "garbage from before the freeze is collected, not kept"
+        assert gc.get_freeze_count() > 0
+        assert gc.is_tracked(kept)
+    finally:
+        gc.unfreeze()
+    assert gc.get_freeze_count() == 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import ssl
@@ -620,6 +621,7 @@ async def serve(
     sample_accept_errors(loop, SampledLog(log))
     try:
         await relay.start()
+        freeze_startup_objects()
         notifier.ready(status=_status_line(relay))
         watchdog = _start_watchdog(relay, notifier)
         if watchdog is not None:
@@ -630,6 +632,7 @@ async def serve(
         notifier.stopping()
         log.info("shutting down")
     finally:
+        gc.unfreeze()
         loop.remove_signal_handler(signal.SIGHUP)
         for task in list(background):
             task.cancel()
@@ -641,6 +644,19 @@ async def serve(
             loop.set_exception_handler(None)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+
+
+def freeze_startup_objects() -> None:
+    """Leave what start-up built (modules, settings, the apps) out of the cyclic collector.
+
+    A full collection walks every object the process holds: in a started relay that took
+    30-40 ms with the event loop stopped, a few times a minute under load, and every
+    webhook in flight waited for it. Frozen, the start-up objects are not walked; a full
+    collection of what serving makes took about 2 ms. Garbage made before the freeze is
+    collected first, so none of it is kept.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _start_watchdog(relay: Relay, notifier: Notifier) -> asyncio.Task[None] | None:
