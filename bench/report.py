@@ -210,7 +210,12 @@ default, 1 with `--quick`).
   command from an HTTP request, not a like-for-like relay.
 - **CLI start** — wall time of `pulse-relay --help` and `pulse-relay events` (on a
   store holding one watch) and of `python -c pass`, run in turn 21 times (7 with
-  `--quick`); figure: each median, and its ratio to `python -c pass`.
+  `--quick`); figure: each median, and its ratio to `python -c pass`. Every command
+  runs with its modules byte-compiled, as `pip install` leaves an installed package
+  (a bytecode cache of the run's own, `PYTHONPYCACHEPREFIX`, filled by one untimed
+  pass); `events` is also timed compiling the project's modules on every run
+  (`PYTHONDONTWRITEBYTECODE=1` with the editable install's sources), reported beside
+  the floor.
 - **pg-ingest** — one run drives, back to back with the ingest scenario's wrk command
   (64 connections, unique pre-signed ids, 10 s): bare aiohttp, the minimal handler,
   the relay on SQLite (`synchronous = FULL`, `[log] level = "info"`, as in ingest),
