@@ -14,6 +14,7 @@ import pytest
 
 from pulse_relay.admin.stream import ChangeHub
 from pulse_relay.app import Relay
+from pulse_relay.store import Attempt
 from tests.conftest import MakeSettings, StartRelay, make_body, signed
 from tests.helpers import call
 
@@ -139,3 +140,24 @@ def test_the_ring_keeps_the_last_changes_and_detects_gaps() -> None:
     assert hub.since(seqs[0]) is None  # change 2 was dropped from the ring
     assert hub.since(seqs[4] + 1) is None  # not one of this run's ids
     assert hub.since(seqs[4]) == []
+
+
+def test_an_attempt_is_published_at_once_and_its_document_built_when_read() -> None:
+    hub = ChangeHub(clock=lambda: 1.0)
+    start = hub.last_seq
+    attempt = Attempt("files", 1, 1_000_000.0, 0.25, "delivered", None)
+    hub.on_store_change(
+        "delivery", "m1", {"sink": "files", "state": "delivered", "attempt": attempt}
+    )
+    delivery, summary = hub.since(start) or []
+    assert (delivery.kind, delivery.event_id, delivery.data) == ("delivery", "m1", None)
+    assert (summary.kind, summary.event_id, summary.data) == ("event", "m1", None)
+    assert delivery.build is not None
+    document = delivery.build()
+    assert (document["event_id"], document["sink"], document["state"]) == (
+        "m1",
+        "files",
+        "delivered",
+    )
+    assert document["attempt"]["outcome"] == "delivered"
+    assert document["attempt"]["started_at"].startswith("1970-01-12T13:46:40")

@@ -35,12 +35,15 @@ RETRY_MILLISECONDS = 2_000
 
 @dataclass
 class Change:
-    """One change: `data` is None for an "event" change until its list item is read."""
+    """One change: `data` is None until a stream reads it when it is made on demand (an
+    "event" change's list item, read from the store; a "delivery" change's document,
+    built by `build`)."""
 
     seq: int
     kind: str
     event_id: str | None
     data: dict[str, Any] | None
+    build: Callable[[], dict[str, Any]] | None = None
 
 
 class ChangeHub:
@@ -68,11 +71,17 @@ class ChangeHub:
         return self._closed
 
     def publish(
-        self, kind: str, data: dict[str, Any] | None, *, event_id: str | None = None
+        self,
+        kind: str,
+        data: dict[str, Any] | None,
+        *,
+        event_id: str | None = None,
+        build: Callable[[], dict[str, Any]] | None = None,
     ) -> int:
-        """Record one change; returns its sequence number."""
+        """Record one change (its data, or how to build it when a stream reads it); returns
+        its sequence number."""
         self._last_seq += 1
-        self._ring.append(Change(self._last_seq, kind, event_id, data))
+        self._ring.append(Change(self._last_seq, kind, event_id, data, build))
         changed, self._changed = self._changed, None
         if changed is not None:
             changed.set()
@@ -87,17 +96,18 @@ class ChangeHub:
         if detail is not None:
             attempt = detail["attempt"]
             assert isinstance(attempt, Attempt)
-            self.publish(
-                "delivery",
-                {
+
+            def document() -> dict[str, Any]:
+                return {
                     "event_id": event_id,
                     # None for the job fetch, as in the attempt log.
                     "sink": detail.get("sink"),
                     "state": detail["state"],
                     "attempt": attempt_document(attempt),
-                },
-                event_id=event_id,
-            )
+                }
+
+            # Built when a stream sends it: every attempt is published, streams are rare.
+            self.publish("delivery", None, event_id=event_id, build=document)
         self.publish_event(event_id)
 
     def since(self, seq: int) -> list[Change] | None:
@@ -134,7 +144,9 @@ def _message(kind: str, data: dict[str, Any], seq: int | None) -> bytes:
 
 
 async def _resolved(ctx: AdminContext, change: Change) -> dict[str, Any] | None:
-    if change.data is None and change.kind == "event" and change.event_id is not None:
+    if change.data is None and change.build is not None:
+        change.data, change.build = change.build(), None
+    elif change.data is None and change.kind == "event" and change.event_id is not None:
         change.data = await service.event_item(ctx, change.event_id)
     return change.data
 
