@@ -603,6 +603,7 @@ async def serve(
     hurry = asyncio.Event()
     loop = asyncio.get_running_loop()
     background: set[asyncio.Task[None]] = set()
+    unwatch_children = watch_children_by_pidfd(loop)
 
     def on_stop_signal() -> None:
         # As in uvicorn: the first signal shuts down in order, a second one means now.
@@ -644,6 +645,38 @@ async def serve(
             loop.set_exception_handler(None)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        unwatch_children()
+
+
+def watch_children_by_pidfd(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+    """On Python 3.11, wait for the command sink's children through pidfds; returns the undo.
+
+    asyncio 3.11 waits for each child on a thread of its own, started (and waited for
+    until it runs) on the event loop: during a fan-out drain that was a thread per
+    delivery. A pidfd is a file descriptor the loop watches like a socket. Python 3.12
+    and later do this themselves; a kernel or sandbox without pidfd_open (older
+    container runtimes' seccomp profiles refuse it) keeps the threads.
+    """
+    if sys.version_info >= (3, 12) or not _pidfd_usable():
+        return lambda: None
+    previous = asyncio.get_child_watcher()
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(loop)
+    asyncio.set_child_watcher(watcher)
+
+    def undo() -> None:
+        # A later loop in this process (the tests run several) gets asyncio's own again.
+        asyncio.set_child_watcher(previous)
+
+    return undo
+
+
+def _pidfd_usable() -> bool:
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return True
 
 
 def freeze_startup_objects() -> None:
