@@ -90,6 +90,12 @@ def _lower(headers: Mapping[str, str]) -> dict[str, str]:
     return {key.lower(): value for key, value in headers.items()}
 
 
+# `webhook-{name}` and `svix-{name}` for each name _header looks up, built once.
+_HEADER_NAMES = {
+    name: (f"webhook-{name}", f"svix-{name}") for name in ("id", "timestamp", "signature")
+}
+
+
 def _header(headers: dict[str, str], name: str) -> str | None:
     """`webhook-{name}`, else `svix-{name}`: webhook-* wins when both are present."""
     standard, svix = _HEADER_NAMES[name]
@@ -97,11 +103,6 @@ def _header(headers: dict[str, str], name: str) -> str | None:
     if value is None:
         value = headers.get(svix)
     return value
-
-
-_HEADER_NAMES = {
-    name: (f"webhook-{name}", f"svix-{name}") for name in ("id", "timestamp", "signature")
-}
 
 
 def compute_signature(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> str:
