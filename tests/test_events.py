@@ -7,7 +7,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pulse_relay import __version__, events
@@ -143,6 +143,8 @@ job_ids = st.sampled_from(["job-1", "job_2", "", "a.b"]) | json_values
 
 
 @settings(max_examples=300, deadline=None)
+# orjson reads an integer beyond 64 bits as a float, json as an int: found by this test.
+@example(document={"type": "job.completed", "job_id": -9223372036854775809}, extra=None)
 @given(
     document=st.fixed_dictionaries(
         {},
@@ -204,15 +206,28 @@ def test_an_event_without_a_job_id_is_deliverable() -> None:
         ("../../etc/passwd", '"../../etc/passwd"'),
         ("", '""'),
         ("a b", '"a b"'),
-        (42, "42"),
-        (["job-1"], '["job-1"]'),
-        ({"id": "job-1"}, '{"id": "job-1"}'),
-        (True, "true"),
     ],
 )
 def test_invalid_job_id_is_named_in_the_error(job_id: Any, shown: str) -> None:
     parsed = parse_event(payload({"type": "job.completed", "data": {"job_id": job_id}}))
     assert parsed == ParsedEvent("job.completed", None, f"job id {shown} is not a valid job id")
+    assert not parsed.is_deliverable
+
+
+@pytest.mark.parametrize(
+    ("job_id", "kind"),
+    [
+        (42, "number"),
+        (-9223372036854775809, "number"),
+        (1.5, "number"),
+        (["job-1"], "array"),
+        ({"id": "job-1"}, "object"),
+        (True, "boolean"),
+    ],
+)
+def test_a_job_id_that_is_not_a_string_is_named_by_its_kind(job_id: Any, kind: str) -> None:
+    parsed = parse_event(payload({"type": "job.completed", "data": {"job_id": job_id}}))
+    assert parsed.error == f"job id is a JSON {kind}, not a string"
     assert not parsed.is_deliverable
 
 

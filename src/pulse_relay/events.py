@@ -61,11 +61,21 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+_JSON_KINDS = {
+    "bool": "boolean",
+    "int": "number",
+    "float": "number",
+    "list": "array",
+    "dict": "object",
+}
+
+
 def _loads(body: bytes) -> Any:
     """json.loads of a body, by orjson when it can (on the request path: about half the time).
 
     orjson takes strict RFC 8259 UTF-8 only; what it refuses is read by json, which
-    also takes what json always took (NaN, integers beyond 64 bits, UTF-16, a BOM)."""
+    also takes what json always took (NaN, UTF-16, a BOM). An integer beyond 64 bits is
+    read by orjson as a float: nothing here reads a number from the payload."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -94,7 +104,12 @@ def parse_event(body: bytes) -> ParsedEvent:
     raw_job_id = data.get("job_id", payload.get("job_id", data.get("id")))
     if raw_job_id is None:
         return ParsedEvent(event_type, None)
-    if not isinstance(raw_job_id, str) or not is_valid_job_id(raw_job_id):
+    if not isinstance(raw_job_id, str):
+        # Only a string's text is shown: orjson reads an integer beyond 64 bits as a float,
+        # so a number's text would depend on which parser read the body.
+        kind = type(raw_job_id).__name__
+        return ParsedEvent(event_type, None, f"job id is a JSON {_JSON_KINDS[kind]}, not a string")
+    if not is_valid_job_id(raw_job_id):
         shown = json.dumps(raw_job_id)[:80]
         return ParsedEvent(event_type, None, f"job id {shown} is not a valid job id")
     return ParsedEvent(event_type, raw_job_id)
