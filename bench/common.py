@@ -248,8 +248,8 @@ class RelayConfig:
     fetch_on: list[str] | None = None
     synchronous: str = "FULL"
     delivery_concurrency: int = 16
-    # The product's default is info (one line per accepted webhook, SPEC §11); scenarios
-    # that measure something else than ingest keep the quieter level.
+    # The product's default is info (one line per accepted webhook, docs/metrics.md, logs);
+    # scenarios that measure something else than ingest keep the quieter level.
     log_level: str = "warning"
     # A PostgreSQL URL puts the store there instead of the SQLite file in the workdir.
     store_url: str | None = None

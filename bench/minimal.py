@@ -6,7 +6,7 @@ answers, routing or limits: the floor under pulse-relay's ingest, not a relay.
 Run as `python -m bench.minimal PORT SECRET DB_PATH [--log-line]`.
 
 With `--log-line` it also writes the one JSON line per accepted webhook that
-SPEC §11 asks of the relay, through the relay's own logging set-up: how much of
+docs/metrics.md (logs) asks of the relay, through the relay's own logging set-up: how much of
 the gap to the relay that line alone accounts for.
 """
 

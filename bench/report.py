@@ -153,7 +153,7 @@ and the HTTP sink's receiver all compete for the same two cores. That is why tim
 are ratios against baselines measured in the same run. The relay runs with
 `store.synchronous = "FULL"` and `verify.tolerance_seconds = 3600` (requests are
 signed just before each run; verification costs the same); the ingest runs use the
-default `[log] level = "info"` (one JSON line per accepted webhook, SPEC §11), the
+default `[log] level = "info"` (one JSON line per accepted webhook, docs/metrics.md), the
 others `warning`. Metrics are always on. "Median" is over `--runs` runs (3 by
 default, 1 with `--quick`).
 
@@ -169,7 +169,7 @@ default, 1 with `--quick`).
   on a writer thread with `synchronous = FULL`, JSON answer; no logs, metrics or
   routing). After the relay, the same minimal handler again with `--log-line`: it
   writes the relay's JSON line per accepted webhook through the relay's own logging
-  set-up, the one piece of the relay's extra work SPEC §11 requires (reported, no
+  set-up, the one piece of the relay's extra work docs/metrics.md requires (reported, no
   target). Figures: median of relay req/s ÷ each baseline's req/s, and each
   server's CPU time (all threads, from `/proc/PID/stat`) per answer, which does
   not depend on how much of a core the server got on a shared machine.

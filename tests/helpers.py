@@ -20,7 +20,9 @@ import httpx
 import tomli_w
 from aiohttp import web
 from pulse import AsyncPulse, Pulse
+from pydantic import BaseModel
 
+from pulse_relay.config import SINK_TYPES, Settings
 from pulse_relay.store import StoreBackend
 
 SECRET = "whsec_" + base64.b64encode(b"pulse-relay-test-secret-32-bytes").decode()
@@ -35,6 +37,26 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def field_keys(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
+    """Every key of a model, dotted, descending into nested sections."""
+    for name, info in model.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from field_keys(annotation, f"{key}.")
+        else:
+            yield key
+
+
+def settings_keys() -> list[str]:
+    """Every configuration key, dotted (`server.port`); a sink's keys as `sinks.<key>`,
+    once whatever the number of sink types that have it."""
+    return sorted(
+        {key for key in field_keys(Settings) if key != "sinks"}
+        | {f"sinks.{key}" for sink in SINK_TYPES for key in field_keys(sink)}
+    )
 
 
 def relay_config(tmp_path: Path, **sections: Any) -> dict[str, Any]:

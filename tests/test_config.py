@@ -7,7 +7,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from pulse_relay.config import (
     redacted_settings,
     settings_warnings,
 )
-from tests.helpers import config_toml
+from tests.helpers import config_toml, settings_keys
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 SECTIONS = [name for name in Settings.model_fields if name != "sinks"]
@@ -86,21 +86,7 @@ def config_error(path: Path | None = None, **kwargs: Any) -> str:
 # --- config.example.toml -------------------------------------------------------------------
 
 
-def field_keys(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
-    """Every key of a model, dotted, descending into nested sections."""
-    for name, info in model.model_fields.items():
-        key = f"{prefix}{name}"
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            yield from field_keys(annotation, f"{key}.")
-        else:
-            yield key
-
-
-ALL_KEYS = sorted(
-    {key for key in field_keys(Settings) if key != "sinks"}
-    | {f"sinks.{key}" for sink in SINK_TYPES for key in field_keys(sink)}
-)
+ALL_KEYS = settings_keys()
 
 
 def test_all_keys_walk_reaches_nested_fields() -> None:

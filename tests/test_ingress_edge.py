@@ -1,4 +1,4 @@
-"""SPEC §15 at the ingress, with the real bytes over a real socket.
+"""The edge rules of docs/ingress.md at the ingress, with the real bytes over a real socket.
 
 Each test here reproduces one finding of the hostile-input review (issue 13) with
 a raw client, so framing, `Expect: 100-continue`, repeated headers, encodings and

@@ -1,4 +1,4 @@
-"""The ingress against a real relay on 127.0.0.1: every row of SPEC §2's table."""
+"""The ingress against a real relay on 127.0.0.1: every row of docs/ingress.md's status codes."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Every probe sends the real bytes over a real socket to `pulse-relay serve`
 (bench/chaos/edge_client.py) and measures the answer: status, JSON status, time
 taken, whether `100 Continue` came, what the log and the metrics show. An
-answer that breaks SPEC §15 is a problem, which makes `python -m bench.chaos`
+answer that breaks docs/ingress.md (the edge) is a problem, which makes `python -m bench.chaos`
 exit 1.
 """
 

@@ -119,7 +119,8 @@ def client_address(
     x_forwarded_for: Sequence[str],
     trusted_proxies: Sequence[IPNetwork],
 ) -> IPAddress | None:
-    """The address of the client, as SPEC §15 defines it; None when it cannot be known.
+    """The address of the client as docs/ingress.md (trusted proxies) defines it; None when
+    it cannot be known.
 
     The peer is the client unless it is a trusted proxy; then the hops that proxies
     appended are walked from the right, and the first that is not a trusted proxy

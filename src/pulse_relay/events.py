@@ -170,7 +170,7 @@ def build_envelope(
     result_url: str | None,
     metadata: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """The document every sink receives for one event (SPEC §6)."""
+    """The document every sink receives for one event (docs/envelope.md)."""
     try:
         original: Any = json.loads(body)
     except ValueError:

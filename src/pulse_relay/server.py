@@ -148,7 +148,7 @@ class Ingress:
         return None
 
     async def handle(self, request: web.Request) -> web.Response:
-        """Answer one webhook request as SPEC §2 and §15 say."""
+        """Answer one webhook request as docs/ingress.md says (status codes, the edge)."""
         started = time.perf_counter()
         # Parsed once: the allow-list, the stored record and the log line all need it.
         client = self.client_of(request)

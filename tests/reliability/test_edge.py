@@ -1,4 +1,5 @@
-"""bench/chaos/edge.py, small: every ingress finding of issue 13 answers as SPEC §15 says."""
+"""bench/chaos/edge.py, small: every ingress finding of issue 13 answers as docs/ingress.md
+(the edge) says."""
 
 from __future__ import annotations
 

@@ -122,7 +122,7 @@ def check_request(auth: AdminAuth, request: web.Request) -> None:
     if _is_open(path):
         return
     if path.startswith(PROXY_PREFIX) and "x-api-key" in request.headers:
-        # It acts only with the caller's own Pulse key; see SPEC §14.
+        # It acts only with the caller's own Pulse key; see docs/api.md, who may use it.
         return
     if path.startswith(PROXY_PREFIX) and auth.is_required:
         # 401 whatever the method: the caller lacks a key, not a cross-site header.

@@ -1,4 +1,4 @@
-"""The Pulse API pass-through on the admin listener, with auto-watch (SPEC §14).
+"""The Pulse API pass-through on the admin listener, with auto-watch (docs/api.md, `/pulse/`).
 
 `/pulse/{tail}` is forwarded to `{pulse.base_url}/{tail}`: same method, path,
 query and headers (hop-by-hop ones, Host and the relay's own metadata headers
