@@ -92,7 +92,7 @@ def test_loopback_or_https_pulse_api_draws_no_warning(tmp_path: Path) -> None:
         config = write_config(tmp_path, 8787, pulse={"base_url": base_url})
         result = run_cli("check-config", config=config)
         assert result.returncode == 0, result.stderr
-        assert "warning" not in result.stderr
+        assert "warning: pulse.base_url" not in result.stderr
 
 
 def raw_post(port: int, head: str, body: bytes) -> bytes:
@@ -170,7 +170,9 @@ def test_missing_config_file_is_a_user_error(tmp_path: Path) -> None:
 
 def test_usage_errors_exit_2() -> None:
     assert run_cli("no-such-command").returncode == 2
-    assert run_cli("events", "--limit", "zero").returncode == 2
+    assert run_cli("events", "--no-such-option").returncode == 2
+    # A bad filter value is the user's error (1), refused as the API refuses it.
+    assert run_cli("events", "--limit", "zero").returncode == 1
 
 
 def test_events_without_a_store_says_so(tmp_path: Path) -> None:
