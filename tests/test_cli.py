@@ -464,6 +464,16 @@ def test_check_config_names_the_environment_variable_a_bad_value_came_from(
     assert f"in {config}" not in result.stderr
 
 
+def test_serve_names_the_environment_variable_that_exposes_the_admin_listener(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, free_port())
+    result = run_cli("serve", config=config, env={"PULSE_RELAY_ADMIN__HOST": "0.0.0.0"})
+    assert result.returncode == 1
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("admin.token")]
+    assert line.endswith("(from environment variable PULSE_RELAY_ADMIN__HOST)"), line
+
+
 def test_check_config_names_the_file_a_bad_value_came_from(tmp_path: Path) -> None:
     config = write_config(tmp_path, 8787, admin={"host": "0.0.0.0"})
     result = run_cli("check-config", config=config)

@@ -38,14 +38,23 @@ class _Context:
         except ConfigError as error:
             fail(f"configuration error:\n{error}")
 
-    def settings_with_origins(self) -> tuple[Settings, Origins]:
+    def settings_with_origins(
+        self, overrides: dict[str, Any] | None = None
+    ) -> tuple[Settings, Origins]:
         """The settings, and where each value came from (see load_settings_with_origins)."""
         from pulse_relay.config import ConfigError, load_settings_with_origins
 
         try:
-            return load_settings_with_origins(self.config_path)
+            return load_settings_with_origins(self.config_path, overrides=overrides)
         except ConfigError as error:
             fail(f"configuration error:\n{error}")
+
+
+def problem_line(text: str, origin: str | None) -> str:
+    """One problem as one line, naming where the value came from when it was set."""
+    # A quoted message (a database driver's) may span lines; the README promises one each.
+    line = " ".join(text.split())
+    return f"{line} ({origin})" if origin else line
 
 
 def fail(message: str) -> NoReturn:
@@ -135,7 +144,7 @@ def serve_command(obj: _Context, host: str | None, port: int | None) -> None:
     import asyncio
 
     from pulse_relay.app import serve
-    from pulse_relay.config import ConfigError, load_settings
+    from pulse_relay.config import ConfigError, admin_exposure_problem, load_settings
     from pulse_relay.logs import configure_logging
     from pulse_relay.store import StoreUnavailableError, StoreVersionError
 
@@ -144,7 +153,11 @@ def serve_command(obj: _Context, host: str | None, port: int | None) -> None:
         overrides["server.host"] = host
     if port is not None:
         overrides["server.port"] = port
-    settings = obj.settings(overrides)
+    settings, origins = obj.settings_with_origins(overrides)
+    exposed = admin_exposure_problem(settings)
+    if exposed is not None:
+        # Refused here too (the relay refuses it whoever starts it) to name the origin.
+        fail(f"configuration error:\n{problem_line(exposed, origins(('admin', 'host')))}")
     configure_logging(format=settings.log.format, level=settings.log.level)
 
     def reload_settings() -> Settings:
@@ -186,12 +199,7 @@ def check_config(obj: _Context) -> None:
         if unusable is not None:
             problems.append(HostProblem(("store", "url"), f"store.url: {unusable}"))
     if problems:
-        lines = []
-        for problem in problems:
-            origin = origins(problem.key)
-            # One line per problem, whatever the text it quotes (a driver's message).
-            line = " ".join(problem.text.split())
-            lines.append(f"{line} ({origin})" if origin else line)
+        lines = [problem_line(problem.text, origins(problem.key)) for problem in problems]
         fail("configuration error:\n" + "\n".join(lines))
     click.echo(json.dumps(redacted_settings(settings), indent=2))
     for warning in mode_warnings(settings) + settings_warnings(settings):
