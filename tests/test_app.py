@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
 import sys
 import threading
 import weakref
@@ -14,11 +15,13 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
+from pulse_relay import app as app_module
 from pulse_relay.app import (
     Relay,
     build_router,
     build_verifier,
     freeze_startup_objects,
+    serve,
     watch_children_by_pidfd,
 )
 from pulse_relay.config import SinkSettings
@@ -293,3 +296,44 @@ async def test_while_serving_children_are_waited_for_without_a_thread_each() -> 
     # Afterwards asyncio's own watcher is back, and a child is still waited for.
     child = await asyncio.create_subprocess_exec("/bin/sh", "-c", "exit 4")
     assert await child.wait() == 4
+
+
+# --- a failed start, readiness reasons -----------------------------------------------------
+
+
+async def test_a_start_that_fails_stops_the_relay_and_logs_stopped_once(
+    make_settings: MakeSettings,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = make_settings(server={"host": "127.0.0.1", "port": port})
+        with capture_logs() as logs, pytest.raises(OSError):
+            await serve(settings)
+    # The failed start stops the relay, then serve stops it on its way out: once is done.
+    assert [line["event"] for line in logs].count("stopped") == 1
+
+
+async def test_readiness_always_says_why_the_store_is_not_writable(
+    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    relay = Relay(make_settings())
+    await relay.start()
+    try:
+        never = asyncio.Event()
+
+        async def no_answer() -> None:
+            await never.wait()
+
+        async def unavailable_without_text() -> None:
+            raise StoreUnavailableError("")
+
+        monkeypatch.setattr(app_module, "READINESS_STORE_TIMEOUT_SECONDS", 0.05)
+        monkeypatch.setattr(relay.store, "check_writable", no_answer)
+        assert await relay.readiness() == ["store not writable: no answer within 0.05 s"]
+        monkeypatch.setattr(relay.store, "check_writable", unavailable_without_text)
+        assert await relay.readiness() == ["store not writable: unavailable, no reason given"]
+    finally:
+        monkeypatch.undo()
+        await relay.stop()

@@ -92,7 +92,7 @@ def test_loopback_or_https_pulse_api_draws_no_warning(tmp_path: Path) -> None:
         config = write_config(tmp_path, 8787, pulse={"base_url": base_url})
         result = run_cli("check-config", config=config)
         assert result.returncode == 0, result.stderr
-        assert "warning" not in result.stderr
+        assert "warning: pulse.base_url" not in result.stderr
 
 
 def raw_post(port: int, head: str, body: bytes) -> bytes:
@@ -170,7 +170,9 @@ def test_missing_config_file_is_a_user_error(tmp_path: Path) -> None:
 
 def test_usage_errors_exit_2() -> None:
     assert run_cli("no-such-command").returncode == 2
-    assert run_cli("events", "--limit", "zero").returncode == 2
+    assert run_cli("events", "--no-such-option").returncode == 2
+    # A bad filter value is the user's error (1), refused as the API refuses it.
+    assert run_cli("events", "--limit", "zero").returncode == 1
 
 
 def test_events_without_a_store_says_so(tmp_path: Path) -> None:
@@ -393,3 +395,141 @@ def test_demo_runs_the_whole_pipeline_from_an_empty_folder(tmp_path: Path) -> No
     assert "metadata user_id=demo@example.com" in result.stdout
     assert "large result downloaded 1 time(s)" in result.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+# --- events filters: the API's rule --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--state", "bogus"], "--state: must be one of accepted, invalid, repeat, pending,"),
+        (["--state", "DEAD"], "--state: must be one of"),
+        (["--source", "replay"], "--source: must be one of webhook, poll"),
+        (["--limit", "0"], "--limit: must be an integer from 1 to 500"),
+        (["--limit", "501"], "--limit: must be an integer from 1 to 500"),
+        (["--limit", "ten"], "--limit: must be an integer from 1 to 500"),
+        (["--type", "t" * 257], "--type: at most 256 characters"),
+        (["--sink", "s" * 257], "--sink: at most 256 characters"),
+        (["--job-id", "j" * 257], "--job-id: at most 256 characters"),
+        (["--search", "q" * 257], "--search: at most 256 characters"),
+    ],
+)
+def test_events_refuses_a_filter_the_api_refuses(
+    tmp_path: Path, options: list[str], expected: str
+) -> None:
+    config = write_config(tmp_path, 8787)
+    result = run_cli("events", *options, config=config)
+    assert result.returncode == 1, result
+    assert result.stdout == ""
+    assert f"pulse-relay: {expected}" in result.stderr
+
+
+async def test_events_filters_by_source_job_and_sink(served: tuple[Served, int, Path]) -> None:
+    _, port, config = served
+    body = make_body(job_id="job-filtered")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://127.0.0.1:{port}/webhooks/pulse",
+            data=body,
+            headers=signed(body, webhook_id="msg_filtered"),
+        ) as response,
+    ):
+        assert response.status == 202
+
+    def listed(*options: str) -> list[str]:
+        result = run_cli("events", "--json", *options, config=config)
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line)["id"] for line in result.stdout.splitlines()]
+
+    assert listed("--source", "webhook", "--job-id", "job-filtered") == ["msg_filtered"]
+    assert listed("--sink", "results", "--search", "filtered") == ["msg_filtered"]
+    assert listed("--source", "poll") == []
+    assert listed("--job-id", "job-other") == []
+    assert listed("--sink", "other") == []
+
+
+# --- check-config: origins, one line per problem, warnings ----------------------------------
+
+
+def test_check_config_names_the_environment_variable_a_bad_value_came_from(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, 8787)
+    result = run_cli("check-config", config=config, env={"PULSE_RELAY_ADMIN__HOST": "0.0.0.0"})
+    assert result.returncode == 1
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("admin.token")]
+    assert line.endswith("(from environment variable PULSE_RELAY_ADMIN__HOST)"), line
+    assert f"in {config}" not in result.stderr
+
+
+def test_serve_names_the_environment_variable_that_exposes_the_admin_listener(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, free_port())
+    result = run_cli("serve", config=config, env={"PULSE_RELAY_ADMIN__HOST": "0.0.0.0"})
+    assert result.returncode == 1
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("admin.token")]
+    assert line.endswith("(from environment variable PULSE_RELAY_ADMIN__HOST)"), line
+
+
+def test_check_config_names_the_file_a_bad_value_came_from(tmp_path: Path) -> None:
+    config = write_config(tmp_path, 8787, admin={"host": "0.0.0.0"})
+    result = run_cli("check-config", config=config)
+    assert result.returncode == 1
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("admin.token")]
+    assert line.endswith(f"(in {config})"), line
+
+
+def test_an_unreachable_postgres_store_is_one_line_naming_its_variable(tmp_path: Path) -> None:
+    config = write_config(tmp_path, 8787)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    url = f"postgresql://relay:pg-password@127.0.0.1:{port}/relay"
+    result = run_cli("check-config", config=config, env={"PULSE_RELAY_STORE__URL": url})
+    assert result.returncode == 1
+    assert "pg-password" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == "pulse-relay: configuration error:"
+    (line,) = lines[1:]
+    assert line.startswith(
+        f"store.url: cannot reach postgresql://**********@127.0.0.1:{port}/relay"
+    )
+    assert line.endswith("(from environment variable PULSE_RELAY_STORE__URL)"), line
+
+
+def test_check_config_warns_as_serve_does_without_secret_or_api_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    config = write_config(tmp_path, port, verify={"secrets": []})
+    for name in ("PULSE_WEBHOOK_SECRET", "PULSE_API_KEY", "PULSE_RELAY_PULSE__API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    result = run_cli("check-config", config=config)
+    assert result.returncode == 0, result.stderr
+    warnings = [
+        line.removeprefix("warning: ")
+        for line in result.stderr.splitlines()
+        if line.startswith("warning: ")
+    ]
+    assert [warning.split(":")[0] for warning in warnings] == [
+        "polling-only mode",
+        "pulse.api_key is not set (pulse.api_key, pulse.api_key_file or PULSE_API_KEY)",
+    ]
+    assert f"relative paths resolve against {os.getcwd()}" in result.stderr
+    served = Served.start(config, port, tmp_path / "serve.log")
+    try:
+        assert served.terminate() == 0
+    finally:
+        served.kill()
+    logged = [line["event"] for line in served.log_lines() if line["level"] == "warning"]
+    assert set(warnings) <= set(logged), logged
+
+
+def test_check_config_shows_which_store_with_only_its_credentials_masked(tmp_path: Path) -> None:
+    config = write_config(tmp_path, 8787, store={"url": "sqlite:rel.db"})
+    result = run_cli("check-config", config=config)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["store"]["url"] == "sqlite:rel.db"

@@ -26,6 +26,7 @@ from pulse_relay.config import (
     redacted_settings,
     settings_warnings,
 )
+from pulse_relay.redaction import REDACTED, mask_url
 from tests.helpers import config_toml, settings_keys
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
@@ -754,3 +755,31 @@ def test_redacted_settings_hides_secrets_read_from_files(
     assert SECRET_A not in text
     assert "file-key-do-not-print" not in text
     assert str(tmp_path / "webhook-secret") in text
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("sqlite:rel.db", "sqlite:rel.db"),
+        ("sqlite:///var/lib/pulse-relay/relay.db", "sqlite:///var/lib/pulse-relay/relay.db"),
+        (
+            "postgresql://relay:pg-password@db.internal:5432/relay",
+            "postgresql://**********@db.internal:5432/relay",
+        ),
+        (
+            "postgresql://db.internal/relay?password=pg-password",
+            "postgresql://db.internal/relay?**********",
+        ),
+        ("", ""),
+    ],
+)
+def test_check_config_shows_which_store_and_masks_only_its_credentials(
+    url: str, shown: str
+) -> None:
+    settings = Settings.model_validate({"store": {"url": url}})
+    assert redacted_settings(settings)["store"]["url"] == shown
+
+
+def test_a_url_that_cannot_be_parsed_is_masked_whole() -> None:
+    # urlsplit refuses it, so its credentials cannot be found: nothing of it is shown.
+    assert mask_url("postgresql://relay:pg-password@[db.internal/relay") == REDACTED

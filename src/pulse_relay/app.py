@@ -41,6 +41,7 @@ from pulse_relay.config import (
     Settings,
     SinkSettings,
     admin_exposure_problem,
+    mode_warnings,
     settings_warnings,
 )
 from pulse_relay.dispatcher import Dispatcher, DispatcherLimits, SinkRuntime
@@ -79,6 +80,8 @@ RELAY_UMASK = 0o077
 POLLING_ONLY_REASON = "no webhook secret configured: polling-only mode, ingress closed"
 # The first retention run comes shortly after start, so a relay restarted daily still prunes.
 RETENTION_FIRST_RUN_SECONDS = 60.0
+# How long /readyz waits for the store's probe write before calling it not writable.
+READINESS_STORE_TIMEOUT_SECONDS = 2.0
 RETENTION_RETRY_SECONDS = 600.0
 # A second SIGTERM/SIGINT during shutdown: the exit status, and how long cancelled work
 # gets to clean up (a command sink kills its process group) before the process ends.
@@ -159,6 +162,7 @@ class Relay:
         self._retention_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._reloading = False
+        self._stopped = False
         self.store = build_store(settings, clock=clock)
         # Another relay sharing the store committed work: look for it now.
         self.store.add_wake_listener(self._on_accepted)
@@ -231,8 +235,6 @@ class Relay:
             max_result_bytes=pulse.max_result_bytes,
             session=self._session,
         )
-        if not pulse.api_key.get_secret_value():
-            log.warning("pulse.api_key is not set: job fetches will fail until it is")
         for warning in settings_warnings(settings):
             log.warning("risky configuration", detail=warning)
         self._sinks = self._build_sinks(settings)
@@ -257,16 +259,8 @@ class Relay:
         self.poller.start()
 
     async def _start_listener(self) -> None:
-        if self.settings.verify.scheme == "none":
-            log.warning(
-                "SIGNATURE VERIFICATION IS OFF (verify.scheme = none): anyone who can reach "
-                "this port can inject events. Use this for local experiments only."
-            )
-        elif self.verifier is None:
-            log.warning(
-                "polling-only mode: no webhook secret is configured, so the webhook "
-                "endpoint answers 503; watched jobs are polled"
-            )
+        for warning in mode_warnings(self.settings):
+            log.warning(warning)
         server = self.settings.server
         closed_reason = POLLING_ONLY_REASON if self.verifier is None else None
         ingress = Ingress(
@@ -475,10 +469,15 @@ class Relay:
         """Reasons the relay is not ready; empty when it is."""
         problems: list[str] = []
         try:
-            async with asyncio.timeout(2.0):
+            async with asyncio.timeout(READINESS_STORE_TIMEOUT_SECONDS):
                 await self.store.check_writable()
-        except (StoreUnavailableError, TimeoutError) as error:
-            problems.append(f"store not writable: {error}")
+        except TimeoutError:
+            # A TimeoutError's text is empty: the reason is said here.
+            problems.append(
+                f"store not writable: no answer within {READINESS_STORE_TIMEOUT_SECONDS:g} s"
+            )
+        except StoreUnavailableError as error:
+            problems.append(f"store not writable: {str(error) or 'unavailable, no reason given'}")
         if self.dispatcher is None or not self.dispatcher.is_running:
             problems.append("dispatcher not running")
         if self.poller is None or not self.poller.is_running:
@@ -508,8 +507,12 @@ class Relay:
         """Stop accepting, finish acks in flight, stop background work, close the store.
 
         A step that fails is logged and the later ones still run: the store is closed
-        (and its threads end) whatever happened before.
+        (and its threads end) whatever happened before. Only the first call acts: a
+        failed start stops the relay itself, and `serve` stops it again on its way out.
         """
+        if self._stopped:
+            return
+        self._stopped = True
         steps = (
             self._stop_retention,
             self._stop_ingress,

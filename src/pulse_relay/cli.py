@@ -20,7 +20,7 @@ import click
 from pulse_relay import __version__
 
 if TYPE_CHECKING:
-    from pulse_relay.config import Settings
+    from pulse_relay.config import Origins, Settings
     from pulse_relay.store import EventView, StoreBackend, Watch
 
 T = TypeVar("T")
@@ -37,6 +37,24 @@ class _Context:
             return load_settings(self.config_path, overrides=overrides)
         except ConfigError as error:
             fail(f"configuration error:\n{error}")
+
+    def settings_with_origins(
+        self, overrides: dict[str, Any] | None = None
+    ) -> tuple[Settings, Origins]:
+        """The settings, and where each value came from (see load_settings_with_origins)."""
+        from pulse_relay.config import ConfigError, load_settings_with_origins
+
+        try:
+            return load_settings_with_origins(self.config_path, overrides=overrides)
+        except ConfigError as error:
+            fail(f"configuration error:\n{error}")
+
+
+def problem_line(text: str, origin: str | None) -> str:
+    """One problem as one line, naming where the value came from when it was set."""
+    # A quoted message (a database driver's) may span lines; the README promises one each.
+    line = " ".join(text.split())
+    return f"{line} ({origin})" if origin else line
 
 
 def fail(message: str) -> NoReturn:
@@ -126,7 +144,7 @@ def serve_command(obj: _Context, host: str | None, port: int | None) -> None:
     import asyncio
 
     from pulse_relay.app import serve
-    from pulse_relay.config import ConfigError, load_settings
+    from pulse_relay.config import ConfigError, admin_exposure_problem, load_settings
     from pulse_relay.logs import configure_logging
     from pulse_relay.store import StoreUnavailableError, StoreVersionError
 
@@ -135,7 +153,11 @@ def serve_command(obj: _Context, host: str | None, port: int | None) -> None:
         overrides["server.host"] = host
     if port is not None:
         overrides["server.port"] = port
-    settings = obj.settings(overrides)
+    settings, origins = obj.settings_with_origins(overrides)
+    exposed = admin_exposure_problem(settings)
+    if exposed is not None:
+        # Refused here too (the relay refuses it whoever starts it) to name the origin.
+        fail(f"configuration error:\n{problem_line(exposed, origins(('admin', 'host')))}")
     configure_logging(format=settings.log.format, level=settings.log.level)
 
     def reload_settings() -> Settings:
@@ -162,27 +184,34 @@ def check_config(obj: _Context) -> None:
     and its schema is not newer than this release.
     """
     import asyncio
+    import os
 
-    from pulse_relay.config import redacted_settings, settings_warnings
-    from pulse_relay.preflight import check_host
+    from pulse_relay.config import mode_warnings, redacted_settings, settings_warnings
+    from pulse_relay.preflight import HostProblem, check_host
     from pulse_relay.store.postgres import postgres_problem
 
-    settings = obj.settings()
+    settings, origins = obj.settings_with_origins()
     problems = check_host(settings)
     postgres_url = settings.store.postgres_url
     if postgres_url is not None:
         # Connectivity and the schema version: a read, never a migration.
-        problem = asyncio.run(postgres_problem(postgres_url))
-        if problem is not None:
-            problems.append(f"store.url: {problem}")
+        unusable = asyncio.run(postgres_problem(postgres_url))
+        if unusable is not None:
+            problems.append(HostProblem(("store", "url"), f"store.url: {unusable}"))
     if problems:
-        origin = f" (in {obj.config_path})" if obj.config_path else ""
-        fail("configuration error:\n" + "\n".join(p + origin for p in problems))
+        lines = [problem_line(problem.text, origins(problem.key)) for problem in problems]
+        fail("configuration error:\n" + "\n".join(lines))
     click.echo(json.dumps(redacted_settings(settings), indent=2))
-    for warning in settings_warnings(settings):
+    for warning in mode_warnings(settings) + settings_warnings(settings):
         click.echo(f"warning: {warning}", err=True)
     where = obj.config_path or "defaults and environment"
-    click.echo(f"configuration OK ({where})", err=True)
+    click.echo(
+        f"configuration OK ({where}); relative paths resolve against {os.getcwd()}", err=True
+    )
+
+
+# The command line's name for each listing filter, where it is not --NAME.
+_FILTER_OPTIONS = {"job_id": "--job-id", "q": "--search"}
 
 
 @cli.command("events")
@@ -191,19 +220,54 @@ def check_config(obj: _Context) -> None:
     "--state",
     help="accepted | invalid | repeat, or a delivery state: pending | delivered | dead.",
 )
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--sink", help="Only events with a delivery to this sink.")
+@click.option("--job-id", help="Only events of this job.")
+@click.option("--source", help="webhook | poll.")
+@click.option("--search", help="Text in the id, type, job id or body.")
+@click.option("--limit", default="50", show_default=True, help="1 to 500.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout.")
 @click.pass_obj
 def events_command(
-    obj: _Context, event_type: str | None, state: str | None, limit: int, as_json: bool
+    obj: _Context,
+    event_type: str | None,
+    state: str | None,
+    sink: str | None,
+    job_id: str | None,
+    source: str | None,
+    search: str | None,
+    limit: str,
+    as_json: bool,
 ) -> None:
     """List stored events, newest first, with each sink's delivery state."""
     from pulse_relay.serialize import event_document, iso, summary_state
+    from pulse_relay.store.filters import FilterError, parse_event_filters
 
+    values = {
+        "type": event_type,
+        "state": state,
+        "sink": sink,
+        "job_id": job_id,
+        "source": source,
+        "q": search,
+        "limit": limit,
+    }
+    try:
+        # The API's own rule: the same input is refused the same way by both.
+        filters = parse_event_filters(values)
+    except FilterError as error:
+        fail(f"{_FILTER_OPTIONS.get(error.name, '--' + error.name)}: {error.problem}")
     settings = obj.settings()
 
     async def action(store: StoreBackend) -> list[EventView]:
-        return await store.list_events(event_type=event_type, state=state, limit=limit)
+        return await store.list_events(
+            event_type=filters.type,
+            state=filters.state,
+            sink=filters.sink,
+            job_id=filters.job_id,
+            source=filters.source,
+            text=filters.q,
+            limit=filters.limit,
+        )
 
     views = _with_store(settings, action)
     if as_json:

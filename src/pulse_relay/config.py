@@ -511,6 +511,31 @@ def settings_warnings(settings: Settings) -> list[str]:
     return warnings
 
 
+def mode_warnings(settings: Settings) -> list[str]:
+    """What the relay will not do with these settings (verify nothing, take no webhook,
+    fetch no job), one line each: `serve` logs them at start, `check-config` prints them."""
+    warnings: list[str] = []
+    verify = settings.verify
+    if verify.scheme == "none":
+        warnings.append(
+            "SIGNATURE VERIFICATION IS OFF (verify.scheme = none): anyone who can reach "
+            "this port can inject events. Use this for local experiments only."
+        )
+    elif not verify.secrets:
+        # The only scheme valid without a secret is the standard one (see VerifySettings).
+        warnings.append(
+            "polling-only mode: no webhook secret is configured (verify.secrets, "
+            f"verify.secrets_file or {ENV_WEBHOOK_SECRET}), so the webhook endpoint "
+            "answers 503; watched jobs are polled"
+        )
+    if not settings.pulse.api_key.get_secret_value():
+        warnings.append(
+            "pulse.api_key is not set (pulse.api_key, pulse.api_key_file or "
+            f"{ENV_API_KEY}): job fetches and polls will fail until it is"
+        )
+    return warnings
+
+
 def admin_exposure_problem(settings: Settings) -> str | None:
     """Why `serve` must not start with this admin listener, or None when it may."""
     admin = settings.admin
@@ -541,6 +566,19 @@ def load_settings(
 
     Raises ConfigError with one `<key>: <message>` line per problem.
     """
+    settings, _origins = load_settings_with_origins(path, overrides=overrides)
+    return settings
+
+
+Origins = Callable[[Loc], str | None]
+
+
+def load_settings_with_origins(
+    path: Path | None = None, *, overrides: Mapping[str, Any] | None = None
+) -> tuple[Settings, Origins]:
+    """`load_settings`, and where each value came from: `origins(("admin", "host"))` is
+    "in relay.toml", "from environment variable PULSE_RELAY_ADMIN__HOST", ... or None for
+    a default. For messages about valid settings that cannot work (`check-config`)."""
     if path is None and os.environ.get(ENV_CONFIG_PATH):
         path = Path(os.environ[ENV_CONFIG_PATH])
     layers: list[_Layer] = []
@@ -554,10 +592,15 @@ def load_settings(
     merged = _merge([layer.values for layer in layers])
     pinned = _read_secret_files(merged)
     try:
-        return Settings.model_validate(merged)
+        settings = Settings.model_validate(merged)
     except ValidationError as exc:
         # `from None`: the chained error's repr would show the rejected values, secrets included.
         raise ConfigError(*_format_errors(exc, layers, pinned)) from None
+
+    def origins(loc: Loc) -> str | None:
+        return _origin(layers, pinned, loc, nearest=False)
+
+    return settings, origins
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -793,11 +836,15 @@ def _supplies(values: Any, loc: Loc) -> bool:
     return True
 
 
-def _origin(layers: list[_Layer], pinned: dict[Loc, str], loc: Loc) -> str | None:
+def _origin(
+    layers: list[_Layer], pinned: dict[Loc, str], loc: Loc, *, nearest: bool = True
+) -> str | None:
+    """The layer that set the value at `loc`. With `nearest`, a key no layer set (a missing
+    secret, say) is blamed on the nearest table that was set; else it is a default (None)."""
     if loc in pinned:
         return pinned[loc]
-    # A key no layer set (a missing secret, say) is blamed on the nearest table that was set.
-    for length in range(len(loc), 0, -1):
+    shortest = 1 if nearest else len(loc)
+    for length in range(len(loc), shortest - 1, -1):
         for layer in reversed(layers):
             if _supplies(layer.values, loc[:length]):
                 return layer.origin(loc[:length])
@@ -865,6 +912,8 @@ def redacted_settings(settings: Settings) -> dict[str, Any]:
     }
     data["pulse"]["api_key"] = _mask(settings.pulse.api_key.get_secret_value())
     data["admin"]["token"] = _mask(settings.admin.token.get_secret_value())
+    # Which store is meant stays visible; only the credentials in the URL are masked.
+    data["store"]["url"] = mask_url(settings.store.url.get_secret_value())
     for sink, sink_data in zip(settings.sinks, data["sinks"], strict=True):
         if isinstance(sink, HttpSinkSettings):
             sink_data["headers"] = _redact_named(sink.headers)

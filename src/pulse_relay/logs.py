@@ -101,6 +101,17 @@ class UTCTimeStamper:
         return event_dict
 
 
+def _add_logger_name(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A library's line names its logger under `logger_name`, as the relay's own lines do
+    (structlog's add_logger_name says `logger`): one key to filter on for every line."""
+    record = event_dict.get("_record")
+    if record is not None:
+        event_dict["logger_name"] = record.name
+    return event_dict
+
+
 class _RelayHandler(logging.StreamHandler[TextIO]):
     """The root handler this module installs (so a reconfiguration replaces only it)."""
 
@@ -147,7 +158,7 @@ def configure_logging(
     handler = _RelayHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            foreign_pre_chain=[_add_logger_name, *shared],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,

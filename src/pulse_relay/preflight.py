@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from pulse_relay.config import (
     CommandSinkSettings,
     FileSinkSettings,
+    Loc,
     Settings,
     admin_exposure_problem,
 )
@@ -56,33 +58,59 @@ def _program_problem(program: str, cwd: Path | None) -> str | None:
     return None
 
 
-def check_host(settings: Settings) -> list[str]:
-    """One line per problem, each naming the key it is about; empty when all is well."""
-    problems: list[str] = []
+@dataclass(frozen=True)
+class HostProblem:
+    """One problem: `key` is the setting whose value it is about (its origin is named),
+    `text` the line to print, starting with that key."""
+
+    key: Loc
+    text: str
+
+
+def check_host(settings: Settings) -> list[HostProblem]:
+    """One entry per problem; empty when all is well."""
+    problems: list[HostProblem] = []
     admin_problem = admin_exposure_problem(settings)
     if admin_problem is not None:
-        problems.append(admin_problem)
+        # The host is what was set; the token is what is missing.
+        problems.append(HostProblem(("admin", "host"), admin_problem))
     store_file = settings.store.sqlite_file
     if store_file is not None:
         store_problem = _writable_directory_problem(store_file.absolute().parent)
         if store_problem is not None:
-            problems.append(f"store.path: {store_problem}")
+            key = ("store", "url") if settings.store.url.get_secret_value() else ("store", "path")
+            problems.append(HostProblem(key, f"{'.'.join(map(str, key))}: {store_problem}"))
     server = settings.server
     if server.tls_cert_file is not None and server.tls_key_file is not None:
         problem = tls_problem(server.tls_cert_file, server.tls_key_file)
         if problem is not None:
-            problems.append(f"server.tls_cert_file / server.tls_key_file: {problem}")
+            problems.append(
+                HostProblem(
+                    ("server", "tls_cert_file"),
+                    f"server.tls_cert_file / server.tls_key_file: {problem}",
+                )
+            )
     for index, sink in enumerate(settings.sinks):
         if not sink.enabled:
             continue
+        where = f"sinks[{index}]"
         if isinstance(sink, FileSinkSettings):
             problem = _writable_directory_problem(sink.directory)
             if problem is not None:
-                problems.append(f"sinks[{index}].directory ({sink.name}): {problem}")
+                problems.append(
+                    HostProblem(("sinks", index), f"{where}.directory ({sink.name}): {problem}")
+                )
         elif isinstance(sink, CommandSinkSettings):
             if sink.cwd is not None and not sink.cwd.is_dir():
-                problems.append(f"sinks[{index}].cwd ({sink.name}): {sink.cwd} is not a directory")
+                problems.append(
+                    HostProblem(
+                        ("sinks", index),
+                        f"{where}.cwd ({sink.name}): {sink.cwd} is not a directory",
+                    )
+                )
             problem = _program_problem(sink.argv[0], sink.cwd)
             if problem is not None:
-                problems.append(f"sinks[{index}].argv ({sink.name}): {problem}")
+                problems.append(
+                    HostProblem(("sinks", index), f"{where}.argv ({sink.name}): {problem}")
+                )
     return problems

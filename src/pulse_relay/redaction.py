@@ -25,12 +25,14 @@ def is_secret_name(name: str) -> bool:
 def mask_url(url: str) -> str:
     """`url` with its user-info, query and fragment (where tokens travel) replaced by the marker.
 
-    Text that is not a URL with a scheme and a host is returned as it is.
+    Text that is not a URL with a scheme and a host is returned as it is, unless it looks
+    like one that cannot be parsed (`postgresql://u:pw@[db`): that is masked whole, as
+    the credentials in it cannot be told apart.
     """
     try:
         parts = urlsplit(url)
     except ValueError:
-        return url
+        return REDACTED
     if not parts.scheme or not parts.netloc:
         return url
     _user_info, at, host = parts.netloc.rpartition("@")

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pulse_relay.admin.service import (
+from pulse_relay.store import DELIVERY_STATES
+from pulse_relay.store.filters import (
     DEFAULT_LIMIT,
     EVENT_STATES,
     MAX_FILTER_CHARS,
     MAX_LIMIT,
     SOURCES,
 )
-from pulse_relay.store import DELIVERY_STATES
 
 JOB_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 

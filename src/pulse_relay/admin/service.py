@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -20,18 +19,18 @@ import aiohttp
 from pulse_relay.events import build_envelope, envelope_source, is_valid_job_id
 from pulse_relay.serialize import event_document, watch_document
 from pulse_relay.store import DELIVERY_STATES, EventCursor, EventView
+from pulse_relay.store.filters import (
+    EVENT_STATES,
+    MAX_FILTER_CHARS,
+    EventFilters,
+    FilterError,
+    text_filter,
+)
+from pulse_relay.store.filters import parse_event_filters as parse_filter_values
 from pulse_relay.testevent import build_test_event, post_test_event
 
 if TYPE_CHECKING:
     from pulse_relay.admin.context import AdminContext
-
-EVENT_STATES = ("accepted", "invalid", "repeat")
-SOURCES = ("webhook", "poll")
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 500
-MAX_FILTER_CHARS = 256
-# ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
-_DECIMAL = re.compile(r"[0-9]{1,9}")
 
 
 class ServiceError(Exception):
@@ -94,20 +93,6 @@ class Unavailable(ServiceError):
 # -- event listings ------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EventFilters:
-    """The filters of `GET /api/events` (every one optional)."""
-
-    type: str | None = None
-    state: str | None = None
-    sink: str | None = None
-    job_id: str | None = None
-    source: str | None = None
-    q: str | None = None
-    limit: int = DEFAULT_LIMIT
-    before: EventCursor | None = None
-
-
 def encode_cursor(cursor: EventCursor) -> str:
     """The opaque `next` / `before` token for a position in a listing."""
     raw = json.dumps([cursor.received_at, cursor.event_id], separators=(",", ":")).encode()
@@ -126,44 +111,16 @@ def decode_cursor(token: str) -> EventCursor:
     return EventCursor(float(received_at), event_id)
 
 
-def _text_filter(query: Mapping[str, str], name: str) -> str | None:
-    value = query.get(name)
-    if value is None or value == "":
-        return None
-    if len(value) > MAX_FILTER_CHARS or "\x00" in value:
-        raise BadRequest(name, f"at most {MAX_FILTER_CHARS} characters, no NUL")
-    return value
-
-
-def _choice_filter(query: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str | None:
-    value = _text_filter(query, name)
-    if value is not None and value not in allowed:
-        raise BadRequest(name, f"must be one of {', '.join(allowed)}")
-    return value
-
-
-def parse_limit(raw: str | None) -> int:
-    """`limit` as given in a query string: 1 to MAX_LIMIT, DEFAULT_LIMIT when absent."""
-    if raw is None or raw == "":
-        return DEFAULT_LIMIT
-    if not _DECIMAL.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise BadRequest("limit", f"must be an integer from 1 to {MAX_LIMIT}")
-    return int(raw)
-
-
 def parse_event_filters(query: Mapping[str, str]) -> EventFilters:
     """Validate the query of an event listing; BadRequest names the first bad parameter."""
-    before = _text_filter(query, "before")
-    return EventFilters(
-        type=_text_filter(query, "type"),
-        state=_choice_filter(query, "state", EVENT_STATES + DELIVERY_STATES),
-        sink=_text_filter(query, "sink"),
-        job_id=_text_filter(query, "job_id"),
-        source=_choice_filter(query, "source", SOURCES),
-        q=_text_filter(query, "q"),
-        limit=parse_limit(query.get("limit")),
-        before=None if before is None else decode_cursor(before),
-    )
+    try:
+        before = text_filter(query, "before")
+        filters = parse_filter_values(query)
+    except FilterError as error:
+        raise BadRequest(error.name, error.problem) from None
+    if before is None:
+        return filters
+    return dataclasses.replace(filters, before=decode_cursor(before))
 
 
 async def list_events(ctx: AdminContext, filters: EventFilters) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from pulse_relay.admin.context import AdminContext
 from pulse_relay.admin.service import ServiceError
 from pulse_relay.serialize import document_summary_state
 from pulse_relay.store import DELIVERY_STATES
+from pulse_relay.store.filters import EVENT_STATES, SOURCES
 
 STATIC_DIR = Path(__file__).with_name("static")
 # Behind autoescape, a second wall: no inline script runs, nothing loads from
@@ -202,8 +203,8 @@ class _Pages:
     def _choices(self) -> dict[str, Any]:
         settings = self._ctx.settings
         return {
-            "states": service.EVENT_STATES + DELIVERY_STATES,
-            "sources": service.SOURCES,
+            "states": EVENT_STATES + DELIVERY_STATES,
+            "sources": SOURCES,
             "sinks": [sink.name for sink in settings.sinks],
             "types": [],
         }
