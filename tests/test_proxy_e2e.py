@@ -407,6 +407,9 @@ async def test_canceled_expired_and_large_jobs_through_the_pass_through(
         assert envelope is not None
         assert (envelope["type"], envelope["source"]) == (event_type, "poll")
         assert envelope["relay"]["metadata"]["request"]["path"] == path
+        # A finished job of any kind is delivered with the job as the API last reported it.
+        assert envelope["job"] is not None, event_type
+        assert envelope["job"]["status"] == event_type.removeprefix("job.")
     large_envelope = relay.envelope(large)
     assert large_envelope is not None
     assert large_envelope["job"]["result"] == document
