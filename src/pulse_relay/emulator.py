@@ -160,6 +160,7 @@ class Submission:
 class JobPlan:
     """How the next asynchronous submission behaves when polled: its statuses, in order."""
 
+    # None: the endpoint's own (`SUBMITTED_JOB_STATUSES`, or `BATCH_JOB_STATUSES` for a batch).
     statuses: tuple[str, ...] | None = None
     error: str | None = None
     result: dict[str, Any] | None = None
