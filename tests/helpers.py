@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
+import pydantic
 import tomli_w
 from aiohttp import web
 from pulse import AsyncPulse, Pulse
@@ -267,6 +268,16 @@ async def async_sdk_client(
     """The official SDK's async client on `base_url`, its connections closed afterwards."""
     async with httpx.AsyncClient(timeout=SDK_TIMEOUT_SECONDS) as http:
         yield AsyncPulse(api_key=api_key, base_url=base_url, httpx_client=http, **options)
+
+
+def sdk_strictly(model: Any, parsed: Any) -> None:
+    """Fail unless what the SDK parsed (or a JSON object) is a complete, valid `model`.
+
+    The SDK builds its response models unchecked (a missing or mistyped field
+    passes silently); validating them again is what notices one.
+    """
+    document = parsed if isinstance(parsed, dict) else parsed.dict()
+    pydantic.TypeAdapter(model).validate_python(document)
 
 
 async def count_events(store: StoreBackend) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -392,6 +393,12 @@ def test_demo_runs_the_whole_pipeline_from_an_empty_folder(tmp_path: Path) -> No
     # A document submitted through the pass-through, delivered with no webhook and no watch.
     assert "/pulse/extract (as the Pulse SDK does) → 200" in result.stdout
     assert "request POST /extract invoice-042.pdf (9800 bytes" in result.stdout
+    # The chained call on that extraction, delivered the same way.
+    (extraction_id,) = re.findall(r"applied a schema to extraction (ext_\w+) ", result.stdout)
+    assert "/pulse/schema → 200" in result.stdout
+    assert f"request POST /schema on {extraction_id}" in result.stdout
+    polled = re.findall(r"^poll:\S+ +job\.completed +poll +delivered", result.stdout, re.M)
+    assert len(polled) == 3  # the extraction, the schema on it, the watched job
     assert "metadata user_id=demo@example.com" in result.stdout
     assert "large result downloaded 1 time(s)" in result.stdout
     assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,4 @@
-"""The Pulse API emulator, spoken to with a plain aiohttp client."""
+"""The Pulse API emulator, spoken to with a plain aiohttp client and the official SDK."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
+import pulse
 import pytest
 import structlog
 from aiohttp import web
+from pulse import types as sdk
 from pytest_aiohttp import AiohttpServer
 from standardwebhooks.webhooks import Webhook
 
@@ -23,12 +25,13 @@ from pulse_relay.emulator import (
     Fault,
     PulseEmulator,
     UploadedFile,
+    batch_progress,
     new_message_id,
     run_emulator,
     sample_result,
 )
 from tests.conftest import wait_for
-from tests.helpers import async_sdk_client, sdk_client
+from tests.helpers import async_sdk_client, sdk_client, sdk_strictly
 
 API_KEY = "emulator-test-key"
 _JSON_TYPE = "application/json"
@@ -639,6 +642,309 @@ async def test_submission_without_the_key_is_401_and_faults_come_first(
         assert first.status == 429
     async with http.post(f"{emulator.base_url}/extract_async", data=form) as second:
         assert second.status == 401
+    assert emulator.submissions == []
+
+
+# -- split, schema, tables, pipeline, batches, cancel, large results: the SDK's calls ----
+
+TOPICS = sdk.SplitConfig(
+    split_input=[sdk.TopicDefinition(name="invoice"), sdk.TopicDefinition(name="terms")]
+)
+TOTAL_SCHEMA = sdk.SchemaConfig(
+    input_schema={"type": "object", "properties": {"total": {"type": "number"}}}
+)
+NOWHERE = sdk.BatchOutputDestination(local_path="/tmp/batch-results")
+
+
+async def test_sdk_split_schema_tables_and_pipeline_answer_synchronously(
+    emulator: PulseEmulator,
+) -> None:
+    async with async_sdk_client(emulator.base_url, API_KEY) as client:
+        extracted = await client.extract(file_url="https://example.com/contract.pdf")
+        extraction_id = extracted.extraction_id or ""
+        split = await client.split(extraction_id=extraction_id, split_config=TOPICS)
+        schema = await client.schema(extraction_id=extraction_id, schema_config=TOTAL_SCHEMA)
+        by_topic = await client.schema(
+            split_id=split.split_id,
+            split_schema_config={"invoice": sdk.TopicSchemaConfig(schema_config_id="cfg-1")},
+        )
+        tables = await client.tables(extraction_id=extraction_id)
+        piped = await client.pipeline.execute(
+            file_url="https://example.com/contract.pdf",
+            steps=sdk.PipelineSteps(extract=sdk.ExtractOptions(), split=TOPICS, tables={}),
+        )
+        answers = [extracted, split, schema, by_topic, tables, piped]
+        jobs = [await client.jobs.get_job(job_id=_extra_job_id(a)) for a in answers]
+
+    sdk_strictly(sdk.ExtractResponse, extracted)
+    sdk_strictly(sdk.SplitResponse, split)
+    sdk_strictly(sdk.SingleSchemaResponse, schema)
+    sdk_strictly(sdk.SplitSchemaResponse, by_topic)
+    sdk_strictly(sdk.TablesResponse, tables)
+    sdk_strictly(sdk.PipelineExecuteResponse, piped)
+    assert split.split_output is not None
+    assert split.split_output.splits == {"invoice": [1], "terms": [2]}
+    assert isinstance(schema, sdk.SingleSchemaResponse)
+    assert schema.extraction_ids == [extraction_id]
+    assert schema.schema_output.values == {"total": "total (emulated)"}
+    assert isinstance(by_topic, sdk.SplitSchemaResponse)
+    assert list(by_topic.results) == ["invoice"]
+    assert tables.tables_output.tables
+    assert piped.status == "completed"
+    assert piped.results.extract is not None and piped.results.extract.markdown
+    assert piped.results.split is not None and piped.results.tables is not None
+    assert piped.results.schema_ is None
+    # Every synchronous answer is also a completed job carrying that answer.
+    for answer, job in zip(answers, jobs, strict=True):
+        assert job.status == "completed"
+        assert job.result == {k: v for k, v in answer.dict().items() if k != "job_id"}
+    paths = [s.path for s in emulator.submissions]
+    assert paths == ["/extract", "/split", "/schema", "/schema", "/tables", "/pipeline/execute"]
+    assert emulator.submissions[1].fields == {
+        "extraction_id": extraction_id,
+        "split_config": {"split_input": [{"name": "invoice"}, {"name": "terms"}]},
+    }
+    assert not any(s.is_async for s in emulator.submissions)
+
+
+def _extra_job_id(answer: Any) -> str:
+    """The `job_id` every emulated answer carries (an extra field for most SDK models)."""
+    job_id = answer.dict()["job_id"]
+    assert isinstance(job_id, str)
+    return job_id
+
+
+async def test_sdk_async_split_schema_tables_and_pipeline_are_jobs_with_those_results(
+    emulator: PulseEmulator,
+) -> None:
+    def submit_and_poll() -> list[tuple[Any, list[Any]]]:
+        with sdk_client(emulator.base_url, API_KEY) as client:
+            answers = [
+                client.split(extraction_id="ext_1", split_config_id="split-cfg", async_=True),
+                client.schema(extraction_ids=["ext_1", "ext_2"], schema_config_id="s", async_=True),
+                client.tables(extraction_id="ext_1", async_=True),
+                client.pipeline.execute(
+                    file_url="https://example.com/a.pdf",
+                    steps=sdk.PipelineSteps(extract=sdk.ExtractOptions(), schema_=TOTAL_SCHEMA),
+                    async_=True,
+                ),
+            ]
+            return [
+                (answer, [client.jobs.get_job(job_id=_extra_job_id(answer)) for _ in range(3)])
+                for answer in answers
+            ]
+
+    polled = await asyncio.to_thread(submit_and_poll)
+
+    for (answer, polls), model in zip(
+        polled,
+        (
+            sdk.SplitResponse,
+            sdk.SingleSchemaResponse,
+            sdk.TablesResponse,
+            sdk.PipelineExecuteResponse,
+        ),
+        strict=True,
+    ):
+        raw = answer.dict()
+        assert raw["status"] == "pending"
+        sdk_strictly(sdk.AsyncSubmissionResponse, raw)
+        assert [poll.status for poll in polls] == ["pending", "processing", "completed"]
+        sdk_strictly(model, polls[-1].result)
+    tables_answer = polled[2][0]
+    assert tables_answer.tables_id == _extra_job_id(tables_answer)  # polled by its tables_id
+    assert polled[1][1][-1].result["extraction_ids"] == ["ext_1", "ext_2"]
+    assert polled[3][1][-1].result["results"]["schema"]["schema_output"]["values"] == {
+        "total": "total (emulated)"
+    }
+    assert all(s.is_async for s in emulator.submissions)
+    assert emulator.submissions[3].fields["steps"] == {
+        "extract": {},
+        "schema": {"input_schema": {"type": "object", "properties": {"total": {"type": "number"}}}},
+    }
+
+
+async def test_sdk_batches_report_progress_then_one_result_per_item(
+    emulator: PulseEmulator,
+) -> None:
+    async with async_sdk_client(emulator.base_url, API_KEY) as client:
+        started = await client.batch.extract(
+            input=sdk.BatchInputSource(
+                file_urls=["https://example.com/1.pdf", "https://example.com/2.pdf"],
+                files=[sdk.BatchFileUpload(filename="3.pdf", content="JVBERi0=")],
+            ),
+            output=NOWHERE,
+        )
+        polls = [await client.jobs.get_job(job_id=started.batch_job_id) for _ in range(3)]
+        split = await client.batch.split(
+            batch_extract_id=started.batch_job_id, split_config=TOPICS, output=NOWHERE
+        )
+        tables = await client.batch.tables(extraction_ids=["ext_a", "ext_b"], output=NOWHERE)
+        split_polls = [await client.jobs.get_job(job_id=split.batch_job_id) for _ in range(3)]
+        schema = await client.batch.schema(
+            batch_split_id=split.batch_job_id, schema_config=TOTAL_SCHEMA, output=NOWHERE
+        )
+        from_s3 = await client.batch.extract(
+            input=sdk.BatchInputSource(s_3_prefix="s3://bucket/in/"), output=NOWHERE
+        )
+
+    for answer, model in (
+        (started, sdk.BatchExtractResponse),
+        (split, sdk.BatchSplitResponse),
+        (tables, sdk.BatchTablesResponse),
+        (schema, sdk.BatchSchemaResponse),
+    ):
+        sdk_strictly(model, answer)
+        assert answer.status == "processing"
+    assert started.total_files == 3
+    assert from_s3.total_files == 3
+    assert (split.total_extractions, tables.total_extractions) == (3, 2)
+    assert (schema.total_splits, schema.total_extractions) == (3, None)
+    for poll in polls:
+        sdk_strictly(sdk.JobStatusResponse, poll)
+    assert [(p.status, p.dict()["progress"]["completed"]) for p in polls] == [
+        ("processing", 1),
+        ("processing", 2),
+        ("completed", 3),
+    ]
+    assert polls[0].result is None
+    assert polls[-1].result is not None
+    items = polls[-1].result["results"]
+    assert [item["input"] for item in items] == [
+        "https://example.com/1.pdf",
+        "https://example.com/2.pdf",
+        "3.pdf",
+    ]
+    assert all(item["status"] == "completed" for item in items)
+    # The split batch works on what the extract batch produced.
+    assert split_polls[-1].result is not None
+    split_items = split_polls[-1].result["results"]
+    assert [i["input"] for i in split_items] == [i["extraction_id"] for i in items]
+    assert all(i["split_id"].startswith("split_") for i in split_items)
+
+
+def test_batch_progress_grows_with_each_processing_answer() -> None:
+    statuses = ["pending", "processing", "processing", "processing", "completed"]
+    done = [batch_progress(statuses, n, 8)["completed"] for n in range(len(statuses))]
+    assert done == [0, 2, 4, 6, 8]
+    assert batch_progress(["processing", "failed"], 1, 4) == {
+        "total": 4,
+        "completed": 2,
+        "failed": 0,
+    }
+
+
+async def test_sdk_cancel_job_then_the_job_reports_canceled(emulator: PulseEmulator) -> None:
+    emulator.plan_next_job("processing")
+    async with async_sdk_client(emulator.base_url, API_KEY) as client:
+        job_id = (await client.extract(file_url="https://example.com/a.pdf", async_=True)).job_id
+        assert job_id is not None
+        before = await client.jobs.get_job(job_id=job_id)
+        canceled = await client.jobs.cancel_job(job_id=job_id)
+        after = [await client.jobs.get_job(job_id=job_id) for _ in range(2)]
+        done = await client.extract(file_url="https://example.com/b.pdf")
+        kept = await client.jobs.cancel_job(job_id=done.job_id or "")
+        still = await client.jobs.get_job(job_id=done.job_id or "")
+        with pytest.raises(pulse.core.api_error.ApiError) as unknown:
+            await client.jobs.cancel_job(job_id="no-such-job")
+
+    sdk_strictly(sdk.JobCancellationResponse, canceled)
+    assert canceled.job_id == job_id
+    assert before.status == "processing"
+    assert [job.status for job in after] == ["canceled", "canceled"]
+    assert "already completed" in kept.message
+    assert still.status == "completed"
+    assert unknown.value.status_code == 404
+
+
+@pytest.mark.parametrize("final", ["expired", "canceled", "failed"])
+async def test_every_final_status_can_be_scripted(emulator: PulseEmulator, final: str) -> None:
+    emulator.plan_next_job("pending", "processing", final)
+    async with async_sdk_client(emulator.base_url, API_KEY) as client:
+        job_id = (await client.extract(file_url="https://example.com/a.pdf", async_=True)).job_id
+        polls = [await client.jobs.get_job(job_id=job_id or "") for _ in range(4)]
+
+    assert [p.status for p in polls] == ["pending", "processing", final, final]
+    for poll in polls:
+        sdk_strictly(sdk.JobStatusResponse, poll)
+        assert poll.result is None
+
+
+async def test_sdk_large_results_are_downloaded_once(emulator: PulseEmulator) -> None:
+    document = sample_result("big", pages=80)
+    emulator.plan_next_job("completed", result=document, large_result=True)
+    async with async_sdk_client(emulator.base_url, API_KEY) as client:
+        job_id = (await client.extract(file_url="https://example.com/a.pdf", async_=True)).job_id
+        assert job_id is not None
+        pointer = await client.jobs.get_job(job_id=job_id)
+        downloaded = await client.large_results.get_large_result(job_id=job_id)
+        with pytest.raises(pulse.core.api_error.ApiError) as again:
+            await client.large_results.get_large_result(job_id=job_id)
+        small = await client.extract(file_url="https://example.com/b.pdf")
+        with pytest.raises(pulse.core.api_error.ApiError) as not_large:
+            await client.large_results.get_large_result(job_id=small.job_id or "")
+
+    assert pointer.result is not None and pointer.result["is_url"] is True
+    sdk_strictly(sdk.ExtractResultCore, downloaded)
+    assert downloaded.dict() == document
+    assert again.value.status_code == 410
+    assert not_large.value.status_code == 404
+    assert emulator.downloads == 0  # the pointer URL itself was never fetched
+
+
+async def test_cancel_and_large_results_need_the_key(
+    emulator: PulseEmulator, http: aiohttp.ClientSession
+) -> None:
+    emulator.add_job("job-1", status="processing")
+    emulator.add_job("job-2", large_result=True)
+    async with http.delete(f"{emulator.base_url}/job/job-1") as cancel:
+        assert cancel.status == 401
+    status, _, _ = await _get(http, f"{emulator.base_url}/large_results/job-2", headers={})
+    assert status == 401
+    assert (await _job(http, emulator, "job-1"))[1]["status"] == "processing"
+    status, _, _ = await _get(http, f"{emulator.base_url}/large_results/job-2")
+    assert status == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("/split", {"async": True}, "extraction_id is required"),
+        ("/split", {"extraction_id": "e"}, "split_config or split_config_id is required"),
+        ("/split", {"extraction_id": "e", "split_config": {"split_input": "x"}}, "split_input"),
+        ("/split", {"extraction_id": 7, "split_config_id": "c"}, "extraction_id must be"),
+        ("/schema", {"schema_config_id": "c"}, "extraction_id, extraction_ids or split_id"),
+        ("/schema", {"extraction_id": "e"}, "schema_config or schema_config_id is required"),
+        ("/schema", {"split_id": "s"}, "split_schema_config is required with split_id"),
+        ("/schema", {"extraction_ids": "e", "schema_config_id": "c"}, "extraction_ids must be"),
+        ("/tables", {"tables_config": {}}, "extraction_id is required"),
+        ("/tables", {"extraction_id": "e", "tables_config": []}, "tables_config must be"),
+        ("/pipeline/execute", {"file_url": "u"}, "steps is required"),
+        ("/pipeline/execute", {"file_url": "u", "steps": {"ocr": {}}}, "unknown step 'ocr'"),
+        ("/pipeline/execute", {"steps": {"extract": {}}}, "file or file_url is required"),
+        ("/pipeline/execute", {"file_url": "u", "steps": {"split": {}}}, "steps.split"),
+        ("/batch/extract", {"input": {"file_urls": ["u"]}}, "output is required"),
+        ("/batch/extract", {"output": {}, "input": {}}, "input lists nothing to process"),
+        ("/batch/extract", {"output": {}, "input": {"file_urls": "u"}}, "input.file_urls"),
+        ("/batch/extract", {"output": {}, "input": {"files": [{}]}}, "input.files"),
+        ("/batch/split", {"output": {}, "extraction_ids": ["e"]}, "split_config is required"),
+        ("/batch/tables", {"output": {}}, "one of extraction_ids, batch_extract_id"),
+        ("/batch/tables", {"output": {}, "batch_extract_id": "b"}, "names no batch job"),
+        ("/batch/schema", {"output": {}, "split_ids": []}, "split_ids lists nothing"),
+    ],
+)
+async def test_calls_the_api_would_refuse_are_400_naming_the_field(
+    emulator: PulseEmulator,
+    http: aiohttp.ClientSession,
+    path: str,
+    body: dict[str, Any],
+    message: str,
+) -> None:
+    async with http.post(f"{emulator.base_url}{path}", json=body, headers=KEY_HEADERS) as answer:
+        refused = await answer.json()
+
+    assert answer.status == 400
+    assert message in refused["error"]
     assert emulator.submissions == []
 
 

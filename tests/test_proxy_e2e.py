@@ -21,8 +21,9 @@ from typing import Any
 import aiohttp
 import pulse
 import pytest
+from pulse import types as sdk
 
-from pulse_relay.emulator import Fault, PulseEmulator, UploadedFile
+from pulse_relay.emulator import Fault, PulseEmulator, Submission, UploadedFile
 from tests.conftest import make_body, signed, wait_for
 from tests.helpers import (
     Receiver,
@@ -32,6 +33,7 @@ from tests.helpers import (
     free_port,
     recorder_argv,
     sdk_client,
+    sdk_strictly,
     write_config,
 )
 
@@ -224,6 +226,198 @@ async def test_a_webhook_and_the_auto_watch_for_one_job_deliver_once(
     assert len([r for r in receiver.received if r.envelope["job_id"] == job_id]) == 1
     assert len(list(relay.command_out.glob("*.json"))) == 1
     assert relay.envelope(job_id) is not None
+
+
+TOPICS = sdk.SplitConfig(
+    split_input=[sdk.TopicDefinition(name="invoice"), sdk.TopicDefinition(name="terms")]
+)
+TOTAL_SCHEMA = sdk.SchemaConfig(
+    input_schema={"type": "object", "properties": {"total": {"type": "number"}}}
+)
+BATCH_OUTPUT = sdk.BatchOutputDestination(local_path="/tmp/batch-results")
+
+
+def _job_id_of(answer: Any) -> str:
+    """The job an SDK answer names: `batch_job_id` for batches, else `job_id`."""
+    raw = answer.dict()
+    job_id = raw.get("batch_job_id") or raw["job_id"]
+    assert isinstance(job_id, str)
+    return job_id
+
+
+def _submission(emulator: PulseEmulator, job_id: str) -> Submission:
+    return next(s for s in emulator.submissions if s.job_id == job_id)
+
+
+async def test_every_sdk_job_call_through_the_pass_through_reaches_the_sinks(
+    start_serve: Any, emulator: PulseEmulator, receiver: Receiver
+) -> None:
+    relay = start_serve()
+    document = b"%PDF-1.7 a service contract " * 700
+    meta = {"X-Pulse-Relay-Meta-User-Id": "u-7", "X-Pulse-Relay-Meta-Matter": "m/12"}
+
+    def submit_every_kind() -> dict[str, Any]:
+        with sdk_client(relay.pulse_url, emulator.api_key, headers=meta) as client:
+            extracted = client.extract(
+                file=("contract.pdf", io.BytesIO(document), "application/pdf"), pages="1-2"
+            )
+            extraction_id = extracted.extraction_id or ""
+            batch = client.batch.extract(
+                input=sdk.BatchInputSource(
+                    file_urls=["https://example.com/1.pdf", "https://example.com/2.pdf"]
+                ),
+                output=BATCH_OUTPUT,
+            )
+            return {
+                "/extract": extracted,
+                "/extract_async": client.extract_async(file_url="https://example.com/old.pdf"),
+                "/split": client.split(
+                    extraction_id=extraction_id, split_config=TOPICS, async_=True
+                ),
+                "/schema": client.schema(
+                    extraction_id=extraction_id, schema_config=TOTAL_SCHEMA, async_=True
+                ),
+                "/tables": client.tables(extraction_id=extraction_id),
+                "/pipeline/execute": client.pipeline.execute(
+                    file_url="https://example.com/p.pdf",
+                    steps=sdk.PipelineSteps(extract=sdk.ExtractOptions(), split=TOPICS),
+                    async_=True,
+                ),
+                "/batch/extract": batch,
+                "/batch/split": client.batch.split(
+                    batch_extract_id=batch.batch_job_id, split_config=TOPICS, output=BATCH_OUTPUT
+                ),
+                "/batch/schema": client.batch.schema(
+                    extraction_ids=[extraction_id], schema_config=TOTAL_SCHEMA, output=BATCH_OUTPUT
+                ),
+                "/batch/tables": client.batch.tables(
+                    batch_extract_id=batch.batch_job_id, output=BATCH_OUTPUT
+                ),
+            }
+
+    answers = await asyncio.to_thread(submit_every_kind)
+    jobs = {path: _job_id_of(answer) for path, answer in answers.items()}
+    for job_id in jobs.values():
+        await wait_for(
+            lambda j=job_id: _delivered_everywhere(relay, receiver, j, "completed"),
+            timeout_seconds=30,
+        )
+
+    for path, job_id in jobs.items():
+        envelope = relay.envelope(job_id)
+        assert envelope is not None
+        assert (envelope["type"], envelope["source"]) == ("job.completed", "poll")
+        metadata = envelope["relay"]["metadata"]
+        assert (metadata["user_id"], metadata["matter"]) == ("u-7", "m/12"), path
+        submitted = _submission(emulator, job_id)
+        assert submitted.path == path
+        assert "x-pulse-relay-meta-user-id" not in {k.lower() for k in submitted.headers}
+        assert metadata["request"]["path"] == path
+        assert metadata["request"]["method"] == "POST"
+        # What the relay recorded is what the API received, field for field.
+        assert metadata["request"]["fields"] == submitted.fields, path
+        assert metadata["request"]["files"] == [vars(f) for f in submitted.files], path
+
+    upload = relay.envelope(jobs["/extract"])
+    assert upload is not None
+    assert upload["relay"]["metadata"]["request"]["files"] == [
+        {
+            "field": "file",
+            "filename": "contract.pdf",
+            "size_bytes": len(document),
+            "sha256": hashlib.sha256(document).hexdigest(),
+        }
+    ]
+    assert upload["relay"]["metadata"]["request"]["fields"] == {"pages": "1-2"}
+    # A synchronous answer and the delivered job carry the same result.
+    extracted = answers["/extract"].dict()
+    assert upload["job"]["result"] == {k: v for k, v in extracted.items() if k != "job_id"}
+    tables = relay.envelope(jobs["/tables"])
+    assert tables is not None
+    assert tables["job"]["result"]["tables_id"] == answers["/tables"].tables_id
+    split = relay.envelope(jobs["/split"])
+    assert split is not None
+    assert split["relay"]["metadata"]["request"]["fields"] == {
+        "extraction_id": answers["/extract"].extraction_id,
+        "split_config": {"split_input": [{"name": "invoice"}, {"name": "terms"}]},
+        "async": True,
+    }
+    assert split["job"]["result"]["split_output"] == {"splits": {"invoice": [1], "terms": [2]}}
+    batch = relay.envelope(jobs["/batch/extract"])
+    assert batch is not None
+    assert [item["input"] for item in batch["job"]["result"]["results"]] == [
+        "https://example.com/1.pdf",
+        "https://example.com/2.pdf",
+    ]
+    batch_split = relay.envelope(jobs["/batch/split"])
+    assert batch_split is not None
+    assert (
+        batch_split["relay"]["metadata"]["request"]["fields"]["batch_extract_id"]
+        == (jobs["/batch/extract"])
+    )
+    for answer, model in (
+        (answers["/extract"], sdk.ExtractResponse),
+        (answers["/extract_async"], sdk.AsyncSubmissionResponse),
+        (answers["/tables"], sdk.TablesResponse),
+        (answers["/batch/extract"], sdk.BatchExtractResponse),
+        (answers["/batch/split"], sdk.BatchSplitResponse),
+        (answers["/batch/schema"], sdk.BatchSchemaResponse),
+        (answers["/batch/tables"], sdk.BatchTablesResponse),
+    ):
+        sdk_strictly(model, answer)
+    assert sorted(relay.watched_job_ids()) == sorted(jobs.values())
+
+
+async def test_canceled_expired_and_large_jobs_through_the_pass_through(
+    start_serve: Any, emulator: PulseEmulator, receiver: Receiver
+) -> None:
+    relay = start_serve()
+    document = {"extraction_id": "ext_big", "markdown": "# Big\n" + "page\n" * 5000}
+    emulator.plan_next_job("processing")  # runs until canceled
+    emulator.plan_next_job("pending", "expired")
+    emulator.plan_next_job("processing", "completed", result=document, large_result=True)
+
+    async with async_sdk_client(relay.pulse_url, emulator.api_key) as client:
+        running = _job_id_of(
+            await client.extract(file_url="https://example.com/long.pdf", async_=True)
+        )
+        stale = _job_id_of(await client.tables(extraction_id="ext_old", async_=True))
+        large = _job_id_of(
+            await client.extract(file_url="https://example.com/big.pdf", async_=True)
+        )
+        await wait_for(lambda: emulator.get_count(running) >= 1, timeout_seconds=30)
+        canceled = await client.jobs.cancel_job(job_id=running)
+        await wait_for(
+            lambda: _delivered_everywhere(relay, receiver, large, "completed"),
+            timeout_seconds=30,
+        )
+        # The app fetches the large result itself afterwards: the relay's own download
+        # went through a pointer URL, so the single-use one is still there.
+        pointer = await client.jobs.get_job(job_id=large)
+        downloaded = await client.large_results.get_large_result(job_id=large)
+
+    sdk_strictly(sdk.JobCancellationResponse, canceled)
+    await wait_for(lambda: relay.envelope(running) is not None, timeout_seconds=30)
+    await wait_for(lambda: relay.envelope(stale) is not None, timeout_seconds=30)
+    for job_id, event_type, path in (
+        (running, "job.canceled", "/extract"),
+        (stale, "job.expired", "/tables"),
+    ):
+        envelope = relay.envelope(job_id)
+        assert envelope is not None
+        assert (envelope["type"], envelope["source"]) == (event_type, "poll")
+        assert envelope["relay"]["metadata"]["request"]["path"] == path
+        # A finished job of any kind is delivered with the job as the API last reported it.
+        assert envelope["job"] is not None, event_type
+        assert envelope["job"]["status"] == event_type.removeprefix("job.")
+    large_envelope = relay.envelope(large)
+    assert large_envelope is not None
+    assert large_envelope["job"]["result"] == document
+    assert emulator.downloads == 1  # the relay's own fetch, once for three sinks
+    assert pointer.result is not None and pointer.result["is_url"] is True
+    assert downloaded.dict() == document
+    large_result_calls = [r for r in emulator.requests if r.path.startswith("/large_results/")]
+    assert len(large_result_calls) == 1  # the app's, passed through; none by the relay
 
 
 class GeneratedDocument(io.RawIOBase):

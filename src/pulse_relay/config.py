@@ -289,7 +289,13 @@ class PulseSettings(_Section):
     api_key_file: Path | None = None
     timeout_seconds: float = Field(default=30.0, gt=0)
     fetch_on: list[str] = Field(
-        default_factory=lambda: ["job.completed", "job.failed", "job.cancelled", "job.canceled"]
+        default_factory=lambda: [
+            "job.completed",
+            "job.failed",
+            "job.cancelled",
+            "job.canceled",
+            "job.expired",
+        ]
     )
     max_result_bytes: int = Field(default=268_435_456, ge=1)
 

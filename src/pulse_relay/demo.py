@@ -1,10 +1,11 @@
 """`pulse-relay demo`: the whole pipeline in a temporary folder, against the built-in emulator.
 
 Signed webhooks go through the real ingress, a large result is downloaded once,
-an HTTP sink fails twice before it recovers, a command sink runs, an app submits
-a document through the relay's Pulse API pass-through (as the Pulse SDK does,
-and with no webhook and no `watch` call the job is delivered), and one job is
-watched by hand — then the demo shows what every sink received.
+an HTTP sink fails twice before it recovers, a command sink runs, an app uses
+the relay's Pulse API pass-through as the Pulse SDK does — it extracts a
+document, then applies a schema to that extraction asynchronously, and with no
+webhook and no `watch` call both jobs are delivered — and one job is watched by
+hand; then the demo shows what every sink received.
 """
 
 from __future__ import annotations
@@ -31,10 +32,19 @@ from pulse_relay.store import EventView
 DEADLINE_SECONDS = 30.0
 RESULTS_FOLDER = "results"
 COMMAND_OUT_FOLDER = "command-out"
-# The polled events the demo waits for: the submitted job and the watched one.
-POLLED_EVENTS = 2
+# The polled events the demo waits for: the extraction, the schema applied to it, the watched job.
+POLLED_EVENTS = 3
 EVENT_ID_WIDTH = 36
 _DOCUMENT = b"%PDF-1.7\n% an invoice, as an app would upload it\n" * 200
+# What the app asks of the extracted invoice: `client.schema(schema_config=...)`.
+_INVOICE_SCHEMA = {
+    "input_schema": {
+        "type": "object",
+        "properties": {"invoice_number": {"type": "string"}, "total": {"type": "number"}},
+    }
+}
+# How often the app polls its extraction, as an SDK user would with `jobs.get_job`.
+_APP_POLL_SECONDS = 0.05
 # Copies stdin to a file named after the event: the command sink's observable effect.
 _COMMAND = (
     "import json, pathlib, sys\n"
@@ -167,25 +177,54 @@ def _settings(folder: Path, secret: str, pulse_url: str, api_key: str, app_url: 
 
 
 async def _submit_like_the_sdk(out: TextIO, pulse_url: str, api_key: str) -> None:
-    """What `Pulse(base_url=pulse_url).extract(file=..., async_=True)` sends, byte for byte.
+    """An app's chained flow, sent byte for byte as `Pulse(base_url=pulse_url)` sends it.
 
-    The official SDK is not a dependency of the relay, so the demo builds the same
-    multipart request itself: the form fields, then the file, and the caller's key.
+    `client.extract(file=..., async_=True)`, `client.jobs.get_job(job_id)` until
+    it is completed, then `client.schema(extraction_id=..., schema_config=...,
+    async_=True)`. The official SDK is not a dependency of the relay, so the demo
+    builds the same requests itself: the multipart form, the JSON bodies, the key.
     """
+    headers = {"x-api-key": api_key, "X-Pulse-Relay-Meta-User-Id": "demo@example.com"}
     form = aiohttp.FormData()
     form.add_field("async", "true")
     form.add_field("file", _DOCUMENT, filename="invoice-042.pdf", content_type="application/pdf")
-    headers = {"x-api-key": api_key, "X-Pulse-Relay-Meta-User-Id": "demo@example.com"}
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{pulse_url}/extract", data=form, headers=headers) as response,
-    ):
-        answer = await response.json()
-    out.write(
-        f"app submitted invoice-042.pdf to {pulse_url}/extract (as the Pulse SDK does)"
-        f" → {response.status}, job {answer.get('job_id')} {answer.get('status')}\n"
-        "  no webhook, no watch call: the relay saw the job id and polls the job\n"
-    )
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async with session.post(f"{pulse_url}/extract", data=form) as response:
+            answer = await response.json()
+        job_id = answer.get("job_id")
+        out.write(
+            f"app submitted invoice-042.pdf to {pulse_url}/extract (as the Pulse SDK does)"
+            f" → {response.status}, job {job_id} {answer.get('status')}\n"
+            "  no webhook, no watch call: the relay saw the job id and polls the job\n"
+        )
+        extraction_id = await _extraction_of(session, f"{pulse_url}/job/{job_id}")
+        if extraction_id is None:
+            out.write("  the extraction did not complete; no schema applied\n")
+            return
+        body = {"extraction_id": extraction_id, "schema_config": _INVOICE_SCHEMA, "async": True}
+        async with session.post(f"{pulse_url}/schema", json=body) as response:
+            answer = await response.json()
+        out.write(
+            f"app applied a schema to extraction {extraction_id} via {pulse_url}/schema"
+            f" → {response.status}, job {answer.get('job_id')} {answer.get('status')}\n"
+            "  delivered the same way: the relay watches that job too\n"
+        )
+
+
+async def _extraction_of(session: aiohttp.ClientSession, job_url: str) -> str | None:
+    """Poll the job as the app would (`jobs.get_job`); its `extraction_id` once completed."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while time.monotonic() < deadline:
+        async with session.get(job_url) as response:
+            job = await response.json()
+        if job.get("status") == "completed":
+            result = job.get("result") or {}
+            extraction_id = result.get("extraction_id")
+            return extraction_id if isinstance(extraction_id, str) else None
+        if job.get("status") not in {"pending", "processing"}:
+            return None
+        await asyncio.sleep(_APP_POLL_SECONDS)
+    return None
 
 
 async def _wait_until_settled(relay: Relay) -> list[EventView]:
@@ -215,7 +254,10 @@ def _describe_metadata(metadata: dict[str, Any]) -> str:
             f"{f['filename']} ({f['size_bytes']} bytes, sha256 {f['sha256'][:12]}…)"
             for f in request.get("files", [])
         )
-        parts.append(f"request {request['method']} {request['path']} {files}".rstrip())
+        # A chained call names the extraction it works on: the chain shows in the audit trail.
+        on = request.get("fields", {}).get("extraction_id")
+        source = f"on {on}" if isinstance(on, str) else files
+        parts.append(f"request {request['method']} {request['path']} {source}".rstrip())
     return "; ".join(parts)
 
 

@@ -1,11 +1,15 @@
 """An emulator of the Pulse API on a real socket, for `pulse-relay demo` and the test suite.
 
-It serves `GET /job/{job_id}` in the documented shape, accepts documents on
-`POST /extract` (synchronous, or with `async` a job to poll) and the deprecated
-`POST /extract_async` in the shapes of the official Python SDK, hands out
-single-use large-result URLs, plays scripted faults (error statuses,
-`Retry-After`, slow answers, truncated JSON, connection resets), counts what it
-saw, and can send Svix-style signed webhooks the way Pulse does.
+It answers every job call of the official Python SDK (`pulse-python-sdk`) in
+the shapes the SDK parses: `POST /extract` and `/split`, `/schema`, `/tables`,
+`/pipeline/execute` (each synchronous, or with `async` a job to poll), the
+deprecated `POST /extract_async`, `POST /batch/extract|split|schema|tables`
+(always a batch job whose polls report progress, then per-item results),
+`GET /job/{job_id}`, `DELETE /job/{job_id}` (cancel) and
+`GET /large_results/{job_id}`. It hands out single-use large-result URLs, plays
+scripted faults (error statuses, `Retry-After`, slow answers, truncated JSON,
+connection resets), counts what it saw, and can send Svix-style signed
+webhooks the way Pulse does.
 """
 
 from __future__ import annotations
@@ -45,8 +49,15 @@ _EVENT_STATUS: Final = {
 }
 _ID_ALPHABET: Final = string.ascii_letters + string.digits
 _JSON: Final = "application/json"
+# Every status a job can report; the last four are final.
+JOB_STATUSES: Final = ("pending", "processing", "completed", "failed", "canceled", "expired")
+_FINAL_STATUSES: Final = frozenset(JOB_STATUSES[2:])
 # What an accepted asynchronous job answers to its first polls, unless a plan says otherwise.
 SUBMITTED_JOB_STATUSES: Final = ("pending", "processing", "completed")
+# A batch job reports progress twice (a third, then two thirds done) before its results.
+BATCH_JOB_STATUSES: Final = ("processing", "processing", "completed")
+# How many files an `s3_prefix` batch input is taken to hold.
+S3_PREFIX_FILES: Final = 3
 _UPLOAD_CHUNK_BYTES: Final = 64 * 1024
 _TRUE_WORDS: Final = frozenset({"true", "1", "yes", "on"})
 
@@ -132,7 +143,10 @@ class UploadedFile:
 
 @dataclass(frozen=True)
 class Submission:
-    """A document accepted on `POST /extract` or `POST /extract_async`."""
+    """A request accepted on a submitting endpoint (`/extract`, `/split`, `/batch/tables`, ...).
+
+    `job_id` is the job it created (a batch job's id for `/batch/*`).
+    """
 
     job_id: str
     path: str
@@ -146,9 +160,11 @@ class Submission:
 class JobPlan:
     """How the next asynchronous submission behaves when polled: its statuses, in order."""
 
-    statuses: tuple[str, ...] = SUBMITTED_JOB_STATUSES
+    # None: the endpoint's own (`SUBMITTED_JOB_STATUSES`, or `BATCH_JOB_STATUSES` for a batch).
+    statuses: tuple[str, ...] | None = None
     error: str | None = None
     result: dict[str, Any] | None = None
+    large_result: bool = False
 
 
 class _BadSubmission(Exception):
@@ -166,6 +182,9 @@ class _Job:
     updated_at: str
     step: int = 0
     last_status: str | None = None
+    # A batch job's number of items; its polls then report `progress`.
+    batch_total: int | None = None
+    large_result_served: bool = False
 
 
 @dataclass
@@ -223,6 +242,8 @@ class PulseEmulator:
         self._requests: list[RecordedRequest] = []
         self._submissions: list[Submission] = []
         self._plans: deque[JobPlan] = deque()
+        # What each batch job produced, one id per item: the input of a later batch.
+        self._batch_outputs: dict[str, list[str]] = {}
         self._in_flight = 0
         self._max_in_flight = 0
         self._documents_served = 0
@@ -240,9 +261,11 @@ class PulseEmulator:
             raise RuntimeError("emulator already started")
         app = web.Application(middlewares=[self._record])
         app.router.add_get("/job/{job_id}", self._get_job)
+        app.router.add_delete("/job/{job_id}", self._cancel_job)
         app.router.add_get("/results/{token}", self._get_result)
-        app.router.add_post("/extract", self._extract)
-        app.router.add_post("/extract_async", self._extract_async)
+        app.router.add_get("/large_results/{job_id}", self._get_large_result)
+        for endpoint in (*_ENDPOINTS, *_BATCH_ENDPOINTS):
+            app.router.add_post(endpoint.path, self._submitter(endpoint))
         # handler_cancellation: a client that gives up (timeout, reset) must not
         # leave a handler counted as in flight.
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
@@ -337,17 +360,28 @@ class PulseEmulator:
         *statuses: str,
         error: str | None = None,
         result: dict[str, Any] | None = None,
+        large_result: bool = False,
     ) -> None:
         """Script the next asynchronous submission: the statuses its polls answer, in order.
 
-        Plans are used one per asynchronous submission, oldest first; without
-        one a job answers pending, processing, then completed.
+        Plans are used one per asynchronous submission (batches included),
+        oldest first. Without statuses a job answers pending, processing, then
+        completed, and a batch job processing twice, then completed. Any of
+        `JOB_STATUSES` may be scripted, `expired` and `canceled` included.
+        `result` replaces the document the endpoint would produce;
+        `large_result` answers it as a single-use URL (see `add_job`).
         """
-        steps = statuses or SUBMITTED_JOB_STATUSES
-        self._plans.append(JobPlan(statuses=tuple(steps), error=error, result=result))
+        self._plans.append(
+            JobPlan(
+                statuses=tuple(statuses) or None,
+                error=error,
+                result=result,
+                large_result=large_result,
+            )
+        )
 
     def fail_next_submission(self, *faults: Fault | int) -> None:
-        """Queue faults for the next `POST /extract` or `/extract_async` calls (one each)."""
+        """Queue faults for the next submissions (`POST /extract`, `/split`, ...), one each."""
         self._submit_faults.extend(_as_fault(f) for f in faults)
 
     def hold_requests(self) -> None:
@@ -381,7 +415,7 @@ class PulseEmulator:
 
     @property
     def submissions(self) -> list[Submission]:
-        """Every document accepted on the extract endpoints, oldest first."""
+        """Every request accepted on a submitting endpoint, oldest first."""
         return list(self._submissions)
 
     @property
@@ -423,14 +457,21 @@ class PulseEmulator:
         finally:
             self._in_flight -= 1
 
-    def _job_answer(self, request: web.Request, job_id: str) -> web.Response:
+    def _key_refused(self, request: web.Request) -> web.Response | None:
+        """The 401 for a request without the right `x-api-key`, else None."""
         supplied = request.headers.get("x-api-key", "")
-        if not hmac.compare_digest(supplied.encode(), self._api_key.encode()):
-            return _error(401, "Invalid or missing API key")
+        if hmac.compare_digest(supplied.encode(), self._api_key.encode()):
+            return None
+        return _error(401, "Invalid or missing API key")
+
+    def _job_answer(self, request: web.Request, job_id: str) -> web.Response:
+        if (refused := self._key_refused(request)) is not None:
+            return refused
         job = self._jobs.get(job_id)
         if job is None:
             return _error(404, "Job not found")
-        status = job.statuses[min(job.step, len(job.statuses) - 1)]
+        index = min(job.step, len(job.statuses) - 1)
+        status = job.statuses[index]
         job.step += 1
         if status != job.last_status:
             if job.last_status is not None:
@@ -443,25 +484,58 @@ class PulseEmulator:
         error = job.error
         if status == "failed" and error is None:
             error = "Document could not be processed"
-        return web.json_response(
-            {
-                "job_id": job_id,
-                "status": status,
-                "created_at": job.created_at,
-                "updated_at": job.updated_at,
-                "result": result,
-                "error": error if status == "failed" else None,
-            }
-        )
+        answer: dict[str, Any] = {
+            "job_id": job_id,
+            "status": status,
+            "created_at": job.created_at,
+            "updated_at": job.updated_at,
+            "result": result,
+            "error": error if status == "failed" else None,
+        }
+        if job.batch_total is not None:
+            answer["progress"] = batch_progress(job.statuses, index, job.batch_total)
+        return web.json_response(answer)
 
-    async def _extract(self, request: web.Request) -> web.StreamResponse:
-        return await self._submit(request, always_async=False)
+    async def _cancel_job(self, request: web.Request) -> web.StreamResponse:
+        """`DELETE /job/{job_id}`: a job not yet finished answers `canceled` from now on."""
+        if (refused := self._key_refused(request)) is not None:
+            return refused
+        job_id = request.match_info["job_id"]
+        job = self._jobs.get(job_id)
+        if job is None:
+            return _error(404, "Job not found")
+        current = _status_now(job)
+        if current in _FINAL_STATUSES:
+            message = f"Job is already {current}; it remains unchanged"
+        else:
+            job.statuses, job.step = ["canceled"], 0
+            message = "Job cancellation requested"
+        return web.json_response({"job_id": job_id, "message": message})
 
-    async def _extract_async(self, request: web.Request) -> web.StreamResponse:
-        return await self._submit(request, always_async=True)
+    async def _get_large_result(self, request: web.Request) -> web.StreamResponse:
+        """`GET /large_results/{job_id}`: a completed large job's document, once."""
+        if (refused := self._key_refused(request)) is not None:
+            return refused
+        job = self._jobs.get(request.match_info["job_id"])
+        if job is None:
+            return _error(404, "Job not found")
+        if not job.large_result or _status_now(job) != "completed":
+            return _error(404, "This job has no large result")
+        if job.large_result_served:
+            return _error(410, "The large result was already downloaded; it is single-use")
+        job.large_result_served = True
+        return _document(job.result if job.result is not None else sample_result(job.job_id))
 
-    async def _submit(self, request: web.Request, *, always_async: bool) -> web.StreamResponse:
-        """`POST /extract` and `/extract_async`: record the document, answer as Pulse does."""
+    def _submitter(self, endpoint: _Endpoint | _BatchEndpoint) -> Handler:
+        async def submit(request: web.Request) -> web.StreamResponse:
+            return await self._submit(request, endpoint)
+
+        return submit
+
+    async def _submit(
+        self, request: web.Request, endpoint: _Endpoint | _BatchEndpoint
+    ) -> web.StreamResponse:
+        """A submission: record it, create its job, answer as Pulse does."""
         queue = self._submit_faults
         if queue:
             fault = queue.popleft()
@@ -469,33 +543,97 @@ class PulseEmulator:
                 return _error(503, "shutting down")
             if not fault.answers_normally:
                 return await self._play(request, fault, lambda: _error(500, "no answer"))
-        supplied = request.headers.get("x-api-key", "")
-        if not hmac.compare_digest(supplied.encode(), self._api_key.encode()):
-            return _error(401, "Invalid or missing API key")
+        if (refused := self._key_refused(request)) is not None:
+            return refused
         try:
             fields, files = await _read_submission(request)
-            if not files and not (fields.get("file_url") or fields.get("fileUrl")):
-                raise _BadSubmission("file or file_url is required")
+            if isinstance(endpoint, _BatchEndpoint):
+                count_field, items = self._batch_items(endpoint, fields)
+            else:
+                endpoint.check(fields, files)
         except _BadSubmission as error:
             return _error(400, str(error))
-        is_async = always_async or str(fields.get("async", "")).lower() in _TRUE_WORDS
         job_id = str(uuid.uuid4())
+        is_async = (
+            isinstance(endpoint, _BatchEndpoint)
+            or endpoint.always_async
+            or str(fields.get("async", "")).lower() in _TRUE_WORDS
+        )
         self._submissions.append(
             Submission(job_id, request.path, is_async, fields, files, dict(request.headers))
         )
+        if isinstance(endpoint, _BatchEndpoint):
+            return self._accept_batch(job_id, endpoint, count_field, items)
+        document = endpoint.document(job_id, fields)
         if not is_async:
-            document = sample_result(job_id)
             self.add_job(job_id, result=document)
             return web.json_response({**document, "job_id": job_id})
         plan = self._plans.popleft() if self._plans else JobPlan()
-        self.add_job(job_id, statuses=list(plan.statuses), error=plan.error, result=plan.result)
+        self.add_job(
+            job_id,
+            statuses=list(plan.statuses or SUBMITTED_JOB_STATUSES),
+            error=plan.error,
+            result=plan.result if plan.result is not None else document,
+            large_result=plan.large_result,
+        )
         return web.json_response(
             {
                 "job_id": job_id,
+                **dict.fromkeys(endpoint.job_id_aliases, job_id),
                 "status": "pending",
                 "message": "Job accepted; poll GET /job/{job_id} for its status",
                 "queuedAt": _now_iso(),
             }
+        )
+
+    def _batch_items(
+        self, endpoint: _BatchEndpoint, fields: Mapping[str, Any]
+    ) -> tuple[str, list[str]]:
+        """The count field the answer reports and the batch's items; `_BadSubmission` if none."""
+        for name in endpoint.required:
+            if not isinstance(fields.get(name), dict):
+                raise _BadSubmission(f"{name} is required (an object)")
+        for name, count_field in endpoint.sources.items():
+            value = fields.get(name)
+            if value is None:
+                continue
+            if name == "input":
+                items = _batch_input_files(value)
+            elif name.startswith("batch_"):
+                known = self._batch_outputs.get(value) if isinstance(value, str) else None
+                if known is None:
+                    raise _BadSubmission(f"{name} names no batch job")
+                items = known
+            else:
+                items = _id_list(name, value)
+            if not items:
+                raise _BadSubmission(f"{name} lists nothing to process")
+            return count_field, items
+        raise _BadSubmission(f"one of {', '.join(endpoint.sources)} is required")
+
+    def _accept_batch(
+        self, job_id: str, endpoint: _BatchEndpoint, count_field: str, items: list[str]
+    ) -> web.Response:
+        outputs = [_derived_id(endpoint.item_prefix, job_id, str(n)) for n in range(len(items))]
+        self._batch_outputs[job_id] = outputs
+        document = {
+            "results": [
+                {"index": n, "input": item, "status": "completed", endpoint.item_id: output}
+                for n, (item, output) in enumerate(zip(items, outputs, strict=True))
+            ],
+            count_field: len(items),
+        }
+        plan = self._plans.popleft() if self._plans else JobPlan()
+        self.add_job(
+            job_id,
+            statuses=list(plan.statuses or BATCH_JOB_STATUSES),
+            error=plan.error,
+            result=plan.result if plan.result is not None else document,
+            large_result=plan.large_result,
+        )
+        self._jobs[job_id].batch_total = len(items)
+        return web.json_response(
+            {"batch_job_id": job_id, "status": "processing", count_field: len(items)}
         )
 
     def _pointer(self, job_id: str, document: dict[str, Any]) -> dict[str, Any]:
@@ -673,6 +811,308 @@ async def _read_multipart(request: web.Request) -> tuple[dict[str, Any], list[Up
             size_bytes += len(chunk)
         files.append(UploadedFile(name, part.filename, size_bytes, digest.hexdigest()))
     return fields, files
+
+
+def _status_now(job: _Job) -> str:
+    """The status the job was last reported in, or the one its first poll will answer."""
+    return job.last_status if job.last_status is not None else job.statuses[0]
+
+
+def batch_progress(statuses: list[str], index: int, total: int) -> dict[str, int]:
+    """A batch job's `progress` at its `index`-th status: all done once completed, else a
+    share of `total` that grows with each `processing` answer."""
+    if statuses[index] == "completed":
+        done = total
+    else:
+        processing = [n for n, status in enumerate(statuses) if status == "processing"]
+        answered = sum(1 for n in processing if n <= index)
+        done = total * answered // (len(processing) + 1)
+    return {"total": total, "completed": done, "failed": 0}
+
+
+def _derived_id(prefix: str, *parts: str) -> str:
+    """A stable id for something the emulator "produced", derived from where it came from."""
+    return prefix + hashlib.sha256(":".join(parts).encode()).hexdigest()[:24]
+
+
+# -- submitting endpoints: what each requires, and the result it produces ---------
+
+_PLAN_INFO: Final = {"tier": "emulator", "pages_used": 1, "total_credits_used": 1.0}
+_TABLES_OUTPUT: Final = {
+    "tables": [
+        {
+            "table_content": (
+                "<table><tr><th>Item</th><th>Amount</th></tr>"
+                "<tr><td>Consulting</td><td>1,200.00</td></tr></table>"
+            ),
+            "citations": ["bb-1"],
+            "from_chart": False,
+        }
+    ]
+}
+_PIPELINE_STEPS: Final = ("extract", "batch_extract", "schema", "split", "tables")
+
+
+def _text(fields: Mapping[str, Any], name: str) -> str | None:
+    """A field that must be a non-empty string when present."""
+    value = fields.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _BadSubmission(f"{name} must be a non-empty string")
+    return value
+
+
+def _object(fields: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    """A field that must be a JSON object when present."""
+    value = fields.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _BadSubmission(f"{name} must be an object")
+    return value
+
+
+def _id_list(name: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _BadSubmission(f"{name} must be a list of ids")
+    return value
+
+
+def _topics(config: Mapping[str, Any], name: str) -> list[str]:
+    """The topic names of a split configuration (`split_input: [{"name": ...}]`)."""
+    topics = config.get("split_input")
+    if (
+        not isinstance(topics, list)
+        or not topics
+        or not all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in topics)
+    ):
+        raise _BadSubmission(f"{name}.split_input must list topics, each with a name")
+    return [t["name"] for t in topics]
+
+
+def _batch_input_files(value: Any) -> list[str]:
+    """The files a `/batch/extract` input names: URLs, uploaded file names or an S3 prefix."""
+    if not isinstance(value, dict):
+        raise _BadSubmission("input must be an object")
+    urls = value.get("file_urls") or []
+    uploads = value.get("files") or []
+    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        raise _BadSubmission("input.file_urls must be a list of URLs")
+    if not isinstance(uploads, list) or not all(
+        isinstance(f, dict) and isinstance(f.get("filename"), str) for f in uploads
+    ):
+        raise _BadSubmission("input.files must be a list of {filename, content}")
+    items = [*urls, *(f["filename"] for f in uploads)]
+    prefix = value.get("s3_prefix")
+    if isinstance(prefix, str) and prefix:
+        items += [f"{prefix}document-{n}.pdf" for n in range(1, S3_PREFIX_FILES + 1)]
+    return items
+
+
+def _check_extract(fields: Mapping[str, Any], files: list[UploadedFile]) -> None:
+    if not files and not (fields.get("file_url") or fields.get("fileUrl")):
+        raise _BadSubmission("file or file_url is required")
+
+
+def _check_split(fields: Mapping[str, Any], _files: list[UploadedFile]) -> None:
+    if _text(fields, "extraction_id") is None:
+        raise _BadSubmission("extraction_id is required")
+    config = _object(fields, "split_config")
+    if config is not None:
+        _topics(config, "split_config")
+    elif _text(fields, "split_config_id") is None:
+        raise _BadSubmission("split_config or split_config_id is required")
+
+
+def _check_schema(fields: Mapping[str, Any], _files: list[UploadedFile]) -> None:
+    if _text(fields, "split_id") is not None:
+        if _object(fields, "split_schema_config") is None:
+            raise _BadSubmission("split_schema_config is required with split_id")
+        return
+    ids = fields.get("extraction_ids")
+    if ids is not None:
+        _id_list("extraction_ids", ids)
+    elif _text(fields, "extraction_id") is None:
+        raise _BadSubmission("extraction_id, extraction_ids or split_id is required")
+    if _object(fields, "schema_config") is None and _text(fields, "schema_config_id") is None:
+        raise _BadSubmission("schema_config or schema_config_id is required")
+
+
+def _check_tables(fields: Mapping[str, Any], _files: list[UploadedFile]) -> None:
+    if _text(fields, "extraction_id") is None:
+        raise _BadSubmission("extraction_id is required")
+    _object(fields, "tables_config")
+
+
+def _check_pipeline(fields: Mapping[str, Any], files: list[UploadedFile]) -> None:
+    steps = _object(fields, "steps")
+    if not steps:
+        raise _BadSubmission("steps is required (an object naming at least one step)")
+    unknown = sorted(set(steps) - set(_PIPELINE_STEPS))
+    if unknown:
+        raise _BadSubmission(f"steps: unknown step {unknown[0]!r}")
+    if "extract" in steps:
+        _check_extract(fields, files)
+    if "split" in steps:
+        config = steps["split"]
+        _topics(config if isinstance(config, dict) else {}, "steps.split")
+
+
+def _schema_output(config: Any) -> dict[str, Any]:
+    """Values for every property of the schema's `input_schema`, each cited."""
+    schema = config.get("input_schema") if isinstance(config, dict) else None
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    names = list(properties) if isinstance(properties, dict) else []
+    return {
+        "values": {name: f"{name} (emulated)" for name in names},
+        "citations": {name: ["bb-1"] for name in names},
+    }
+
+
+def _splits(topics: list[str]) -> dict[str, Any]:
+    return {"splits": {topic: [n] for n, topic in enumerate(topics, start=1)}}
+
+
+def _extract_document(job_id: str, _fields: Mapping[str, Any]) -> dict[str, Any]:
+    return sample_result(job_id)
+
+
+def _split_document(job_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    config = fields.get("split_config")
+    topics = _topics(config, "split_config") if isinstance(config, dict) else ["topic-1"]
+    return {
+        "split_id": _derived_id("split_", job_id),
+        "split_output": _splits(topics),
+        "credits_used": 1.0,
+        "plan_info": _PLAN_INFO,
+    }
+
+
+def _schema_document(job_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    schema_id = _derived_id("schema_", job_id)
+    split_id = fields.get("split_id")
+    if split_id is not None:
+        topics = fields.get("split_schema_config") or {}
+        return {
+            "schema_id": schema_id,
+            "split_id": split_id,
+            "results": {
+                topic: _schema_output(config)
+                for topic, config in topics.items()
+                if isinstance(topic, str)
+            },
+            "credits_used": 1.0,
+            "plan_info": _PLAN_INFO,
+        }
+    ids = fields.get("extraction_ids") or [fields.get("extraction_id")]
+    return {
+        "schema_id": schema_id,
+        "version": 1,
+        "schema_output": _schema_output(fields.get("schema_config")),
+        "extraction_ids": ids,
+        "credits_used": 1.0,
+        "plan_info": _PLAN_INFO,
+    }
+
+
+def _tables_document(job_id: str, _fields: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "tables_id": job_id,
+        "tables_output": _TABLES_OUTPUT,
+        "credits_used": 1.0,
+        "plan_info": _PLAN_INFO,
+    }
+
+
+def _pipeline_document(job_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Each requested step's result, in the order the steps were given."""
+    steps = fields["steps"]
+    extracted = {k: v for k, v in sample_result(job_id).items() if k != "plan-info"}
+    results: dict[str, Any] = {}
+    for step, config in steps.items():
+        if step == "extract":
+            results[step] = {**extracted, "plan_info": _PLAN_INFO, "latency": 0.01}
+        elif step == "batch_extract":
+            ids = [_derived_id("ext_", job_id, "batch", str(n)) for n in range(2)]
+            results[step] = {"extraction_ids": ids, "total_files": len(ids), "latency": 0.02}
+        elif step == "schema":
+            results[step] = {
+                "schema_id": _derived_id("schema_", job_id),
+                "schema_output": _schema_output(config),
+                "latency": 0.01,
+            }
+        elif step == "split":
+            topics = _topics(config, "steps.split")
+            results[step] = {
+                "split_id": _derived_id("split_", job_id),
+                "split_output": _splits(topics),
+                "split_input": config["split_input"],
+                "latency": 0.01,
+            }
+        else:
+            results[step] = {
+                "tables_id": _derived_id("tables_", job_id),
+                "tables_output": _TABLES_OUTPUT,
+                "latency": 0.01,
+            }
+    return {"status": "completed", "total_latency": 0.05, "results": results}
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    """A submitting endpoint: what it requires, and the result its job produces."""
+
+    path: str
+    check: Callable[[Mapping[str, Any], list[UploadedFile]], None]
+    document: Callable[[str, Mapping[str, Any]], dict[str, Any]]
+    always_async: bool = False
+    # Other names the asynchronous answer gives the job id (`/tables` polls by `tables_id`).
+    job_id_aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _BatchEndpoint:
+    """A `/batch/*` endpoint: always a batch job, one result per item."""
+
+    path: str
+    # The fields naming the items (in order of preference), each with the count
+    # the answer reports; a `batch_*` field names an earlier batch job's outputs.
+    sources: Mapping[str, str]
+    item_id: str
+    item_prefix: str
+    required: tuple[str, ...] = ("output",)
+
+
+_ENDPOINTS: Final = (
+    _Endpoint("/extract", _check_extract, _extract_document),
+    _Endpoint("/extract_async", _check_extract, _extract_document, always_async=True),
+    _Endpoint("/split", _check_split, _split_document),
+    _Endpoint("/schema", _check_schema, _schema_document),
+    _Endpoint("/tables", _check_tables, _tables_document, job_id_aliases=("tables_id",)),
+    _Endpoint("/pipeline/execute", _check_pipeline, _pipeline_document),
+)
+_FROM_EXTRACTIONS: Final = {
+    "extraction_ids": "total_extractions",
+    "batch_extract_id": "total_extractions",
+}
+_BATCH_ENDPOINTS: Final = (
+    _BatchEndpoint("/batch/extract", {"input": "total_files"}, "extraction_id", "ext_"),
+    _BatchEndpoint(
+        "/batch/split",
+        _FROM_EXTRACTIONS,
+        "split_id",
+        "split_",
+        required=("output", "split_config"),
+    ),
+    _BatchEndpoint(
+        "/batch/schema",
+        {**_FROM_EXTRACTIONS, "split_ids": "total_splits", "batch_split_id": "total_splits"},
+        "schema_id",
+        "schema_",
+    ),
+    _BatchEndpoint("/batch/tables", _FROM_EXTRACTIONS, "tables_id", "tables_"),
+)
 
 
 def _error(status: int, message: str, *, headers: Mapping[str, str] | None = None) -> web.Response:
