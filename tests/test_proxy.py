@@ -451,6 +451,7 @@ async def test_upstream_that_hangs_is_504_json(
         f"{proxied.url}/extract", json={"file_url": "https://x/a.pdf", "async": True}, headers=KEY
     ) as got:
         body = await got.json()
+        assert_sandboxed(got)
     assert got.status == 504
     assert body == {
         "error": "upstream_timeout",
