@@ -123,6 +123,10 @@ def test_pass_through_rules() -> None:
     for auth in (guarded, open_auth):
         check_request(auth, mocked("POST", "/pulse/extract", {"x-api-key": "k"}))
         check_request(auth, mocked("GET", "/pulse/job/j", {"x-api-key": "k"}))
+    # It opens the pass-through only.
+    for path in ("/api/events", "/api/watches", "/pulse", "/pulsex/job/j"):
+        with pytest.raises((Unauthorized, web.HTTPSeeOther)):
+            check_request(guarded, mocked("GET", path, {"x-api-key": "k"}))
     # Without it: the token when one is configured (never forwarded), else as any request.
     with pytest.raises(Unauthorized):
         check_request(guarded, mocked("GET", "/pulse/job/j"))

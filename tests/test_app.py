@@ -167,7 +167,7 @@ async def test_reload_closes_old_sinks_after_their_cut_off_work_was_handed_back(
     assert factory.history[3:] == ["files#1 started", "files#1 delivered", "files#1 closed"]
 
 
-async def test_the_pulse_client_and_the_http_sinks_share_one_session(
+async def test_the_pulse_client_and_the_http_sinks_share_one_session_the_pass_through_its_own(
     make_settings: MakeSettings,
     emulator: PulseEmulator,
     receiver: Receiver,
@@ -196,11 +196,14 @@ async def test_the_pulse_client_and_the_http_sinks_share_one_session(
                 assert answer.status == 202
             await wait_for(lambda: len(receiver.received) == 1)
             assert emulator.get_count("job-one") == 1
-            (session,) = created
-            assert not session.closed
+            # The pass-through's pool is its own, sized by proxy.concurrency.
+            (proxied,) = [s for s in created if s.connector is not None and s.connector.limit == 16]
+            (session,) = [s for s in created if s is not proxied]
+            assert session.connector is not proxied.connector
+            assert not session.closed and not proxied.closed
         finally:
             await relay.stop()
-    assert session.closed
+    assert session.closed and proxied.closed
 
 
 class BrokenOnClose(ObservedSink):

@@ -493,6 +493,11 @@ def test_bad_secret_in_secrets_file_points_at_the_file(
             id="sink-missing-key",
         ),
         pytest.param(
+            {"proxy": {"concurrency": 0}},
+            "proxy.concurrency: Input should be greater than or equal to 1",
+            id="proxy-concurrency",
+        ),
+        pytest.param(
             {"store": {"dedupe_days": 0.5}},
             "store.dedupe_days: Input should be greater than or equal to 1",
             id="dedupe-days",

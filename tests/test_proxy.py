@@ -53,6 +53,8 @@ class Upstream:
     answer: Answer | None = None
     seen: list[Seen] = field(default_factory=list)
     started: int = 0
+    # Handlers cancelled because the relay closed their connection.
+    cancelled: int = 0
     url: str = ""
     _runner: web.AppRunner | None = None
 
@@ -69,6 +71,13 @@ class Upstream:
             await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._record_and_answer(request)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+    async def _record_and_answer(self, request: web.Request) -> web.StreamResponse:
         self.started += 1
         digest = hashlib.sha256()
         size_bytes = 0
@@ -87,6 +96,12 @@ class Upstream:
         if self.answer is None:
             return web.json_response({"job_id": "job-upstream-1", "status": "pending"})
         return await self.answer(request)
+
+
+async def hang(request: web.Request) -> web.StreamResponse:
+    """An upstream that never answers (until its connection is closed)."""
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -127,6 +142,7 @@ async def start_proxy(tmp_path: Path) -> AsyncIterator[StartProxy]:
         max_body_bytes: int = 10_000_000,
         timeout_seconds: float = 10.0,
         busy_timeout_seconds: float = 5.0,
+        concurrency: int = 16,
     ) -> Proxied:
         store = Store(tmp_path / "relay.db", busy_timeout_seconds=busy_timeout_seconds)
         await store.open()
@@ -141,11 +157,8 @@ async def start_proxy(tmp_path: Path) -> AsyncIterator[StartProxy]:
             retry_initial_seconds=0.05,
             retry_max_seconds=0.2,
         )
-        session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
-        cleanups.append(session.close)
         proxy = PulseProxy(
-            ProxyConfig(base_url, max_body_bytes, timeout_seconds),
-            session=session,
+            ProxyConfig(base_url, max_body_bytes, timeout_seconds, concurrency),
             recorder=recorder,
             metrics=metrics,
         )
@@ -313,7 +326,7 @@ async def test_answer_headers_and_compressed_body_come_back_unchanged_and_are_re
     assert raw == compressed
     assert got.headers["Content-Encoding"] == "gzip"
     assert got.headers["X-Req"] == "r1"
-    assert got.headers.getall("Set-Cookie") == ["a=1; Path=/", "b=2; Path=/"]
+    assert "Set-Cookie" not in got.headers  # the admin origin's cookies are not Pulse's to set
     (watch,) = await proxied.store.list_watches()
     assert watch.job_id == "batch-9"
     assert watch.metadata["request"]["fields"] == {"files": ["x"]}
@@ -438,6 +451,7 @@ async def test_upstream_that_hangs_is_504_json(
         f"{proxied.url}/extract", json={"file_url": "https://x/a.pdf", "async": True}, headers=KEY
     ) as got:
         body = await got.json()
+        assert_sandboxed(got)
     assert got.status == 504
     assert body == {
         "error": "upstream_timeout",
@@ -548,3 +562,176 @@ async def test_a_client_that_leaves_mid_upload_is_counted_not_an_error(
     await wait_for(lambda: proxied.outcome_count("client_gone") == 1)
     assert upstream.seen == []  # the upstream never got a whole body
     assert await proxied.store.list_watches() == []
+
+
+# -- hygiene: what crosses the pass-through ---------------------------------------------
+
+SANDBOXED = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
+
+
+def assert_sandboxed(answer: aiohttp.ClientResponse) -> None:
+    """The two headers every /pulse/ answer carries, whoever wrote it."""
+    for name, value in SANDBOXED.items():
+        assert answer.headers.getall(name, []) == [value], name
+
+
+async def test_admin_credentials_and_relay_headers_never_reach_the_upstream(
+    upstream: Upstream, start_proxy: StartProxy, http: aiohttp.ClientSession
+) -> None:
+    proxied = await start_proxy(upstream.url)
+    headers = {
+        **KEY,
+        "Cookie": "pulse_relay_session=admin-session; other=1",
+        "Authorization": "Bearer admin-token",
+        "X-Pulse-Relay": "1",
+        "X-Pulse-Relay-Meta-User-Id": "u-1",
+        "X-Custom": "kept",
+    }
+    async with http.post(f"{proxied.url}/extract", data=b"x", headers=headers) as got:
+        assert got.status == 200
+
+    (seen,) = upstream.seen
+    names = {name.lower(): value for name, value in seen.headers}
+    assert names["x-api-key"] == API_KEY
+    assert names["x-custom"] == "kept"
+    for dropped in ("cookie", "authorization", "x-pulse-relay", "x-pulse-relay-meta-user-id"):
+        assert dropped not in names, dropped
+
+
+async def test_a_cors_preflight_is_answered_by_the_relay_and_grants_nothing(
+    upstream: Upstream, start_proxy: StartProxy, http: aiohttp.ClientSession
+) -> None:
+    proxied = await start_proxy(upstream.url)
+    preflight = {
+        **KEY,
+        "Origin": "http://attacker.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "x-api-key, content-type",
+    }
+    async with http.options(f"{proxied.url}/extract", headers=preflight) as got:
+        body = await got.read()
+
+    assert got.status == 204
+    assert body == b""
+    assert set(got.headers["Allow"].split(", ")) >= {"GET", "POST", "DELETE"}
+    assert not [name for name in got.headers if name.lower().startswith("access-control-")]
+    assert_sandboxed(got)
+    assert upstream.started == 0
+    assert proxied.outcome_count("options") == 1
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_upstream_cookies_and_cors_grants_are_dropped_and_every_answer_is_sandboxed(
+    upstream: Upstream, start_proxy: StartProxy, http: aiohttp.ClientSession, method: str
+) -> None:
+    page = b"<html><script>fetch('/api/events')</script></html>"
+    submitted = b'{"job_id": "job-html-1"}'
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        is_post = request.method == "POST"
+        response = web.Response(
+            body=submitted if is_post else page,
+            content_type="application/json" if is_post else "text/html",
+            headers={
+                "Access-Control-Allow-Origin": "http://attacker.example",
+                "Access-Control-Allow-Credentials": "true",
+                "access-control-expose-headers": "*",
+                "X-Content-Type-Options": "sniff-away",
+                "X-Req": "r1",
+            },
+        )
+        response.headers.add("Set-Cookie", "pulse_relay_session=attacker; Path=/")
+        response.headers.add("set-cookie", "tracker=1; Path=/")
+        return response
+
+    upstream.answer = answer
+    proxied = await start_proxy(upstream.url)
+    async with http.request(method, f"{proxied.url}/page", data=b"x", headers=KEY) as got:
+        body = await got.read()
+
+    assert got.status == 200
+    assert body == (submitted if method == "POST" else page)
+    assert got.headers["X-Req"] == "r1"
+    assert "Set-Cookie" not in got.headers
+    assert not [name for name in got.headers if name.lower().startswith("access-control-")]
+    assert_sandboxed(got)
+
+
+async def test_the_relays_own_answers_on_the_pass_through_are_sandboxed(
+    upstream: Upstream, start_proxy: StartProxy, http: aiohttp.ClientSession
+) -> None:
+    proxied = await start_proxy(upstream.url, max_body_bytes=10)
+    unreachable = await start_proxy(f"http://127.0.0.1:{free_port()}")
+    async with http.post(f"{proxied.url}/extract", data=b"x" * 11, headers=KEY) as too_large:
+        assert too_large.status == 413
+        assert_sandboxed(too_large)
+    bad_meta = {**KEY, "X-Pulse-Relay-Meta-": "no key"}
+    async with http.get(f"{proxied.url}/job/j", headers=bad_meta) as bad_request:
+        assert bad_request.status == 400
+        assert_sandboxed(bad_request)
+    async with http.get(f"{unreachable.url}/job/j", headers=KEY) as gone:
+        assert gone.status == 502
+        assert_sandboxed(gone)
+
+
+# -- isolation: a hanging Pulse API cannot take the relay down with it --------------------
+
+
+async def test_beyond_proxy_concurrency_a_request_is_answered_503_busy_at_once(
+    upstream: Upstream, start_proxy: StartProxy, http: aiohttp.ClientSession
+) -> None:
+    release = asyncio.Event()
+
+    async def held(request: web.Request) -> web.StreamResponse:
+        await release.wait()
+        return web.json_response({"held": True})
+
+    upstream.answer = held
+    proxied = await start_proxy(upstream.url, concurrency=2)
+    running = [
+        asyncio.create_task(http.get(f"{proxied.url}/job/j{n}", headers=KEY)) for n in range(2)
+    ]
+    await wait_for(lambda: upstream.started == 2)
+
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    async with http.get(f"{proxied.url}/job/j3", headers=KEY) as busy:
+        body = await busy.json()
+    busy_seconds = loop.time() - began
+
+    assert busy.status == 503
+    assert body["error"] == "busy"
+    assert "proxy.concurrency (2)" in body["detail"]
+    assert busy.headers["Retry-After"] == "1"
+    assert_sandboxed(busy)
+    assert busy_seconds < 1.0  # answered, not queued behind the two in flight
+    assert upstream.started == 2
+    assert proxied.outcome_count("busy") == 1
+
+    release.set()
+    for task in running:
+        async with await task as answered:
+            assert answered.status == 200
+    async with http.get(f"{proxied.url}/job/j4", headers=KEY) as after:
+        assert after.status == 200  # the slots were given back
+
+
+async def test_a_caller_that_leaves_has_its_upstream_request_cancelled_within_a_second(
+    upstream: Upstream, start_proxy: StartProxy, http: aiohttp.ClientSession
+) -> None:
+    upstream.answer = hang
+    proxied = await start_proxy(upstream.url, concurrency=1)
+    port = int(proxied.url.split(":")[2].split("/")[0])
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /pulse/job/j1 HTTP/1.1\r\nHost: relay\r\nx-api-key: k\r\n\r\n")
+    await writer.drain()
+    await wait_for(lambda: len(upstream.seen) == 1)  # the whole request is upstream, waiting
+
+    writer.close()
+    await writer.wait_closed()
+    await wait_for(lambda: upstream.cancelled == 1, timeout_seconds=1.0)
+    await wait_for(lambda: proxied.outcome_count("client_gone") == 1)
+
+    upstream.answer = None
+    async with http.get(f"{proxied.url}/job/j2", headers=KEY) as after:
+        assert after.status == 200  # its slot was given back

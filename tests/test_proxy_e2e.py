@@ -22,6 +22,7 @@ import aiohttp
 import pulse
 import pytest
 from pulse import types as sdk
+from yarl import URL
 
 from pulse_relay.emulator import Fault, PulseEmulator, Submission, UploadedFile
 from tests.conftest import make_body, signed, wait_for
@@ -508,6 +509,8 @@ async def test_refusals_failures_and_pass_through_with_an_admin_token(
         async with http.post(f"{relay.pulse_url}/extract", data=form) as no_key:
             assert no_key.status == 401
             assert (await no_key.json())["error"] == "unauthorized"
+            assert no_key.headers["X-Content-Type-Options"] == "nosniff"
+            assert no_key.headers["Content-Security-Policy"] == "sandbox"
         async with http.post(
             f"{relay.admin_url}/extract", data=form, headers={"x-api-key": "k"}
         ) as outside:
@@ -534,3 +537,75 @@ async def test_refusals_failures_and_pass_through_with_an_admin_token(
     assert hung.value.body["error"] == "upstream_timeout"
 
     assert relay.watched_job_ids() == []
+
+
+async def test_an_api_key_opens_the_pass_through_and_nothing_else(start_serve: Any) -> None:
+    relay = start_serve(admin={"token": ADMIN_TOKEN})
+    key = {"x-api-key": "any-key"}
+    elsewhere = [
+        "/api/events",
+        "/api/watches",
+        "/pulse",
+        "/pulse/../api/events",
+        "/pulse/%2e%2e/api/events",
+        "/pulse%2F../api/events",
+        "/static/../api/events",
+    ]
+    async with aiohttp.ClientSession() as http:
+        for path in elsewhere:
+            url = URL(relay.admin_url + path, encoded=True)
+            async with http.get(url, headers=key, allow_redirects=False) as answer:
+                body = await answer.read()
+            assert answer.status in (303, 401, 404), (path, answer.status)
+            assert b'"events"' not in body and b'"watches"' not in body, path
+        async with http.get(relay.admin_url + "/", headers=key, allow_redirects=False) as inspector:
+            assert inspector.status == 303  # to the login form
+
+
+async def test_a_webhooks_job_is_delivered_promptly_while_110_proxied_requests_hang(
+    start_serve: Any, emulator: PulseEmulator, receiver: Receiver
+) -> None:
+    relay = start_serve()  # the default proxy.concurrency (16)
+    hanging, concurrency = 110, 16
+    emulator.fail_next_submission(*[Fault.slow(60)] * hanging)
+    form = {"fileUrl": "https://example.com/a.pdf", "async": "true"}
+    key = {"x-api-key": emulator.api_key}
+
+    def reached_pulse() -> int:
+        return len([r for r in emulator.requests if r.path == "/extract"])
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+        async def submit() -> int:
+            async with http.post(f"{relay.pulse_url}/extract", data=form, headers=key) as answer:
+                await answer.read()
+                return answer.status
+
+        submitted = [asyncio.create_task(submit()) for _ in range(hanging)]
+        try:
+            await wait_for(
+                lambda: (
+                    sum(task.done() for task in submitted) == hanging - concurrency
+                    and reached_pulse() == concurrency
+                )
+            )
+            assert [task.result() for task in submitted if task.done()] == [503] * (
+                hanging - concurrency
+            )
+
+            emulator.add_job("job-while-hanging", status="completed")
+            body = make_body("job.completed", job_id="job-while-hanging")
+            webhook_url = f"http://127.0.0.1:{relay.port}/webhooks/pulse"
+            async with http.post(webhook_url, data=body, headers=signed(body)) as answer:
+                assert answer.status == 202
+            await wait_for(
+                lambda: (
+                    relay.envelope("job-while-hanging") is not None
+                    and any(r.envelope["job_id"] == "job-while-hanging" for r in receiver.received)
+                ),
+                timeout_seconds=5,
+            )
+        finally:
+            for task in submitted:
+                task.cancel()
+            await asyncio.gather(*submitted, return_exceptions=True)

@@ -125,6 +125,59 @@ METHOD: tuple[tuple[str, str], ...] = (
 )
 
 
+# Checked by the test suite on every run, not measured by the chaos run; kept in the
+# report so that it lists every attack tried.
+PASS_THROUGH_INTRO = (
+    "Not measured by the run above: the tests named here check each row on every test run, "
+    "against a stand-in Pulse API on 127.0.0.1 (`tests/test_proxy.py`, "
+    "`tests/test_proxy_e2e.py`)."
+)
+PASS_THROUGH_ROWS: tuple[tuple[str, str], ...] = (
+    (
+        "110 requests hanging upstream (default `proxy.concurrency` 16), then a signed webhook",
+        "16 forwarded and held, 94 answered `503 busy` with `Retry-After: 1` at once; the "
+        "webhook's job fetched and delivered to the sinks within the test's 5 s bound "
+        "(`test_a_webhooks_job_is_delivered_promptly_while_110_proxied_requests_hang`)",
+    ),
+    (
+        "one request beyond `proxy.concurrency`",
+        "`503 busy` in under a second, never queued, never forwarded "
+        "(`test_beyond_proxy_concurrency_a_request_is_answered_503_busy_at_once`)",
+    ),
+    (
+        "the caller disconnects while its request hangs upstream",
+        "the upstream request is cancelled within 1 s and its slot freed "
+        "(`test_a_caller_that_leaves_has_its_upstream_request_cancelled_within_a_second`)",
+    ),
+    (
+        "`Cookie` (the login cookie), `Authorization: Bearer`, `X-Pulse-Relay`, "
+        "`X-Pulse-Relay-Meta-*`",
+        "none reaches Pulse; `x-api-key` does "
+        "(`test_admin_credentials_and_relay_headers_never_reach_the_upstream`)",
+    ),
+    (
+        "a CORS preflight (`OPTIONS`, `Origin`, `Access-Control-Request-*`)",
+        "`204` with `Allow` and no `Access-Control-*`, never forwarded "
+        "(`test_a_cors_preflight_is_answered_by_the_relay_and_grants_nothing`)",
+    ),
+    (
+        "upstream `text/html` with `Set-Cookie: pulse_relay_session=…` and "
+        "`Access-Control-Allow-Origin` / `-Credentials`",
+        "the body passes, both headers are dropped, `X-Content-Type-Options: nosniff` and "
+        "`Content-Security-Policy: sandbox` are added — on the relay's own 400, 401, 413, "
+        "502, 503 and 504 too "
+        "(`test_upstream_cookies_and_cors_grants_are_dropped_and_every_answer_is_sandboxed`, "
+        "`test_the_relays_own_answers_on_the_pass_through_are_sandboxed`)",
+    ),
+    (
+        "`x-api-key` on `/api/…`, `/`, `/pulse`, `/pulse/../api/events`, "
+        "`/pulse/%2e%2e/api/events` with an admin token set",
+        "401, a redirect to the login form or 404; nothing else is served "
+        "(`test_an_api_key_opens_the_pass_through_and_nothing_else`)",
+    ),
+)
+
+
 def render(config: ChaosConfig, outcome: Outcome, hostile: HostileFigures, command: str) -> str:
     """RELIABILITY.md for one run."""
     rows = chaos_rows(outcome) + hostile_rows(hostile, outcome)
@@ -135,6 +188,8 @@ def render(config: ChaosConfig, outcome: Outcome, hostile: HostileFigures, comma
     lines += ["", _run_summary(config, outcome, hostile), ""]
     lines += ["## What happens in the run", ""]
     lines += [f"- **{name}** {text.format(**facts)}" for name, text in METHOD]
+    lines += ["", "## The pass-through under attack", "", PASS_THROUGH_INTRO, ""]
+    lines += markdown_table(("attack on `/pulse/`", "result"), PASS_THROUGH_ROWS)
     lines += ["", "## Versions", ""]
     lines += _versions(hostile)
     return "\n".join(lines) + "\n"

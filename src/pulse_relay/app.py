@@ -224,7 +224,8 @@ class Relay:
 
     async def _start_background(self) -> None:
         settings = self.settings
-        # One session for the Pulse client, the HTTP sinks and the pass-through. No cookie
+        # One session for the Pulse client and the HTTP sinks (the pass-through has its
+        # own, so that requests hanging there never hold these connections). No cookie
         # jar: a cookie one caller or receiver sets must never be sent on behalf of another.
         self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         pulse = settings.pulse
@@ -298,7 +299,6 @@ class Relay:
         log.info("listening", url=self.webhook_url, store=self.store.location)
 
     async def _start_admin(self) -> None:
-        assert self._session is not None
         admin = self.settings.admin
         context = AdminContext(
             get_settings=lambda: self.settings,
@@ -307,7 +307,6 @@ class Relay:
             hub=self.hub,
             readiness=self.cached_readiness,
             auth=self.admin_auth,
-            session=self._session,
             refresh_metrics=self.refresh_gauges,
             wake_dispatcher=self._on_accepted,
             wake_poller=self._wake_poller,

@@ -327,6 +327,8 @@ class ProxySettings(_Section):
     max_body_bytes: int = Field(default=104_857_600, ge=1)
     # Silence allowed from either side; a synchronous extract answers only when it is done.
     timeout_seconds: float = Field(default=300.0, gt=0)
+    # Requests forwarded at the same time; one more is answered 503 busy at once.
+    concurrency: int = Field(default=16, ge=1)
 
 
 # A claim's lease when delivery.lease_seconds is not set: a SQLite relay takes its

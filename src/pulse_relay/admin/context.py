@@ -13,8 +13,6 @@ from aiohttp import web
 from pulse_relay import __version__
 
 if TYPE_CHECKING:
-    import aiohttp
-
     from pulse_relay.admin.auth import AdminAuth
     from pulse_relay.admin.stream import ChangeHub
     from pulse_relay.config import Settings
@@ -70,8 +68,6 @@ class AdminContext:
     hub: ChangeHub
     readiness: CachedReadiness
     auth: AdminAuth
-    # The relay's shared HTTP client session (open while the relay runs).
-    session: aiohttp.ClientSession
     # Update the backlog gauges before /metrics renders them.
     refresh_metrics: Callable[[], Awaitable[None]]
     # Look at the queue / the watches now (after a replay / a new watch).

@@ -1,9 +1,15 @@
 """The Pulse API pass-through on the admin listener, with auto-watch (docs/api.md, `/pulse/`).
 
 `/pulse/{tail}` is forwarded to `{pulse.base_url}/{tail}`: same method, path,
-query and headers (hop-by-hop ones, Host and the relay's own metadata headers
-dropped), the body streamed both ways, so a 100 MB upload is never held. The
-caller's `x-api-key` goes through as it is; the relay never adds its own.
+query and headers (hop-by-hop ones, Host, the admin listener's credentials and
+the relay's own headers dropped), the body streamed both ways, so a 100 MB upload
+is never held. The caller's `x-api-key` goes through as it is; the relay never
+adds its own.
+
+The pass-through is kept apart from the rest of the relay (README, *Security
+model*): its own connection pool, at most `proxy.concurrency` requests at once
+(one more is answered 503 at once), an upstream request cancelled when its caller
+leaves, no cookie or CORS grant from upstream, and every answer sandboxed.
 
 A 2xx JSON answer to a POST, small enough to read (`INSPECTED_ANSWER_MAX_BYTES`),
 is read before it is passed on: when it names a `job_id` or `batch_job_id`, the watch
@@ -17,7 +23,7 @@ import asyncio
 import json
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -67,6 +73,26 @@ _NOT_FORWARDED: Final = frozenset(
         "expect",
     }
 )
+# The admin listener's own credentials and the relay's CSRF header: meant for the
+# relay, never for Pulse (the metadata headers are dropped too, by `is_metadata_header`).
+_NEVER_UPSTREAM: Final = frozenset({"cookie", "authorization", "x-pulse-relay"})
+# An answer is served from the admin origin: upstream must not set its cookies (the
+# login cookie among them) nor grant other origins access to it.
+_NEVER_PASSED_BACK: Final = frozenset({"set-cookie", "set-cookie2"})
+_NEVER_PASSED_BACK_PREFIX: Final = "access-control-"
+# Every /pulse/ answer, whoever wrote it: never sniffed into HTML, never run as a page
+# of the admin origin.
+SANDBOX_HEADERS: Final = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "sandbox",
+}
+# OPTIONS is answered here (a CORS preflight is never forwarded, nothing is granted).
+ALLOWED_METHODS: Final = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+# How often a request waiting on upstream checks that its caller is still connected:
+# aiohttp tells a handler only by cancelling it, which the admin listener does not turn
+# on (it would cut API writes short).
+CALLER_CHECK_SECONDS: Final = 0.25
+BUSY_RETRY_AFTER_SECONDS: Final = 1
 # Codings the relay can decode to look for a job id (zlib, in the standard library).
 _READABLE_CODINGS: Final = frozenset({"gzip", "x-gzip", "deflate", "identity"})
 # Only what the caller sent is forwarded: aiohttp must not add defaults of its own.
@@ -74,6 +100,8 @@ _NO_AUTO_HEADERS: Final = frozenset({"User-Agent", "Accept", "Accept-Encoding", 
 
 OUTCOMES: Final = (
     "forwarded",
+    "options",
+    "busy",
     "watched",
     "watch_failed",
     "bad_request",
@@ -92,16 +120,20 @@ class ProxyConfig:
     base_url: str
     max_body_bytes: int
     timeout_seconds: float
+    concurrency: int
 
 
 class ProxyError(Exception):
     """A request the pass-through answers itself; `error` is also the metric's outcome."""
 
-    def __init__(self, status: int, error: str, detail: str) -> None:
+    def __init__(
+        self, status: int, error: str, detail: str, *, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(f"{error}: {detail}")
         self.status = status
         self.error = error
         self.detail = detail
+        self.headers = dict(headers or {})
 
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
@@ -119,6 +151,27 @@ def _end_to_end(headers: Headers) -> CIMultiDict[str]:
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in dropped)
 
 
+def answer_headers(headers: Headers) -> CIMultiDict[str]:
+    """What comes back: end-to-end headers minus cookies and CORS grants."""
+    return CIMultiDict(
+        (k, v)
+        for k, v in _end_to_end(headers).items()
+        if k.lower() not in _NEVER_PASSED_BACK
+        and not k.lower().startswith(_NEVER_PASSED_BACK_PREFIX)
+    )
+
+
+async def sandbox_answer(request: web.Request, response: web.StreamResponse) -> None:
+    """Mark every `/pulse/` answer, the relay's own refusals included, as inert."""
+    if not (request.path + "/").startswith(PREFIX + "/"):
+        return
+    response.headers["X-Content-Type-Options"] = SANDBOX_HEADERS["X-Content-Type-Options"]
+    policy = SANDBOX_HEADERS["Content-Security-Policy"]
+    # Added beside any upstream policy: every policy present is enforced.
+    if policy not in response.headers.getall("Content-Security-Policy", []):
+        response.headers.add("Content-Security-Policy", policy)
+
+
 def _readable_accept_encoding(value: str) -> str:
     """`Accept-Encoding` narrowed to codings the relay can read, so job ids are never missed."""
     kept = [item.strip() for item in value.split(",") if _coding(item) in _READABLE_CODINGS]
@@ -130,9 +183,11 @@ def _coding(item: str) -> str:
 
 
 def forward_headers(headers: Headers) -> CIMultiDict[str]:
-    """What goes upstream: end-to-end headers minus the relay's metadata headers."""
+    """What goes upstream: end-to-end headers minus the admin credentials and relay headers."""
     forwarded = CIMultiDict(
-        (k, v) for k, v in _end_to_end(headers).items() if not is_metadata_header(k)
+        (k, v)
+        for k, v in _end_to_end(headers).items()
+        if k.lower() not in _NEVER_UPSTREAM and not is_metadata_header(k)
     )
     if "Accept-Encoding" in forwarded:
         forwarded["Accept-Encoding"] = _readable_accept_encoding(forwarded["Accept-Encoding"])
@@ -249,19 +304,24 @@ class _Exchange:
 
 
 class PulseProxy:
-    """Forwards `/pulse/...` to the Pulse API and records a watch for every job it sees."""
+    """Forwards `/pulse/...` to the Pulse API and records a watch for every job it sees.
+
+    Its HTTP session is its own (opened at the app's start-up, closed at its clean-up):
+    requests hanging upstream can hold only the pass-through's connections, never
+    those of the relay's job fetches, polls and HTTP sinks.
+    """
 
     def __init__(
         self,
         config: ProxyConfig,
         *,
-        session: aiohttp.ClientSession,
         recorder: WatchRecorder,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
-        self._session = session
+        self._session: aiohttp.ClientSession | None = None
+        self._in_flight = 0
         self._recorder = recorder
         self._metrics = metrics
         self._clock = clock
@@ -273,20 +333,34 @@ class PulseProxy:
     def install(self, app: web.Application) -> None:
         """Route `/pulse/...` here and tie the session to the app's start-up and clean-up."""
         app.router.add_route("*", PREFIX + "/{tail:.*}", self.handle)
+        app.on_response_prepare.append(sandbox_answer)
 
         async def on_startup(_: web.Application) -> None:
+            self._session = aiohttp.ClientSession(
+                # One connection per request in flight; nothing waits for a connection.
+                connector=aiohttp.TCPConnector(limit=self._config.concurrency),
+                # A cookie one caller's upstream sets must never be sent for another.
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
             self._recorder.start()
 
         async def on_cleanup(_: web.Application) -> None:
             await self._recorder.stop()
+            session, self._session = self._session, None
+            if session is not None:
+                await session.close()
 
         app.on_startup.append(on_startup)
         app.on_cleanup.append(on_cleanup)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Forward one request and pass its answer back."""
+        if request.method == "OPTIONS":
+            # A CORS preflight included: answered here, granting nothing.
+            self._metrics.proxy_requests.labels(outcome="options").inc()
+            return web.Response(status=204, headers={"Allow": ALLOWED_METHODS})
         try:
-            response, outcome = await self._forward(request)
+            response, outcome = await self._forward_in_a_slot(request)
         except ProxyError as error:
             self._metrics.proxy_requests.labels(outcome=error.error).inc()
             log.info(
@@ -296,9 +370,39 @@ class PulseProxy:
                 outcome=error.error,
                 detail=error.detail,
             )
-            return json_error(error.status, error.error, error.detail)
+            refusal = json_error(error.status, error.error, error.detail)
+            refusal.headers.update(error.headers)
+            return refusal
         self._metrics.proxy_requests.labels(outcome=outcome).inc()
         return response
+
+    async def _forward_in_a_slot(self, request: web.Request) -> tuple[web.StreamResponse, str]:
+        """Forward unless `proxy.concurrency` requests are in flight already (then: busy)."""
+        concurrency = self._config.concurrency
+        if self._in_flight >= concurrency:
+            # Answered at once, not queued: a queue would only move the wait to the caller.
+            raise ProxyError(
+                503,
+                "busy",
+                f"proxy.concurrency ({concurrency}) requests to the Pulse API are in flight; "
+                f"retry in {BUSY_RETRY_AFTER_SECONDS} s",
+                headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
+            )
+        self._in_flight += 1
+        handler = asyncio.current_task()
+        assert handler is not None
+        left = asyncio.Event()
+        watcher = asyncio.create_task(_cancel_when_caller_leaves(request, handler, left))
+        try:
+            return await self._forward(request)
+        except asyncio.CancelledError:
+            if left.is_set():
+                self._metrics.proxy_requests.labels(outcome="client_gone").inc()
+                log.info("proxied request cancelled: its caller left", path=request.path)
+            raise
+        finally:
+            watcher.cancel()
+            self._in_flight -= 1
 
     async def _forward(self, request: web.Request) -> tuple[web.StreamResponse, str]:
         try:
@@ -359,6 +463,8 @@ class PulseProxy:
         self, exchange: _Exchange, progress: Callable[[], None]
     ) -> tuple[web.StreamResponse, str]:
         request = exchange.request
+        if self._session is None:
+            raise RuntimeError("the pass-through is used before its app started")
         upstream = await self._session.request(
             request.method,
             URL(self._config.base_url + request.raw_path[len(PREFIX) :], encoded=True),
@@ -384,11 +490,15 @@ class PulseProxy:
         self, exchange: _Exchange, upstream: aiohttp.ClientResponse, body: bytes
     ) -> tuple[web.StreamResponse, str]:
         """Record the watch the answer calls for, then pass the answer on unchanged."""
-        headers = _end_to_end(upstream.headers)
+        headers = answer_headers(upstream.headers)
         outcome = "forwarded"
         job_ids = job_ids_in(decode_json(body, upstream.headers.get("Content-Encoding")))
         if job_ids:
-            recorded = await self._recorder.record(job_ids, self._watch_metadata(exchange))
+            # Shielded: the job exists at Pulse now, so its watch is recorded even if the
+            # caller leaves meanwhile.
+            recorded = await asyncio.shield(
+                self._recorder.record(job_ids, self._watch_metadata(exchange))
+            )
             outcome = "watched" if recorded else "watch_failed"
             if not recorded:
                 headers[WATCH_HEADER] = "failed"
@@ -420,7 +530,7 @@ class PulseProxy:
     ) -> web.StreamResponse:
         """Pass the answer on as it arrives, never holding more than a chunk."""
         response = web.StreamResponse(
-            status=upstream.status, reason=upstream.reason, headers=_end_to_end(upstream.headers)
+            status=upstream.status, reason=upstream.reason, headers=answer_headers(upstream.headers)
         )
         exchange.response = response
         await response.prepare(exchange.request)
@@ -431,6 +541,19 @@ class PulseProxy:
             await response.write(chunk)
         await response.write_eof()
         return response
+
+
+async def _cancel_when_caller_leaves(
+    request: web.Request, handler: asyncio.Task[Any], left: asyncio.Event
+) -> None:
+    """Cancel `handler` (and so its upstream request) once the caller's connection is gone."""
+    while True:
+        await asyncio.sleep(CALLER_CHECK_SECONDS)
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            left.set()
+            handler.cancel()
+            return
 
 
 async def _read_up_to(
@@ -462,8 +585,7 @@ def setup_proxy(app: web.Application, ctx: AdminContext) -> None:
         base_url=settings.pulse.base_url,
         max_body_bytes=settings.proxy.max_body_bytes,
         timeout_seconds=settings.proxy.timeout_seconds,
+        concurrency=settings.proxy.concurrency,
     )
-    proxy = PulseProxy(
-        config, session=ctx.session, recorder=recorder, metrics=ctx.metrics, clock=ctx.clock
-    )
+    proxy = PulseProxy(config, recorder=recorder, metrics=ctx.metrics, clock=ctx.clock)
     proxy.install(app)
