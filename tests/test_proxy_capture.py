@@ -248,6 +248,8 @@ def test_job_ids_are_read_from_plain_and_compressed_answers() -> None:
     assert decode_json(b"\x00garbage", "gzip") is None
     assert job_ids_in(document) == ["job-1", "batch-1"]
     assert job_ids_in({"job_id": "same", "batch_job_id": "same"}) == ["same"]
+    assert job_ids_in({"tables_id": "tables-1", "status": "pending"}) == ["tables-1"]
+    assert job_ids_in({"job_id": "same", "tables_id": "same"}) == ["same"]
     assert job_ids_in({"job_id": 12}) == []
     assert job_ids_in(["job_id"]) == []
 

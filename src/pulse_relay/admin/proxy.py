@@ -49,7 +49,9 @@ log = get_logger("pulse_relay.proxy")
 
 PREFIX: Final = "/pulse"
 WATCH_HEADER: Final = "X-Pulse-Relay-Watch"
-JOB_ID_FIELDS: Final = ("job_id", "batch_job_id")
+# The SDK's async /tables answer names its job `tables_id`: an answer that carries only
+# that field is a job to watch too.
+JOB_ID_FIELDS: Final = ("job_id", "batch_job_id", "tables_id")
 # Jobs are created by POSTs. `GET /job/{id}` answers carry a job id too: an app that
 # polls through the relay must not re-watch its job (that would replace its metadata).
 WATCHED_METHODS: Final = frozenset({"POST"})
@@ -213,7 +215,7 @@ def decode_json(body: bytes, content_encoding: str | None) -> Any:
 
 
 def job_ids_in(document: Any) -> list[str]:
-    """The usable `job_id` / `batch_job_id` values of a JSON answer."""
+    """The usable `job_id` / `batch_job_id` / `tables_id` values of a JSON answer."""
     if not isinstance(document, dict):
         return []
     found: list[str] = []
