@@ -118,6 +118,22 @@ def test_unreadable_bodies_say_why(body: bytes, error: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b'{"type": "job.\\ud800", "job_id": "job-1"}', "is not valid Unicode text"),
+        (b'{"type": "job.completed\\udfff", "job_id": "job-1"}', "is not valid Unicode text"),
+        (b'{"type": "job.\\u0000", "job_id": "job-1"}', "holds a NUL character"),
+    ],
+)
+def test_a_type_no_store_can_hold_makes_the_event_invalid(body: bytes, error: str) -> None:
+    parsed = parse_event(body)
+    assert (parsed.type, parsed.job_id, parsed.is_deliverable) == (None, None, False)
+    assert parsed.error is not None and parsed.error.startswith(f"event type {error}")
+    # The reason is answered and logged: it must be text itself.
+    assert parsed.error.encode()
+
+
+@pytest.mark.parametrize(
     "body",
     [
         # What orjson refuses and json has always read: the same event either way.

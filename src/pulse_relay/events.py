@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from pulse_relay import __version__
-from pulse_relay.store import IngestRecord
+from pulse_relay.store import IngestRecord, text_problem
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "canceled", "cancelled", "expired"})
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
@@ -89,6 +89,11 @@ def parse_event(body: bytes) -> ParsedEvent:
             None,
             f"event type is {len(event_type)} characters long (at most {MAX_EVENT_TYPE_CHARS})",
         )
+    # A `\ud800` escape is valid JSON, but what it decodes to is no text a store,
+    # a file name or a log line can hold: the payload is kept (as bytes), never delivered.
+    problem = text_problem(event_type)
+    if problem is not None:
+        return ParsedEvent(None, None, f"event type {problem}")
     data = payload.get("data")
     data = data if isinstance(data, dict) else {}
     raw_job_id = data.get("job_id", payload.get("job_id", data.get("id")))
