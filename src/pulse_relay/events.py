@@ -177,6 +177,30 @@ def build_envelope(
     }
 
 
-def encode_envelope(envelope: dict[str, Any]) -> bytes:
-    """Compact, UTF-8 JSON: the exact bytes every sink gets."""
-    return json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()
+# What UTF-8 cannot encode: a surrogate alone (a `\ud800` escape in JSON decodes to one).
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+REPLACEMENT_CHARACTER = "\ufffd"
+
+
+def sendable_envelope(envelope: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """The envelope as sinks receive it, and its exact bytes (compact UTF-8 JSON).
+
+    Text UTF-8 cannot encode, lone surrogates from `\\ud800` escapes in a payload or a
+    job, is replaced by U+FFFD in both (the README's envelope section says so); an
+    envelope without any is returned as it is."""
+    text = json.dumps(envelope, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return envelope, text.encode()
+    except UnicodeEncodeError:
+        text = _LONE_SURROGATE.sub(REPLACEMENT_CHARACTER, text)
+        replaced: dict[str, Any] = json.loads(text)
+        return replaced, text.encode()
+
+
+def replace_lone_surrogates(document: Any) -> Any:
+    """A JSON document with each lone surrogate in its text (keys too) replaced by U+FFFD,
+    as `sendable_envelope` does: for pages and answers that show stored documents."""
+    text = json.dumps(document, ensure_ascii=False)
+    if _LONE_SURROGATE.search(text) is None:
+        return document
+    return json.loads(_LONE_SURROGATE.sub(REPLACEMENT_CHARACTER, text))
