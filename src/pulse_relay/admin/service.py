@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from pulse_relay.events import build_envelope, envelope_source, is_valid_job_id
+from pulse_relay.events import (
+    build_envelope,
+    envelope_source,
+    is_valid_job_id,
+    replace_lone_surrogates,
+)
 from pulse_relay.serialize import event_document, watch_document
 from pulse_relay.store import DELIVERY_STATES, EventCursor, EventView
 from pulse_relay.testevent import build_test_event, post_test_event
@@ -222,9 +227,15 @@ def envelopes(view: EventView) -> dict[str, Any]:
 
 
 async def get_event(ctx: AdminContext, event_id: str) -> dict[str, Any]:
-    """One event as `show --json` prints it, plus `envelopes`: what each sink received."""
+    """One event as `show --json` prints it, plus `envelopes`: what each sink received.
+
+    Lone surrogates (stored job, payload or headers may hold them) are shown as U+FFFD,
+    as the sinks receive them: neither a page nor a strict JSON reader takes them."""
     view = await _require_event(ctx, event_id)
-    return {**event_document(view), "envelopes": envelopes(view)}
+    document: dict[str, Any] = replace_lone_surrogates(
+        {**event_document(view), "envelopes": envelopes(view)}
+    )
+    return document
 
 
 # -- replay --------------------------------------------------------------------
