@@ -21,7 +21,6 @@ from pulse_relay.events import (
     build_envelope,
     envelope_source,
     is_terminal,
-    replace_lone_surrogates,
     says_terminal,
     sendable_envelope,
 )
@@ -38,6 +37,7 @@ from pulse_relay.store import (
     StoreBackend,
     StoreUnavailableError,
 )
+from pulse_relay.unencodable import without_lone_surrogates
 
 log = get_logger("pulse_relay.dispatcher")
 
@@ -96,7 +96,7 @@ def sink_failure(error: Exception, *, timeout_seconds: float) -> SinkError:
     if isinstance(error, TimeoutError):
         return SinkError(f"no answer within {timeout_seconds} s")
     # The message may quote a document's text; the reason is stored and shown as text.
-    return SinkError(replace_lone_surrogates(f"internal error: {type(error).__name__}: {error}"))
+    return SinkError(without_lone_surrogates(f"internal error: {type(error).__name__}: {error}"))
 
 
 def decide_delivery(

@@ -13,6 +13,7 @@ import orjson
 
 from pulse_relay import __version__
 from pulse_relay.store import IngestRecord, text_problem
+from pulse_relay.unencodable import without_lone_surrogates
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "canceled", "cancelled", "expired"})
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
@@ -177,30 +178,15 @@ def build_envelope(
     }
 
 
-# What UTF-8 cannot encode: a surrogate alone (a `\ud800` escape in JSON decodes to one).
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-REPLACEMENT_CHARACTER = "\ufffd"
-
-
 def sendable_envelope(envelope: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
     """The envelope as sinks receive it, and its exact bytes (compact UTF-8 JSON).
 
-    Text UTF-8 cannot encode, lone surrogates from `\\ud800` escapes in a payload or a
-    job, is replaced by U+FFFD in both (the README's envelope section says so); an
-    envelope without any is returned as it is."""
+    Lone surrogates, from `\\ud800` escapes in a payload or a job, are replaced by
+    U+FFFD in both; an envelope without any is returned as it is."""
     text = json.dumps(envelope, ensure_ascii=False, separators=(",", ":"))
     try:
         return envelope, text.encode()
     except UnicodeEncodeError:
-        text = _LONE_SURROGATE.sub(REPLACEMENT_CHARACTER, text)
+        text = without_lone_surrogates(text)
         replaced: dict[str, Any] = json.loads(text)
         return replaced, text.encode()
-
-
-def replace_lone_surrogates(document: Any) -> Any:
-    """A JSON document with each lone surrogate in its text (keys too) replaced by U+FFFD,
-    as `sendable_envelope` does: for pages and answers that show stored documents."""
-    text = json.dumps(document, ensure_ascii=False)
-    if _LONE_SURROGATE.search(text) is None:
-        return document
-    return json.loads(_LONE_SURROGATE.sub(REPLACEMENT_CHARACTER, text))

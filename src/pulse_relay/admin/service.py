@@ -17,15 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from pulse_relay.events import (
-    build_envelope,
-    envelope_source,
-    is_valid_job_id,
-    replace_lone_surrogates,
-)
+from pulse_relay.events import build_envelope, envelope_source, is_valid_job_id
 from pulse_relay.serialize import event_document, watch_document
 from pulse_relay.store import DELIVERY_STATES, EventCursor, EventView
 from pulse_relay.testevent import build_test_event, post_test_event
+from pulse_relay.unencodable import replace_lone_surrogates
 
 if TYPE_CHECKING:
     from pulse_relay.admin.context import AdminContext
