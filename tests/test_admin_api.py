@@ -324,6 +324,21 @@ async def test_bad_filters_name_the_parameter(relay: Relay) -> None:
         assert (body["error"], body["detail"].split(":")[0]) == ("bad_request", param), body
 
 
+async def test_watch_metadata_with_a_lone_surrogate_is_listed_with_a_replacement(
+    relay: Relay,
+) -> None:
+    headers = {"X-Pulse-Relay": "1", "Content-Type": "application/json"}
+    body = b'{"job_id": "job-w", "metadata": {"note": "caf\\udfff"}}'
+    status, answer = await call("POST", api(relay, "/watches"), headers=headers, data=body)
+    assert status == 201, answer
+    status, answer = await call("GET", api(relay, "/watches"))
+    assert status == 200, answer
+    assert [w["metadata"] for w in answer["watches"]] == [{"note": "caf\ufffd"}]
+    status, page = await call("GET", relay.admin_url + "/watches")
+    assert status == 200, page
+    assert "caf\ufffd" in page
+
+
 async def test_unknown_routes_and_methods_answer_json(relay: Relay) -> None:
     status, body = await call("GET", api(relay, "/nowhere"))
     assert (status, body["error"]) == (404, "not_found")

@@ -514,3 +514,19 @@ async def test_a_failed_group_commit_is_retried_record_by_record(
     assert results == ["accepted"] * 39
     assert await count_events(store) == 39
     assert await store.ingest(record("m41", job_id="job-41")) == "accepted"
+
+
+async def test_watch_metadata_no_store_can_hold_is_kept_with_replacements(
+    store: StoreBackend,
+) -> None:
+    # A lone surrogate (from a JSON escape or a header that is not UTF-8) and a NUL
+    # (PostgreSQL's jsonb refuses both); a backslash before `u0000` is only text.
+    metadata = {"note": "caf\ud800", "nul": "a\x00b", "text": "\\u0000", "k\udfff": 1}
+    await store.add_watches(["job-w"], metadata=metadata, interval_seconds=1.0)
+    (watch,) = await store.list_watches()
+    assert watch.metadata == {
+        "note": "caf\ufffd",
+        "nul": "a\ufffdb",
+        "text": "\\u0000",
+        "k\ufffd": 1,
+    }

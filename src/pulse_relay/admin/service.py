@@ -297,8 +297,10 @@ def _job_id(value: object) -> str:
 
 
 async def list_watches(ctx: AdminContext) -> dict[str, Any]:
-    """Every watched job, active first: {"watches": [...]}, as `watch --list --json` prints."""
-    return {"watches": [watch_document(w) for w in await ctx.store.list_watches()]}
+    """Every watched job, active first: {"watches": [...]}, as `watch --list --json` prints;
+    lone surrogates in metadata (a header or a JSON escape can carry one) shown as U+FFFD."""
+    watches = [watch_document(w) for w in await ctx.store.list_watches()]
+    return {"watches": replace_lone_surrogates(watches)}
 
 
 async def add_watch(ctx: AdminContext, body: Mapping[str, Any]) -> dict[str, Any]:

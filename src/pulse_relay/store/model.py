@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
+
+from pulse_relay.unencodable import REPLACEMENT_CHARACTER, without_lone_surrogates
 
 IngestOutcome = Literal["accepted", "duplicate"]
 DeliveryOutcome = Literal["delivered", "retry", "dead"]
@@ -72,6 +75,21 @@ def text_problem(text: str) -> str | None:
     except UnicodeEncodeError:
         return "is not valid Unicode text (a lone surrogate)"
     return None
+
+
+# One escape of JSON text: `\\` is consumed whole, so the `u0000` after it is not one.
+_JSON_ESCAPE = re.compile(r"\\(?:u[0-9a-fA-F]{4}|.)")
+
+
+def storable_json(document: Any) -> str:
+    """`document` as JSON text every backend can hold (PostgreSQL's jsonb included): each
+    lone surrogate, and each NUL (jsonb refuses `\\u0000`), replaced by U+FFFD."""
+    text = without_lone_surrogates(json.dumps(document, ensure_ascii=False))
+    if "\\u0000" not in text:
+        return text
+    return _JSON_ESCAPE.sub(
+        lambda escape: REPLACEMENT_CHARACTER if escape[0] == "\\u0000" else escape[0], text
+    )
 
 
 def record_problem(record: IngestRecord) -> str | None:
