@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 
@@ -13,6 +14,7 @@ from pulse_relay import __version__
 from pulse_relay.app import Relay
 from tests.conftest import StartRelay, make_body, signed, wait_for
 from tests.helpers import call
+from tests.rawhttp import close, read_answer, request_bytes
 
 DEAD_SINK = {
     "type": "http",
@@ -130,6 +132,38 @@ async def test_one_event_has_headers_payload_envelopes_and_attempts(relay: Relay
     assert envelope["event"] == event["payload"]
     (attempt,) = event["attempts"]
     assert (attempt["sink"], attempt["outcome"], attempt["attempt"]) == ("files", "delivered", 1)
+
+
+async def test_events_holding_lone_surrogates_are_answered_with_replacements(
+    relay: Relay,
+) -> None:
+    # `\ud800` escapes in a payload field and in a type; a header that is not UTF-8 is
+    # kept as a lone surrogate. The file sink delivers the first; the second is invalid.
+    port = urlsplit(relay.webhook_url).port
+    for event_id, body, status in [
+        ("msg_field", b'{"type": "job.completed", "data": {"job_id": "j", "n": "\\ud800"}}', 202),
+        ("msg_type", b'{"type": "job.\\udfff", "data": {"job_id": "j"}}', 200),
+    ]:
+        headers = {**signed(body, webhook_id=event_id), "User-Agent": "caf\xe9"}
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request_bytes(body, headers))
+        assert (await read_answer(reader)).status == status
+        await close(writer)
+    await settled(relay, "msg_field")
+
+    status, event = await call("GET", api(relay, "/events/msg_field"))
+    assert status == 200, event
+    assert event["headers"]["user-agent"] == "caf\ufffd"
+    assert event["payload"]["data"]["n"] == "\ufffd"
+    assert event["envelopes"]["files"]["event"]["data"]["n"] == "\ufffd"
+    assert event["deliveries"]["files"]["state"] == "delivered"
+    status, event = await call("GET", api(relay, "/events/msg_type"))
+    assert status == 200, event
+    assert (event["state"], event["type"], event["payload"]["type"]) == (
+        "invalid",
+        None,
+        "job.\ufffd",
+    )
 
 
 async def test_replay_one_makes_a_new_attempt(relay: Relay) -> None:
@@ -288,6 +322,21 @@ async def test_bad_filters_name_the_parameter(relay: Relay) -> None:
         status, body = await call("GET", api(relay, "/events?" + query))
         assert status == 400, query
         assert (body["error"], body["detail"].split(":")[0]) == ("bad_request", param), body
+
+
+async def test_watch_metadata_with_a_lone_surrogate_is_listed_with_a_replacement(
+    relay: Relay,
+) -> None:
+    headers = {"X-Pulse-Relay": "1", "Content-Type": "application/json"}
+    body = b'{"job_id": "job-w", "metadata": {"note": "caf\\udfff"}}'
+    status, answer = await call("POST", api(relay, "/watches"), headers=headers, data=body)
+    assert status == 201, answer
+    status, answer = await call("GET", api(relay, "/watches"))
+    assert status == 200, answer
+    assert [w["metadata"] for w in answer["watches"]] == [{"note": "caf\ufffd"}]
+    status, page = await call("GET", relay.admin_url + "/watches")
+    assert status == 200, page
+    assert "caf\ufffd" in page
 
 
 async def test_unknown_routes_and_methods_answer_json(relay: Relay) -> None:

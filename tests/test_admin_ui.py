@@ -8,12 +8,14 @@ them; under CI (`$CI` set, as `.ci/run` does) that is a failure.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -23,7 +25,8 @@ from pulse_relay.admin.ui import age_text, duration_text, safe_next, short_time
 from pulse_relay.app import Relay
 from pulse_relay.emulator import PulseEmulator
 from tests.conftest import SECRET, StartRelay, signed, wait_for
-from tests.helpers import Receiver
+from tests.helpers import Receiver, call
+from tests.rawhttp import close, read_answer, request_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -160,6 +163,46 @@ async def test_pages_escape_type_and_payload(relay: Relay, emulator: PulseEmulat
         assert "<script>window" not in text
         assert "<img src" not in text
         assert "&lt;script&gt;window.__xss" in text
+
+
+async def test_events_holding_lone_surrogates_are_shown_with_replacements(
+    relay: Relay, emulator: PulseEmulator
+) -> None:
+    # A job with `\ud800` escapes (the emulator answers them as a hostile document can
+    # make Pulse do), and a payload field holding one.
+    emulator.add_job("job-hostile", result={"text": "caf\ud800"})
+    await send(
+        relay,
+        emulator,
+        job_id="job-hostile",
+        webhook_id="msg_hostile",
+        data={"note": "\udfff"},
+        add_job=False,
+    )
+    await settled(relay, "msg_hostile")
+    # An event whose type holds one, sent with a header that is not UTF-8 (kept as a
+    # lone surrogate in the stored headers).
+    body = b'{"type": "job.\\ud800", "data": {"job_id": "job-2"}}'
+    headers = {**signed(body, webhook_id="msg_bad_type"), "User-Agent": "caf\xe9"}
+    reader, writer = await asyncio.open_connection("127.0.0.1", urlsplit(relay.webhook_url).port)
+    writer.write(request_bytes(body, headers))
+    answer = await read_answer(reader)
+    await close(writer)
+    assert (answer.status, answer.document["status"]) == (200, "invalid")
+
+    for event_id in ("msg_hostile", "msg_bad_type"):
+        status, _, text = await fetch(f"{relay.admin_url}/events/{event_id}")
+        assert status == 200, text
+        assert event_id in text
+        status, document = await call("GET", f"{relay.admin_url}/api/events/{event_id}")
+        assert status == 200, document
+    assert "caf\ufffd" in text and "job.\ufffd" in text
+    assert document["headers"]["user-agent"] == "caf\ufffd"
+    assert document["payload"]["type"] == "job.\ufffd"
+    status, document = await call("GET", f"{relay.admin_url}/api/events/msg_hostile")
+    assert document["job"]["result"]["text"] == "caf\ufffd"
+    assert document["payload"]["data"]["note"] == "\ufffd"
+    assert document["envelopes"]["app"]["job"]["result"]["text"] == "caf\ufffd"
 
 
 async def test_older_pages_keep_the_filters_and_the_page_size(

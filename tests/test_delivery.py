@@ -421,3 +421,41 @@ async def test_replay_delivers_again_with_source_replay(
     relay.dispatcher.notify()  # type: ignore[union-attr]
     assert (await settled(relay, "msg_r"))["files"] == "delivered"
     assert emulator.get_count("job-r") == 1
+
+
+async def test_lone_surrogates_in_a_job_and_a_payload_reach_the_sinks_as_replacements(
+    start_relay: StartRelay,
+    pipeline_settings: PipelineSettings,
+    emulator: PulseEmulator,
+    receiver: Receiver,
+    tmp_path: Path,
+    command_out: Path,
+) -> None:
+    # The emulator answers `\ud800` escapes, as a hostile document can make Pulse do.
+    emulator.add_job("job-hostile", result={"text": "caf\ud800", "\udfff": ["\ud800"]})
+    relay = await start_relay(pipeline_settings())
+    status, answer = await send(
+        relay,
+        emulator,
+        "job.completed",
+        "job-hostile",
+        webhook_id="msg_hostile",
+        data={"note": "\udfff"},
+    )
+    assert (status, answer["status"]) == (202, "accepted")
+    assert await settled(relay, "msg_hostile") == {
+        "app": "delivered",
+        "cmd": "delivered",
+        "files": "delivered",
+    }
+
+    from_file = (tmp_path / "files" / "job-hostile.json").read_bytes()
+    from_command = (command_out / "msg_hostile.json").read_bytes()
+    (from_http,) = [received.body for received in receiver.received]
+    assert from_file == from_http == from_command
+    envelope = json.loads(from_file)
+    assert envelope["job"]["result"] == {"text": "caf\ufffd", "\ufffd": ["\ufffd"]}
+    assert envelope["event"]["data"]["note"] == "\ufffd"
+    # The stored copy is the job as fetched; only what is sent is replaced.
+    view = await relay.store.get_event("msg_hostile")
+    assert view is not None and view.job["result"]["text"] == "caf\ud800"

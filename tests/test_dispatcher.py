@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 from collections.abc import AsyncIterator, Callable
@@ -588,3 +589,33 @@ async def test_the_claim_loop_outlives_an_unexpected_error(run: RunDispatcher) -
     assert dispatcher.is_running
     (line,) = [entry for entry in logs if entry["event"].startswith("claiming work failed")]
     assert line["log_level"] == "error"
+
+
+async def test_a_delivery_that_cannot_be_prepared_is_its_own_failed_attempt(
+    run: RunDispatcher,
+) -> None:
+    # No time can be formatted from NaN: building these envelopes raises ValueError.
+    broken = dataclasses.replace(delivery_task("msg_broken", sink="a"), received_at=float("nan"))
+    last_try = dataclasses.replace(broken, event_id="msg_last", sink="b", attempts=2)
+    store = FakeStore(deliveries=[broken, delivery_task("msg_fine", sink="c"), last_try])
+    sinks = [FakeSink("a"), FakeSink("b"), FakeSink("c")]
+    with structlog.testing.capture_logs() as logs:
+        dispatcher, metrics = run(store, *sinks)
+        await wait_for(lambda: len(written(store, "finish_delivery")) == 3)
+
+    assert len(store.claims) >= 1 and store.claimed_deliveries == 3
+    outcomes = {
+        write[1]: (write[3]["outcome"], write[3]["attempt"].error)
+        for write in written(store, "finish_delivery")
+    }
+    reason = "internal error: ValueError: Invalid value NaN (not a number)"
+    assert outcomes == {
+        "msg_broken": ("retry", reason),
+        "msg_fine": ("delivered", None),
+        "msg_last": ("dead", f"gave up after 3 attempts: {reason}"),
+    }
+    assert [len(sink.received) for sink in sinks] == [0, 0, 1]
+    assert counted(metrics, "pulse_relay_deliveries_total", sink="b", outcome="dead") == 1
+    prepared = [entry for entry in logs if entry["event"] == "delivery could not be prepared"]
+    assert sorted(entry["webhook_id"] for entry in prepared) == ["msg_broken", "msg_last"]
+    assert dispatcher.is_running

@@ -14,12 +14,12 @@ from pulse_relay import __version__, events
 from pulse_relay.events import (
     ParsedEvent,
     build_envelope,
-    encode_envelope,
     format_timestamp,
     is_terminal,
     is_valid_job_id,
     parse_event,
     says_terminal,
+    sendable_envelope,
 )
 
 
@@ -115,6 +115,22 @@ def test_payload_without_a_type_is_not_deliverable(document: dict[str, Any]) -> 
 )
 def test_unreadable_bodies_say_why(body: bytes, error: str) -> None:
     assert parse_event(body) == ParsedEvent(None, None, error)
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b'{"type": "job.\\ud800", "job_id": "job-1"}', "is not valid Unicode text"),
+        (b'{"type": "job.completed\\udfff", "job_id": "job-1"}', "is not valid Unicode text"),
+        (b'{"type": "job.\\u0000", "job_id": "job-1"}', "holds a NUL character"),
+    ],
+)
+def test_a_type_no_store_can_hold_makes_the_event_invalid(body: bytes, error: str) -> None:
+    parsed = parse_event(body)
+    assert (parsed.type, parsed.job_id, parsed.is_deliverable) == (None, None, False)
+    assert parsed.error is not None and parsed.error.startswith(f"event type {error}")
+    # The reason is answered and logged: it must be text itself.
+    assert parsed.error.encode()
 
 
 @pytest.mark.parametrize(
@@ -318,7 +334,23 @@ def test_received_at_is_rfc3339_utc_with_microseconds() -> None:
 
 def test_encoded_envelope_is_compact_utf8_json() -> None:
     built = envelope(metadata={"name": "Zoë"})
-    encoded = encode_envelope(built)
+    sent, encoded = sendable_envelope(built)
+    assert sent is built
     assert json.loads(encoded) == built
     assert b", " not in encoded and b": " not in encoded
     assert '"name":"Zoë"'.encode() in encoded
+
+
+def test_lone_surrogates_are_sent_as_replacement_characters() -> None:
+    built = envelope(
+        body=b'{"type": "job.completed", "note": "\\udfff"}',
+        job={"status": "completed", "result": {"caf\ud800": ["\ud800\udc00", "😀"]}},
+    )
+    sent, encoded = sendable_envelope(built)
+    assert json.loads(encoded) == sent
+    assert sent["event"]["note"] == "\ufffd"
+    # Two lone halves are two replacements, never joined into one character.
+    assert sent["job"]["result"] == {"caf\ufffd": ["\ufffd\ufffd", "😀"]}
+    assert {key: sent[key] for key in ("id", "type", "relay")} == {
+        key: built[key] for key in ("id", "type", "relay")
+    }

@@ -195,6 +195,24 @@ async def test_unknown_watched_job_is_given_up_with_a_reason(
     assert await relay.store.list_events() == []
 
 
+async def test_a_watched_job_whose_status_holds_a_lone_surrogate_is_followed_to_its_end(
+    start_relay: StartRelay, poll_settings: Any, emulator: PulseEmulator
+) -> None:
+    # The emulator answers the status as a `\ud800` escape, as a hostile server can.
+    emulator.add_job("job-odd", statuses=["running\ud800", "running\ud800", "completed"])
+    relay = await start_relay(poll_settings())
+    await relay.store.add_watches(["job-odd"], interval_seconds=0.01)
+    relay.poller.notify()  # type: ignore[union-attr]
+
+    async def running() -> bool:
+        return [w.last_status for w in await relay.store.list_watches()] == ["running\ufffd"]
+
+    await wait_for(running)
+    await wait_for(lambda: all_delivered(relay, "poll:job-odd:completed"), timeout_seconds=15)
+    watches = await relay.store.list_watches()
+    assert [(w.state, w.last_status) for w in watches] == [("done", "completed")]
+
+
 async def test_a_watched_job_the_api_can_never_answer_is_given_up_at_once(
     start_relay: StartRelay, poll_settings: Any, emulator: PulseEmulator
 ) -> None:

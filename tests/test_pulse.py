@@ -324,6 +324,19 @@ async def test_nested_error_message_is_used(emulator: PulseEmulator, client: Pul
     assert caught.value.reason == "GET /job: HTTP 429: slow down"
 
 
+async def test_a_lone_surrogate_in_an_error_message_is_replaced(
+    emulator: PulseEmulator, client: PulseClient
+) -> None:
+    emulator.add_job("job-1")
+    emulator.fail_next("job-1", Fault.http(503, body=b'{"error": "busy \\ud800"}'))
+
+    with pytest.raises(PulseRetryableError) as caught:
+        await client.get_job("job-1")
+
+    # The reason is stored with the attempt: it must be text the store can write.
+    assert caught.value.reason == "GET /job: HTTP 503: busy \ufffd"
+
+
 async def test_progression_through_statuses(emulator: PulseEmulator, client: PulseClient) -> None:
     emulator.add_job("job-1", statuses=["pending", "processing", "completed"])
 

@@ -332,3 +332,32 @@ async def test_metrics_count_outcomes_and_ack_latency(relay: Relay) -> None:
     assert 'pulse_relay_webhooks_total{outcome="duplicate"} 1.0' in text
     assert 'pulse_relay_webhooks_total{outcome="unauthorized"} 1.0' in text
     assert "pulse_relay_ack_seconds_count 3.0" in text
+
+
+async def test_a_lone_surrogate_in_the_type_is_invalid_and_fails_none_of_its_batch(
+    relay: Relay,
+) -> None:
+    # `\ud800` as a JSON escape: valid JSON, but no UTF-8 text can hold what it decodes to.
+    hostile = b'{"type": "job.\\ud800", "data": {"job_id": "job-hostile"}}'
+    bodies = {f"msg_{n:02d}": make_body(job_id=f"job-{n}") for n in range(40)}
+    bodies["msg_20"] = hostile
+    async with aiohttp.ClientSession() as session:
+
+        async def one(webhook_id: str, body: bytes) -> tuple[str, int, dict[str, Any]]:
+            headers = signed(body, webhook_id=webhook_id)
+            async with session.post(relay.webhook_url, data=body, headers=headers) as response:
+                text = await response.text()
+                if response.content_type != "application/json":
+                    return webhook_id, response.status, {"status": text}
+                return webhook_id, response.status, json.loads(text)
+
+        answers = await asyncio.gather(*(one(i, body) for i, body in bodies.items()))
+    statuses = {webhook_id: (status, answer["status"]) for webhook_id, status, answer in answers}
+    assert statuses.pop("msg_20") == (200, "invalid")
+    assert set(statuses.values()) == {(202, "accepted")} and len(statuses) == 39
+    (document,) = [answer for webhook_id, _, answer in answers if webhook_id == "msg_20"]
+    assert document["reason"] == "event type is not valid Unicode text (a lone surrogate)"
+    view = await relay.store.get_event("msg_20")
+    assert view is not None
+    assert (view.state, view.type, view.deliveries, view.body) == ("invalid", None, {}, hostile)
+    assert sorted(await stored_ids(relay)) == sorted(bodies)

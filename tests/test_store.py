@@ -23,8 +23,11 @@ from pulse_relay.store import (
     StoreBackend,
     StoreUnavailableError,
     StoreVersionError,
+    UnwritableRecordError,
 )
 from pulse_relay.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
+from pulse_relay.store.postgres import plumbing as postgres_plumbing
+from pulse_relay.store.sqlite import plumbing as sqlite_plumbing
 from tests.helpers import count_events
 
 
@@ -479,3 +482,51 @@ async def test_stored_headers_come_back_as_received(store: StoreBackend) -> None
     view = await store.get_event("m1")
     assert view is not None
     assert view.headers == headers
+
+
+UNWRITABLE_TYPES = {"lone-surrogate": "job.\ud800", "nul": "job.\x00"}
+
+
+@pytest.mark.parametrize("event_type", UNWRITABLE_TYPES.values(), ids=UNWRITABLE_TYPES.keys())
+async def test_a_record_the_store_cannot_write_is_refused_alone(
+    store: StoreBackend, event_type: str
+) -> None:
+    records = [record(f"m{n}", job_id=f"job-{n}") for n in range(40)]
+    records[20] = dataclasses.replace(record("m20", job_id="job-20"), event_type=event_type)
+    results = await asyncio.gather(*(store.ingest(r) for r in records), return_exceptions=True)
+    refused = results.pop(20)
+    assert isinstance(refused, UnwritableRecordError)
+    assert refused.reason.startswith("event_type ")
+    assert results == ["accepted"] * 39
+    assert await count_events(store) == 39
+
+
+async def test_a_failed_group_commit_is_retried_record_by_record(
+    store: StoreBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As if the check before the batch missed what the database then refuses.
+    for plumbing in (sqlite_plumbing, postgres_plumbing):
+        monkeypatch.setattr(plumbing, "record_problem", lambda record: None)
+    records = [record(f"m{n}", job_id=f"job-{n}") for n in range(40)]
+    records[20] = dataclasses.replace(record("m20", job_id="job-20"), event_type="job.\ud800")
+    results = await asyncio.gather(*(store.ingest(r) for r in records), return_exceptions=True)
+    assert isinstance(results.pop(20), Exception)
+    assert results == ["accepted"] * 39
+    assert await count_events(store) == 39
+    assert await store.ingest(record("m41", job_id="job-41")) == "accepted"
+
+
+async def test_watch_metadata_no_store_can_hold_is_kept_with_replacements(
+    store: StoreBackend,
+) -> None:
+    # A lone surrogate (from a JSON escape or a header that is not UTF-8) and a NUL
+    # (PostgreSQL's jsonb refuses both); a backslash before `u0000` is only text.
+    metadata = {"note": "caf\ud800", "nul": "a\x00b", "text": "\\u0000", "k\udfff": 1}
+    await store.add_watches(["job-w"], metadata=metadata, interval_seconds=1.0)
+    (watch,) = await store.list_watches()
+    assert watch.metadata == {
+        "note": "caf\ufffd",
+        "nul": "a\ufffdb",
+        "text": "\\u0000",
+        "k\ufffd": 1,
+    }

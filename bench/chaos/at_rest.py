@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ out = pathlib.Path(sys.argv[1], os.environ["PULSE_EVENT_ID"] + ".json")
 out.write_text(json.dumps(dict(os.environ)))
 """
 URL_SECRETS = ("pulse-user", "url-password", "query-token", "sink-token")
+# Signed webhooks sent at once, one with a `\ud800` escape in its type: they share commits.
+LONE_SURROGATE_BURST = 40
 
 
 @dataclass
@@ -55,6 +58,8 @@ class AtRestFigures:
     longest_log_line_bytes: int = 0
     replay_after_prune: dict[str, str] = field(default_factory=dict)
     raw_controls_printed: int = 0
+    lone_surrogate_type_answers: Counter[str] = field(default_factory=Counter)
+    lone_surrogate_field_sent: str = ""
     url_secrets_printed: int = 0
     base_url_warned: bool = False
     problems: list[str] = field(default_factory=list)
@@ -86,7 +91,11 @@ def post(port: int, body: bytes, headers: dict[str, str]) -> str:
         with urllib.request.urlopen(request, timeout=10) as response:
             return f"{response.status} {json.loads(response.read())['status']}"
     except urllib.error.HTTPError as error:
-        return f"{error.code} {json.loads(error.read()).get('status')}"
+        text = error.read()
+        try:
+            return f"{error.code} {json.loads(text).get('status')}"
+        except ValueError:
+            return f"{error.code} (not JSON)"
 
 
 def standard_headers(body: bytes, webhook_id: str) -> dict[str, str]:
@@ -214,6 +223,28 @@ def _probe_running_relay(workdir: Path, port: int, config: Path, figures: AtRest
     figures.replay_after_prune["standard"] = _replay_after_prune(
         config, port, [(body, standard_headers(body, "msg_at_rest"))]
     )
+    _lone_surrogates(workdir, port, figures)
+
+
+def _lone_surrogates(workdir: Path, port: int, figures: AtRestFigures) -> None:
+    """A `\\ud800` escape in the type of one of 40 webhooks sent at once, then in a
+    payload field of an event the json file sink writes."""
+    bodies = [event_body("job.processing", f"job-burst-{n}") for n in range(LONE_SURROGATE_BURST)]
+    bodies[LONE_SURROGATE_BURST // 2] = b'{"type": "job.\\ud800", "data": {"job_id": "job-x"}}'
+    with ThreadPoolExecutor(max_workers=LONE_SURROGATE_BURST) as pool:
+        answers = pool.map(
+            lambda n: post(port, bodies[n], standard_headers(bodies[n], f"msg_burst_{n}")),
+            range(LONE_SURROGATE_BURST),
+        )
+        figures.lone_surrogate_type_answers = Counter(answers)
+    field_body = b'{"type": "job.processing", "data": {"job_id": "job-field", "note": "\\ud800"}}'
+    post(port, field_body, standard_headers(field_body, "msg_field"))
+    if not wait_for(lambda: any((workdir / "files").rglob("job-field.json"))):
+        figures.lone_surrogate_field_sent = "never written"
+        return
+    (written,) = (workdir / "files").rglob("job-field.json")
+    note = json.loads(written.read_bytes())["event"]["data"]["note"]
+    figures.lone_surrogate_field_sent = " ".join(f"U+{ord(c):04X}" for c in note)
 
 
 def _record_modes(workdir: Path, figures: AtRestFigures) -> None:
@@ -443,3 +474,10 @@ def _judge(figures: AtRestFigures) -> None:
             figures.problems.append(f"replay after prune ({scheme}): {answers}")
     if figures.raw_controls_printed:
         figures.problems.append(f"{figures.raw_controls_printed} raw control characters printed")
+    expected = Counter({"200 invalid": 1, "202 accepted": LONE_SURROGATE_BURST - 1})
+    if figures.lone_surrogate_type_answers != expected:
+        answers = dict(figures.lone_surrogate_type_answers)
+        figures.problems.append(f"a lone surrogate in one type of a burst: {answers}")
+    if figures.lone_surrogate_field_sent != "U+FFFD":
+        sent = figures.lone_surrogate_field_sent
+        figures.problems.append(f"a lone surrogate in a payload field was sent as {sent}")

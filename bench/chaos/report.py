@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from bench.chaos.at_rest import WITHHELD, AtRestFigures
+from bench.chaos.at_rest import LONE_SURROGATE_BURST, WITHHELD, AtRestFigures
 from bench.chaos.hostile import HostileFigures
 from bench.chaos.outcome import Outcome
 from bench.chaos.parties import LEASE_SECONDS
@@ -115,11 +115,13 @@ METHOD: tuple[tuple[str, str], ...] = (
         "a jsonl file sink and a command that dumps its environment): the modes of the store, "
         "its WAL and SHM, the files and the directories it created; what the command saw; a "
         "signed event whose type is 200 KB, and one whose type holds ESC, CR and LF, then "
-        "`events` and `show`; `prune --older-than 0` and the captured requests sent again, "
-        "also against an `hmac-sha256-hex` relay, with and without an id header. The file "
-        "sink writes to a json and a jsonl target, and below a sub-directory, while a thread "
-        "swaps symlinks and hard links to a file outside in at the target or the "
-        "sub-directory; a hard link of an outside file is placed at the target. "
+        "`events` and `show`; {burst} signed events at once, one with a `\\ud800` escape "
+        "in its type, and one with it in a payload field; `prune --older-than 0` and the "
+        "captured requests sent again, also against an `hmac-sha256-hex` relay, with and "
+        "without an id header. The file sink writes to a json and a jsonl target, and below "
+        "a sub-directory, while a thread swaps symlinks and hard links to a file outside in "
+        "at the target or the sub-directory; a hard link of an outside file is placed at "
+        "the target. "
         "`check-config` reads URLs with user-info and query tokens and a plain-http API.",
     ),
 )
@@ -322,6 +324,15 @@ def at_rest_rows(figures: AtRestFigures) -> list[Row]:
             str(figures.raw_controls_printed),
         ),
         (
+            f"`\\ud800` in the type of one of {LONE_SURROGATE_BURST} signed webhooks sent at "
+            "once: answers / in a payload field: sent to the sinks as",
+            ", ".join(
+                f"{answer} x{count}"
+                for answer, count in sorted(figures.lone_surrogate_type_answers.items())
+            )
+            + f" / {figures.lone_surrogate_field_sent}",
+        ),
+        (
             "`check-config`: URL user-info and query values printed / plain-http API warned",
             f"{figures.url_secrets_printed} / {'yes' if figures.base_url_warned else 'no'}",
         ),
@@ -398,6 +409,7 @@ def _facts(config: ChaosConfig, outcome: Outcome, hostile: HostileFigures) -> di
         "duplicate_rate": f"{hostile.duplicate_rate:.0%}",
         "flood": f"{hostile.edge.flood_requests:,}" if hostile.edge else "no",
         "idle": f"{hostile.edge.idle_connections:,}" if hostile.edge else "no",
+        "burst": str(LONE_SURROGATE_BURST),
     }
 
 

@@ -19,10 +19,10 @@ from typing import Any, Final, Literal
 
 from pulse_relay.events import (
     build_envelope,
-    encode_envelope,
     envelope_source,
     is_terminal,
     says_terminal,
+    sendable_envelope,
 )
 from pulse_relay.logs import get_logger
 from pulse_relay.metrics import Metrics
@@ -37,6 +37,7 @@ from pulse_relay.store import (
     StoreBackend,
     StoreUnavailableError,
 )
+from pulse_relay.unencodable import without_lone_surrogates
 
 log = get_logger("pulse_relay.dispatcher")
 
@@ -72,6 +73,9 @@ def extraction_id(job: Mapping[str, Any] | None) -> str | None:
     return value if isinstance(value, str) else None
 
 
+# An event's envelope and its bytes, or what building them raised.
+Prepared = tuple[dict[str, Any], bytes] | Exception
+
 # -- decisions: pure, so every outcome is unit-tested apart from the I/O ------
 
 
@@ -91,7 +95,8 @@ def sink_failure(error: Exception, *, timeout_seconds: float) -> SinkError:
         return error
     if isinstance(error, TimeoutError):
         return SinkError(f"no answer within {timeout_seconds} s")
-    return SinkError(f"internal error: {type(error).__name__}: {error}")
+    # The message may quote a document's text; the reason is stored and shown as text.
+    return SinkError(without_lone_surrogates(f"internal error: {type(error).__name__}: {error}"))
 
 
 def decide_delivery(
@@ -399,33 +404,40 @@ class Dispatcher:
         return len(fetches) + len(deliveries)
 
     def _start_deliveries(self, tasks: list[DeliveryTask]) -> None:
-        bodies: dict[tuple[str, bool], tuple[dict[str, Any], bytes]] = {}
+        prepared: dict[tuple[str, bool], Prepared] = {}
         for task in tasks:
             key = (task.event_id, task.is_replay)
-            if key not in bodies:
-                bodies[key] = self._envelope(task)
+            if key not in prepared:
+                prepared[key] = self._prepare(task)
             self._slots.reserve(delivery_slot(task.sink))
             self._running_deliveries[task.event_id, task.sink] = task
-            self._spawn(self._deliveries, self._run_delivery(task, *bodies[key]))
+            self._spawn(self._deliveries, self._run_delivery(task, prepared[key]))
 
     def _spawn(self, group: set[asyncio.Task[None]], work: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(work)
         group.add(task)
         task.add_done_callback(group.discard)
 
-    def _envelope(self, task: DeliveryTask) -> tuple[dict[str, Any], bytes]:
-        envelope = build_envelope(
-            event_id=task.event_id,
-            event_type=task.event_type,
-            job_id=task.job_id,
-            received_at=task.received_at,
-            source=envelope_source(task.source, is_replay=task.is_replay),
-            body=task.body,
-            job=task.job,
-            result_url=task.result_url,
-            metadata=task.metadata,
-        )
-        return envelope, encode_envelope(envelope)
+    def _prepare(self, task: DeliveryTask) -> Prepared:
+        """The envelope of `task`'s event and its bytes, or what building them raised: a
+        document no rule foresaw fails that event's deliveries, never the claim (the
+        work claimed beside it would wait for its leases to run out)."""
+        try:
+            return sendable_envelope(
+                build_envelope(
+                    event_id=task.event_id,
+                    event_type=task.event_type,
+                    job_id=task.job_id,
+                    received_at=task.received_at,
+                    source=envelope_source(task.source, is_replay=task.is_replay),
+                    body=task.body,
+                    job=task.job,
+                    result_url=task.result_url,
+                    metadata=task.metadata,
+                )
+            )
+        except Exception as error:
+            return error
 
     # -- fetching --------------------------------------------------------
 
@@ -526,30 +538,38 @@ class Dispatcher:
 
     # -- delivering ------------------------------------------------------
 
-    async def _run_delivery(
-        self, task: DeliveryTask, envelope: dict[str, Any], body: bytes
-    ) -> None:
+    async def _run_delivery(self, task: DeliveryTask, prepared: Prepared) -> None:
+        """One attempt: whatever fails while preparing or running it is that attempt's
+        failure (retried, then dead), recorded like a sink's own."""
         runtime = self._sinks[task.sink]
-        delivery = _delivery(task, envelope, body)
-        context = {
+        context: dict[str, Any] = {
             "webhook_id": task.event_id,
             "job_id": task.job_id,
             "type": task.event_type,
-            "status": delivery.job_status,
             "sink": task.sink,
             "attempt": task.attempts + 1,
-            "extraction_id": extraction_id(task.job),
         }
         started_at = self._clock()
         began = time.perf_counter()
         answer: SinkResult | SinkError
         try:
-            async with asyncio.timeout(runtime.timeout_seconds + SINK_TIMEOUT_MARGIN_SECONDS):
-                answer = await runtime.sink.deliver(delivery)
+            if isinstance(prepared, Exception):
+                log.error(
+                    "delivery could not be prepared",
+                    reason=f"{type(prepared).__name__}: {prepared}",
+                    exc_info=prepared,
+                    **context,
+                )
+                answer = sink_failure(prepared, timeout_seconds=runtime.timeout_seconds)
+            else:
+                delivery = _delivery(task, *prepared)
+                context.update(
+                    status=delivery.job_status,
+                    extraction_id=extraction_id(delivery.envelope["job"]),
+                )
+                answer = await self._deliver(runtime, delivery, context)
         except Exception as error:
-            if not isinstance(error, SinkError | TimeoutError):
-                # A sink bug must not lose the delivery: it is retried like any failure.
-                log.exception("sink raised unexpectedly", **context)
+            log.exception("delivery failed unexpectedly", **context)
             answer = sink_failure(error, timeout_seconds=runtime.timeout_seconds)
         finally:
             # The slot is free once the sink is done: the next claim can share a
@@ -566,6 +586,19 @@ class Dispatcher:
             log.exception("recording the delivery failed unexpectedly", **context)
         finally:
             self._running_deliveries.pop((task.event_id, task.sink), None)
+
+    async def _deliver(
+        self, runtime: SinkRuntime, delivery: Delivery, context: dict[str, Any]
+    ) -> SinkResult | SinkError:
+        """The sink's answer, or its failure as the `SinkError` that decides retry or dead."""
+        try:
+            async with asyncio.timeout(runtime.timeout_seconds + SINK_TIMEOUT_MARGIN_SECONDS):
+                return await runtime.sink.deliver(delivery)
+        except Exception as error:
+            if not isinstance(error, SinkError | TimeoutError):
+                # A sink bug must not lose the delivery: it is retried like any failure.
+                log.exception("sink raised unexpectedly", **context)
+            return sink_failure(error, timeout_seconds=runtime.timeout_seconds)
 
     async def _record(
         self,
@@ -614,7 +647,9 @@ class Dispatcher:
 
 
 def _delivery(task: DeliveryTask, envelope: dict[str, Any], body: bytes) -> Delivery:
-    job_status = task.job.get("status") if isinstance(task.job, dict) else None
+    # From the envelope, whose text the sinks can take (the stored job's may not be).
+    job = envelope["job"]
+    job_status = job.get("status") if isinstance(job, dict) else None
     return Delivery(
         event_id=task.event_id,
         event_type=task.event_type,

@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 
 from pulse_relay import __version__
-from pulse_relay.store import IngestRecord
+from pulse_relay.store import IngestRecord, text_problem
+from pulse_relay.unencodable import without_lone_surrogates
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "canceled", "cancelled", "expired"})
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
@@ -99,6 +100,11 @@ def parse_event(body: bytes) -> ParsedEvent:
             None,
             f"event type is {len(event_type)} characters long (at most {MAX_EVENT_TYPE_CHARS})",
         )
+    # A `\ud800` escape is valid JSON, but what it decodes to is no text a store,
+    # a file name or a log line can hold: the payload is kept (as bytes), never delivered.
+    problem = text_problem(event_type)
+    if problem is not None:
+        return ParsedEvent(None, None, f"event type {problem}")
     data = payload.get("data")
     data = data if isinstance(data, dict) else {}
     raw_job_id = data.get("job_id", payload.get("job_id", data.get("id")))
@@ -187,6 +193,15 @@ def build_envelope(
     }
 
 
-def encode_envelope(envelope: dict[str, Any]) -> bytes:
-    """Compact, UTF-8 JSON: the exact bytes every sink gets."""
-    return json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()
+def sendable_envelope(envelope: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """The envelope as sinks receive it, and its exact bytes (compact UTF-8 JSON).
+
+    Lone surrogates, from `\\ud800` escapes in a payload or a job, are replaced by
+    U+FFFD in both; an envelope without any is returned as it is."""
+    text = json.dumps(envelope, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return envelope, text.encode()
+    except UnicodeEncodeError:
+        text = without_lone_surrogates(text)
+        replaced: dict[str, Any] = json.loads(text)
+        return replaced, text.encode()

@@ -21,6 +21,7 @@ from pulse_relay.logs import get_logger
 from pulse_relay.metrics import Metrics
 from pulse_relay.pulse import PulseClient, PulseError, judge_error
 from pulse_relay.store import StoreBackend, StoreUnavailableError, Watch
+from pulse_relay.unencodable import without_lone_surrogates
 
 log = get_logger("pulse_relay.poller")
 
@@ -191,7 +192,8 @@ class Poller:
             state="active",
             next_poll_at=now + interval,
             interval_seconds=next_interval,
-            last_status=status if isinstance(status, str) else None,
+            # Shown by `watch --list`; a hostile job's `"\ud800"` escapes would not store.
+            last_status=without_lone_surrogates(status) if isinstance(status, str) else None,
             last_error=None,
         )
         self._metrics.polls.labels(outcome="running").inc()

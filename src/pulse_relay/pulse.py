@@ -18,6 +18,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from pulse_relay.retry import parse_retry_after
+from pulse_relay.unencodable import without_lone_surrogates
 
 API_KEY_HEADER: Final = "x-api-key"
 DEFAULT_MAX_RESULT_BYTES: Final = 256 * 1024 * 1024
@@ -344,7 +345,8 @@ class PulseClient:
         """One short line with the API key masked, fit for logs and the store."""
         if self._api_key:
             text = text.replace(self._api_key, "[redacted]")
-        text = " ".join(text.split())
+        # An error body's `"\ud800"` escapes would make the reason unwritable.
+        text = " ".join(without_lone_surrogates(text).split())
         if len(text) > MAX_REASON_CHARS:
             text = text[: MAX_REASON_CHARS - 3] + "..."
         return text

@@ -31,4 +31,6 @@ def test_files_links_environment_types_replays_and_output_hold_up(tmp_path: Path
         "hmac-sha256-hex": "2 pruned; 200 duplicate x2",
     }
     assert figures.raw_controls_printed == 0
+    assert figures.lone_surrogate_type_answers == {"200 invalid": 1, "202 accepted": 39}
+    assert figures.lone_surrogate_field_sent == "U+FFFD"
     assert (figures.url_secrets_printed, figures.base_url_warned) == (0, True)

@@ -28,6 +28,7 @@ from pulse_relay.store.filters import (
 )
 from pulse_relay.store.filters import parse_event_filters as parse_filter_values
 from pulse_relay.testevent import build_test_event, post_test_event
+from pulse_relay.unencodable import replace_lone_surrogates
 
 if TYPE_CHECKING:
     from pulse_relay.admin.context import AdminContext
@@ -179,9 +180,15 @@ def envelopes(view: EventView) -> dict[str, Any]:
 
 
 async def get_event(ctx: AdminContext, event_id: str) -> dict[str, Any]:
-    """One event as `show --json` prints it, plus `envelopes`: what each sink received."""
+    """One event as `show --json` prints it, plus `envelopes`: what each sink received.
+
+    Lone surrogates (stored job, payload or headers may hold them) are shown as U+FFFD,
+    as the sinks receive them: neither a page nor a strict JSON reader takes them."""
     view = await _require_event(ctx, event_id)
-    return {**event_document(view), "envelopes": envelopes(view)}
+    document: dict[str, Any] = replace_lone_surrogates(
+        {**event_document(view), "envelopes": envelopes(view)}
+    )
+    return document
 
 
 # -- replay --------------------------------------------------------------------
@@ -247,8 +254,10 @@ def _job_id(value: object) -> str:
 
 
 async def list_watches(ctx: AdminContext) -> dict[str, Any]:
-    """Every watched job, active first: {"watches": [...]}, as `watch --list --json` prints."""
-    return {"watches": [watch_document(w) for w in await ctx.store.list_watches()]}
+    """Every watched job, active first: {"watches": [...]}, as `watch --list --json` prints;
+    lone surrogates in metadata (a header or a JSON escape can carry one) shown as U+FFFD."""
+    watches = [watch_document(w) for w in await ctx.store.list_watches()]
+    return {"watches": replace_lone_surrogates(watches)}
 
 
 async def add_watch(ctx: AdminContext, body: Mapping[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,10 @@ from pulse_relay.store.model import (
     IngestRecord,
     StoreUnavailableError,
     StoreVersionError,
+    UnwritableRecordError,
     Watch,
+    record_problem,
+    text_problem,
 )
 
 if TYPE_CHECKING:
@@ -73,9 +76,12 @@ __all__ = [
     "StoreBackend",
     "StoreUnavailableError",
     "StoreVersionError",
+    "UnwritableRecordError",
     "Watch",
     "decide_ingest",
     "ingest_state",
+    "record_problem",
+    "text_problem",
 ]
 
 

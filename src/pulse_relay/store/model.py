@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
+
+from pulse_relay.unencodable import REPLACEMENT_CHARACTER, without_lone_surrogates
 
 IngestOutcome = Literal["accepted", "duplicate"]
 DeliveryOutcome = Literal["delivered", "retry", "dead"]
@@ -34,6 +37,14 @@ class StoreVersionError(Exception):
     """The database was written by a newer pulse-relay."""
 
 
+class UnwritableRecordError(ValueError):
+    """A record holding text the store cannot write: refused alone, before it joins a batch."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class IngestRecord:
     """One verified event to store, with the deliveries it starts."""
@@ -51,6 +62,54 @@ class IngestRecord:
     needs_fetch: bool
     # Webhooks only: the client as the ingress saw it (None for polled events).
     client_address: str | None = None
+
+
+def text_problem(text: str) -> str | None:
+    """Why `text` cannot be stored as text on every backend, or None: a lone surrogate
+    (a `\\ud800` escape decodes to one; UTF-8 cannot encode it) or a NUL (PostgreSQL's
+    text refuses it, and a record must be storable on either backend)."""
+    if "\x00" in text:
+        return "holds a NUL character"
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return "is not valid Unicode text (a lone surrogate)"
+    return None
+
+
+# One escape of JSON text: `\\` is consumed whole, so the `u0000` after it is not one.
+_JSON_ESCAPE = re.compile(r"\\(?:u[0-9a-fA-F]{4}|.)")
+
+
+def storable_json(document: Any) -> str:
+    """`document` as JSON text every backend can hold (PostgreSQL's jsonb included): each
+    lone surrogate, and each NUL (jsonb refuses `\\u0000`), replaced by U+FFFD."""
+    text = without_lone_surrogates(json.dumps(document, ensure_ascii=False))
+    if "\\u0000" not in text:
+        return text
+    return _JSON_ESCAPE.sub(
+        lambda escape: REPLACEMENT_CHARACTER if escape[0] == "\\u0000" else escape[0], text
+    )
+
+
+def record_problem(record: IngestRecord) -> str | None:
+    """Why the store cannot write `record` (named by field), or None. Asked before a record
+    joins a group commit, so that it cannot fail the others in that transaction. The
+    headers are not asked about: `headers_json` escapes whatever they hold."""
+    texts = {
+        "event_id": record.event_id,
+        "source": record.source,
+        "event_type": record.event_type,
+        "job_id": record.job_id,
+        "job_key": record.job_key,
+        "error": record.error,
+        "client_address": record.client_address,
+    }
+    for name, text in [*texts.items(), *(("sink", sink) for sink in record.sinks)]:
+        problem = None if text is None else text_problem(text)
+        if problem is not None:
+            return f"{name} {problem}"
+    return None
 
 
 def headers_json(headers: dict[str, str]) -> str:

@@ -32,6 +32,8 @@ from pulse_relay.store.model import (
     IngestOutcome,
     IngestRecord,
     StoreUnavailableError,
+    UnwritableRecordError,
+    record_problem,
 )
 from pulse_relay.store.postgres.ingest import insert_events
 from pulse_relay.store.postgres.schema import migrate, schema_version
@@ -180,7 +182,11 @@ class PostgresPlumbing:
         """Nothing: a shared queue's leases belong to live relays until they expire."""
 
     async def ingest(self, record: IngestRecord) -> IngestOutcome:
-        """Store one event and its deliveries; returns after the commit that holds it."""
+        """Store one event and its deliveries; returns after the commit that holds it.
+        UnwritableRecordError for a record holding text the store cannot write."""
+        problem = record_problem(record)
+        if problem is not None:
+            raise UnwritableRecordError(problem)
         if self._writer is None:
             raise StoreUnavailableError("store is closed")
         future: asyncio.Future[IngestOutcome] = asyncio.get_running_loop().create_future()
@@ -202,24 +208,35 @@ class PostgresPlumbing:
                     self._queue.task_done()
 
     async def _commit(self, batch: list[_Queued]) -> None:
+        outcomes = await self._commit_or_fail([item.record for item in batch])
+        for item, (ok, value) in zip(batch, outcomes, strict=True):
+            if item.future.done():
+                continue
+            if ok:
+                item.future.set_result(value)
+            else:
+                item.future.set_exception(value)
+
+    async def _commit_or_fail(self, records: list[IngestRecord]) -> list[tuple[bool, Any]]:
+        """One transaction for `records`: an outcome per record, or the exception it failed with."""
         wait_seconds = CONNECT_TIMEOUT_SECONDS if self._is_reachable else UNREACHABLE_WAIT_SECONDS
         try:
             async with self.connection(timeout_seconds=wait_seconds) as conn, conn.transaction():
-                outcomes = await insert_events(conn, [item.record for item in batch])
+                outcomes = await insert_events(conn, records)
                 if "accepted" in outcomes:
                     await conn.execute("SELECT pg_notify(%s, '')", (WORK_CHANNEL,))
         except Exception as error:
+            if len(records) > 1 and not isinstance(error, StoreUnavailableError):
+                # One record broke the transaction (the check before queueing missed
+                # something): each is committed alone, so that only it fails. An
+                # unreachable server (StoreUnavailableError) fails them all at once.
+                return [o for record in records for o in await self._commit_or_fail([record])]
             # A failed transaction fails every ingest in it: none of them is stored.
             failure: BaseException = error
             if isinstance(error, psycopg.Error):
                 failure = StoreUnavailableError(f"store write failed: {error}")
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(failure)
-            return
-        for item, outcome in zip(batch, outcomes, strict=True):
-            if not item.future.done():
-                item.future.set_result(outcome)
+            return [(False, failure)] * len(records)
+        return [(True, outcome) for outcome in outcomes]
 
     async def notify_work(self, conn: AsyncConnection[Any]) -> None:
         """Wake every relay when the transaction on `conn` commits."""

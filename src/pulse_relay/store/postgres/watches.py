@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from psycopg.types.json import Jsonb
-
-from pulse_relay.store.model import Watch
+from pulse_relay.store.model import Watch, storable_json
 from pulse_relay.store.postgres.plumbing import PostgresPlumbing
 
 _COLUMNS = (
@@ -33,13 +31,21 @@ class WatchesMixin(PostgresPlumbing):
             await conn.execute(
                 "INSERT INTO watches (job_id, metadata, origin, state, added_at, next_poll_at, "
                 "interval_seconds, updated_at) "
-                "SELECT j, %s, %s, 'active', %s, %s, %s, %s FROM unnest(%s::text[]) AS j "
+                "SELECT j, %s::jsonb, %s, 'active', %s, %s, %s, %s FROM unnest(%s::text[]) AS j "
                 "ON CONFLICT (job_id) DO UPDATE SET "
                 "metadata = watches.metadata || excluded.metadata, state = 'active', "
                 "next_poll_at = excluded.next_poll_at, "
                 "interval_seconds = excluded.interval_seconds, last_error = NULL, "
                 "updated_at = excluded.updated_at",
-                (Jsonb(metadata or {}), origin, now, now, interval_seconds, now, list(job_ids)),
+                (
+                    storable_json(metadata or {}),
+                    origin,
+                    now,
+                    now,
+                    interval_seconds,
+                    now,
+                    list(job_ids),
+                ),
             )
 
     async def remove_watches(self, job_ids: Sequence[str]) -> int:

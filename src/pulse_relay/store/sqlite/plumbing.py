@@ -28,6 +28,8 @@ from pulse_relay.store.model import (
     IngestOutcome,
     IngestRecord,
     StoreUnavailableError,
+    UnwritableRecordError,
+    record_problem,
 )
 from pulse_relay.store.sqlite.ingest import insert_events
 from pulse_relay.store.sqlite.schema import migrate
@@ -228,7 +230,11 @@ class SQLitePlumbing:
     # -- the single writer ---------------------------------------------
 
     async def ingest(self, record: IngestRecord) -> IngestOutcome:
-        """Store one event and its deliveries; returns after the commit that holds it."""
+        """Store one event and its deliveries; returns after the commit that holds it.
+        UnwritableRecordError for a record holding text the store cannot write."""
+        problem = record_problem(record)
+        if problem is not None:
+            raise UnwritableRecordError(problem)
         future: asyncio.Future[IngestOutcome] = asyncio.get_running_loop().create_future()
         self._enqueue(_Queued(future=future, record=record))
         outcome: IngestOutcome = await future
@@ -272,6 +278,12 @@ class SQLitePlumbing:
         try:
             return self._commit(batch)
         except Exception as error:
+            if len(batch) > 1 and not isinstance(error, sqlite3.OperationalError):
+                # One member broke the transaction (the check before queueing missed
+                # something): each is committed alone, so that only it fails. A store
+                # that is locked, full or failing (OperationalError) would fail each
+                # alone too, only after a busy timeout per write.
+                return [outcome for item in batch for outcome in self._commit_or_fail([item])]
             # A failed transaction fails every write in it: none of them is on disk.
             failure: BaseException = error
             if isinstance(error, sqlite3.Error):

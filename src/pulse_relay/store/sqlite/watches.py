@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from contextlib import closing
 from typing import Any
 
-from pulse_relay.store.model import Watch
+from pulse_relay.store.model import Watch, storable_json
 from pulse_relay.store.sqlite.plumbing import SQLitePlumbing
 from pulse_relay.store.sqlite.sql import chunks, placeholders
 
@@ -31,7 +31,7 @@ class WatchesMixin(SQLitePlumbing):
     ) -> None:
         """Watch jobs (again) from now on; `metadata` is merged into what a job already has."""
         now = self._clock()
-        extra = json.dumps(metadata or {})
+        extra = storable_json(metadata or {})
 
         def op(db: sqlite3.Connection) -> None:
             db.executemany(
