@@ -127,7 +127,8 @@ def serve_command(obj: _Context, host: str | None, port: int | None) -> None:
 
     from pulse_relay.app import serve
     from pulse_relay.config import ConfigError, load_settings
-    from pulse_relay.logs import configure_logging
+    from pulse_relay.logs import configure_logging, get_logger
+    from pulse_relay.preflight import exposed_secret_files
     from pulse_relay.store import StoreUnavailableError, StoreVersionError
 
     overrides: dict[str, Any] = {}
@@ -137,6 +138,8 @@ def serve_command(obj: _Context, host: str | None, port: int | None) -> None:
         overrides["server.port"] = port
     settings = obj.settings(overrides)
     configure_logging(format=settings.log.format, level=settings.log.level)
+    for warning in exposed_secret_files(settings, obj.config_path):
+        get_logger("pulse_relay.cli").warning("secret open to others", detail=warning)
 
     def reload_settings() -> Settings:
         return load_settings(obj.config_path, overrides=overrides)
@@ -164,7 +167,7 @@ def check_config(obj: _Context) -> None:
     import asyncio
 
     from pulse_relay.config import redacted_settings, settings_warnings
-    from pulse_relay.preflight import check_host
+    from pulse_relay.preflight import check_host, exposed_secret_files
     from pulse_relay.store.postgres import postgres_problem
 
     settings = obj.settings()
@@ -179,7 +182,7 @@ def check_config(obj: _Context) -> None:
         origin = f" (in {obj.config_path})" if obj.config_path else ""
         fail("configuration error:\n" + "\n".join(p + origin for p in problems))
     click.echo(json.dumps(redacted_settings(settings), indent=2))
-    for warning in settings_warnings(settings):
+    for warning in [*settings_warnings(settings), *exposed_secret_files(settings, obj.config_path)]:
         click.echo(f"warning: {warning}", err=True)
     where = obj.config_path or "defaults and environment"
     click.echo(f"configuration OK ({where})", err=True)
