@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import os
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -83,6 +85,12 @@ def record(
         sinks=sinks,
         needs_fetch=needs_fetch,
     )
+
+
+def hex_record(event_id: str, body: bytes, **fields: Any) -> IngestRecord:
+    """A record whose body is its only signed part: its digest is a second dedupe key."""
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    return dataclasses.replace(record(event_id, **fields), body=body, body_digest=digest)
 
 
 def fetched(attempt: int = 1) -> Attempt:
@@ -286,6 +294,40 @@ async def test_pruned_ids_stay_known_until_forgotten(store: StoreBackend, clock:
     assert await store.ingest(record("m_old")) == "accepted"
 
 
+async def test_a_body_under_another_id_is_a_duplicate_while_its_ids_are_known(
+    store: StoreBackend, clock: Clock
+) -> None:
+    day = 86_400.0
+    body = b'{"type": "job.processing", "timestamp": 1000000}'
+    first = hex_record("d1", body, event_type="job.processing", sinks=(), needs_fetch=False)
+    assert await store.ingest(first) == "accepted"
+    assert await store.ingest(dataclasses.replace(first, event_id="d2")) == "duplicate"
+    other_body = hex_record(
+        "d3", body + b" ", event_type="job.processing", job_id="job-2", sinks=(), needs_fetch=False
+    )
+    assert await store.ingest(other_body) == "accepted"
+    # Records without a digest (Standard Webhooks) never collide on their bodies.
+    assert await store.ingest(record("s1", job_id="job-3")) == "accepted"
+    assert await store.ingest(record("s2", job_id="job-4")) == "accepted"
+
+    assert await store.prune(received_before=clock.now + 1) == 2
+    assert await store.ingest(dataclasses.replace(first, event_id="d4")) == "duplicate"
+    clock.now += day + 1
+    assert await store.forget_ids(pruned_before=clock.now) == 2
+    assert await store.ingest(dataclasses.replace(first, event_id="d5")) == "accepted"
+    assert await store.get_event("d2") is None
+
+
+async def test_one_body_twice_in_one_group_commit_is_stored_once(store: StoreBackend) -> None:
+    body = b'{"type": "job.created"}'
+    records = [hex_record(f"g{n}", body, event_type="job.created", job_id=None) for n in range(5)]
+
+    outcomes = await asyncio.gather(*(store.ingest(r) for r in records))
+
+    assert sorted(outcomes) == ["accepted"] + ["duplicate"] * 4
+    assert await count_events(store) == 1
+
+
 async def test_pruned_ids_survive_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "relay.db"
     async with Store(path) as store:
@@ -369,6 +411,24 @@ async def test_an_id_ingested_by_two_relays_at_once_is_accepted_by_exactly_one(
         assert sorted(outcomes) == ["accepted"] * 50 + ["duplicate"] * 50
         assert await count_events(first) == 50
         # One delivery per sink for each id: the losing insert started none.
+        assert await first.pending_counts() == {"a": 50, "b": 50}
+
+
+async def test_a_body_ingested_by_two_relays_under_two_ids_is_accepted_by_exactly_one(
+    postgres_url: str,
+) -> None:
+    async with PostgresStore(postgres_url) as first, PostgresStore(postgres_url) as second:
+        outcomes = await asyncio.gather(
+            *(
+                relay.ingest(
+                    hex_record(f"{name}{n}", b'{"type": "job.created", "n": %d}' % n, job_id=None)
+                )
+                for n in range(50)
+                for name, relay in (("x", first), ("y", second))
+            )
+        )
+        assert sorted(outcomes) == ["accepted"] * 50 + ["duplicate"] * 50
+        assert await count_events(first) == 50
         assert await first.pending_counts() == {"a": 50, "b": 50}
 
 

@@ -255,6 +255,7 @@ class Ingress:
             route=self._route,
             fetch_on=self._config.fetch_on,
             client_address=None if client is None else shown,
+            body_digest=verified.body_digest,
         )
         try:
             outcome = await self._store.ingest(record)
