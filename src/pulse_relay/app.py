@@ -45,12 +45,11 @@ from pulse_relay.config import (
 )
 from pulse_relay.dispatcher import Dispatcher, DispatcherLimits, SinkRuntime
 from pulse_relay.edge import (
-    SampledLog,
     digest_header_values,
     parse_networks,
     sample_accept_errors,
 )
-from pulse_relay.logs import configure_logging, get_logger
+from pulse_relay.logs import SampledLog, configure_logging, get_logger
 from pulse_relay.metrics import Metrics
 from pulse_relay.notify import Notifier, run_watchdog, watchdog_interval_seconds
 from pulse_relay.poller import Poller, PollerConfig
