@@ -588,3 +588,19 @@ async def test_the_claim_loop_outlives_an_unexpected_error(run: RunDispatcher) -
     assert dispatcher.is_running
     (line,) = [entry for entry in logs if entry["event"].startswith("claiming work failed")]
     assert line["log_level"] == "error"
+
+
+async def test_fetch_failures_while_the_pulse_api_is_down_are_logged_once_a_window(
+    run: RunDispatcher,
+) -> None:
+    fetches = [FetchTask(f"msg_{n}", f"job-{n}", "job.completed", 0) for n in range(12)]
+    store = FakeStore(fetches=fetches)
+    with structlog.testing.capture_logs() as logs:
+        run(store, pulse=FakePulse(P_TIMED_OUT))
+        await wait_for(lambda: len(written(store, "retry_fetch")) == len(fetches))
+
+    # Every failure is recorded and counted; the clock stands still, so one line tells it.
+    failed = [line for line in logs if line["event"] == "job fetch failed; will retry"]
+    assert [(line["log_level"], line["reason"]) for line in failed] == [
+        ("warning", "GET /job: timed out")
+    ]

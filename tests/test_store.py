@@ -15,7 +15,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from structlog.testing import capture_logs
 
+from pulse_relay.logs import OUTAGE_WINDOW_SECONDS
 from pulse_relay.store import (
     Attempt,
     IngestRecord,
@@ -27,6 +29,7 @@ from pulse_relay.store import (
     StoreVersionError,
 )
 from pulse_relay.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
+from tests.conftest import wait_for
 from tests.helpers import count_events
 
 
@@ -430,6 +433,44 @@ async def test_a_body_ingested_by_two_relays_under_two_ids_is_accepted_by_exactl
         assert sorted(outcomes) == ["accepted"] * 50 + ["duplicate"] * 50
         assert await count_events(first) == 50
         assert await first.pending_counts() == {"a": 50, "b": 50}
+
+
+async def listener_pid(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> int | None:
+    cursor = await conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND query LIKE 'LISTEN %%' AND pid <> pg_backend_pid()"
+    )
+    row = await cursor.fetchone()
+    return None if row is None else int(str(row[0]))
+
+
+async def drop_listener(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+    """End the store's LISTEN connection, and return once it has listened again."""
+    await wait_for(lambda: listener_pid(conn), timeout_seconds=10)
+    dropped = await listener_pid(conn)
+    await conn.execute("SELECT pg_terminate_backend(%s)", (dropped,))
+
+    async def listens_again() -> bool:
+        return (await listener_pid(conn)) not in (None, dropped)
+
+    await wait_for(listens_again, timeout_seconds=10)
+
+
+async def test_a_listener_that_keeps_losing_its_connection_warns_once_a_window(
+    postgres_url: str, clock: Clock
+) -> None:
+    async with (
+        PostgresStore(postgres_url, clock=clock),
+        await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as admin,
+    ):
+        with capture_logs() as logs:
+            for _ in range(3):
+                await drop_listener(admin)
+            clock.now += OUTAGE_WINDOW_SECONDS
+            await drop_listener(admin)
+
+    lost = [line for line in logs if line["event"].startswith("store listener lost")]
+    assert [line["log_level"] for line in lost] == ["warning", "warning"]
 
 
 async def test_a_late_relay_cannot_finish_work_another_took_over(
