@@ -31,4 +31,8 @@ def test_files_links_environment_types_replays_and_output_hold_up(tmp_path: Path
         "hmac-sha256-hex": "2 pruned; 200 duplicate x2",
     }
     assert figures.raw_controls_printed == 0
+    assert figures.hex_new_id == ["200 duplicate x2", "200 duplicate x2"]
+    assert figures.hex_stale_timestamp == "401 unauthorized"
     assert (figures.url_secrets_printed, figures.base_url_warned) == (0, True)
+    assert figures.named_secrets_printed == 0
+    assert figures.mode_warned == ["config file", "TLS key"]
