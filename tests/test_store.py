@@ -321,6 +321,19 @@ async def test_a_body_under_another_id_is_a_duplicate_while_its_ids_are_known(
     assert await store.get_event("d2") is None
 
 
+async def test_a_body_stored_under_its_digest_before_digests_were_kept_is_known(
+    store: StoreBackend,
+) -> None:
+    body = b'{"type": "job.created"}'
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    # As the store held an id-less hex event before it kept digests: the digest as id only.
+    old = dataclasses.replace(record(digest, event_type="job.created", job_id=None), body=body)
+    assert await store.ingest(old) == "accepted"
+
+    replayed = hex_record("delivery-9", body, event_type="job.created", job_id=None)
+    assert await store.ingest(replayed) == "duplicate"
+
+
 async def test_one_body_twice_in_one_group_commit_is_stored_once(store: StoreBackend) -> None:
     body = b'{"type": "job.created"}'
     records = [hex_record(f"g{n}", body, event_type="job.created", job_id=None) for n in range(5)]

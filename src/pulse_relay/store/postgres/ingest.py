@@ -15,7 +15,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from pulse_relay.store.decide import Decision, decide_ingest
+from pulse_relay.store.decide import Decision, decide_ingest, dedupe_keys
 from pulse_relay.store.model import IngestOutcome, IngestRecord, headers_json
 
 
@@ -29,15 +29,16 @@ async def insert_events(
         "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(%s::text[]) AS k",
         (job_keys,),
     )
-    ids = [r.event_id for r in records]
-    digests = [r.body_digest for r in records if r.body_digest is not None]
+    keys = [key for record in records for key in dedupe_keys(record)]
     # A pruned id or digest is still known (for store.dedupe_days): a replay is a duplicate.
+    # Both columns for every key: an event stored before digests were kept has its
+    # digest as its id when it came without an id header.
     cursor = await conn.execute(
         "SELECT id FROM events WHERE id = ANY(%s) "
         "UNION SELECT id FROM pruned_events WHERE id = ANY(%s) "
         "UNION SELECT body_digest FROM events WHERE body_digest = ANY(%s) "
         "UNION SELECT body_digest FROM pruned_events WHERE body_digest = ANY(%s)",
-        (ids, ids, digests, digests),
+        (keys, keys, keys, keys),
     )
     known_keys = {row[0] for row in await cursor.fetchall()}
     cursor = await conn.execute(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from pulse_relay.store.decide import decide_ingest
+from pulse_relay.store.decide import decide_ingest, dedupe_keys
 from pulse_relay.store.model import IngestOutcome, IngestRecord, headers_json
 from pulse_relay.store.sqlite.sql import chunks, placeholders
 
@@ -56,14 +56,13 @@ def insert_events(db: sqlite3.Connection, records: list[IngestRecord]) -> list[I
 def stored_keys(db: sqlite3.Connection, records: Sequence[IngestRecord]) -> set[str]:
     """Which of the records' ids and body digests the store already holds, or remembers
     from pruned events."""
-    keys = {
-        "id": [r.event_id for r in records],
-        "body_digest": [r.body_digest for r in records if r.body_digest is not None],
-    }
+    keys = [key for record in records for key in dedupe_keys(record)]
     found: set[str] = set()
-    for column, values in keys.items():
+    # Both columns for every key: an event stored before digests were kept has its
+    # digest as its id when it came without an id header.
+    for column in ("id", "body_digest"):
         for table in ("events", "pruned_events"):
-            for chunk in chunks(list(dict.fromkeys(values))):
+            for chunk in chunks(list(dict.fromkeys(keys))):
                 sql = f"SELECT {column} FROM {table} WHERE {column} IN ({placeholders(len(chunk))})"
                 found.update(row[0] for row in db.execute(sql, chunk))
     return found
