@@ -91,6 +91,7 @@ def test_a_plain_http_pulse_api_draws_a_warning_in_check_config_and_at_serve_sta
 def test_loopback_or_https_pulse_api_draws_no_warning(tmp_path: Path) -> None:
     for base_url in ("http://127.0.0.1:8788", "https://api.runpulse.com"):
         config = write_config(tmp_path, 8787, pulse={"base_url": base_url})
+        config.chmod(0o600)  # it holds the webhook secret
         result = run_cli("check-config", config=config)
         assert result.returncode == 0, result.stderr
         assert "warning: pulse.base_url" not in result.stderr

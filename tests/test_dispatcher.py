@@ -619,3 +619,19 @@ async def test_a_delivery_that_cannot_be_prepared_is_its_own_failed_attempt(
     prepared = [entry for entry in logs if entry["event"] == "delivery could not be prepared"]
     assert sorted(entry["webhook_id"] for entry in prepared) == ["msg_broken", "msg_last"]
     assert dispatcher.is_running
+
+
+async def test_fetch_failures_while_the_pulse_api_is_down_are_logged_once_a_window(
+    run: RunDispatcher,
+) -> None:
+    fetches = [FetchTask(f"msg_{n}", f"job-{n}", "job.completed", 0) for n in range(12)]
+    store = FakeStore(fetches=fetches)
+    with structlog.testing.capture_logs() as logs:
+        run(store, pulse=FakePulse(P_TIMED_OUT))
+        await wait_for(lambda: len(written(store, "retry_fetch")) == len(fetches))
+
+    # Every failure is recorded and counted; the clock stands still, so one line tells it.
+    failed = [line for line in logs if line["event"] == "job fetch failed; will retry"]
+    assert [(line["log_level"], line["reason"]) for line in failed] == [
+        ("warning", "GET /job: timed out")
+    ]

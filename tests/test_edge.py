@@ -1,4 +1,4 @@
-"""edge.py: client addresses behind proxies, the allowlist, header rules, log sampling."""
+"""edge.py: client addresses behind proxies, the allowlist, header rules, sampled accept errors."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from structlog.testing import capture_logs
 
 from pulse_relay.edge import (
-    LogSampler,
-    SampledLog,
     client_address,
     digest_header_values,
     is_allowed,
@@ -25,7 +23,7 @@ from pulse_relay.edge import (
     signature_headers,
     wrong_required_header,
 )
-from pulse_relay.logs import get_logger
+from pulse_relay.logs import LogSampler, SampledLog, get_logger
 
 
 def headers(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
@@ -256,59 +254,13 @@ def test_is_identity_encoding(encodings: list[str], is_identity: bool) -> None:
 # --- log sampling ---------------------------------------------------------------------------
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_sampler_admits_a_few_lines_a_second_per_key_and_counts_the_rest() -> None:
-    clock = FakeClock()
-    sampler = LogSampler(per_second=3, clock=clock)
-
-    admitted = [sampler.admit("401:bad") for _ in range(10)]
-    other = sampler.admit("413:big")
-
-    assert admitted == [True] * 3 + [False] * 7
-    assert other
-    assert sampler.take_suppressed() == {"401:bad": 7}
-    assert sampler.take_suppressed() == {}
-    clock.now += 1.0
-    assert [sampler.admit("401:bad") for _ in range(4)] == [True, True, True, False]
-    assert sampler.take_suppressed() == {"401:bad": 1}
-
-
-def test_sampler_bounds_the_number_of_keys() -> None:
-    sampler = LogSampler(per_second=1, clock=FakeClock())
-    for number in range(200):
-        sampler.admit(f"401:reason {number}")
-    assert sampler.take_suppressed() == {"401:other": 200 - 64 - 1}
-
-
-async def test_sampled_log_writes_a_few_lines_then_one_count() -> None:
-    sampled = SampledLog(get_logger("test"), sampler=LogSampler(per_second=2))
-    with capture_logs() as logs:
-        for _ in range(50):
-            sampled.emit("401:no matching signature", "warning", "webhook rejected", reason="x")
-        sampled.flush()
-        await asyncio.sleep(0)
-    events = [(line["event"], line.get("suppressed")) for line in logs]
-    assert events == [
-        ("webhook rejected", None),
-        ("webhook rejected", None),
-        ("similar log lines suppressed", 48),
-    ]
-
-
 async def test_accept_errors_are_sampled_and_other_loop_errors_pass_through(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     loop = asyncio.get_running_loop()
     passed_on: list[dict[str, object]] = []
     monkeypatch.setattr(loop, "default_exception_handler", passed_on.append)
-    sample_accept_errors(loop, SampledLog(get_logger("test"), sampler=LogSampler(per_second=2)))
+    sample_accept_errors(loop, SampledLog(get_logger("test"), sampler=LogSampler(per_window=2)))
     out_of_files = OSError(errno.EMFILE, "Too many open files")
     try:
         with capture_logs() as logs:

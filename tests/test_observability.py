@@ -176,7 +176,7 @@ def test_json_lines_hold_values_the_fast_encoder_refuses(tmp_path: Path) -> None
     out = (tmp_path / "log").open("w+")
     try:
         configure_logging(format="json", level="info", stream=out)
-        get_logger("test").info("odd values", big=2**70, thing=object(), keys={1: "one"})
+        get_logger("test").info("odd values", big=2**70, thing=object(), numbers={1: "one"})
         out.seek(0)
         lines = [json.loads(line) for line in out.read().splitlines()]
     finally:
@@ -185,7 +185,7 @@ def test_json_lines_hold_values_the_fast_encoder_refuses(tmp_path: Path) -> None
     assert len(lines) == 1
     assert lines[0]["big"] == 2**70
     assert lines[0]["thing"].startswith("<object object at")
-    assert lines[0]["keys"] == {"1": "one"}
+    assert lines[0]["numbers"] == {"1": "one"}
     assert lines[0]["event"] == "odd values"
 
 

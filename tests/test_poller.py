@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from pulse_relay.app import Relay
 from pulse_relay.config import Settings
 from pulse_relay.emulator import PulseEmulator
 from tests.conftest import SECRET, MakeSettings, StartRelay, make_body, signed, wait_for
-from tests.helpers import Receiver, deep_merge, recorder_argv
+from tests.helpers import Receiver, deep_merge, free_port, recorder_argv
 
 FAST = {"retry_initial_seconds": 0.05, "retry_max_seconds": 0.2}
 FAST_POLL = {"interval_seconds": 0.05, "max_interval_seconds": 0.2}
@@ -247,3 +249,30 @@ async def test_polling_only_mode_runs_without_a_secret_and_refuses_webhooks(
     relay.poller.notify()  # type: ignore[union-attr]
     await wait_for(lambda: all_delivered(relay, "poll:job-local:completed"))
     assert list(await events_by_id(relay)) == ["poll:job-local:completed"]
+
+
+async def test_polls_failing_while_the_pulse_api_is_down_are_logged_once_a_window(
+    make_settings: MakeSettings,
+) -> None:
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    settings = make_settings(pulse={"base_url": unreachable, "api_key": "key"}, poll=FAST_POLL)
+    now = time.time()
+    relay = Relay(settings, clock=lambda: now)
+    await relay.start()
+    jobs = [f"job-down-{n}" for n in range(8)]
+
+    async def all_failed() -> bool:
+        return all(watch.last_error for watch in await relay.store.list_watches())
+
+    try:
+        with capture_logs() as logs:
+            await relay.store.add_watches(jobs, interval_seconds=0.01)
+            relay.poller.notify()  # type: ignore[union-attr]
+            await wait_for(all_failed, timeout_seconds=15)
+    finally:
+        await relay.stop()
+
+    # Every watch records its failure; the clock stands still, so one line tells it.
+    failed = [line for line in logs if line["event"] == "poll failed; will retry"]
+    assert len(failed) == 1
+    assert failed[0]["job_id"] in jobs

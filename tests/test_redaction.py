@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+import sys
+from pathlib import Path
 
+import pytest
+from click.testing import CliRunner
+
+from pulse_relay.cli import cli
 from pulse_relay.config import Settings, redacted_settings
 from pulse_relay.logs import redact_sensitive
 from pulse_relay.redaction import REDACTED, is_secret_name
+from tests.helpers import config_toml, relay_config
 
 
 @pytest.mark.parametrize(
     "name",
-    ["Authorization", "X-Api-Key", "api_key", "SESSION_ID", "client_secret", "webhook_signature"],
+    [
+        "Authorization",
+        "X-Api-Key",
+        "api_key",
+        "SESSION_ID",
+        "client_secret",
+        "webhook_signature",
+        "DB_PASS",
+        "PRIVATE_KEY",
+        "STRIPE_KEY",
+        "X-Relay-Key",
+        "X-Hub-Sig",
+    ],
 )
 def test_secret_names_are_masked_in_check_config_and_in_logs(name: str) -> None:
     assert is_secret_name(name)
@@ -33,3 +52,38 @@ def test_logs_also_mask_bodies_whatever_their_case() -> None:
         "Body": REDACTED,
         "payload": REDACTED,
     }
+
+
+def test_check_config_prints_no_value_of_a_secret_named_variable_or_header(tmp_path: Path) -> None:
+    values = {
+        "DB_PASS": "db-pass-value",
+        "PRIVATE_KEY": "private-key-value",
+        "STRIPE_KEY": "stripe-key-value",
+    }
+    headers = {"X-Relay-Key": "relay-key-value", "X-Hub-Sig": "hub-sig-value"}
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        config_toml(
+            **relay_config(
+                tmp_path,
+                sinks=[
+                    {
+                        "name": "cmd",
+                        "type": "command",
+                        "argv": [sys.executable, "-c", "pass"],
+                        "env": {**values, "REGION": "eu-west-1"},
+                    },
+                    {"name": "app", "type": "http", "url": "http://x", "headers": headers},
+                ],
+            )
+        )
+    )
+
+    result = CliRunner().invoke(cli, ["--config", str(config), "check-config"])
+
+    assert result.exit_code == 0, result.output
+    for value in [*values.values(), *headers.values()]:
+        assert value not in result.output
+    command, http = json.loads(result.stdout)["sinks"]
+    assert command["env"] == {**dict.fromkeys(values, REDACTED), "REGION": "eu-west-1"}
+    assert http["headers"] == dict.fromkeys(headers, REDACTED)

@@ -16,6 +16,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from pulse_relay.app import Relay
+from pulse_relay.signature import hex_signature
 from tests.conftest import (
     OTHER_SECRET,
     SECRET,
@@ -361,3 +362,56 @@ async def test_a_lone_surrogate_in_the_type_is_invalid_and_fails_none_of_its_bat
     assert view is not None
     assert (view.state, view.type, view.deliveries, view.body) == ("invalid", None, {}, hostile)
     assert sorted(await stored_ids(relay)) == sorted(bodies)
+
+
+# --- hmac-sha256-hex: the body is the only signed part ------------------------------------
+
+HEX_SECRET = "docextract-shared-secret"
+HEX_NOW = 1_700_000_000.0
+
+
+def hex_headers(body: bytes, webhook_id: str | None = None) -> dict[str, str]:
+    headers = {"X-DocExtract-Signature": hex_signature(HEX_SECRET, body)}
+    if webhook_id is not None:
+        headers["X-Webhook-Id"] = webhook_id
+    return headers
+
+
+@pytest.fixture
+async def hex_relay(make_settings: MakeSettings, tmp_path: Path) -> AsyncIterator[Relay]:
+    settings = make_settings(
+        verify={"scheme": "hmac-sha256-hex", "secrets": [HEX_SECRET], "tolerance_seconds": 300},
+        sinks=[{"type": "file", "name": "files", "directory": str(tmp_path / "out")}],
+    )
+    relay = Relay(settings, clock=lambda: HEX_NOW)
+    await relay.start()
+    yield relay
+    await relay.stop()
+
+
+async def test_hex_a_captured_body_under_a_new_id_is_a_duplicate(hex_relay: Relay) -> None:
+    body = make_body(timestamp="2023-11-14T22:13:20Z")
+
+    assert await post(hex_relay, body, hex_headers(body, "delivery-1")) == (
+        202,
+        {"status": "accepted", "id": "delivery-1"},
+    )
+    for replayed_id in ("delivery-2", None):
+        status, document = await post(hex_relay, body, hex_headers(body, replayed_id))
+        assert (status, document["status"]) == (200, "duplicate")
+    assert await stored_ids(hex_relay) == ["delivery-1"]
+
+
+@pytest.mark.parametrize("timestamp", [HEX_NOW - 301, "2023-11-14T22:18:21Z"])
+async def test_hex_a_body_timestamp_outside_tolerance_is_unauthorized(
+    hex_relay: Relay, timestamp: object
+) -> None:
+    body = make_body(timestamp=timestamp)
+
+    status, document = await post(hex_relay, body, hex_headers(body, "delivery-old"))
+
+    assert (status, document) == (
+        401,
+        {"status": "unauthorized", "reason": "timestamp outside tolerance"},
+    )
+    assert await stored_ids(hex_relay) == []

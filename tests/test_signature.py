@@ -9,6 +9,7 @@ module is never only checked against itself.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -949,7 +950,7 @@ def test_hex_hmac_accepts_valid_signatures(signature: str) -> None:
 
     verified = verifier.verify(headers, HEX_BODY)
 
-    assert verified == Verified(webhook_id=HEX_BODY_ID, timestamp=None)
+    assert verified == Verified(webhook_id=HEX_BODY_ID, timestamp=None, body_digest=HEX_BODY_ID)
     assert verifier.verify(headers, HEX_BODY, verifier.check_headers(headers)) == verified
 
 
@@ -983,7 +984,9 @@ def test_hex_hmac_takes_the_id_from_the_id_header() -> None:
     verifier = HexHmacVerifier([HEX_SECRET])
     headers = {"X-DocExtract-Signature": HEX_DIGEST, "x-webhook-id": "delivery-42"}
 
-    assert verifier.verify(headers, HEX_BODY) == Verified(webhook_id="delivery-42", timestamp=None)
+    assert verifier.verify(headers, HEX_BODY) == Verified(
+        webhook_id="delivery-42", timestamp=None, body_digest=HEX_BODY_ID
+    )
 
 
 def test_hex_hmac_empty_id_header_falls_back_to_the_body_hash() -> None:
@@ -1009,7 +1012,7 @@ def test_hex_hmac_custom_header_names() -> None:
     )
     headers = {"x-hub-signature-256": f"sha256={HEX_DIGEST}", "X-GitHub-Delivery": "abc-123"}
 
-    assert verifier.verify(headers, HEX_BODY) == Verified(webhook_id="abc-123", timestamp=None)
+    assert verifier.verify(headers, HEX_BODY).webhook_id == "abc-123"
 
 
 def test_hex_hmac_custom_signature_header_ignores_the_default_one() -> None:
@@ -1093,6 +1096,139 @@ def test_hex_hmac_arbitrary_headers_only_ever_raise_verification_error(
 
     with pytest.raises(VerificationError):
         verifier.verify({"X-DocExtract-Signature": signature, "X-Webhook-Id": webhook_id}, body)
+
+
+# The body is the hex scheme's only signed part: its own `timestamp` bounds a replay.
+HEX_NOW = 1_700_000_000  # 2023-11-14T22:13:20Z
+
+
+def hex_verifier(now: float = HEX_NOW) -> HexHmacVerifier:
+    return HexHmacVerifier([HEX_SECRET], tolerance_seconds=TOLERANCE_SECONDS, clock=lambda: now)
+
+
+def hex_signed(document: object) -> tuple[dict[str, str], bytes]:
+    body = json.dumps(document).encode()
+    return {"X-DocExtract-Signature": hex_signature(HEX_SECRET, body)}, body
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        HEX_NOW,
+        HEX_NOW - TOLERANCE_SECONDS,
+        HEX_NOW + TOLERANCE_SECONDS,
+        HEX_NOW + 0.5,
+        str(HEX_NOW),
+        "2023-11-14T22:13:20Z",
+        "2023-11-14T22:08:20.000Z",
+        "2023-11-14T23:13:20+01:00",
+        "2023-11-14T22:13:20",  # no offset: UTC
+        None,  # null: no timestamp given
+    ],
+)
+def test_hex_hmac_accepts_a_body_timestamp_within_tolerance(timestamp: object) -> None:
+    headers, body = hex_signed({"type": "job.completed", "timestamp": timestamp})
+
+    verified = hex_verifier().verify(headers, body)
+
+    assert verified.body_digest == "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        HEX_NOW - TOLERANCE_SECONDS - 1,
+        HEX_NOW + TOLERANCE_SECONDS + 1,
+        0,
+        1e300,
+        str(HEX_NOW - 86_400),
+        "2023-11-14T22:08:19Z",
+        "2023-11-14T22:18:21+00:00",
+        "2023-11-14",
+    ],
+)
+def test_hex_hmac_refuses_a_body_timestamp_outside_tolerance(timestamp: object) -> None:
+    headers, body = hex_signed({"type": "job.completed", "timestamp": timestamp})
+
+    with pytest.raises(VerificationError) as excinfo:
+        hex_verifier().verify(headers, body)
+    assert excinfo.value.reason == "timestamp outside tolerance"
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        "yesterday",
+        "",
+        "17e8",
+        True,
+        [HEX_NOW],
+        {"s": HEX_NOW},
+        float("nan"),
+        float("inf"),
+        10**400,
+    ],
+)
+def test_hex_hmac_refuses_a_body_timestamp_in_no_known_form(timestamp: object) -> None:
+    headers, body = hex_signed({"type": "job.completed", "timestamp": timestamp})
+
+    with pytest.raises(VerificationError) as excinfo:
+        hex_verifier().verify(headers, body)
+    assert excinfo.value.reason == "malformed timestamp in body"
+
+
+@pytest.mark.parametrize(
+    "body", [b"not json", b"[1, 2]", b'{"data": {"timestamp": 0}}', b'{"type": "x"}', b"\xff"]
+)
+def test_hex_hmac_without_a_top_level_timestamp_checks_no_window(body: bytes) -> None:
+    headers = {"X-DocExtract-Signature": hex_signature(HEX_SECRET, body)}
+
+    assert hex_verifier().verify(headers, body).webhook_id.startswith("sha256:")
+
+
+def test_hex_hmac_judges_the_signature_before_the_timestamp() -> None:
+    _, body = hex_signed({"type": "job.completed", "timestamp": 0})
+
+    with pytest.raises(VerificationError) as excinfo:
+        hex_verifier().verify({"X-DocExtract-Signature": "0" * 64}, body)
+    assert excinfo.value.reason == "no matching signature"
+
+
+def test_hex_hmac_body_digest_is_a_second_key_beside_the_id_header() -> None:
+    headers, body = hex_signed({"type": "job.completed", "timestamp": HEX_NOW})
+
+    first = hex_verifier().verify({**headers, "X-Webhook-Id": "delivery-1"}, body)
+    second = hex_verifier().verify({**headers, "X-Webhook-Id": "delivery-2"}, body)
+
+    assert (first.webhook_id, second.webhook_id) == ("delivery-1", "delivery-2")
+    assert first.body_digest == second.body_digest == "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def test_standard_webhooks_sign_the_id_so_they_carry_no_body_digest() -> None:
+    verifier = StandardVerifier([VECTOR_SECRET], clock=lambda: VECTOR_TIMESTAMP)
+    headers = {
+        "webhook-id": VECTOR_ID,
+        "webhook-timestamp": str(VECTOR_TIMESTAMP),
+        "webhook-signature": VECTOR_SIGNATURE,
+    }
+
+    assert verifier.verify(headers, VECTOR_BODY).body_digest is None
+
+
+@property_settings
+@given(
+    timestamp=st.recursive(
+        st.none() | st.booleans() | st.floats() | st.integers() | st.text(),
+        lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    )
+)
+def test_hex_hmac_any_signed_timestamp_only_ever_raises_verification_error(
+    timestamp: object,
+) -> None:
+    headers, body = hex_signed({"timestamp": timestamp})
+
+    with contextlib.suppress(VerificationError):
+        hex_verifier().verify(headers, body)
 
 
 # --- NoneVerifier ------------------------------------------------------------------------

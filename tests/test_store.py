@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import os
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+from structlog.testing import capture_logs
 
+from pulse_relay.logs import OUTAGE_WINDOW_SECONDS
 from pulse_relay.store import (
     Attempt,
     IngestRecord,
@@ -28,6 +32,7 @@ from pulse_relay.store import (
 from pulse_relay.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
 from pulse_relay.store.postgres import plumbing as postgres_plumbing
 from pulse_relay.store.sqlite import plumbing as sqlite_plumbing
+from tests.conftest import wait_for
 from tests.helpers import count_events
 
 
@@ -86,6 +91,12 @@ def record(
         sinks=sinks,
         needs_fetch=needs_fetch,
     )
+
+
+def hex_record(event_id: str, body: bytes, **fields: Any) -> IngestRecord:
+    """A record whose body is its only signed part: its digest is a second dedupe key."""
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    return dataclasses.replace(record(event_id, **fields), body=body, body_digest=digest)
 
 
 def fetched(attempt: int = 1) -> Attempt:
@@ -289,6 +300,53 @@ async def test_pruned_ids_stay_known_until_forgotten(store: StoreBackend, clock:
     assert await store.ingest(record("m_old")) == "accepted"
 
 
+async def test_a_body_under_another_id_is_a_duplicate_while_its_ids_are_known(
+    store: StoreBackend, clock: Clock
+) -> None:
+    day = 86_400.0
+    body = b'{"type": "job.processing", "timestamp": 1000000}'
+    first = hex_record("d1", body, event_type="job.processing", sinks=(), needs_fetch=False)
+    assert await store.ingest(first) == "accepted"
+    assert await store.ingest(dataclasses.replace(first, event_id="d2")) == "duplicate"
+    other_body = hex_record(
+        "d3", body + b" ", event_type="job.processing", job_id="job-2", sinks=(), needs_fetch=False
+    )
+    assert await store.ingest(other_body) == "accepted"
+    # Records without a digest (Standard Webhooks) never collide on their bodies.
+    assert await store.ingest(record("s1", job_id="job-3")) == "accepted"
+    assert await store.ingest(record("s2", job_id="job-4")) == "accepted"
+
+    assert await store.prune(received_before=clock.now + 1) == 2
+    assert await store.ingest(dataclasses.replace(first, event_id="d4")) == "duplicate"
+    clock.now += day + 1
+    assert await store.forget_ids(pruned_before=clock.now) == 2
+    assert await store.ingest(dataclasses.replace(first, event_id="d5")) == "accepted"
+    assert await store.get_event("d2") is None
+
+
+async def test_a_body_stored_under_its_digest_before_digests_were_kept_is_known(
+    store: StoreBackend,
+) -> None:
+    body = b'{"type": "job.created"}'
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    # As the store held an id-less hex event before it kept digests: the digest as id only.
+    old = dataclasses.replace(record(digest, event_type="job.created", job_id=None), body=body)
+    assert await store.ingest(old) == "accepted"
+
+    replayed = hex_record("delivery-9", body, event_type="job.created", job_id=None)
+    assert await store.ingest(replayed) == "duplicate"
+
+
+async def test_one_body_twice_in_one_group_commit_is_stored_once(store: StoreBackend) -> None:
+    body = b'{"type": "job.created"}'
+    records = [hex_record(f"g{n}", body, event_type="job.created", job_id=None) for n in range(5)]
+
+    outcomes = await asyncio.gather(*(store.ingest(r) for r in records))
+
+    assert sorted(outcomes) == ["accepted"] + ["duplicate"] * 4
+    assert await count_events(store) == 1
+
+
 async def test_pruned_ids_survive_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "relay.db"
     async with Store(path) as store:
@@ -373,6 +431,62 @@ async def test_an_id_ingested_by_two_relays_at_once_is_accepted_by_exactly_one(
         assert await count_events(first) == 50
         # One delivery per sink for each id: the losing insert started none.
         assert await first.pending_counts() == {"a": 50, "b": 50}
+
+
+async def test_a_body_ingested_by_two_relays_under_two_ids_is_accepted_by_exactly_one(
+    postgres_url: str,
+) -> None:
+    async with PostgresStore(postgres_url) as first, PostgresStore(postgres_url) as second:
+        outcomes = await asyncio.gather(
+            *(
+                relay.ingest(
+                    hex_record(f"{name}{n}", b'{"type": "job.created", "n": %d}' % n, job_id=None)
+                )
+                for n in range(50)
+                for name, relay in (("x", first), ("y", second))
+            )
+        )
+        assert sorted(outcomes) == ["accepted"] * 50 + ["duplicate"] * 50
+        assert await count_events(first) == 50
+        assert await first.pending_counts() == {"a": 50, "b": 50}
+
+
+async def listener_pid(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> int | None:
+    cursor = await conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND query LIKE 'LISTEN %%' AND pid <> pg_backend_pid()"
+    )
+    row = await cursor.fetchone()
+    return None if row is None else int(str(row[0]))
+
+
+async def drop_listener(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+    """End the store's LISTEN connection, and return once it has listened again."""
+    await wait_for(lambda: listener_pid(conn), timeout_seconds=10)
+    dropped = await listener_pid(conn)
+    await conn.execute("SELECT pg_terminate_backend(%s)", (dropped,))
+
+    async def listens_again() -> bool:
+        return (await listener_pid(conn)) not in (None, dropped)
+
+    await wait_for(listens_again, timeout_seconds=10)
+
+
+async def test_a_listener_that_keeps_losing_its_connection_warns_once_a_window(
+    postgres_url: str, clock: Clock
+) -> None:
+    async with (
+        PostgresStore(postgres_url, clock=clock),
+        await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as admin,
+    ):
+        with capture_logs() as logs:
+            for _ in range(3):
+                await drop_listener(admin)
+            clock.now += OUTAGE_WINDOW_SECONDS
+            await drop_listener(admin)
+
+    lost = [line for line in logs if line["event"].startswith("store listener lost")]
+    assert [line["log_level"] for line in lost] == ["warning", "warning"]
 
 
 async def test_a_late_relay_cannot_finish_work_another_took_over(

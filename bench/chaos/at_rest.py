@@ -1,5 +1,6 @@
 """At rest and on the way out: file modes, links swapped in, what a command sees, long
-types, replays after pruning, and what reaches a terminal — each probed for real."""
+types, replays after pruning or under a new id, and what reaches a terminal — each
+probed for real."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.certs import CertificateAuthority
 from bench.common import PYTHON, SECRET, WEBHOOK_PATH, Process, free_port, write_toml
 from pulse_relay.config import FileSinkSettings
 from pulse_relay.signature import sign_headers
@@ -42,6 +44,18 @@ URL_SECRETS = ("pulse-user", "url-password", "query-token", "sink-token")
 LONE_SURROGATE_BURST = 40
 
 
+# Secret-named command variables and HTTP headers whose values check-config must mask.
+NAMED_SECRETS = {
+    "DB_PASS": "db-pass-value",
+    "PRIVATE_KEY": "private-key-value",
+    "STRIPE_KEY": "stripe-key-value",
+    "X-Relay-Key": "relay-key-value",
+    "X-Hub-Sig": "hub-sig-value",
+}
+# How old the `timestamp` of a hex-signed body sent to be refused is.
+STALE_BODY_SECONDS = 600
+
+
 @dataclass
 class AtRestFigures:
     """What `run_at_rest` measured."""
@@ -57,11 +71,17 @@ class AtRestFigures:
     huge_type_command_runs: int = 0
     longest_log_line_bytes: int = 0
     replay_after_prune: dict[str, str] = field(default_factory=dict)
+    # hmac-sha256-hex: the captured bodies under new ids, before / after pruning.
+    hex_new_id: list[str] = field(default_factory=list)
+    hex_stale_timestamp: str = ""
     raw_controls_printed: int = 0
     lone_surrogate_type_answers: Counter[str] = field(default_factory=Counter)
     lone_surrogate_field_sent: str = ""
     url_secrets_printed: int = 0
     base_url_warned: bool = False
+    named_secrets_printed: int = 0
+    # The files check-config warned about as open to other users, by what they are.
+    mode_warned: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
 
@@ -274,9 +294,7 @@ def _replay_after_prune(
     pruned = cli(config, "prune", "--older-than", "0")
     if pruned.returncode != 0:
         return f"prune failed: {pruned.stderr.decode().strip()}"
-    answers = Counter(post(port, body, headers) for body, headers in captured)
-    counts = ", ".join(f"{answer} x{count}" for answer, count in sorted(answers.items()))
-    return f"{pruned.stdout.decode().split()[0]} pruned; {counts}"
+    return f"{pruned.stdout.decode().split()[0]} pruned; {_answers(port, captured)}"
 
 
 def _pending(store: Path) -> int:
@@ -285,8 +303,14 @@ def _pending(store: Path) -> int:
     return int(row[0])
 
 
+def _answers(port: int, requests: list[tuple[bytes, dict[str, str]]]) -> str:
+    answers = Counter(post(port, body, headers) for body, headers in requests)
+    return ", ".join(f"{answer} x{count}" for answer, count in sorted(answers.items()))
+
+
 def run_hex_relay(workdir: Path, figures: AtRestFigures) -> None:
-    """hmac-sha256-hex (no timestamp): replays after pruning, with and without an id header."""
+    """hmac-sha256-hex (the body alone is signed): replays after pruning, with and without
+    an id header, and under new ids; a body whose own timestamp is stale."""
     port = free_port()
     document = {
         "server": {"host": "127.0.0.1", "port": port},
@@ -309,7 +333,17 @@ def run_hex_relay(workdir: Path, figures: AtRestFigures) -> None:
     ):
         for body, headers in requests:
             post(port, body, headers)
+        renamed = [
+            (body, hex_headers(body, f"msg_new_{n}")) for n, (body, _) in enumerate(captured)
+        ]
+        figures.hex_new_id.append(_answers(port, renamed))
+        stale = json.dumps({"type": "job.completed", "timestamp": time.time() - STALE_BODY_SECONDS})
+        figures.hex_stale_timestamp = post(port, stale.encode(), hex_headers(stale.encode(), None))
         figures.replay_after_prune["hmac-sha256-hex"] = _replay_after_prune(config, port, requests)
+        renamed = [
+            (body, hex_headers(body, f"msg_later_{n}")) for n, (body, _) in enumerate(captured)
+        ]
+        figures.hex_new_id.append(_answers(port, renamed))
 
 
 # -- the file sink against links swapped in while it writes -------------------------------
@@ -433,18 +467,49 @@ def hard_links(workdir: Path, figures: AtRestFigures) -> None:
 
 
 def check_config_output(workdir: Path, figures: AtRestFigures) -> None:
-    """check-config with secrets in URLs and a plain-http Pulse API."""
+    """check-config with secrets in URLs, secret-named variables and headers, a plain-http
+    Pulse API, and a config file (holding the API key) and a TLS key both mode 0644."""
     workdir.mkdir(parents=True)
+    (workdir / "pki").mkdir()
+    issued = CertificateAuthority(workdir / "pki").issue("relay")
+    headers = {name: value for name, value in NAMED_SECRETS.items() if name.startswith("X-")}
+    env = {name: value for name, value in NAMED_SECRETS.items() if name not in headers}
     document = {
-        "pulse": {"base_url": "http://pulse-user:url-password@pulse.internal?key=query-token"},
+        "server": {"tls_cert_file": issued.cert_file, "tls_key_file": issued.key_file},
+        "pulse": {
+            "base_url": "http://pulse-user:url-password@pulse.internal?key=query-token",
+            "api_key": "pulse-api-key-value",
+        },
         "store": {"path": workdir / "relay.db"},
-        "sinks": [{"name": "app", "type": "http", "url": "https://app.example/h?t=sink-token"}],
+        "sinks": [
+            {
+                "name": "app",
+                "type": "http",
+                "url": "https://app.example/h?t=sink-token",
+                "headers": headers,
+            },
+            {"name": "cmd", "type": "command", "argv": [PYTHON, "-c", "pass"], "env": env},
+        ],
     }
-    result = cli(write_toml(workdir / "relay.toml", document), "check-config")
+    config = write_toml(workdir / "relay.toml", document)
+    for path in (config, issued.key_file):
+        path.chmod(0o644)
+    result = cli(config, "check-config")
     printed = (result.stdout + result.stderr).decode()
     figures.url_secrets_printed = sum(printed.count(secret) for secret in URL_SECRETS)
+    figures.named_secrets_printed = sum(printed.count(value) for value in NAMED_SECRETS.values())
     figures.base_url_warned = "warning: pulse.base_url: " in printed
-    if figures.url_secrets_printed or not figures.base_url_warned:
+    figures.mode_warned = [
+        what
+        for what, path in (("config file", config), ("TLS key", issued.key_file))
+        if f" {path} holds " in printed and "(mode 0644)" in printed
+    ]
+    if (
+        figures.url_secrets_printed
+        or figures.named_secrets_printed
+        or not figures.base_url_warned
+        or len(figures.mode_warned) != 2
+    ):
         figures.problems.append(f"check-config printed: {printed}")
 
 
@@ -469,6 +534,10 @@ def _judge(figures: AtRestFigures) -> None:
         figures.problems.append(f"200 KB type: {figures.huge_type_answer}")
     if figures.longest_log_line_bytes > 4096:
         figures.problems.append(f"a log line of {figures.longest_log_line_bytes} bytes")
+    if any(answers != "200 duplicate x2" for answers in figures.hex_new_id):
+        figures.problems.append(f"hex bodies under new ids: {figures.hex_new_id}")
+    if figures.hex_stale_timestamp != "401 unauthorized":
+        figures.problems.append(f"hex body with a stale timestamp: {figures.hex_stale_timestamp}")
     for scheme, answers in figures.replay_after_prune.items():
         if "; 200 duplicate x" not in answers or "202" in answers or answers.startswith("0 "):
             figures.problems.append(f"replay after prune ({scheme}): {answers}")

@@ -6,7 +6,13 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from bench.chaos.at_rest import LONE_SURROGATE_BURST, WITHHELD, AtRestFigures
+from bench.chaos.at_rest import (
+    LONE_SURROGATE_BURST,
+    NAMED_SECRETS,
+    STALE_BODY_SECONDS,
+    WITHHELD,
+    AtRestFigures,
+)
 from bench.chaos.hostile import HostileFigures
 from bench.chaos.outcome import Outcome
 from bench.chaos.parties import LEASE_SECONDS
@@ -118,11 +124,14 @@ METHOD: tuple[tuple[str, str], ...] = (
         "`events` and `show`; {burst} signed events at once, one with a `\\ud800` escape "
         "in its type, and one with it in a payload field; `prune --older-than 0` and the "
         "captured requests sent again, also against an `hmac-sha256-hex` relay, with and "
-        "without an id header. The file sink writes to a json and a jsonl target, and below "
-        "a sub-directory, while a thread swaps symlinks and hard links to a file outside in "
-        "at the target or the sub-directory; a hard link of an outside file is placed at "
-        "the target. "
-        "`check-config` reads URLs with user-info and query tokens and a plain-http API.",
+        "without an id header; there, the captured bodies are also sent under new ids, "
+        "before and after pruning, and a body whose own `timestamp` is stale. The file "
+        "sink writes to a json and a jsonl target, and below a sub-directory, while a thread "
+        "swaps symlinks and hard links to a file outside in at the target or the "
+        "sub-directory; a hard link of an outside file is placed at the target. "
+        "`check-config` reads URLs with user-info and query tokens, a plain-http API, "
+        "secret-named command variables and HTTP headers, and a config file holding the API "
+        "key and a TLS key, both mode 0644.",
     ),
 )
 
@@ -320,6 +329,15 @@ def at_rest_rows(figures: AtRestFigures) -> list[Row]:
             f"{replays.get('standard', '-')} / {replays.get('hmac-sha256-hex', '-')}",
         ),
         (
+            "hmac-sha256-hex: the captured bodies under new ids, before / after "
+            "`prune --older-than 0`",
+            " / ".join(figures.hex_new_id),
+        ),
+        (
+            f"hmac-sha256-hex: a body whose `timestamp` is {STALE_BODY_SECONDS // 60} minutes old",
+            figures.hex_stale_timestamp,
+        ),
+        (
             "ESC, CR, LF in a signed type: raw control characters printed by `events`, `show`",
             str(figures.raw_controls_printed),
         ),
@@ -335,6 +353,14 @@ def at_rest_rows(figures: AtRestFigures) -> list[Row]:
         (
             "`check-config`: URL user-info and query values printed / plain-http API warned",
             f"{figures.url_secrets_printed} / {'yes' if figures.base_url_warned else 'no'}",
+        ),
+        (
+            f"`check-config`: values of {', '.join(NAMED_SECRETS)} printed",
+            str(figures.named_secrets_printed),
+        ),
+        (
+            "`check-config`: mode 0644 files holding a secret warned about",
+            ", ".join(figures.mode_warned) or "none",
         ),
     ]
 

@@ -46,12 +46,11 @@ from pulse_relay.config import (
 )
 from pulse_relay.dispatcher import Dispatcher, DispatcherLimits, SinkRuntime
 from pulse_relay.edge import (
-    SampledLog,
     digest_header_values,
     parse_networks,
     sample_accept_errors,
 )
-from pulse_relay.logs import configure_logging, get_logger
+from pulse_relay.logs import SampledLog, configure_logging, get_logger
 from pulse_relay.metrics import Metrics
 from pulse_relay.notify import Notifier, run_watchdog, watchdog_interval_seconds
 from pulse_relay.poller import Poller, PollerConfig
@@ -91,7 +90,9 @@ FORCED_EXIT_CLEANUP_SECONDS = 1.0
 RELOADABLE_SECTIONS = ("sinks", "log")
 
 
-def build_verifier(settings: Settings) -> Verifier | None:
+def build_verifier(
+    settings: Settings, *, clock: Callable[[], float] = time.time
+) -> Verifier | None:
     """The verifier the settings ask for; None means polling-only mode (no secret)."""
     verify = settings.verify
     secrets = [secret.get_secret_value() for secret in verify.secrets]
@@ -101,9 +102,13 @@ def build_verifier(settings: Settings) -> Verifier | None:
         return None
     if verify.scheme == "hmac-sha256-hex":
         return HexHmacVerifier(
-            secrets, signature_header=verify.signature_header, id_header=verify.id_header
+            secrets,
+            signature_header=verify.signature_header,
+            id_header=verify.id_header,
+            tolerance_seconds=verify.tolerance_seconds,
+            clock=clock,
         )
-    return StandardVerifier(secrets, tolerance_seconds=verify.tolerance_seconds)
+    return StandardVerifier(secrets, tolerance_seconds=verify.tolerance_seconds, clock=clock)
 
 
 def build_router(settings: Settings) -> Callable[[str], Sequence[str]]:
@@ -166,7 +171,7 @@ class Relay:
         self.store = build_store(settings, clock=clock)
         # Another relay sharing the store committed work: look for it now.
         self.store.add_wake_listener(self._on_accepted)
-        self.verifier = build_verifier(settings)
+        self.verifier = build_verifier(settings, clock=clock)
         self._clock = clock
         self._runner: web.AppRunner | None = None
         self._admin_runner: web.AppRunner | None = None

@@ -145,7 +145,8 @@ def serve_command(obj: _Context, host: str | None, port: int | None) -> None:
 
     from pulse_relay.app import serve
     from pulse_relay.config import ConfigError, admin_exposure_problem, load_settings
-    from pulse_relay.logs import configure_logging
+    from pulse_relay.logs import configure_logging, get_logger
+    from pulse_relay.preflight import exposed_secret_files
     from pulse_relay.store import StoreUnavailableError, StoreVersionError
 
     overrides: dict[str, Any] = {}
@@ -159,6 +160,8 @@ def serve_command(obj: _Context, host: str | None, port: int | None) -> None:
         # Refused here too (the relay refuses it whoever starts it) to name the origin.
         fail(f"configuration error:\n{problem_line(exposed, origins(('admin', 'host')))}")
     configure_logging(format=settings.log.format, level=settings.log.level)
+    for warning in exposed_secret_files(settings, obj.config_path):
+        get_logger("pulse_relay.cli").warning("secret open to others", detail=warning)
 
     def reload_settings() -> Settings:
         return load_settings(obj.config_path, overrides=overrides)
@@ -187,7 +190,7 @@ def check_config(obj: _Context) -> None:
     import os
 
     from pulse_relay.config import mode_warnings, redacted_settings, settings_warnings
-    from pulse_relay.preflight import HostProblem, check_host
+    from pulse_relay.preflight import HostProblem, check_host, exposed_secret_files
     from pulse_relay.store.postgres import postgres_problem
 
     settings, origins = obj.settings_with_origins()
@@ -202,7 +205,12 @@ def check_config(obj: _Context) -> None:
         lines = [problem_line(problem.text, origins(problem.key)) for problem in problems]
         fail("configuration error:\n" + "\n".join(lines))
     click.echo(json.dumps(redacted_settings(settings), indent=2))
-    for warning in mode_warnings(settings) + settings_warnings(settings):
+    warnings = [
+        *mode_warnings(settings),
+        *settings_warnings(settings),
+        *exposed_secret_files(settings, obj.config_path),
+    ]
+    for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
     where = obj.config_path or "defaults and environment"
     click.echo(

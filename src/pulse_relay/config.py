@@ -556,6 +556,89 @@ def admin_exposure_problem(settings: Settings) -> str | None:
     )
 
 
+@dataclass(frozen=True)
+class SecretFile:
+    """A file that holds secrets of the configuration: `what` it is, and `holds` which."""
+
+    what: str
+    path: Path
+    holds: str = "a secret"
+
+
+def secret_files(settings: Settings, config_path: Path | None) -> list[SecretFile]:
+    """Each file that holds a secret of this configuration.
+
+    The config file counts when it sets a value `check-config` masks; the secret
+    files and the TLS key always count. Paths are resolved as the loader reads them.
+    """
+    files: list[SecretFile] = []
+    if config_path is not None:
+        keys = _secret_keys_in_file(config_path, settings)
+        if keys:
+            files.append(SecretFile("config file", config_path, ", ".join(keys)))
+    if settings.server.tls_key_file is not None:
+        files.append(SecretFile("server.tls_key_file", settings.server.tls_key_file))
+    named = {
+        "verify.secrets_file": settings.verify.secrets_file,
+        "verify.required_headers_file": settings.verify.required_headers_file,
+        "pulse.api_key_file": settings.pulse.api_key_file,
+        "admin.token_file": settings.admin.token_file,
+        "store.url_file": settings.store.url_file,
+    }
+    files += [SecretFile(key, _secret_path(path)) for key, path in named.items() if path]
+    return files
+
+
+def _secret_keys_in_file(path: Path, settings: Settings) -> list[str]:
+    """The keys whose values `redacted_settings` masks and the TOML file at `path` sets."""
+    try:
+        data = _read_toml(path)
+    except ConfigError:
+        return []
+    revealed = _revealed(settings.model_dump())
+    masked = redacted_settings(settings)
+    return [_key(loc) for loc in _masked_locs(revealed, masked, ()) if _file_sets(data, loc)]
+
+
+def _revealed(value: Any) -> Any:
+    """A `model_dump()` with every secret in clear, to compare with its masked twin."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {key: _revealed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_revealed(item) for item in value]
+    return value
+
+
+def _masked_locs(revealed: Any, masked: Any, loc: Loc) -> list[Loc]:
+    if isinstance(masked, dict) and isinstance(revealed, dict):
+        return [
+            found
+            for key, item in masked.items()
+            for found in _masked_locs(revealed.get(key), item, (*loc, key))
+        ]
+    if isinstance(masked, list) and isinstance(revealed, list):
+        return [
+            found
+            for index, (plain, item) in enumerate(zip(revealed, masked, strict=False))
+            for found in _masked_locs(plain, item, (*loc, index))
+        ]
+    is_masked = isinstance(masked, str) and REDACTED in masked and masked != revealed
+    return [loc] if is_masked else []
+
+
+def _file_sets(data: Any, loc: Loc) -> bool:
+    """Whether the file's own data holds a non-empty text at exactly `loc`."""
+    for part in loc:
+        is_in_table = isinstance(data, dict) and part in data
+        is_in_list = isinstance(data, list) and isinstance(part, int) and part < len(data)
+        if not (is_in_table or is_in_list):
+            return False
+        data = data[part]
+    return isinstance(data, str) and data != ""
+
+
 # --- loading ---------------------------------------------------------------------------------
 
 

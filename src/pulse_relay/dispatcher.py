@@ -24,7 +24,7 @@ from pulse_relay.events import (
     says_terminal,
     sendable_envelope,
 )
-from pulse_relay.logs import get_logger
+from pulse_relay.logs import get_logger, outage_log
 from pulse_relay.metrics import Metrics
 from pulse_relay.pulse import FetchedJob, PulseClient, PulseError, judge_error
 from pulse_relay.retry import RetryPolicy
@@ -179,6 +179,9 @@ _FETCH_LOG: Final[Mapping[str, tuple[int, str]]] = {
     ),
     "dead": (logging.ERROR, "job fetch failed for good; deliveries dead"),
 }
+# Fetch outcomes that repeat for every job while the API is down or the key is wrong:
+# sampled (logs.outage_log); each is still recorded as the event's attempt.
+_OUTAGE_LABELS = frozenset({"retry", "auth_error"})
 
 
 # -- slots --------------------------------------------------------------------
@@ -279,6 +282,8 @@ class Dispatcher:
         self._limits = limits
         self._fetch_policy = fetch_policy or RetryPolicy(initial_seconds=1.0, max_seconds=600.0)
         self._clock = clock
+        # Lines repeated for every job while the Pulse API or the store is down.
+        self._outage_log = outage_log(log, clock=clock)
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -364,7 +369,12 @@ class Dispatcher:
                     continue
                 timeout = await self._idle_seconds()
             except StoreUnavailableError as error:
-                log.error("store unavailable; dispatcher waits", reason=error.reason)
+                self._outage_log.emit(
+                    "store:unavailable",
+                    "error",
+                    "store unavailable; dispatcher waits",
+                    reason=error.reason,
+                )
                 timeout = IDLE_WAKE_SECONDS
             except Exception:
                 # The claim loop outlives any one failure: a dead loop would strand the queue.
@@ -499,7 +509,11 @@ class Dispatcher:
         )
         if decision.retry_in_seconds is not None:
             fields["retry_in_seconds"] = round(decision.retry_in_seconds, 2)
-        log.log(level, message, **fields, **context)
+        if decision.label in _OUTAGE_LABELS:
+            key = f"fetch:{decision.label}:{decision.status_code}"
+            self._outage_log.emit(key, level, message, **fields, **context)
+        else:
+            log.log(level, message, **fields, **context)
 
     async def _write_fetch(
         self, task: FetchTask, decision: FetchDecision, attempt: Attempt

@@ -1,8 +1,8 @@
 """The public edge: who is calling, who may call, and what is refused before a body is read.
 
-Everything here is pure except `SampledLog`, which schedules its summary line on
-the running loop: the ingress (server.py) asks these questions of each request
-and maps the answers to HTTP.
+Everything here is pure except `sample_accept_errors`, which hooks the event
+loop: the ingress (server.py) asks these questions of each request and maps the
+answers to HTTP.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import hashlib
 import hmac
 import ipaddress
 import re
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
+
+from pulse_relay.logs import SampledLog
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -24,8 +24,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Headers a sender may give once only: a second copy could make the stored headers
 # disagree with the ones that were verified.
 SIGNATURE_HEADER_PREFIXES = ("webhook-", "svix-")
-# Past this many distinct sampling keys, lines share one budget per kind.
-MAX_SAMPLING_KEYS = 64
 # Forwarded (RFC 7239): elements are split on commas and parameters on semicolons,
 # except inside quoted strings.
 _FORWARDED_PART = re.compile(r'(?:[^,;"]|"(?:[^"\\]|\\.)*")+|[,;]')
@@ -205,67 +203,6 @@ def is_identity_encoding(headers: Headers) -> bool:
         for token in value.split(",")
     )
     return all(token in ("", "identity") for token in tokens)
-
-
-@dataclass
-class _Window:
-    started_at: float
-    logged: int = 0
-    suppressed: int = 0
-
-
-@dataclass
-class LogSampler:
-    """At most `per_second` lines a second for each key; the rest are only counted."""
-
-    per_second: int = 5
-    clock: Callable[[], float] = time.monotonic
-    _windows: dict[str, _Window] = field(default_factory=dict)
-
-    def admit(self, key: str) -> bool:
-        """Whether a line for `key` may be written now; a refused one is counted as suppressed."""
-        now = self.clock()
-        if key not in self._windows and len(self._windows) >= MAX_SAMPLING_KEYS:
-            key = key.partition(":")[0] + ":other"
-        window = self._windows.get(key)
-        if window is None or now - window.started_at >= 1.0:
-            suppressed = window.suppressed if window is not None else 0
-            window = self._windows[key] = _Window(started_at=now, suppressed=suppressed)
-        if window.logged < self.per_second:
-            window.logged += 1
-            return True
-        window.suppressed += 1
-        return False
-
-    def take_suppressed(self) -> dict[str, int]:
-        """The number of lines suppressed per key since the last call, then forget them."""
-        taken = {key: w.suppressed for key, w in self._windows.items() if w.suppressed}
-        for key in taken:
-            self._windows[key].suppressed = 0
-        return taken
-
-
-class SampledLog:
-    """Log lines a flood cannot multiply: a few a second per key, then one count of the rest."""
-
-    def __init__(self, logger: Any, *, sampler: LogSampler | None = None) -> None:
-        self._log = logger
-        self._sampler = sampler or LogSampler()
-        self._flush_scheduled = False
-
-    def emit(self, key: str, level: str, event: str, **fields: Any) -> None:
-        """Write `event` at `level` unless `key` has used its budget for this second."""
-        if self._sampler.admit(key):
-            getattr(self._log, level)(event, **fields)
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_later(1.0, self.flush)
-
-    def flush(self) -> None:
-        """One line per key with the number of lines suppressed since the last flush."""
-        self._flush_scheduled = False
-        for key, count in self._sampler.take_suppressed().items():
-            self._log.warning("similar log lines suppressed", kind=key, suppressed=count)
 
 
 def sample_accept_errors(loop: asyncio.AbstractEventLoop, sampled: SampledLog) -> None:

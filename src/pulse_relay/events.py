@@ -131,8 +131,11 @@ def ingest_record(
     route: Callable[[str], Sequence[str]],
     fetch_on: frozenset[str],
     client_address: str | None = None,
+    body_digest: str | None = None,
 ) -> IngestRecord:
-    """What the store keeps for a received body (a webhook's or a poll's): parsed and routed."""
+    """What the store keeps for a received body (a webhook's or a poll's): parsed and routed.
+
+    `body_digest` is the verifier's second dedupe key, for a body signed alone."""
     parsed = parse_event(body)
     sinks: Sequence[str] = ()
     if parsed.is_deliverable and parsed.type is not None:
@@ -150,6 +153,7 @@ def ingest_record(
         sinks=sinks,
         needs_fetch=parsed.type in fetch_on and parsed.job_id is not None,
         client_address=client_address,
+        body_digest=body_digest,
     )
 
 

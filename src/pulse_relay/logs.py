@@ -1,17 +1,22 @@
-"""structlog set-up: console lines on a TTY, JSON lines otherwise.
+"""structlog set-up: console lines on a TTY, JSON lines otherwise; and log sampling.
 
 Lines from other libraries (aiohttp, asyncio) that log through the standard
 `logging` module are rendered the same way, so stderr carries one format only.
+
+Lines that can repeat without end go through a `SampledLog`: refusals at the edge
+(a flood), and warnings repeated while a dependency is down (`outage_log`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
 import sys
 import time
 from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import orjson
@@ -233,3 +238,86 @@ class _ModuleLogger:
 def get_logger(name: str) -> Any:
     """A structlog logger whose lines carry `logger_name`."""
     return _ModuleLogger(name)
+
+
+# --- sampling ------------------------------------------------------------------------------
+
+# Past this many distinct sampling keys, lines share one budget per kind.
+MAX_SAMPLING_KEYS = 64
+# While a dependency is down, a warning repeats on every retry (the PostgreSQL
+# listener's each second, a fetch's for every job): one line per key in this long.
+OUTAGE_WINDOW_SECONDS = 60.0
+
+
+@dataclass
+class _Window:
+    started_at: float
+    logged: int = 0
+    suppressed: int = 0
+
+
+@dataclass
+class LogSampler:
+    """At most `per_window` lines per `window_seconds` for each key; the rest are only counted.
+
+    A key reads `kind:detail`; past MAX_SAMPLING_KEYS keys, new ones share `kind:other`.
+    """
+
+    per_window: int = 5
+    window_seconds: float = 1.0
+    clock: Callable[[], float] = time.monotonic
+    _windows: dict[str, _Window] = field(default_factory=dict)
+
+    def admit(self, key: str) -> bool:
+        """Whether a line for `key` may be written now; a refused one is counted as suppressed."""
+        now = self.clock()
+        if key not in self._windows and len(self._windows) >= MAX_SAMPLING_KEYS:
+            key = key.partition(":")[0] + ":other"
+        window = self._windows.get(key)
+        if window is None or now - window.started_at >= self.window_seconds:
+            suppressed = window.suppressed if window is not None else 0
+            window = self._windows[key] = _Window(started_at=now, suppressed=suppressed)
+        if window.logged < self.per_window:
+            window.logged += 1
+            return True
+        window.suppressed += 1
+        return False
+
+    def take_suppressed(self) -> dict[str, int]:
+        """The number of lines suppressed per key since the last call, then forget them."""
+        taken = {key: w.suppressed for key, w in self._windows.items() if w.suppressed}
+        for key in taken:
+            self._windows[key].suppressed = 0
+        return taken
+
+
+class SampledLog:
+    """Log lines that cannot multiply: a few per window and key, then one count of the rest."""
+
+    def __init__(self, logger: Any, *, sampler: LogSampler | None = None) -> None:
+        self._log = logger
+        self._sampler = sampler or LogSampler()
+        self._flush_scheduled = False
+
+    def emit(self, key: str, level: str | int, event: str, **fields: Any) -> None:
+        """Write `event` at `level` (a name, or a `logging` number) unless `key` has used
+        its budget for this window."""
+        if self._sampler.admit(key):
+            name = logging.getLevelName(level).lower() if isinstance(level, int) else level
+            getattr(self._log, name)(event, **fields)
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_later(self._sampler.window_seconds, self.flush)
+
+    def flush(self) -> None:
+        """One line per key with the number of lines suppressed since the last flush."""
+        self._flush_scheduled = False
+        for key, count in self._sampler.take_suppressed().items():
+            self._log.warning("similar log lines suppressed", kind=key, suppressed=count)
+
+
+def outage_log(logger: Any, *, clock: Callable[[], float] = time.monotonic) -> SampledLog:
+    """Sampling for warnings repeated while a dependency is down: the first line for each
+    key, then one per OUTAGE_WINDOW_SECONDS, with the number of those left out."""
+    sampler = LogSampler(per_window=1, window_seconds=OUTAGE_WINDOW_SECONDS, clock=clock)
+    return SampledLog(logger, sampler=sampler)

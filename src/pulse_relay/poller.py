@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from pulse_relay.events import format_timestamp, ingest_record, is_terminal
-from pulse_relay.logs import get_logger
+from pulse_relay.logs import get_logger, outage_log
 from pulse_relay.metrics import Metrics
 from pulse_relay.pulse import PulseClient, PulseError, judge_error
 from pulse_relay.store import StoreBackend, StoreUnavailableError, Watch
@@ -82,6 +82,8 @@ class Poller:
         self._metrics = metrics
         self._on_event = on_event
         self._clock = clock
+        # Lines repeated for every watch while the Pulse API or the store is down.
+        self._outage_log = outage_log(log, clock=clock)
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -129,7 +131,12 @@ class Poller:
                         self._polls.add(task)
                         task.add_done_callback(self._poll_done)
             except StoreUnavailableError as error:
-                log.error("store unavailable; poller waits", reason=error.reason)
+                self._outage_log.emit(
+                    "store:unavailable",
+                    "error",
+                    "store unavailable; poller waits",
+                    reason=error.reason,
+                )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(IDLE_WAKE_SECONDS):
                     await self._wake.wait()
@@ -219,7 +226,12 @@ class Poller:
         fields = {"reason": error.reason, "status_code": error.status_code, **context}
         if not verdict.gives_up:
             fields["retry_in_seconds"] = round(delay, 2)
-        log.log(level, message, **fields)
+        if verdict.outcome in ("retry", "auth_error"):
+            # Repeated for every watch while the API is down or the key is wrong.
+            key = f"poll:{verdict.outcome}:{error.status_code}"
+            self._outage_log.emit(key, level, message, **fields)
+        else:
+            log.log(level, message, **fields)
 
     async def _emit(self, job_id: str, status: str) -> str:
         """Feed the terminal status into the pipeline as a `source: poll` event."""

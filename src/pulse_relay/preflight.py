@@ -5,12 +5,16 @@ work here: the store's folder and every file sink's directory can be written,
 every command sink's program exists and may be executed, and the ingress's
 TLS certificate and key can be read, parse, and belong together. They run as the
 user who runs them, which may not be the service's own user.
+
+`exposed_secret_files` is what `check-config` and `serve` both warn about: a file
+holding a secret that other users may open.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +24,7 @@ from pulse_relay.config import (
     Loc,
     Settings,
     admin_exposure_problem,
+    secret_files,
 )
 from pulse_relay.tls import tls_problem
 
@@ -114,3 +119,22 @@ def check_host(settings: Settings) -> list[HostProblem]:
                     HostProblem(("sinks", index), f"{where}.argv ({sink.name}): {problem}")
                 )
     return problems
+
+
+def exposed_secret_files(settings: Settings, config_path: Path | None) -> list[str]:
+    """A warning for each file holding a secret that other users may open (mode & 0o007).
+
+    A file that cannot be looked at is left to validation and `check_host`.
+    """
+    warnings: list[str] = []
+    for file in secret_files(settings, config_path):
+        try:
+            mode = stat.S_IMODE(file.path.stat().st_mode)
+        except OSError:
+            continue
+        if mode & 0o007:
+            warnings.append(
+                f"{file.what} {file.path} holds {file.holds} and is open to other users"
+                f" (mode {mode:04o}): chmod o-rwx {file.path}"
+            )
+    return warnings

@@ -11,9 +11,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 REDACTED = "**********"
 
-# Over-matching only hides a harmless value; under-matching leaks a credential.
+# Any name containing one of these, in any case: DB_PASS, PRIVATE_KEY, STRIPE_KEY,
+# X-Hub-Sig. Over-matching only hides a harmless value; under-matching leaks a credential.
 _SECRET_NAME = re.compile(
-    r"auth|api[-_]?key|token|secret|cookie|passw|credential|session|signature", re.IGNORECASE
+    r"auth|key|token|secret|cookie|pass|credential|session|sig|priv", re.IGNORECASE
 )
 
 

@@ -25,7 +25,6 @@ from prometheus_client import Counter
 from pulse_relay.edge import (
     IPAddress,
     IPNetwork,
-    SampledLog,
     client_address,
     is_allowed,
     is_identity_encoding,
@@ -34,7 +33,7 @@ from pulse_relay.edge import (
     wrong_required_header,
 )
 from pulse_relay.events import ingest_record
-from pulse_relay.logs import get_logger
+from pulse_relay.logs import SampledLog, get_logger
 from pulse_relay.metrics import Metrics
 from pulse_relay.signature import (
     CheckedHeaders,
@@ -255,6 +254,7 @@ class Ingress:
             route=self._route,
             fetch_on=self._config.fetch_on,
             client_address=None if client is None else shown,
+            body_digest=verified.body_digest,
         )
         try:
             outcome = await self._store.ingest(record)

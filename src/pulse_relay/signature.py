@@ -10,10 +10,13 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
+import math
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - a format prefix, not a secret
@@ -22,6 +25,8 @@ MAX_ID_LENGTH = 256
 
 # Digits only, no sign, no padding: the header text must be the integer that was signed.
 _TIMESTAMP = re.compile(r"0|[1-9][0-9]{0,14}")
+# A body's `timestamp` given as text of Unix seconds (the hex scheme).
+_UNIX_SECONDS = re.compile(r"[0-9]{1,15}(\.[0-9]+)?")
 # Printable ASCII without space and '.', which would make the signed content ambiguous.
 _WEBHOOK_ID = re.compile(r"[\x21-\x2d\x2f-\x7e]{1,256}")
 
@@ -38,10 +43,15 @@ class VerificationError(Exception):
 
 @dataclass(frozen=True)
 class Verified:
-    """A request whose signature holds; `webhook_id` is the dedupe key."""
+    """A request whose signature holds; `webhook_id` is the dedupe key.
+
+    `body_digest` ("sha256:<hex>") is a second dedupe key, given when the body is
+    the only signed part: the same body under another id is then a replay.
+    """
 
     webhook_id: str
     timestamp: int | None
+    body_digest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,8 +257,45 @@ def _is_sha256_base64(value: str) -> bool:
     return len(raw) == hashlib.sha256().digest_size
 
 
+def body_timestamp(body: bytes) -> float | None:
+    """The body's top-level `timestamp` in Unix seconds; None when it has none.
+
+    Unix seconds (a JSON number or a text of digits) or ISO 8601 text (UTC when it
+    has no offset); VerificationError for any other value.
+    """
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(document, dict) or document.get("timestamp") is None:
+        return None
+    seconds = _unix_seconds(document["timestamp"])
+    if seconds is None or not math.isfinite(seconds):
+        raise VerificationError("malformed timestamp in body")
+    return seconds
+
+
+def _unix_seconds(value: object) -> float | None:
+    try:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _UNIX_SECONDS.fullmatch(value):
+            return float(value)
+        if isinstance(value, str) and value:
+            moment = datetime.fromisoformat(value)
+            return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    except (ValueError, OverflowError):
+        pass
+    return None
+
+
 class HexHmacVerifier:
-    """HMAC-SHA256 of the body alone, hex encoded, in a configurable header."""
+    """HMAC-SHA256 of the body alone, hex encoded, in a configurable header.
+
+    Nothing but the body is signed, so a captured request could be sent again
+    under any id: a body's own top-level `timestamp` must be within the
+    tolerance, and the body's SHA-256 is handed back as a second dedupe key.
+    """
 
     def __init__(
         self,
@@ -256,12 +303,16 @@ class HexHmacVerifier:
         *,
         signature_header: str = "X-DocExtract-Signature",
         id_header: str = "X-Webhook-Id",
+        tolerance_seconds: int = 300,
+        clock: Clock = time.time,
     ) -> None:
         self._secrets = list(secrets)
         if not self._secrets:
             raise ValueError("at least one secret is required")
         self._signature_header = signature_header.lower()
         self._id_header = id_header.lower()
+        self._tolerance_seconds = tolerance_seconds
+        self._clock = clock
 
     def check_headers(self, headers: Mapping[str, str]) -> CheckedHeaders:
         """Presence and form of the signature header and of the id header when given."""
@@ -282,9 +333,16 @@ class HexHmacVerifier:
             matched |= hmac.compare_digest(expected.encode(), given.encode())
         if not matched:
             raise VerificationError("no matching signature")
-        if webhook_id is None:
-            webhook_id = "sha256:" + hashlib.sha256(body).hexdigest()
-        return Verified(webhook_id=webhook_id, timestamp=None)
+        # Read only once the signature holds: a forged body's claims are never parsed.
+        sent_at = body_timestamp(body)
+        if sent_at is not None and abs(self._clock() - sent_at) > self._tolerance_seconds:
+            raise VerificationError("timestamp outside tolerance")
+        body_digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        return Verified(
+            webhook_id=webhook_id or body_digest,
+            timestamp=None if sent_at is None else int(sent_at),
+            body_digest=body_digest,
+        )
 
     def _parse(self, lowered: dict[str, str]) -> tuple[str, str | None]:
         """The lower-case hex signature and the id header (None when absent or empty)."""

@@ -33,4 +33,9 @@ def test_files_links_environment_types_replays_and_output_hold_up(tmp_path: Path
     assert figures.raw_controls_printed == 0
     assert figures.lone_surrogate_type_answers == {"200 invalid": 1, "202 accepted": 39}
     assert figures.lone_surrogate_field_sent == "U+FFFD"
+
+    assert figures.hex_new_id == ["200 duplicate x2", "200 duplicate x2"]
+    assert figures.hex_stale_timestamp == "401 unauthorized"
     assert (figures.url_secrets_printed, figures.base_url_warned) == (0, True)
+    assert figures.named_secrets_printed == 0
+    assert figures.mode_warned == ["config file", "TLS key"]

@@ -44,18 +44,26 @@ class Decision:
         return AWAITING_FETCH if self.needs_fetch else self.record.received_at
 
 
+def dedupe_keys(record: IngestRecord) -> tuple[str, ...]:
+    """What makes `record` a duplicate when already known: its id, and its body digest if any."""
+    if record.body_digest is None:
+        return (record.event_id,)
+    return (record.event_id, record.body_digest)
+
+
 def decide_ingest(
-    records: Sequence[IngestRecord], known_ids: set[str], seen_keys: dict[str, str]
+    records: Sequence[IngestRecord], known_keys: set[str], seen_keys: dict[str, str]
 ) -> list[Decision]:
-    """Decide a batch: ids in `known_ids` are duplicates; `seen_keys` maps accepted job keys
-    to the event holding them. Both are updated, so a later record in the batch sees the
-    earlier ones."""
+    """Decide a batch: a record any of whose `dedupe_keys` is in `known_keys` is a duplicate;
+    `seen_keys` maps accepted job keys to the event holding them. Both are updated, so a
+    later record in the batch sees the earlier ones."""
     decisions: list[Decision] = []
     for record in records:
-        if record.event_id in known_ids:
+        keys = dedupe_keys(record)
+        if not known_keys.isdisjoint(keys):
             decisions.append(Decision(record, "duplicate", "", None, (), False))
             continue
-        known_ids.add(record.event_id)
+        known_keys.update(keys)
         state, error = ingest_state(record, seen_keys)
         sinks = tuple(record.sinks) if state == "accepted" else ()
         needs_fetch = record.needs_fetch and bool(sinks)

@@ -62,6 +62,10 @@ class IngestRecord:
     needs_fetch: bool
     # Webhooks only: the client as the ingress saw it (None for polled events).
     client_address: str | None = None
+    # "sha256:<hex>" of the body when the body is the only signed part (hmac-sha256-hex):
+    # a second dedupe key beside `event_id`, so a captured body replayed under a new id
+    # is a duplicate. None when the signature covers the id as well.
+    body_digest: str | None = None
 
 
 def text_problem(text: str) -> str | None:

@@ -1,8 +1,9 @@
 """PostgreSQL ingest: one transaction per group, INSERT … ON CONFLICT DO NOTHING.
 
 Relays ingest concurrently, so two guards replace SQLite's single writer: the
-primary key settles which relay stores an id (the insert that loses reports
-nothing and its record is a duplicate), and a transaction-scoped advisory lock
+primary key (and the unique body digest, for bodies signed alone) settles which
+relay stores an id (the insert that loses reports nothing and its record is a
+duplicate), and a transaction-scoped advisory lock
 per job key makes "is this job status already accepted?" a question only one
 relay asks at a time.
 """
@@ -14,7 +15,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from pulse_relay.store.decide import Decision, decide_ingest
+from pulse_relay.store.decide import Decision, decide_ingest, dedupe_keys
 from pulse_relay.store.model import IngestOutcome, IngestRecord, headers_json
 
 
@@ -28,20 +29,24 @@ async def insert_events(
         "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(%s::text[]) AS k",
         (job_keys,),
     )
-    ids = [r.event_id for r in records]
-    # A pruned id is still known (for store.dedupe_days): a replayed request is a duplicate.
+    keys = [key for record in records for key in dedupe_keys(record)]
+    # A pruned id or digest is still known (for store.dedupe_days): a replay is a duplicate.
+    # Both columns for every key: an event stored before digests were kept has its
+    # digest as its id when it came without an id header.
     cursor = await conn.execute(
         "SELECT id FROM events WHERE id = ANY(%s) "
-        "UNION SELECT id FROM pruned_events WHERE id = ANY(%s)",
-        (ids, ids),
+        "UNION SELECT id FROM pruned_events WHERE id = ANY(%s) "
+        "UNION SELECT body_digest FROM events WHERE body_digest = ANY(%s) "
+        "UNION SELECT body_digest FROM pruned_events WHERE body_digest = ANY(%s)",
+        (keys, keys, keys, keys),
     )
-    known_ids = {row[0] for row in await cursor.fetchall()}
+    known_keys = {row[0] for row in await cursor.fetchall()}
     cursor = await conn.execute(
         "SELECT job_key, id FROM events WHERE state = 'accepted' AND job_key = ANY(%s)",
         (job_keys,),
     )
     seen_keys = {row[0]: row[1] for row in await cursor.fetchall()}
-    decisions = decide_ingest(records, known_ids, seen_keys)
+    decisions = decide_ingest(records, known_keys, seen_keys)
     stored = await _insert_new(conn, [d for d in decisions if d.outcome == "accepted"])
     return [
         "accepted" if d.outcome == "accepted" and d.record.event_id in stored else "duplicate"
@@ -51,7 +56,7 @@ async def insert_events(
 
 async def _insert_new(conn: AsyncConnection[Any], decisions: list[Decision]) -> set[str]:
     """Insert `decisions`' events; the ids this transaction stored (another relay's
-    concurrent insert of the same id wins the primary key and is not among them)."""
+    concurrent insert of the same id or body digest wins and is not among them)."""
     if not decisions:
         return set()
     columns = [
@@ -68,14 +73,17 @@ async def _insert_new(conn: AsyncConnection[Any], decisions: list[Decision]) -> 
         ["pending" if d.needs_fetch else "none" for d in decisions],
         [d.record.received_at if d.needs_fetch else None for d in decisions],
         [d.record.client_address for d in decisions],
+        [d.record.body_digest for d in decisions],
     ]
+    # No conflict target: a concurrent insert of the same id, or of the same body digest
+    # under another id, wins its unique index, and this row is left out.
     cursor = await conn.execute(
         "INSERT INTO events (id, received_at, source, type, job_id, job_key, state, error, "
-        "headers, body, fetch_state, next_fetch_at, client_address) "
+        "headers, body, fetch_state, next_fetch_at, client_address, body_digest) "
         "SELECT * FROM unnest(%s::text[], %s::float8[], %s::text[], %s::text[], %s::text[], "
         "%s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[], %s::text[], %s::float8[], "
-        "%s::text[]) "
-        "ON CONFLICT (id) DO NOTHING RETURNING id",
+        "%s::text[], %s::text[]) "
+        "ON CONFLICT DO NOTHING RETURNING id",
         columns,
     )
     stored = {row[0] for row in await cursor.fetchall()}

@@ -25,7 +25,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from pulse_relay.logs import get_logger
+from pulse_relay.logs import get_logger, outage_log
 from pulse_relay.redaction import mask_url
 from pulse_relay.store.model import (
     ChangeListener,
@@ -94,6 +94,8 @@ class PostgresPlumbing:
         self._listener: asyncio.Task[None] | None = None
         self._listeners: list[ChangeListener] = []
         self._wake_listeners: list[Callable[[], None]] = []
+        # The listener retries every LISTEN_RETRY_SECONDS while the server is down.
+        self._outage_log = outage_log(log, clock=clock)
 
     @property
     def location(self) -> str:
@@ -252,7 +254,12 @@ class PostgresPlumbing:
                     async for _ in conn.notifies():
                         self._wake()
             except psycopg.Error as error:
-                log.warning("store listener lost its connection; reconnecting", reason=str(error))
+                self._outage_log.emit(
+                    "store:listener",
+                    "warning",
+                    "store listener lost its connection; reconnecting",
+                    reason=str(error),
+                )
             await asyncio.sleep(LISTEN_RETRY_SECONDS)
 
     def _wake(self) -> None:

@@ -57,8 +57,10 @@ class RetentionMixin(PostgresPlumbing):
             )
             ids = [row[0] for row in await cursor.fetchall()]
             await conn.execute(
-                "INSERT INTO pruned_events (id, pruned_at) SELECT i, %s FROM unnest(%s::text[]) "
-                "AS i ON CONFLICT (id) DO UPDATE SET pruned_at = excluded.pruned_at",
+                "INSERT INTO pruned_events (id, pruned_at, body_digest) "
+                "SELECT id, %s, body_digest FROM events WHERE id = ANY(%s) "
+                "ON CONFLICT (id) DO UPDATE SET pruned_at = excluded.pruned_at, "
+                "body_digest = excluded.body_digest",
                 (now, ids),
             )
             for table, column in (("attempts", "event_id"), ("deliveries", "event_id")):

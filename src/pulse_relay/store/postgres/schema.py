@@ -97,6 +97,16 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE pruned_events (id TEXT PRIMARY KEY, pruned_at DOUBLE PRECISION NOT NULL);
     CREATE INDEX pruned_events_at ON pruned_events (pruned_at);
     """,
+    # The body's digest, a second dedupe key where the body is the only signed part
+    # (hmac-sha256-hex), remembered after pruning as the id is. Unique, as the id is:
+    # of two relays inserting one body under two ids at once, one insert finds a conflict.
+    """
+    ALTER TABLE events ADD COLUMN body_digest TEXT;
+    CREATE UNIQUE INDEX events_body_digest ON events (body_digest) WHERE body_digest IS NOT NULL;
+    ALTER TABLE pruned_events ADD COLUMN body_digest TEXT;
+    CREATE INDEX pruned_events_body_digest ON pruned_events (body_digest)
+        WHERE body_digest IS NOT NULL;
+    """,
 )
 
 

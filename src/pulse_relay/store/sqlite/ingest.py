@@ -5,22 +5,22 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from pulse_relay.store.decide import decide_ingest
+from pulse_relay.store.decide import decide_ingest, dedupe_keys
 from pulse_relay.store.model import IngestOutcome, IngestRecord, headers_json
 from pulse_relay.store.sqlite.sql import chunks, placeholders
 
 
 def insert_events(db: sqlite3.Connection, records: list[IngestRecord]) -> list[IngestOutcome]:
     """Insert the new events of `records` and their deliveries; an outcome per record."""
-    known_ids = stored_ids(db, [record.event_id for record in records])
+    known_keys = stored_keys(db, records)
     seen_keys = accepted_job_keys(db, [r.job_key for r in records if r.job_key is not None])
-    decisions = decide_ingest(records, known_ids, seen_keys)
+    decisions = decide_ingest(records, known_keys, seen_keys)
     stored = [d for d in decisions if d.outcome == "accepted"]
     if stored:
         db.executemany(
             "INSERT INTO events (id, received_at, source, type, job_id, job_key, state, "
-            "error, headers, body, fetch_state, next_fetch_at, client_address) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "error, headers, body, fetch_state, next_fetch_at, client_address, body_digest) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     d.record.event_id,
@@ -36,6 +36,7 @@ def insert_events(db: sqlite3.Connection, records: list[IngestRecord]) -> list[I
                     "pending" if d.needs_fetch else "none",
                     d.record.received_at if d.needs_fetch else None,
                     d.record.client_address,
+                    d.record.body_digest,
                 )
                 for d in stored
             ],
@@ -52,13 +53,18 @@ def insert_events(db: sqlite3.Connection, records: list[IngestRecord]) -> list[I
     return [d.outcome for d in decisions]
 
 
-def stored_ids(db: sqlite3.Connection, event_ids: Sequence[str]) -> set[str]:
-    """Which of `event_ids` the store already holds, or remembers from pruned events."""
+def stored_keys(db: sqlite3.Connection, records: Sequence[IngestRecord]) -> set[str]:
+    """Which of the records' ids and body digests the store already holds, or remembers
+    from pruned events."""
+    keys = [key for record in records for key in dedupe_keys(record)]
     found: set[str] = set()
-    for table in ("events", "pruned_events"):
-        for chunk in chunks(list(dict.fromkeys(event_ids))):
-            sql = f"SELECT id FROM {table} WHERE id IN ({placeholders(len(chunk))})"
-            found.update(row[0] for row in db.execute(sql, chunk))
+    # Both columns for every key: an event stored before digests were kept has its
+    # digest as its id when it came without an id header.
+    for column in ("id", "body_digest"):
+        for table in ("events", "pruned_events"):
+            for chunk in chunks(list(dict.fromkeys(keys))):
+                sql = f"SELECT {column} FROM {table} WHERE {column} IN ({placeholders(len(chunk))})"
+                found.update(row[0] for row in db.execute(sql, chunk))
     return found
 
 

@@ -37,12 +37,14 @@ class RetentionMixin(SQLitePlumbing):
                 )
             ) as cursor:
                 ids = [row[0] for row in cursor]
-            db.executemany(
-                "INSERT OR REPLACE INTO pruned_events (id, pruned_at) VALUES (?, ?)",
-                [(event_id, now) for event_id in ids],
-            )
             for chunk in chunks(ids):
-                db.execute(f"DELETE FROM events WHERE id IN ({placeholders(len(chunk))})", chunk)
+                among = f"id IN ({placeholders(len(chunk))})"
+                db.execute(
+                    "INSERT OR REPLACE INTO pruned_events (id, pruned_at, body_digest) "
+                    f"SELECT id, ?, body_digest FROM events WHERE {among}",
+                    [now, *chunk],
+                )
+                db.execute(f"DELETE FROM events WHERE {among}", chunk)
             return len(ids)
 
         return await self._in_batches(op, batch_size)

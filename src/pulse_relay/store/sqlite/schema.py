@@ -97,6 +97,15 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE watches ADD COLUMN lease_until REAL;
     """,
+    # The body's digest, a second dedupe key where the body is the only signed part
+    # (hmac-sha256-hex), remembered after pruning as the id is. Unique, as the id is.
+    """
+    ALTER TABLE events ADD COLUMN body_digest TEXT;
+    CREATE UNIQUE INDEX events_body_digest ON events (body_digest) WHERE body_digest IS NOT NULL;
+    ALTER TABLE pruned_events ADD COLUMN body_digest TEXT;
+    CREATE INDEX pruned_events_body_digest ON pruned_events (body_digest)
+        WHERE body_digest IS NOT NULL;
+    """,
 )
 
 
