@@ -184,7 +184,9 @@ class Relay:
         self.hub = ChangeHub(clock=clock)
         self.store.add_listener(self.hub.on_store_change)
         self.cached_readiness = CachedReadiness(self.readiness)
-        self.admin_auth = AdminAuth(settings.admin.token.get_secret_value())
+        self.admin_auth = AdminAuth(
+            settings.admin.token.get_secret_value(), allowed_hosts=settings.admin.allowed_hosts
+        )
 
     @property
     def base_url(self) -> str:

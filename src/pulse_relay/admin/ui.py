@@ -263,6 +263,7 @@ class _Pages:
         if not auth.is_required:
             raise web.HTTPSeeOther("/")
         if not isinstance(token, str) or not auth.is_token(token):
+            auth.login_failed(request, via="form")
             context = {"next": target, "error": "That is not the admin token."}
             return await self._render(request, "login.html", context, status=401, shows_state=False)
         response = web.Response(status=303, headers={"Location": target})
