@@ -52,6 +52,10 @@ async def test_a_rebound_host_name_reads_and_writes_nothing(start_relay: StartRe
         status, body = await call(method, relay.admin_url + path, headers=rebound, json_body=WATCH)
         assert (status, body["error"]) == (403, "forbidden_host"), path
         assert "admin.allowed_hosts" in body["detail"]
+    # The pass-through too, even with a Pulse key (the page may bring its own).
+    keyed = {**rebound, "x-api-key": "the-pages-own-key"}
+    status, body = await call("POST", relay.admin_url + "/pulse/extract", headers=keyed)
+    assert (status, body["error"]) == (403, "forbidden_host")
     assert await relay.store.list_watches() == []
     # Probes and scrapers answer whatever name they use.
     for path in ("/healthz", "/readyz", "/metrics"):
