@@ -342,10 +342,39 @@ async def test_without_a_token_login_leads_straight_to_the_list(relay: Relay) ->
     assert (status, headers["Location"]) == (303, "/watches")
 
 
-def test_safe_next_keeps_logins_on_this_listener() -> None:
-    assert safe_next("/events/msg_1") == "/events/msg_1"
-    for target in (None, "", "https://evil.example/", "//evil.example/", "/\\evil.example"):
-        assert safe_next(target) == "/"
+@pytest.mark.parametrize(
+    ("target", "followed"),
+    [
+        ("/", "/"),
+        ("/events/msg_1", "/events/msg_1"),
+        ("/?state=dead&sink=files", "/?state=dead&sink=files"),
+        ("/events/msg%201", "/events/msg%201"),
+        (None, "/"),
+        ("", "/"),
+        ("events", "/"),
+        ("https://evil.example/", "/"),
+        ("//evil.example/", "/"),
+        ("/\\evil.example", "/"),
+        ("/\tevil.example", "/"),
+        # Browsers drop tabs and newlines from a Location: "/\t/x" would become "//x".
+        ("/\t/evil.example/x", "/"),
+        ("/\n/evil.example/x", "/"),
+        ("/\r/evil.example/x", "/"),
+        ("/\x00/evil.example", "/"),
+        ("/\x7f/evil.example", "/"),
+        ("/\x85/evil.example", "/"),
+        ("/events/\\x", "/"),
+        # What percent-decoding makes of it counts, not the text as given.
+        ("/%2F/evil.example", "/"),
+        ("/%2f/evil.example", "/"),
+        ("/%5Cevil.example", "/"),
+        ("/%09/evil.example/x", "/"),
+        ("/events/%0d%0aSet-Cookie:x", "/"),
+        ("%2F%2Fevil.example", "/"),
+    ],
+)
+def test_safe_next_keeps_logins_on_this_listener(target: str | None, followed: str) -> None:
+    assert safe_next(target) == followed
 
 
 def test_people_readable_times() -> None:

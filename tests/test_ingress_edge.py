@@ -18,9 +18,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from structlog.testing import capture_logs
 
 from pulse_relay.app import Relay
+from pulse_relay.protocol import MALFORMED, malformed_reason
 from tests.conftest import OTHER_SECRET, StartRelay, make_body, signed, wait_for
 from tests.rawhttp import Answer, close, read_answer, request_bytes
 from tests.test_cli import run_cli
@@ -295,6 +297,49 @@ async def test_malformed_http_is_a_json_400_without_traceback(
     assert answer.document == {"status": "bad_request", "reason": "malformed HTTP request"}
     assert await metric(relay, "bad_request") == 1
     assert [line["event"] for line in logs] == ["malformed request"]
+
+
+async def test_an_oversized_header_is_a_json_400_naming_it_without_its_value(
+    relay: Relay, no_tracebacks: None
+) -> None:
+    value = "secret-" + "v" * 9000
+    answer = await exchange(relay, request_bytes(b"{}", {"X-Pulse-Relay-Meta-Note": value}))
+
+    assert answer.status == 400
+    assert answer.document == {
+        "status": "bad_request",
+        "reason": "header X-Pulse-Relay-Meta-Note is longer than 8190 bytes",
+    }
+    assert await metric(relay, "bad_request") == 1
+
+
+VALUE_START = b"v" * 100 + b"..."
+
+
+@pytest.mark.parametrize(
+    ("error", "received", "reason"),
+    [
+        # aiohttp's C parser reports the value's start, its Python parser the line's.
+        (LineTooLong(VALUE_START, 8190), b"GET / HTTP/1.1\r\nX-Big: " + b"v" * 9000, "X-Big"),
+        (LineTooLong(b"X-Big: " + b"v" * 93 + b"...", 8190), b"\r\nX-Big: " + b"v" * 9000, "X-Big"),
+        # The line's start came in an earlier read: nothing to name.
+        (LineTooLong(VALUE_START, 8190), b"v" * 9000, None),
+        (LineTooLong(b"HostX-" + b"n" * 94 + b"...", 8190), b"\r\nX-" + b"n" * 9000, None),
+        (LineTooLong(b"GET /" + b"p" * 95 + b"...", 8190), b"GET /" + b"p" * 9000, None),
+        (LineTooLong(VALUE_START, 8190), b"\r\nBad Name: " + b"v" * 9000, None),
+    ],
+    ids=["c parser", "python parser", "split read", "long name", "long path", "bad name"],
+)
+def test_the_reason_names_an_over_long_header_when_it_can(
+    error: LineTooLong, received: bytes, reason: str | None
+) -> None:
+    expected = (
+        "the request line or a header is longer than 8190 bytes"
+        if reason is None
+        else f"header {reason} is longer than 8190 bytes"
+    )
+    assert malformed_reason(error, received) == expected
+    assert malformed_reason(BadHttpMessage("bad"), received) == MALFORMED
 
 
 async def test_a_client_disconnecting_mid_body_is_logged_at_info(

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from bench.chaos import __doc__ as package_doc
+from bench.chaos.admin import run_admin
 from bench.chaos.at_rest import run_at_rest
 from bench.chaos.edge import run_edge
 from bench.chaos.hostile import run_hostile
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         args.workdir / "edge", flood_requests=args.flood, idle_connections=args.idle
     )
     hostile.problems += hostile.edge.problems
+    hostile.admin = run_admin(args.workdir / "admin")
+    hostile.problems += hostile.admin.problems
     hostile.at_rest = run_at_rest(args.workdir / "at-rest", race_writes=args.race_writes)
     hostile.problems += hostile.at_rest.problems
     report = render(config, outcome, hostile, "python -m bench.chaos")

@@ -35,7 +35,7 @@ def _toml(value: Any) -> str:
     return json.dumps(str(value))
 
 
-def _config_text(document: dict[str, dict[str, Any]]) -> str:
+def config_text(document: dict[str, dict[str, Any]]) -> str:
     return "".join(
         f"[{section}]\n" + "".join(f"{key} = {_toml(value)}\n" for key, value in table.items())
         for section, table in document.items()
@@ -45,7 +45,14 @@ def _config_text(document: dict[str, dict[str, Any]]) -> str:
 class EdgeRelay:
     """`pulse-relay serve` logging at info, with its ingress, admin port and log at hand."""
 
-    def __init__(self, workdir: Path, *, file_limit: int | None = None, **server: Any) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        file_limit: int | None = None,
+        admin: dict[str, Any] | None = None,
+        **server: Any,
+    ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.port, self.admin_port = free_port(), free_port()
         self.log_path = workdir / "relay.log"
@@ -58,14 +65,14 @@ class EdgeRelay:
                 "max_body_bytes": self.max_body_bytes,
                 **server,
             },
-            "admin": {"port": self.admin_port},
+            "admin": {"port": self.admin_port, **(admin or {})},
             "verify": {"secrets": [SECRET]},
             "store": {"path": workdir / "relay.db"},
             "log": {"format": "json", "level": "info"},
         }
-        config = workdir / "relay.toml"
-        config.write_text(_config_text(document))
-        argv = [PYTHON, "-m", "pulse_relay", "--config", str(config), "serve"]
+        self.config = workdir / "relay.toml"
+        self.config.write_text(config_text(document))
+        argv = [PYTHON, "-m", "pulse_relay", "--config", str(self.config), "serve"]
         if file_limit is not None:
             argv = ["sh", "-c", f'ulimit -n {file_limit} && exec "$@"', "sh", *argv]
         self._process = Process(

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.chaos.admin import AdminFigures
 from bench.chaos.at_rest import AtRestFigures
 from bench.chaos.edge import EdgeFigures
 from bench.chaos.outcome import integrity
@@ -465,6 +466,8 @@ class HostileFigures:
     disk: DiskFullFigures | None = None
     # Issue 13's ingress findings (bench/chaos/edge.py), measured after the rest.
     edge: EdgeFigures | None = None
+    # Issue 20's admin-listener findings (bench/chaos/admin.py).
+    admin: AdminFigures | None = None
     # What the relay leaves on disk and hands on (bench/chaos/at_rest.py).
     at_rest: AtRestFigures | None = None
     read_timeout_seconds: float = 1.0

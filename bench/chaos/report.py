@@ -187,6 +187,14 @@ PASS_THROUGH_ROWS: tuple[tuple[str, str], ...] = (
         "(`test_an_api_key_opens_the_pass_through_and_nothing_else`)",
     ),
 )
+ADMIN_SECTION = "The admin listener under attack"
+ADMIN_INTRO = (
+    "Measured by `bench/chaos/admin.py`, part of the command above: issue 20's findings, "
+    "replayed with "
+    "the real bytes on a raw socket against the admin listener of a relay with no admin "
+    "token (the default set-up), then of one with a token (`read_timeout_seconds = "
+    "{read_timeout}`). Each row gives the answer measured now."
+)
 
 
 def render(config: ChaosConfig, outcome: Outcome, hostile: HostileFigures, command: str) -> str:
@@ -201,6 +209,9 @@ def render(config: ChaosConfig, outcome: Outcome, hostile: HostileFigures, comma
     lines += [f"- **{name}** {text.format(**facts)}" for name, text in METHOD]
     lines += ["", "## The pass-through under attack", "", PASS_THROUGH_INTRO, ""]
     lines += markdown_table(("attack on `/pulse/`", "result"), PASS_THROUGH_ROWS)
+    if hostile.admin is not None:
+        lines += ["", f"## {ADMIN_SECTION}", "", ADMIN_INTRO.format(**facts), ""]
+        lines += markdown_table(("attack", "answer measured"), hostile.admin.rows)
     lines += ["", "## Versions", ""]
     lines += _versions(hostile)
     return "\n".join(lines) + "\n"

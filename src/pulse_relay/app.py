@@ -32,7 +32,7 @@ from typing import NoReturn, Protocol
 import aiohttp
 from aiohttp import web
 
-from pulse_relay.admin import build_admin_app
+from pulse_relay.admin import build_admin_app, malformed_request_hook
 from pulse_relay.admin.auth import AdminAuth
 from pulse_relay.admin.context import AdminContext, CachedReadiness
 from pulse_relay.admin.stream import ChangeHub
@@ -189,7 +189,9 @@ class Relay:
         self.hub = ChangeHub(clock=clock)
         self.store.add_listener(self.hub.on_store_change)
         self.cached_readiness = CachedReadiness(self.readiness)
-        self.admin_auth = AdminAuth(settings.admin.token.get_secret_value())
+        self.admin_auth = AdminAuth(
+            settings.admin.token.get_secret_value(), allowed_hosts=settings.admin.allowed_hosts
+        )
 
     @property
     def base_url(self) -> str:
@@ -319,11 +321,15 @@ class Relay:
             store_backend=self.store.backend,
             clock=self._clock,
         )
-        self._admin_runner = web.AppRunner(
+        server = self.settings.server
+        self._admin_runner = IngressRunner(
             build_admin_app(context),
-            access_log=None,
-            handle_signals=False,
-            shutdown_timeout=self.settings.server.shutdown_grace_seconds,
+            on_malformed=malformed_request_hook(),
+            # The same deadline for request headers as the ingress's (see server.build_app).
+            keepalive_timeout_seconds=server.read_timeout_seconds,
+            shutdown_timeout=server.shutdown_grace_seconds,
+            # As aiohttp does by default: the admin side reads request bodies decoded.
+            auto_decompress=True,
         )
         await self._admin_runner.setup()
         site = web.TCPSite(self._admin_runner, admin.host, admin.port, reuse_address=True)

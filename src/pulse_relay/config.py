@@ -352,6 +352,16 @@ class AdminSettings(_Section):
     port: int = Field(default=8788, ge=0, le=65535)
     token: SecretStr = SecretStr("")
     token_file: Path | None = None
+    # Host names (besides loopback ones) the admin listener answers to; see auth.is_allowed_host.
+    allowed_hosts: list[str] = Field(default_factory=list)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not name or any(char in name for char in ":/ []"):
+                raise ValueError(f"{name!r} is not a host name (no scheme, port or path)")
+        return [name.lower() for name in value]
 
 
 class LogSettings(_Section):
@@ -544,16 +554,28 @@ def mode_warnings(settings: Settings) -> list[str]:
     return warnings
 
 
+MIN_EXPOSED_TOKEN_CHARS = 16
+
+
 def admin_exposure_problem(settings: Settings) -> str | None:
     """Why `serve` must not start with this admin listener, or None when it may."""
     admin = settings.admin
-    if not admin.enabled or admin.token.get_secret_value() or is_loopback_host(admin.host):
+    if not admin.enabled or is_loopback_host(admin.host):
         return None
-    return (
-        f"admin.token: required when admin.host ({admin.host!r}) is not a loopback address; "
-        "set admin.token, admin.token_file or PULSE_RELAY_ADMIN__TOKEN, "
-        'or bind the admin listener to "127.0.0.1"'
-    )
+    token = admin.token.get_secret_value()
+    if not token:
+        return (
+            f"admin.token: required when admin.host ({admin.host!r}) is not a loopback address;"
+            " set admin.token, admin.token_file or PULSE_RELAY_ADMIN__TOKEN, "
+            'or bind the admin listener to "127.0.0.1"'
+        )
+    if len(token) < MIN_EXPOSED_TOKEN_CHARS:
+        # Guessable from the network; `head -c 32 /dev/urandom | base64` gives 44.
+        return (
+            f"admin.token: at least {MIN_EXPOSED_TOKEN_CHARS} characters are required when "
+            f"admin.host ({admin.host!r}) is not a loopback address (it has {len(token)})"
+        )
+    return None
 
 
 @dataclass(frozen=True)

@@ -1,25 +1,62 @@
-"""aiohttp's connection handling, adapted for the public edge.
+"""aiohttp's connection handling, adapted for the public edge (and the admin listener).
 
 aiohttp answers a request it cannot parse itself, before any handler runs; these
-classes make that answer the ingress's own (a JSON 400, counted, sampled in the
-log) and close a gap in its C parser. They rely on two internals of aiohttp 3's
-`RequestHandler` (the queue of parsed messages and its error marker, `_ErrInfo`),
-which tests/test_ingress_edge.py exercises over real sockets.
+classes make that answer the listener's own (a JSON 400 that names an over-long
+header but never echoes it, counted, sampled in the log), set the deadline for
+request headers, and close a gap in its C parser. They rely on two internals of
+aiohttp 3's `RequestHandler` (the queue of parsed messages and its error marker,
+`_ErrInfo`), which tests/test_ingress_edge.py and tests/test_admin_edge.py exercise
+over real sockets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
-# Called with the peer address and a reason for each request that is not valid HTTP.
-MalformedHook = Callable[[str | None, str], None]
+MALFORMED = "malformed HTTP request"
+# Called with the peer address and the reason for each request that is not valid HTTP
+# (MALFORMED, or what malformed_reason says); returns the JSON document of the 400.
+MalformedHook = Callable[[str | None, str], dict[str, Any]]
+# A header name as RFC 9110 spells it, short enough to repeat in an answer.
+_HEADER_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,100}")
+
+
+def malformed_reason(error: BaseException, received: bytes) -> str:
+    """Why aiohttp could not parse a request, for its answer: an over-long header is
+    named when `received` (the bytes that broke the parser) shows its name; the value
+    is never repeated (aiohttp's own answer echoes it, and it may be a secret)."""
+    if not isinstance(error, LineTooLong):
+        return MALFORMED
+    limit = error.args[1]
+    name = _long_header_name(error.args[0], received)
+    if name is None:
+        return f"the request line or a header is longer than {limit} bytes"
+    return f"header {name} is longer than {limit} bytes"
+
+
+def _long_header_name(start: object, received: bytes) -> str | None:
+    # aiohttp reports the first 100 bytes of the field that is too long, then "...":
+    # its C parser the value alone, its Python parser the whole line. The name is
+    # what precedes the colon on that line, when the line's start was received.
+    if not isinstance(start, (bytes, bytearray)):
+        return None
+    start = bytes(start).removesuffix(b"...")
+    at = received.find(start) if start else -1
+    line_start = received.rfind(b"\n", 0, at) if at > 0 else -1
+    if line_start < 0:
+        return None
+    name, colon, _ = received[line_start + 1 : at + len(start)].partition(b":")
+    if not colon or _HEADER_NAME.fullmatch(name) is None:
+        return None
+    return name.decode("ascii")
 
 
 class IngressProtocol(RequestHandler):
@@ -33,12 +70,14 @@ class IngressProtocol(RequestHandler):
     the stream is failed here at once.
     """
 
-    __slots__ = ("_on_malformed", "_open_body")
+    __slots__ = ("_malformed", "_on_malformed", "_open_body")
 
     def __init__(self, manager: web.Server, *, on_malformed: MalformedHook, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._on_malformed = on_malformed
         self._open_body: StreamReader | None = None
+        # The last parse error and its reason, judged while the bytes were at hand.
+        self._malformed: tuple[BaseException, str] | None = None
 
     def data_received(self, data: bytes) -> None:
         """Parse as aiohttp does; fail the body in progress if its framing broke."""
@@ -52,6 +91,7 @@ class IngressProtocol(RequestHandler):
             if not isinstance(message, _ErrInfo):
                 self._open_body = payload
                 continue
+            self._malformed = (message.exc, malformed_reason(message.exc, data))
             body = self._open_body
             if body is not None and not body.is_eof():
                 body.set_exception(message.exc)
@@ -68,10 +108,9 @@ class IngressProtocol(RequestHandler):
         """A JSON 400 for a request that is not valid HTTP; anything else as aiohttp does."""
         if not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
             return super().handle_error(request, status, exc, message)
-        self._on_malformed(request.remote, "malformed HTTP request")
-        response = web.json_response(
-            {"status": "bad_request", "reason": "malformed HTTP request"}, status=status
-        )
+        judged = self._malformed
+        reason = judged[1] if judged is not None and judged[0] is exc else MALFORMED
+        response = web.json_response(self._on_malformed(request.remote, reason), status=status)
         response.force_close()
         return response
 
@@ -108,10 +147,12 @@ class IngressRunner(web.AppRunner):
         on_malformed: MalformedHook,
         keepalive_timeout_seconds: float,
         shutdown_timeout: float,
+        auto_decompress: bool = False,
     ) -> None:
         super().__init__(app, handle_signals=False, shutdown_timeout=shutdown_timeout)
         self._on_malformed = on_malformed
         self._keepalive_timeout_seconds = keepalive_timeout_seconds
+        self._auto_decompress = auto_decompress
 
     async def _make_server(self) -> web.Server:
         # AppRunner's own server carries the application's handler; only the class of
@@ -123,8 +164,8 @@ class IngressRunner(web.AppRunner):
             on_malformed=self._on_malformed,
             protocol_options={
                 "access_log": None,
-                # The relay reads the body as sent; a compressed one is refused (415).
-                "auto_decompress": False,
+                # The ingress reads the body as sent; a compressed one is refused (415).
+                "auto_decompress": self._auto_decompress,
                 # See server.build_app: this timer is also the deadline for request headers.
                 "keepalive_timeout": self._keepalive_timeout_seconds,
             },

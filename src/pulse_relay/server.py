@@ -227,12 +227,14 @@ class Ingress:
             counter = self._outcome_counters[outcome] = self._metrics.webhooks.labels(outcome)
         counter.inc()
 
-    def malformed(self, peer: str | None, reason: str) -> None:
-        """Count and log a request that is not valid HTTP (IngressProtocol answers it)."""
+    def malformed(self, peer: str | None, reason: str) -> dict[str, Any]:
+        """Count and log a request that is not valid HTTP; the document IngressProtocol
+        answers it with."""
         self._count("bad_request")
         self._refusal_log.emit(
             f"400:{reason}", "warning", "malformed request", reason=reason, peer=peer
         )
+        return {"status": "bad_request", "reason": reason}
 
     async def _ingest(
         self, request: web.Request, client: IPAddress | None, checked: CheckedHeaders

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from pulse_relay.admin.api import error_middleware, setup_api
@@ -9,7 +11,12 @@ from pulse_relay.admin.auth import auth_middleware
 from pulse_relay.admin.context import CONTEXT_KEY, AdminContext
 from pulse_relay.admin.proxy import setup_proxy
 from pulse_relay.admin.ui import setup_ui
+from pulse_relay.edge import SampledLog
+from pulse_relay.logs import get_logger
 from pulse_relay.metrics import CONTENT_TYPE_LATEST
+from pulse_relay.protocol import MalformedHook
+
+log = get_logger("pulse_relay.admin")
 
 
 async def _healthz(_: web.Request) -> web.Response:
@@ -43,3 +50,17 @@ def build_admin_app(ctx: AdminContext) -> web.Application:
     setup_ui(app, ctx)
     setup_proxy(app, ctx)
     return app
+
+
+def malformed_request_hook() -> MalformedHook:
+    """What the admin listener does with a request that is not valid HTTP (an over-long
+    header, say): a sampled log line, and the API's error document naming the problem."""
+    refusals = SampledLog(log)
+
+    def malformed(peer: str | None, reason: str) -> dict[str, Any]:
+        refusals.emit(
+            f"400:{reason}", "warning", "malformed admin request", reason=reason, peer=peer
+        )
+        return {"error": "bad_request", "detail": reason}
+
+    return malformed

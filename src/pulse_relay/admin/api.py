@@ -44,7 +44,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ServiceError as error:
-        return json_error(error.http_status, error.error, error.detail)
+        response = json_error(error.http_status, error.error, error.detail)
+        response.headers.update(error.headers)
+        return response
     except (StoreUnavailableError, sqlite3.Error) as error:
         log.error("store unavailable", path=request.path, reason=str(error))
         return json_error(503, "unavailable", "the store is unavailable; retry later")

@@ -43,6 +43,8 @@ class ServiceError(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+        # Headers the answer carries besides its JSON body.
+        self.headers: dict[str, str] = {}
 
 
 class BadRequest(ServiceError):
@@ -68,6 +70,24 @@ class Forbidden(ServiceError):
 
     http_status = 403
     error = "forbidden"
+
+
+class ForbiddenHost(ServiceError):
+    """A Host name the admin listener does not answer to (DNS rebinding)."""
+
+    http_status = 403
+    error = "forbidden_host"
+
+
+class TooManyRequests(ServiceError):
+    """Too many failed logins from one address: try again after `retry_after_seconds`."""
+
+    http_status = 429
+    error = "too_many_requests"
+
+    def __init__(self, detail: str, *, retry_after_seconds: int) -> None:
+        super().__init__(detail)
+        self.headers["Retry-After"] = str(retry_after_seconds)
 
 
 class NotFound(ServiceError):

@@ -10,10 +10,11 @@ No CDN, no build step: templates and assets ship inside the package.
 from __future__ import annotations
 
 import json
+import unicodedata
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 import aiohttp_jinja2
 import jinja2
@@ -104,9 +105,20 @@ def path_segment(value: str) -> str:
 
 
 def safe_next(target: str | None) -> str:
-    """Where to go after logging in: a path on this listener, never another site."""
-    if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
+    """Where to go after logging in: a path on this listener, never another site.
+
+    `target` is followed only when, as given and percent-decoded, it starts with one `/`
+    followed by neither `/` nor `\\` and holds no control character or backslash:
+    browsers drop tabs and newlines from a Location and read `\\` as `/`, so `/%09/evil`
+    would lead to `//evil`, another site. Anything else leads to `/`.
+    """
+    if not target:
         return "/"
+    for form in (target, unquote(target)):
+        if not form.startswith("/") or form.startswith(("//", "/\\")):
+            return "/"
+        if "\\" in form or any(unicodedata.category(char) == "Cc" for char in form):
+            return "/"
     return target
 
 
@@ -251,6 +263,7 @@ class _Pages:
         if not auth.is_required:
             raise web.HTTPSeeOther("/")
         if not isinstance(token, str) or not auth.is_token(token):
+            auth.login_failed(request, via="form")
             context = {"next": target, "error": "That is not the admin token."}
             return await self._render(request, "login.html", context, status=401, shows_state=False)
         response = web.Response(status=303, headers={"Location": target})
