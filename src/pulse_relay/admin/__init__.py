@@ -11,8 +11,7 @@ from pulse_relay.admin.auth import auth_middleware
 from pulse_relay.admin.context import CONTEXT_KEY, AdminContext
 from pulse_relay.admin.proxy import setup_proxy
 from pulse_relay.admin.ui import setup_ui
-from pulse_relay.edge import SampledLog
-from pulse_relay.logs import get_logger
+from pulse_relay.logs import SampledLog, get_logger
 from pulse_relay.metrics import CONTENT_TYPE_LATEST
 from pulse_relay.protocol import MalformedHook
 
