@@ -94,8 +94,13 @@ async def start_relay(make_settings: MakeSettings) -> AsyncIterator[StartRelay]:
     """Start relays on real ports; each is stopped when the test ends."""
     relays: list[Relay] = []
 
-    async def start(settings: Settings | None = None, **sections: Any) -> Relay:
-        relay = Relay(settings or make_settings(**sections))
+    async def start(
+        settings: Settings | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        **sections: Any,
+    ) -> Relay:
+        relay = Relay(settings or make_settings(**sections), clock=clock)
         await relay.start()
         relays.append(relay)
         return relay
