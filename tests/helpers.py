@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
+import pytest
 import tomli_w
 from aiohttp import web
 from pulse import AsyncPulse, Pulse
@@ -166,6 +168,21 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_seconds} s")
         time.sleep(interval_seconds)
+
+
+def require_debian_package(package: str, present: bool) -> None:
+    """Skip the test when a Debian package it drives is absent; under CI, fail it.
+
+    Every such skip is raised from this one line with one reason per package, so
+    pytest's summary (`-ra`) folds them into one line per package, install command
+    included. `.ci/run` installs the packages, so there an absent one is a failure.
+    """
+    if present:
+        return
+    message = f"{package} is not installed (apt-get install {package})"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; under CI it must be: .ci/run installs it")
+    pytest.skip(message)
 
 
 def free_port() -> int:
