@@ -170,19 +170,24 @@ def wait_until(
         time.sleep(interval_seconds)
 
 
+class AbsentPackage(pytest.skip.Exception):
+    """A test skipped for a Debian package that is not installed (tests/skips.py folds
+    them into one summary line per package)."""
+
+
 def require_debian_package(package: str, present: bool) -> None:
     """Skip the test when a Debian package it drives is absent; under CI, fail it.
 
-    Every such skip is raised from this one line with one reason per package, so
-    pytest's summary (`-ra`) folds them into one line per package, install command
-    included. `.ci/run` installs the packages, so there an absent one is a failure.
+    The skip names the package and its install command. `.ci/run` installs the
+    packages, so there an absent one is a failure.
     """
+    __tracebackhide__ = True
     if present:
         return
     message = f"{package} is not installed (apt-get install {package})"
     if os.environ.get("CI"):
         pytest.fail(f"{message}; under CI it must be: .ci/run installs it")
-    pytest.skip(message)
+    raise AbsentPackage(message)
 
 
 def free_port() -> int:

@@ -10,10 +10,16 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 NEEDS_A_PACKAGE = """
+import pytest
+
 from tests.helpers import require_debian_package
 
-def test_{name}_one():
+@pytest.fixture
+async def program():
     require_debian_package("no-such-package", False)
+
+async def test_{name}_one(program):
+    pass
 
 def test_{name}_two():
     require_debian_package("no-such-package", False)
@@ -28,8 +34,10 @@ def test_{name}_present():
 
 @pytest.fixture(autouse=True)
 def _inner_settings(pytester: pytest.Pytester) -> None:
-    # The settings of pyproject.toml the inner runs need (pytest-asyncio warns without it).
-    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    # The settings of pyproject.toml the inner runs need: async tests and fixtures.
+    pytester.makeini(
+        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
+    )
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -37,7 +45,7 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
         test_first=NEEDS_A_PACKAGE.format(name="first"),
         test_second=NEEDS_A_PACKAGE.format(name="second"),
     )
-    return pytester.runpytest_inprocess("-p", "tests.ci_skips", "-ra", *args)
+    return pytester.runpytest_inprocess("-p", "tests.skips", "-ra", *args)
 
 
 def test_an_absent_package_skips_with_one_line_naming_its_install(
@@ -49,8 +57,9 @@ def test_an_absent_package_skips_with_one_line_naming_its_install(
     result.assert_outcomes(passed=2, skipped=6)
     lines = [line for line in result.outlines if line.startswith("SKIPPED")]
     assert len(lines) == 2, lines
+    # One from an async fixture, one from a test, in each of two modules: one line.
     assert re.fullmatch(
-        r"SKIPPED \[4\] \S+helpers\.py:\d+: no-such-package is not installed "
+        r"SKIPPED \[4\] \S*tests/helpers\.py: no-such-package is not installed "
         r"\(apt-get install no-such-package\)",
         lines[0],
     ), lines
@@ -63,7 +72,7 @@ def test_under_ci_an_absent_package_fails(
     monkeypatch.setenv("CI", "1")
     result = run(pytester)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.assert_outcomes(passed=2, failed=6)
+    result.assert_outcomes(passed=2, failed=4, errors=2)
     result.stdout.fnmatch_lines(["*no-such-package is not installed*.ci/run installs it*"])
 
 
@@ -88,7 +97,7 @@ def test_expected_to_fail():
     raise AssertionError
 """
     )
-    result = pytester.runpytest_inprocess("-p", "tests.ci_skips", "-q")
+    result = pytester.runpytest_inprocess("-p", "tests.skips", "-q")
     result.assert_outcomes(passed=1, skipped=1, xfailed=1)
     if ci:
         assert result.ret == pytest.ExitCode.TESTS_FAILED

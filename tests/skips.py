@@ -1,9 +1,14 @@
-"""Under CI (`$CI` set, as `.ci/run` does) a skipped test fails the run.
+"""How skips are reported, and, under CI (`$CI` set, as `.ci/run` does), refused.
 
 On a newcomer's machine a test that needs what is absent (a Debian package) skips,
-and the run still passes. CI installs everything, so there any skip means a test
-that did not run: the run's exit status says so, whatever raised the skip (a
-helper, a `skipif` mark, a module skipped at collection).
+and the run still passes; the summary gives one line per absent package. pytest
+folds skips by where they were raised, and that place is the test itself when the
+skip comes from an async fixture: so the location of every `AbsentPackage` skip
+is replaced by the helper's module, and the package's skips fold into one line.
+
+CI installs everything, so there any skip means a test that did not run: the
+run's exit status says so, whatever raised the skip (a helper, a `skipif` mark, a
+module skipped at collection).
 
 Counting pytest's own reports, rather than reading its printed summary, holds
 whatever the output options (`-q`, `-rN`, another reporter) and whatever wrapper
@@ -13,8 +18,21 @@ runs pytest (`coverage run -m pytest` passes the exit status on).
 from __future__ import annotations
 
 import os
+from collections.abc import Generator
 
 import pytest
+
+from tests import helpers
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if call.excinfo is not None and call.excinfo.errisinstance(helpers.AbsentPackage):
+        report.longrepr = (helpers.__file__, None, str(call.excinfo.value))
+    return report
 
 
 class SkipsFailTheRun:
@@ -50,4 +68,4 @@ class SkipsFailTheRun:
 
 def pytest_configure(config: pytest.Config) -> None:
     if os.environ.get("CI"):
-        config.pluginmanager.register(SkipsFailTheRun(), "pulse-relay-ci-skips")
+        config.pluginmanager.register(SkipsFailTheRun(), "pulse-relay-skips-fail-under-ci")
