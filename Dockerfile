@@ -12,12 +12,15 @@
 # refuses to start. See examples/docker-compose.yml for the sidecar set-up.
 
 FROM python:3.12-slim AS build
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
+    UV_NO_CACHE=1 UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT=/opt/pulse-relay
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml uv.lock README.md ./
 COPY src ./src
-RUN python -m venv /opt/pulse-relay \
-    && /opt/pulse-relay/bin/pip install .
+# The runtime dependencies exactly as uv.lock pins them (hashes checked), then the
+# relay itself, not editable. uv stays in the build stage.
+RUN pip install uv \
+    && uv sync --locked --no-dev --no-editable --python /usr/local/bin/python3
 
 FROM python:3.12-slim
 ENV PYTHONUNBUFFERED=1 \

@@ -21,8 +21,9 @@ from pulse_relay.signature import sign_headers
 from tests.helpers import SECRET, Receiver, relay_config
 
 # The PostgreSQL fixtures (postgres_server, postgres_url, and throwaway_postgres: a
-# server of its own to stop and start) for every test module.
-pytest_plugins = ["tests.postgres", "tests.pgserver"]
+# server to stop and start) for every test module; one summary line per absent Debian
+# package, and under CI a skip fails the run; pytester runs pytest (tests/test_harness.py).
+pytest_plugins = ["tests.postgres", "tests.skips", "pytester"]
 
 OTHER_SECRET = "whsec_" + base64.b64encode(b"an-entirely-different-secret-key").decode()
 

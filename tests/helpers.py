@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from typing import Any, TextIO
 
 import httpx
 import pydantic
+import pytest
 import tomli_w
 from aiohttp import web
 from pulse import AsyncPulse, Pulse
@@ -189,6 +191,26 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_seconds} s")
         time.sleep(interval_seconds)
+
+
+class AbsentPackage(pytest.skip.Exception):
+    """A test skipped for a Debian package that is not installed (tests/skips.py folds
+    them into one summary line per package)."""
+
+
+def require_debian_package(package: str, present: bool) -> None:
+    """Skip the test when a Debian package it drives is absent; under CI, fail it.
+
+    The skip names the package and its install command. `.ci/run` installs the
+    packages, so there an absent one is a failure.
+    """
+    __tracebackhide__ = True
+    if present:
+        return
+    message = f"{package} is not installed (apt-get install {package})"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; under CI it must be: .ci/run installs it")
+    raise AbsentPackage(message)
 
 
 def free_port() -> int:

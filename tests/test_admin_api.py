@@ -32,12 +32,15 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def relay(
-    start_relay: StartRelay, tmp_path: Path, backend: str, request: pytest.FixtureRequest
-) -> Relay:
+def store(backend: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The relay's store section for `backend`."""
+    return {"url": request.getfixturevalue("postgres_url")} if backend == "postgresql" else {}
+
+
+@pytest.fixture
+async def relay(store: dict[str, str], start_relay: StartRelay, tmp_path: Path) -> Relay:
     """A relay with a file sink for every job event and a dead-end HTTP sink for job.failed,
-    its store on `backend`."""
-    store = {"url": request.getfixturevalue("postgres_url")} if backend == "postgresql" else {}
+    its store on `backend`. The store comes first: its database outlives the relay."""
     return await start_relay(
         sinks=[{"type": "file", "name": "files", "directory": str(tmp_path / "out")}, DEAD_SINK],
         pulse={"fetch_on": []},
@@ -380,7 +383,7 @@ def comparable(document: Any) -> Any:
 
 
 async def test_both_backends_answer_the_same_documents(
-    start_relay: StartRelay, tmp_path: Path, postgres_url: str
+    postgres_url: str, start_relay: StartRelay, tmp_path: Path
 ) -> None:
     answers: list[dict[str, Any]] = []
     for name, store in (("sqlite", {}), ("postgresql", {"url": postgres_url})):

@@ -52,11 +52,14 @@ async def next_message(stream: AsyncIterator[Message], kind: str, **match: Any) 
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def relay(start_relay: StartRelay, tmp_path: Path, request: pytest.FixtureRequest) -> Relay:
-    """A relay with a file sink, its store on each backend in turn."""
-    store = (
-        {"url": request.getfixturevalue("postgres_url")} if request.param == "postgresql" else {}
-    )
+def store(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The relay's store section, on each backend in turn."""
+    return {"url": request.getfixturevalue("postgres_url")} if request.param == "postgresql" else {}
+
+
+@pytest.fixture
+async def relay(store: dict[str, str], start_relay: StartRelay, tmp_path: Path) -> Relay:
+    """A relay with a file sink. The store comes first: its database outlives the relay."""
     return await start_relay(
         sinks=[{"type": "file", "name": "files", "directory": str(tmp_path / "out")}],
         pulse={"fetch_on": []},

@@ -9,7 +9,6 @@ them; under CI (`$CI` set, as `.ci/run` does) that is a failure.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import sys
 from collections.abc import AsyncIterator
@@ -25,7 +24,7 @@ from pulse_relay.admin.ui import age_text, duration_text, safe_next, short_time
 from pulse_relay.app import Relay
 from pulse_relay.emulator import PulseEmulator
 from tests.conftest import SECRET, StartRelay, signed, wait_for
-from tests.helpers import Receiver, call
+from tests.helpers import Receiver, call, require_debian_package
 from tests.rawhttp import close, read_answer, request_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -397,11 +396,7 @@ def test_people_readable_times() -> None:
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     """Debian's chromium driven by Playwright; CI fails where a developer's machine skips."""
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_debian_package("chromium", CHROMIUM.exists())
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_ARGS

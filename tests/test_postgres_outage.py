@@ -28,10 +28,10 @@ from pulse_relay.store import PostgresStore, StoreUnavailableError
 from pulse_relay.store.postgres.plumbing import CONNECT_TIMEOUT_SECONDS
 from tests.conftest import SECRET, make_body
 from tests.helpers import Served, free_port, wait_until, write_config
-from tests.pgserver import ThrowawayPostgres
+from tests.postgres import ThrowawayPostgres
 from tests.test_store import record
 
-# The fixture throwaway_postgres comes from tests.pgserver (a plugin of conftest.py).
+# The fixture throwaway_postgres comes from tests.postgres (a plugin of conftest.py).
 pytestmark = pytest.mark.timeout(240)
 
 LEASE_SECONDS = 3.0
@@ -158,7 +158,7 @@ def test_a_postgres_outage_is_answered_503_and_survived_without_loss(
         wait_until(lambda: len(sender.acknowledged) >= ACKED_BEFORE_OUTAGE, timeout_seconds=60)
 
         stopped_at = time.monotonic()
-        server.stop(mode)
+        server.stop(mode=mode)
         wait_until(lambda: readyz(admin_port) == 503, timeout_seconds=30)
         wait_until(
             lambda: any(a.status == 503 and a.at > stopped_at for a in sender.refusals()),
@@ -210,7 +210,7 @@ def test_a_relay_started_while_postgres_is_down_exits_naming_it(
     tmp_path: Path, throwaway_postgres: ThrowawayPostgres
 ) -> None:
     server = throwaway_postgres
-    server.stop("fast")
+    server.stop(mode="fast")
     config_dir = tmp_path / "down"
     config_dir.mkdir()
     relay, *_ = _start_without_waiting(config_dir, server.url)
@@ -241,7 +241,7 @@ async def test_once_the_store_has_failed_ingest_is_refused_without_the_full_wait
     server = throwaway_postgres
     async with PostgresStore(server.url) as store:
         assert await store.ingest(record("msg_before")) == "accepted"
-        server.stop("immediate")
+        server.stop(mode="immediate")
         with pytest.raises(StoreUnavailableError):
             await store.ingest(record("msg_first"))
         began = time.monotonic()
@@ -261,7 +261,7 @@ async def test_after_a_long_outage_the_store_is_writable_soon_after_the_restart(
     server = throwaway_postgres
     async with PostgresStore(server.url) as store:
         await store.check_writable()
-        server.stop("fast")
+        server.stop(mode="fast")
         stopped_at = time.monotonic()
         while time.monotonic() - stopped_at < LONG_OUTAGE_SECONDS:
             with pytest.raises(StoreUnavailableError):

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import io
 import json
-import os
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
@@ -22,17 +21,11 @@ import pytest
 from bench.proxies import CLIENT, Workdir, find_program, start_recipe, stop_proxy
 from pulse_relay.app import Relay
 from tests.conftest import StartRelay, make_body, signed, wait_for
+from tests.helpers import require_debian_package
 from tests.rawhttp import close, request_bytes
 
 OTHER_CLIENT = "127.0.0.3"
 FORGED = "203.0.113.66"
-
-
-def require(program: str) -> None:
-    if find_program(program) is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{program} is not installed (.ci/run installs it)")
-        pytest.skip(f"{program} is not installed (apt-get install {program})")
 
 
 @pytest.fixture
@@ -52,7 +45,7 @@ async def relay(start_relay: StartRelay) -> Relay:
 @contextlib.asynccontextmanager
 async def running_proxy(name: str, relay: Relay, workdir: Workdir) -> AsyncIterator[str]:
     """Run nginx or caddy with the README's recipe; yield the webhook URL through it."""
-    require(name)
+    require_debian_package(name, find_program(name) is not None)
     assert relay.port is not None
     process, port = await asyncio.to_thread(start_recipe, name, workdir, relay.port)
     try:

@@ -8,7 +8,6 @@ sharing the test PostgreSQL.
 
 from __future__ import annotations
 
-import os
 import signal
 import tomllib
 import urllib.error
@@ -24,7 +23,7 @@ from bench.proxies import Workdir, find_program, start_proxy, stop_proxy, substi
 from pulse_relay.config import load_settings
 from pulse_relay.signature import sign_headers
 from tests.conftest import SECRET, make_body
-from tests.helpers import Served, free_port, wait_until, write_config
+from tests.helpers import Served, free_port, require_debian_package, wait_until, write_config
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "several-relays"
 
@@ -142,10 +141,8 @@ def balanced(tmp_path: Path, postgres_url: str) -> Iterator[tuple[int, list[Serv
     """Two relays on the test database behind the example's nginx: (nginx port, relays,
     the results folder both write to)."""
     nginx = find_program("nginx")
-    if nginx is None:
-        if os.environ.get("CI"):
-            pytest.fail("nginx is not installed (.ci/run installs it)")
-        pytest.skip("nginx is not installed (apt-get install nginx)")
+    require_debian_package("nginx", nginx is not None)
+    assert nginx is not None
     results = tmp_path / "results"
     sink = {"name": "results", "type": "file", "directory": str(results), "filename": "{id}.json"}
     relays: list[Served] = []
