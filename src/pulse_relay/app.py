@@ -13,21 +13,19 @@ A second signal during that ends the process at once (status 1, leases kept).
 The ingress goes first because it is the only way new work arrives from outside;
 the admin side stays up until then so that probes see the relay to the end.
 
-SIGHUP reloads the ingress's TLS certificate files, the sinks and the log settings.
+SIGHUP applies the new sinks and log settings through `Relay.reload`. The process
+around the relay (signals, systemd, the hurried exit) is daemon.py's; the daily
+prune is retention.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-import os
-import signal
 import ssl
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import NoReturn, Protocol
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
@@ -45,70 +43,27 @@ from pulse_relay.config import (
     settings_warnings,
 )
 from pulse_relay.dispatcher import Dispatcher, DispatcherLimits, SinkRuntime
-from pulse_relay.edge import (
-    digest_header_values,
-    parse_networks,
-    sample_accept_errors,
-)
-from pulse_relay.logs import SampledLog, configure_logging, get_logger
+from pulse_relay.ingress_settings import build_ingress_config, build_verifier
+from pulse_relay.logs import get_logger
 from pulse_relay.metrics import Metrics
-from pulse_relay.notify import Notifier, run_watchdog, watchdog_interval_seconds
 from pulse_relay.poller import Poller, PollerConfig
 from pulse_relay.protocol import IngressRunner
 from pulse_relay.pulse import PulseClient
-from pulse_relay.server import Ingress, IngressConfig, build_app
-from pulse_relay.signature import HexHmacVerifier, NoneVerifier, StandardVerifier, Verifier
+from pulse_relay.retention import RETENTION_FIRST_RUN_SECONDS, run_retention
+from pulse_relay.server import Ingress, build_app
 from pulse_relay.sinks import build_sink, retry_policy_for
 from pulse_relay.sinks.base import Sink, matches_any
 from pulse_relay.store import StoreUnavailableError
-from pulse_relay.tls import TLSFilesError, reload_context, server_context
-from pulse_relay.wiring import (
-    DAY_SECONDS,
-    PruneOutcome,
-    build_store,
-    ingress_url,
-    local_url,
-    prune_store,
-)
+from pulse_relay.tls import TLSFilesError, server_context
+from pulse_relay.wiring import PruneOutcome, build_store, ingress_url, local_url, prune_store
 
 log = get_logger("pulse_relay.app")
 
-# Files the relay creates hold customer documents: for its own user only (the
-# store and file sinks also set their modes explicitly; this covers the rest).
-RELAY_UMASK = 0o077
 POLLING_ONLY_REASON = "no webhook secret configured: polling-only mode, ingress closed"
-# The first retention run comes shortly after start, so a relay restarted daily still prunes.
-RETENTION_FIRST_RUN_SECONDS = 60.0
 # How long /readyz waits for the store's probe write before calling it not writable.
 READINESS_STORE_TIMEOUT_SECONDS = 2.0
-RETENTION_RETRY_SECONDS = 600.0
-# A second SIGTERM/SIGINT during shutdown: the exit status, and how long cancelled work
-# gets to clean up (a command sink kills its process group) before the process ends.
-FORCED_EXIT_CODE = 1
-FORCED_EXIT_CLEANUP_SECONDS = 1.0
 # Sections a SIGHUP applies; any other change needs a restart.
 RELOADABLE_SECTIONS = ("sinks", "log")
-
-
-def build_verifier(
-    settings: Settings, *, clock: Callable[[], float] = time.time
-) -> Verifier | None:
-    """The verifier the settings ask for; None means polling-only mode (no secret)."""
-    verify = settings.verify
-    secrets = [secret.get_secret_value() for secret in verify.secrets]
-    if verify.scheme == "none":
-        return NoneVerifier()
-    if not secrets:
-        return None
-    if verify.scheme == "hmac-sha256-hex":
-        return HexHmacVerifier(
-            secrets,
-            signature_header=verify.signature_header,
-            id_header=verify.id_header,
-            tolerance_seconds=verify.tolerance_seconds,
-            clock=clock,
-        )
-    return StandardVerifier(secrets, tolerance_seconds=verify.tolerance_seconds, clock=clock)
 
 
 def build_router(settings: Settings) -> Callable[[str], Sequence[str]]:
@@ -127,26 +82,6 @@ class SinkFactory(Protocol):
     def __call__(
         self, settings: SinkSettings, *, session: aiohttp.ClientSession | None = None
     ) -> Sink: ...
-
-
-def build_ingress_config(settings: Settings, *, closed_reason: str | None) -> IngressConfig:
-    """The ingress's limits and edge rules from settings."""
-    server, verify = settings.server, settings.verify
-    required = {name: value.get_secret_value() for name, value in verify.required_headers.items()}
-    return IngressConfig(
-        max_body_bytes=server.max_body_bytes,
-        read_timeout_seconds=server.read_timeout_seconds,
-        fetch_on=frozenset(settings.pulse.fetch_on),
-        closed_reason=closed_reason,
-        allow_from=parse_networks(server.allow_from),
-        trusted_proxies=parse_networks(server.trusted_proxies),
-        required_headers=digest_header_values(required),
-        single_headers=(
-            (verify.signature_header, verify.id_header)
-            if verify.scheme == "hmac-sha256-hex"
-            else ()
-        ),
-    )
 
 
 class Relay:
@@ -223,7 +158,13 @@ class Relay:
         except BaseException:
             await self.stop()
             raise
-        self._retention_task = asyncio.create_task(self._retention_loop(), name="retention")
+        retention = run_retention(
+            lambda days: self.prune(older_than_days=days),
+            retention_days=lambda: self.settings.store.retention_days,
+            dedupe_days=lambda: self.settings.store.dedupe_days,
+            first_run_seconds=self._retention_first_run_seconds,
+        )
+        self._retention_task = asyncio.create_task(retention, name="retention")
 
     def route(self, event_type: str) -> Sequence[str]:
         """The enabled sinks (of the current configuration) that receive `event_type`."""
@@ -413,22 +354,6 @@ class Relay:
                 await _close_sinks(old_sinks)
             return ignored
 
-    def reload_tls(self) -> bool:
-        """Load renewed certificate files into the live context; False (logged) if unusable.
-
-        Connections already open keep their session; new handshakes see the new chain.
-        """
-        server = self.settings.server
-        if self.tls_context is None or server.tls_cert_file is None or server.tls_key_file is None:
-            return True
-        try:
-            reload_context(self.tls_context, server.tls_cert_file, server.tls_key_file)
-        except TLSFilesError as error:
-            log.error("TLS reload refused; keeping the running certificate", reason=str(error))
-            return False
-        log.info("TLS certificate reloaded", cert_file=str(server.tls_cert_file))
-        return True
-
     async def prune(self, *, older_than_days: float) -> PruneOutcome:
         """Delete finished events older than `older_than_days` and forget expired ids."""
         outcome = await prune_store(
@@ -439,26 +364,6 @@ class Relay:
         )
         self.metrics.pruned_events.inc(outcome.events)
         return outcome
-
-    async def _retention_loop(self) -> None:
-        delay_seconds = self._retention_first_run_seconds
-        while True:
-            await asyncio.sleep(delay_seconds)
-            days = self.settings.store.retention_days
-            try:
-                outcome = await self.prune(older_than_days=days)
-            except StoreUnavailableError as error:
-                log.error("retention run failed; retried later", reason=error.reason)
-                delay_seconds = RETENTION_RETRY_SECONDS
-                continue
-            log.info(
-                "retention run",
-                pruned_events=outcome.events,
-                forgotten_ids=outcome.forgotten_ids,
-                retention_days=days,
-                dedupe_days=self.settings.store.dedupe_days,
-            )
-            delay_seconds = DAY_SECONDS
 
     def _on_accepted(self) -> None:
         """Called after an event commits; wakes the dispatcher."""
@@ -587,200 +492,3 @@ async def _close_sinks(sinks: Mapping[str, SinkRuntime]) -> None:
             await runtime.sink.close()
         except Exception:
             log.exception("closing a sink failed", sink=name)
-
-
-SettingsLoader = Callable[[], Settings]
-
-
-async def serve(
-    settings: Settings,
-    *,
-    on_ready: Callable[[Relay], None] | None = None,
-    reload_settings: SettingsLoader | None = None,
-    notifier: Notifier | None = None,
-) -> None:
-    """Run the relay until SIGTERM or SIGINT, then shut down in order.
-
-    The process umask becomes 077 first: whatever the relay creates is its user's alone.
-
-    Tells systemd (when `$NOTIFY_SOCKET` is set) READY=1 once the store is open
-    and the listener bound, WATCHDOG=1 while the relay proves alive, and
-    STOPPING=1 when shutdown begins. SIGHUP calls `reload_settings` and applies
-    the new sinks and log settings. A second SIGTERM or SIGINT during shutdown
-    ends the process at once with status 1 (see `_exit_now`).
-    """
-    os.umask(RELAY_UMASK)
-    notifier = notifier or Notifier.from_environment()
-    relay = Relay(settings)
-    stop = asyncio.Event()
-    hurry = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    background: set[asyncio.Task[None]] = set()
-    unwatch_children = watch_children_by_pidfd(loop)
-
-    def on_stop_signal() -> None:
-        # As in uvicorn: the first signal shuts down in order, a second one means now.
-        if stop.is_set():
-            hurry.set()
-        stop.set()
-
-    def on_hangup() -> None:
-        task = asyncio.create_task(_reload(relay, reload_settings, notifier))
-        background.add(task)
-        task.add_done_callback(background.discard)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_stop_signal)
-    loop.add_signal_handler(signal.SIGHUP, on_hangup)
-    sample_accept_errors(loop, SampledLog(log))
-    try:
-        await relay.start()
-        freeze_startup_objects()
-        notifier.ready(status=_status_line(relay))
-        watchdog = _start_watchdog(relay, notifier)
-        if watchdog is not None:
-            background.add(watchdog)
-        if on_ready is not None:
-            on_ready(relay)
-        await stop.wait()
-        notifier.stopping()
-        log.info("shutting down")
-    finally:
-        gc.unfreeze()
-        loop.remove_signal_handler(signal.SIGHUP)
-        for task in list(background):
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        try:
-            await _stop_unless_hurried(relay, hurry)
-        finally:
-            # Only once the listeners are closed: retries of accept() may be pending until then.
-            loop.set_exception_handler(None)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-        unwatch_children()
-
-
-def watch_children_by_pidfd(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
-    """On Python 3.11, wait for the command sink's children through pidfds; returns the undo.
-
-    asyncio 3.11 waits for each child on a thread of its own, started (and waited for
-    until it runs) on the event loop: during a fan-out drain that was a thread per
-    delivery. A pidfd is a file descriptor the loop watches like a socket. Python 3.12
-    and later do this themselves; a kernel or sandbox without pidfd_open (older
-    container runtimes' seccomp profiles refuse it) keeps the threads.
-    """
-    if sys.version_info >= (3, 12) or not _pidfd_usable():
-        return lambda: None
-    previous = asyncio.get_child_watcher()
-    watcher = asyncio.PidfdChildWatcher()
-    watcher.attach_loop(loop)
-    asyncio.set_child_watcher(watcher)
-
-    def undo() -> None:
-        # A later loop in this process (the tests run several) gets asyncio's own again.
-        asyncio.set_child_watcher(previous)
-
-    return undo
-
-
-def _pidfd_usable() -> bool:
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-    except (AttributeError, OSError):
-        return False
-    return True
-
-
-def freeze_startup_objects() -> None:
-    """Leave what start-up built (modules, settings, the apps) out of the cyclic collector.
-
-    A full collection walks every object the process holds: in a started relay that took
-    30-40 ms with the event loop stopped, a few times a minute under load, and every
-    webhook in flight waited for it. Frozen, the start-up objects are not walked; a full
-    collection of what serving makes took about 2 ms. Garbage made before the freeze is
-    collected first, so none of it is kept.
-    """
-    gc.collect()
-    gc.freeze()
-
-
-def _start_watchdog(relay: Relay, notifier: Notifier) -> asyncio.Task[None] | None:
-    """Ping systemd's watchdog while the relay proves alive, when `WatchdogSec` asks for it."""
-    interval_seconds = watchdog_interval_seconds()
-    if interval_seconds is None or not notifier.is_enabled:
-        return None
-
-    async def alive() -> list[str]:
-        return await relay.liveness(timeout_seconds=interval_seconds)
-
-    return asyncio.create_task(
-        run_watchdog(notifier, interval_seconds=interval_seconds, check=alive), name="watchdog"
-    )
-
-
-async def _stop_unless_hurried(relay: Relay, hurry: asyncio.Event) -> None:
-    """Stop the relay in order, unless `hurry` (a second signal) asks to exit at once."""
-    stopping = asyncio.create_task(relay.stop(), name="relay-stop")
-    hurried = asyncio.create_task(hurry.wait(), name="second-signal")
-    await asyncio.wait({stopping, hurried}, return_when=asyncio.FIRST_COMPLETED)
-    hurried.cancel()
-    if not stopping.done():
-        await _exit_now()
-    await stopping
-
-
-async def _exit_now() -> NoReturn:
-    """End the process at once with FORCED_EXIT_CODE: no grace period, no lease release.
-
-    Running work is cancelled and gets a moment to clean up (a command sink
-    kills its process group); what it held keeps its lease and runs again after
-    a restart, as after a crash. Nothing acknowledged is lost: SQLite rolls
-    back an unfinished transaction when the store is next opened.
-    """
-    log.warning(
-        "second signal: exiting at once; unfinished work runs again after a restart",
-        exit_code=FORCED_EXIT_CODE,
-    )
-    current = asyncio.current_task()
-    others = [task for task in asyncio.all_tasks() if task is not current]
-    for task in others:
-        task.cancel()
-    if others:
-        await asyncio.wait(others, timeout=FORCED_EXIT_CLEANUP_SECONDS)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Not sys.exit: that would wait for threads that may be stuck (a commit on a hung disk).
-    os._exit(FORCED_EXIT_CODE)
-
-
-def _status_line(relay: Relay) -> str:
-    admin = f"; admin on {relay.admin_url}" if relay.admin_port is not None else ""
-    return f"listening on {relay.webhook_url}{admin}"
-
-
-async def _reload(relay: Relay, load: SettingsLoader | None, notifier: Notifier) -> None:
-    """SIGHUP: reload TLS files and read the configuration again; keep what is broken out."""
-    # A renewed certificate is loaded whatever becomes of the configuration.
-    relay.reload_tls()
-    if load is None:
-        log.warning("SIGHUP ignored: no configuration source to reload from")
-        return
-    try:
-        new = load()
-    except ConfigError as error:
-        relay.metrics.reloads.labels(outcome="error").inc()
-        log.error(
-            "reload refused: configuration invalid; keeping the running one", problems=str(error)
-        )
-        return
-    notifier.reloading()
-    try:
-        configure_logging(format=new.log.format, level=new.log.level)
-        ignored = await relay.reload(new)
-    finally:
-        notifier.ready(status=_status_line(relay))
-    relay.metrics.reloads.labels(outcome="ok").inc()
-    log.info("configuration reloaded", sinks=[sink.name for sink in new.sinks if sink.enabled])
-    if ignored:
-        log.warning("changes in these sections need a restart", sections=ignored)

@@ -143,8 +143,8 @@ def serve_command(obj: _Context, host: str | None, port: int | None) -> None:
     """Run the daemon in the foreground; logs go to stderr."""
     import asyncio
 
-    from pulse_relay.app import serve
     from pulse_relay.config import ConfigError, admin_exposure_problem, load_settings
+    from pulse_relay.daemon import serve
     from pulse_relay.logs import configure_logging, get_logger
     from pulse_relay.preflight import exposed_secret_files
     from pulse_relay.store import StoreUnavailableError, StoreVersionError

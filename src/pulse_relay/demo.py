@@ -88,12 +88,7 @@ async def _run(out: TextIO, folder: Path) -> bool:
     command_out = folder / COMMAND_OUT_FOLDER
     command_out.mkdir(parents=True, exist_ok=True)
     app = _FlakyApp()
-    web_app = web.Application()
-    web_app.router.add_post("/events", app.handle)
-    app_runner = web.AppRunner(web_app, access_log=None)
-    await app_runner.setup()
-    await web.TCPSite(app_runner, "127.0.0.1", 0).start()
-    app_url = f"http://127.0.0.1:{app_runner.addresses[0][1]}/events"
+    app_runner, app_url = await _start_app(app)
 
     emulator = PulseEmulator(api_key="demo-" + secrets.token_hex(8))
     emulator.add_job("job-invoice-001")
@@ -109,24 +104,7 @@ async def _run(out: TextIO, folder: Path) -> bool:
         out.write(f"  relay     {relay.webhook_url}\n  emulator  {emulator.base_url}\n")
         out.write(f"  pulse API {relay.admin_url}/pulse (the relay's pass-through)\n")
         out.write(f"  app       {app_url} (answers 503 to its first two requests)\n\n")
-        sent = [
-            ("job.created", "job-invoice-001", None),
-            ("job.completed", "job-invoice-001", None),
-            ("job.completed", "job-scan-large", None),
-            ("credits.low_balance", None, {"remaining_credits": 12}),
-        ]
-        for event_type, job_id, data in sent:
-            status, answer = await emulator.send_webhook(
-                relay.webhook_url, secret, event_type, job_id, data=data
-            )
-            out.write(f"sent {event_type:<20} {job_id or '-':<16} → {status} {answer['status']}\n")
-        forged, answer = await emulator.send_webhook(
-            relay.webhook_url,
-            "whsec_" + base64.b64encode(b"x" * 24).decode(),
-            "job.completed",
-            "job-invoice-001",
-        )
-        out.write(f"sent a forged event (wrong secret)       → {forged} {answer['status']}\n")
+        await _send_webhooks(out, emulator, relay.webhook_url, secret)
         await _submit_like_the_sdk(out, f"{relay.admin_url}/pulse", emulator.api_key)
         await relay.store.add_watches(
             ["job-watched"],
@@ -143,6 +121,40 @@ async def _run(out: TextIO, folder: Path) -> bool:
         await app_runner.cleanup()
     elapsed = time.monotonic() - started
     return _report(out, views, app, emulator, files, command_out, elapsed)
+
+
+async def _start_app(app: _FlakyApp) -> tuple[web.AppRunner, str]:
+    """Serve `app` on a free loopback port; returns its runner and the URL of its endpoint."""
+    web_app = web.Application()
+    web_app.router.add_post("/events", app.handle)
+    app_runner = web.AppRunner(web_app, access_log=None)
+    await app_runner.setup()
+    await web.TCPSite(app_runner, "127.0.0.1", 0).start()
+    return app_runner, f"http://127.0.0.1:{app_runner.addresses[0][1]}/events"
+
+
+async def _send_webhooks(
+    out: TextIO, emulator: PulseEmulator, webhook_url: str, secret: str
+) -> None:
+    """Signed webhooks of each kind, then one signed with the wrong secret."""
+    sent = [
+        ("job.created", "job-invoice-001", None),
+        ("job.completed", "job-invoice-001", None),
+        ("job.completed", "job-scan-large", None),
+        ("credits.low_balance", None, {"remaining_credits": 12}),
+    ]
+    for event_type, job_id, data in sent:
+        status, answer = await emulator.send_webhook(
+            webhook_url, secret, event_type, job_id, data=data
+        )
+        out.write(f"sent {event_type:<20} {job_id or '-':<16} → {status} {answer['status']}\n")
+    forged, answer = await emulator.send_webhook(
+        webhook_url,
+        "whsec_" + base64.b64encode(b"x" * 24).decode(),
+        "job.completed",
+        "job-invoice-001",
+    )
+    out.write(f"sent a forged event (wrong secret)       → {forged} {answer['status']}\n")
 
 
 def _settings(folder: Path, secret: str, pulse_url: str, api_key: str, app_url: str) -> Settings:

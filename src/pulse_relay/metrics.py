@@ -26,81 +26,67 @@ _DELIVERY_BUCKETS_SECONDS = (
 
 
 class Metrics:
-    """Every metric the relay exports, registered in its own registry."""
+    """Every metric the relay exports, registered in its own registry (docs/metrics.md)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.webhooks = Counter(
-            "pulse_relay_webhooks",
-            "Webhook requests answered, by outcome.",
-            ["outcome"],
-            registry=self.registry,
+        counter, gauge, histogram = self._counter, self._gauge, self._histogram
+        self.webhooks = counter(
+            "pulse_relay_webhooks", "Webhook requests answered, by outcome.", "outcome"
         )
-        self.ack_seconds = Histogram(
+        self.ack_seconds = histogram(
             "pulse_relay_ack_seconds",
             "Time from the request arriving to its answer being ready.",
-            buckets=_ACK_BUCKETS_SECONDS,
-            registry=self.registry,
+            _ACK_BUCKETS_SECONDS,
         )
-        self.job_fetches = Counter(
+        self.job_fetches = counter(
             "pulse_relay_job_fetches",
             "Canonical job fetches from the Pulse API, by outcome.",
-            ["outcome"],
-            registry=self.registry,
+            "outcome",
         )
-        self.deliveries = Counter(
-            "pulse_relay_deliveries",
-            "Delivery attempts, by sink and outcome.",
-            ["sink", "outcome"],
-            registry=self.registry,
+        self.deliveries = counter(
+            "pulse_relay_deliveries", "Delivery attempts, by sink and outcome.", "sink", "outcome"
         )
-        self.delivery_seconds = Histogram(
+        self.delivery_seconds = histogram(
             "pulse_relay_delivery_seconds",
             "Duration of delivery attempts, by sink.",
-            ["sink"],
-            buckets=_DELIVERY_BUCKETS_SECONDS,
-            registry=self.registry,
+            _DELIVERY_BUCKETS_SECONDS,
+            "sink",
         )
-        self.pending = Gauge(
-            "pulse_relay_pending",
-            "Deliveries waiting, by sink.",
-            ["sink"],
-            registry=self.registry,
+        self.pending = gauge("pulse_relay_pending", "Deliveries waiting, by sink.", "sink")
+        self.oldest_pending_seconds = gauge(
+            "pulse_relay_oldest_pending_seconds", "Age of the oldest event with work still pending."
         )
-        self.oldest_pending_seconds = Gauge(
-            "pulse_relay_oldest_pending_seconds",
-            "Age of the oldest event with work still pending.",
-            registry=self.registry,
+        self.polls = counter(
+            "pulse_relay_polls", "Job polls made by the poller, by outcome.", "outcome"
         )
-        self.polls = Counter(
-            "pulse_relay_polls",
-            "Job polls made by the poller, by outcome.",
-            ["outcome"],
-            registry=self.registry,
-        )
-
-        self.pruned_events = Counter(
+        self.pruned_events = counter(
             "pulse_relay_pruned_events",
             "Finished events deleted by retention (the daily task and `prune`).",
-            registry=self.registry,
         )
-        self.proxy_requests = Counter(
+        self.proxy_requests = counter(
             "pulse_relay_proxy_requests",
             "Requests to the Pulse API pass-through, by outcome.",
-            ["outcome"],
-            registry=self.registry,
+            "outcome",
         )
-        self.proxy_pending_watches = Gauge(
+        self.proxy_pending_watches = gauge(
             "pulse_relay_proxy_pending_watches",
             "Watches found by the pass-through that the store has not taken yet (retried).",
-            registry=self.registry,
         )
-        self.reloads = Counter(
-            "pulse_relay_config_reloads",
-            "Configuration reloads on SIGHUP, by outcome.",
-            ["outcome"],
-            registry=self.registry,
+        self.reloads = counter(
+            "pulse_relay_config_reloads", "Configuration reloads on SIGHUP, by outcome.", "outcome"
         )
+
+    def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
+        return Counter(name, documentation, labels, registry=self.registry)
+
+    def _gauge(self, name: str, documentation: str, *labels: str) -> Gauge:
+        return Gauge(name, documentation, labels, registry=self.registry)
+
+    def _histogram(
+        self, name: str, documentation: str, buckets: tuple[float, ...], *labels: str
+    ) -> Histogram:
+        return Histogram(name, documentation, labels, buckets=buckets, registry=self.registry)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
