@@ -299,10 +299,25 @@ async def test_replay_from_the_cli_while_serve_runs(
     assert json.loads(written.read_bytes())["source"] == "replay"
 
     assert run_cli("replay", config=config).returncode == 2
-    assert run_cli("replay", "msg_unknown", config=config).returncode == 1
+    unknown = run_cli("replay", "msg_unknown", config=config)
+    assert unknown.returncode == 1 and "no event with id 'msg_unknown'" in unknown.stderr
+    # The admin API's rules: a sink this event never had is named, and nothing is queued.
+    other_sink = run_cli("replay", "msg_replay", "--sink", "nope", config=config)
+    assert other_sink.returncode == 1 and "no delivery of this event to 'nope'" in other_sink.stderr
     assert run_cli("replay", "--dead", "--sink", "nope", config=config).returncode == 1
     dead = run_cli("replay", "--dead", config=config)
     assert (dead.returncode, dead.stdout.strip()) == (0, "0 deliveries queued for replay")
+
+    # A pruned event is "pruned", as the admin API answers (409), not "no event".
+    def pruned_the_replayed_event() -> bool:
+        # Finished events only: polled until the replay's delivery is recorded.
+        result = run_cli("prune", "--older-than", "0", config=config)
+        return result.stdout.startswith("1 event older")
+
+    await wait_for(pruned_the_replayed_event, timeout_seconds=20, interval_seconds=0.2)
+    pruned = run_cli("replay", "msg_replay", config=config)
+    assert pruned.returncode == 1, pruned.stdout
+    assert "event 'msg_replay' was pruned" in pruned.stderr
 
 
 def _sign(body: bytes, webhook_id: str) -> dict[str, str]:

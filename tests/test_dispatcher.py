@@ -18,14 +18,11 @@ from pulse_relay.dispatcher import (
     DeliveryDecision,
     Dispatcher,
     DispatcherLimits,
-    FetchDecision,
     SinkRuntime,
-    Slots,
     decide_delivery,
-    decide_fetch,
-    delivery_slot,
     sink_failure,
 )
+from pulse_relay.fetch import FetchDecision, decide_fetch
 from pulse_relay.metrics import Metrics
 from pulse_relay.pulse import (
     NOT_FOUND_MAX_ATTEMPTS,
@@ -44,6 +41,7 @@ from pulse_relay.sinks.base import (
     SinkError,
     SinkResult,
 )
+from pulse_relay.slots import Slots, delivery_slot
 from pulse_relay.store import Attempt, DeliveryTask, FetchTask
 from tests.conftest import wait_for
 

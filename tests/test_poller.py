@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -14,6 +15,10 @@ from structlog.testing import capture_logs
 from pulse_relay.app import Relay
 from pulse_relay.config import Settings
 from pulse_relay.emulator import PulseEmulator
+from pulse_relay.metrics import Metrics
+from pulse_relay.poller import Poller, PollerConfig
+from pulse_relay.pulse import PulseClient
+from pulse_relay.store import StoreBackend, Watch
 from tests.conftest import SECRET, MakeSettings, StartRelay, make_body, signed, wait_for
 from tests.helpers import Receiver, deep_merge, free_port, recorder_argv
 
@@ -276,3 +281,71 @@ async def test_polls_failing_while_the_pulse_api_is_down_are_logged_once_a_windo
     failed = [line for line in logs if line["event"] == "poll failed; will retry"]
     assert len(failed) == 1
     assert failed[0]["job_id"] in jobs
+
+
+class _OneWatchStore:
+    """Just enough store for the poller: one running watch, its updates recorded."""
+
+    def __init__(self, interval_seconds: float) -> None:
+        self.watch = Watch(
+            job_id="job-slow",
+            metadata={},
+            origin="watch",
+            state="active",
+            added_at=0.0,
+            next_poll_at=0.0,
+            interval_seconds=interval_seconds,
+            polls=0,
+            last_status=None,
+            last_error=None,
+        )
+        self.updates: list[dict[str, Any]] = []
+
+    async def recover_stalled_jobs(self, **_: Any) -> list[str]:
+        return []
+
+    async def claim_watches(self, *, limit: int, lease_seconds: float) -> list[Watch]:
+        return [self.watch] if self.watch.polls < 9 else []
+
+    async def update_watch(self, job_id: str, **fields: Any) -> None:
+        self.updates.append(fields)
+        self.watch = dataclasses.replace(
+            self.watch, interval_seconds=fields["interval_seconds"], polls=self.watch.polls + 1
+        )
+
+
+class _RunningJobClient:
+    async def get_job(self, job_id: str) -> dict[str, Any]:
+        return {"job_id": job_id, "status": "processing"}
+
+
+async def test_a_running_job_is_polled_at_the_documented_growing_interval() -> None:
+    now = 1_000.0
+    store = _OneWatchStore(interval_seconds=5.0)
+    config = PollerConfig(
+        interval_seconds=5.0,
+        max_interval_seconds=60.0,
+        recover_after_seconds=600.0,
+        concurrency=1,
+        fetch_on=frozenset(),
+    )
+    poller = Poller(
+        store=cast(StoreBackend, store),
+        pulse=cast(PulseClient, _RunningJobClient()),
+        config=config,
+        route=lambda _: [],
+        metrics=Metrics(),
+        clock=lambda: now,
+    )
+    poller.start()
+    try:
+        await wait_for(lambda: len(store.updates) == 9, timeout_seconds=10)
+    finally:
+        await poller.stop()
+
+    # Each poll waits the interval it was claimed with; the next one is 1.5 times
+    # as long, never beyond poll.max_interval_seconds, never jittered.
+    waits = [update["next_poll_at"] - now for update in store.updates]
+    assert waits == [5.0, 7.5, 11.25, 16.875, 25.3125, 37.96875, 56.953125, 60.0, 60.0]
+    assert [update["interval_seconds"] for update in store.updates] == [*waits[1:], 60.0]
+    assert {update["state"] for update in store.updates} == {"active"}

@@ -29,6 +29,7 @@ from pulse_relay.pulse import (
     PulseRetryableError,
     judge_error,
 )
+from pulse_relay.redaction import REDACTED
 from tests.conftest import wait_for
 
 API_KEY = "pk_test_0123456789abcdefSECRET"
@@ -143,6 +144,7 @@ async def test_unknown_job_is_not_found(client: PulseClient) -> None:
     ("status", "error_class"),
     [
         (408, PulseRetryableError),
+        (425, PulseRetryableError),
         (429, PulseRetryableError),
         (500, PulseRetryableError),
         (502, PulseRetryableError),
@@ -322,6 +324,19 @@ async def test_nested_error_message_is_used(emulator: PulseEmulator, client: Pul
         await client.get_job("job-1")
 
     assert caught.value.reason == "GET /job: HTTP 429: slow down"
+
+
+async def test_an_error_message_echoing_the_api_key_is_masked_with_the_one_marker(
+    emulator: PulseEmulator, client: PulseClient
+) -> None:
+    emulator.add_job("job-1")
+    body = json.dumps({"error": f"key {API_KEY} is over quota"}).encode()
+    emulator.fail_next("job-1", Fault.http(400, body=body))
+
+    with pytest.raises(PulsePermanentError) as caught:
+        await client.get_job("job-1")
+
+    assert caught.value.reason == f"GET /job: HTTP 400: key {REDACTED} is over quota"
 
 
 async def test_a_lone_surrogate_in_an_error_message_is_replaced(

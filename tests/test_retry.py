@@ -1,4 +1,4 @@
-"""Backoff policy: full jitter bounds, cap, Retry-After floor, exhaustion."""
+"""Backoff policy: full jitter bounds, cap, curves per use, Retry-After floor, exhaustion."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ import random
 
 import pytest
 
-from pulse_relay.retry import MAX_RETRY_AFTER_SECONDS, RetryPolicy
+from pulse_relay.retry import (
+    MAX_GROWTH_FACTOR,
+    MAX_RETRY_AFTER_SECONDS,
+    RetryPolicy,
+    is_retryable_status,
+)
 
 
 @pytest.mark.parametrize(
@@ -108,3 +113,46 @@ def test_parse_retry_after_seconds_and_dates() -> None:
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
     assert parse_retry_after("999999") == MAX_RETRY_AFTER_SECONDS
+
+
+@pytest.mark.parametrize("status_code", [408, 425, 429, 500, 502, 503, 504, 599])
+def test_throttling_too_early_and_server_errors_are_retryable(status_code: int) -> None:
+    assert is_retryable_status(status_code)
+
+
+@pytest.mark.parametrize("status_code", [200, 301, 400, 401, 403, 404, 409, 410, 413, 422])
+def test_other_statuses_are_not_retryable(status_code: int) -> None:
+    assert not is_retryable_status(status_code)
+
+
+def test_an_unjittered_curve_is_its_ceiling_whatever_the_random_source() -> None:
+    policy = RetryPolicy(initial_seconds=0.5, max_seconds=10.0, is_jittered=False)
+    rng = random.Random(42)
+    delays = [policy.delay_seconds(attempt, rng=rng) for attempt in range(1, 8)]
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert policy.floor_seconds == 0.5
+    # A Retry-After still wins over a shorter step.
+    assert policy.delay_seconds(1, retry_after_seconds=3.0) == 3.0
+
+
+def test_the_growth_factor_shapes_the_curve() -> None:
+    policy = RetryPolicy(initial_seconds=5.0, max_seconds=60.0, growth_factor=1.5)
+    assert [policy.ceiling_seconds(n) for n in range(1, 9)] == [
+        5.0, 7.5, 11.25, 16.875, 25.3125, 37.96875, 56.953125, 60.0
+    ]  # fmt: skip
+    assert policy.next_interval_seconds(5.0) == 7.5
+    assert policy.next_interval_seconds(56.953125) == 60.0
+    # A jittered draw stays inside the window of the slower curve.
+    rng = random.Random(9)
+    assert all(0.5 <= policy.delay_seconds(2, rng=rng) <= 7.5 for _ in range(500))
+
+
+@pytest.mark.parametrize("growth_factor", [0.5, 0.99, 10.5])
+def test_a_growth_factor_out_of_range_is_refused(growth_factor: float) -> None:
+    with pytest.raises(ValueError, match="growth_factor"):
+        RetryPolicy(growth_factor=growth_factor)
+
+
+def test_the_largest_growth_factor_cannot_overflow() -> None:
+    policy = RetryPolicy(growth_factor=MAX_GROWTH_FACTOR)
+    assert policy.ceiling_seconds(10_000) == 600.0

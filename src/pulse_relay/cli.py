@@ -8,116 +8,19 @@ second on a small machine, paid by every invocation in scripts).
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from pulse_relay import __version__
+from pulse_relay.cli_context import CommandContext, fail, problem_line, with_service, with_store
 
 if TYPE_CHECKING:
-    from pulse_relay.config import Origins, Settings
-    from pulse_relay.store import EventView, StoreBackend, Watch
-
-T = TypeVar("T")
-
-
-class _Context:
-    def __init__(self, config_path: Path | None) -> None:
-        self.config_path = config_path
-
-    def settings(self, overrides: dict[str, Any] | None = None) -> Settings:
-        from pulse_relay.config import ConfigError, load_settings
-
-        try:
-            return load_settings(self.config_path, overrides=overrides)
-        except ConfigError as error:
-            fail(f"configuration error:\n{error}")
-
-    def settings_with_origins(
-        self, overrides: dict[str, Any] | None = None
-    ) -> tuple[Settings, Origins]:
-        """The settings, and where each value came from (see load_settings_with_origins)."""
-        from pulse_relay.config import ConfigError, load_settings_with_origins
-
-        try:
-            return load_settings_with_origins(self.config_path, overrides=overrides)
-        except ConfigError as error:
-            fail(f"configuration error:\n{error}")
-
-
-def problem_line(text: str, origin: str | None) -> str:
-    """One problem as one line, naming where the value came from when it was set."""
-    # A quoted message (a database driver's) may span lines; the README promises one each.
-    line = " ".join(text.split())
-    return f"{line} ({origin})" if origin else line
-
-
-def fail(message: str) -> NoReturn:
-    """Print `message` to stderr and exit 1 (a user or configuration error)."""
-    click.echo(f"pulse-relay: {message}", err=True)
-    sys.exit(1)
-
-
-def _with_store(
-    settings: Settings, action: Callable[[StoreBackend], Awaitable[T]], *, create: bool = False
-) -> T:
-    """Run `action` against the configured store, which must already exist unless `create`."""
-    import asyncio
-
-    from pulse_relay.store import StoreUnavailableError, StoreVersionError
-    from pulse_relay.wiring import build_store
-
-    path = settings.store.sqlite_file
-    if not create and path is not None and not path.exists():
-        fail(f"no store at {path} (start `pulse-relay serve` with this configuration first)")
-
-    async def run() -> T:
-        async with build_store(settings) as store:
-            return await action(store)
-
-    try:
-        return asyncio.run(run())
-    except (StoreUnavailableError, StoreVersionError) as error:
-        fail(str(error))
-
-
-# C0 and C1 controls and DEL, and the bidirectional overrides and isolates
-# (which reorder what follows them on screen): text from senders holding them
-# could move the cursor, rewrite a line or disguise a value on the terminal.
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
-
-
-def printable(text: str) -> str:
-    """`text` for a terminal: control characters shown as visible escapes (\\x1b, \\n...)."""
-    if _UNPRINTABLE.search(text) is None:
-        return text
-
-    def escape(match: re.Match[str]) -> str:
-        character = match.group()
-        if character in _NAMED_ESCAPES:
-            return _NAMED_ESCAPES[character]
-        code = ord(character)
-        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-    # A backslash is escaped too once anything is, so "\\n" typed by a sender
-    # cannot pass for an escaped newline.
-    return re.sub(r"\\|" + _UNPRINTABLE.pattern, escape, text)
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> str:
-    rows = [[printable(cell) for cell in row] for row in rows]
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
-    ]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines)
+    from pulse_relay.config import Settings
+    from pulse_relay.store import EventView, StoreBackend
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -132,14 +35,14 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None) -> None:
     """Receive, verify, store and relay Pulse webhooks."""
-    ctx.obj = _Context(config_path)
+    ctx.obj = CommandContext(config_path)
 
 
 @cli.command("serve")
 @click.option("--host", help="Address to bind (overrides server.host).")
 @click.option("--port", type=int, help="Port to bind (overrides server.port).")
 @click.pass_obj
-def serve_command(obj: _Context, host: str | None, port: int | None) -> None:
+def serve_command(obj: CommandContext, host: str | None, port: int | None) -> None:
     """Run the daemon in the foreground; logs go to stderr."""
     import asyncio
 
@@ -178,7 +81,7 @@ def serve_command(obj: _Context, host: str | None, port: int | None) -> None:
 
 @cli.command("check-config")
 @click.pass_obj
-def check_config(obj: _Context) -> None:
+def check_config(obj: CommandContext) -> None:
     """Validate the configuration and print it with secrets redacted.
 
     Also checks this host: the store's folder and file sink directories are
@@ -236,7 +139,7 @@ _FILTER_OPTIONS = {"job_id": "--job-id", "q": "--search"}
 @click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout.")
 @click.pass_obj
 def events_command(
-    obj: _Context,
+    obj: CommandContext,
     event_type: str | None,
     state: str | None,
     sink: str | None,
@@ -247,7 +150,8 @@ def events_command(
     as_json: bool,
 ) -> None:
     """List stored events, newest first, with each sink's delivery state."""
-    from pulse_relay.serialize import event_document, iso, summary_state
+    from pulse_relay.cli_format import events_table
+    from pulse_relay.serialize import event_document
     from pulse_relay.store.filters import FilterError, parse_event_filters
 
     values = {
@@ -277,75 +181,37 @@ def events_command(
             limit=filters.limit,
         )
 
-    views = _with_store(settings, action)
+    views = with_store(settings, action)
     if as_json:
         for view in views:
             click.echo(json.dumps(event_document(view)))
         return
-    rows = [
-        [
-            view.id,
-            iso(view.received_at) or "",
-            view.source,
-            view.type or "-",
-            view.job_id or "-",
-            summary_state(view),
-            " ".join(f"{sink}:{d.state}" for sink, d in view.deliveries.items()) or "-",
-        ]
-        for view in views
-    ]
-    click.echo(_table(rows, ["ID", "RECEIVED", "SOURCE", "TYPE", "JOB", "STATE", "SINKS"]))
+    click.echo(events_table(views))
 
 
 @cli.command("show")
 @click.argument("event_id")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.pass_obj
-def show_command(obj: _Context, event_id: str, as_json: bool) -> None:
+def show_command(obj: CommandContext, event_id: str, as_json: bool) -> None:
     """Show one event: headers, payload, job, and every attempt."""
-    from pulse_relay.serialize import event_document, iso
+    from pulse_relay.cli_format import event_text
+    from pulse_relay.serialize import event_document
 
     settings = obj.settings()
 
     async def action(store: StoreBackend) -> EventView | None:
         return await store.get_event(event_id)
 
-    view = _with_store(settings, action)
+    view = with_store(settings, action)
     if view is None:
         fail(f"no event with id {event_id!r}")
     document = event_document(view)
     if as_json:
         click.echo(json.dumps(document, indent=2))
         return
-    for key in ("id", "received_at", "source", "type", "job_id", "state", "error"):
-        value = document[key]
-        click.echo(f"{key + ':':<13}{printable(value) if value is not None else '-'}")
-    click.echo(f"{'client:':<13}{view.client_address or '-'}")
-    fetch_error = f" ({printable(view.fetch_error)})" if view.fetch_error else ""
-    click.echo(f"{'fetch:':<13}{view.fetch_state}{fetch_error}")
-    click.echo("headers:")
-    for name, value in (view.headers or {}).items():
-        click.echo(f"  {printable(name)}: {printable(value)}")
-    click.echo("payload:")
-    click.echo(_indent(json.dumps(document.get("payload", document.get("payload_text")), indent=2)))
-    click.echo("job:")
-    click.echo(_indent(json.dumps(view.job, indent=2)))
-    if view.metadata:
-        click.echo("metadata:")
-        click.echo(_indent(json.dumps(view.metadata, indent=2)))
-    click.echo("deliveries:")
-    for sink, delivery in view.deliveries.items():
-        extra = f" - {printable(delivery.last_error)}" if delivery.last_error else ""
-        click.echo(f"  {sink}: {delivery.state} after {delivery.attempts} attempt(s){extra}")
-    click.echo("attempts:")
-    for attempt in view.attempts:
-        what = attempt.sink or "job fetch"
-        code = f" [{attempt.status_code}]" if attempt.status_code is not None else ""
-        error = f" {printable(attempt.error)}" if attempt.error else ""
-        click.echo(
-            f"  {iso(attempt.started_at)} {what} #{attempt.attempt} {attempt.outcome}{code}"
-            f" {attempt.duration_ms:.1f} ms{error}"
-        )
+    for line in event_text(view, document):
+        click.echo(line)
 
 
 @cli.command("replay")
@@ -354,27 +220,34 @@ def show_command(obj: _Context, event_id: str, as_json: bool) -> None:
 @click.option("--sink", help="Only deliveries to this sink.")
 @click.pass_obj
 def replay_command(
-    obj: _Context, event_ids: tuple[str, ...], dead_only: bool, sink: str | None
+    obj: CommandContext, event_ids: tuple[str, ...], dead_only: bool, sink: str | None
 ) -> None:
     """Deliver events again (envelope source "replay"); the running daemon picks them up."""
     if not event_ids and not dead_only:
         raise click.UsageError("give event ids, or --dead")
     if event_ids and dead_only:
         raise click.UsageError("give event ids or --dead, not both")
+    from pulse_relay.admin import service
+
     settings = obj.settings()
-    known = {s.name for s in settings.sinks}
-    if sink is not None and sink not in known:
-        fail(f"no sink named {sink!r} in the configuration (known: {', '.join(sorted(known))})")
 
-    async def action(store: StoreBackend) -> tuple[int, list[str]]:
-        missing = [i for i in event_ids if await store.get_event(i) is None]
-        if missing:
-            return 0, missing
-        return await store.replay(event_ids, sink=sink, dead_only=dead_only), []
+    async def action(store: StoreBackend) -> int:
+        if dead_only:
+            sink_names = {s.name for s in settings.sinks}
+            answer = await service.replay_matching(store, sink_names, {"sink": sink})
+            return int(answer["queued"])
+        body = {} if sink is None else {"sinks": [sink]}
+        unique_ids = list(dict.fromkeys(event_ids))
+        # Every id is checked before any is queued: one typo replays nothing.
+        for event_id in unique_ids:
+            await service.replay_target(store, event_id, body)
+        queued = 0
+        for event_id in unique_ids:
+            answer = await service.replay_one(store, event_id, body)
+            queued += int(answer["queued"])
+        return queued
 
-    count, missing = _with_store(settings, action)
-    if missing:
-        fail(f"no event with id {', '.join(repr(m) for m in missing)}")
+    count = with_service(settings, action)
     click.echo(f"{count} deliver{'y' if count == 1 else 'ies'} queued for replay")
 
 
@@ -395,7 +268,11 @@ def _parse_meta(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--json", "as_json", is_flag=True, help="With --list: JSON lines on stdout.")
 @click.pass_obj
 def watch_command(
-    obj: _Context, job_ids: tuple[str, ...], meta: tuple[str, ...], as_list: bool, as_json: bool
+    obj: CommandContext,
+    job_ids: tuple[str, ...],
+    meta: tuple[str, ...],
+    as_list: bool,
+    as_json: bool,
 ) -> None:
     """Poll jobs until they finish, then deliver them like webhooks (source "poll")."""
     if as_list:
@@ -405,65 +282,54 @@ def watch_command(
         return
     if not job_ids:
         raise click.UsageError("give at least one job id (or --list)")
-    from pulse_relay.events import is_valid_job_id
+    from pulse_relay.admin import service
 
-    bad = [job_id for job_id in job_ids if not is_valid_job_id(job_id)]
-    if bad:
-        fail(f"not a valid job id: {', '.join(repr(b) for b in bad)}")
     metadata = _parse_meta(meta)
     settings = obj.settings()
 
-    async def action(store: StoreBackend) -> None:
-        await store.add_watches(
-            list(job_ids), metadata=metadata, interval_seconds=settings.poll.interval_seconds
+    async def action(store: StoreBackend) -> list[dict[str, Any]]:
+        return await service.add_watches(
+            store,
+            job_ids,
+            metadata,
+            interval_seconds=settings.poll.interval_seconds,
+            origin="watch",
         )
 
-    _with_store(settings, action, create=True)
-    for job_id in job_ids:
-        click.echo(f"watching {job_id}")
+    for watch in with_service(settings, action, create=True):
+        click.echo(f"watching {watch['job_id']}")
 
 
-def _list_watches(obj: _Context, as_json: bool) -> None:
-    from pulse_relay.serialize import iso, watch_document
+def _list_watches(obj: CommandContext, as_json: bool) -> None:
+    from pulse_relay.admin import service
+    from pulse_relay.cli_format import watches_table
 
     settings = obj.settings()
 
-    async def action(store: StoreBackend) -> list[Watch]:
-        return await store.list_watches()
+    async def action(store: StoreBackend) -> list[dict[str, Any]]:
+        return list((await service.list_watches(store))["watches"])
 
-    watches = _with_store(settings, action)
+    watches = with_service(settings, action)
     if as_json:
-        for w in watches:
-            click.echo(json.dumps(watch_document(w)))
+        for watch in watches:
+            click.echo(json.dumps(watch))
         return
-    rows = [
-        [
-            w.job_id,
-            w.state,
-            w.origin,
-            w.last_status or "-",
-            str(w.polls),
-            (iso(w.next_poll_at) or "-") if w.state == "active" else "-",
-            w.last_error or "",
-            " ".join(f"{k}={v}" for k, v in w.metadata.items()),
-        ]
-        for w in watches
-    ]
-    headers = ["JOB", "STATE", "ORIGIN", "STATUS", "POLLS", "NEXT POLL", "ERROR", "META"]
-    click.echo(_table(rows, headers))
+    click.echo(watches_table(watches))
 
 
 @cli.command("unwatch")
 @click.argument("job_ids", nargs=-1, required=True)
 @click.pass_obj
-def unwatch_command(obj: _Context, job_ids: tuple[str, ...]) -> None:
+def unwatch_command(obj: CommandContext, job_ids: tuple[str, ...]) -> None:
     """Stop polling jobs."""
+    from pulse_relay.admin import service
+
     settings = obj.settings()
 
     async def action(store: StoreBackend) -> int:
-        return await store.remove_watches(list(job_ids))
+        return await service.remove_watches(store, job_ids)
 
-    removed = _with_store(settings, action)
+    removed = with_service(settings, action)
     click.echo(f"{removed} of {len(job_ids)} job(s) no longer watched")
 
 
@@ -474,7 +340,7 @@ def unwatch_command(obj: _Context, job_ids: tuple[str, ...]) -> None:
 @click.option("--secret", help="Sign with this secret instead of the configured one.")
 @click.pass_obj
 def send_test_command(
-    obj: _Context, url: str | None, event_type: str, job_id: str | None, secret: str | None
+    obj: CommandContext, url: str | None, event_type: str, job_id: str | None, secret: str | None
 ) -> None:
     """Sign a test event with the configured secret and POST it to the relay."""
     import asyncio
@@ -524,7 +390,7 @@ def _probe_url(settings: Settings, check_ready: bool) -> str:
     help="Age limit in days; 0 prunes every finished event (default: store.retention_days).",
 )
 @click.pass_obj
-def prune_command(obj: _Context, older_than_days: float | None) -> None:
+def prune_command(obj: CommandContext, older_than_days: float | None) -> None:
     """Delete finished events older than the limit; pending and dead ones are kept.
 
     The ids of pruned events stay known for store.dedupe_days: a replayed
@@ -543,7 +409,7 @@ def prune_command(obj: _Context, older_than_days: float | None) -> None:
             dedupe_days=settings.store.dedupe_days,
         )
 
-    outcome = _with_store(settings, action)
+    outcome = with_store(settings, action)
     deleted = outcome.events
     click.echo(f"{deleted} event{'' if deleted == 1 else 's'} older than {days:g} days pruned")
 
@@ -561,34 +427,23 @@ def prune_command(obj: _Context, older_than_days: float | None) -> None:
 )
 @click.pass_obj
 def healthcheck_command(
-    obj: _Context, url: str | None, check_ready: bool, timeout_seconds: float
+    obj: CommandContext, url: str | None, check_ready: bool, timeout_seconds: float
 ) -> None:
     """Exit 0 if the running relay answers 200, else 1 (for container HEALTHCHECKs)."""
     import asyncio
 
     import aiohttp
 
+    from pulse_relay.probe import probe
+
     target = _probe_url(obj.settings(), check_ready) if url is None else url
     try:
-        status, answer = asyncio.run(_get(target, timeout_seconds, is_own_listener=url is None))
+        status, answer = asyncio.run(probe(target, timeout_seconds, is_own_listener=url is None))
     except (aiohttp.ClientError, OSError, TimeoutError) as error:
         fail(f"unhealthy: cannot reach {target}: {error or type(error).__name__}")
     if status != 200:
         fail(f"unhealthy: {target} answered {status} {answer}")
     click.echo(f"healthy: {target} answered {status}")
-
-
-async def _get(url: str, timeout_seconds: float, *, is_own_listener: bool) -> tuple[int, str]:
-    import aiohttp
-
-    timeout = aiohttp.ClientTimeout(total=timeout_seconds)
-    # This relay's own listener (HTTPS without an admin side): its certificate names the
-    # public host, not the loopback address probed, so it is not verified.
-    async with (
-        aiohttp.ClientSession(timeout=timeout) as session,
-        session.get(url, allow_redirects=False, ssl=not is_own_listener) as response,
-    ):
-        return response.status, (await response.text()).strip()
 
 
 @cli.command("demo")
@@ -629,10 +484,6 @@ def emulator_command(host: str, port: int, api_key: str) -> None:
         pass
     except OSError as error:
         fail(f"cannot start the emulator: {error}")
-
-
-def _indent(text: str) -> str:
-    return "\n".join("  " + line for line in text.splitlines())
 
 
 def main() -> None:

@@ -14,21 +14,21 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from dataclasses import dataclass
+from typing import Any, Final
 
 from pulse_relay.events import (
     build_envelope,
     envelope_source,
-    is_terminal,
-    says_terminal,
     sendable_envelope,
 )
+from pulse_relay.fetch import JobFetcher, extraction_id
 from pulse_relay.logs import get_logger, outage_log
 from pulse_relay.metrics import Metrics
-from pulse_relay.pulse import FetchedJob, PulseClient, PulseError, judge_error
+from pulse_relay.pulse import FetchedJob, PulseClient
 from pulse_relay.retry import RetryPolicy
 from pulse_relay.sinks.base import Delivery, PermanentSinkError, Sink, SinkError, SinkResult
+from pulse_relay.slots import FETCH_SLOT, Slots, delivery_slot
 from pulse_relay.store import (
     Attempt,
     DeliveryOutcome,
@@ -64,13 +64,6 @@ class DispatcherLimits:
     concurrency: int = 16
     fetch_concurrency: int = 8
     lease_seconds: float = 120.0
-
-
-def extraction_id(job: Mapping[str, Any] | None) -> str | None:
-    """The `extraction_id` of a job's result, for logs."""
-    result = job.get("result") if job else None
-    value = result.get("extraction_id") if isinstance(result, dict) else None
-    return value if isinstance(value, str) else None
 
 
 # An event's envelope and its bytes, or what building them raised.
@@ -118,146 +111,12 @@ def decide_delivery(
     return DeliveryDecision("retry", answer.reason, delay, now + delay)
 
 
-@dataclass(frozen=True)
-class FetchDecision:
-    """What one job fetch comes to: fetched, retry at `next_fetch_at`, or dead.
-
-    `label` is the finer outcome the metric and the log line report.
-    """
-
-    outcome: Literal["fetched", "retry", "dead"]
-    label: Literal["ok", "not_terminal", "retry", "not_found", "auth_error", "dead"]
-    status_code: int | None
-    reason: str | None = None
-    retry_in_seconds: float | None = None
-    next_fetch_at: float | None = None
-    fetched: FetchedJob | None = None
-
-
-def decide_fetch(
-    event_type: str,
-    answer: FetchedJob | PulseError,
-    *,
-    attempt: int,
-    policy: RetryPolicy,
-    now: float,
-    rng: random.Random,
-) -> FetchDecision:
-    """Fetched, retry or dead after fetch number `attempt` (1-based); only `rng` is drawn on."""
-    if isinstance(answer, PulseError):
-        verdict = judge_error(answer, attempt=attempt)
-        if verdict.gives_up:
-            return FetchDecision("dead", "dead", answer.status_code, answer.reason)
-        delay = verdict.delay_seconds(policy.delay_seconds(attempt, rng=rng))
-        return FetchDecision(
-            "retry", verdict.outcome, answer.status_code, answer.reason, delay, now + delay
-        )
-    status = answer.job.get("status")
-    if says_terminal(event_type) and not (isinstance(status, str) and is_terminal(status)):
-        # The API is eventually consistent: the event may run ahead of the job.
-        reason = f"job is {status!r}, not yet terminal as {event_type} says"
-        delay = policy.delay_seconds(attempt, rng=rng)
-        return FetchDecision("retry", "not_terminal", 200, reason, delay, now + delay)
-    return FetchDecision("fetched", "ok", 200, fetched=answer)
-
-
 # Level and message of the one log line each outcome writes.
 _DELIVERY_LOG: Final[Mapping[str, tuple[int, str]]] = {
     "delivered": (logging.INFO, "delivered"),
     "retry": (logging.WARNING, "delivery failed; will retry"),
     "dead": (logging.ERROR, "delivery dead"),
 }
-_FETCH_LOG: Final[Mapping[str, tuple[int, str]]] = {
-    "ok": (logging.INFO, "job fetched"),
-    "not_terminal": (logging.INFO, "job not terminal yet; fetch retried"),
-    "retry": (logging.WARNING, "job fetch failed; will retry"),
-    "not_found": (logging.WARNING, "job fetch failed; will retry"),
-    "auth_error": (
-        logging.ERROR,
-        "Pulse API rejected the API key (check pulse.api_key / PULSE_API_KEY); "
-        "the event is kept and retried",
-    ),
-    "dead": (logging.ERROR, "job fetch failed for good; deliveries dead"),
-}
-# Fetch outcomes that repeat for every job while the API is down or the key is wrong:
-# sampled (logs.outage_log); each is still recorded as the event's attempt.
-_OUTAGE_LABELS = frozenset({"retry", "auth_error"})
-
-
-# -- slots --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reservation:
-    """Slots held by running or about-to-be-claimed work: per sink, deliveries, fetches."""
-
-    per_sink: dict[str, int] = field(default_factory=dict)
-    deliveries: int = 0
-    fetches: int = 0
-
-
-FETCH_SLOT: Final = Reservation(fetches=1)
-
-
-def delivery_slot(sink: str) -> Reservation:
-    """The slots one running delivery to `sink` holds."""
-    return Reservation({sink: 1}, deliveries=1)
-
-
-class Slots:
-    """Work in flight against its limits: per sink, all deliveries, all job fetches."""
-
-    def __init__(
-        self, sink_limits: Mapping[str, int], *, delivery_limit: int, fetch_limit: int
-    ) -> None:
-        self._sink_limits = dict(sink_limits)
-        self._delivery_limit = delivery_limit
-        self._fetch_limit = fetch_limit
-        self._per_sink = dict.fromkeys(self._sink_limits, 0)
-        self._deliveries = 0
-        self._fetches = 0
-        self._rotation = 0
-
-    def open_sinks(self) -> list[str]:
-        """The sinks a delivery could start for now."""
-        if self._deliveries >= self._delivery_limit:
-            return []
-        return [n for n, limit in self._sink_limits.items() if self._per_sink[n] < limit]
-
-    @property
-    def has_free_fetch(self) -> bool:
-        """True while another job fetch may start."""
-        return self._fetches < self._fetch_limit
-
-    def reserve_free(self, *, fetches: bool) -> Reservation:
-        """Reserve every free slot (and the free fetch slots if `fetches`) until `release`."""
-        free_fetches = max(0, self._fetch_limit - self._fetches) if fetches else 0
-        total_free = max(0, self._delivery_limit - self._deliveries)
-        names = list(self._sink_limits)
-        if not names or total_free == 0:
-            reservation = Reservation(fetches=free_fetches)
-        else:
-            # Rotate the order so one busy sink cannot take the whole budget every time.
-            self._rotation = (self._rotation + 1) % len(names)
-            names = names[self._rotation :] + names[: self._rotation]
-            per_sink = {n: max(0, self._sink_limits[n] - self._per_sink[n]) for n in names}
-            reservation = Reservation(per_sink, total_free, free_fetches)
-        self.reserve(reservation)
-        return reservation
-
-    def reserve(self, reservation: Reservation) -> None:
-        """Count `reservation`'s slots as taken."""
-        self._add(reservation, 1)
-
-    def release(self, reservation: Reservation) -> None:
-        """Give `reservation`'s slots back."""
-        self._add(reservation, -1)
-
-    def _add(self, reservation: Reservation, sign: int) -> None:
-        for name, slots in reservation.per_sink.items():
-            self._per_sink[name] += sign * slots
-        self._deliveries += sign * reservation.deliveries
-        self._fetches += sign * reservation.fetches
 
 
 class Dispatcher:
@@ -280,11 +139,24 @@ class Dispatcher:
         self._sinks = dict(sinks)
         self._metrics = metrics
         self._limits = limits
-        self._fetch_policy = fetch_policy or RetryPolicy(initial_seconds=1.0, max_seconds=600.0)
         self._clock = clock
         # Lines repeated for every job while the Pulse API or the store is down.
         self._outage_log = outage_log(log, clock=clock)
         self._rng = rng or random.Random()
+        self._fetcher = (
+            None
+            if pulse is None
+            else JobFetcher(
+                store=store,
+                pulse=pulse,
+                metrics=metrics,
+                policy=fetch_policy or RetryPolicy(initial_seconds=1.0, max_seconds=600.0),
+                clock=clock,
+                rng=self._rng,
+                outage_log=self._outage_log,
+                finish=self._finish_fetch,
+            )
+        )
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
@@ -452,6 +324,7 @@ class Dispatcher:
     # -- fetching --------------------------------------------------------
 
     async def _run_fetch(self, task: FetchTask) -> None:
+        assert self._fetcher is not None
         attempt_number = task.attempts + 1
         context: dict[str, Any] = {
             "webhook_id": task.event_id,
@@ -460,7 +333,7 @@ class Dispatcher:
             "attempt": attempt_number,
         }
         try:
-            await self._fetch(task, attempt_number, context)
+            await self._fetcher.fetch(task, attempt_number, context)
         except StoreUnavailableError as error:
             log.error("could not record job fetch", reason=error.reason, **context)
         except Exception:  # a bug must not end dispatching; the lease expiry retries it
@@ -468,67 +341,6 @@ class Dispatcher:
         finally:
             self._slots.release(FETCH_SLOT)
             self._running_fetches.pop(task.event_id, None)
-
-    async def _fetch(self, task: FetchTask, attempt_number: int, context: dict[str, Any]) -> None:
-        """Fetch the job, decide, then one store write, one metric and one log line."""
-        assert self._pulse is not None
-        started_at = self._clock()
-        began = time.perf_counter()
-        answer: FetchedJob | PulseError
-        try:
-            answer = await self._pulse.fetch_job(task.job_id)
-        except PulseError as error:
-            answer = error
-        duration_ms = (time.perf_counter() - began) * 1000
-        decision = decide_fetch(
-            task.event_type,
-            answer,
-            attempt=attempt_number,
-            policy=self._fetch_policy,
-            now=self._clock(),
-            rng=self._rng,
-        )
-        attempt = Attempt(
-            sink=None,
-            attempt=attempt_number,
-            started_at=started_at,
-            duration_ms=duration_ms,
-            outcome=decision.outcome,
-            status_code=decision.status_code,
-            error=decision.reason,
-        )
-        if isinstance(answer, FetchedJob):
-            context.update(status=answer.job.get("status"), duration_ms=round(duration_ms, 1))
-        await self._write_fetch(task, decision, attempt)
-        self._metrics.job_fetches.labels(outcome=decision.label).inc()
-        level, message = _FETCH_LOG[decision.label]
-        fields: dict[str, Any] = (
-            {"extraction_id": extraction_id(decision.fetched.job)}
-            if decision.fetched is not None
-            else {"reason": decision.reason, "status_code": decision.status_code}
-        )
-        if decision.retry_in_seconds is not None:
-            fields["retry_in_seconds"] = round(decision.retry_in_seconds, 2)
-        if decision.label in _OUTAGE_LABELS:
-            key = f"fetch:{decision.label}:{decision.status_code}"
-            self._outage_log.emit(key, level, message, **fields, **context)
-        else:
-            log.log(level, message, **fields, **context)
-
-    async def _write_fetch(
-        self, task: FetchTask, decision: FetchDecision, attempt: Attempt
-    ) -> None:
-        if decision.fetched is not None:
-            await self._finish_fetch(task, decision.fetched, attempt)
-        elif decision.next_fetch_at is not None:
-            await self._store.retry_fetch(
-                task.event_id,
-                next_fetch_at=decision.next_fetch_at,
-                attempt=attempt,
-                token=task.token,
-            )
-        else:
-            await self._store.fail_fetch(task.event_id, attempt=attempt, token=task.token)
 
     async def _finish_fetch(self, task: FetchTask, fetched: FetchedJob, attempt: Attempt) -> None:
         # The event's sinks start straight from this transaction, without waiting

@@ -20,6 +20,7 @@ from pulse_relay.events import format_timestamp, ingest_record, is_terminal
 from pulse_relay.logs import get_logger, outage_log
 from pulse_relay.metrics import Metrics
 from pulse_relay.pulse import PulseClient, PulseError, judge_error
+from pulse_relay.retry import RetryPolicy
 from pulse_relay.store import StoreBackend, StoreUnavailableError, Watch
 from pulse_relay.unencodable import without_lone_surrogates
 
@@ -49,6 +50,20 @@ class PollerConfig:
     concurrency: int
     fetch_on: frozenset[str]
     lease_seconds: float = 60.0
+
+    @property
+    def backoff(self) -> RetryPolicy:
+        """The poll interval's curve: `interval_seconds` growing to `max_interval_seconds`.
+
+        Unjittered, so the intervals are the documented ones (README, `[poll]`);
+        whether a failing job is given up is `judge_error`'s call, not an attempt count.
+        """
+        return RetryPolicy(
+            initial_seconds=self.interval_seconds,
+            max_seconds=self.max_interval_seconds,
+            growth_factor=BACKOFF_FACTOR,
+            is_jittered=False,
+        )
 
 
 def synthetic_body(job_id: str, status: str) -> bytes:
@@ -82,6 +97,7 @@ class Poller:
         self._metrics = metrics
         self._on_event = on_event
         self._clock = clock
+        self._backoff = config.backoff
         # Lines repeated for every watch while the Pulse API or the store is down.
         self._outage_log = outage_log(log, clock=clock)
         self._wake = asyncio.Event()
@@ -193,7 +209,7 @@ class Poller:
             self._metrics.polls.labels(outcome="terminal").inc()
             log.info("watched job finished", status=status, outcome=outcome, **context)
             return
-        next_interval = min(interval * BACKOFF_FACTOR, self._config.max_interval_seconds)
+        next_interval = self._backoff.next_interval_seconds(interval)
         await self._store.update_watch(
             watch.job_id,
             state="active",
@@ -217,7 +233,7 @@ class Poller:
             watch.job_id,
             state="dead" if verdict.gives_up else "active",
             next_poll_at=now + delay,
-            interval_seconds=min(interval * BACKOFF_FACTOR, self._config.max_interval_seconds),
+            interval_seconds=self._backoff.next_interval_seconds(interval),
             last_status=None,
             last_error=error.reason,
         )

@@ -17,7 +17,8 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from pulse_relay.retry import parse_retry_after
+from pulse_relay.redaction import REDACTED
+from pulse_relay.retry import is_retryable_status, parse_retry_after
 from pulse_relay.unencodable import without_lone_surrogates
 
 API_KEY_HEADER: Final = "x-api-key"
@@ -49,7 +50,7 @@ class PulseError(Exception):
 
 
 class PulseRetryableError(PulseError):
-    """Transient: 408, 429, 5xx, timeouts, connection errors, truncated JSON; retry with backoff."""
+    """Transient: 408, 425, 429, 5xx, timeouts, connection errors, truncated JSON; retried."""
 
 
 class PulseAuthError(PulseError):
@@ -337,14 +338,14 @@ class PulseClient:
             return PulseAuthError(reason, status, retry_after_seconds)
         if status == 404:
             return PulseNotFoundError(reason, status, retry_after_seconds)
-        if status in (408, 429) or status >= 500:
+        if is_retryable_status(status):
             return PulseRetryableError(reason, status, retry_after_seconds)
         return PulsePermanentError(reason, status, retry_after_seconds)
 
     def _clean(self, text: str) -> str:
         """One short line with the API key masked, fit for logs and the store."""
         if self._api_key:
-            text = text.replace(self._api_key, "[redacted]")
+            text = text.replace(self._api_key, REDACTED)
         # An error body's `"\ud800"` escapes would make the reason unwritable.
         text = " ".join(without_lone_surrogates(text).split())
         if len(text) > MAX_REASON_CHARS:

@@ -94,28 +94,36 @@ async def _event(request: web.Request) -> web.Response:
 async def _replay_one(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
     body = await read_json_object(request)
-    answer = await service.replay_one(ctx, request.match_info["event_id"], body)
+    event_id = request.match_info["event_id"]
+    answer = await service.replay_one(ctx.store, event_id, body)
+    ctx.wake_dispatcher()
+    ctx.hub.publish_event(event_id)
     return web.json_response(answer, status=202)
 
 
 async def _replay_matching(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
-    answer = await service.replay_matching(ctx, await read_json_object(request))
+    sink_names = {sink.name for sink in ctx.settings.sinks}
+    answer = await service.replay_matching(ctx.store, sink_names, await read_json_object(request))
+    ctx.wake_dispatcher()
     return web.json_response(answer, status=202)
 
 
 async def _watches(request: web.Request) -> web.Response:
-    return web.json_response(await service.list_watches(request.app[CONTEXT_KEY]))
+    return web.json_response(await service.list_watches(request.app[CONTEXT_KEY].store))
 
 
 async def _add_watch(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
-    answer = await service.add_watch(ctx, await read_json_object(request))
+    body = await read_json_object(request)
+    interval_seconds = ctx.settings.poll.interval_seconds
+    answer = await service.add_watch(ctx.store, body, interval_seconds=interval_seconds)
+    ctx.wake_poller()
     return web.json_response(answer, status=201)
 
 
 async def _remove_watch(request: web.Request) -> web.Response:
-    await service.remove_watch(request.app[CONTEXT_KEY], request.match_info["job_id"])
+    await service.remove_watch(request.app[CONTEXT_KEY].store, request.match_info["job_id"])
     return web.Response(status=204)
 
 

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from pulse_relay.logs import get_logger
 from pulse_relay.metrics import Metrics
+from pulse_relay.retry import RetryPolicy
 from pulse_relay.store import StoreBackend, StoreUnavailableError
 
 log = get_logger("pulse_relay.proxy")
@@ -51,8 +52,12 @@ class WatchRecorder:
         self._metrics = metrics
         self._interval_seconds = interval_seconds
         self._on_recorded = on_recorded
-        self._retry_initial_seconds = retry_initial_seconds
-        self._retry_max_seconds = retry_max_seconds
+        # One loop retrying one store: nothing to spread, so no jitter; it never gives up.
+        self._retry_policy = RetryPolicy(
+            initial_seconds=retry_initial_seconds,
+            max_seconds=retry_max_seconds,
+            is_jittered=False,
+        )
         self._pending: deque[_PendingWatch] = deque()
         self._max_pending = max_pending
         self._wake = asyncio.Event()
@@ -117,17 +122,14 @@ class WatchRecorder:
         self._wake.set()
 
     async def _retry_loop(self) -> None:
-        delay_seconds = self._retry_initial_seconds
+        failed_drains = 0
         while True:
             if not self._pending:
                 self._wake.clear()
                 await self._wake.wait()
-                delay_seconds = self._retry_initial_seconds
-            await asyncio.sleep(delay_seconds)
-            if await self._drain():
-                delay_seconds = self._retry_initial_seconds
-            else:
-                delay_seconds = min(delay_seconds * 2, self._retry_max_seconds)
+                failed_drains = 0
+            await asyncio.sleep(self._retry_policy.delay_seconds(failed_drains + 1))
+            failed_drains = 0 if await self._drain() else failed_drains + 1
 
     async def _drain(self) -> bool:
         """Record the queued watches in order; False when the store still refuses."""

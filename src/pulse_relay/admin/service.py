@@ -11,14 +11,14 @@ import base64
 import binascii
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from pulse_relay.events import build_envelope, envelope_source, is_valid_job_id
 from pulse_relay.serialize import event_document, watch_document
-from pulse_relay.store import DELIVERY_STATES, EventCursor, EventView
+from pulse_relay.store import DELIVERY_STATES, EventCursor, EventView, StoreBackend
 from pulse_relay.store.filters import (
     EVENT_STATES,
     MAX_FILTER_CHARS,
@@ -212,6 +212,8 @@ async def get_event(ctx: AdminContext, event_id: str) -> dict[str, Any]:
 
 
 # -- replay --------------------------------------------------------------------
+# The admin API and the command line (`replay`, `watch`, `unwatch`) both call these,
+# so a pruned event is "pruned" on both sides; each caller wakes what it runs.
 
 
 def _sink_list(body: Mapping[str, Any]) -> list[str] | None:
@@ -223,12 +225,18 @@ def _sink_list(body: Mapping[str, Any]) -> list[str] | None:
     return list(dict.fromkeys(sinks))
 
 
-async def replay_one(ctx: AdminContext, event_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
-    """Deliver one event again, to `body["sinks"]` or every sink it had; 409 once it is pruned."""
+async def replay_target(
+    store: StoreBackend, event_id: str, body: Mapping[str, Any]
+) -> tuple[EventView, list[str] | None]:
+    """The event `replay_one` would deliver again and the sinks asked for; refuses as it would.
+
+    NotFound for an event never stored, Conflict once it is pruned or when it has no
+    delivery, BadRequest("sinks") for a sink it never had.
+    """
     sinks = _sink_list(body)
-    view = await ctx.store.get_event(event_id)
+    view = await store.get_event(event_id)
     if view is None:
-        if await ctx.store.is_pruned(event_id):
+        if await store.is_pruned(event_id):
             raise Conflict(
                 f"event {event_id!r} was pruned (store.retention_days): nothing to replay"
             )
@@ -239,28 +247,31 @@ async def replay_one(ctx: AdminContext, event_id: str, body: Mapping[str, Any]) 
         raise BadRequest("sinks", f"no delivery of this event to {unknown[0]!r} (it has: {known})")
     if not view.deliveries:
         raise Conflict(f"event {event_id!r} ({view.state}) has no delivery to replay")
+    return view, sinks
+
+
+async def replay_one(store: StoreBackend, event_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """Deliver one event again, to `body["sinks"]` or every sink it had; 409 once it is pruned."""
+    view, sinks = await replay_target(store, event_id, body)
     targets: list[str | None] = list(sinks) if sinks else [None]
     queued = 0
     for sink in targets:
-        queued += await ctx.store.replay([event_id], sink=sink)
-    ctx.wake_dispatcher()
-    ctx.hub.publish_event(event_id)
+        queued += await store.replay([event_id], sink=sink)
     return {"id": event_id, "queued": queued, "sinks": sinks or sorted(view.deliveries)}
 
 
-async def replay_matching(ctx: AdminContext, body: Mapping[str, Any]) -> dict[str, Any]:
-    """Deliver again every dead delivery (of `body["sink"]`, if given); answers the count."""
+async def replay_matching(
+    store: StoreBackend, sink_names: Collection[str], body: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Deliver again every dead delivery (of `body["sink"]`, one of `sink_names`); the count."""
     state = body.get("state", "dead")
     if state != "dead":
         raise BadRequest("state", 'only "dead" deliveries are replayed in bulk')
     sink = body.get("sink")
-    if sink is not None:
-        known = {s.name for s in ctx.settings.sinks}
-        if not isinstance(sink, str) or sink not in known:
-            shown = ", ".join(sorted(known)) or "none"
-            raise BadRequest("sink", f"no sink by that name in the configuration (known: {shown})")
-    queued = await ctx.store.replay(sink=sink, dead_only=True)
-    ctx.wake_dispatcher()
+    if sink is not None and (not isinstance(sink, str) or sink not in sink_names):
+        shown = ", ".join(sorted(sink_names)) or "none"
+        raise BadRequest("sink", f"no sink by that name in the configuration (known: {shown})")
+    queued = await store.replay(sink=sink, dead_only=True)
     return {"queued": queued, "state": state, "sink": sink}
 
 
@@ -273,35 +284,60 @@ def _job_id(value: object) -> str:
     return value
 
 
-async def list_watches(ctx: AdminContext) -> dict[str, Any]:
+async def list_watches(store: StoreBackend) -> dict[str, Any]:
     """Every watched job, active first: {"watches": [...]}, as `watch --list --json` prints;
     lone surrogates in metadata (a header or a JSON escape can carry one) shown as U+FFFD."""
-    watches = [watch_document(w) for w in await ctx.store.list_watches()]
+    watches = [watch_document(w) for w in await store.list_watches()]
     return {"watches": replace_lone_surrogates(watches)}
 
 
-async def add_watch(ctx: AdminContext, body: Mapping[str, Any]) -> dict[str, Any]:
-    """Watch a job (again); metadata is merged into what it has and reaches every sink."""
-    job_id = _job_id(body.get("job_id"))
-    metadata = body.get("metadata", {})
+async def add_watches(
+    store: StoreBackend,
+    job_ids: Sequence[object],
+    metadata: object,
+    *,
+    interval_seconds: float,
+    origin: str,
+) -> list[dict[str, Any]]:
+    """Watch jobs (again), polled every `interval_seconds` at first; metadata is merged
+    into what each has and reaches every sink. BadRequest names a bad job id or metadata."""
+    valid_ids = [_job_id(job_id) for job_id in job_ids]
     if not isinstance(metadata, dict):
         raise BadRequest("metadata", "a JSON object")
-    await ctx.store.add_watches(
-        [job_id],
-        metadata=metadata,
-        origin="api",
-        interval_seconds=ctx.settings.poll.interval_seconds,
+    await store.add_watches(
+        valid_ids, metadata=metadata, origin=origin, interval_seconds=interval_seconds
     )
-    ctx.wake_poller()
-    watch = await ctx.store.get_watch(job_id)
-    if watch is None:  # removed by another client in between
-        raise Conflict(f"job {job_id!r} was unwatched while it was being added")
-    return watch_document(watch)
+    documents = []
+    for job_id in valid_ids:
+        watch = await store.get_watch(job_id)
+        if watch is None:  # removed by another client in between
+            raise Conflict(f"job {job_id!r} was unwatched while it was being added")
+        documents.append(watch_document(watch))
+    return documents
 
 
-async def remove_watch(ctx: AdminContext, job_id: str) -> None:
+async def add_watch(
+    store: StoreBackend, body: Mapping[str, Any], *, interval_seconds: float
+) -> dict[str, Any]:
+    """Watch the job `body["job_id"]` (again) with `body["metadata"]`, as the API does."""
+    (document,) = await add_watches(
+        store,
+        [body.get("job_id")],
+        body.get("metadata", {}),
+        interval_seconds=interval_seconds,
+        origin="api",
+    )
+    return document
+
+
+async def remove_watches(store: StoreBackend, job_ids: Sequence[str]) -> int:
+    """Stop watching jobs; how many were watched. BadRequest names a malformed job id."""
+    return await store.remove_watches([_job_id(job_id) for job_id in job_ids])
+
+
+async def remove_watch(store: StoreBackend, job_id: str) -> None:
     """Stop watching a job; NotFound when it was not watched."""
-    if await ctx.store.remove_watches([_job_id(job_id)]) == 0:
+    if await remove_watches(store, [job_id]) == 0:
         raise NotFound(f"job {job_id!r} is not watched")
 
 

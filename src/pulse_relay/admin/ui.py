@@ -238,7 +238,7 @@ class _Pages:
 
     async def watches(self, request: web.Request) -> web.Response:
         """`/watches`: watched jobs, a form to add one, a button to remove each."""
-        answer = await service.list_watches(self._ctx)
+        answer = await service.list_watches(self._ctx.store)
         watches = [
             {**watch, "api_href": f"/api/watches/{path_segment(watch['job_id'])}"}
             for watch in answer["watches"]

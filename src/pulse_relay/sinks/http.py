@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from pulse_relay import __version__
-from pulse_relay.retry import parse_retry_after
+from pulse_relay.retry import is_retryable_status, parse_retry_after
 from pulse_relay.signature import sign_headers
 from pulse_relay.sinks.base import (
     Delivery,
@@ -25,8 +25,6 @@ if TYPE_CHECKING:
 # states its reason up front, so the first bytes are the useful ones, and
 # nothing beyond them is read.
 MAX_RESPONSE_EXCERPT_BYTES = 4096
-# Statuses below 500 that still mean "try again later".
-RETRYABLE_CLIENT_STATUSES = frozenset({408, 425, 429})
 
 
 class HttpSink:
@@ -92,7 +90,7 @@ class HttpSink:
                 status_code=status,
                 output_tail=excerpt,
             )
-        if status in RETRYABLE_CLIENT_STATUSES or status >= 500:
+        if is_retryable_status(status):
             raise RetryableSinkError(
                 f"HTTP {status}",
                 status_code=status,

@@ -1,0 +1,84 @@
+"""The dispatcher's bookkeeping of work in flight: per sink, all deliveries, all job fetches.
+
+Pure counting, no I/O: the claim loop reserves what is free before it asks the
+store, and each fetch or delivery holds its slot while it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Slots held by running or about-to-be-claimed work: per sink, deliveries, fetches."""
+
+    per_sink: dict[str, int] = field(default_factory=dict)
+    deliveries: int = 0
+    fetches: int = 0
+
+
+FETCH_SLOT: Final = Reservation(fetches=1)
+
+
+def delivery_slot(sink: str) -> Reservation:
+    """The slots one running delivery to `sink` holds."""
+    return Reservation({sink: 1}, deliveries=1)
+
+
+class Slots:
+    """Work in flight against its limits: per sink, all deliveries, all job fetches."""
+
+    def __init__(
+        self, sink_limits: Mapping[str, int], *, delivery_limit: int, fetch_limit: int
+    ) -> None:
+        self._sink_limits = dict(sink_limits)
+        self._delivery_limit = delivery_limit
+        self._fetch_limit = fetch_limit
+        self._per_sink = dict.fromkeys(self._sink_limits, 0)
+        self._deliveries = 0
+        self._fetches = 0
+        self._rotation = 0
+
+    def open_sinks(self) -> list[str]:
+        """The sinks a delivery could start for now."""
+        if self._deliveries >= self._delivery_limit:
+            return []
+        return [n for n, limit in self._sink_limits.items() if self._per_sink[n] < limit]
+
+    @property
+    def has_free_fetch(self) -> bool:
+        """True while another job fetch may start."""
+        return self._fetches < self._fetch_limit
+
+    def reserve_free(self, *, fetches: bool) -> Reservation:
+        """Reserve every free slot (and the free fetch slots if `fetches`) until `release`."""
+        free_fetches = max(0, self._fetch_limit - self._fetches) if fetches else 0
+        total_free = max(0, self._delivery_limit - self._deliveries)
+        names = list(self._sink_limits)
+        if not names or total_free == 0:
+            reservation = Reservation(fetches=free_fetches)
+        else:
+            # Rotate the order so one busy sink cannot take the whole budget every time.
+            self._rotation = (self._rotation + 1) % len(names)
+            names = names[self._rotation :] + names[: self._rotation]
+            per_sink = {n: max(0, self._sink_limits[n] - self._per_sink[n]) for n in names}
+            reservation = Reservation(per_sink, total_free, free_fetches)
+        self.reserve(reservation)
+        return reservation
+
+    def reserve(self, reservation: Reservation) -> None:
+        """Count `reservation`'s slots as taken."""
+        self._add(reservation, 1)
+
+    def release(self, reservation: Reservation) -> None:
+        """Give `reservation`'s slots back."""
+        self._add(reservation, -1)
+
+    def _add(self, reservation: Reservation, sign: int) -> None:
+        for name, slots in reservation.per_sink.items():
+            self._per_sink[name] += sign * slots
+        self._deliveries += sign * reservation.deliveries
+        self._fetches += sign * reservation.fetches
