@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from pulse_relay.cli import cli
-from pulse_relay.config import Settings, redacted_settings
+from pulse_relay.config import Settings
 from pulse_relay.logs import redact_sensitive
-from pulse_relay.redaction import REDACTED, is_secret_name
+from pulse_relay.redaction import REDACTED, is_secret_name, redacted_settings
 from tests.helpers import config_toml, relay_config
 
 

@@ -47,7 +47,6 @@ from pulse_relay.config import (
 from pulse_relay.dispatcher import Dispatcher, DispatcherLimits, SinkRuntime
 from pulse_relay.edge import (
     digest_header_values,
-    parse_networks,
     sample_accept_errors,
 )
 from pulse_relay.logs import SampledLog, configure_logging, get_logger
@@ -138,8 +137,8 @@ def build_ingress_config(settings: Settings, *, closed_reason: str | None) -> In
         read_timeout_seconds=server.read_timeout_seconds,
         fetch_on=frozenset(settings.pulse.fetch_on),
         closed_reason=closed_reason,
-        allow_from=parse_networks(server.allow_from),
-        trusted_proxies=parse_networks(server.trusted_proxies),
+        allow_from=server.allow_from,
+        trusted_proxies=server.trusted_proxies,
         required_headers=digest_header_values(required),
         single_headers=(
             (verify.signature_header, verify.id_header)
