@@ -7,6 +7,8 @@ origin, `warnings` what is valid but risky. Every key is in docs/configuration.m
 """
 
 from pulse_relay.config.load import (
+    ENV_CONFIG_PATH,
+    ENV_CREDENTIALS_DIRECTORY,
     ConfigError,
     Origins,
     load_settings,
@@ -15,8 +17,6 @@ from pulse_relay.config.load import (
 from pulse_relay.config.schema import (
     DEFAULT_LEASE_SECONDS,
     ENV_API_KEY,
-    ENV_CONFIG_PATH,
-    ENV_CREDENTIALS_DIRECTORY,
     ENV_PREFIX,
     ENV_WEBHOOK_SECRET,
     SINK_TYPES,

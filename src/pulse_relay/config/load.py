@@ -37,14 +37,15 @@ from pydantic_settings import EnvSettingsSource, SettingsError
 
 from pulse_relay.config.schema import (
     ENV_API_KEY,
-    ENV_CONFIG_PATH,
-    ENV_CREDENTIALS_DIRECTORY,
     ENV_PREFIX,
     ENV_WEBHOOK_SECRET,
     SINK_TAGS,
     Settings,
 )
 from pulse_relay.config.types import Loc
+
+ENV_CONFIG_PATH = "PULSE_RELAY_CONFIG"
+ENV_CREDENTIALS_DIRECTORY = "CREDENTIALS_DIRECTORY"
 
 
 class ConfigError(Exception):

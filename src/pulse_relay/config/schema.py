@@ -38,10 +38,8 @@ from pulse_relay.redaction import REDACTED, URL_SHOWN_MASKED, mask_url
 from pulse_relay.store.urls import is_postgres, sqlite_path
 
 ENV_PREFIX = "PULSE_RELAY_"
-ENV_CONFIG_PATH = "PULSE_RELAY_CONFIG"
 ENV_WEBHOOK_SECRET = "PULSE_WEBHOOK_SECRET"  # noqa: S105 (a variable name)
 ENV_API_KEY = "PULSE_API_KEY"
-ENV_CREDENTIALS_DIRECTORY = "CREDENTIALS_DIRECTORY"
 
 
 def invalid(title: str, problems: list[tuple[Loc, str]]) -> ValidationError:
