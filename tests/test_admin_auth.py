@@ -174,7 +174,8 @@ def test_the_login_cookie_is_http_only_strict_and_not_the_token() -> None:
 def test_token_from_a_file_and_from_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pulse_relay.config import load_settings, redacted_settings
+    from pulse_relay.config import load_settings
+    from pulse_relay.redaction import redacted_settings
 
     token_file = tmp_path / "admin-token"
     token_file.write_text(TOKEN + "\n")

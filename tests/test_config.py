@@ -23,10 +23,9 @@ from pulse_relay.config import (
     Settings,
     SinkSettings,
     load_settings,
-    redacted_settings,
     settings_warnings,
 )
-from pulse_relay.redaction import REDACTED, mask_url
+from pulse_relay.redaction import REDACTED, mask_url, redacted_settings
 from tests.helpers import config_toml, settings_keys
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
@@ -618,7 +617,8 @@ def test_allowed_filename_templates(write_config: WriteConfig, filename: str) ->
     path = write_config(sinks=[file_sink("f", filename=filename)])
     sink = load_settings(path).sinks[0]
     assert isinstance(sink, FileSinkSettings)
-    assert sink.filename == filename
+    assert sink.filename is not None
+    assert sink.filename.text == filename
 
 
 # --- redaction -------------------------------------------------------------------------------

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
 
-from pulse_relay.config import ConfigError, load_settings, redacted_settings
-from pulse_relay.redaction import REDACTED
+from pulse_relay.config import ConfigError, load_settings
+from pulse_relay.redaction import REDACTED, redacted_settings
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -30,13 +31,17 @@ def test_networks_are_normalised(tmp_path: Path) -> None:
             'trusted_proxies = "10.0.0.0/8, 127.0.0.1"\n',
         )
     )
-    assert settings.server.allow_from == ["192.0.2.7/32", "2001:db8::/32"]
-    assert settings.server.trusted_proxies == ["10.0.0.0/8", "127.0.0.1/32"]
+    # The ingress receives parsed networks; a dump shows them normalised.
+    assert settings.server.allow_from == (ip_network("192.0.2.7/32"), ip_network("2001:db8::/32"))
+    assert settings.server.trusted_proxies == (ip_network("10.0.0.0/8"), ip_network("127.0.0.1"))
+    dumped = settings.model_dump(mode="json")["server"]
+    assert dumped["allow_from"] == ["192.0.2.7/32", "2001:db8::/32"]
+    assert dumped["trusted_proxies"] == ["10.0.0.0/8", "127.0.0.1/32"]
 
 
 def test_networks_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PULSE_RELAY_SERVER__ALLOW_FROM", '["203.0.113.0/24"]')
-    assert load_settings().server.allow_from == ["203.0.113.0/24"]
+    assert load_settings().server.allow_from == (ip_network("203.0.113.0/24"),)
 
 
 @pytest.mark.parametrize(

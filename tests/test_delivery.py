@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 
 from pulse_relay.app import Relay
 from pulse_relay.config import Settings
+from pulse_relay.config.types import parse_filename_template
 from pulse_relay.emulator import Fault, PulseEmulator
 from tests.conftest import SECRET, MakeSettings, StartRelay, wait_for
 from tests.helpers import Receiver, deep_merge, recorder_argv
@@ -391,7 +392,8 @@ async def test_file_template_escaping_the_directory_goes_dead_with_the_reason(
     outside.mkdir()
     (tmp_path / "files").mkdir()
     (tmp_path / "files" / "link").symlink_to(outside)
-    settings.sinks[0].filename = "link/{job_id}.json"  # type: ignore[union-attr]
+    template = parse_filename_template("link/{job_id}.json")
+    settings.sinks[0].filename = template  # type: ignore[union-attr]
     relay = await start_relay(settings)
     assert (await send(relay, emulator, "job.completed", "job-esc", webhook_id="msg_esc"))[0] == 202
     states = await settled(relay, "msg_esc")

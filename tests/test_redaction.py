@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 from click.testing import CliRunner
+from pydantic import BaseModel, SecretStr
 
 from pulse_relay.cli import cli
-from pulse_relay.config import Settings, redacted_settings
+from pulse_relay.config import Settings
 from pulse_relay.logs import redact_sensitive
-from pulse_relay.redaction import REDACTED, is_secret_name
+from pulse_relay.redaction import REDACTED, URL_SHOWN_MASKED, is_secret_name, redacted_settings
 from tests.helpers import config_toml, relay_config
 
 
@@ -39,6 +41,36 @@ def test_secret_names_are_masked_in_check_config_and_in_logs(name: str) -> None:
     )
     assert redacted_settings(settings)["sinks"][0]["headers"][name] == REDACTED
     assert redact_sensitive(None, "info", {name: "v"}) == {name: REDACTED}
+
+
+class _Section(BaseModel):
+    harmless_name: SecretStr
+    database: Annotated[SecretStr, URL_SHOWN_MASKED]
+    listed: list[SecretStr]
+    variables: dict[str, str]
+
+
+class _Whole(BaseModel):
+    section: _Section
+
+
+def test_redacted_settings_masks_a_secret_by_its_type_whatever_its_name() -> None:
+    section = _Section(
+        harmless_name=SecretStr("hunter2"),
+        database=SecretStr("postgresql://user:pw@db/relay?sslpassword=x"),
+        listed=[SecretStr("a"), SecretStr("")],
+        variables={"PLAIN": "http://user:pw@host/", "TOKEN": "t"},
+    )
+    assert redacted_settings(_Whole(section=section)) == {
+        "section": {
+            "harmless_name": REDACTED,
+            # The store that is meant stays visible; its credentials do not.
+            "database": f"postgresql://{REDACTED}@db/relay?{REDACTED}",
+            # An empty secret stays empty: the reader sees it is unset.
+            "listed": [REDACTED, ""],
+            "variables": {"PLAIN": f"http://{REDACTED}@host/", "TOKEN": REDACTED},
+        }
+    }
 
 
 @pytest.mark.parametrize("name", ["webhook_id", "job_id", "Content-Type", "status_code"])

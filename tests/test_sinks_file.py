@@ -11,12 +11,15 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from string import Formatter
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from bench.chaos.at_rest import racing
 from pulse_relay.config import FileSinkSettings
+from pulse_relay.config.types import FilenameTemplate, TemplatePiece
 from pulse_relay.sinks import (
     Delivery,
     FileSink,
@@ -63,10 +66,19 @@ def make_sink(directory: Path, **options: Any) -> FileSink:
     return FileSink(FileSinkSettings(type="file", name="files", directory=directory, **options))
 
 
-def make_unvalidated_sink(directory: Path, **options: Any) -> FileSink:
+def unchecked_template(text: str) -> FilenameTemplate:
+    """A filename template that skipped its checks: the sink must still keep inside."""
+    pieces = tuple(
+        TemplatePiece(literal, field)
+        for literal, field, _spec, _conversion in Formatter().parse(text)
+    )
+    return FilenameTemplate(text, pieces)
+
+
+def make_unvalidated_sink(directory: Path, filename: str) -> FileSink:
     """A sink from settings that skipped config validation: the sink must defend itself."""
     settings = FileSinkSettings.model_construct(
-        type="file", name="files", directory=directory, **options
+        type="file", name="files", directory=directory, filename=unchecked_template(filename)
     )
     return FileSink(settings)
 
@@ -229,6 +241,9 @@ async def test_jsonl_waits_for_another_writers_lock(tmp_path: Path) -> None:
 )
 async def test_template_leaving_the_directory_is_refused(tmp_path: Path, filename: str) -> None:
     directory = tmp_path / "out"
+    with pytest.raises(ValidationError, match=r'filename\n.*(relative|"\.\." components)'):
+        make_sink(directory, filename=filename)
+    # And if such a template got past the settings, the sink writes nothing outside.
     sink = make_unvalidated_sink(directory, filename=filename)
     with pytest.raises(PermanentSinkError, match=r"directory|absolute|'\.\.'"):
         await sink.deliver(make_delivery())
@@ -325,8 +340,8 @@ async def test_overlong_file_name_goes_dead(tmp_path: Path) -> None:
 
 def test_unknown_or_fancy_template_fields_are_refused(tmp_path: Path) -> None:
     for filename in ("{job}.json", "{id.__class__}.json", "{id!r}.json", "{id:>9}.json", "{"):
-        with pytest.raises(ValueError, match="filename template"):
-            make_unvalidated_sink(tmp_path, filename=filename)
+        with pytest.raises(ValidationError, match=r"filename\n.*(unknown template field|template)"):
+            make_sink(tmp_path, filename=filename)
 
 
 async def test_build_sink(tmp_path: Path) -> None:
@@ -396,10 +411,8 @@ def test_mode_must_be_octal_text_that_lets_the_owner_write(tmp_path: Path, mode:
     if mode in ("600", "0644"):
         assert make_sink(tmp_path, mode=mode)
         return
-    with pytest.raises(ValueError, match="mode"):
+    with pytest.raises(ValidationError, match="mode"):
         make_sink(tmp_path, mode=mode)
-    with pytest.raises(ValueError, match="mode"):
-        make_unvalidated_sink(tmp_path, mode=mode)
 
 
 @pytest.mark.parametrize("file_format", ["json", "jsonl"])

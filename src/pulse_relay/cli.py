@@ -92,8 +92,9 @@ def check_config(obj: CommandContext) -> None:
     import asyncio
     import os
 
-    from pulse_relay.config import mode_warnings, redacted_settings, settings_warnings
+    from pulse_relay.config import mode_warnings, settings_warnings
     from pulse_relay.preflight import HostProblem, check_host, exposed_secret_files
+    from pulse_relay.redaction import redacted_settings
     from pulse_relay.store.postgres import postgres_problem
 
     settings, origins = obj.settings_with_origins()

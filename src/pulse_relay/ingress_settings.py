@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from pulse_relay.config import Settings
-from pulse_relay.edge import digest_header_values, parse_networks
+from pulse_relay.edge import digest_header_values
 from pulse_relay.server import IngressConfig
 from pulse_relay.signature import HexHmacVerifier, NoneVerifier, StandardVerifier, Verifier
 
@@ -45,8 +45,8 @@ def build_ingress_config(settings: Settings, *, closed_reason: str | None) -> In
         read_timeout_seconds=server.read_timeout_seconds,
         fetch_on=frozenset(settings.pulse.fetch_on),
         closed_reason=closed_reason,
-        allow_from=parse_networks(server.allow_from),
-        trusted_proxies=parse_networks(server.trusted_proxies),
+        allow_from=server.allow_from,
+        trusted_proxies=server.trusted_proxies,
         required_headers=digest_header_values(required),
         single_headers=(
             (verify.signature_header, verify.id_header)

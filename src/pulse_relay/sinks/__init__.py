@@ -1,10 +1,10 @@
 """Sinks: where envelopes go. `build_sink` turns one `[[sinks]]` table into a sink.
 
-The settings types are imported for type checking only: config.py calls into
-the sink modules for the rules they own (filename templates, signing secrets),
-so importing config here at run time would make the import circular. The HTTP
-sink (and aiohttp with it) is imported when first used: config.py's imports
-reach this package, and `pulse-relay events` should not load an HTTP client.
+Each sink receives its settings validated and parsed by the configuration
+(config/types.py: a file mode's bits, a filename template's pieces, a usable
+signing secret) and parses none of them again; the configuration imports no
+sink. The HTTP sink (and aiohttp with it) is imported when first used: a command
+that builds no HTTP sink should not load an HTTP client.
 """
 
 from __future__ import annotations
@@ -54,12 +54,7 @@ def __getattr__(name: str) -> Any:
 
 
 def build_sink(settings: SinkSettings, *, session: aiohttp.ClientSession | None = None) -> Sink:
-    """The sink for one settings table; `session` is shared by HTTP sinks and never closed by them.
-
-    Raises ValueError for settings that skipped validation and that a sink
-    cannot use (a filename template with unknown fields, a sign_secret that is
-    not valid base64).
-    """
+    """The sink for one settings table; `session` is shared by HTTP sinks, never closed by them."""
     if settings.type == "file":
         return FileSink(settings)
     if settings.type == "http":

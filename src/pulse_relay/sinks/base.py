@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
-
-from pulse_relay.signature import decode_secret
-
-if TYPE_CHECKING:
-    from pydantic import SecretStr
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -68,12 +63,3 @@ class Sink(Protocol):
     async def deliver(self, delivery: Delivery) -> SinkResult: ...
 
     async def close(self) -> None: ...
-
-
-def signing_secret(sign_secret: SecretStr | None) -> str | None:
-    """The secret a sink re-signs with; None when unset or empty. ValueError when unusable."""
-    if sign_secret is None or not sign_secret.get_secret_value():
-        return None
-    secret = sign_secret.get_secret_value()
-    decode_secret(secret)
-    return secret

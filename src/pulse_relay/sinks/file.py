@@ -14,11 +14,11 @@ import stat
 import string
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, TypeVar
 
+from pulse_relay.config.types import parse_filename_template, relative_path_problem
 from pulse_relay.sinks.base import (
     Delivery,
     PermanentSinkError,
@@ -31,9 +31,16 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 
-DEFAULT_JSON_FILENAME = "{job_id}.json"
-DEFAULT_JSONL_FILENAME = "events.jsonl"
-TEMPLATE_FIELDS = frozenset({"id", "type", "job_id", "date"})
+# The file name when none is configured, by format; and the one used instead of a
+# template with {job_id} for an event that belongs to no job.
+DEFAULT_TEMPLATES = {
+    "json": parse_filename_template("{job_id}.json"),
+    "jsonl": parse_filename_template("events.jsonl"),
+}
+_NO_JOB_TEMPLATES = {
+    "json": parse_filename_template("{id}.json"),
+    "jsonl": parse_filename_template("{id}.jsonl"),
+}
 
 # Characters a field value may keep as they are. Everything else, including
 # path separators, NUL and '%' itself, is percent-encoded: the mapping is
@@ -46,7 +53,6 @@ _PERMANENT_ERRNOS = frozenset({errno.ENAMETOOLONG})
 _HEAD_BYTES = 64 * 1024
 _RECEIVED_AT = re.compile(rb'"received_at"\s*:\s*"([0-9T:.Z+-]{1,40})"')
 _PATH_LOCK_STRIPES = 64
-_FILE_MODE = re.compile(r"0?[0-7]{3}")
 # The configured directory may be reached through a symlink (the operator's
 # choice); nothing below it is.
 _ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -54,58 +60,10 @@ _DIRECTORY_FLAGS = _ROOT_FLAGS | os.O_NOFOLLOW
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-@dataclass(frozen=True)
-class _Piece:
-    literal: str
-    field: str | None
-
-
-def parse_filename_template(template: str) -> tuple[_Piece, ...]:
-    """Split a filename template into literal text and fields; ValueError says what is wrong."""
-    if not template.strip():
-        raise ValueError("must not be empty")
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise ValueError(f"not a valid template: {exc}") from None
-    pieces: list[_Piece] = []
-    for literal, field_name, format_spec, conversion in parsed:
-        if field_name is None:
-            pieces.append(_Piece(literal, None))
-            continue
-        # Only bare names: `{id.__class__}` or `{id!r:>9}` would let a template
-        # reach into objects or pad names in surprising ways.
-        if field_name not in TEMPLATE_FIELDS or format_spec or conversion:
-            allowed = ", ".join("{" + name + "}" for name in sorted(TEMPLATE_FIELDS))
-            raise ValueError(f"unknown template field {{{field_name}}} (allowed: {allowed})")
-        pieces.append(_Piece(literal, field_name))
-    return tuple(pieces)
-
-
-def parse_file_mode(text: str) -> int:
-    """The permission bits of an octal `mode` string ("0600", "640"); ValueError says why not."""
-    if _FILE_MODE.fullmatch(text) is None:
-        raise ValueError(f'{text!r} is not an octal permission mode such as "0600" or "0640"')
-    mode = int(text, 8)
-    # The relay reads back what it wrote (the newer-event check, a torn jsonl line).
-    if mode & 0o600 != 0o600:
-        raise ValueError(f'"{text}" must let the owner read and write (e.g. "0600")')
-    return mode
-
-
 def directory_mode_for(file_mode: int) -> int:
     """The mode of directories the sink creates: the owner's, plus search where files are read."""
     readable = file_mode & 0o044
     return 0o700 | readable | (readable >> 2)
-
-
-def relative_path_problem(relative: str) -> str | None:
-    """Why `relative` (a template or a rendered name) could leave the sink directory, or None."""
-    if PurePosixPath(relative).is_absolute() or PureWindowsPath(relative).is_absolute():
-        return "must be relative to the sink directory"
-    if ".." in re.split(r"[/\\]", relative):
-        return 'must not contain ".." components'
-    return None
 
 
 def encode_field_value(value: str) -> str:
@@ -141,19 +99,10 @@ class FileSink:
         self.name = settings.name
         self._settings = settings
         self._format = settings.format
-        try:
-            self._mode = parse_file_mode(settings.mode)
-        except ValueError as exc:
-            raise ValueError(f"sink {self.name!r}: mode: {exc}") from None
+        self._mode = settings.mode.bits
         self._directory_mode = directory_mode_for(self._mode)
-        default = DEFAULT_JSON_FILENAME if self._format == "json" else DEFAULT_JSONL_FILENAME
-        template = settings.filename or default
-        try:
-            self._template = parse_filename_template(template)
-        except ValueError as exc:
-            raise ValueError(f"sink {self.name!r}: filename template {template!r}: {exc}") from None
-        extension = ".json" if self._format == "json" else ".jsonl"
-        self._fallback_template = parse_filename_template("{id}" + extension)
+        self._template = settings.filename or DEFAULT_TEMPLATES[self._format]
+        self._fallback_template = _NO_JOB_TEMPLATES[self._format]
         # Appends are short, so one lock for the whole sink is enough to keep
         # them from tying up worker threads waiting on each other's flock; the
         # flock in the writer covers other processes sharing the file.
@@ -169,7 +118,7 @@ class FileSink:
     def render_filename(self, delivery: Delivery) -> str:
         """The file name for `delivery` relative to the directory, field values encoded."""
         template = self._template
-        if delivery.job_id is None and any(piece.field == "job_id" for piece in template):
+        if delivery.job_id is None and "job_id" in template.fields:
             template = self._fallback_template
         values = {
             "id": delivery.event_id,
@@ -179,7 +128,7 @@ class FileSink:
         }
         return "".join(
             piece.literal + ("" if piece.field is None else encode_field_value(values[piece.field]))
-            for piece in template
+            for piece in template.pieces
         )
 
     async def deliver(self, delivery: Delivery) -> SinkResult:

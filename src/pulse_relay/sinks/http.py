@@ -15,7 +15,6 @@ from pulse_relay.sinks.base import (
     PermanentSinkError,
     RetryableSinkError,
     SinkResult,
-    signing_secret,
 )
 
 if TYPE_CHECKING:
@@ -35,10 +34,8 @@ class HttpSink:
     ) -> None:
         self.name = settings.name
         self._settings = settings
-        try:
-            self._secret = signing_secret(settings.sign_secret)
-        except ValueError as exc:
-            raise ValueError(f"sink {settings.name!r}: sign_secret: {exc}") from None
+        secret = settings.sign_secret
+        self._secret = None if secret is None else secret.get_secret_value()
         self._session = session
         self._owns_session = session is None
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout_seconds)
