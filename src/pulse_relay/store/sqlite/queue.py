@@ -14,6 +14,7 @@ from pulse_relay.store.model import (
     DeliveryTask,
     FetchTask,
 )
+from pulse_relay.store.rows import INSERT_ATTEMPT, attempt_values, delivery_task
 from pulse_relay.store.sqlite.plumbing import SQLitePlumbing
 from pulse_relay.store.sqlite.sql import chunks, placeholders
 
@@ -262,6 +263,34 @@ class QueueMixin(SQLitePlumbing):
         result: int = await self.write(op)
         return result
 
+    async def next_due_at(self, sinks: Sequence[str], *, include_fetches: bool) -> float | None:
+        """When the next claimable fetch or delivery (for `sinks`) is due; None if none waits."""
+        now = self._clock()
+        times: list[float] = []
+        for chunk in chunks(list(sinks)):
+            async with self.read(
+                "SELECT MIN(d.next_attempt_at) FROM deliveries d "
+                "JOIN events e ON e.id = d.event_id "
+                f"WHERE d.state = 'pending' AND d.sink IN ({placeholders(len(chunk))}) "
+                f"AND d.next_attempt_at < {AWAITING_FETCH!r} "
+                "AND (d.lease_until IS NULL OR d.lease_until <= ?) "
+                "AND e.fetch_state IN ('none', 'done')",
+                [*chunk, now],
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row and row[0] is not None:
+                times.append(float(row[0]))
+        if include_fetches:
+            async with self.read(
+                "SELECT MIN(next_fetch_at) FROM events WHERE fetch_state = 'pending' "
+                "AND (fetch_lease_until IS NULL OR fetch_lease_until <= ?)",
+                (now,),
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row and row[0] is not None:
+                times.append(float(row[0]))
+        return min(times) if times else None
+
 
 def _claim_fetches(
     db: sqlite3.Connection, *, now: float, limit: int, lease_seconds: float
@@ -318,23 +347,7 @@ def _claim_deliveries(
         rows = db.execute(
             _DELIVERY_COLUMNS + where + "ORDER BY d.next_attempt_at LIMIT ?", [*params, limit]
         ).fetchall()
-        tasks.extend(
-            DeliveryTask(
-                event_id=r["event_id"],
-                sink=r["sink"],
-                attempts=r["attempts"],
-                is_replay=bool(r["replay"]),
-                event_type=r["type"],
-                job_id=r["job_id"],
-                received_at=r["received_at"],
-                source=r["source"],
-                body=bytes(r["body"]),
-                job=json.loads(r["job"]) if r["job"] is not None else None,
-                result_url=r["result_url"],
-                metadata=json.loads(r["metadata"]) if r["metadata"] else None,
-            )
-            for r in rows
-        )
+        tasks.extend(delivery_task(row, None) for row in rows)
     db.executemany(
         "UPDATE deliveries SET lease_until = ? WHERE event_id = ? AND sink = ?",
         [(now + lease_seconds, t.event_id, t.sink) for t in tasks],
@@ -343,18 +356,4 @@ def _claim_deliveries(
 
 
 def _insert_attempt(db: sqlite3.Connection, event_id: str, attempt: Attempt) -> None:
-    db.execute(
-        "INSERT INTO attempts (event_id, sink, attempt, started_at, duration_ms, outcome, "
-        "status_code, error, output_tail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            event_id,
-            attempt.sink,
-            attempt.attempt,
-            attempt.started_at,
-            attempt.duration_ms,
-            attempt.outcome,
-            attempt.status_code,
-            attempt.error,
-            attempt.output_tail,
-        ),
-    )
+    db.execute(INSERT_ATTEMPT, attempt_values(event_id, attempt))
