@@ -14,7 +14,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from pulse_relay.store.contract import StoreBackend
+from pulse_relay.store.contract import (
+    IngestStore,
+    QueueStore,
+    RetentionStore,
+    StoreBackend,
+    StoreLifecycle,
+    ViewStore,
+    WatchStore,
+)
 from pulse_relay.store.decide import Decision, decide_ingest, ingest_state
 from pulse_relay.store.model import (
     AWAITING_FETCH,
@@ -70,14 +78,20 @@ __all__ = [
     "FetchTask",
     "IngestOutcome",
     "IngestRecord",
+    "IngestStore",
     "PostgresStore",
+    "QueueStore",
+    "RetentionStore",
     "SQLiteStore",
     "Store",
     "StoreBackend",
+    "StoreLifecycle",
     "StoreUnavailableError",
     "StoreVersionError",
     "UnwritableRecordError",
+    "ViewStore",
     "Watch",
+    "WatchStore",
     "decide_ingest",
     "ingest_state",
     "record_problem",

@@ -115,7 +115,11 @@ class PostgresPlumbing:
             listener(kind, event_id, detail)
 
     def next_token(self) -> str:
-        """A fresh claim token: a late relay's finish cannot match another relay's claim."""
+        """A fresh lease token, `<relay_id>:<claim number>`, for the rows of one claim.
+
+        Unique across relays (the relay id is random), so a late relay's finish cannot
+        match another relay's claim; its prefix lets `release_leases` find this relay's
+        own leases. See `pulse_relay.store.contract`."""
         self._claims += 1
         return f"{self.relay_id}:{self._claims}"
 
