@@ -1,7 +1,5 @@
-"""The only package that speaks SQL: one contract (StoreBackend), two backends.
-
-`Store` is the embedded SQLite backend, kept under its former name for the code
-and tools that build one from a path.
+"""The only package that speaks SQL: one contract (StoreBackend), two backends
+(SQLiteStore embedded, PostgresStore shared).
 
 The backends are imported on first use (module `__getattr__`): everything that
 needs a model type (`pulse-relay events`, config.py's URL rules) imports this
@@ -51,13 +49,10 @@ if TYPE_CHECKING:
     from pulse_relay.store.postgres import PostgresStore
     from pulse_relay.store.sqlite import MIGRATIONS, SQLiteStore
 
-    Store = SQLiteStore
-
 # name -> (module, attribute) of what is imported when first asked for.
 _LAZY = {
     "PostgresStore": ("pulse_relay.store.postgres", "PostgresStore"),
     "SQLiteStore": ("pulse_relay.store.sqlite", "SQLiteStore"),
-    "Store": ("pulse_relay.store.sqlite", "SQLiteStore"),
     "MIGRATIONS": ("pulse_relay.store.sqlite", "MIGRATIONS"),
 }
 
@@ -83,7 +78,6 @@ __all__ = [
     "QueueStore",
     "RetentionStore",
     "SQLiteStore",
-    "Store",
     "StoreBackend",
     "StoreLifecycle",
     "StoreUnavailableError",
