@@ -28,9 +28,8 @@ from pulse_relay.store import (
     StoreVersionError,
     UnwritableRecordError,
 )
+from pulse_relay.store import base as store_base
 from pulse_relay.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
-from pulse_relay.store.postgres import plumbing as postgres_plumbing
-from pulse_relay.store.sqlite import plumbing as sqlite_plumbing
 from tests.conftest import wait_for
 from tests.helpers import count_events
 
@@ -622,8 +621,7 @@ async def test_a_failed_group_commit_is_retried_record_by_record(
     store: StoreBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # As if the check before the batch missed what the database then refuses.
-    for plumbing in (sqlite_plumbing, postgres_plumbing):
-        monkeypatch.setattr(plumbing, "record_problem", lambda record: None)
+    monkeypatch.setattr(store_base, "record_problem", lambda record: None)
     records = [record(f"m{n}", job_id=f"job-{n}") for n in range(40)]
     records[20] = dataclasses.replace(record("m20", job_id="job-20"), event_type="job.\ud800")
     results = await asyncio.gather(*(store.ingest(r) for r in records), return_exceptions=True)
