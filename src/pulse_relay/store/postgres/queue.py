@@ -13,6 +13,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from pulse_relay.store import rows
 from pulse_relay.store.listing import POSTGRES
 from pulse_relay.store.model import (
     AWAITING_FETCH,
@@ -22,7 +23,6 @@ from pulse_relay.store.model import (
     FetchTask,
 )
 from pulse_relay.store.postgres.plumbing import PostgresPlumbing
-from pulse_relay.store.rows import INSERT_ATTEMPT, attempt_values, delivery_task
 
 _CLAIM_FETCHES = (
     "WITH due AS (SELECT id FROM events WHERE fetch_state = 'pending' AND next_fetch_at <= %s "
@@ -46,7 +46,7 @@ _TASK_EVENTS = (
     "CAST(w.metadata AS TEXT) FROM events e LEFT JOIN watches w ON w.job_id = e.job_id "
     "WHERE e.id = ANY(%s)"
 )
-_ATTEMPT = POSTGRES.sql(INSERT_ATTEMPT).encode()
+_ATTEMPT = POSTGRES.sql(rows.INSERT_ATTEMPT).encode()
 
 
 class QueueMixin(PostgresPlumbing):
@@ -297,8 +297,8 @@ async def _claim_deliveries(
         return []
     cursor = await conn.execute(_TASK_EVENTS, (list({row[0] for row in claimed}),))
     events = {row[0]: row for row in await cursor.fetchall()}
-    return [delivery_task((*row, *events[row[0]][1:]), token) for row in claimed]
+    return [rows.delivery_task((*row, *events[row[0]][1:]), token) for row in claimed]
 
 
 async def _insert_attempt(conn: AsyncConnection[Any], event_id: str, attempt: Attempt) -> None:
-    await conn.execute(_ATTEMPT, attempt_values(event_id, attempt))
+    await conn.execute(_ATTEMPT, rows.attempt_values(event_id, attempt))

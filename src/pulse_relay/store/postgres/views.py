@@ -7,18 +7,10 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from pulse_relay.store import rows
 from pulse_relay.store.listing import POSTGRES, EventListing
 from pulse_relay.store.model import EventView
 from pulse_relay.store.postgres.watches import WatchesMixin
-from pulse_relay.store.rows import (
-    ATTEMPTS_QUERY,
-    DELIVERY_VIEW_COLUMNS,
-    EVENT_DETAIL_QUERY,
-    attach_deliveries,
-    attempt,
-    event_detail,
-    event_view,
-)
 
 
 class ViewsMixin(WatchesMixin, EventListing):
@@ -29,21 +21,21 @@ class ViewsMixin(WatchesMixin, EventListing):
     async def _listed_events(self, sql: str, params: list[Any]) -> list[EventView]:
         async with self.connection() as conn:
             cursor = await conn.execute(sql.encode(), params)
-            views = [event_view(row) for row in await cursor.fetchall()]
+            views = [rows.event_view(row) for row in await cursor.fetchall()]
             await _attach_deliveries(conn, views)
         return views
 
     async def get_event(self, event_id: str) -> EventView | None:
         """One event with headers, body, job and the whole attempt log; None if unknown."""
         async with self.connection() as conn:
-            cursor = await conn.execute(POSTGRES.sql(EVENT_DETAIL_QUERY).encode(), (event_id,))
+            cursor = await conn.execute(POSTGRES.sql(rows.EVENT_DETAIL_QUERY).encode(), (event_id,))
             row = await cursor.fetchone()
             if row is None:
                 return None
-            view = event_detail(row)
+            view = rows.event_detail(row)
             await _attach_deliveries(conn, [view])
-            cursor = await conn.execute(POSTGRES.sql(ATTEMPTS_QUERY).encode(), (event_id,))
-            view.attempts = [attempt(row) for row in await cursor.fetchall()]
+            cursor = await conn.execute(POSTGRES.sql(rows.ATTEMPTS_QUERY).encode(), (event_id,))
+            view.attempts = [rows.attempt(row) for row in await cursor.fetchall()]
         return view
 
     async def state_counts(self) -> tuple[dict[str, int], dict[str, int]]:
@@ -79,8 +71,8 @@ async def _attach_deliveries(conn: AsyncConnection[Any], views: Sequence[EventVi
     if not views:
         return
     cursor = await conn.execute(
-        f"SELECT {DELIVERY_VIEW_COLUMNS} FROM deliveries "
+        f"SELECT {rows.DELIVERY_VIEW_COLUMNS} FROM deliveries "
         "WHERE event_id = ANY(%s) ORDER BY sink".encode(),
         ([view.id for view in views],),
     )
-    attach_deliveries(views, await cursor.fetchall())
+    rows.attach_deliveries(views, await cursor.fetchall())

@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+from pulse_relay.store import rows
 from pulse_relay.store.model import (
     AWAITING_FETCH,
     Attempt,
@@ -14,7 +15,6 @@ from pulse_relay.store.model import (
     DeliveryTask,
     FetchTask,
 )
-from pulse_relay.store.rows import INSERT_ATTEMPT, attempt_values, delivery_task
 from pulse_relay.store.sqlite.plumbing import SQLitePlumbing
 from pulse_relay.store.sqlite.sql import chunks, placeholders
 
@@ -297,14 +297,14 @@ def _claim_fetches(
 ) -> list[FetchTask]:
     if limit <= 0:
         return []
-    rows = db.execute(
+    found = db.execute(
         "SELECT id, job_id, type, fetch_attempts FROM events "
         "WHERE fetch_state = 'pending' AND next_fetch_at <= ? "
         "AND (fetch_lease_until IS NULL OR fetch_lease_until <= ?) "
         "ORDER BY next_fetch_at LIMIT ?",
         (now, now, limit),
     ).fetchall()
-    tasks = [FetchTask(r["id"], r["job_id"], r["type"], r["fetch_attempts"]) for r in rows]
+    tasks = [FetchTask(r["id"], r["job_id"], r["type"], r["fetch_attempts"]) for r in found]
     db.executemany(
         "UPDATE events SET fetch_lease_until = ? WHERE id = ?",
         [(now + lease_seconds, task.event_id) for task in tasks],
@@ -344,10 +344,10 @@ def _claim_deliveries(
         if event_id is not None:
             where += "AND d.event_id = ? "
             params.append(event_id)
-        rows = db.execute(
+        found = db.execute(
             _DELIVERY_COLUMNS + where + "ORDER BY d.next_attempt_at LIMIT ?", [*params, limit]
         ).fetchall()
-        tasks.extend(delivery_task(row, None) for row in rows)
+        tasks.extend(rows.delivery_task(row, None) for row in found)
     db.executemany(
         "UPDATE deliveries SET lease_until = ? WHERE event_id = ? AND sink = ?",
         [(now + lease_seconds, t.event_id, t.sink) for t in tasks],
@@ -356,4 +356,4 @@ def _claim_deliveries(
 
 
 def _insert_attempt(db: sqlite3.Connection, event_id: str, attempt: Attempt) -> None:
-    db.execute(INSERT_ATTEMPT, attempt_values(event_id, attempt))
+    db.execute(rows.INSERT_ATTEMPT, rows.attempt_values(event_id, attempt))

@@ -5,17 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from pulse_relay.store import rows
 from pulse_relay.store.listing import SQLITE, EventListing
 from pulse_relay.store.model import EventView
-from pulse_relay.store.rows import (
-    ATTEMPTS_QUERY,
-    DELIVERY_VIEW_COLUMNS,
-    EVENT_DETAIL_QUERY,
-    attach_deliveries,
-    attempt,
-    event_detail,
-    event_view,
-)
 from pulse_relay.store.sqlite.sql import chunks, placeholders
 from pulse_relay.store.sqlite.watches import WatchesMixin
 
@@ -27,31 +19,31 @@ class ViewsMixin(WatchesMixin, EventListing):
 
     async def _listed_events(self, sql: str, params: list[Any]) -> list[EventView]:
         async with self.read(sql, params) as cursor:
-            rows = await cursor.fetchall()
-        views = [event_view(row) for row in rows]
+            found = await cursor.fetchall()
+        views = [rows.event_view(row) for row in found]
         await self._attach_deliveries(views)
         return views
 
     async def get_event(self, event_id: str) -> EventView | None:
         """One event with headers, body, job and the whole attempt log; None if unknown."""
-        async with self.read(EVENT_DETAIL_QUERY, (event_id,)) as cursor:
+        async with self.read(rows.EVENT_DETAIL_QUERY, (event_id,)) as cursor:
             row = await cursor.fetchone()
         if row is None:
             return None
-        view = event_detail(row)
+        view = rows.event_detail(row)
         await self._attach_deliveries([view])
-        async with self.read(ATTEMPTS_QUERY, (event_id,)) as cursor:
-            view.attempts = [attempt(row) async for row in cursor]
+        async with self.read(rows.ATTEMPTS_QUERY, (event_id,)) as cursor:
+            view.attempts = [rows.attempt(row) async for row in cursor]
         return view
 
     async def _attach_deliveries(self, views: Sequence[EventView]) -> None:
         for chunk in chunks([view.id for view in views]):
             async with self.read(
-                f"SELECT {DELIVERY_VIEW_COLUMNS} FROM deliveries "
+                f"SELECT {rows.DELIVERY_VIEW_COLUMNS} FROM deliveries "
                 f"WHERE event_id IN ({placeholders(len(chunk))}) ORDER BY sink",
                 chunk,
             ) as cursor:
-                attach_deliveries(views, await cursor.fetchall())
+                rows.attach_deliveries(views, await cursor.fetchall())
 
     async def state_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """How many events are in each event state, and deliveries in each delivery state."""

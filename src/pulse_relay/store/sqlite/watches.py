@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from contextlib import closing
 from typing import Any
 
+from pulse_relay.store import rows
 from pulse_relay.store.model import Watch, storable_json
-from pulse_relay.store.rows import GET_WATCH_QUERY, LIST_WATCHES_QUERY, WATCH_COLUMNS, watch
 from pulse_relay.store.sqlite.plumbing import SQLitePlumbing
 from pulse_relay.store.sqlite.sql import chunks, placeholders
 
@@ -60,26 +60,26 @@ class WatchesMixin(SQLitePlumbing):
 
     async def list_watches(self) -> list[Watch]:
         """Every watch, active first, newest first."""
-        async with self.read(LIST_WATCHES_QUERY) as cursor:
-            return [watch(row) async for row in cursor]
+        async with self.read(rows.LIST_WATCHES_QUERY) as cursor:
+            return [rows.watch(row) async for row in cursor]
 
     async def get_watch(self, job_id: str) -> Watch | None:
         """One watch; None when the job is not watched."""
-        async with self.read(GET_WATCH_QUERY, (job_id,)) as cursor:
+        async with self.read(rows.GET_WATCH_QUERY, (job_id,)) as cursor:
             row = await cursor.fetchone()
-        return None if row is None else watch(row)
+        return None if row is None else rows.watch(row)
 
     async def claim_watches(self, *, limit: int, lease_seconds: float) -> list[Watch]:
         """Lease up to `limit` watches whose poll is due (by moving their next poll on)."""
         now = self._clock()
 
         def op(db: sqlite3.Connection) -> list[Watch]:
-            rows = db.execute(
-                f"SELECT {WATCH_COLUMNS} FROM watches "
+            found = db.execute(
+                f"SELECT {rows.WATCH_COLUMNS} FROM watches "
                 "WHERE state = 'active' AND next_poll_at <= ? ORDER BY next_poll_at LIMIT ?",
                 (now, limit),
             ).fetchall()
-            watches = [watch(row) for row in rows]
+            watches = [rows.watch(row) for row in found]
             db.executemany(
                 "UPDATE watches SET next_poll_at = ?, lease_until = ? WHERE job_id = ?",
                 [(now + lease_seconds, now + lease_seconds, w.job_id) for w in watches],
