@@ -14,6 +14,7 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from pulse_relay.store import rows
+from pulse_relay.store.decide import delivery_state, fetch_failure
 from pulse_relay.store.listing import POSTGRES
 from pulse_relay.store.model import (
     AWAITING_FETCH,
@@ -179,7 +180,7 @@ class QueueMixin(PostgresPlumbing):
             await conn.execute(
                 "UPDATE deliveries SET state = 'dead', last_error = %s, lease_until = NULL, "
                 "lease_token = NULL, updated_at = %s WHERE event_id = %s AND state = 'pending'",
-                (f"job fetch failed: {attempt.error}", now, event_id),
+                (fetch_failure(attempt), now, event_id),
             )
             await _insert_attempt(conn, event_id, attempt)
         self._changed("fetch", event_id, {"state": "dead", "attempt": attempt})
@@ -195,8 +196,7 @@ class QueueMixin(PostgresPlumbing):
         token: str | None = None,
     ) -> None:
         """Record one attempt and move the delivery on, unless another relay took it over."""
-        state = "pending" if outcome == "retry" else outcome
-        error = None if outcome == "delivered" else attempt.error
+        state, error = delivery_state(outcome, attempt)
         async with self.connection() as conn, conn.transaction():
             cursor = await conn.execute(
                 "UPDATE deliveries SET state = %s, attempts = attempts + 1, lease_until = NULL, "

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pulse_relay.store import rows
+from pulse_relay.store.decide import delivery_state, fetch_failure
 from pulse_relay.store.model import (
     AWAITING_FETCH,
     Attempt,
@@ -115,7 +116,7 @@ class QueueMixin(SQLitePlumbing):
     ) -> None:
         """Give up on the job fetch: the event's pending deliveries go dead with the reason."""
         now = self._clock()
-        reason = f"job fetch failed: {attempt.error}"
+        reason = fetch_failure(attempt)
 
         def op(db: sqlite3.Connection) -> None:
             db.execute(
@@ -147,8 +148,7 @@ class QueueMixin(SQLitePlumbing):
     ) -> None:
         """Record one attempt and move the delivery to delivered, pending (retry) or dead."""
         now = self._clock()
-        state = "pending" if outcome == "retry" else outcome
-        error = None if outcome == "delivered" else attempt.error
+        state, error = delivery_state(outcome, attempt)
 
         def op(db: sqlite3.Connection) -> None:
             db.execute(
