@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from pulse_relay.config import Settings
-from pulse_relay.store import Attempt, IngestRecord, Store
+from pulse_relay.store import Attempt, IngestRecord, SQLiteStore
 from pulse_relay.wiring import PruneOutcome
 from tests.conftest import SECRET, MakeSettings, StartRelay, make_body, signed, wait_for
 from tests.helpers import Served, free_port, wait_until, write_config
@@ -204,12 +204,12 @@ def record(
     )
 
 
-async def finish(store: Store, event_id: str, sink: str, outcome: Any) -> None:
+async def finish(store: SQLiteStore, event_id: str, sink: str, outcome: Any) -> None:
     attempt = Attempt(sink, 1, time.time(), 1.0, outcome)
     await store.finish_delivery(event_id, sink, outcome=outcome, attempt=attempt)
 
 
-async def populate(store: Store, now: float) -> None:
+async def populate(store: SQLiteStore, now: float) -> None:
     """Events of every kind, old (20 days) unless named new_."""
     old = now - 20 * DAY
     records = [
@@ -230,7 +230,7 @@ async def populate(store: Store, now: float) -> None:
     await finish(store, "new_delivered", "a", "delivered")
 
 
-async def stored(store: Store) -> set[str]:
+async def stored(store: SQLiteStore) -> set[str]:
     return {view.id for view in await store.list_events(limit=100)}
 
 
@@ -239,7 +239,7 @@ KEPT = {"old_half_dead", "old_pending", "old_fetching", "new_delivered"}
 
 async def test_prune_removes_only_finished_events_older_than_the_limit(tmp_path: Path) -> None:
     now = time.time()
-    async with Store(tmp_path / "relay.db") as store:
+    async with SQLiteStore(tmp_path / "relay.db") as store:
         await populate(store, now)
         view = await store.get_event("old_repeat")
         assert view is not None and view.state == "repeat"
@@ -265,7 +265,7 @@ def test_prune_command_uses_retention_days_or_older_than(tmp_path: Path) -> None
     config = write_config(tmp_path, 8787)
 
     async def setup() -> None:
-        async with Store(tmp_path / "relay.db") as store:
+        async with SQLiteStore(tmp_path / "relay.db") as store:
             await populate(store, time.time())
 
     asyncio.run(setup())
@@ -303,7 +303,7 @@ async def test_retention_task_prunes_shortly_after_start(
         sinks=[{"type": "file", "name": "a", "directory": str(tmp_path / "a")}],
         store={"retention_days": 14},
     )
-    async with Store(settings.store.path) as store:
+    async with SQLiteStore(settings.store.path) as store:
         await populate(store, time.time())
     relay = Relay(settings, retention_first_run_seconds=0.0)
     await relay.start()

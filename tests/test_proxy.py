@@ -25,7 +25,7 @@ from pulse_relay.admin.proxy import WATCH_HEADER, ProxyConfig, PulseProxy
 from pulse_relay.admin.service import Unauthorized
 from pulse_relay.emulator import Fault, PulseEmulator
 from pulse_relay.metrics import Metrics
-from pulse_relay.store import Store
+from pulse_relay.store import SQLiteStore
 from tests.conftest import wait_for
 from tests.helpers import async_sdk_client, free_port
 
@@ -109,7 +109,7 @@ class Proxied:
     """A pass-through on a real port with its own store."""
 
     url: str
-    store: Store
+    store: SQLiteStore
     metrics: Metrics
     recorder: WatchRecorder
     woken: list[int]
@@ -144,7 +144,7 @@ async def start_proxy(tmp_path: Path) -> AsyncIterator[StartProxy]:
         busy_timeout_seconds: float = 5.0,
         concurrency: int = 16,
     ) -> Proxied:
-        store = Store(tmp_path / "relay.db", busy_timeout_seconds=busy_timeout_seconds)
+        store = SQLiteStore(tmp_path / "relay.db", busy_timeout_seconds=busy_timeout_seconds)
         await store.open()
         cleanups.append(store.close)
         metrics = Metrics()

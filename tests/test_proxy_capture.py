@@ -22,7 +22,7 @@ from pulse_relay.admin.capture import (
 )
 from pulse_relay.admin.proxy import decode_json, forward_headers, job_ids_in
 from pulse_relay.metrics import Metrics
-from pulse_relay.store import Store, StoreUnavailableError
+from pulse_relay.store import SQLiteStore, StoreUnavailableError
 from tests.conftest import wait_for
 
 BOUNDARY = "b0undary"
@@ -320,7 +320,7 @@ async def test_recorder_names_what_it_never_recorded_when_stopped(tmp_path: Path
 
 
 async def test_recorder_with_a_real_store_merges_metadata(tmp_path: Path) -> None:
-    async with Store(tmp_path / "relay.db") as store:
+    async with SQLiteStore(tmp_path / "relay.db") as store:
         recorder = WatchRecorder(
             store, metrics=Metrics(), interval_seconds=lambda: 2.0, on_recorded=lambda: None
         )

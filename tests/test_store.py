@@ -23,15 +23,13 @@ from pulse_relay.store import (
     IngestRecord,
     PostgresStore,
     SQLiteStore,
-    Store,
     StoreBackend,
     StoreUnavailableError,
     StoreVersionError,
     UnwritableRecordError,
 )
+from pulse_relay.store import base as store_base
 from pulse_relay.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
-from pulse_relay.store.postgres import plumbing as postgres_plumbing
-from pulse_relay.store.sqlite import plumbing as sqlite_plumbing
 from tests.conftest import wait_for
 from tests.helpers import count_events
 
@@ -63,8 +61,8 @@ async def store(
 
 
 @pytest.fixture
-async def sqlite_store(tmp_path: Path, clock: Clock) -> AsyncIterator[Store]:
-    async with Store(tmp_path / "relay.db", clock=clock) as opened:
+async def sqlite_store(tmp_path: Path, clock: Clock) -> AsyncIterator[SQLiteStore]:
+    async with SQLiteStore(tmp_path / "relay.db", clock=clock) as opened:
         yield opened
 
 
@@ -175,7 +173,7 @@ async def test_leases_expire_so_work_of_a_dead_process_is_claimed_again(
 
 
 async def test_sqlite_takes_back_a_dead_predecessors_leases_at_once(
-    sqlite_store: Store,
+    sqlite_store: SQLiteStore,
 ) -> None:
     await sqlite_store.ingest(record("m1", needs_fetch=False))
     await sqlite_store.ingest(record("m2", job_id="job-2"))
@@ -223,18 +221,18 @@ async def test_a_failed_fetch_kills_the_deliveries_and_a_replay_fetches_again(
 
 async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "relay.db"
-    async with Store(path):
+    async with SQLiteStore(path):
         pass
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA user_version = 99")
     with pytest.raises(StoreVersionError, match="upgrade pulse-relay"):
-        async with Store(path):
+        async with SQLiteStore(path):
             pass
 
 
 async def test_writes_fail_cleanly_when_another_writer_holds_the_lock(tmp_path: Path) -> None:
     path = tmp_path / "relay.db"
-    async with Store(path, busy_timeout_seconds=0.1) as store:
+    async with SQLiteStore(path, busy_timeout_seconds=0.1) as store:
         blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
             await asyncio.to_thread(blocker.execute, "BEGIN EXCLUSIVE")
@@ -249,7 +247,7 @@ async def test_writes_fail_cleanly_when_another_writer_holds_the_lock(tmp_path: 
         await store.check_writable()
 
 
-async def test_an_op_that_raises_fails_alone(sqlite_store: Store) -> None:
+async def test_an_op_that_raises_fails_alone(sqlite_store: SQLiteStore) -> None:
     def broken(db: sqlite3.Connection) -> None:
         db.execute("INSERT INTO probes (name, written_at) VALUES ('x', 1)")
         raise ValueError("bug")
@@ -349,17 +347,17 @@ async def test_one_body_twice_in_one_group_commit_is_stored_once(store: StoreBac
 
 async def test_pruned_ids_survive_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "relay.db"
-    async with Store(path) as store:
+    async with SQLiteStore(path) as store:
         assert await store.ingest(record("m1", sinks=(), needs_fetch=False)) == "accepted"
         assert await store.prune(received_before=2_000_000.0) == 1
-    async with Store(path) as store:
+    async with SQLiteStore(path) as store:
         assert await store.ingest(record("m1")) == "duplicate"
 
 
 async def test_the_database_file_is_created_for_its_owner_only(tmp_path: Path) -> None:
     previous = os.umask(0o022)
     try:
-        async with Store(tmp_path / "state" / "relay.db"):
+        async with SQLiteStore(tmp_path / "state" / "relay.db"):
             pass
     finally:
         os.umask(previous)
@@ -371,7 +369,7 @@ SQLITE_DEFAULT_MAX_VARIABLES = 32_766
 MORE_IDS_THAN_ONE_STATEMENT_BINDS = 33_000
 
 
-async def limit_writes_to_sqlite_default_variables(store: Store) -> None:
+async def limit_writes_to_sqlite_default_variables(store: SQLiteStore) -> None:
     """Builds differ (Debian's allows 250 000 variables); the default is what must work."""
 
     def limit(db: sqlite3.Connection) -> None:
@@ -380,7 +378,9 @@ async def limit_writes_to_sqlite_default_variables(store: Store) -> None:
     await store.write(limit)
 
 
-async def test_replay_takes_more_event_ids_than_one_statement_can_bind(sqlite_store: Store) -> None:
+async def test_replay_takes_more_event_ids_than_one_statement_can_bind(
+    sqlite_store: SQLiteStore,
+) -> None:
     ids = [f"m{n}" for n in range(MORE_IDS_THAN_ONE_STATEMENT_BINDS)]
 
     def insert_dead_deliveries(db: sqlite3.Connection) -> None:
@@ -405,7 +405,9 @@ async def test_replay_takes_more_event_ids_than_one_statement_can_bind(sqlite_st
     assert last is not None and last.deliveries["a"].is_replay
 
 
-async def test_unwatch_takes_more_job_ids_than_one_statement_can_bind(sqlite_store: Store) -> None:
+async def test_unwatch_takes_more_job_ids_than_one_statement_can_bind(
+    sqlite_store: SQLiteStore,
+) -> None:
     job_ids = [f"job-{n}" for n in range(MORE_IDS_THAN_ONE_STATEMENT_BINDS)]
     await sqlite_store.add_watches(job_ids, interval_seconds=5)
     await limit_writes_to_sqlite_default_variables(sqlite_store)
@@ -564,7 +566,7 @@ async def test_an_unreachable_postgres_is_unavailable_not_a_crash() -> None:
 
 
 async def test_reads_racing_a_close_find_the_store_unavailable(tmp_path: Path) -> None:
-    store = Store(tmp_path / "relay.db")
+    store = SQLiteStore(tmp_path / "relay.db")
     with pytest.raises(StoreUnavailableError):
         await store.next_due_at(["file"], include_fetches=True)
     await store.open()
@@ -580,7 +582,7 @@ async def test_reads_racing_a_close_find_the_store_unavailable(tmp_path: Path) -
 
 
 async def test_a_read_sqlite_cannot_do_finds_the_store_unavailable(tmp_path: Path) -> None:
-    async with Store(tmp_path / "relay.db") as store:
+    async with SQLiteStore(tmp_path / "relay.db") as store:
         with sqlite3.connect(tmp_path / "relay.db") as other:
             other.execute("ALTER TABLE deliveries RENAME TO deliveries_elsewhere")
         with pytest.raises(StoreUnavailableError, match="store read failed: no such table"):
@@ -619,8 +621,7 @@ async def test_a_failed_group_commit_is_retried_record_by_record(
     store: StoreBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # As if the check before the batch missed what the database then refuses.
-    for plumbing in (sqlite_plumbing, postgres_plumbing):
-        monkeypatch.setattr(plumbing, "record_problem", lambda record: None)
+    monkeypatch.setattr(store_base, "record_problem", lambda record: None)
     records = [record(f"m{n}", job_id=f"job-{n}") for n in range(40)]
     records[20] = dataclasses.replace(record("m20", job_id="job-20"), event_type="job.\ud800")
     results = await asyncio.gather(*(store.ingest(r) for r in records), return_exceptions=True)

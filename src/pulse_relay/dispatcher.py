@@ -34,7 +34,7 @@ from pulse_relay.store import (
     DeliveryOutcome,
     DeliveryTask,
     FetchTask,
-    StoreBackend,
+    QueueStore,
     StoreUnavailableError,
 )
 from pulse_relay.unencodable import without_lone_surrogates
@@ -125,7 +125,7 @@ class Dispatcher:
     def __init__(
         self,
         *,
-        store: StoreBackend,
+        store: QueueStore,
         pulse: PulseClient | None,
         sinks: Mapping[str, SinkRuntime],
         metrics: Metrics,

@@ -19,7 +19,7 @@ from pulse_relay.logs import SampledLog, get_logger
 from pulse_relay.metrics import Metrics
 from pulse_relay.pulse import FetchedJob, PulseClient, PulseError, judge_error
 from pulse_relay.retry import RetryPolicy
-from pulse_relay.store import Attempt, FetchTask, StoreBackend
+from pulse_relay.store import Attempt, FetchTask, QueueStore
 
 log = get_logger("pulse_relay.dispatcher")
 
@@ -98,7 +98,7 @@ class JobFetcher:
     def __init__(
         self,
         *,
-        store: StoreBackend,
+        store: QueueStore,
         pulse: PulseClient,
         metrics: Metrics,
         policy: RetryPolicy,

@@ -41,7 +41,7 @@ from pulse_relay.signature import (
     Verifier,
     is_valid_webhook_id,
 )
-from pulse_relay.store import StoreBackend, StoreUnavailableError
+from pulse_relay.store import IngestStore, StoreUnavailableError
 
 log = get_logger("pulse_relay.server")
 
@@ -100,7 +100,7 @@ class Ingress:
         config: IngressConfig,
         *,
         verifier: Verifier | None,
-        store: StoreBackend,
+        store: IngestStore,
         route: SinkRouter,
         metrics: Metrics,
         on_accepted: Callable[[], None] = lambda: None,

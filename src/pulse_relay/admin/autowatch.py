@@ -18,7 +18,7 @@ from typing import Any, Final
 from pulse_relay.logs import get_logger
 from pulse_relay.metrics import Metrics
 from pulse_relay.retry import RetryPolicy
-from pulse_relay.store import StoreBackend, StoreUnavailableError
+from pulse_relay.store import StoreUnavailableError, WatchStore
 
 log = get_logger("pulse_relay.proxy")
 
@@ -39,7 +39,7 @@ class WatchRecorder:
 
     def __init__(
         self,
-        store: StoreBackend,
+        store: WatchStore,
         *,
         metrics: Metrics,
         interval_seconds: Callable[[], float],

@@ -1,7 +1,5 @@
-"""The only package that speaks SQL: one contract (StoreBackend), two backends.
-
-`Store` is the embedded SQLite backend, kept under its former name for the code
-and tools that build one from a path.
+"""The only package that speaks SQL: one contract (StoreBackend), two backends
+(SQLiteStore embedded, PostgresStore shared).
 
 The backends are imported on first use (module `__getattr__`): everything that
 needs a model type (`pulse-relay events`, config.py's URL rules) imports this
@@ -14,7 +12,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from pulse_relay.store.contract import StoreBackend
+from pulse_relay.store.contract import (
+    IngestStore,
+    QueueStore,
+    RetentionStore,
+    StoreBackend,
+    StoreLifecycle,
+    ViewStore,
+    WatchStore,
+)
 from pulse_relay.store.decide import Decision, decide_ingest, ingest_state
 from pulse_relay.store.model import (
     AWAITING_FETCH,
@@ -43,13 +49,10 @@ if TYPE_CHECKING:
     from pulse_relay.store.postgres import PostgresStore
     from pulse_relay.store.sqlite import MIGRATIONS, SQLiteStore
 
-    Store = SQLiteStore
-
 # name -> (module, attribute) of what is imported when first asked for.
 _LAZY = {
     "PostgresStore": ("pulse_relay.store.postgres", "PostgresStore"),
     "SQLiteStore": ("pulse_relay.store.sqlite", "SQLiteStore"),
-    "Store": ("pulse_relay.store.sqlite", "SQLiteStore"),
     "MIGRATIONS": ("pulse_relay.store.sqlite", "MIGRATIONS"),
 }
 
@@ -70,14 +73,19 @@ __all__ = [
     "FetchTask",
     "IngestOutcome",
     "IngestRecord",
+    "IngestStore",
     "PostgresStore",
+    "QueueStore",
+    "RetentionStore",
     "SQLiteStore",
-    "Store",
     "StoreBackend",
+    "StoreLifecycle",
     "StoreUnavailableError",
     "StoreVersionError",
     "UnwritableRecordError",
+    "ViewStore",
     "Watch",
+    "WatchStore",
     "decide_ingest",
     "ingest_state",
     "record_problem",

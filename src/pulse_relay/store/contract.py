@@ -1,4 +1,17 @@
-"""The one contract every store backend keeps; the rest of the relay speaks only this."""
+"""The one contract every store backend keeps; the rest of the relay speaks only this.
+
+`StoreBackend` is composed of one protocol per part, as each backend is composed of
+one mixin per part (plumbing, ingest, queue, retention, watches, views): a component
+that needs one part alone is typed with that part's protocol.
+
+Lease tokens: on a store that several relays share (PostgreSQL), each claim stamps
+the rows it leases with a token of its own, handed back in `FetchTask.token` and
+`DeliveryTask.token`. `renew_leases`, `finish_fetch`, `retry_fetch`, `fail_fetch` and
+`finish_delivery` change a row only while it still carries the token given to them:
+a relay whose lease ran out, and whose work another relay claimed since, changes
+nothing when it finally answers. `token=None` matches any row; SQLite claims hand out
+None, its one relay owning the whole queue.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +32,8 @@ from pulse_relay.store.model import (
 )
 
 
-class StoreBackend(Protocol):
-    """A durable store: ingest with dedupe, a leased work queue, watches, read views.
-
-    Every write is committed before its coroutine returns. Errors that mean "the
-    store cannot be reached or written now" are StoreUnavailableError.
-    """
+class StoreLifecycle(Protocol):
+    """Opening and closing a store, its listeners, its schema and its health."""
 
     backend: str
 
@@ -48,14 +57,26 @@ class StoreBackend(Protocol):
 
     async def __aexit__(self, *exc_info: object) -> None: ...
 
-    async def ingest(self, record: IngestRecord) -> IngestOutcome:
-        """Store one event and its deliveries; returns after the commit that holds it."""
-
     async def check_writable(self) -> None:
         """Raise StoreUnavailableError unless a write can be committed now."""
 
     async def schema_version(self) -> int:
         """The schema version the store is at."""
+
+
+class IngestStore(Protocol):
+    """Storing webhooks and polled events, deduplicated, in group commits."""
+
+    async def ingest(self, record: IngestRecord) -> IngestOutcome:
+        """Store one event and its deliveries; returns after the commit that holds it."""
+
+
+class QueueStore(Protocol):
+    """The work queue: job fetches and deliveries leased, finished, retried, replayed.
+
+    `token` is a claim's lease token (see the module's docstring): given, a call
+    changes only the work still leased under it; None changes the work regardless.
+    """
 
     async def take_back_leases(self) -> None:
         """At start: make work leased by a dead predecessor due again, where this relay is
@@ -124,6 +145,13 @@ class StoreBackend(Protocol):
     ) -> int:
         """Make deliveries due again as replays; returns how many were queued."""
 
+    async def next_due_at(self, sinks: Sequence[str], *, include_fetches: bool) -> float | None:
+        """When the next claimable fetch or delivery is due; None if none waits."""
+
+
+class RetentionStore(Protocol):
+    """Pruning finished events, and remembering the ids pruned for a while."""
+
     async def prune(self, *, received_before: float, batch_size: int = ...) -> int:
         """Delete finished events received before `received_before`; returns how many."""
 
@@ -132,6 +160,10 @@ class StoreBackend(Protocol):
 
     async def is_pruned(self, event_id: str) -> bool:
         """Whether `event_id` was stored once and pruned since."""
+
+
+class WatchStore(Protocol):
+    """The jobs the poller follows, each leased to one poll at a time."""
 
     async def add_watches(
         self,
@@ -172,6 +204,10 @@ class StoreBackend(Protocol):
     ) -> list[str]:
         """Watch jobs seen created/processing before `older_than` with no terminal event."""
 
+
+class ViewStore(Protocol):
+    """What the CLI and the admin API read: listings, one event in full, counts."""
+
     async def list_events(
         self,
         *,
@@ -199,5 +235,12 @@ class StoreBackend(Protocol):
     async def oldest_pending_received_at(self) -> float | None:
         """When the oldest event with pending work arrived; None if none."""
 
-    async def next_due_at(self, sinks: Sequence[str], *, include_fetches: bool) -> float | None:
-        """When the next claimable fetch or delivery is due; None if none waits."""
+
+class StoreBackend(
+    StoreLifecycle, IngestStore, QueueStore, RetentionStore, WatchStore, ViewStore, Protocol
+):
+    """A durable store: ingest with dedupe, a leased work queue, watches, read views.
+
+    Every write is committed before its coroutine returns. Errors that mean "the
+    store cannot be reached or written now" are StoreUnavailableError.
+    """

@@ -1,11 +1,18 @@
-"""The accept / invalid / repeat decision for a new event: pure, shared by every backend."""
+"""Pure decisions shared by every backend: accept / invalid / repeat for a new event, and
+what an attempt's outcome leaves in the queue."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pulse_relay.store.model import AWAITING_FETCH, IngestOutcome, IngestRecord
+from pulse_relay.store.model import (
+    AWAITING_FETCH,
+    Attempt,
+    DeliveryOutcome,
+    IngestOutcome,
+    IngestRecord,
+)
 
 
 def ingest_state(record: IngestRecord, seen_keys: dict[str, str]) -> tuple[str, str | None]:
@@ -69,3 +76,15 @@ def decide_ingest(
         needs_fetch = record.needs_fetch and bool(sinks)
         decisions.append(Decision(record, "accepted", state, error, sinks, needs_fetch))
     return decisions
+
+
+def delivery_state(outcome: DeliveryOutcome, attempt: Attempt) -> tuple[str, str | None]:
+    """The delivery's state and last error after `attempt` ended in `outcome`: a retry is
+    pending again, and a delivered one keeps no error."""
+    state = "pending" if outcome == "retry" else outcome
+    return state, None if outcome == "delivered" else attempt.error
+
+
+def fetch_failure(attempt: Attempt) -> str:
+    """The last error of each pending delivery of an event whose job fetch gave up."""
+    return f"job fetch failed: {attempt.error}"

@@ -133,8 +133,10 @@ class FetchTask:
     job_id: str
     event_type: str
     attempts: int
-    # The claim's token on a shared store: finishing matches it (None on SQLite).
     token: str | None = None
+    """The claim's lease token: pass it back to renew, retry, fail or finish this fetch,
+    which then changes nothing once another relay has claimed the fetch since (None on
+    SQLite, whose one relay owns the queue). See `pulse_relay.store.contract`."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,9 @@ class DeliveryTask:
     result_url: str | None
     metadata: dict[str, Any] | None = None
     token: str | None = None
+    """The claim's lease token: pass it back to renew or finish this delivery, which then
+    changes nothing once another relay has claimed the delivery since (None on SQLite,
+    whose one relay owns the queue). See `pulse_relay.store.contract`."""
 
 
 @dataclass(frozen=True)

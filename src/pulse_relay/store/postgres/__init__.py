@@ -5,6 +5,7 @@ from __future__ import annotations
 import psycopg
 
 from pulse_relay.redaction import mask_url
+from pulse_relay.store.migrations import newer_schema_problem
 from pulse_relay.store.postgres.queue import QueueMixin
 from pulse_relay.store.postgres.retention import RetentionMixin
 from pulse_relay.store.postgres.schema import MIGRATIONS, schema_version
@@ -28,9 +29,4 @@ async def postgres_problem(url: str) -> str | None:
             version = await schema_version(conn)
     except psycopg.Error as error:
         return f"cannot reach {mask_url(url)}: {error}"
-    if version > len(MIGRATIONS):
-        return (
-            f"{mask_url(url)} has schema version {version}; this pulse-relay knows "
-            f"{len(MIGRATIONS)}: upgrade pulse-relay"
-        )
-    return None
+    return newer_schema_problem(mask_url(url), version, MIGRATIONS)

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection
@@ -27,13 +27,11 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from pulse_relay.logs import get_logger, outage_log
 from pulse_relay.redaction import mask_url
+from pulse_relay.store.base import BackendBase, answer
 from pulse_relay.store.model import (
-    ChangeListener,
     IngestOutcome,
     IngestRecord,
     StoreUnavailableError,
-    UnwritableRecordError,
-    record_problem,
 )
 from pulse_relay.store.postgres.ingest import insert_events
 from pulse_relay.store.postgres.schema import migrate, schema_version
@@ -60,7 +58,7 @@ class _Queued:
     record: IngestRecord
 
 
-class PostgresPlumbing:
+class PostgresPlumbing(BackendBase):
     """The shared store on PostgreSQL; open() before use, close() after."""
 
     backend = "postgresql"
@@ -72,6 +70,7 @@ class PostgresPlumbing:
         pool_size: int = 10,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__()
         self._url = url
         self._clock = clock
         self._pool = AsyncConnectionPool(
@@ -92,7 +91,6 @@ class PostgresPlumbing:
         self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
-        self._listeners: list[ChangeListener] = []
         self._wake_listeners: list[Callable[[], None]] = []
         # The listener retries every LISTEN_RETRY_SECONDS while the server is down.
         self._outage_log = outage_log(log, clock=clock)
@@ -102,20 +100,16 @@ class PostgresPlumbing:
         """The database URL with its password masked."""
         return mask_url(self._url)
 
-    def add_listener(self, listener: ChangeListener) -> None:
-        """Call `listener` after each committed change of an event made by this relay."""
-        self._listeners.append(listener)
-
     def add_wake_listener(self, listener: Callable[[], None]) -> None:
         """Call `listener` whenever any relay sharing the store has committed new work."""
         self._wake_listeners.append(listener)
 
-    def _changed(self, kind: str, event_id: str, detail: dict[str, Any] | None = None) -> None:
-        for listener in self._listeners:
-            listener(kind, event_id, detail)
-
     def next_token(self) -> str:
-        """A fresh claim token: a late relay's finish cannot match another relay's claim."""
+        """A fresh lease token, `<relay_id>:<claim number>`, for the rows of one claim.
+
+        Unique across relays (the relay id is random), so a late relay's finish cannot
+        match another relay's claim; its prefix lets `release_leases` find this relay's
+        own leases. See `pulse_relay.store.contract`."""
         self._claims += 1
         return f"{self.relay_id}:{self._claims}"
 
@@ -145,13 +139,6 @@ class PostgresPlumbing:
                     await task
         self._writer = self._listener = None
         await self._pool.close()
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     @contextlib.asynccontextmanager
     async def connection(
@@ -183,20 +170,12 @@ class PostgresPlumbing:
     async def take_back_leases(self) -> None:
         """Nothing: a shared queue's leases belong to live relays until they expire."""
 
-    async def ingest(self, record: IngestRecord) -> IngestOutcome:
-        """Store one event and its deliveries; returns after the commit that holds it.
-        UnwritableRecordError for a record holding text the store cannot write."""
-        problem = record_problem(record)
-        if problem is not None:
-            raise UnwritableRecordError(problem)
+    def _queue_record(self, record: IngestRecord) -> asyncio.Future[IngestOutcome]:
         if self._writer is None:
             raise StoreUnavailableError("store is closed")
         future: asyncio.Future[IngestOutcome] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Queued(future, record))
-        outcome = await future
-        if outcome == "accepted":
-            self._changed("event", record.event_id)
-        return outcome
+        return future
 
     async def _write_loop(self) -> None:
         while True:
@@ -211,13 +190,7 @@ class PostgresPlumbing:
 
     async def _commit(self, batch: list[_Queued]) -> None:
         outcomes = await self._commit_or_fail([item.record for item in batch])
-        for item, (ok, value) in zip(batch, outcomes, strict=True):
-            if item.future.done():
-                continue
-            if ok:
-                item.future.set_result(value)
-            else:
-                item.future.set_exception(value)
+        answer([item.future for item in batch], outcomes)
 
     async def _commit_or_fail(self, records: list[IngestRecord]) -> list[tuple[bool, Any]]:
         """One transaction for `records`: an outcome per record, or the exception it failed with."""

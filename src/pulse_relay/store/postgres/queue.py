@@ -13,6 +13,9 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from pulse_relay.store import rows
+from pulse_relay.store.decide import delivery_state, fetch_failure
+from pulse_relay.store.listing import POSTGRES
 from pulse_relay.store.model import (
     AWAITING_FETCH,
     Attempt,
@@ -41,12 +44,10 @@ _CLAIM_DELIVERIES = (
 )
 _TASK_EVENTS = (
     "SELECT e.id, e.type, e.job_id, e.received_at, e.source, e.body, e.job, e.result_url, "
-    "w.metadata FROM events e LEFT JOIN watches w ON w.job_id = e.job_id WHERE e.id = ANY(%s)"
+    "CAST(w.metadata AS TEXT) FROM events e LEFT JOIN watches w ON w.job_id = e.job_id "
+    "WHERE e.id = ANY(%s)"
 )
-_ATTEMPT = (
-    "INSERT INTO attempts (event_id, sink, attempt, started_at, duration_ms, outcome, "
-    "status_code, error, output_tail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-)
+_ATTEMPT = POSTGRES.sql(rows.INSERT_ATTEMPT).encode()
 
 
 class QueueMixin(PostgresPlumbing):
@@ -179,7 +180,7 @@ class QueueMixin(PostgresPlumbing):
             await conn.execute(
                 "UPDATE deliveries SET state = 'dead', last_error = %s, lease_until = NULL, "
                 "lease_token = NULL, updated_at = %s WHERE event_id = %s AND state = 'pending'",
-                (f"job fetch failed: {attempt.error}", now, event_id),
+                (fetch_failure(attempt), now, event_id),
             )
             await _insert_attempt(conn, event_id, attempt)
         self._changed("fetch", event_id, {"state": "dead", "attempt": attempt})
@@ -195,8 +196,7 @@ class QueueMixin(PostgresPlumbing):
         token: str | None = None,
     ) -> None:
         """Record one attempt and move the delivery on, unless another relay took it over."""
-        state = "pending" if outcome == "retry" else outcome
-        error = None if outcome == "delivered" else attempt.error
+        state, error = delivery_state(outcome, attempt)
         async with self.connection() as conn, conn.transaction():
             cursor = await conn.execute(
                 "UPDATE deliveries SET state = %s, attempts = attempts + 1, lease_until = NULL, "
@@ -255,6 +255,23 @@ class QueueMixin(PostgresPlumbing):
             await self.notify_work(conn)
         return count
 
+    async def next_due_at(self, sinks: Sequence[str], *, include_fetches: bool) -> float | None:
+        """When the next claimable fetch or delivery (for `sinks`) is due; None if none waits."""
+        now = self._clock()
+        async with self.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT LEAST((SELECT MIN(d.next_attempt_at) FROM deliveries d "
+                "JOIN events e ON e.id = d.event_id WHERE d.state = 'pending' "
+                "AND d.sink = ANY(%s) AND d.next_attempt_at < %s "
+                "AND (d.lease_until IS NULL OR d.lease_until <= %s) "
+                "AND e.fetch_state IN ('none', 'done')), "
+                "(SELECT MIN(next_fetch_at) FROM events WHERE %s AND fetch_state = 'pending' "
+                "AND (fetch_lease_until IS NULL OR fetch_lease_until <= %s)))",
+                (list(sinks), AWAITING_FETCH, now, include_fetches, now),
+            )
+            row = await cursor.fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
 
 async def _claim_deliveries(
     conn: AsyncConnection[Any],
@@ -280,41 +297,8 @@ async def _claim_deliveries(
         return []
     cursor = await conn.execute(_TASK_EVENTS, (list({row[0] for row in claimed}),))
     events = {row[0]: row for row in await cursor.fetchall()}
-    return [_task(row, events[row[0]], token) for row in claimed]
-
-
-def _task(claimed: tuple[Any, ...], event: tuple[Any, ...], token: str) -> DeliveryTask:
-    event_id, sink, attempts, replay = claimed
-    _, event_type, job_id, received_at, source, body, job, result_url, metadata = event
-    return DeliveryTask(
-        event_id=event_id,
-        sink=sink,
-        attempts=attempts,
-        is_replay=bool(replay),
-        event_type=event_type,
-        job_id=job_id,
-        received_at=received_at,
-        source=source,
-        body=bytes(body),
-        job=json.loads(job) if job is not None else None,
-        result_url=result_url,
-        metadata=metadata or None,
-        token=token,
-    )
+    return [rows.delivery_task((*row, *events[row[0]][1:]), token) for row in claimed]
 
 
 async def _insert_attempt(conn: AsyncConnection[Any], event_id: str, attempt: Attempt) -> None:
-    await conn.execute(
-        _ATTEMPT,
-        (
-            event_id,
-            attempt.sink,
-            attempt.attempt,
-            attempt.started_at,
-            attempt.duration_ms,
-            attempt.outcome,
-            attempt.status_code,
-            attempt.error,
-            attempt.output_tail,
-        ),
-    )
+    await conn.execute(_ATTEMPT, rows.attempt_values(event_id, attempt))

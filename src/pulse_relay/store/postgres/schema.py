@@ -10,7 +10,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from pulse_relay.store.model import StoreVersionError
+from pulse_relay.store.migrations import pending_migrations
 
 # pg_advisory_xact_lock keys: the relay's schema migrations and its retention.
 MIGRATION_LOCK = 0x70756C7365_01
@@ -127,12 +127,7 @@ async def migrate(conn: AsyncConnection[Any], where: str) -> None:
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         await conn.execute("CREATE TABLE IF NOT EXISTS pulse_relay_schema (version INTEGER)")
         version = await schema_version(conn)
-        if version > len(MIGRATIONS):
-            raise StoreVersionError(
-                f"{where} has schema version {version}; this pulse-relay knows "
-                f"{len(MIGRATIONS)}: upgrade pulse-relay"
-            )
-        for script in MIGRATIONS[version:]:
+        for _, script in pending_migrations(where, version, MIGRATIONS):
             await conn.execute(script.encode())
         await conn.execute("DELETE FROM pulse_relay_schema")
         await conn.execute("INSERT INTO pulse_relay_schema VALUES (%s)", (len(MIGRATIONS),))

@@ -5,13 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from pulse_relay.store import rows
+from pulse_relay.store.listing import POSTGRES
 from pulse_relay.store.model import Watch, storable_json
 from pulse_relay.store.postgres.plumbing import PostgresPlumbing
-
-_COLUMNS = (
-    "job_id, metadata, origin, state, added_at, next_poll_at, interval_seconds, "
-    "polls, last_status, last_error"
-)
 
 
 class WatchesMixin(PostgresPlumbing):
@@ -59,19 +56,15 @@ class WatchesMixin(PostgresPlumbing):
     async def list_watches(self) -> list[Watch]:
         """Every watch, active first, newest first."""
         async with self.connection() as conn:
-            cursor = await conn.execute(
-                f"SELECT {_COLUMNS} FROM watches ORDER BY state = 'active' DESC, added_at DESC"
-            )
-            return [Watch(*row) for row in await cursor.fetchall()]
+            cursor = await conn.execute(rows.LIST_WATCHES_QUERY.encode())
+            return [rows.watch(row) for row in await cursor.fetchall()]
 
     async def get_watch(self, job_id: str) -> Watch | None:
         """One watch; None when the job is not watched."""
         async with self.connection() as conn:
-            cursor = await conn.execute(
-                f"SELECT {_COLUMNS} FROM watches WHERE job_id = %s", (job_id,)
-            )
+            cursor = await conn.execute(POSTGRES.sql(rows.GET_WATCH_QUERY).encode(), (job_id,))
             row = await cursor.fetchone()
-        return None if row is None else Watch(*row)
+        return None if row is None else rows.watch(row)
 
     async def claim_watches(self, *, limit: int, lease_seconds: float) -> list[Watch]:
         """Lease up to `limit` due watches; a watch another relay polls is skipped."""
@@ -87,10 +80,11 @@ class WatchesMixin(PostgresPlumbing):
             )
             ids = [row[0] for row in await cursor.fetchall()]
             cursor = await conn.execute(
-                f"SELECT {_COLUMNS} FROM watches WHERE job_id = ANY(%s) ORDER BY added_at",
+                f"SELECT {rows.WATCH_COLUMNS} FROM watches WHERE job_id = ANY(%s) "
+                "ORDER BY added_at".encode(),
                 (ids,),
             )
-            watches = [Watch(*row) for row in await cursor.fetchall()]
+            watches = [rows.watch(row) for row in await cursor.fetchall()]
         # The poll was due at the moment of the claim, as SQLite reports it.
         return watches
 

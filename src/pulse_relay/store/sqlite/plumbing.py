@@ -19,17 +19,15 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import aiosqlite
 
+from pulse_relay.store.base import BackendBase, answer
 from pulse_relay.store.model import (
-    ChangeListener,
     IngestOutcome,
     IngestRecord,
     StoreUnavailableError,
-    UnwritableRecordError,
-    record_problem,
 )
 from pulse_relay.store.sqlite.ingest import insert_events
 from pulse_relay.store.sqlite.schema import migrate
@@ -68,18 +66,7 @@ class _Queued:
     op: WriteOp | None = None
 
 
-def _resolve(batch: list[_Queued], outcomes: Sequence[tuple[bool, Any]]) -> None:
-    """On the loop: answer every write of one transaction (a caller gone meanwhile is skipped)."""
-    for item, (ok, value) in zip(batch, outcomes, strict=True):
-        if item.future.done():
-            continue
-        if ok:
-            item.future.set_result(value)
-        else:
-            item.future.set_exception(value)
-
-
-class SQLitePlumbing:
+class SQLitePlumbing(BackendBase):
     """The relay's SQLite store; open() before use, close() after.
 
     Writes go through one connection owned by one thread, fed by a plain thread
@@ -101,6 +88,7 @@ class SQLitePlumbing:
         busy_timeout_seconds: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__()
         self.path = Path(path)
         self._synchronous = synchronous
         self._busy_timeout_seconds = busy_timeout_seconds
@@ -112,7 +100,6 @@ class SQLitePlumbing:
         self._jobs: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._closing = False
-        self._listeners: list[ChangeListener] = []
 
     @property
     def location(self) -> str:
@@ -121,14 +108,6 @@ class SQLitePlumbing:
 
     def add_wake_listener(self, listener: Callable[[], None]) -> None:
         """Nothing to listen to: no other relay writes to this file."""
-
-    def add_listener(self, listener: ChangeListener) -> None:
-        """Call `listener` after each committed change of an event (see ChangeListener)."""
-        self._listeners.append(listener)
-
-    def _changed(self, kind: str, event_id: str, detail: dict[str, Any] | None = None) -> None:
-        for listener in self._listeners:
-            listener(kind, event_id, detail)
 
     # -- lifecycle -------------------------------------------------------
 
@@ -195,13 +174,6 @@ class SQLitePlumbing:
             self._executor.shutdown(wait=True)
             self._executor = None
 
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
     @property
     def db(self) -> aiosqlite.Connection:
         """The reading connection."""
@@ -229,18 +201,10 @@ class SQLitePlumbing:
 
     # -- the single writer ---------------------------------------------
 
-    async def ingest(self, record: IngestRecord) -> IngestOutcome:
-        """Store one event and its deliveries; returns after the commit that holds it.
-        UnwritableRecordError for a record holding text the store cannot write."""
-        problem = record_problem(record)
-        if problem is not None:
-            raise UnwritableRecordError(problem)
+    def _queue_record(self, record: IngestRecord) -> asyncio.Future[IngestOutcome]:
         future: asyncio.Future[IngestOutcome] = asyncio.get_running_loop().create_future()
         self._enqueue(_Queued(future=future, record=record))
-        outcome: IngestOutcome = await future
-        if outcome == "accepted":
-            self._changed("event", record.event_id)
-        return outcome
+        return future
 
     async def write(self, op: WriteOp) -> Any:
         """Run `op` in the next group transaction, in a savepoint of its own; return its result."""
@@ -272,7 +236,7 @@ class SQLitePlumbing:
                 batch.append(item)
             outcomes = self._commit_or_fail(batch)
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
-                loop.call_soon_threadsafe(_resolve, batch, outcomes)
+                loop.call_soon_threadsafe(answer, [item.future for item in batch], outcomes)
 
     def _commit_or_fail(self, batch: list[_Queued]) -> Sequence[tuple[bool, Any]]:
         try:

@@ -7,6 +7,8 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+from pulse_relay.store import rows
+from pulse_relay.store.decide import delivery_state, fetch_failure
 from pulse_relay.store.model import (
     AWAITING_FETCH,
     Attempt,
@@ -114,7 +116,7 @@ class QueueMixin(SQLitePlumbing):
     ) -> None:
         """Give up on the job fetch: the event's pending deliveries go dead with the reason."""
         now = self._clock()
-        reason = f"job fetch failed: {attempt.error}"
+        reason = fetch_failure(attempt)
 
         def op(db: sqlite3.Connection) -> None:
             db.execute(
@@ -146,8 +148,7 @@ class QueueMixin(SQLitePlumbing):
     ) -> None:
         """Record one attempt and move the delivery to delivered, pending (retry) or dead."""
         now = self._clock()
-        state = "pending" if outcome == "retry" else outcome
-        error = None if outcome == "delivered" else attempt.error
+        state, error = delivery_state(outcome, attempt)
 
         def op(db: sqlite3.Connection) -> None:
             db.execute(
@@ -262,20 +263,48 @@ class QueueMixin(SQLitePlumbing):
         result: int = await self.write(op)
         return result
 
+    async def next_due_at(self, sinks: Sequence[str], *, include_fetches: bool) -> float | None:
+        """When the next claimable fetch or delivery (for `sinks`) is due; None if none waits."""
+        now = self._clock()
+        times: list[float] = []
+        for chunk in chunks(list(sinks)):
+            async with self.read(
+                "SELECT MIN(d.next_attempt_at) FROM deliveries d "
+                "JOIN events e ON e.id = d.event_id "
+                f"WHERE d.state = 'pending' AND d.sink IN ({placeholders(len(chunk))}) "
+                f"AND d.next_attempt_at < {AWAITING_FETCH!r} "
+                "AND (d.lease_until IS NULL OR d.lease_until <= ?) "
+                "AND e.fetch_state IN ('none', 'done')",
+                [*chunk, now],
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row and row[0] is not None:
+                times.append(float(row[0]))
+        if include_fetches:
+            async with self.read(
+                "SELECT MIN(next_fetch_at) FROM events WHERE fetch_state = 'pending' "
+                "AND (fetch_lease_until IS NULL OR fetch_lease_until <= ?)",
+                (now,),
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row and row[0] is not None:
+                times.append(float(row[0]))
+        return min(times) if times else None
+
 
 def _claim_fetches(
     db: sqlite3.Connection, *, now: float, limit: int, lease_seconds: float
 ) -> list[FetchTask]:
     if limit <= 0:
         return []
-    rows = db.execute(
+    found = db.execute(
         "SELECT id, job_id, type, fetch_attempts FROM events "
         "WHERE fetch_state = 'pending' AND next_fetch_at <= ? "
         "AND (fetch_lease_until IS NULL OR fetch_lease_until <= ?) "
         "ORDER BY next_fetch_at LIMIT ?",
         (now, now, limit),
     ).fetchall()
-    tasks = [FetchTask(r["id"], r["job_id"], r["type"], r["fetch_attempts"]) for r in rows]
+    tasks = [FetchTask(r["id"], r["job_id"], r["type"], r["fetch_attempts"]) for r in found]
     db.executemany(
         "UPDATE events SET fetch_lease_until = ? WHERE id = ?",
         [(now + lease_seconds, task.event_id) for task in tasks],
@@ -315,26 +344,10 @@ def _claim_deliveries(
         if event_id is not None:
             where += "AND d.event_id = ? "
             params.append(event_id)
-        rows = db.execute(
+        found = db.execute(
             _DELIVERY_COLUMNS + where + "ORDER BY d.next_attempt_at LIMIT ?", [*params, limit]
         ).fetchall()
-        tasks.extend(
-            DeliveryTask(
-                event_id=r["event_id"],
-                sink=r["sink"],
-                attempts=r["attempts"],
-                is_replay=bool(r["replay"]),
-                event_type=r["type"],
-                job_id=r["job_id"],
-                received_at=r["received_at"],
-                source=r["source"],
-                body=bytes(r["body"]),
-                job=json.loads(r["job"]) if r["job"] is not None else None,
-                result_url=r["result_url"],
-                metadata=json.loads(r["metadata"]) if r["metadata"] else None,
-            )
-            for r in rows
-        )
+        tasks.extend(rows.delivery_task(row, None) for row in found)
     db.executemany(
         "UPDATE deliveries SET lease_until = ? WHERE event_id = ? AND sink = ?",
         [(now + lease_seconds, t.event_id, t.sink) for t in tasks],
@@ -343,18 +356,4 @@ def _claim_deliveries(
 
 
 def _insert_attempt(db: sqlite3.Connection, event_id: str, attempt: Attempt) -> None:
-    db.execute(
-        "INSERT INTO attempts (event_id, sink, attempt, started_at, duration_ms, outcome, "
-        "status_code, error, output_tail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            event_id,
-            attempt.sink,
-            attempt.attempt,
-            attempt.started_at,
-            attempt.duration_ms,
-            attempt.outcome,
-            attempt.status_code,
-            attempt.error,
-            attempt.output_tail,
-        ),
-    )
+    db.execute(rows.INSERT_ATTEMPT, rows.attempt_values(event_id, attempt))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from pulse_relay.store.model import StoreVersionError
+from pulse_relay.store.migrations import pending_migrations
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -116,13 +116,7 @@ def schema_version(db: sqlite3.Connection) -> int:
 
 def migrate(db: sqlite3.Connection, path: Path) -> None:
     """Bring the database at `path` to the newest schema; refuse one from a newer release."""
-    version = schema_version(db)
-    if version > len(MIGRATIONS):
-        raise StoreVersionError(
-            f"{path} has schema version {version}; this pulse-relay knows "
-            f"{len(MIGRATIONS)}: upgrade pulse-relay"
-        )
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+    for number, script in pending_migrations(str(path), schema_version(db), MIGRATIONS):
         # executescript commits first, so the whole migration and its version bump
         # run in one explicit transaction.
         db.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Sequence
 from contextlib import closing
 from typing import Any
 
+from pulse_relay.store import rows
 from pulse_relay.store.model import Watch, storable_json
 from pulse_relay.store.sqlite.plumbing import SQLitePlumbing
 from pulse_relay.store.sqlite.sql import chunks, placeholders
-
-_WATCH_COLUMNS = (
-    "SELECT job_id, metadata, origin, state, added_at, next_poll_at, interval_seconds, "
-    "polls, last_status, last_error FROM watches "
-)
 
 
 class WatchesMixin(SQLitePlumbing):
@@ -65,28 +60,26 @@ class WatchesMixin(SQLitePlumbing):
 
     async def list_watches(self) -> list[Watch]:
         """Every watch, active first, newest first."""
-        async with self.read(
-            _WATCH_COLUMNS + "ORDER BY state = 'active' DESC, added_at DESC"
-        ) as cursor:
-            return [watch_from_row(row) async for row in cursor]
+        async with self.read(rows.LIST_WATCHES_QUERY) as cursor:
+            return [rows.watch(row) async for row in cursor]
 
     async def get_watch(self, job_id: str) -> Watch | None:
         """One watch; None when the job is not watched."""
-        async with self.read(_WATCH_COLUMNS + "WHERE job_id = ?", (job_id,)) as cursor:
+        async with self.read(rows.GET_WATCH_QUERY, (job_id,)) as cursor:
             row = await cursor.fetchone()
-        return None if row is None else watch_from_row(row)
+        return None if row is None else rows.watch(row)
 
     async def claim_watches(self, *, limit: int, lease_seconds: float) -> list[Watch]:
         """Lease up to `limit` watches whose poll is due (by moving their next poll on)."""
         now = self._clock()
 
         def op(db: sqlite3.Connection) -> list[Watch]:
-            rows = db.execute(
-                _WATCH_COLUMNS
-                + "WHERE state = 'active' AND next_poll_at <= ? ORDER BY next_poll_at LIMIT ?",
+            found = db.execute(
+                f"SELECT {rows.WATCH_COLUMNS} FROM watches "
+                "WHERE state = 'active' AND next_poll_at <= ? ORDER BY next_poll_at LIMIT ?",
                 (now, limit),
             ).fetchall()
-            watches = [watch_from_row(row) for row in rows]
+            watches = [rows.watch(row) for row in found]
             db.executemany(
                 "UPDATE watches SET next_poll_at = ?, lease_until = ? WHERE job_id = ?",
                 [(now + lease_seconds, now + lease_seconds, w.job_id) for w in watches],
@@ -149,7 +142,3 @@ class WatchesMixin(SQLitePlumbing):
 
         result: list[str] = await self.write(op)
         return result
-
-
-def watch_from_row(row: sqlite3.Row) -> Watch:
-    return Watch(row[0], json.loads(row[1]), *tuple(row)[2:])
