@@ -26,7 +26,7 @@ from pulse_relay.app import (
 )
 from pulse_relay.config import SinkSettings
 from pulse_relay.emulator import PulseEmulator
-from pulse_relay.signature import HexHmacVerifier, NoneVerifier, StandardVerifier
+from pulse_relay.ingress.signature import HexHmacVerifier, NoneVerifier, StandardVerifier
 from pulse_relay.sinks import Delivery, Sink, SinkResult, build_sink
 from pulse_relay.store import StoreUnavailableError
 from tests.conftest import SECRET, MakeSettings, make_body, signed, wait_for

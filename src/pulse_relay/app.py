@@ -45,23 +45,23 @@ from pulse_relay.config import (
     settings_warnings,
 )
 from pulse_relay.dispatcher import Dispatcher, DispatcherLimits, SinkRuntime
-from pulse_relay.edge import (
+from pulse_relay.ingress.edge import (
     digest_header_values,
     parse_networks,
     sample_accept_errors,
 )
+from pulse_relay.ingress.protocol import IngressRunner
+from pulse_relay.ingress.server import Ingress, IngressConfig, build_app
+from pulse_relay.ingress.signature import HexHmacVerifier, NoneVerifier, StandardVerifier, Verifier
+from pulse_relay.ingress.tls import TLSFilesError, reload_context, server_context
 from pulse_relay.logs import SampledLog, configure_logging, get_logger
 from pulse_relay.metrics import Metrics
 from pulse_relay.notify import Notifier, run_watchdog, watchdog_interval_seconds
 from pulse_relay.poller import Poller, PollerConfig
-from pulse_relay.protocol import IngressRunner
 from pulse_relay.pulse import PulseClient
-from pulse_relay.server import Ingress, IngressConfig, build_app
-from pulse_relay.signature import HexHmacVerifier, NoneVerifier, StandardVerifier, Verifier
 from pulse_relay.sinks import build_sink, retry_policy_for
 from pulse_relay.sinks.base import Sink, matches_any
 from pulse_relay.store import StoreUnavailableError
-from pulse_relay.tls import TLSFilesError, reload_context, server_context
 from pulse_relay.wiring import (
     DAY_SECONDS,
     PruneOutcome,

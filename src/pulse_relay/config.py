@@ -153,7 +153,7 @@ class ServerSettings(_Section):
     @field_validator("allow_from", "trusted_proxies")
     @classmethod
     def _networks_parse(cls, value: list[str]) -> list[str]:
-        from pulse_relay.edge import parse_networks
+        from pulse_relay.ingress.edge import parse_networks
 
         return [str(network) for network in parse_networks(value)]
 
@@ -215,7 +215,7 @@ class VerifySettings(_Section):
         problems: list[tuple[Loc, str]] = []
         if self.scheme == "standard":
             for index, secret in enumerate(self.secrets):
-                from pulse_relay.signature import decode_secret
+                from pulse_relay.ingress.signature import decode_secret
 
                 try:
                     decode_secret(secret.get_secret_value())

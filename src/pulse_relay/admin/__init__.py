@@ -9,11 +9,11 @@ from aiohttp import web
 from pulse_relay.admin.api import error_middleware, setup_api
 from pulse_relay.admin.auth import auth_middleware
 from pulse_relay.admin.context import CONTEXT_KEY, AdminContext
-from pulse_relay.admin.proxy import setup_proxy
 from pulse_relay.admin.ui import setup_ui
+from pulse_relay.ingress.protocol import MalformedHook
 from pulse_relay.logs import SampledLog, get_logger
 from pulse_relay.metrics import CONTENT_TYPE_LATEST
-from pulse_relay.protocol import MalformedHook
+from pulse_relay.proxy.proxy import setup_proxy
 
 log = get_logger("pulse_relay.admin")
 

@@ -6,7 +6,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pulse_relay.signature import decode_secret
+from pulse_relay.ingress.signature import decode_secret
 
 if TYPE_CHECKING:
     from pydantic import SecretStr

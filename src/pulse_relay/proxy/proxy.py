@@ -33,17 +33,17 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from pulse_relay.admin.api import json_error
-from pulse_relay.admin.autowatch import WatchRecorder
-from pulse_relay.admin.capture import (
+from pulse_relay.admin.context import AdminContext
+from pulse_relay.events import format_timestamp, is_valid_job_id
+from pulse_relay.logs import get_logger
+from pulse_relay.metrics import Metrics
+from pulse_relay.proxy.autowatch import WatchRecorder
+from pulse_relay.proxy.capture import (
     MetadataHeaderError,
     RequestCapture,
     is_metadata_header,
     metadata_from_headers,
 )
-from pulse_relay.admin.context import AdminContext
-from pulse_relay.events import format_timestamp, is_valid_job_id
-from pulse_relay.logs import get_logger
-from pulse_relay.metrics import Metrics
 
 log = get_logger("pulse_relay.proxy")
 
