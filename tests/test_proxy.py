@@ -24,7 +24,7 @@ from pulse_relay.emulator import Fault, PulseEmulator
 from pulse_relay.metrics import Metrics
 from pulse_relay.proxy.autowatch import WatchRecorder
 from pulse_relay.proxy.capture import META_HEADERS_MAX_BYTES
-from pulse_relay.proxy.proxy import WATCH_HEADER, ProxyConfig, PulseProxy
+from pulse_relay.proxy.forward import WATCH_HEADER, ProxyConfig, PulseProxy
 from pulse_relay.store import Store
 from tests.conftest import wait_for
 from tests.helpers import async_sdk_client, free_port

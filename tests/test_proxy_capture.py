@@ -12,6 +12,7 @@ import structlog
 from multidict import CIMultiDict
 
 from pulse_relay.metrics import Metrics
+from pulse_relay.proxy.answer import decode_json, job_ids_in
 from pulse_relay.proxy.autowatch import WatchRecorder
 from pulse_relay.proxy.capture import (
     CAPTURED_BODY_MAX_BYTES,
@@ -21,7 +22,7 @@ from pulse_relay.proxy.capture import (
     RequestCapture,
     metadata_from_headers,
 )
-from pulse_relay.proxy.proxy import decode_json, forward_headers, job_ids_in
+from pulse_relay.proxy.headers import forward_headers
 from pulse_relay.store import Store, StoreUnavailableError
 from tests.conftest import wait_for
 

@@ -13,7 +13,7 @@ from pulse_relay.admin.ui import setup_ui
 from pulse_relay.ingress.protocol import MalformedHook
 from pulse_relay.logs import SampledLog, get_logger
 from pulse_relay.metrics import CONTENT_TYPE_LATEST
-from pulse_relay.proxy.proxy import setup_proxy
+from pulse_relay.proxy.forward import setup_proxy
 
 log = get_logger("pulse_relay.admin")
 
