@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from pulse_relay.admin.auth import AdminAuth, check_request
-from pulse_relay.admin.service import Unauthorized
+from pulse_relay.admin.errors import Unauthorized
 from pulse_relay.emulator import Fault, PulseEmulator
 from pulse_relay.metrics import Metrics
 from pulse_relay.proxy.autowatch import WatchRecorder

@@ -31,8 +31,8 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from pulse_relay.admin.api import json_error
 from pulse_relay.admin.context import AdminContext
+from pulse_relay.admin.errors import json_error
 from pulse_relay.events import format_timestamp
 from pulse_relay.logs import get_logger
 from pulse_relay.metrics import Metrics
