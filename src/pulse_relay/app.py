@@ -34,8 +34,8 @@ from aiohttp import web
 
 from pulse_relay.admin import build_admin_app, malformed_request_hook
 from pulse_relay.admin.auth import AdminAuth
+from pulse_relay.admin.changes import ChangeHub
 from pulse_relay.admin.context import AdminContext, CachedReadiness
-from pulse_relay.admin.stream import ChangeHub
 from pulse_relay.config import (
     ConfigError,
     Settings,
