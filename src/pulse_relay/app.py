@@ -32,10 +32,10 @@ from typing import NoReturn, Protocol
 import aiohttp
 from aiohttp import web
 
-from pulse_relay.admin import build_admin_app, malformed_request_hook
 from pulse_relay.admin.auth import AdminAuth
 from pulse_relay.admin.changes import ChangeHub
 from pulse_relay.admin.context import AdminContext, CachedReadiness
+from pulse_relay.admin.listener import build_admin_app, malformed_request_hook
 from pulse_relay.config import (
     ConfigError,
     Settings,
