@@ -32,7 +32,7 @@ import aiohttp
 import psycopg
 import tomli_w
 
-from pulse_relay.signature import sign_headers
+from pulse_relay.ingress.signature import sign_headers
 
 SECRET = "whsec_" + base64.b64encode(b"pulse-relay-bench-secret-32bytes").decode()
 API_KEY = "bench-api-key"

@@ -17,7 +17,7 @@ import pytest
 from pulse_relay.app import Relay
 from pulse_relay.config import Settings
 from pulse_relay.emulator import PulseEmulator
-from pulse_relay.signature import sign_headers
+from pulse_relay.ingress.signature import sign_headers
 from tests.helpers import SECRET, Receiver, relay_config
 
 # The PostgreSQL fixtures (postgres_server, postgres_url, and throwaway_postgres: a

@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from pulse_relay.admin.auth import COOKIE_NAME, AdminAuth, check_request, set_login_cookie
-from pulse_relay.admin.service import Forbidden, Unauthorized
+from pulse_relay.admin.errors import Forbidden, Unauthorized
 from pulse_relay.app import Relay
 from tests.conftest import StartRelay
 from tests.helpers import call

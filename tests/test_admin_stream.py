@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from pulse_relay.admin.stream import ChangeHub
+from pulse_relay.admin.changes import ChangeHub
 from pulse_relay.app import Relay
 from pulse_relay.store import Attempt
 from tests.conftest import MakeSettings, StartRelay, make_body, signed

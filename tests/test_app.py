@@ -20,8 +20,8 @@ from pulse_relay.app import Relay, build_router
 from pulse_relay.config import SinkSettings
 from pulse_relay.daemon import freeze_startup_objects, serve, watch_children_by_pidfd
 from pulse_relay.emulator import PulseEmulator
+from pulse_relay.ingress.signature import HexHmacVerifier, NoneVerifier, StandardVerifier
 from pulse_relay.ingress_settings import build_verifier
-from pulse_relay.signature import HexHmacVerifier, NoneVerifier, StandardVerifier
 from pulse_relay.sinks import Delivery, Sink, SinkResult, build_sink
 from pulse_relay.store import StoreUnavailableError
 from tests.conftest import SECRET, MakeSettings, make_body, signed, wait_for

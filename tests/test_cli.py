@@ -191,7 +191,8 @@ import json, sys
 from pulse_relay.cli import cli
 cli(["--config", sys.argv[1], "events"], prog_name="pulse-relay", standalone_mode=False)
 heavy = ("psycopg", "psycopg_pool", "aiohttp", "structlog", "rich", "pulse_relay.logs",
-         "pulse_relay.sinks", "pulse_relay.edge", "pulse_relay.signature")
+         "pulse_relay.sinks", "pulse_relay.ingress.edge",
+         "pulse_relay.ingress.signature")
 print(json.dumps(sorted(name for name in heavy if name in sys.modules)))
 """
 
@@ -321,7 +322,7 @@ async def test_replay_from_the_cli_while_serve_runs(
 
 
 def _sign(body: bytes, webhook_id: str) -> dict[str, str]:
-    from pulse_relay.signature import sign_headers
+    from pulse_relay.ingress.signature import sign_headers
 
     return sign_headers(SECRET, webhook_id, body)
 

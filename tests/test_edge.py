@@ -1,4 +1,4 @@
-"""edge.py: client addresses behind proxies, the allowlist, header rules, sampled accept errors."""
+"""ingress/edge.py: client addresses behind proxies, the allowlist, header rules, accept errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from structlog.testing import capture_logs
 
-from pulse_relay.edge import (
+from pulse_relay.ingress.edge import (
     client_address,
     digest_header_values,
     is_allowed,

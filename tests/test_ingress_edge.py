@@ -22,7 +22,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from structlog.testing import capture_logs
 
 from pulse_relay.app import Relay
-from pulse_relay.protocol import MALFORMED, malformed_reason
+from pulse_relay.ingress.protocol import MALFORMED, malformed_reason
 from tests.conftest import OTHER_SECRET, StartRelay, make_body, signed, wait_for
 from tests.rawhttp import Answer, close, read_answer, request_bytes
 from tests.test_cli import run_cli

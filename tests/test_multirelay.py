@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pulse_relay.signature import sign_headers
+from pulse_relay.ingress.signature import sign_headers
 from tests.conftest import SECRET, make_body
 from tests.helpers import Served, free_port, wait_until, write_config
 from tests.test_cli import run_cli

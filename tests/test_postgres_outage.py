@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from pulse_relay.signature import sign_headers
+from pulse_relay.ingress.signature import sign_headers
 from pulse_relay.store import PostgresStore, StoreUnavailableError
 from pulse_relay.store.postgres.plumbing import CONNECT_TIMEOUT_SECONDS
 from tests.conftest import SECRET, make_body

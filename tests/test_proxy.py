@@ -1,4 +1,4 @@
-"""The Pulse API pass-through (admin/proxy.py) on a real port, against real upstreams."""
+"""The Pulse API pass-through (proxy/) on a real port, against real upstreams."""
 
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from pulse_relay.admin.auth import AdminAuth, check_request
-from pulse_relay.admin.autowatch import WatchRecorder
-from pulse_relay.admin.capture import META_HEADERS_MAX_BYTES
-from pulse_relay.admin.proxy import WATCH_HEADER, ProxyConfig, PulseProxy
-from pulse_relay.admin.service import Unauthorized
+from pulse_relay.admin.errors import Unauthorized
 from pulse_relay.emulator import Fault, PulseEmulator
 from pulse_relay.metrics import Metrics
+from pulse_relay.proxy.autowatch import WatchRecorder
+from pulse_relay.proxy.capture import META_HEADERS_MAX_BYTES
+from pulse_relay.proxy.forward import WATCH_HEADER, ProxyConfig, PulseProxy
 from pulse_relay.store import SQLiteStore
 from tests.conftest import wait_for
 from tests.helpers import async_sdk_client, free_port

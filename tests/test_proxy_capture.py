@@ -1,4 +1,4 @@
-"""What the pass-through reads from a request (admin/capture.py) and how it keeps watches."""
+"""What the pass-through reads from a request (proxy/capture.py) and how it keeps watches."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import pytest
 import structlog
 from multidict import CIMultiDict
 
-from pulse_relay.admin.autowatch import WatchRecorder
-from pulse_relay.admin.capture import (
+from pulse_relay.metrics import Metrics
+from pulse_relay.proxy.answer import decode_json, job_ids_in
+from pulse_relay.proxy.autowatch import WatchRecorder
+from pulse_relay.proxy.capture import (
     CAPTURED_BODY_MAX_BYTES,
     FIELD_MAX_BYTES,
     META_HEADERS_MAX_BYTES,
@@ -20,8 +22,7 @@ from pulse_relay.admin.capture import (
     RequestCapture,
     metadata_from_headers,
 )
-from pulse_relay.admin.proxy import decode_json, forward_headers, job_ids_in
-from pulse_relay.metrics import Metrics
+from pulse_relay.proxy.headers import forward_headers
 from pulse_relay.store import SQLiteStore, StoreUnavailableError
 from tests.conftest import wait_for
 

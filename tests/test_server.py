@@ -15,7 +15,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from pulse_relay.app import Relay
-from pulse_relay.signature import hex_signature
+from pulse_relay.ingress.signature import hex_signature
 from tests.conftest import (
     OTHER_SECRET,
     SECRET,

@@ -21,7 +21,7 @@ import yaml
 
 from bench.proxies import Workdir, find_program, start_proxy, stop_proxy, substitute
 from pulse_relay.config import load_settings
-from pulse_relay.signature import sign_headers
+from pulse_relay.ingress.signature import sign_headers
 from tests.conftest import SECRET, make_body
 from tests.helpers import Served, free_port, require_debian_package, wait_until, write_config
 

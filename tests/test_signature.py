@@ -1,4 +1,5 @@
-"""Tests for `pulse_relay.signature`: Standard Webhooks, the hex HMAC scheme and the no-op verifier.
+"""Tests for `pulse_relay.ingress.signature`: Standard Webhooks, the hex HMAC scheme and the
+no-op verifier.
 
 The verifier is pure, so every test injects its clock. Expected signatures are
 computed here with `hmac` directly and cross-checked against the published
@@ -24,7 +25,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 from standardwebhooks.webhooks import Webhook
 
-from pulse_relay.signature import (
+from pulse_relay.ingress.signature import (
     HexHmacVerifier,
     NoneVerifier,
     StandardVerifier,

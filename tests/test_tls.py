@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from bench.certs import CertificateAuthority, Issued
 from pulse_relay.config import ConfigError, load_settings
-from pulse_relay.tls import tls_problem
+from pulse_relay.ingress.tls import tls_problem
 from tests import helpers
 from tests.conftest import StartRelay, make_body, signed, wait_for
 from tests.helpers import Served, free_port

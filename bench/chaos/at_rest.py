@@ -27,7 +27,7 @@ from typing import Any
 from bench.certs import CertificateAuthority
 from bench.common import PYTHON, SECRET, WEBHOOK_PATH, Process, free_port, write_toml
 from pulse_relay.config import FileSinkSettings
-from pulse_relay.signature import sign_headers
+from pulse_relay.ingress.signature import sign_headers
 from pulse_relay.sinks import Delivery, FileSink, PermanentSinkError, RetryableSinkError
 
 # What the relay runs with: secrets a command must never see, and a variable of its own.

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import PYTHON, SECRET, WEBHOOK_PATH, Process, free_port, metric_value
-from pulse_relay.signature import sign_headers
+from pulse_relay.ingress.signature import sign_headers
 
 READ_TIMEOUT_SECONDS = 1.0
 MAX_BODY_BYTES = 65536

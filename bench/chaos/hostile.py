@@ -27,7 +27,7 @@ from bench.chaos.at_rest import AtRestFigures
 from bench.chaos.edge import EdgeFigures
 from bench.chaos.outcome import integrity
 from bench.common import PYTHON, SECRET, WEBHOOK_PATH, Process, free_port, write_toml
-from pulse_relay.signature import sign_headers
+from pulse_relay.ingress.signature import sign_headers
 
 # Bodies of requests the fuzzing relay accepts, in bytes (small: the fuzz bodies are too).
 FUZZ_MAX_BODY_BYTES = 65536

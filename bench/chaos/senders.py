@@ -14,7 +14,7 @@ import aiohttp
 from bench.chaos.plan import ChaosConfig, PlannedEvent
 from bench.common import SECRET
 from pulse_relay.emulator import PulseEmulator
-from pulse_relay.signature import sign_headers
+from pulse_relay.ingress.signature import sign_headers
 
 # Attempts per event before a sender gives it up, whatever the dice say.
 MAX_SEND_ATTEMPTS = 8

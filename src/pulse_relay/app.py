@@ -30,10 +30,10 @@ from typing import Protocol
 import aiohttp
 from aiohttp import web
 
-from pulse_relay.admin import build_admin_app, malformed_request_hook
 from pulse_relay.admin.auth import AdminAuth
+from pulse_relay.admin.changes import ChangeHub
 from pulse_relay.admin.context import AdminContext, CachedReadiness
-from pulse_relay.admin.stream import ChangeHub
+from pulse_relay.admin.listener import build_admin_app, malformed_request_hook
 from pulse_relay.config import (
     ConfigError,
     Settings,
@@ -43,18 +43,18 @@ from pulse_relay.config import (
     settings_warnings,
 )
 from pulse_relay.dispatcher import Dispatcher, DispatcherLimits, SinkRuntime
+from pulse_relay.ingress.protocol import IngressRunner
+from pulse_relay.ingress.server import Ingress, build_app
+from pulse_relay.ingress.tls import TLSFilesError, server_context
 from pulse_relay.ingress_settings import build_ingress_config, build_verifier
 from pulse_relay.logs import get_logger
 from pulse_relay.metrics import Metrics
 from pulse_relay.poller import Poller, PollerConfig
-from pulse_relay.protocol import IngressRunner
 from pulse_relay.pulse import PulseClient
 from pulse_relay.retention import RETENTION_FIRST_RUN_SECONDS, run_retention
-from pulse_relay.server import Ingress, build_app
 from pulse_relay.sinks import build_sink, retry_policy_for
 from pulse_relay.sinks.base import Sink, matches_any
 from pulse_relay.store import StoreUnavailableError
-from pulse_relay.tls import TLSFilesError, server_context
 from pulse_relay.wiring import PruneOutcome, build_store, ingress_url, local_url, prune_store
 
 log = get_logger("pulse_relay.app")

@@ -85,7 +85,7 @@ def with_service(
     settings: Settings, action: Callable[[StoreBackend], Awaitable[T]], *, create: bool = False
 ) -> T:
     """`with_store` for the admin API's own functions: a refusal exits 1 with its reason."""
-    from pulse_relay.admin.service import ServiceError
+    from pulse_relay.admin.errors import ServiceError
 
     try:
         return with_store(settings, action, create=create)

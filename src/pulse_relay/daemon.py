@@ -25,10 +25,10 @@ from typing import Any, NoReturn
 
 from pulse_relay.app import Relay
 from pulse_relay.config import ConfigError, Settings
-from pulse_relay.edge import sample_accept_errors
+from pulse_relay.ingress.edge import sample_accept_errors
+from pulse_relay.ingress.tls import TLSFilesError, reload_context
 from pulse_relay.logs import SampledLog, configure_logging, get_logger
 from pulse_relay.notify import Notifier, run_watchdog, watchdog_interval_seconds
-from pulse_relay.tls import TLSFilesError, reload_context
 
 # The name its lines always had (they were the composition root's): filters keep working.
 log = get_logger("pulse_relay.app")

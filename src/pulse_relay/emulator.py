@@ -34,7 +34,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from yarl import URL
 
-from pulse_relay.signature import sign_headers
+from pulse_relay.ingress.signature import sign_headers
 
 DEFAULT_API_KEY: Final = "emulator-key"
 

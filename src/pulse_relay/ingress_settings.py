@@ -10,9 +10,9 @@ import time
 from collections.abc import Callable
 
 from pulse_relay.config import Settings
-from pulse_relay.edge import digest_header_values
-from pulse_relay.server import IngressConfig
-from pulse_relay.signature import HexHmacVerifier, NoneVerifier, StandardVerifier, Verifier
+from pulse_relay.ingress.edge import digest_header_values
+from pulse_relay.ingress.server import IngressConfig
+from pulse_relay.ingress.signature import HexHmacVerifier, NoneVerifier, StandardVerifier, Verifier
 
 
 def build_verifier(

@@ -26,7 +26,7 @@ from pulse_relay.config import (
     admin_exposure_problem,
     secret_files,
 )
-from pulse_relay.tls import tls_problem
+from pulse_relay.ingress.tls import tls_problem
 
 
 def _nearest_existing(path: Path) -> Path:

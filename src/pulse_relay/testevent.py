@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from pulse_relay.config import Settings
-from pulse_relay.signature import hex_signature, sign_headers
+from pulse_relay.ingress.signature import hex_signature, sign_headers
 
 TEST_TIMEOUT_SECONDS = 30.0
 

@@ -11,8 +11,8 @@ from aiohttp import web
 
 from pulse_relay.admin import service
 from pulse_relay.admin.context import CONTEXT_KEY
+from pulse_relay.admin.errors import BadRequest, ServiceError, json_error
 from pulse_relay.admin.openapi import openapi_document
-from pulse_relay.admin.service import BadRequest, ServiceError
 from pulse_relay.admin.stream import stream_handler
 from pulse_relay.logs import get_logger
 from pulse_relay.store import StoreUnavailableError
@@ -22,11 +22,6 @@ log = get_logger("pulse_relay.admin")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Paths whose every answer, errors included, is JSON.
 JSON_PREFIXES = ("/api/", "/pulse/")
-
-
-def json_error(http_status: int, error: str, detail: Any) -> web.Response:
-    """The body of every error answer: {"error": ..., "detail": ...}."""
-    return web.json_response({"error": error, "detail": detail}, status=http_status)
 
 
 def _http_error(error: web.HTTPException) -> web.Response:

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Collection
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from pulse_relay.admin.service import Forbidden, ForbiddenHost, TooManyRequests, Unauthorized
+from pulse_relay.admin.errors import Forbidden, ForbiddenHost, TooManyRequests, Unauthorized
 from pulse_relay.config import is_loopback_host
 from pulse_relay.logs import get_logger
 

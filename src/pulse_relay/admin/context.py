@@ -14,7 +14,7 @@ from pulse_relay import __version__
 
 if TYPE_CHECKING:
     from pulse_relay.admin.auth import AdminAuth
-    from pulse_relay.admin.stream import ChangeHub
+    from pulse_relay.admin.changes import ChangeHub
     from pulse_relay.config import Settings
     from pulse_relay.metrics import Metrics
     from pulse_relay.store import StoreBackend

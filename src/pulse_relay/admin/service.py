@@ -1,7 +1,7 @@
 """What the admin API and the UI do, as async functions returning JSON-ready documents.
 
 Handlers parse the request, call one function here and render its answer. Bad input
-and impossible requests raise a ServiceError subclass carrying its HTTP status; the
+and impossible requests raise a ServiceError subclass (errors.py) carrying its HTTP status; the
 API's error middleware is the one place that turns them into answers.
 """
 
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from pulse_relay.admin.errors import BadRequest, Conflict, NotFound, Unavailable
 from pulse_relay.events import build_envelope, envelope_source, is_valid_job_id
 from pulse_relay.serialize import event_document, watch_document
 from pulse_relay.store import DELIVERY_STATES, EventCursor, EventView, StoreBackend
@@ -32,83 +33,6 @@ from pulse_relay.unencodable import replace_lone_surrogates
 
 if TYPE_CHECKING:
     from pulse_relay.admin.context import AdminContext
-
-
-class ServiceError(Exception):
-    """A request that cannot be answered as asked; `detail` says why, for the caller."""
-
-    http_status = 500
-    error = "internal"
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        # Headers the answer carries besides its JSON body.
-        self.headers: dict[str, str] = {}
-
-
-class BadRequest(ServiceError):
-    """A parameter or body field is invalid; the detail starts with its name."""
-
-    http_status = 400
-    error = "bad_request"
-
-    def __init__(self, param: str, problem: str) -> None:
-        super().__init__(f"{param}: {problem}")
-        self.param = param
-
-
-class Unauthorized(ServiceError):
-    """The admin token is missing or wrong."""
-
-    http_status = 401
-    error = "unauthorized"
-
-
-class Forbidden(ServiceError):
-    """A state-changing request without the token or the CSRF header, or from another origin."""
-
-    http_status = 403
-    error = "forbidden"
-
-
-class ForbiddenHost(ServiceError):
-    """A Host name the admin listener does not answer to (DNS rebinding)."""
-
-    http_status = 403
-    error = "forbidden_host"
-
-
-class TooManyRequests(ServiceError):
-    """Too many failed logins from one address: try again after `retry_after_seconds`."""
-
-    http_status = 429
-    error = "too_many_requests"
-
-    def __init__(self, detail: str, *, retry_after_seconds: int) -> None:
-        super().__init__(detail)
-        self.headers["Retry-After"] = str(retry_after_seconds)
-
-
-class NotFound(ServiceError):
-    """No such event, watch or route."""
-
-    http_status = 404
-    error = "not_found"
-
-
-class Conflict(ServiceError):
-    """The request contradicts the current state (e.g. a replay of a pruned event)."""
-
-    http_status = 409
-    error = "conflict"
-
-
-class Unavailable(ServiceError):
-    """The store (or the ingress) cannot be used now; retry later."""
-
-    http_status = 503
-    error = "unavailable"
 
 
 # -- event listings ------------------------------------------------------------

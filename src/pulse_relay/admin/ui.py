@@ -23,7 +23,7 @@ from aiohttp import web
 from pulse_relay.admin import service
 from pulse_relay.admin.auth import clear_login_cookie, set_login_cookie
 from pulse_relay.admin.context import AdminContext
-from pulse_relay.admin.service import ServiceError
+from pulse_relay.admin.errors import BadRequest, ServiceError
 from pulse_relay.serialize import document_summary_state
 from pulse_relay.store import DELIVERY_STATES
 from pulse_relay.store.filters import EVENT_STATES, SOURCES
@@ -203,7 +203,7 @@ class _Pages:
         }
         try:
             page = await service.list_events(self._ctx, service.parse_event_filters(request.query))
-        except service.BadRequest as error:
+        except BadRequest as error:
             context["error"] = error.detail
             return await self._render(request, "events.html", context, status=400)
         context["events"] = [_event_links(item) for item in page["events"]]

@@ -168,7 +168,7 @@ def _split_network_text(value: object) -> object:
 
 
 def _parse_networks(texts: list[str]) -> tuple[IPNetwork, ...]:
-    from pulse_relay.edge import parse_networks
+    from pulse_relay.ingress.edge import parse_networks
 
     return parse_networks(texts)
 
@@ -225,7 +225,7 @@ def _usable_signing_secret(secret: SecretStr | None) -> SecretStr | None:
     """None for an unset or empty secret; ValueError for one the signature scheme cannot use."""
     if secret is None or not secret.get_secret_value():
         return None
-    from pulse_relay.signature import decode_secret
+    from pulse_relay.ingress.signature import decode_secret
 
     decode_secret(secret.get_secret_value())
     return secret

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from pulse_relay import __version__
+from pulse_relay.ingress.signature import sign_headers
 from pulse_relay.retry import is_retryable_status, parse_retry_after
-from pulse_relay.signature import sign_headers
 from pulse_relay.sinks.base import (
     Delivery,
     PermanentSinkError,

@@ -22,7 +22,8 @@ from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import Counter
 
-from pulse_relay.edge import (
+from pulse_relay.events import ingest_record
+from pulse_relay.ingress.edge import (
     IPAddress,
     IPNetwork,
     client_address,
@@ -32,15 +33,14 @@ from pulse_relay.edge import (
     signature_headers,
     wrong_required_header,
 )
-from pulse_relay.events import ingest_record
-from pulse_relay.logs import SampledLog, get_logger
-from pulse_relay.metrics import Metrics
-from pulse_relay.signature import (
+from pulse_relay.ingress.signature import (
     CheckedHeaders,
     VerificationError,
     Verifier,
     is_valid_webhook_id,
 )
+from pulse_relay.logs import SampledLog, get_logger
+from pulse_relay.metrics import Metrics
 from pulse_relay.store import IngestStore, StoreUnavailableError
 
 log = get_logger("pulse_relay.server")

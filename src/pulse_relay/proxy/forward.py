@@ -15,79 +15,49 @@ A 2xx JSON answer to a POST, small enough to read (`INSPECTED_ANSWER_MAX_BYTES`)
 is read before it is passed on: when it names a `job_id` or `batch_job_id`, the watch
 is recorded first, with the request's audit metadata, so the poller delivers
 the job like a webhook would. Every other answer streams straight through.
+
+Which headers cross is decided in headers.py, what an answer names in answer.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import zlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from pulse_relay.admin.api import json_error
-from pulse_relay.admin.autowatch import WatchRecorder
-from pulse_relay.admin.capture import (
-    MetadataHeaderError,
-    RequestCapture,
-    is_metadata_header,
-    metadata_from_headers,
-)
 from pulse_relay.admin.context import AdminContext
-from pulse_relay.events import format_timestamp, is_valid_job_id
+from pulse_relay.admin.errors import json_error
+from pulse_relay.events import format_timestamp
 from pulse_relay.logs import get_logger
 from pulse_relay.metrics import Metrics
+from pulse_relay.proxy.answer import (
+    INSPECTED_ANSWER_MAX_BYTES,
+    decode_json,
+    is_inspectable,
+    job_ids_in,
+)
+from pulse_relay.proxy.autowatch import WatchRecorder
+from pulse_relay.proxy.capture import (
+    MetadataHeaderError,
+    RequestCapture,
+    metadata_from_headers,
+)
+from pulse_relay.proxy.headers import SANDBOX_HEADERS, answer_headers, forward_headers
 
 log = get_logger("pulse_relay.proxy")
 
 PREFIX: Final = "/pulse"
 WATCH_HEADER: Final = "X-Pulse-Relay-Watch"
-# The SDK's async /tables answer names its job `tables_id`: an answer that carries only
-# that field is a job to watch too.
-JOB_ID_FIELDS: Final = ("job_id", "batch_job_id", "tables_id")
 # Jobs are created by POSTs. `GET /job/{id}` answers carry a job id too: an app that
 # polls through the relay must not re-watch its job (that would replace its metadata).
 WATCHED_METHODS: Final = frozenset({"POST"})
 CHUNK_BYTES: Final = 64 * 1024
-# Answers read whole to look for a job id: Pulse's submission answers are a few hundred bytes.
-INSPECTED_ANSWER_MAX_BYTES: Final = 1_048_576
-DECODED_ANSWER_MAX_BYTES: Final = 8 * 1_048_576
-# RFC 9110 §7.6.1, plus Host (set from the upstream URL) and Expect (this hop answers it).
-_NOT_FORWARDED: Final = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "expect",
-    }
-)
-# The admin listener's own credentials and the relay's CSRF header: meant for the
-# relay, never for Pulse (the metadata headers are dropped too, by `is_metadata_header`).
-_NEVER_UPSTREAM: Final = frozenset({"cookie", "authorization", "x-pulse-relay"})
-# An answer is served from the admin origin: upstream must not set its cookies (the
-# login cookie among them) nor grant other origins access to it.
-_NEVER_PASSED_BACK: Final = frozenset({"set-cookie", "set-cookie2"})
-_NEVER_PASSED_BACK_PREFIX: Final = "access-control-"
-# Every /pulse/ answer, whoever wrote it: never sniffed into HTML, never run as a page
-# of the admin origin.
-SANDBOX_HEADERS: Final = {
-    "X-Content-Type-Options": "nosniff",
-    "Content-Security-Policy": "sandbox",
-}
 # OPTIONS is answered here (a CORS preflight is never forwarded, nothing is granted).
 ALLOWED_METHODS: Final = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 # How often a request waiting on upstream checks that its caller is still connected:
@@ -95,8 +65,6 @@ ALLOWED_METHODS: Final = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 # on (it would cut API writes short).
 CALLER_CHECK_SECONDS: Final = 0.25
 BUSY_RETRY_AFTER_SECONDS: Final = 1
-# Codings the relay can decode to look for a job id (zlib, in the standard library).
-_READABLE_CODINGS: Final = frozenset({"gzip", "x-gzip", "deflate", "identity"})
 # Only what the caller sent is forwarded: aiohttp must not add defaults of its own.
 _NO_AUTO_HEADERS: Final = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
 
@@ -138,31 +106,6 @@ class ProxyError(Exception):
         self.headers = dict(headers or {})
 
 
-Headers = CIMultiDict[str] | CIMultiDictProxy[str]
-
-
-def _connection_tokens(headers: Headers) -> set[str]:
-    """Header names a `Connection` header marks as hop-by-hop."""
-    values = headers.getall("Connection", [])
-    return {token.strip().lower() for value in values for token in value.split(",")}
-
-
-def _end_to_end(headers: Headers) -> CIMultiDict[str]:
-    """The headers a proxy passes on: all but hop-by-hop ones (every value kept)."""
-    dropped = _NOT_FORWARDED | _connection_tokens(headers)
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in dropped)
-
-
-def answer_headers(headers: Headers) -> CIMultiDict[str]:
-    """What comes back: end-to-end headers minus cookies and CORS grants."""
-    return CIMultiDict(
-        (k, v)
-        for k, v in _end_to_end(headers).items()
-        if k.lower() not in _NEVER_PASSED_BACK
-        and not k.lower().startswith(_NEVER_PASSED_BACK_PREFIX)
-    )
-
-
 async def sandbox_answer(request: web.Request, response: web.StreamResponse) -> None:
     """Mark every `/pulse/` answer, the relay's own refusals included, as inert."""
     if not (request.path + "/").startswith(PREFIX + "/"):
@@ -172,74 +115,6 @@ async def sandbox_answer(request: web.Request, response: web.StreamResponse) -> 
     # Added beside any upstream policy: every policy present is enforced.
     if policy not in response.headers.getall("Content-Security-Policy", []):
         response.headers.add("Content-Security-Policy", policy)
-
-
-def _readable_accept_encoding(value: str) -> str:
-    """`Accept-Encoding` narrowed to codings the relay can read, so job ids are never missed."""
-    kept = [item.strip() for item in value.split(",") if _coding(item) in _READABLE_CODINGS]
-    return ", ".join(kept) or "identity"
-
-
-def _coding(item: str) -> str:
-    return item.split(";", 1)[0].strip().lower()
-
-
-def forward_headers(headers: Headers) -> CIMultiDict[str]:
-    """What goes upstream: end-to-end headers minus the admin credentials and relay headers."""
-    forwarded = CIMultiDict(
-        (k, v)
-        for k, v in _end_to_end(headers).items()
-        if k.lower() not in _NEVER_UPSTREAM and not is_metadata_header(k)
-    )
-    if "Accept-Encoding" in forwarded:
-        forwarded["Accept-Encoding"] = _readable_accept_encoding(forwarded["Accept-Encoding"])
-    return forwarded
-
-
-def decode_json(body: bytes, content_encoding: str | None) -> Any:
-    """The JSON document in an answer body (decompressed if need be); None if it is not one."""
-    coding = (content_encoding or "identity").strip().lower()
-    try:
-        if coding in ("gzip", "x-gzip", "deflate"):
-            # wbits 47: a gzip or zlib header, detected; raw deflate is tried after.
-            inflater = zlib.decompressobj(47)
-            try:
-                body = inflater.decompress(body, DECODED_ANSWER_MAX_BYTES)
-            except zlib.error:
-                body = zlib.decompressobj(-15).decompress(body, DECODED_ANSWER_MAX_BYTES)
-        elif coding != "identity":
-            return None
-        return json.loads(body)
-    except (zlib.error, ValueError):
-        return None
-
-
-def job_ids_in(document: Any) -> list[str]:
-    """The usable `job_id` / `batch_job_id` / `tables_id` values of a JSON answer."""
-    if not isinstance(document, dict):
-        return []
-    found: list[str] = []
-    for name in JOB_ID_FIELDS:
-        value = document.get(name)
-        if value is None:
-            continue
-        if isinstance(value, str) and is_valid_job_id(value):
-            if value not in found:
-                found.append(value)
-        else:
-            log.warning("answer names a job id that cannot be watched", field=name)
-    return found
-
-
-def _is_inspectable(upstream: aiohttp.ClientResponse) -> bool:
-    """A 2xx JSON answer small enough to read whole."""
-    length = upstream.content_length
-    media = upstream.content_type.lower()
-    return (
-        200 <= upstream.status < 300
-        and (media == "application/json" or media.endswith("+json"))
-        and (length is None or length <= INSPECTED_ANSWER_MAX_BYTES)
-    )
 
 
 class _Upload:
@@ -481,7 +356,7 @@ class PulseProxy:
         async with upstream:
             progress()
             prefix = b""
-            if request.method in WATCHED_METHODS and _is_inspectable(upstream):
+            if request.method in WATCHED_METHODS and is_inspectable(upstream):
                 prefix, is_whole = await _read_up_to(upstream, INSPECTED_ANSWER_MAX_BYTES, progress)
                 if is_whole:
                     return await self._answer_inspected(exchange, upstream, prefix)
