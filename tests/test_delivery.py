@@ -15,8 +15,15 @@ from structlog.testing import capture_logs
 from pulse_relay.app import Relay
 from pulse_relay.config import Settings
 from pulse_relay.emulator import Fault, PulseEmulator
-from tests.conftest import SECRET, MakeSettings, StartRelay, wait_for
-from tests.helpers import Receiver, deep_merge, recorder_argv
+from tests.helpers import (
+    SECRET,
+    MakeSettings,
+    Receiver,
+    StartRelay,
+    deep_merge,
+    recorder_argv,
+    wait_for,
+)
 
 SINK_SECRET = "whsec_" + base64.b64encode(b"the-receiving-app-secret-000000").decode()
 FAST_RETRY = {"retry_initial_seconds": 0.05, "retry_max_seconds": 0.2}

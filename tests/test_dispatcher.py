@@ -45,7 +45,7 @@ from pulse_relay.sinks.base import (
     SinkResult,
 )
 from pulse_relay.store import Attempt, DeliveryTask, FetchTask
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 NOW = 1_000_000.0
 

@@ -14,8 +14,18 @@ from structlog.testing import capture_logs
 from pulse_relay.app import Relay
 from pulse_relay.config import Settings
 from pulse_relay.emulator import PulseEmulator
-from tests.conftest import SECRET, MakeSettings, StartRelay, make_body, signed, wait_for
-from tests.helpers import Receiver, deep_merge, free_port, recorder_argv
+from tests.helpers import (
+    SECRET,
+    MakeSettings,
+    Receiver,
+    StartRelay,
+    deep_merge,
+    free_port,
+    make_body,
+    recorder_argv,
+    signed,
+    wait_for,
+)
 
 FAST = {"retry_initial_seconds": 0.05, "retry_max_seconds": 0.2}
 FAST_POLL = {"interval_seconds": 0.05, "max_interval_seconds": 0.2}

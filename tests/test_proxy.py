@@ -26,8 +26,7 @@ from pulse_relay.admin.service import Unauthorized
 from pulse_relay.emulator import Fault, PulseEmulator
 from pulse_relay.metrics import Metrics
 from pulse_relay.store import Store
-from tests.conftest import wait_for
-from tests.helpers import async_sdk_client, free_port
+from tests.helpers import async_sdk_client, free_port, wait_for
 
 API_KEY = "test-api-key"
 KEY = {"x-api-key": API_KEY}

@@ -23,7 +23,7 @@ from pulse_relay.admin.capture import (
 from pulse_relay.admin.proxy import decode_json, forward_headers, job_ids_in
 from pulse_relay.metrics import Metrics
 from pulse_relay.store import Store, StoreUnavailableError
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 BOUNDARY = "b0undary"
 

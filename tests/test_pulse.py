@@ -29,7 +29,7 @@ from pulse_relay.pulse import (
     PulseRetryableError,
     judge_error,
 )
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 API_KEY = "pk_test_0123456789abcdefSECRET"
 

@@ -6,7 +6,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,11 @@ from standardwebhooks.webhooks import Webhook
 
 from pulse_relay.app import Relay
 from pulse_relay.signature import hex_signature
-from tests.conftest import (
+from tests.helpers import (
+    HOSTILE_BODY,
     OTHER_SECRET,
     SECRET,
+    UNAUTHORIZED_CASES,
     MakeSettings,
     StartRelay,
     make_body,
@@ -93,59 +95,24 @@ async def test_svix_prefixed_headers_are_accepted(relay: Relay) -> None:
     assert (await post(relay, body, headers))[0] == 202
 
 
-def _without(headers: dict[str, str], name: str) -> dict[str, str]:
-    return {k: v for k, v in headers.items() if k != name}
-
-
-def _with(headers: dict[str, str], **changes: str) -> dict[str, str]:
-    return {**headers, **{k.replace("_", "-"): v for k, v in changes.items()}}
-
-
-BODY = make_body()
-HostileCase = Callable[[dict[str, str]], tuple[bytes, dict[str, str]]]
-# Each case turns a freshly signed, valid request into a hostile one.
-UNAUTHORIZED_CASES: dict[str, HostileCase] = {
-    "missing id": lambda good: (BODY, _without(good, "webhook-id")),
-    "missing timestamp": lambda good: (BODY, _without(good, "webhook-timestamp")),
-    "missing signature": lambda good: (BODY, _without(good, "webhook-signature")),
-    "empty id": lambda good: (BODY, _with(good, webhook_id="")),
-    "empty timestamp": lambda good: (BODY, _with(good, webhook_timestamp="")),
-    "empty signature": lambda good: (BODY, _with(good, webhook_signature="")),
-    "garbage signature entry": lambda good: (BODY, _with(good, webhook_signature="garbage")),
-    "non-base64 signature": lambda good: (BODY, _with(good, webhook_signature="v1,@@not*b64@@")),
-    "non-integer timestamp": lambda good: (BODY, _with(good, webhook_timestamp="yesterday")),
-    "float timestamp": lambda good: (
-        BODY,
-        _with(good, webhook_timestamp=good["webhook-timestamp"] + ".0"),
-    ),
-    "padded timestamp": lambda good: (
-        BODY,
-        _with(good, webhook_timestamp="0" + good["webhook-timestamp"]),
-    ),
-    "body changed by one byte": lambda good: (BODY.replace(b"job-1", b"job-2"), good),
-    "body re-serialised": lambda good: (json.dumps(json.loads(BODY), indent=1).encode(), good),
-    "wrong secret": lambda good: (BODY, signed(BODY, secret=OTHER_SECRET, webhook_id="msg_h")),
-}
-
-
 @pytest.mark.parametrize("case", sorted(UNAUTHORIZED_CASES))
 async def test_hostile_request_is_unauthorized(relay: Relay, case: str) -> None:
-    body, headers = UNAUTHORIZED_CASES[case](signed(BODY, webhook_id="msg_h"))
+    body, headers = UNAUTHORIZED_CASES[case](signed(HOSTILE_BODY, webhook_id="msg_h"))
     status, document = await post(relay, body, headers)
     assert status == 401, case
     assert document["status"] == "unauthorized"
     assert document["reason"]
     assert await stored_ids(relay) == []
     # The same id, genuinely signed, still goes through afterwards.
-    assert (await post(relay, BODY, signed(BODY, webhook_id="msg_h")))[0] == 202
+    assert (await post(relay, HOSTILE_BODY, signed(HOSTILE_BODY, webhook_id="msg_h")))[0] == 202
 
 
 @pytest.mark.parametrize("offset_seconds", [-301, 301, -86400])
 async def test_timestamp_outside_tolerance_is_unauthorized(
     relay: Relay, offset_seconds: int
 ) -> None:
-    headers = signed(BODY, timestamp=int(time.time()) + offset_seconds)
-    status, document = await post(relay, BODY, headers)
+    headers = signed(HOSTILE_BODY, timestamp=int(time.time()) + offset_seconds)
+    status, document = await post(relay, HOSTILE_BODY, headers)
     assert (status, document["reason"]) == (401, "timestamp outside tolerance")
 
 
