@@ -14,7 +14,17 @@ import pytest
 from pulse_relay.app import Relay
 from pulse_relay.config import Settings
 from pulse_relay.emulator import PulseEmulator
-from tests.helpers import MakeSettings, Receiver, StartRelay, relay_config
+from tests.helpers import (
+    FAST_RETRY,
+    SINK_SECRET,
+    MakeSettings,
+    PipelineSettings,
+    Receiver,
+    StartRelay,
+    deep_merge,
+    recorder_argv,
+    relay_config,
+)
 
 # The PostgreSQL fixtures (postgres_server, postgres_url, and throwaway_postgres: a
 # server of its own to stop and start) for every test module.
@@ -45,6 +55,42 @@ def make_settings(tmp_path: Path) -> MakeSettings:
 
     def make(**sections: Any) -> Settings:
         return Settings.model_validate(relay_config(tmp_path, **sections))
+
+    return make
+
+
+@pytest.fixture
+def pipeline_settings(
+    make_settings: MakeSettings, tmp_path: Path, emulator: PulseEmulator, receiver: Receiver
+) -> PipelineSettings:
+    """Settings for the whole pipeline, sections given merged over them: the emulator as
+    Pulse; a file sink "files" writing to tmp_path/files, an HTTP sink "app" posting to
+    `receiver` signed with SINK_SECRET, a command sink "cmd" recording into
+    tmp_path/command-out; each retrying fast."""
+    argv, _ = recorder_argv(tmp_path)
+
+    def make(**extra: Any) -> Settings:
+        base: dict[str, Any] = {
+            "pulse": {"base_url": emulator.base_url, "api_key": emulator.api_key},
+            "sinks": [
+                {
+                    "type": "file",
+                    "name": "files",
+                    "directory": str(tmp_path / "files"),
+                    **FAST_RETRY,
+                },
+                {
+                    "type": "http",
+                    "name": "app",
+                    "url": receiver.url,
+                    "sign_secret": SINK_SECRET,
+                    "timeout_seconds": 2,
+                    **FAST_RETRY,
+                },
+                {"type": "command", "name": "cmd", "argv": argv, **FAST_RETRY},
+            ],
+        }
+        return make_settings(**deep_merge(base, extra))
 
     return make
 

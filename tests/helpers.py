@@ -38,8 +38,14 @@ from pulse_relay.store import IngestRecord, StoreBackend
 SECRET = "whsec_" + base64.b64encode(b"pulse-relay-test-secret-32-bytes").decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(b"an-entirely-different-secret-key").decode()
 
-# The types of conftest's factory fixtures `make_settings` and `start_relay`.
+# What the HTTP sink of conftest's `pipeline_settings` signs with.
+SINK_SECRET = "whsec_" + base64.b64encode(b"the-receiving-app-secret-000000").decode()
+# Retries a test can wait for: 50 ms, doubling up to 200 ms.
+FAST_RETRY = {"retry_initial_seconds": 0.05, "retry_max_seconds": 0.2}
+
+# The types of conftest's factory fixtures.
 MakeSettings = Callable[..., Settings]
+PipelineSettings = Callable[..., Settings]
 StartRelay = Callable[..., Awaitable[Relay]]
 
 
