@@ -221,6 +221,16 @@ def ingest_record(
     )
 
 
+@dataclass
+class FakeClock:
+    """A clock the test moves by hand (`clock.now += 60`: a minute later)."""
+
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """`extra` over `base`, merging nested tables."""
     merged = dict(base)

@@ -32,25 +32,17 @@ from pulse_relay.store import (
 from pulse_relay.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
 from pulse_relay.store.postgres import plumbing as postgres_plumbing
 from pulse_relay.store.sqlite import plumbing as sqlite_plumbing
-from tests.helpers import count_events, ingest_record, wait_for
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import FakeClock, count_events, ingest_record, wait_for
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(now=1_000_000.0)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def store(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
 ) -> AsyncIterator[StoreBackend]:
     opened: StoreBackend
     if request.param == "sqlite":
@@ -62,7 +54,7 @@ async def store(
 
 
 @pytest.fixture
-async def sqlite_store(tmp_path: Path, clock: Clock) -> AsyncIterator[Store]:
+async def sqlite_store(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
     async with Store(tmp_path / "relay.db", clock=clock) as opened:
         yield opened
 
@@ -99,7 +91,7 @@ async def test_a_second_event_for_the_same_job_status_is_kept_but_not_delivered(
 
 
 async def test_deliveries_wait_for_the_fetch_then_are_claimed_within_the_limits(
-    store: StoreBackend, clock: Clock
+    store: StoreBackend, clock: FakeClock
 ) -> None:
     for n in range(5):
         await store.ingest(ingest_record(f"m{n}", job_id=f"job-{n}"))
@@ -130,7 +122,7 @@ async def test_deliveries_wait_for_the_fetch_then_are_claimed_within_the_limits(
 
 
 async def test_leases_expire_so_work_of_a_dead_process_is_claimed_again(
-    store: StoreBackend, clock: Clock
+    store: StoreBackend, clock: FakeClock
 ) -> None:
     await store.ingest(ingest_record("m1", needs_fetch=False))
     _, first = await store.claim(
@@ -252,7 +244,7 @@ async def test_a_delivery_view_reads_by_attribute_and_by_its_former_keys(
         delivery["sink"]
 
 
-async def test_pruned_ids_stay_known_until_forgotten(store: StoreBackend, clock: Clock) -> None:
+async def test_pruned_ids_stay_known_until_forgotten(store: StoreBackend, clock: FakeClock) -> None:
     day = 86_400.0
     assert await store.ingest(ingest_record("m_old", sinks=(), needs_fetch=False)) == "accepted"
     assert await store.ingest(
@@ -275,7 +267,7 @@ async def test_pruned_ids_stay_known_until_forgotten(store: StoreBackend, clock:
 
 
 async def test_a_body_under_another_id_is_a_duplicate_while_its_ids_are_known(
-    store: StoreBackend, clock: Clock
+    store: StoreBackend, clock: FakeClock
 ) -> None:
     day = 86_400.0
     body = b'{"type": "job.processing", "timestamp": 1000000}'
@@ -449,7 +441,7 @@ async def drop_listener(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> No
 
 
 async def test_a_listener_that_keeps_losing_its_connection_warns_once_a_window(
-    postgres_url: str, clock: Clock
+    postgres_url: str, clock: FakeClock
 ) -> None:
     async with (
         PostgresStore(postgres_url, clock=clock),
@@ -466,7 +458,7 @@ async def test_a_listener_that_keeps_losing_its_connection_warns_once_a_window(
 
 
 async def test_a_late_relay_cannot_finish_work_another_took_over(
-    postgres_url: str, clock: Clock
+    postgres_url: str, clock: FakeClock
 ) -> None:
     slots = {"a": 1}
     async with (
