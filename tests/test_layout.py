@@ -1,6 +1,7 @@
-"""The test suite's own layout: shared helpers live in tests/helpers.py (or tests/rawhttp.py),
-fixtures in a conftest.py; no test module imports from another test module or from a
-conftest, so that each test module can be read, moved or deleted on its own."""
+"""The layout of the tools around the code. Shared test helpers live in tests/helpers.py (or
+tests/rawhttp.py), fixtures in a conftest.py; no test module imports from another test
+module or from a conftest, so that each test module can be read, moved or deleted on its
+own. No benchmark module grows past a size one can hold in mind."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parent
+BENCH = TESTS.parent / "bench"
+MAX_BENCH_FILE_LINES = 600
 
 
 def _is_forbidden(module: str) -> bool:
@@ -84,3 +87,13 @@ def test_no_file_under_tests_imports_a_test_module_or_a_conftest() -> None:
         for path in files
     }
     assert {name: modules for name, modules in found.items() if modules} == {}
+
+
+@pytest.mark.skipif(not BENCH.is_dir(), reason="bench/ is not in this checkout")
+def test_no_bench_file_is_over_600_lines() -> None:
+    sizes = {
+        str(path.relative_to(BENCH)): len(path.read_text().splitlines())
+        for path in BENCH.rglob("*.py")
+    }
+    assert "scenarios.py" in sizes
+    assert {name: lines for name, lines in sizes.items() if lines > MAX_BENCH_FILE_LINES} == {}
