@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 
 from bench import report
-from bench.common import ensure_wrk
-from bench.scenarios import SCENARIOS, Sizes
+from bench.load import ensure_wrk
+from bench.measure import Sizes
+from bench.scenarios import SCENARIOS
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,9 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench import common
-from bench.common import RelayConfig, WrkResult, median
-from bench.scenarios import Sizes, _row, _wrk_cpu, _wrk_fresh, e2e_latencies
+from bench import common, load
+from bench.common import RelayConfig, median
+from bench.delivery_scenarios import e2e_latencies
+from bench.load import WrkResult
+from bench.measure import Sizes, row, wrk_cpu, wrk_fresh
 
 # -- ingest on PostgreSQL ---------------------------------------------------------------
 
@@ -32,17 +34,17 @@ def _pg_ingest_run(run_dir: Path, sizes: Sizes, number: int) -> dict[str, Any]:
     figures: dict[str, dict[str, Any]] = {}
     baseline, base_port = common.baseline_process(run_dir)
     with baseline:
-        base, cpu = _wrk_cpu(baseline, run_dir, base_port, sizes, f"b{number}-", 20_000.0)
+        base, cpu = wrk_cpu(baseline, run_dir, base_port, sizes, f"b{number}-", 20_000.0)
     figures["baseline"] = _figure(base, cpu)
     minimal, minimal_port = common.minimal_process(run_dir)
     with minimal:
-        floor, cpu = _wrk_cpu(minimal, run_dir, minimal_port, sizes, f"m{number}-", base.rate)
+        floor, cpu = wrk_cpu(minimal, run_dir, minimal_port, sizes, f"m{number}-", base.rate)
     figures["minimal"] = _figure(floor, cpu)
     sqlite_dir = run_dir / "sqlite"
     sqlite_dir.mkdir()
     relay, port, _ = common.relay_process(sqlite_dir, RelayConfig(log_level="info"))
     with relay:
-        mine, cpu = _wrk_cpu(relay, sqlite_dir, port, sizes, f"s{number}-", base.rate)
+        mine, cpu = wrk_cpu(relay, sqlite_dir, port, sizes, f"s{number}-", base.rate)
     figures["sqlite"] = _figure(mine, cpu)
     for relays in (1, 2):
         figures[f"postgres_{relays}"] = _pg_relays_run(run_dir, sizes, number, relays, base.rate)
@@ -108,7 +110,7 @@ def _pg_wrk(
     with ThreadPoolExecutor(max_workers=len(ports)) as pool:
         results = list(
             pool.map(
-                lambda i: _wrk_fresh(
+                lambda i: wrk_fresh(
                     run_dir, f"http://127.0.0.1:{ports[i]}", split, f"{prefix}{i}-", ceiling
                 ),
                 range(len(ports)),
@@ -138,7 +140,7 @@ def _pg_ingest_rows(runs: list[dict[str, Any]], sizes: Sizes) -> list[dict[str, 
         return median(r[name][key] for r in runs)
 
     rows = [
-        _row(
+        row(
             "pg-ingest baselines",
             f"bare aiohttp {med('baseline', 'rate'):.0f}/s; minimal handler "
             f"{med('minimal', 'rate'):.0f}/s (CPU {med('baseline', 'cpu_us_per_answer'):.0f} / "
@@ -157,7 +159,7 @@ def _pg_ingest_rows(runs: list[dict[str, Any]], sizes: Sizes) -> list[dict[str, 
         if name != "sqlite":
             cpu += f" + PostgreSQL backends {med(name, 'postgres_cpu_us_per_answer'):.0f} µs"
         rows.append(
-            _row(
+            row(
                 f"pg-ingest: {label}",
                 f"{med(name, 'rate'):.0f}/s; ÷ minimal {med(name, 'to_minimal'):.2f}, "
                 f"÷ bare {med(name, 'to_bare'):.2f}; ack p50 {med(name, 'p50_ms'):.1f} / "
@@ -194,7 +196,7 @@ def pg_end_to_end(sizes: Sizes) -> dict[str, Any]:
     count = sizes.e2e_events
     return {
         "rows": [
-            _row(
+            row(
                 "end-to-end on PostgreSQL",
                 f"p50 {pg['p50_ms']:.1f} ms / p99 {pg['p99_ms']:.1f} ms at "
                 f"{sizes.e2e_rate:.0f} events/s ({pg['files']}/{count} files); SQLite same "
@@ -251,7 +253,7 @@ def _send_and_wait_started(port: int, log: Path, count: int, prefix: str) -> lis
     import asyncio
 
     requests = common.signed_requests(prefix, count, event_type="job.created")
-    asyncio.run(common.send_all(f"http://127.0.0.1:{port}{common.WEBHOOK_PATH}", requests))
+    asyncio.run(load.send_all(f"http://127.0.0.1:{port}{common.WEBHOOK_PATH}", requests))
     ids = [r.webhook_id for r in requests]
 
     def started() -> bool:
@@ -326,7 +328,7 @@ def takeover_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     # The kill to the last delivery includes the sink's own run time on the second relay.
     rerun = result["seconds_to_last_restart"]
     return [
-        _row(
+        row(
             "takeover (PostgreSQL, 2 relays)",
             f"lease {lease:g} s: the killed relay's {result['events']} in-flight deliveries "
             f"restarted by the other {rerun:.2f} s after the kill, last delivered "
@@ -371,7 +373,7 @@ def restart_drain(sizes: Sizes) -> dict[str, Any]:
     print(f"  restart-drain: {result}")
     running = result["seconds_to_all_running"]
     result["rows"] = [
-        _row(
+        row(
             "restart drain (SQLite)",
             f"{count} leased deliveries running again {running:.2f} s after the restarted "
             f"process started (/healthz answered at {result['seconds_to_healthz']:.2f} s), "

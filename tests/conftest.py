@@ -1,14 +1,12 @@
-"""Shared factories: settings, signed requests, and a relay running on a real port."""
+"""Fixtures: settings, a relay running on a real port, the emulator, a receiving app.
+
+Plain helpers (signed requests, polling, records) live in tests/helpers.py."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import json
 import os
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +15,22 @@ import pytest
 from pulse_relay.app import Relay
 from pulse_relay.config import Settings
 from pulse_relay.emulator import PulseEmulator
-from pulse_relay.ingress.signature import sign_headers
-from tests.helpers import SECRET, Receiver, relay_config
+from tests.helpers import (
+    FAST_RETRY,
+    SINK_SECRET,
+    MakeSettings,
+    PipelineSettings,
+    Receiver,
+    StartRelay,
+    deep_merge,
+    recorder_argv,
+    relay_config,
+)
 
 # The PostgreSQL fixtures (postgres_server, postgres_url, and throwaway_postgres: a
 # server to stop and start) for every test module; one summary line per absent Debian
 # package, and under CI a skip fails the run; pytester runs pytest (tests/test_harness.py).
 pytest_plugins = ["tests.postgres", "tests.skips", "pytester"]
-
-OTHER_SECRET = "whsec_" + base64.b64encode(b"an-entirely-different-secret-key").decode()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,9 +51,6 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
 
 
-MakeSettings = Callable[..., Settings]
-
-
 @pytest.fixture
 def make_settings(tmp_path: Path) -> MakeSettings:
     """Settings for a relay on 127.0.0.1, an ephemeral port and a store in tmp_path."""
@@ -59,35 +61,40 @@ def make_settings(tmp_path: Path) -> MakeSettings:
     return make
 
 
-def make_body(
-    event_type: str = "job.completed", job_id: str | None = "job-1", **extra: Any
-) -> bytes:
-    """A Pulse-style webhook payload."""
-    data: dict[str, Any] = {"status": event_type.removeprefix("job.")}
-    if job_id is not None:
-        data["job_id"] = job_id
-    return json.dumps({"type": event_type, "data": data, **extra}).encode()
+@pytest.fixture
+def pipeline_settings(
+    make_settings: MakeSettings, tmp_path: Path, emulator: PulseEmulator, receiver: Receiver
+) -> PipelineSettings:
+    """Settings for the whole pipeline, sections given merged over them: the emulator as
+    Pulse; a file sink "files" writing to tmp_path/files, an HTTP sink "app" posting to
+    `receiver` signed with SINK_SECRET, a command sink "cmd" recording into
+    tmp_path/command-out; each retrying fast."""
+    argv, _ = recorder_argv(tmp_path)
 
+    def make(**extra: Any) -> Settings:
+        base: dict[str, Any] = {
+            "pulse": {"base_url": emulator.base_url, "api_key": emulator.api_key},
+            "sinks": [
+                {
+                    "type": "file",
+                    "name": "files",
+                    "directory": str(tmp_path / "files"),
+                    **FAST_RETRY,
+                },
+                {
+                    "type": "http",
+                    "name": "app",
+                    "url": receiver.url,
+                    "sign_secret": SINK_SECRET,
+                    "timeout_seconds": 2,
+                    **FAST_RETRY,
+                },
+                {"type": "command", "name": "cmd", "argv": argv, **FAST_RETRY},
+            ],
+        }
+        return make_settings(**deep_merge(base, extra))
 
-def signed(
-    body: bytes,
-    *,
-    secret: str = SECRET,
-    webhook_id: str | None = None,
-    timestamp: int | None = None,
-) -> dict[str, str]:
-    """Standard Webhooks headers for `body`, plus a JSON content type."""
-    headers = sign_headers(
-        secret,
-        webhook_id or f"msg_{uuid.uuid4().hex}",
-        body,
-        timestamp=int(time.time()) if timestamp is None else timestamp,
-    )
-    headers["content-type"] = "application/json"
-    return headers
-
-
-StartRelay = Callable[..., Awaitable[Relay]]
+    return make
 
 
 @pytest.fixture
@@ -109,25 +116,6 @@ async def start_relay(make_settings: MakeSettings) -> AsyncIterator[StartRelay]:
     yield start
     for relay in reversed(relays):
         await relay.stop()
-
-
-async def wait_for(
-    condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
-    *,
-    timeout_seconds: float = 10.0,
-    interval_seconds: float = 0.02,
-) -> None:
-    """Poll `condition` until it is true; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout_seconds
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_seconds} s")
-        await asyncio.sleep(interval_seconds)
 
 
 @pytest.fixture

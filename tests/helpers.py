@@ -1,8 +1,10 @@
-"""Configuration text, and real peers for end-to-end tests: a receiving HTTP server,
-a recording command, `pulse-relay serve` as a subprocess."""
+"""What the tests share: signed requests, configuration text, records and deliveries to
+hand a component, and real peers for end-to-end tests (a receiving HTTP server, a
+recording command, `pulse-relay serve` as a subprocess). Fixtures live in conftest.py."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -12,7 +14,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,12 +28,208 @@ import pytest
 import tomli_w
 from aiohttp import web
 from pulse import AsyncPulse, Pulse
+from pulse_relay.signature import sign_headers
 from pydantic import BaseModel
 
+from pulse_relay.app import Relay
 from pulse_relay.config import SINK_TYPES, Settings
-from pulse_relay.store import StoreBackend
+from pulse_relay.sinks import Delivery
+from pulse_relay.store import IngestRecord, StoreBackend
 
 SECRET = "whsec_" + base64.b64encode(b"pulse-relay-test-secret-32-bytes").decode()
+OTHER_SECRET = "whsec_" + base64.b64encode(b"an-entirely-different-secret-key").decode()
+
+# What the HTTP sink of conftest's `pipeline_settings` signs with.
+SINK_SECRET = "whsec_" + base64.b64encode(b"the-receiving-app-secret-000000").decode()
+# Retries a test can wait for: 50 ms, doubling up to 200 ms.
+FAST_RETRY = {"retry_initial_seconds": 0.05, "retry_max_seconds": 0.2}
+
+# The types of conftest's factory fixtures.
+MakeSettings = Callable[..., Settings]
+PipelineSettings = Callable[..., Settings]
+StartRelay = Callable[..., Awaitable[Relay]]
+
+
+def make_body(
+    event_type: str = "job.completed", job_id: str | None = "job-1", **extra: Any
+) -> bytes:
+    """A Pulse-style webhook payload."""
+    data: dict[str, Any] = {"status": event_type.removeprefix("job.")}
+    if job_id is not None:
+        data["job_id"] = job_id
+    return json.dumps({"type": event_type, "data": data, **extra}).encode()
+
+
+def signed(
+    body: bytes,
+    *,
+    secret: str = SECRET,
+    webhook_id: str | None = None,
+    timestamp: int | None = None,
+) -> dict[str, str]:
+    """Standard Webhooks headers for `body`, plus a JSON content type."""
+    headers = sign_headers(
+        secret,
+        webhook_id or f"msg_{uuid.uuid4().hex}",
+        body,
+        timestamp=int(time.time()) if timestamp is None else timestamp,
+    )
+    headers["content-type"] = "application/json"
+    return headers
+
+
+def _without(headers: dict[str, str], name: str) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k != name}
+
+
+def _with(headers: dict[str, str], **changes: str) -> dict[str, str]:
+    return {**headers, **{k.replace("_", "-"): v for k, v in changes.items()}}
+
+
+HOSTILE_BODY = make_body()
+HostileCase = Callable[[dict[str, str]], tuple[bytes, dict[str, str]]]
+# Each case turns a freshly signed, valid request for HOSTILE_BODY into one the
+# verifier must refuse with 401.
+UNAUTHORIZED_CASES: dict[str, HostileCase] = {
+    "missing id": lambda good: (HOSTILE_BODY, _without(good, "webhook-id")),
+    "missing timestamp": lambda good: (HOSTILE_BODY, _without(good, "webhook-timestamp")),
+    "missing signature": lambda good: (HOSTILE_BODY, _without(good, "webhook-signature")),
+    "empty id": lambda good: (HOSTILE_BODY, _with(good, webhook_id="")),
+    "empty timestamp": lambda good: (HOSTILE_BODY, _with(good, webhook_timestamp="")),
+    "empty signature": lambda good: (HOSTILE_BODY, _with(good, webhook_signature="")),
+    "garbage signature entry": lambda good: (
+        HOSTILE_BODY,
+        _with(good, webhook_signature="garbage"),
+    ),
+    "non-base64 signature": lambda good: (
+        HOSTILE_BODY,
+        _with(good, webhook_signature="v1,@@not*b64@@"),
+    ),
+    "non-integer timestamp": lambda good: (
+        HOSTILE_BODY,
+        _with(good, webhook_timestamp="yesterday"),
+    ),
+    "float timestamp": lambda good: (
+        HOSTILE_BODY,
+        _with(good, webhook_timestamp=good["webhook-timestamp"] + ".0"),
+    ),
+    "padded timestamp": lambda good: (
+        HOSTILE_BODY,
+        _with(good, webhook_timestamp="0" + good["webhook-timestamp"]),
+    ),
+    "body changed by one byte": lambda good: (HOSTILE_BODY.replace(b"job-1", b"job-2"), good),
+    "body re-serialised": lambda good: (
+        json.dumps(json.loads(HOSTILE_BODY), indent=1).encode(),
+        good,
+    ),
+    "wrong secret": lambda good: (
+        HOSTILE_BODY,
+        signed(HOSTILE_BODY, secret=OTHER_SECRET, webhook_id="msg_h"),
+    ),
+}
+
+
+# The read timeout of the reliability suite's hostile-input relay: slow clients are cut
+# off after it.
+HOSTILE_READ_TIMEOUT_SECONDS = 1.0
+
+
+def post_captured(
+    port: int, body: bytes, headers: dict[str, str], *, timeout_seconds: float = 10.0
+) -> tuple[int, str]:
+    """POST exactly these bytes and headers to the webhook path of the relay on `port`;
+    (status, the "status" of its JSON answer) whatever the status."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/webhooks/pulse", data=body, headers=headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_seconds) as response:
+            return int(response.status), str(json.loads(response.read()).get("status"))
+    except urllib.error.HTTPError as error:
+        return int(error.code), str(json.loads(error.read()).get("status"))
+
+
+def post_job_created(
+    port: int, event_id: str, *, job_id: str | None = None, timeout_seconds: float = 10.0
+) -> tuple[int, str]:
+    """POST one signed job.created event (one that needs no fetch) for `job_id` (by
+    default `job-<event_id>`); (status, the "status" of the JSON answer)."""
+    body = make_body(event_type="job.created", job_id=job_id or f"job-{event_id}")
+    headers = signed(body, webhook_id=event_id)
+    return post_captured(port, body, headers, timeout_seconds=timeout_seconds)
+
+
+def make_delivery(
+    event_id: str = "msg_1",
+    event_type: str = "job.completed",
+    job_id: str | None = "job-1",
+    *,
+    job_status: str | None = "completed",
+    text: str | None = None,
+    extra: dict[str, Any] | None = None,
+    received_at: str = "2026-11-23T10:30:00.123456Z",
+    indent: int | None = None,
+) -> Delivery:
+    """One delivery as the dispatcher hands it to a sink; the job carries `{"result":
+    {"text": text}}` when `text` is given, and the fields of `extra`."""
+    job: dict[str, Any] = {"status": job_status}
+    if text is not None:
+        job["result"] = {"text": text}
+    envelope: dict[str, Any] = {
+        "id": event_id,
+        "type": event_type,
+        "job_id": job_id,
+        "received_at": received_at,
+        "source": "webhook",
+        "event": {"type": event_type, "data": {"job_id": job_id}},
+        "job": {**job, **(extra or {})},
+        "relay": {"version": "0.1.0", "result_url": None, "metadata": {}},
+    }
+    return Delivery(
+        event_id=event_id,
+        event_type=event_type,
+        job_id=job_id,
+        job_status=job_status,
+        envelope=envelope,
+        body=json.dumps(envelope, ensure_ascii=False, indent=indent).encode(),
+        received_at=received_at,
+    )
+
+
+def ingest_record(
+    event_id: str,
+    *,
+    job_id: str | None = "job-1",
+    event_type: str = "job.completed",
+    sinks: tuple[str, ...] = ("a", "b"),
+    needs_fetch: bool = True,
+    received_at: float = 1_000_000.0,
+) -> IngestRecord:
+    """A valid webhook event as the ingress hands it to the store."""
+    status = event_type.removeprefix("job.")
+    return IngestRecord(
+        event_id=event_id,
+        received_at=received_at,
+        source="webhook",
+        headers={"webhook-id": event_id},
+        body=b'{"type": "%s"}' % event_type.encode(),
+        event_type=event_type,
+        job_id=job_id,
+        job_key=f"{job_id}:{status}" if job_id else None,
+        error=None,
+        sinks=sinks,
+        needs_fetch=needs_fetch,
+    )
+
+
+@dataclass
+class FakeClock:
+    """A clock the test moves by hand (`clock.now += 60`: a minute later)."""
+
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -178,6 +379,25 @@ def recorder_argv(tmp_path: Path) -> tuple[list[str], Path]:
     return [sys.executable, str(script), str(out)], out
 
 
+async def wait_for(
+    condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    *,
+    timeout_seconds: float = 10.0,
+    interval_seconds: float = 0.02,
+) -> None:
+    """Poll `condition` until it is true; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_seconds} s")
+        await asyncio.sleep(interval_seconds)
+
+
 def wait_until(
     condition: Callable[[], object],
     *,
@@ -185,7 +405,7 @@ def wait_until(
     interval_seconds: float = 0.02,
 ) -> None:
     """Poll `condition` until it is true; fail the test at the deadline. For tests that
-    are not async (conftest.wait_for is the async twin: it yields to the event loop)."""
+    are not async (wait_for is the async twin: it yields to the event loop)."""
     deadline = time.monotonic() + timeout_seconds
     while not condition():
         if time.monotonic() > deadline:
@@ -218,6 +438,23 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def run_cli(
+    *args: str, config: Path | None = None, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """`pulse-relay [--config config] args...` as a subprocess, its output captured."""
+    command = [sys.executable, "-m", "pulse_relay"]
+    if config is not None:
+        command += ["--config", str(config)]
+    return subprocess.run(
+        [*command, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
 
 
 class Served:

@@ -66,3 +66,14 @@ async def close(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(OSError, TimeoutError):
         await asyncio.wait_for(writer.wait_closed(), 10)
+
+
+async def exchange(port: int, data: bytes) -> Answer:
+    """Send `data` on a fresh connection to 127.0.0.1:`port` and read the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(read_answer(reader), 30)
+    finally:
+        await close(writer)

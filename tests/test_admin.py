@@ -12,9 +12,16 @@ from structlog.testing import capture_logs
 from pulse_relay.admin.context import CachedReadiness
 from pulse_relay.app import Relay
 from pulse_relay.config import ConfigError, is_loopback_host
-from tests.conftest import MakeSettings, StartRelay, make_body, signed
-from tests.helpers import call, free_port, write_config
-from tests.test_cli import run_cli
+from tests.helpers import (
+    MakeSettings,
+    StartRelay,
+    call,
+    free_port,
+    make_body,
+    run_cli,
+    signed,
+    write_config,
+)
 
 
 async def post_webhook(relay: Relay, webhook_id: str, **body: Any) -> int:

@@ -12,8 +12,7 @@ import pytest
 
 from pulse_relay import __version__
 from pulse_relay.app import Relay
-from tests.conftest import StartRelay, make_body, signed, wait_for
-from tests.helpers import call
+from tests.helpers import StartRelay, call, make_body, signed, wait_for
 from tests.rawhttp import close, read_answer, request_bytes
 
 DEAD_SINK = {

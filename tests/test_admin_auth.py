@@ -11,8 +11,7 @@ from aiohttp.test_utils import make_mocked_request
 from pulse_relay.admin.auth import COOKIE_NAME, AdminAuth, check_request, set_login_cookie
 from pulse_relay.admin.errors import Forbidden, Unauthorized
 from pulse_relay.app import Relay
-from tests.conftest import StartRelay
-from tests.helpers import call
+from tests.helpers import StartRelay, call
 
 TOKEN = "admin-token-for-tests"
 WATCH = {"job_id": "job-auth", "metadata": {"k": "v"}}

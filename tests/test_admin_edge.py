@@ -13,26 +13,21 @@ from structlog.testing import capture_logs
 from pulse_relay.admin.auth import LoginThrottle, is_allowed_host
 from pulse_relay.app import Relay
 from pulse_relay.config import ConfigError
-from tests.conftest import MakeSettings, StartRelay
-from tests.helpers import call, free_port, write_config
-from tests.rawhttp import Answer, close, read_answer
-from tests.test_cli import run_cli
+from tests.helpers import (
+    FakeClock,
+    MakeSettings,
+    StartRelay,
+    call,
+    free_port,
+    run_cli,
+    write_config,
+)
+from tests.rawhttp import close, exchange
 
 TOKEN = "admin-token-for-tests"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 REBOUND = "rebind.attacker.example:8788"
 WATCH = {"job_id": "job-rebind", "metadata": {"k": "v"}}
-
-
-async def exchange(port: int, data: bytes) -> Answer:
-    """Send `data` on a fresh connection to the admin listener and read the answer."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        return await asyncio.wait_for(read_answer(reader), 30)
-    finally:
-        await close(writer)
 
 
 # -- host names (DNS rebinding) ------------------------------------------------------------
@@ -212,14 +207,6 @@ def test_check_config_names_a_short_token(tmp_path: Path) -> None:
     # On loopback a short token is the operator's affair.
     config = write_config(tmp_path, free_port(), admin_port=free_port(), admin={"token": "x"})
     assert run_cli("check-config", config=config).returncode == 0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_the_throttle_blocks_an_address_until_its_minute_is_over() -> None:

@@ -16,8 +16,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from pulse_relay.admin.openapi import openapi_document
-from tests.conftest import make_body, signed
-from tests.helpers import Served, free_port, write_config
+from tests.helpers import Served, free_port, make_body, signed, write_config
 
 TOKEN = "schemathesis-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

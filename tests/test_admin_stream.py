@@ -15,8 +15,7 @@ import pytest
 from pulse_relay.admin.changes import ChangeHub
 from pulse_relay.app import Relay
 from pulse_relay.store import Attempt
-from tests.conftest import MakeSettings, StartRelay, make_body, signed
-from tests.helpers import call
+from tests.helpers import MakeSettings, StartRelay, call, make_body, signed
 
 
 @dataclass

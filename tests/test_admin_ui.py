@@ -23,8 +23,15 @@ from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
 from pulse_relay.admin.ui import age_text, duration_text, safe_next, short_time
 from pulse_relay.app import Relay
 from pulse_relay.emulator import PulseEmulator
-from tests.conftest import SECRET, StartRelay, signed, wait_for
-from tests.helpers import Receiver, call, require_debian_package
+from tests.helpers import (
+    SECRET,
+    Receiver,
+    StartRelay,
+    call,
+    require_debian_package,
+    signed,
+    wait_for,
+)
 from tests.rawhttp import close, read_answer, request_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -24,8 +24,7 @@ from pulse_relay.ingress.signature import HexHmacVerifier, NoneVerifier, Standar
 from pulse_relay.ingress_settings import build_verifier
 from pulse_relay.sinks import Delivery, Sink, SinkResult, build_sink
 from pulse_relay.store import StoreUnavailableError
-from tests.conftest import SECRET, MakeSettings, make_body, signed, wait_for
-from tests.helpers import Receiver
+from tests.helpers import SECRET, MakeSettings, Receiver, make_body, signed, wait_for
 
 
 def test_events_are_routed_by_each_enabled_sinks_globs(make_settings: MakeSettings) -> None:

@@ -10,9 +10,16 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import SECRET, make_body, signed
-from tests.helpers import Served, free_port, wait_until, write_config
-from tests.test_operations import post_captured
+from tests.helpers import (
+    SECRET,
+    Served,
+    free_port,
+    make_body,
+    post_captured,
+    signed,
+    wait_until,
+    write_config,
+)
 
 
 def command_sink(argv: list[str], *, events: list[str], **more: Any) -> dict[str, Any]:

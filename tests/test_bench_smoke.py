@@ -14,15 +14,16 @@ if not (ROOT / "bench" / "scenarios.py").exists():
     pytest.skip("bench/ is not in this checkout", allow_module_level=True)
 sys.path.insert(0, str(ROOT))
 
-from bench import report, scenarios  # noqa: E402
+from bench import delivery_scenarios, report  # noqa: E402
+from bench.measure import Sizes  # noqa: E402
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the bench watches renames with inotify")
 def test_end_to_end_scenario_runs_and_the_report_renders(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sizes = dataclasses.replace(scenarios.Sizes.quick(), e2e_events=20, e2e_rate=50.0)
-    result = scenarios.end_to_end(sizes)
+    sizes = dataclasses.replace(Sizes.quick(), e2e_events=20, e2e_rate=50.0)
+    result = delivery_scenarios.end_to_end(sizes)
     assert result["files"] == 20
     assert [row["scenario"] for row in result["rows"]] == ["end-to-end"]
 
@@ -42,7 +43,7 @@ def test_the_fan_out_floor_fetches_every_job_and_feeds_every_sink(tmp_path: Path
     emulator, base_url = common.emulator_process(tmp_path, "fan-", 12)
     receiver, http_port = common.baseline_process(tmp_path)
     with emulator, receiver:
-        floor = scenarios._fanout_floor(tmp_path, base_url, http_port, 12)
+        floor = delivery_scenarios._fanout_floor(tmp_path, base_url, http_port, 12)
     assert floor > 0
     # One renamed file per event, no temporary file left behind.
     assert sorted(p.name for p in (tmp_path / "floor").iterdir()) == sorted(

@@ -16,26 +16,19 @@ import aiohttp
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from tests.conftest import SECRET, make_body, signed, wait_for
-from tests.helpers import Served, config_toml, free_port, write_config
+from tests.helpers import (
+    SECRET,
+    Served,
+    config_toml,
+    free_port,
+    make_body,
+    run_cli,
+    signed,
+    wait_for,
+    write_config,
+)
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def run_cli(
-    *args: str, config: Path | None = None, env: dict[str, str] | None = None, timeout: float = 30
-) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "pulse_relay"]
-    if config is not None:
-        command += ["--config", str(config)]
-    return subprocess.run(
-        [*command, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
 
 
 @pytest.fixture

@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 
 from pulse_relay.ingress.signature import sign_headers
-from tests.conftest import SECRET, make_body
-from tests.helpers import Served, free_port, wait_until, write_config
-from tests.test_cli import run_cli
+from tests.helpers import SECRET, Served, free_port, make_body, run_cli, wait_until, write_config
 
 # Blocks while the "block" marker exists (the delivery in flight when the relay dies),
 # otherwise records the envelope.

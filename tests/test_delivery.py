@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,54 +11,22 @@ from standardwebhooks.webhooks import Webhook
 from structlog.testing import capture_logs
 
 from pulse_relay.app import Relay
-from pulse_relay.config import Settings
 from pulse_relay.config.types import parse_filename_template
 from pulse_relay.emulator import Fault, PulseEmulator
-from tests.conftest import SECRET, MakeSettings, StartRelay, wait_for
-from tests.helpers import Receiver, deep_merge, recorder_argv
-
-SINK_SECRET = "whsec_" + base64.b64encode(b"the-receiving-app-secret-000000").decode()
-FAST_RETRY = {"retry_initial_seconds": 0.05, "retry_max_seconds": 0.2}
-
-PipelineSettings = Callable[..., Settings]
+from tests.helpers import (
+    SECRET,
+    SINK_SECRET,
+    MakeSettings,
+    PipelineSettings,
+    Receiver,
+    StartRelay,
+    wait_for,
+)
 
 
 @pytest.fixture
 def command_out(tmp_path: Path) -> Path:
     return tmp_path / "command-out"
-
-
-@pytest.fixture
-def pipeline_settings(
-    make_settings: MakeSettings, tmp_path: Path, emulator: PulseEmulator, receiver: Receiver
-) -> PipelineSettings:
-    """Settings with a file, an HTTP and a command sink, and the emulator as Pulse."""
-    argv, _ = recorder_argv(tmp_path)
-
-    def make(**extra: Any) -> Settings:
-        base: dict[str, Any] = {
-            "pulse": {"base_url": emulator.base_url, "api_key": emulator.api_key},
-            "sinks": [
-                {
-                    "type": "file",
-                    "name": "files",
-                    "directory": str(tmp_path / "files"),
-                    **FAST_RETRY,
-                },
-                {
-                    "type": "http",
-                    "name": "app",
-                    "url": receiver.url,
-                    "sign_secret": SINK_SECRET,
-                    "timeout_seconds": 2,
-                    **FAST_RETRY,
-                },
-                {"type": "command", "name": "cmd", "argv": argv, **FAST_RETRY},
-            ],
-        }
-        return make_settings(**deep_merge(base, extra))
-
-    return make
 
 
 async def send(

@@ -43,7 +43,7 @@ from pulse_relay.sinks.base import (
 )
 from pulse_relay.slots import Slots, delivery_slot
 from pulse_relay.store import Attempt, DeliveryTask, FetchTask
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 NOW = 1_000_000.0
 

@@ -30,8 +30,7 @@ from pulse_relay.emulator import (
     run_emulator,
     sample_result,
 )
-from tests.conftest import wait_for
-from tests.helpers import async_sdk_client, sdk_client, sdk_strictly
+from tests.helpers import async_sdk_client, sdk_client, sdk_strictly, wait_for
 
 API_KEY = "emulator-test-key"
 _JSON_TYPE = "application/json"

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_body, signed
-from tests.helpers import free_port, write_config
+from tests.helpers import free_port, make_body, signed, write_config
 
 FILE_LIMIT = 64
 READ_TIMEOUT_SECONDS = 1.0

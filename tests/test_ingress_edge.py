@@ -23,20 +23,8 @@ from structlog.testing import capture_logs
 
 from pulse_relay.app import Relay
 from pulse_relay.ingress.protocol import MALFORMED, malformed_reason
-from tests.conftest import OTHER_SECRET, StartRelay, make_body, signed, wait_for
-from tests.rawhttp import Answer, close, read_answer, request_bytes
-from tests.test_cli import run_cli
-
-
-async def exchange(relay: Relay, data: bytes) -> Answer:
-    """Send `data` on a fresh connection and read the answer."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        return await asyncio.wait_for(read_answer(reader), 30)
-    finally:
-        await close(writer)
+from tests.helpers import OTHER_SECRET, StartRelay, make_body, run_cli, signed, wait_for
+from tests.rawhttp import Answer, close, exchange, read_answer, request_bytes
 
 
 async def metric(relay: Relay, outcome: str) -> float:
@@ -80,7 +68,7 @@ async def test_corrupt_compressed_body_is_415_without_decoding(
     body = CORRUPT_BODIES[encoding]
     headers = signed(body) | {"Content-Encoding": encoding}
 
-    answer = await exchange(relay, request_bytes(body, headers))
+    answer = await exchange(relay.port, request_bytes(body, headers))
 
     assert answer.status == 415
     assert answer.headers["content-type"].startswith("application/json")
@@ -101,7 +89,7 @@ async def test_any_content_encoding_but_identity_is_415(
     compressed = gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
     headers = signed(compressed) | {"Content-Encoding": encoding}
 
-    answer = await exchange(relay, request_bytes(compressed, headers))
+    answer = await exchange(relay.port, request_bytes(compressed, headers))
 
     assert (answer.status, answer.document["status"]) == (415, "unsupported_encoding")
     assert await stored_ids(relay) == []
@@ -111,7 +99,7 @@ async def test_identity_encoding_is_accepted(relay: Relay) -> None:
     body = make_body()
     headers = signed(body, webhook_id="msg_identity") | {"Content-Encoding": "identity"}
 
-    answer = await exchange(relay, request_bytes(body, headers))
+    answer = await exchange(relay.port, request_bytes(body, headers))
 
     assert (answer.status, answer.document) == (202, {"status": "accepted", "id": "msg_identity"})
 
@@ -124,7 +112,7 @@ async def test_malformed_entry_beside_a_matching_one_is_accepted(relay: Relay) -
     headers = signed(body, webhook_id="msg_multi")
     headers["webhook-signature"] = "v1,AAAA " + headers["webhook-signature"]
 
-    answer = await exchange(relay, request_bytes(body, headers))
+    answer = await exchange(relay.port, request_bytes(body, headers))
 
     assert answer.status == 202
     assert await stored_ids(relay) == ["msg_multi"]
@@ -135,7 +123,7 @@ async def test_two_webhook_id_headers_are_refused(relay: Relay) -> None:
     headers = list(signed(body, webhook_id="msg_first").items())
     headers.append(("webhook-id", "msg_second"))
 
-    answer = await exchange(relay, request_bytes(body, headers))
+    answer = await exchange(relay.port, request_bytes(body, headers))
 
     assert answer.status == 401
     assert answer.document["reason"] == "repeated webhook-id header"
@@ -153,7 +141,7 @@ async def test_any_repeated_signature_header_is_refused_even_with_equal_values(
     if name not in good:
         headers.append((name, value))
 
-    answer = await exchange(relay, request_bytes(body, headers))
+    answer = await exchange(relay.port, request_bytes(body, headers))
 
     assert (answer.status, answer.document["reason"]) == (401, f"repeated {name} header")
 
@@ -163,7 +151,7 @@ async def test_repeated_hex_signature_header_is_refused(start_relay: StartRelay)
     body = make_body()
     headers = [("X-DocExtract-Signature", "0" * 64), ("x-docextract-signature", "1" * 64)]
 
-    answer = await exchange(relay, request_bytes(body, headers))
+    answer = await exchange(relay.port, request_bytes(body, headers))
 
     assert (answer.status, answer.document["reason"]) == (
         401,
@@ -245,7 +233,7 @@ async def test_an_unknown_expectation_is_417(relay: Relay) -> None:
     body = make_body()
     headers = signed(body) | {"Expect": "something-else"}
 
-    answer = await exchange(relay, request_bytes(body, headers))
+    answer = await exchange(relay.port, request_bytes(body, headers))
 
     assert (answer.status, answer.document["status"]) == (417, "expectation_failed")
 
@@ -291,7 +279,7 @@ async def test_malformed_http_is_a_json_400_without_traceback(
     relay: Relay, raw: bytes, no_tracebacks: None
 ) -> None:
     with capture_logs() as logs:
-        answer = await exchange(relay, raw)
+        answer = await exchange(relay.port, raw)
 
     assert answer.status == 400
     assert answer.document == {"status": "bad_request", "reason": "malformed HTTP request"}
@@ -303,7 +291,7 @@ async def test_an_oversized_header_is_a_json_400_naming_it_without_its_value(
     relay: Relay, no_tracebacks: None
 ) -> None:
     value = "secret-" + "v" * 9000
-    answer = await exchange(relay, request_bytes(b"{}", {"X-Pulse-Relay-Meta-Note": value}))
+    answer = await exchange(relay.port, request_bytes(b"{}", {"X-Pulse-Relay-Meta-Note": value}))
 
     assert answer.status == 400
     assert answer.document == {
@@ -359,7 +347,7 @@ async def test_a_client_disconnecting_mid_body_is_logged_at_info(
     assert await metric(relay, "disconnected") == 1
     # The relay goes on serving.
     body = make_body()
-    assert (await exchange(relay, request_bytes(body, signed(body)))).status == 202
+    assert (await exchange(relay.port, request_bytes(body, signed(body)))).status == 202
 
 
 async def test_a_body_not_sent_in_time_is_408_counted_and_logged(
@@ -438,10 +426,10 @@ async def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(
     body = make_body()
     # The client claims an allowed address; the trusted proxy appended the real one.
     forged = signed(body) | {"X-Forwarded-For": "203.0.113.9, 198.51.100.7"}
-    assert (await exchange(relay, request_bytes(body, forged))).status == 403
+    assert (await exchange(relay.port, request_bytes(body, forged))).status == 403
 
     headers = signed(body, webhook_id="msg_proxied") | {"X-Forwarded-For": "203.0.113.9"}
-    assert (await exchange(relay, request_bytes(body, headers))).status == 202
+    assert (await exchange(relay.port, request_bytes(body, headers))).status == 202
     view = await relay.store.get_event("msg_proxied")
     assert view is not None and view.client_address == "203.0.113.9"
     # The API and `show` give the same address.
@@ -473,7 +461,7 @@ async def test_the_stored_client_address(
         "Forwarded": 'for="[2001:db8::7]:4711";proto=https',
     }
 
-    assert (await exchange(relay, request_bytes(body, headers))).status == 202
+    assert (await exchange(relay.port, request_bytes(body, headers))).status == 202
     view = await relay.store.get_event("msg_client")
     assert view is not None and view.client_address == client
 
@@ -506,7 +494,7 @@ async def test_the_required_header_lets_a_signed_webhook_in(start_relay: StartRe
     body = make_body()
     headers = signed(body, webhook_id="msg_token") | {"x-relay-token": "token-only-svix-knows"}
 
-    assert (await exchange(relay, request_bytes(body, headers))).status == 202
+    assert (await exchange(relay.port, request_bytes(body, headers))).status == 202
     async with (
         aiohttp.ClientSession() as session,
         session.get(relay.base_url + "/healthz") as health,
@@ -523,7 +511,7 @@ async def test_a_bug_not_input_still_answers_500_with_its_traceback(
     monkeypatch.setattr(relay.store, "ingest", broken)
     body = make_body()
 
-    answer = await exchange(relay, request_bytes(body, signed(body)))
+    answer = await exchange(relay.port, request_bytes(body, signed(body)))
 
     assert answer.status == 500
     assert any(record.exc_info for record in caplog.records if record.levelno >= logging.ERROR)

@@ -28,7 +28,7 @@ import svix.webhooks
 
 from pulse_relay.app import Relay
 from pulse_relay.ingress.signature import StandardVerifier, VerificationError, sign
-from tests.conftest import OTHER_SECRET, SECRET, StartRelay, make_body
+from tests.helpers import OTHER_SECRET, SECRET, StartRelay, make_body
 
 # --- the svix package signs, the relay verifies -----------------------------------------------
 

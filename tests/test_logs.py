@@ -7,14 +7,7 @@ import asyncio
 from structlog.testing import capture_logs
 
 from pulse_relay.logs import OUTAGE_WINDOW_SECONDS, LogSampler, SampledLog, get_logger, outage_log
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import FakeClock
 
 
 def test_sampler_admits_a_few_lines_a_second_per_key_and_counts_the_rest() -> None:

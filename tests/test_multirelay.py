@@ -8,8 +8,6 @@ import signal
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,10 +18,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from pulse_relay.ingress.signature import sign_headers
-from tests.conftest import SECRET, make_body
-from tests.helpers import Served, free_port, wait_until, write_config
-from tests.test_cli import run_cli
+from tests.helpers import (
+    Served,
+    free_port,
+    post_job_created,
+    run_cli,
+    wait_until,
+    write_config,
+)
 
 EVENTS_ACROSS_RELAYS = 300
 EVENTS_UNDER_LOAD = 2000
@@ -50,21 +52,6 @@ if not started.exists():
 with (out / "delivered.log").open("a") as log:
     log.write("delivered\\n")
 """
-
-
-def post(port: int, event_id: str, job_id: str) -> int:
-    """POST one signed job.completed-less event (no fetch) to the relay on `port`."""
-    body = make_body(event_type="job.created", job_id=job_id)
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/webhooks/pulse",
-        data=body,
-        headers={**sign_headers(SECRET, event_id, body), "content-type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
 
 
 @contextlib.contextmanager
@@ -113,8 +100,8 @@ def test_an_id_posted_to_two_relays_at_once_is_accepted_by_exactly_one(
     ports, results = relays
     with ThreadPoolExecutor(max_workers=8) as pool:
         for n in range(10):
-            statuses = sorted(pool.map(post, ports, [f"msg_race_{n}"] * 2, [f"job-{n}"] * 2))
-            assert statuses == [200, 202], n
+            answers = sorted(pool.map(post_job_created, ports, [f"msg_race_{n}"] * 2))
+            assert answers == [(200, "duplicate"), (202, "accepted")], n
     wait_until(lambda: len(list(results.glob("*.json"))) == 10)
 
 
@@ -122,8 +109,8 @@ def test_events_sent_across_relays_all_reach_the_sink(relays: tuple[list[int], P
     ports, results = relays
     ids = [f"msg_{n}" for n in range(EVENTS_ACROSS_RELAYS)]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        statuses = list(pool.map(lambda n: post(ports[n % 2], ids[n], f"job-{n}"), range(len(ids))))
-    assert statuses == [202] * len(ids)
+        answers = list(pool.map(lambda n: post_job_created(ports[n % 2], ids[n]), range(len(ids))))
+    assert answers == [(202, "accepted")] * len(ids)
     wait_until(lambda: len(list(results.glob("*.json"))) == len(ids), timeout_seconds=60)
     assert {path.stem for path in results.glob("*.json")} == set(ids)
 
@@ -132,7 +119,7 @@ def test_the_cli_reads_and_steers_the_shared_store(
     tmp_path: Path, relays: tuple[list[int], Path]
 ) -> None:
     ports, results = relays
-    assert post(ports[0], "msg_cli", "job-cli") == 202
+    assert post_job_created(ports[0], "msg_cli") == (202, "accepted")
     wait_until((results / "msg_cli.json").exists)
     config = tmp_path / "a" / "relay.toml"
     checked = run_cli("check-config", config=config)
@@ -145,7 +132,7 @@ def test_the_cli_reads_and_steers_the_shared_store(
 
     wait_until(delivered)
     shown = json.loads(run_cli("show", "msg_cli", "--json", config=config).stdout)
-    assert shown["job_id"] == "job-cli"
+    assert shown["job_id"] == "job-msg_cli"
     assert run_cli("replay", "msg_cli", config=config).returncode == 0
     assert run_cli("watch", "job-w", "--meta", "user=7", config=config).returncode == 0
     assert run_cli("unwatch", "job-w", config=config).returncode == 0
@@ -189,7 +176,7 @@ def test_work_claimed_by_a_killed_relay_is_finished_by_the_other_within_a_lease(
             ports.append(port)
         # Only relay a runs while the event arrives, so it is the one holding the claim.
         served.append(Served.start(configs[0], ports[0], tmp_path / "a" / "serve.log"))
-        assert post(ports[0], "msg_claimed", "job-claimed") == 202
+        assert post_job_created(ports[0], "msg_claimed") == (202, "accepted")
         wait_until((out / "started").exists)
         served[0].kill()
         served.append(Served.start(configs[1], ports[1], tmp_path / "b" / "serve.log"))
@@ -215,10 +202,10 @@ def test_events_sent_across_three_relays_reach_every_sink(
     with relays_on(tmp_path, postgres_url, ("a", "b", "c"), lambda _: sinks) as started:
         ports = [port for port, _ in started]
         with ThreadPoolExecutor(max_workers=8) as pool:
-            statuses = list(
-                pool.map(lambda n: post(ports[n % 3], ids[n], f"job-{n}"), range(len(ids)))
+            answers = list(
+                pool.map(lambda n: post_job_created(ports[n % 3], ids[n]), range(len(ids)))
             )
-        assert statuses == [202] * len(ids)
+        assert answers == [(202, "accepted")] * len(ids)
         wait_until(
             lambda: all(len(list(f.glob("*.json"))) == len(ids) for f in folders.values()),
             timeout_seconds=90,
@@ -306,7 +293,7 @@ class Balancer:
             if port in self.down:
                 continue
             try:
-                status = post(port, f"msg_{n}", f"job-{n}")
+                status, _ = post_job_created(port, f"msg_{n}")
             except OSError:
                 self.down.add(port)
                 continue

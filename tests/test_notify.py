@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from pulse_relay.notify import Notifier, run_watchdog, watchdog_interval_seconds
-from tests.conftest import wait_for
-from tests.helpers import free_port, write_config
+from tests.helpers import free_port, wait_for, write_config
 
 
 @pytest.fixture

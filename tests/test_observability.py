@@ -16,9 +16,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pulse_relay.emulator import PulseEmulator
 from pulse_relay.logs import REDACTED, UTCTimeStamper, configure_logging, get_logger
-from tests.conftest import OTHER_SECRET, SECRET, StartRelay, make_body, signed, wait_for
-from tests.helpers import Receiver, Served, free_port, write_config
-from tests.test_server import UNAUTHORIZED_CASES
+from tests.helpers import (
+    OTHER_SECRET,
+    SECRET,
+    UNAUTHORIZED_CASES,
+    Receiver,
+    Served,
+    StartRelay,
+    free_port,
+    make_body,
+    signed,
+    wait_for,
+    write_config,
+)
 
 SINK_SECRET = "whsec_" + base64.b64encode(b"sink-secret-for-observability-00").decode()
 SINK_TOKEN = "Bearer sink-token-" + uuid.uuid4().hex

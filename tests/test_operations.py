@@ -12,8 +12,6 @@ import sqlite3
 import stat
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -24,9 +22,20 @@ import pytest
 from pulse_relay.config import Settings
 from pulse_relay.store import Attempt, IngestRecord, SQLiteStore
 from pulse_relay.wiring import PruneOutcome
-from tests.conftest import SECRET, MakeSettings, StartRelay, make_body, signed, wait_for
-from tests.helpers import Served, free_port, wait_until, write_config
-from tests.test_cli import run_cli
+from tests.helpers import (
+    SECRET,
+    MakeSettings,
+    Served,
+    StartRelay,
+    free_port,
+    make_body,
+    post_captured,
+    run_cli,
+    signed,
+    wait_for,
+    wait_until,
+    write_config,
+)
 
 DAY = 86_400.0
 
@@ -61,18 +70,6 @@ def serve_processes() -> Iterator[list[Served]]:
     yield started
     for served in started:
         served.kill()
-
-
-def post_captured(port: int, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
-    """POST exactly these bytes and headers; (status, JSON status) whatever the status."""
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/webhooks/pulse", data=body, headers=headers, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return int(response.status), json.loads(response.read())["status"]
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())["status"]
 
 
 def post_webhook(port: int, body: bytes, webhook_id: str) -> int:

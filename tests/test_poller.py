@@ -19,30 +19,29 @@ from pulse_relay.metrics import Metrics
 from pulse_relay.poller import Poller, PollerConfig
 from pulse_relay.pulse import PulseClient
 from pulse_relay.store import StoreBackend, Watch
-from tests.conftest import SECRET, MakeSettings, StartRelay, make_body, signed, wait_for
-from tests.helpers import Receiver, deep_merge, free_port, recorder_argv
+from tests.helpers import (
+    FAST_RETRY,
+    SECRET,
+    MakeSettings,
+    PipelineSettings,
+    Receiver,
+    StartRelay,
+    deep_merge,
+    free_port,
+    make_body,
+    signed,
+    wait_for,
+)
 
-FAST = {"retry_initial_seconds": 0.05, "retry_max_seconds": 0.2}
 FAST_POLL = {"interval_seconds": 0.05, "max_interval_seconds": 0.2}
 
 
 @pytest.fixture
-def poll_settings(
-    make_settings: MakeSettings, tmp_path: Path, emulator: PulseEmulator, receiver: Receiver
-) -> Any:
-    argv, _ = recorder_argv(tmp_path)
+def poll_settings(pipeline_settings: PipelineSettings) -> PipelineSettings:
+    """The pipeline's settings, polling fast."""
 
     def make(**extra: Any) -> Settings:
-        base: dict[str, Any] = {
-            "pulse": {"base_url": emulator.base_url, "api_key": emulator.api_key},
-            "poll": FAST_POLL,
-            "sinks": [
-                {"type": "file", "name": "files", "directory": str(tmp_path / "files"), **FAST},
-                {"type": "http", "name": "app", "url": receiver.url, **FAST},
-                {"type": "command", "name": "cmd", "argv": argv, **FAST},
-            ],
-        }
-        return make_settings(**deep_merge(base, extra))
+        return pipeline_settings(**deep_merge({"poll": FAST_POLL}, extra))
 
     return make
 
@@ -166,7 +165,9 @@ async def test_many_watched_jobs_are_polled_with_bounded_concurrency(
         poll={"concurrency": 4},
         # No fetch: every GET /job the emulator sees comes from the poller.
         pulse={"fetch_on": []},
-        sinks=[{"type": "file", "name": "files", "directory": str(tmp_path / "many"), **FAST}],
+        sinks=[
+            {"type": "file", "name": "files", "directory": str(tmp_path / "many"), **FAST_RETRY}
+        ],
     )
     relay = await start_relay(settings)
     emulator.hold_requests()

@@ -11,7 +11,6 @@ recorded (its lease ran out and it was made again: at least once).
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 import urllib.error
@@ -23,13 +22,17 @@ from typing import Any
 
 import pytest
 
-from pulse_relay.ingress.signature import sign_headers
 from pulse_relay.store import PostgresStore, StoreUnavailableError
 from pulse_relay.store.postgres.plumbing import CONNECT_TIMEOUT_SECONDS
-from tests.conftest import SECRET, make_body
-from tests.helpers import Served, free_port, wait_until, write_config
+from tests.helpers import (
+    Served,
+    free_port,
+    ingest_record,
+    post_job_created,
+    wait_until,
+    write_config,
+)
 from tests.postgres import ThrowawayPostgres
-from tests.test_store import record
 
 # The fixture throwaway_postgres comes from tests.postgres (a plugin of conftest.py).
 pytestmark = pytest.mark.timeout(240)
@@ -48,18 +51,10 @@ LONG_OUTAGE_SECONDS = 16.0
 
 
 def post(port: int, event_id: str) -> tuple[int, str]:
-    """POST one signed job.created event (no fetch); its status and body "status"."""
-    body = make_body(event_type="job.created", job_id=f"job-{event_id}")
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/webhooks/pulse",
-        data=body,
-        headers={**sign_headers(SECRET, event_id, body), "content-type": "application/json"},
-    )
+    """POST one signed job.created event (no fetch); its status and body "status", or 0
+    and the error's name when no answer came."""
     try:
-        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_SECONDS) as response:
-            return int(response.status), str(json.loads(response.read()).get("status"))
-    except urllib.error.HTTPError as error:
-        return int(error.code), str(json.loads(error.read()).get("status"))
+        return post_job_created(port, event_id, timeout_seconds=REQUEST_TIMEOUT_SECONDS)
     except OSError as error:
         return 0, type(error).__name__
 
@@ -240,18 +235,18 @@ async def test_once_the_store_has_failed_ingest_is_refused_without_the_full_wait
 ) -> None:
     server = throwaway_postgres
     async with PostgresStore(server.url) as store:
-        assert await store.ingest(record("msg_before")) == "accepted"
+        assert await store.ingest(ingest_record("msg_before")) == "accepted"
         server.stop(mode="immediate")
         with pytest.raises(StoreUnavailableError):
-            await store.ingest(record("msg_first"))
+            await store.ingest(ingest_record("msg_first"))
         began = time.monotonic()
         with pytest.raises(StoreUnavailableError):
-            await store.ingest(record("msg_second"))
+            await store.ingest(ingest_record("msg_second"))
         # The first failure waited for the pool; the next answers without that wait.
         assert time.monotonic() - began < CONNECT_TIMEOUT_SECONDS / 2
         server.start()
         wait_seconds = await _seconds_until_writable(store)
-        assert await store.ingest(record("msg_second")) == "accepted"
+        assert await store.ingest(ingest_record("msg_second")) == "accepted"
     assert wait_seconds < CONNECT_TIMEOUT_SECONDS
 
 

@@ -20,8 +20,7 @@ import pytest
 
 from bench.proxies import CLIENT, Workdir, find_program, start_recipe, stop_proxy
 from pulse_relay.app import Relay
-from tests.conftest import StartRelay, make_body, signed, wait_for
-from tests.helpers import require_debian_package
+from tests.helpers import StartRelay, make_body, require_debian_package, signed, wait_for
 from tests.rawhttp import close, request_bytes
 
 OTHER_CLIENT = "127.0.0.3"

@@ -26,8 +26,7 @@ from pulse_relay.proxy.autowatch import WatchRecorder
 from pulse_relay.proxy.capture import META_HEADERS_MAX_BYTES
 from pulse_relay.proxy.forward import WATCH_HEADER, ProxyConfig, PulseProxy
 from pulse_relay.store import SQLiteStore
-from tests.conftest import wait_for
-from tests.helpers import async_sdk_client, free_port
+from tests.helpers import async_sdk_client, free_port, wait_for
 
 API_KEY = "test-api-key"
 KEY = {"x-api-key": API_KEY}

@@ -24,7 +24,7 @@ from pulse_relay.proxy.capture import (
 )
 from pulse_relay.proxy.headers import forward_headers
 from pulse_relay.store import SQLiteStore, StoreUnavailableError
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 BOUNDARY = "b0undary"
 

@@ -25,16 +25,18 @@ from pulse import types as sdk
 from yarl import URL
 
 from pulse_relay.emulator import Fault, PulseEmulator, Submission, UploadedFile
-from tests.conftest import make_body, signed, wait_for
 from tests.helpers import (
     Receiver,
     Served,
     async_sdk_client,
     deep_merge,
     free_port,
+    make_body,
     recorder_argv,
     sdk_client,
     sdk_strictly,
+    signed,
+    wait_for,
     write_config,
 )
 

@@ -30,7 +30,7 @@ from pulse_relay.pulse import (
     judge_error,
 )
 from pulse_relay.redaction import REDACTED
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 API_KEY = "pk_test_0123456789abcdefSECRET"
 

@@ -6,7 +6,7 @@ import asyncio
 import re
 from pathlib import Path
 
-from tests.conftest import StartRelay
+from tests.helpers import StartRelay
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 README_ADMIN = "ADMIN=http://127.0.0.1:8788"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,9 +16,11 @@ from standardwebhooks.webhooks import Webhook
 
 from pulse_relay.app import Relay
 from pulse_relay.ingress.signature import hex_signature
-from tests.conftest import (
+from tests.helpers import (
+    HOSTILE_BODY,
     OTHER_SECRET,
     SECRET,
+    UNAUTHORIZED_CASES,
     MakeSettings,
     StartRelay,
     make_body,
@@ -92,51 +94,16 @@ async def test_svix_prefixed_headers_are_accepted(relay: Relay) -> None:
     assert (await post(relay, body, headers))[0] == 202
 
 
-def _without(headers: dict[str, str], name: str) -> dict[str, str]:
-    return {k: v for k, v in headers.items() if k != name}
-
-
-def _with(headers: dict[str, str], **changes: str) -> dict[str, str]:
-    return {**headers, **{k.replace("_", "-"): v for k, v in changes.items()}}
-
-
-BODY = make_body()
-HostileCase = Callable[[dict[str, str]], tuple[bytes, dict[str, str]]]
-# Each case turns a freshly signed, valid request into a hostile one.
-UNAUTHORIZED_CASES: dict[str, HostileCase] = {
-    "missing id": lambda good: (BODY, _without(good, "webhook-id")),
-    "missing timestamp": lambda good: (BODY, _without(good, "webhook-timestamp")),
-    "missing signature": lambda good: (BODY, _without(good, "webhook-signature")),
-    "empty id": lambda good: (BODY, _with(good, webhook_id="")),
-    "empty timestamp": lambda good: (BODY, _with(good, webhook_timestamp="")),
-    "empty signature": lambda good: (BODY, _with(good, webhook_signature="")),
-    "garbage signature entry": lambda good: (BODY, _with(good, webhook_signature="garbage")),
-    "non-base64 signature": lambda good: (BODY, _with(good, webhook_signature="v1,@@not*b64@@")),
-    "non-integer timestamp": lambda good: (BODY, _with(good, webhook_timestamp="yesterday")),
-    "float timestamp": lambda good: (
-        BODY,
-        _with(good, webhook_timestamp=good["webhook-timestamp"] + ".0"),
-    ),
-    "padded timestamp": lambda good: (
-        BODY,
-        _with(good, webhook_timestamp="0" + good["webhook-timestamp"]),
-    ),
-    "body changed by one byte": lambda good: (BODY.replace(b"job-1", b"job-2"), good),
-    "body re-serialised": lambda good: (json.dumps(json.loads(BODY), indent=1).encode(), good),
-    "wrong secret": lambda good: (BODY, signed(BODY, secret=OTHER_SECRET, webhook_id="msg_h")),
-}
-
-
 @pytest.mark.parametrize("case", sorted(UNAUTHORIZED_CASES))
 async def test_hostile_request_is_unauthorized(relay: Relay, case: str) -> None:
-    body, headers = UNAUTHORIZED_CASES[case](signed(BODY, webhook_id="msg_h"))
+    body, headers = UNAUTHORIZED_CASES[case](signed(HOSTILE_BODY, webhook_id="msg_h"))
     status, document = await post(relay, body, headers)
     assert status == 401, case
     assert document["status"] == "unauthorized"
     assert document["reason"]
     assert await stored_ids(relay) == []
     # The same id, genuinely signed, still goes through afterwards.
-    assert (await post(relay, BODY, signed(BODY, webhook_id="msg_h")))[0] == 202
+    assert (await post(relay, HOSTILE_BODY, signed(HOSTILE_BODY, webhook_id="msg_h")))[0] == 202
 
 
 # The relay's clock stands still at this moment, so the window's edges are exact however
@@ -149,8 +116,8 @@ async def test_timestamp_outside_tolerance_is_unauthorized(
     start_relay: StartRelay, offset_seconds: int
 ) -> None:
     relay = await start_relay(clock=lambda: SIGNED_AT)
-    headers = signed(BODY, timestamp=SIGNED_AT + offset_seconds)
-    status, document = await post(relay, BODY, headers)
+    headers = signed(HOSTILE_BODY, timestamp=SIGNED_AT + offset_seconds)
+    status, document = await post(relay, HOSTILE_BODY, headers)
     assert (status, document["reason"]) == (401, "timestamp outside tolerance")
 
 
@@ -159,8 +126,8 @@ async def test_timestamp_at_the_edge_of_tolerance_is_accepted(
     start_relay: StartRelay, offset_seconds: int
 ) -> None:
     relay = await start_relay(clock=lambda: SIGNED_AT)
-    headers = signed(BODY, timestamp=SIGNED_AT + offset_seconds)
-    assert (await post(relay, BODY, headers))[0] == 202
+    headers = signed(HOSTILE_BODY, timestamp=SIGNED_AT + offset_seconds)
+    assert (await post(relay, HOSTILE_BODY, headers))[0] == 202
 
 
 async def test_non_json_body_with_valid_signature_is_stored_as_invalid(relay: Relay) -> None:

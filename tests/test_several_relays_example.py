@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import signal
 import tomllib
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +19,14 @@ import yaml
 
 from bench.proxies import Workdir, find_program, start_proxy, stop_proxy, substitute
 from pulse_relay.config import load_settings
-from pulse_relay.ingress.signature import sign_headers
-from tests.conftest import SECRET, make_body
-from tests.helpers import Served, free_port, require_debian_package, wait_until, write_config
+from tests.helpers import (
+    Served,
+    free_port,
+    post_job_created,
+    require_debian_package,
+    wait_until,
+    write_config,
+)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "several-relays"
 
@@ -122,20 +125,6 @@ http {{
     return config
 
 
-def _post(port: int, event_id: str) -> int:
-    body = make_body(event_type="job.created", job_id=f"job-{event_id}")
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/webhooks/pulse",
-        data=body,
-        headers={**sign_headers(SECRET, event_id, body), "content-type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=15) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
-
-
 @pytest.fixture
 def balanced(tmp_path: Path, postgres_url: str) -> Iterator[tuple[int, list[Served], Path]]:
     """Two relays on the test database behind the example's nginx: (nginx port, relays,
@@ -183,7 +172,7 @@ def test_webhooks_through_the_load_balancer_survive_losing_a_relay(
 ) -> None:
     lb_port, relays, results = balanced
     first = [f"msg_lb_{n}" for n in range(20)]
-    assert [_post(lb_port, event_id) for event_id in first] == [202] * len(first)
+    assert [post_job_created(lb_port, event_id)[0] for event_id in first] == [202] * len(first)
     # Both relays took a share.
     wait_until(lambda: len(_accepted_by(relays[0]) | _accepted_by(relays[1])) == len(first))
     assert _accepted_by(relays[0]) and _accepted_by(relays[1])
@@ -194,10 +183,10 @@ def test_webhooks_through_the_load_balancer_survive_losing_a_relay(
     relays[0].process.wait(timeout=10)
     then = [f"msg_after_kill_{n}" for n in range(20)]
     # nginx sends what the dead relay cannot take to the other one: no sender sees it.
-    assert [_post(lb_port, event_id) for event_id in then] == [202] * len(then)
+    assert [post_job_created(lb_port, event_id)[0] for event_id in then] == [202] * len(then)
     assert set(then) <= _accepted_by(relays[1])
 
     # A replay through the load balancer is a duplicate whichever relay it reaches.
-    assert _post(lb_port, first[0]) == 200
+    assert post_job_created(lb_port, first[0]) == (200, "duplicate")
     wait_until(lambda: len(list(results.glob("*.json"))) == len(first) + len(then))
     assert {path.stem for path in results.glob("*.json")} == set(first) | set(then)

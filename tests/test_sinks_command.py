@@ -17,41 +17,13 @@ import pytest
 from pulse_relay.config import CommandSinkSettings
 from pulse_relay.sinks import (
     CommandSink,
-    Delivery,
     PermanentSinkError,
     RetryableSinkError,
     SinkResult,
     build_sink,
 )
 from pulse_relay.sinks.command import MAX_OUTPUT_TAIL_BYTES
-from tests.conftest import wait_for
-
-
-def make_delivery(
-    event_id: str = "msg_cmd_1",
-    event_type: str = "job.completed",
-    job_id: str | None = "job-1",
-    job_status: str | None = "completed",
-    *,
-    text: str = "hello",
-) -> Delivery:
-    envelope: dict[str, Any] = {
-        "id": event_id,
-        "type": event_type,
-        "job_id": job_id,
-        "source": "webhook",
-        "event": {"type": event_type},
-        "job": {"status": job_status, "result": {"text": text}},
-        "relay": {"version": "0.1.0", "result_url": None, "metadata": {}},
-    }
-    return Delivery(
-        event_id=event_id,
-        event_type=event_type,
-        job_id=job_id,
-        job_status=job_status,
-        envelope=envelope,
-        body=json.dumps(envelope, ensure_ascii=False).encode(),
-    )
+from tests.helpers import make_delivery, wait_for
 
 
 def write_script(directory: Path, name: str, text: str, *, python: bool = True) -> Path:
@@ -121,7 +93,7 @@ async def test_stdin_gets_the_exact_body_and_env_the_event(tmp_path: Path) -> No
     assert base64.b64decode(report["stdin"]) == delivery.body
     assert report["argv"] == [str(script), str(report_path)]
     assert report["env"] == {
-        "PULSE_EVENT_ID": "msg_cmd_1",
+        "PULSE_EVENT_ID": "msg_1",
         "PULSE_EVENT_TYPE": "job.completed",
         "PULSE_JOB_ID": "job-1",
         "PULSE_JOB_STATUS": "completed",
@@ -159,7 +131,7 @@ async def test_extra_env_and_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert report["env"]["APP_MODE"] == "relay"
     # The relay's own environment stays with the relay.
     assert "APP_INHERITED" not in report["env"]
-    assert report["env"]["PULSE_EVENT_ID"] == "msg_cmd_1"
+    assert report["env"]["PULSE_EVENT_ID"] == "msg_1"
 
 
 async def test_non_zero_exit_is_retryable_with_the_output(tmp_path: Path) -> None:
@@ -368,7 +340,7 @@ async def test_the_child_sees_only_the_allowed_part_of_the_relays_environment(
     assert json.loads(report_path.read_text()) == {
         **allowed,
         "APP_MODE": "relay",
-        "PULSE_EVENT_ID": "msg_cmd_1",
+        "PULSE_EVENT_ID": "msg_1",
         "PULSE_EVENT_TYPE": "job.completed",
         "PULSE_JOB_ID": "job-1",
         "PULSE_JOB_STATUS": "completed",

@@ -21,45 +21,13 @@ from bench.chaos.at_rest import racing
 from pulse_relay.config import FileSinkSettings
 from pulse_relay.config.types import FilenameTemplate, TemplatePiece
 from pulse_relay.sinks import (
-    Delivery,
     FileSink,
     PermanentSinkError,
     RetryableSinkError,
     build_sink,
 )
 from pulse_relay.sinks.file import encode_field_value
-from tests.conftest import wait_for
-
-
-def make_delivery(
-    event_id: str = "msg_1",
-    event_type: str = "job.completed",
-    job_id: str | None = "job-1",
-    *,
-    received_at: str = "2026-11-23T10:30:00.123456Z",
-    extra: dict[str, Any] | None = None,
-    indent: int | None = None,
-) -> Delivery:
-    envelope: dict[str, Any] = {
-        "id": event_id,
-        "type": event_type,
-        "job_id": job_id,
-        "received_at": received_at,
-        "source": "webhook",
-        "event": {"type": event_type, "data": {"job_id": job_id}},
-        "job": {"status": "completed", **(extra or {})},
-        "relay": {"version": "0.1.0", "result_url": None, "metadata": {}},
-    }
-    body = json.dumps(envelope, indent=indent).encode()
-    return Delivery(
-        event_id=event_id,
-        event_type=event_type,
-        job_id=job_id,
-        job_status="completed",
-        envelope=envelope,
-        body=body,
-        received_at=received_at,
-    )
+from tests.helpers import make_delivery, wait_for
 
 
 def make_sink(directory: Path, **options: Any) -> FileSink:

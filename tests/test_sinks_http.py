@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,36 +17,19 @@ from standardwebhooks.webhooks import Webhook
 
 from pulse_relay.config import HttpSinkSettings
 from pulse_relay.sinks import (
-    Delivery,
     HttpSink,
     PermanentSinkError,
     RetryableSinkError,
     build_sink,
 )
 from pulse_relay.sinks.http import MAX_RESPONSE_EXCERPT_BYTES
+from tests.helpers import make_delivery
 
 SIGN_SECRET = "whsec_" + base64.b64encode(b"relay-to-app-signing-key-32bytes").decode()
 
 
-def make_delivery(event_id: str = "msg_http_1") -> Delivery:
-    envelope: dict[str, Any] = {
-        "id": event_id,
-        "type": "job.completed",
-        "job_id": "job-1",
-        "received_at": "2026-11-23T10:30:00.123456Z",
-        "source": "webhook",
-        "event": {"type": "job.completed", "data": {"job_id": "job-1"}},
-        "job": {"status": "completed", "result": {"text": "héllo; $(rm -rf /)"}},
-        "relay": {"version": "0.1.0", "result_url": None, "metadata": {}},
-    }
-    return Delivery(
-        event_id=event_id,
-        event_type="job.completed",
-        job_id="job-1",
-        job_status="completed",
-        envelope=envelope,
-        body=json.dumps(envelope, ensure_ascii=False).encode(),
-    )
+# The receiving app gets these bytes exactly: not ASCII, and shell syntax left alone.
+RESULT_TEXT = "héllo; $(rm -rf /)"
 
 
 @dataclass
@@ -147,7 +129,7 @@ async def test_2xx_is_delivered_with_the_exact_body(
     receiver: Receiver, make_sink: MakeSink
 ) -> None:
     sink = make_sink(receiver.url("/ok"))
-    delivery = make_delivery()
+    delivery = make_delivery(text=RESULT_TEXT)
     result = await sink.deliver(delivery)
     assert result.status_code == 200
     assert result.output_tail == '{"stored": true}'
@@ -264,7 +246,7 @@ async def test_signed_request_verifies_with_standard_webhooks(
         sign_secret=SecretStr(SIGN_SECRET),
         headers={"Webhook-Signature": "v1,forged"},
     )
-    delivery = make_delivery(event_id="msg_signed")
+    delivery = make_delivery(event_id="msg_signed", text=RESULT_TEXT)
     await sink.deliver(delivery)
     [request] = receiver.requests
     lowered = {name.lower(): value for name, value in request.headers.items()}

@@ -30,26 +30,17 @@ from pulse_relay.store import (
 )
 from pulse_relay.store import base as store_base
 from pulse_relay.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
-from tests.conftest import wait_for
-from tests.helpers import count_events
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import FakeClock, count_events, ingest_record, wait_for
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(now=1_000_000.0)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def store(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
 ) -> AsyncIterator[StoreBackend]:
     opened: StoreBackend
     if request.param == "sqlite":
@@ -61,40 +52,15 @@ async def store(
 
 
 @pytest.fixture
-async def sqlite_store(tmp_path: Path, clock: Clock) -> AsyncIterator[SQLiteStore]:
+async def sqlite_store(tmp_path: Path, clock: FakeClock) -> AsyncIterator[SQLiteStore]:
     async with SQLiteStore(tmp_path / "relay.db", clock=clock) as opened:
         yield opened
-
-
-def record(
-    event_id: str,
-    *,
-    job_id: str | None = "job-1",
-    event_type: str = "job.completed",
-    sinks: tuple[str, ...] = ("a", "b"),
-    needs_fetch: bool = True,
-    received_at: float = 1_000_000.0,
-) -> IngestRecord:
-    status = event_type.removeprefix("job.")
-    return IngestRecord(
-        event_id=event_id,
-        received_at=received_at,
-        source="webhook",
-        headers={"webhook-id": event_id},
-        body=b'{"type": "%s"}' % event_type.encode(),
-        event_type=event_type,
-        job_id=job_id,
-        job_key=f"{job_id}:{status}" if job_id else None,
-        error=None,
-        sinks=sinks,
-        needs_fetch=needs_fetch,
-    )
 
 
 def hex_record(event_id: str, body: bytes, **fields: Any) -> IngestRecord:
     """A record whose body is its only signed part: its digest is a second dedupe key."""
     digest = "sha256:" + hashlib.sha256(body).hexdigest()
-    return dataclasses.replace(record(event_id, **fields), body=body, body_digest=digest)
+    return dataclasses.replace(ingest_record(event_id, **fields), body=body, body_digest=digest)
 
 
 def fetched(attempt: int = 1) -> Attempt:
@@ -104,7 +70,7 @@ def fetched(attempt: int = 1) -> Attempt:
 async def test_concurrent_ingests_share_transactions_and_each_learns_its_outcome(
     store: StoreBackend,
 ) -> None:
-    records = [record(f"m{n}", job_id=f"job-{n}") for n in range(200)]
+    records = [ingest_record(f"m{n}", job_id=f"job-{n}") for n in range(200)]
     outcomes = await asyncio.gather(*(store.ingest(r) for r in [*records, records[0]]))
     assert outcomes.count("accepted") == 200
     assert outcomes[-1] == "duplicate"
@@ -114,8 +80,8 @@ async def test_concurrent_ingests_share_transactions_and_each_learns_its_outcome
 async def test_a_second_event_for_the_same_job_status_is_kept_but_not_delivered(
     store: StoreBackend,
 ) -> None:
-    assert await store.ingest(record("m1")) == "accepted"
-    assert await store.ingest(record("m2")) == "accepted"
+    assert await store.ingest(ingest_record("m1")) == "accepted"
+    assert await store.ingest(ingest_record("m2")) == "accepted"
     second = await store.get_event("m2")
     assert second is not None
     assert (second.state, second.deliveries) == ("repeat", {})
@@ -123,10 +89,10 @@ async def test_a_second_event_for_the_same_job_status_is_kept_but_not_delivered(
 
 
 async def test_deliveries_wait_for_the_fetch_then_are_claimed_within_the_limits(
-    store: StoreBackend, clock: Clock
+    store: StoreBackend, clock: FakeClock
 ) -> None:
     for n in range(5):
-        await store.ingest(record(f"m{n}", job_id=f"job-{n}"))
+        await store.ingest(ingest_record(f"m{n}", job_id=f"job-{n}"))
     view = await store.get_event("m0")
     assert view is not None
     assert view.deliveries["a"]["next_attempt_at"] is None  # waiting for the job
@@ -154,9 +120,9 @@ async def test_deliveries_wait_for_the_fetch_then_are_claimed_within_the_limits(
 
 
 async def test_leases_expire_so_work_of_a_dead_process_is_claimed_again(
-    store: StoreBackend, clock: Clock
+    store: StoreBackend, clock: FakeClock
 ) -> None:
-    await store.ingest(record("m1", needs_fetch=False))
+    await store.ingest(ingest_record("m1", needs_fetch=False))
     _, first = await store.claim(
         fetch_limit=0, free_slots={"a": 1, "b": 1}, total_limit=2, lease_seconds=30
     )
@@ -175,8 +141,8 @@ async def test_leases_expire_so_work_of_a_dead_process_is_claimed_again(
 async def test_sqlite_takes_back_a_dead_predecessors_leases_at_once(
     sqlite_store: SQLiteStore,
 ) -> None:
-    await sqlite_store.ingest(record("m1", needs_fetch=False))
-    await sqlite_store.ingest(record("m2", job_id="job-2"))
+    await sqlite_store.ingest(ingest_record("m1", needs_fetch=False))
+    await sqlite_store.ingest(ingest_record("m2", job_id="job-2"))
     await sqlite_store.add_watches(["job-w"], interval_seconds=5)
     fetches, deliveries = await sqlite_store.claim(
         fetch_limit=1, free_slots={"a": 1, "b": 1}, total_limit=2, lease_seconds=600
@@ -199,7 +165,7 @@ async def test_sqlite_takes_back_a_dead_predecessors_leases_at_once(
 async def test_a_failed_fetch_kills_the_deliveries_and_a_replay_fetches_again(
     store: StoreBackend,
 ) -> None:
-    await store.ingest(record("m1"))
+    await store.ingest(ingest_record("m1"))
     await store.claim(fetch_limit=1, free_slots={}, total_limit=0, lease_seconds=30)
     await store.fail_fetch("m1", attempt=Attempt(None, 5, 0.0, 1.0, "dead", 404, "HTTP 404"))
     view = await store.get_event("m1")
@@ -237,13 +203,13 @@ async def test_writes_fail_cleanly_when_another_writer_holds_the_lock(tmp_path: 
         try:
             await asyncio.to_thread(blocker.execute, "BEGIN EXCLUSIVE")
             with pytest.raises(StoreUnavailableError):
-                await store.ingest(record("m1"))
+                await store.ingest(ingest_record("m1"))
             with pytest.raises(StoreUnavailableError):
                 await store.check_writable()
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()
-        assert await store.ingest(record("m1")) == "accepted"
+        assert await store.ingest(ingest_record("m1")) == "accepted"
         await store.check_writable()
 
 
@@ -253,7 +219,7 @@ async def test_an_op_that_raises_fails_alone(sqlite_store: SQLiteStore) -> None:
         raise ValueError("bug")
 
     results = await asyncio.gather(
-        sqlite_store.write(broken), sqlite_store.ingest(record("m1")), return_exceptions=True
+        sqlite_store.write(broken), sqlite_store.ingest(ingest_record("m1")), return_exceptions=True
     )
     assert isinstance(results[0], ValueError)
     assert results[1] == "accepted"
@@ -265,7 +231,7 @@ async def test_an_op_that_raises_fails_alone(sqlite_store: SQLiteStore) -> None:
 async def test_a_delivery_view_reads_by_attribute_and_by_its_former_keys(
     store: StoreBackend,
 ) -> None:
-    await store.ingest(record("m1", needs_fetch=False))
+    await store.ingest(ingest_record("m1", needs_fetch=False))
     await store.replay(["m1"], sink="a")
     view = await store.get_event("m1")
     assert view is not None
@@ -276,17 +242,17 @@ async def test_a_delivery_view_reads_by_attribute_and_by_its_former_keys(
         delivery["sink"]
 
 
-async def test_pruned_ids_stay_known_until_forgotten(store: StoreBackend, clock: Clock) -> None:
+async def test_pruned_ids_stay_known_until_forgotten(store: StoreBackend, clock: FakeClock) -> None:
     day = 86_400.0
-    assert await store.ingest(record("m_old", sinks=(), needs_fetch=False)) == "accepted"
-    assert await store.ingest(record("m_new", job_id="job-2", sinks=(), needs_fetch=False)) == (
-        "accepted"
-    )
+    assert await store.ingest(ingest_record("m_old", sinks=(), needs_fetch=False)) == "accepted"
+    assert await store.ingest(
+        ingest_record("m_new", job_id="job-2", sinks=(), needs_fetch=False)
+    ) == ("accepted")
     assert await store.prune(received_before=clock.now + 1, batch_size=1) == 2
     assert await count_events(store) == 0
     # Payload and rows are gone; the ids are not.
-    assert await store.ingest(record("m_old")) == "duplicate"
-    assert await store.ingest(record("m_new", job_id="job-2")) == "duplicate"
+    assert await store.ingest(ingest_record("m_old")) == "duplicate"
+    assert await store.ingest(ingest_record("m_new", job_id="job-2")) == "duplicate"
     assert await count_events(store) == 0
     assert await store.is_pruned("m_old")
     # Never within a day of the pruning, whatever the caller asks.
@@ -295,11 +261,11 @@ async def test_pruned_ids_stay_known_until_forgotten(store: StoreBackend, clock:
     assert await store.forget_ids(pruned_before=clock.now - 2 * day) == 0
     assert await store.forget_ids(pruned_before=clock.now, batch_size=1) == 2
     assert not await store.is_pruned("m_old")
-    assert await store.ingest(record("m_old")) == "accepted"
+    assert await store.ingest(ingest_record("m_old")) == "accepted"
 
 
 async def test_a_body_under_another_id_is_a_duplicate_while_its_ids_are_known(
-    store: StoreBackend, clock: Clock
+    store: StoreBackend, clock: FakeClock
 ) -> None:
     day = 86_400.0
     body = b'{"type": "job.processing", "timestamp": 1000000}'
@@ -311,8 +277,8 @@ async def test_a_body_under_another_id_is_a_duplicate_while_its_ids_are_known(
     )
     assert await store.ingest(other_body) == "accepted"
     # Records without a digest (Standard Webhooks) never collide on their bodies.
-    assert await store.ingest(record("s1", job_id="job-3")) == "accepted"
-    assert await store.ingest(record("s2", job_id="job-4")) == "accepted"
+    assert await store.ingest(ingest_record("s1", job_id="job-3")) == "accepted"
+    assert await store.ingest(ingest_record("s2", job_id="job-4")) == "accepted"
 
     assert await store.prune(received_before=clock.now + 1) == 2
     assert await store.ingest(dataclasses.replace(first, event_id="d4")) == "duplicate"
@@ -328,7 +294,9 @@ async def test_a_body_stored_under_its_digest_before_digests_were_kept_is_known(
     body = b'{"type": "job.created"}'
     digest = "sha256:" + hashlib.sha256(body).hexdigest()
     # As the store held an id-less hex event before it kept digests: the digest as id only.
-    old = dataclasses.replace(record(digest, event_type="job.created", job_id=None), body=body)
+    old = dataclasses.replace(
+        ingest_record(digest, event_type="job.created", job_id=None), body=body
+    )
     assert await store.ingest(old) == "accepted"
 
     replayed = hex_record("delivery-9", body, event_type="job.created", job_id=None)
@@ -348,10 +316,10 @@ async def test_one_body_twice_in_one_group_commit_is_stored_once(store: StoreBac
 async def test_pruned_ids_survive_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "relay.db"
     async with SQLiteStore(path) as store:
-        assert await store.ingest(record("m1", sinks=(), needs_fetch=False)) == "accepted"
+        assert await store.ingest(ingest_record("m1", sinks=(), needs_fetch=False)) == "accepted"
         assert await store.prune(received_before=2_000_000.0) == 1
     async with SQLiteStore(path) as store:
-        assert await store.ingest(record("m1")) == "duplicate"
+        assert await store.ingest(ingest_record("m1")) == "duplicate"
 
 
 async def test_the_database_file_is_created_for_its_owner_only(tmp_path: Path) -> None:
@@ -424,7 +392,7 @@ async def test_an_id_ingested_by_two_relays_at_once_is_accepted_by_exactly_one(
     async with PostgresStore(postgres_url) as first, PostgresStore(postgres_url) as second:
         outcomes = await asyncio.gather(
             *(
-                relay.ingest(record(f"m{n}", job_id=f"job-{n}"))
+                relay.ingest(ingest_record(f"m{n}", job_id=f"job-{n}"))
                 for n in range(50)
                 for relay in (first, second)
             )
@@ -475,7 +443,7 @@ async def drop_listener(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> No
 
 
 async def test_a_listener_that_keeps_losing_its_connection_warns_once_a_window(
-    postgres_url: str, clock: Clock
+    postgres_url: str, clock: FakeClock
 ) -> None:
     async with (
         PostgresStore(postgres_url, clock=clock),
@@ -492,14 +460,14 @@ async def test_a_listener_that_keeps_losing_its_connection_warns_once_a_window(
 
 
 async def test_a_late_relay_cannot_finish_work_another_took_over(
-    postgres_url: str, clock: Clock
+    postgres_url: str, clock: FakeClock
 ) -> None:
     slots = {"a": 1}
     async with (
         PostgresStore(postgres_url, clock=clock) as late,
         PostgresStore(postgres_url, clock=clock) as other,
     ):
-        await late.ingest(record("m1", needs_fetch=False, sinks=("a",)))
+        await late.ingest(ingest_record("m1", needs_fetch=False, sinks=("a",)))
         _, [stale] = await late.claim(
             fetch_limit=0, free_slots=slots, total_limit=1, lease_seconds=30
         )
@@ -524,7 +492,7 @@ async def test_a_late_relay_cannot_finish_work_another_took_over(
 async def test_a_relay_releases_its_own_leases_only(postgres_url: str) -> None:
     slots = {"a": 1, "b": 1}
     async with PostgresStore(postgres_url) as first, PostgresStore(postgres_url) as second:
-        await first.ingest(record("m1", needs_fetch=False))
+        await first.ingest(ingest_record("m1", needs_fetch=False))
         _, [held] = await first.claim(
             fetch_limit=0, free_slots={"a": 1}, total_limit=1, lease_seconds=600
         )
@@ -593,7 +561,7 @@ async def test_stored_headers_come_back_as_received(store: StoreBackend) -> None
     # Header values are text as aiohttp decodes it: non-ASCII, and a lone surrogate where
     # the bytes sent were not UTF-8.
     headers = {"webhook-id": "m1", "user-agent": "relé/1.0", "x-forwarded-for": "caf\udce9"}
-    given = dataclasses.replace(record("m1"), headers=headers)
+    given = dataclasses.replace(ingest_record("m1"), headers=headers)
     assert await store.ingest(given) == "accepted"
     view = await store.get_event("m1")
     assert view is not None
@@ -607,8 +575,8 @@ UNWRITABLE_TYPES = {"lone-surrogate": "job.\ud800", "nul": "job.\x00"}
 async def test_a_record_the_store_cannot_write_is_refused_alone(
     store: StoreBackend, event_type: str
 ) -> None:
-    records = [record(f"m{n}", job_id=f"job-{n}") for n in range(40)]
-    records[20] = dataclasses.replace(record("m20", job_id="job-20"), event_type=event_type)
+    records = [ingest_record(f"m{n}", job_id=f"job-{n}") for n in range(40)]
+    records[20] = dataclasses.replace(ingest_record("m20", job_id="job-20"), event_type=event_type)
     results = await asyncio.gather(*(store.ingest(r) for r in records), return_exceptions=True)
     refused = results.pop(20)
     assert isinstance(refused, UnwritableRecordError)
@@ -622,13 +590,15 @@ async def test_a_failed_group_commit_is_retried_record_by_record(
 ) -> None:
     # As if the check before the batch missed what the database then refuses.
     monkeypatch.setattr(store_base, "record_problem", lambda record: None)
-    records = [record(f"m{n}", job_id=f"job-{n}") for n in range(40)]
-    records[20] = dataclasses.replace(record("m20", job_id="job-20"), event_type="job.\ud800")
+    records = [ingest_record(f"m{n}", job_id=f"job-{n}") for n in range(40)]
+    records[20] = dataclasses.replace(
+        ingest_record("m20", job_id="job-20"), event_type="job.\ud800"
+    )
     results = await asyncio.gather(*(store.ingest(r) for r in records), return_exceptions=True)
     assert isinstance(results.pop(20), Exception)
     assert results == ["accepted"] * 39
     assert await count_events(store) == 39
-    assert await store.ingest(record("m41", job_id="job-41")) == "accepted"
+    assert await store.ingest(ingest_record("m41", job_id="job-41")) == "accepted"
 
 
 async def test_watch_metadata_no_store_can_hold_is_kept_with_replacements(

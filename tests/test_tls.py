@@ -18,10 +18,8 @@ from bench.certs import CertificateAuthority, Issued
 from pulse_relay.config import ConfigError, load_settings
 from pulse_relay.ingress.tls import tls_problem
 from tests import helpers
-from tests.conftest import StartRelay, make_body, signed, wait_for
-from tests.helpers import Served, free_port
+from tests.helpers import Served, StartRelay, free_port, make_body, run_cli, signed, wait_for
 from tests.rawhttp import close, read_answer, request_bytes
-from tests.test_cli import run_cli
 
 
 @pytest.fixture

@@ -6,26 +6,18 @@ The long version, which writes RELIABILITY.md, is `python -m bench.chaos`.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from bench.chaos.hostile import SyncRelay
-
-READ_TIMEOUT_SECONDS = 1.0
+from tests.helpers import HOSTILE_READ_TIMEOUT_SECONDS
 
 
 @pytest.fixture(scope="module")
 def hostile_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncRelay]:
     """One `pulse-relay serve` subprocess shared by a module's hostile-input tests."""
-    relay = SyncRelay(tmp_path_factory.mktemp("hostile"), read_timeout=READ_TIMEOUT_SECONDS)
+    relay = SyncRelay(tmp_path_factory.mktemp("hostile"), read_timeout=HOSTILE_READ_TIMEOUT_SECONDS)
     try:
         yield relay
     finally:
         relay.stop()
-
-
-def workdir(tmp_path: Path, name: str) -> Path:
-    path = tmp_path / name
-    path.mkdir()
-    return path

@@ -17,7 +17,7 @@ from bench.chaos.hostile import (
     signed_post,
     slow_clients,
 )
-from tests.reliability.conftest import READ_TIMEOUT_SECONDS
+from tests.helpers import HOSTILE_READ_TIMEOUT_SECONDS
 
 
 @settings(
@@ -48,16 +48,18 @@ def test_after_the_fuzzing_nothing_forged_is_stored_and_genuine_events_still_are
 
 
 def test_slow_clients_are_cut_off_while_others_are_answered(hostile_relay: SyncRelay) -> None:
-    figures = slow_clients(hostile_relay, clients=5, others=30, read_timeout=READ_TIMEOUT_SECONDS)
+    figures = slow_clients(
+        hostile_relay, clients=5, others=30, read_timeout=HOSTILE_READ_TIMEOUT_SECONDS
+    )
     # Headers trickled byte by byte: the connection is closed at the read timeout.
     assert figures.header_answers == Counter({"closed": 5})
     assert all(
-        READ_TIMEOUT_SECONDS - 0.1 <= s <= READ_TIMEOUT_SECONDS + 1.5
+        HOSTILE_READ_TIMEOUT_SECONDS - 0.1 <= s <= HOSTILE_READ_TIMEOUT_SECONDS + 1.5
         for s in figures.header_cutoff_seconds
     )
     # A body trickled byte by byte: 408 at the read timeout.
     assert figures.body_statuses == Counter({"408": 5})
-    assert all(s <= READ_TIMEOUT_SECONDS + 1.5 for s in figures.body_cutoff_seconds)
+    assert all(s <= HOSTILE_READ_TIMEOUT_SECONDS + 1.5 for s in figures.body_cutoff_seconds)
     # Everyone else was served meanwhile (latency is a figure of the long run).
     assert figures.other_statuses == Counter({202: 30})
     assert hostile_relay.is_alive()

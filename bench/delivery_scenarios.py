@@ -1,0 +1,310 @@
+"""Delivery: end to end (webhook to file), fan-out to three sinks, the command sink's path."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import common, load
+from bench.common import RelayConfig, median
+from bench.load import WrkResult
+from bench.measure import Sizes, row
+
+# -- end to end ---------------------------------------------------------------------------
+
+
+def e2e_latencies(
+    sizes: Sizes, name: str, store_url: str | None = None
+) -> tuple[list[float], dict[int, int]]:
+    """One paced end-to-end run (fetch + file sink) on SQLite, or on `store_url`:
+    each event's time from POST to its file renamed into place, in ms, and the statuses."""
+    count = sizes.e2e_events
+    with common.workdir(name) as workdir:
+        emulator, base_url = common.emulator_process(workdir, "e2e-", count)
+        out = workdir / "out"
+        out.mkdir()
+        sink = {"name": "files", "type": "file", "directory": str(out), "filename": "{id}.json"}
+        relay, port, _ = common.relay_process(
+            workdir, RelayConfig(sinks=[sink], pulse_base_url=base_url, store_url=store_url)
+        )
+        with emulator, relay:
+            requests = common.signed_requests("e2e-", count)
+            with common.RenameWatcher(out) as watcher:
+                sent_at, statuses = asyncio.run(
+                    load.send_paced(
+                        f"http://127.0.0.1:{port}{common.WEBHOOK_PATH}",
+                        requests,
+                        rate_per_second=sizes.e2e_rate,
+                    )
+                )
+                common.wait_until(lambda: len(watcher.times) >= count, timeout_seconds=60)
+            latencies = [
+                (watcher.times[f"{wid}.json"] - sent) / 1e6
+                for wid, sent in sent_at.items()
+                if f"{wid}.json" in watcher.times
+            ]
+    return latencies, statuses
+
+
+def end_to_end(sizes: Sizes) -> dict[str, Any]:
+    """Webhook sent → file sink's file renamed into place, paced at `e2e_rate`."""
+    count = sizes.e2e_events
+    latencies, statuses = e2e_latencies(sizes, "e2e")
+    p50 = common.percentile(latencies, 0.5)
+    p99 = common.percentile(latencies, 0.99)
+    return {
+        "rows": [
+            row(
+                "end-to-end",
+                f"p50 {p50:.1f} ms / p99 {p99:.1f} ms at {sizes.e2e_rate:.0f} events/s "
+                f"({len(latencies)}/{count} files)",
+                "p50 < 25 ms",
+                p50 < 25 and len(latencies) == count,
+            )
+        ],
+        "statuses": statuses,
+        "p50_ms": p50,
+        "p90_ms": common.percentile(latencies, 0.9),
+        "p99_ms": p99,
+        "max_ms": max(latencies, default=float("nan")),
+        "files": len(latencies),
+    }
+
+
+# -- fan-out ---------------------------------------------------------------------------------
+
+
+def _fanout_sinks(out: Path, http_port: int) -> list[dict[str, Any]]:
+    return [
+        {"name": "files", "type": "file", "directory": str(out), "filename": "{id}.json"},
+        {"name": "app", "type": "http", "url": f"http://127.0.0.1:{http_port}/sink"},
+        {"name": "script", "type": "command", "argv": ["/bin/true"]},
+    ]
+
+
+def fan_out(sizes: Sizes) -> dict[str, Any]:
+    """Capacity from a burst's drain, then a paced run at 90 % of it watching the backlog."""
+    burst = sizes.fanout_burst
+    with common.workdir("fanout") as workdir:
+        sustain_count = int(2000 * sizes.fanout_sustain_seconds)
+        emulator, base_url = common.emulator_process(workdir, "fan-", burst + sustain_count)
+        receiver, http_port = common.baseline_process(workdir)
+        out = workdir / "out"
+        out.mkdir()
+        relay, port, store = common.relay_process(
+            workdir, RelayConfig(sinks=_fanout_sinks(out, http_port), pulse_base_url=base_url)
+        )
+        url = f"http://127.0.0.1:{port}{common.WEBHOOK_PATH}"
+        with emulator, receiver, relay:
+            requests = common.signed_requests("fan-", burst)
+            started = time.monotonic()
+            asyncio.run(load.send_all(url, requests))
+            ingested = time.monotonic() - started
+            delivered_while_ingesting = common.delivered_count(store)
+            drained = common.wait_until(
+                lambda: common.delivered_count(store) >= 3 * burst, timeout_seconds=600
+            )
+            finished = time.monotonic() - started
+            capacity = burst / finished
+            # The drain once every webhook is in, with no ingest competing for the loop.
+            draining_seconds = max(finished - ingested, 1e-3)
+            after_ingest = (3 * burst - delivered_while_ingesting) / 3 / draining_seconds
+            print(
+                f"  fan-out burst: {burst} events in {ingested:.1f} s, capacity {capacity:.0f}/s, "
+                f"{after_ingest:.0f}/s once all were in"
+            )
+            attempts: list[dict[str, Any]] = []
+            start_at = burst
+            for fraction in (0.9, 0.75, 0.6):
+                rate = max(10.0, capacity * fraction)
+                count = int(rate * sizes.fanout_sustain_seconds)
+                result = _sustain(url, store, start_at, count, rate)
+                start_at += count
+                attempts.append(result)
+                print(f"  fan-out paced {rate:.0f}/s: {result}")
+                if result["steady"]:
+                    break
+            floor = _fanout_floor(workdir, base_url, http_port, min(burst, 2000))
+            print(f"  fan-out floor (no store, no relay): {floor:.0f} events/s")
+    sustained = next((a for a in attempts if a["steady"]), None)
+    figure = (
+        f"{sustained['rate']:.0f} events/s sustained (pending ≤ {sustained['max_pending']}); "
+        f"burst drain {capacity:.0f} events/s"
+        if sustained
+        else f"no steady rate found; burst drain {capacity:.0f} events/s"
+    )
+    figure += (
+        f", {after_ingest:.0f}/s once all were in; no-store floor {floor:.0f}/s "
+        f"(drain ÷ floor {after_ingest / floor:.2f})"
+    )
+    met = sustained is not None and sustained["rate"] >= 300 and drained
+    return {
+        "rows": [row("fan-out", figure, "report; ≥ 300/s", met)],
+        "capacity": capacity,
+        "drain_after_ingest_events_per_second": after_ingest,
+        "burst": burst,
+        "attempts": attempts,
+        "floor_events_per_second": floor,
+        "drain_vs_floor": after_ingest / floor,
+    }
+
+
+def _fanout_floor(workdir: Path, base_url: str, http_port: int, count: int) -> float:
+    """Events/s of bench/fanout_floor.py, the sinks' and the fetch's own work, same processes."""
+    out = workdir / "floor"
+    out.mkdir()
+    arguments = [base_url, common.API_KEY, "fan-", str(count), str(http_port), str(out)]
+    answer = subprocess.run(
+        [common.PYTHON, "-m", "bench.fanout_floor", *arguments],
+        cwd=common.BENCH_DIR.parent,
+        capture_output=True,
+        check=True,
+        text=True,
+        timeout=600,
+    )
+    measured = json.loads(answer.stdout)
+    return float(measured["events"] / measured["seconds"])
+
+
+def _sustain(url: str, store: Path, start: int, count: int, rate: float) -> dict[str, Any]:
+    requests = common.signed_requests("fan-", count, start=start)
+    samples: list[tuple[float, int]] = []
+    stop = False
+
+    async def sample() -> None:
+        begin = time.monotonic()
+        while not stop:
+            samples.append((time.monotonic() - begin, common.pending_deliveries(store)))
+            await asyncio.sleep(0.5)
+
+    async def drive() -> None:
+        nonlocal stop
+        sampler = asyncio.create_task(sample())
+        await load.send_paced(url, requests, rate_per_second=rate)
+        stop = True
+        await sampler
+
+    asyncio.run(drive())
+    cleared = common.wait_until(lambda: common.pending_deliveries(store) == 0, timeout_seconds=120)
+    # Steady: the backlog in the second half is no larger than in the first half
+    # (plus one second's worth of events), and it empties once sending stops.
+    half = len(samples) // 2
+    first = max((p for _, p in samples[:half]), default=0)
+    second = max((p for _, p in samples[half:]), default=0)
+    steady = cleared and second <= first + 3 * rate
+    return {
+        "rate": rate,
+        "events": count,
+        "max_pending": max((p for _, p in samples), default=0),
+        "first_half_max_pending": first,
+        "second_half_max_pending": second,
+        "steady": steady,
+    }
+
+
+# -- command path -----------------------------------------------------------------------------
+
+
+def command_path(sizes: Sizes) -> dict[str, Any]:
+    """pulse-relay's command-sink drain rate next to adnanh/webhook running the same command."""
+    count = sizes.command_events
+    concurrency = 4
+    with common.workdir("command") as workdir:
+        sink = {
+            "name": "script",
+            "type": "command",
+            "argv": ["/bin/true"],
+            "concurrency": concurrency,
+        }
+        relay, port, store = common.relay_process(workdir, RelayConfig(sinks=[sink], fetch_on=[]))
+        requests = common.signed_requests("cmd-", count)
+        with relay:
+            started = time.monotonic()
+            asyncio.run(load.send_all(f"http://127.0.0.1:{port}{common.WEBHOOK_PATH}", requests))
+            acked = time.monotonic() - started
+            common.wait_until(lambda: common.delivered_count(store) >= count, timeout_seconds=600)
+            relay_rate = count / (time.monotonic() - started)
+        print(f"  command: pulse-relay {relay_rate:.0f}/s (acked all in {acked:.1f} s)")
+        webhook_rates = _webhook_rates(workdir, requests, sizes, concurrency)
+    figure = f"pulse-relay {relay_rate:.0f} commands/s; webhook " + ", ".join(
+        f"{rate:.0f}/s at {conns} connections" for conns, rate in webhook_rates.items()
+    )
+    return {
+        "rows": [row("command path", figure, "report both", None)],
+        "relay_rate": relay_rate,
+        "relay_ack_seconds": acked,
+        "events": count,
+        "sink_concurrency": concurrency,
+        "webhook_rates": webhook_rates,
+    }
+
+
+def _webhook_rates(
+    workdir: Path, requests: list[common.SignedRequest], sizes: Sizes, concurrency: int
+) -> dict[int, float]:
+    import shutil
+
+    binary = shutil.which("webhook")
+    if binary is None and shutil.which("apt-get"):
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "webhook"], check=False, stdout=subprocess.DEVNULL
+        )
+        binary = shutil.which("webhook")
+    if binary is None:
+        print("  command: Debian's webhook is not installed; skipped")
+        return {}
+    hooks = workdir / "hooks.json"
+    # The answer waits for the command (include-command-output-in-response), so
+    # wrk's request rate is the rate of completed executions.
+    hooks.write_text(
+        json.dumps(
+            [
+                {
+                    "id": "pulse",
+                    "execute-command": "/bin/true",
+                    "include-command-output-in-response": True,
+                }
+            ]
+        )
+    )
+    port = common.free_port()
+    process = common.Process(
+        [binary, "-hooks", str(hooks), "-ip", "127.0.0.1", "-port", str(port)],
+        log_path=workdir / "webhook.log",
+        health_url=f"http://127.0.0.1:{port}/",
+    )
+    path = common.write_requests_file(workdir / "webhook.txt", requests)
+    rates: dict[int, float] = {}
+    with process:
+        for connections in sorted({concurrency, 16}):
+            results = []
+            for _ in range(sizes.runs):
+                result = _wrk_path(f"http://127.0.0.1:{port}", path, connections, sizes)
+                results.append(result.rate)
+            rates[connections] = median(results)
+            print(f"  command: webhook {rates[connections]:.0f}/s at {connections} connections")
+    return rates
+
+
+def _wrk_path(url: str, path: Path, connections: int, sizes: Sizes) -> WrkResult:
+
+    previous = os.environ.get("BENCH_PATH")
+    os.environ["BENCH_PATH"] = "/hooks/pulse"
+    try:
+        return load.run_wrk(
+            url + "/hooks/pulse",
+            path,
+            connections=connections,
+            duration_seconds=max(2.0, sizes.wrk_seconds / 2),
+            threads=2,
+        )
+    finally:
+        if previous is None:
+            os.environ.pop("BENCH_PATH", None)
+        else:
+            os.environ["BENCH_PATH"] = previous
