@@ -28,11 +28,11 @@ import pytest
 import tomli_w
 from aiohttp import web
 from pulse import AsyncPulse, Pulse
-from pulse_relay.signature import sign_headers
 from pydantic import BaseModel
 
 from pulse_relay.app import Relay
 from pulse_relay.config import SINK_TYPES, Settings
+from pulse_relay.ingress.signature import sign_headers
 from pulse_relay.sinks import Delivery
 from pulse_relay.store import IngestRecord, StoreBackend
 
