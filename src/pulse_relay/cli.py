@@ -172,15 +172,7 @@ def events_command(
     settings = obj.settings()
 
     async def action(store: StoreBackend) -> list[EventView]:
-        return await store.list_events(
-            event_type=filters.type,
-            state=filters.state,
-            sink=filters.sink,
-            job_id=filters.job_id,
-            source=filters.source,
-            text=filters.q,
-            limit=filters.limit,
-        )
+        return await store.list_events(**filters.query(), limit=filters.limit)
 
     views = with_store(settings, action)
     if as_json:

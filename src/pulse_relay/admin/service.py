@@ -70,17 +70,8 @@ def parse_event_filters(query: Mapping[str, str]) -> EventFilters:
 
 async def list_events(ctx: AdminContext, filters: EventFilters) -> dict[str, Any]:
     """A page of events, newest first: {"events": [list items], "next": cursor or None}."""
-    views = await ctx.store.list_events(
-        event_type=filters.type,
-        state=filters.state,
-        sink=filters.sink,
-        job_id=filters.job_id,
-        source=filters.source,
-        text=filters.q,
-        before=filters.before,
-        # One more than asked tells whether another page exists.
-        limit=filters.limit + 1,
-    )
+    # One more than asked tells whether another page exists.
+    views = await ctx.store.list_events(**filters.query(), limit=filters.limit + 1)
     page = views[: filters.limit]
     next_cursor = None
     if len(views) > filters.limit:

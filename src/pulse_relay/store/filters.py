@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pulse_relay.store.model import DELIVERY_STATES, EventCursor
 
@@ -39,6 +40,18 @@ class EventFilters:
     q: str | None = None
     limit: int = DEFAULT_LIMIT
     before: EventCursor | None = None
+
+    def query(self) -> dict[str, Any]:
+        """The store's `list_events` arguments for these filters, the page size aside."""
+        return {
+            "event_type": self.type,
+            "state": self.state,
+            "sink": self.sink,
+            "job_id": self.job_id,
+            "source": self.source,
+            "text": self.q,
+            "before": self.before,
+        }
 
 
 def text_filter(values: Mapping[str, str | None], name: str) -> str | None:
