@@ -155,6 +155,7 @@ class Dispatcher:
                 rng=self._rng,
                 outage_log=self._outage_log,
                 finish=self._finish_fetch,
+                lease_token=self._fetch_token,
             )
         )
         self._wake = asyncio.Event()
@@ -163,7 +164,8 @@ class Dispatcher:
         self._fetches: set[asyncio.Task[None]] = set()
         self._deliveries: set[asyncio.Task[None]] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
-        # Claimed work still running here, whose leases the heartbeat renews.
+        # Claimed work still running here, whose leases the heartbeat renews: one run
+        # per key, holding the newest claim of it (whose token the store now matches).
         self._running_fetches: dict[str, FetchTask] = {}
         self._running_deliveries: dict[tuple[str, str], DeliveryTask] = {}
         # A delivery's slot is held while its sink works (recording the outcome comes after).
@@ -279,6 +281,10 @@ class Dispatcher:
         finally:
             self._slots.release(free)
         for fetch in fetches:
+            if self._reclaimed(
+                self._running_fetches, fetch.event_id, fetch, webhook_id=fetch.event_id
+            ):
+                continue
             self._slots.reserve(FETCH_SLOT)
             self._running_fetches[fetch.event_id] = fetch
             self._spawn(self._fetches, self._run_fetch(fetch))
@@ -288,12 +294,45 @@ class Dispatcher:
     def _start_deliveries(self, tasks: list[DeliveryTask]) -> None:
         prepared: dict[tuple[str, bool], Prepared] = {}
         for task in tasks:
+            if self._reclaimed(
+                self._running_deliveries,
+                (task.event_id, task.sink),
+                task,
+                webhook_id=task.event_id,
+                sink=task.sink,
+            ):
+                continue
             key = (task.event_id, task.is_replay)
             if key not in prepared:
                 prepared[key] = self._prepare(task)
             self._slots.reserve(delivery_slot(task.sink))
             self._running_deliveries[task.event_id, task.sink] = task
             self._spawn(self._deliveries, self._run_delivery(task, prepared[key]))
+
+    def _reclaimed(
+        self, running: dict[Any, Any], key: Any, task: FetchTask | DeliveryTask, **context: str
+    ) -> bool:
+        """Whether `task` is already running here: then it becomes the running one's lease.
+
+        The store hands work back once its lease runs out, which can happen to work still
+        running here when this relay's event loop stalls past a lease (a loaded machine, a
+        slow renewal during a store outage). Starting it again would run it twice at once;
+        instead the running attempt carries on under the newest claim's token, which is
+        the one the store now matches (see `pulse_relay.store.contract`).
+        """
+        if key not in running:
+            return False
+        running[key] = task
+        log.warning("claimed again while still running; the running attempt carries on", **context)
+        return True
+
+    def _fetch_token(self, task: FetchTask) -> str | None:
+        """The lease token to write `task`'s outcome with: its newest claim's."""
+        return self._running_fetches.get(task.event_id, task).token
+
+    def _delivery_token(self, task: DeliveryTask) -> str | None:
+        """The lease token to write `task`'s outcome with: its newest claim's."""
+        return self._running_deliveries.get((task.event_id, task.sink), task).token
 
     def _spawn(self, group: set[asyncio.Task[None]], work: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(work)
@@ -355,7 +394,7 @@ class Dispatcher:
                 free_slots=free.per_sink,
                 total_limit=free.deliveries,
                 lease_seconds=self._limits.lease_seconds,
-                token=task.token,
+                token=self._fetch_token(task),
             )
         finally:
             self._slots.release(free)
@@ -458,7 +497,7 @@ class Dispatcher:
             outcome=decision.outcome,
             attempt=attempt,
             next_attempt_at=decision.next_attempt_at,
-            token=task.token,
+            token=self._delivery_token(task),
         )
         self._metrics.deliveries.labels(sink=task.sink, outcome=decision.outcome).inc()
         level, message = _DELIVERY_LOG[decision.outcome]
