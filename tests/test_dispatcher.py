@@ -34,6 +34,7 @@ from pulse_relay.pulse import (
     PulseRetryableError,
 )
 from pulse_relay.retry import RetryPolicy
+from pulse_relay.running import RunningWork
 from pulse_relay.sinks.base import (
     Delivery,
     PermanentSinkError,
@@ -710,3 +711,23 @@ async def test_a_fetch_claimed_again_while_it_runs_is_not_run_twice(
     assert pulse.asked == ["job-1"]
     assert store.tokens == [(write, "msg_1", "t2")]
     assert [entry["webhook_id"] for entry in logs if entry["event"] == RECLAIMED] == ["msg_1"]
+
+
+def test_running_work_is_renewed_and_finished_under_its_newest_claim() -> None:
+    running = RunningWork()
+    first = dataclasses.replace(delivery_task(), token="t1")
+    again = dataclasses.replace(first, token="t2")
+    fetch = FetchTask("msg_2", "job-2", "job.completed", 0, "f1")
+    with structlog.testing.capture_logs() as logs:
+        assert running.start_delivery(first) and running.start_fetch(fetch)
+        assert not running.start_delivery(again)
+        assert not running.start_fetch(dataclasses.replace(fetch, token="f2"))
+    assert [entry["event"] for entry in logs] == [RECLAIMED, RECLAIMED]
+    # What the heartbeat renews, and what the first attempt writes its outcome with.
+    assert running.leases() == ([dataclasses.replace(fetch, token="f2")], [again])
+    assert (running.delivery_token(first), running.fetch_token(fetch)) == ("t2", "f2")
+    running.end_delivery(first)
+    running.end_fetch(fetch)
+    assert running.leases() == ([], [])
+    # Once it has ended, a claim of the same delivery runs again.
+    assert running.start_delivery(again)
