@@ -27,6 +27,7 @@ from pulse_relay.logs import get_logger, outage_log
 from pulse_relay.metrics import Metrics
 from pulse_relay.pulse import FetchedJob, PulseClient
 from pulse_relay.retry import RetryPolicy
+from pulse_relay.running import RunningWork
 from pulse_relay.sinks.base import Delivery, PermanentSinkError, Sink, SinkError, SinkResult
 from pulse_relay.slots import FETCH_SLOT, Slots, delivery_slot
 from pulse_relay.store import (
@@ -143,6 +144,8 @@ class Dispatcher:
         # Lines repeated for every job while the Pulse API or the store is down.
         self._outage_log = outage_log(log, clock=clock)
         self._rng = rng or random.Random()
+        # Claimed work still running here, whose leases the heartbeat renews.
+        self._running = RunningWork()
         self._fetcher = (
             None
             if pulse is None
@@ -155,6 +158,7 @@ class Dispatcher:
                 rng=self._rng,
                 outage_log=self._outage_log,
                 finish=self._finish_fetch,
+                lease_token=self._running.fetch_token,
             )
         )
         self._wake = asyncio.Event()
@@ -163,9 +167,6 @@ class Dispatcher:
         self._fetches: set[asyncio.Task[None]] = set()
         self._deliveries: set[asyncio.Task[None]] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
-        # Claimed work still running here, whose leases the heartbeat renews.
-        self._running_fetches: dict[str, FetchTask] = {}
-        self._running_deliveries: dict[tuple[str, str], DeliveryTask] = {}
         # A delivery's slot is held while its sink works (recording the outcome comes after).
         self._slots = Slots(
             {name: runtime.concurrency for name, runtime in self._sinks.items()},
@@ -221,8 +222,7 @@ class Dispatcher:
         interval_seconds = self._limits.lease_seconds / 3
         while True:
             await asyncio.sleep(interval_seconds)
-            fetches = list(self._running_fetches.values())
-            deliveries = list(self._running_deliveries.values())
+            fetches, deliveries = self._running.leases()
             if not fetches and not deliveries:
                 continue
             try:
@@ -279,8 +279,9 @@ class Dispatcher:
         finally:
             self._slots.release(free)
         for fetch in fetches:
+            if not self._running.start_fetch(fetch):
+                continue
             self._slots.reserve(FETCH_SLOT)
-            self._running_fetches[fetch.event_id] = fetch
             self._spawn(self._fetches, self._run_fetch(fetch))
         self._start_deliveries(deliveries)
         return len(fetches) + len(deliveries)
@@ -288,11 +289,12 @@ class Dispatcher:
     def _start_deliveries(self, tasks: list[DeliveryTask]) -> None:
         prepared: dict[tuple[str, bool], Prepared] = {}
         for task in tasks:
+            if not self._running.start_delivery(task):
+                continue
             key = (task.event_id, task.is_replay)
             if key not in prepared:
                 prepared[key] = self._prepare(task)
             self._slots.reserve(delivery_slot(task.sink))
-            self._running_deliveries[task.event_id, task.sink] = task
             self._spawn(self._deliveries, self._run_delivery(task, prepared[key]))
 
     def _spawn(self, group: set[asyncio.Task[None]], work: Any) -> None:
@@ -340,7 +342,7 @@ class Dispatcher:
             log.exception("job fetch failed unexpectedly", **context)
         finally:
             self._slots.release(FETCH_SLOT)
-            self._running_fetches.pop(task.event_id, None)
+            self._running.end_fetch(task)
 
     async def _finish_fetch(self, task: FetchTask, fetched: FetchedJob, attempt: Attempt) -> None:
         # The event's sinks start straight from this transaction, without waiting
@@ -355,7 +357,7 @@ class Dispatcher:
                 free_slots=free.per_sink,
                 total_limit=free.deliveries,
                 lease_seconds=self._limits.lease_seconds,
-                token=task.token,
+                token=self._running.fetch_token(task),
             )
         finally:
             self._slots.release(free)
@@ -411,7 +413,7 @@ class Dispatcher:
         except Exception:
             log.exception("recording the delivery failed unexpectedly", **context)
         finally:
-            self._running_deliveries.pop((task.event_id, task.sink), None)
+            self._running.end_delivery(task)
 
     async def _deliver(
         self, runtime: SinkRuntime, delivery: Delivery, context: dict[str, Any]
@@ -458,7 +460,7 @@ class Dispatcher:
             outcome=decision.outcome,
             attempt=attempt,
             next_attempt_at=decision.next_attempt_at,
-            token=task.token,
+            token=self._running.delivery_token(task),
         )
         self._metrics.deliveries.labels(sink=task.sink, outcome=decision.outcome).inc()
         level, message = _DELIVERY_LOG[decision.outcome]

@@ -85,10 +85,15 @@ async def event_item(ctx: AdminContext, event_id: str) -> dict[str, Any] | None:
     return event_document(views[0]) if views else None
 
 
-async def _require_event(ctx: AdminContext, event_id: str) -> EventView:
-    view = await ctx.store.get_event(event_id)
+async def require_event(store: StoreBackend, event_id: str) -> EventView:
+    """One event in full; NotFound says whether it was pruned or never stored.
+
+    The admin API (`get_event`) and the command line (`show`) both call this, so a
+    pruned event is "pruned" on both sides.
+    """
+    view = await store.get_event(event_id)
     if view is None:
-        if await ctx.store.is_pruned(event_id):
+        if await store.is_pruned(event_id):
             raise NotFound(f"event {event_id!r} was pruned (store.retention_days)")
         raise NotFound(f"no event with id {event_id!r}")
     return view
@@ -119,7 +124,7 @@ async def get_event(ctx: AdminContext, event_id: str) -> dict[str, Any]:
 
     Lone surrogates (stored job, payload or headers may hold them) are shown as U+FFFD,
     as the sinks receive them: neither a page nor a strict JSON reader takes them."""
-    view = await _require_event(ctx, event_id)
+    view = await require_event(ctx.store, event_id)
     document: dict[str, Any] = replace_lone_surrogates(
         {**event_document(view), "envelopes": envelopes(view)}
     )
