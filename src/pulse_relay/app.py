@@ -295,6 +295,7 @@ class Relay:
                 concurrency=sink.concurrency,
                 timeout_seconds=sink.timeout_seconds,
                 policy=retry_policy_for(sink),
+                rate_per_second=sink.rate_per_second,
             )
             for sink in settings.sinks
             if sink.enabled
