@@ -377,6 +377,9 @@ class Relay:
         # Sinks no longer configured still show the work that waits for them.
         for name in {sink.name for sink in self.settings.sinks} | set(counts):
             self.metrics.pending.labels(sink=name).set(counts.get(name, 0))
+        limited = [sink.name for sink in self.settings.sinks if sink.rate_per_second]
+        for name, count in (await self.store.due_counts(limited)).items():
+            self.metrics.rate_limited.labels(sink=name).set(count)
         oldest = await self.store.oldest_pending_received_at()
         age_seconds = 0.0 if oldest is None else max(0.0, self._clock() - oldest)
         self.metrics.oldest_pending_seconds.set(age_seconds)

@@ -54,6 +54,11 @@ class Metrics:
             "sink",
         )
         self.pending = gauge("pulse_relay_pending", "Deliveries waiting, by sink.", "sink")
+        self.rate_limited = gauge(
+            "pulse_relay_rate_limited",
+            "Deliveries due to a rate-limited sink and not started yet, by sink.",
+            "sink",
+        )
         self.oldest_pending_seconds = gauge(
             "pulse_relay_oldest_pending_seconds", "Age of the oldest event with work still pending."
         )

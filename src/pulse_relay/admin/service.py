@@ -297,6 +297,8 @@ async def stats(ctx: AdminContext) -> dict[str, Any]:
     events, deliveries = await ctx.store.state_counts()
     pending = await ctx.store.pending_counts()
     oldest = await ctx.store.oldest_pending_received_at()
+    rates = {sink.name: sink.rate_per_second for sink in ctx.settings.sinks if sink.rate_per_second}
+    held_back = await ctx.store.due_counts(list(rates))
     return {
         "events": {state: events.get(state, 0) for state in EVENT_STATES},
         "deliveries": {state: deliveries.get(state, 0) for state in DELIVERY_STATES},
@@ -305,6 +307,11 @@ async def stats(ctx: AdminContext) -> dict[str, Any]:
             for name in sorted({sink.name for sink in ctx.settings.sinks} | set(pending))
         },
         "oldest_pending_seconds": None if oldest is None else max(0.0, ctx.clock() - oldest),
+        # Rate-limited sinks: their limit and the due deliveries it holds back.
+        "rate_limited": {
+            name: {"rate_per_second": rate, "held_back": held_back.get(name, 0)}
+            for name, rate in sorted(rates.items())
+        },
         "version": ctx.version,
         "store_backend": ctx.store_backend,
     }
