@@ -497,7 +497,7 @@ async def test_stats_and_metrics_show_what_a_rate_holds_back_and_other_sinks_go_
 
     await wait_for(held_back)
     assert stats["rate_limited"] == {"app": {"rate_per_second": 0.01, "held_back": 2}}
-    assert len(receiver.received) == 1
+    await wait_for(lambda: len(receiver.received) == 1)
     # The unlimited sinks are not held up by it.
     await wait_for(lambda: len(list((tmp_path / "files").glob("*.json"))) == 3)
     _, text = await call("GET", relay.admin_url + "/metrics")
