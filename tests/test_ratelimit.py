@@ -4,10 +4,14 @@ all on a clock the tests move by hand."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pulse_relay.ratelimit import SinkRates, TokenBucket
+from pulse_relay.config import FileSinkSettings
+from pulse_relay.metrics import Metrics
+from pulse_relay.ratelimit import SinkRates, TokenBucket, rate_limited_sinks
 from pulse_relay.slots import Slots, delivery_slot
 from tests.helpers import FakeClock
 
@@ -124,3 +128,27 @@ def test_a_claim_holds_the_tokens_it_may_use_and_gives_back_what_did_not_start()
     assert slots.open_sinks() == ["fast"]
     clock.now = 1 / 3
     assert slots.open_sinks() == ["slow", "fast"]
+
+
+# -- what the stats and the gauge count ---------------------------------------------
+
+
+def test_only_enabled_sinks_with_a_rate_count_as_rate_limited(tmp_path: Path) -> None:
+    def sink(name: str, **keys: Any) -> FileSinkSettings:
+        return FileSinkSettings(type="file", name=name, directory=tmp_path, **keys)
+
+    sinks = [
+        sink("limited", rate_per_second=2.5),
+        sink("unlimited"),
+        sink("off", rate_per_second=1.0, enabled=False),
+    ]
+    assert rate_limited_sinks(sinks) == {"limited": 2.5}
+
+
+def test_the_gauge_drops_a_sink_whose_limit_is_gone() -> None:
+    metrics = Metrics()
+    metrics.set_rate_limited({"a": 3, "b": 0})
+    metrics.set_rate_limited({"b": 1})
+    value = metrics.registry.get_sample_value
+    assert value("pulse_relay_rate_limited", {"sink": "a"}) is None
+    assert value("pulse_relay_rate_limited", {"sink": "b"}) == 1

@@ -10,10 +10,20 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pulse_relay.config import SinkSettings
 
 # Refills are sums of float products: 5/s for 0.2 s may come to 0.9999999999999998.
 _EPSILON = 1e-9
+
+
+def rate_limited_sinks(sinks: Iterable[SinkSettings]) -> dict[str, float]:
+    """The enabled sinks with a `rate_per_second`, and that rate: those whose due
+    deliveries the stats and the `pulse_relay_rate_limited` gauge count as held back."""
+    return {s.name: s.rate_per_second for s in sinks if s.enabled and s.rate_per_second}
 
 
 class TokenBucket:

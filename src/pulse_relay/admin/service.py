@@ -18,6 +18,7 @@ import aiohttp
 
 from pulse_relay.admin.errors import BadRequest, Conflict, NotFound, Unavailable
 from pulse_relay.events import build_envelope, envelope_source, is_valid_job_id
+from pulse_relay.ratelimit import rate_limited_sinks
 from pulse_relay.serialize import event_document, watch_document
 from pulse_relay.store import DELIVERY_STATES, EventCursor, EventView, StoreBackend
 from pulse_relay.store.filters import (
@@ -297,7 +298,7 @@ async def stats(ctx: AdminContext) -> dict[str, Any]:
     events, deliveries = await ctx.store.state_counts()
     pending = await ctx.store.pending_counts()
     oldest = await ctx.store.oldest_pending_received_at()
-    rates = {sink.name: sink.rate_per_second for sink in ctx.settings.sinks if sink.rate_per_second}
+    rates = rate_limited_sinks(ctx.settings.sinks)
     held_back = await ctx.store.due_counts(list(rates))
     return {
         "events": {state: events.get(state, 0) for state in EVENT_STATES},
