@@ -44,7 +44,7 @@ from pulse_relay.sinks.base import (
 )
 from pulse_relay.slots import Slots, delivery_slot
 from pulse_relay.store import Attempt, DeliveryTask, FetchTask
-from tests.helpers import wait_for
+from tests.helpers import FakeClock, wait_for
 
 NOW = 1_000_000.0
 
@@ -407,10 +407,15 @@ async def run() -> AsyncIterator[RunDispatcher]:
         pulse: FakePulse | None = None,
         concurrency: int = 1,
         timeout_seconds: float = 5.0,
+        delivery_limit: int = 4,
+        rates_per_second: dict[str, float] | None = None,
+        monotonic: Callable[[], float] | None = None,
     ) -> tuple[Dispatcher, Metrics]:
         metrics = Metrics()
+        rates = rates_per_second or {}
+        policy = RetryPolicy(max_attempts=3)
         runtimes = {
-            sink.name: SinkRuntime(sink, concurrency, timeout_seconds, RetryPolicy(max_attempts=3))
+            sink.name: SinkRuntime(sink, concurrency, timeout_seconds, policy, rates.get(sink.name))
             for sink in sinks
         }
         dispatcher = Dispatcher(
@@ -418,9 +423,10 @@ async def run() -> AsyncIterator[RunDispatcher]:
             pulse=pulse,  # type: ignore[arg-type]
             sinks=runtimes,
             metrics=metrics,
-            limits=DispatcherLimits(concurrency=4, fetch_concurrency=2),
+            limits=DispatcherLimits(concurrency=delivery_limit, fetch_concurrency=2),
             clock=lambda: NOW,
             rng=CeilingRng(),
+            monotonic=monotonic or FakeClock(),
         )
         dispatcher.start()
         started.append(dispatcher)
@@ -731,3 +737,62 @@ def test_running_work_is_renewed_and_finished_under_its_newest_claim() -> None:
     assert running.leases() == ([], [])
     # Once it has ended, a claim of the same delivery runs again.
     assert running.start_delivery(again)
+
+
+# -- rate limits: a backlog to a rate-limited sink, on a clock moved by hand ---------
+
+
+async def test_a_rate_limited_backlog_starts_at_the_rate_and_delays_no_other_sink(
+    run: RunDispatcher,
+) -> None:
+    clock = FakeClock(0.0)
+    # The limited sink's backlog comes first in the queue: the other sink is not behind it.
+    store = FakeStore(
+        deliveries=[delivery_task(f"msg_{n}", "slow") for n in range(20)]
+        + [delivery_task(f"msg_{n}", "fast") for n in range(5)]
+    )
+    slow, fast = FakeSink("slow"), FakeSink("fast")
+    dispatcher, _ = run(
+        store,
+        slow,
+        fast,
+        concurrency=20,
+        delivery_limit=40,
+        rates_per_second={"slow": 5.0},
+        monotonic=clock,
+    )
+
+    async def settled_at(expected: int) -> None:
+        """`expected` deliveries to the slow sink have started, and a claim round that
+        began after them (at this same instant) starts no more."""
+        await wait_for(lambda: len(slow.received) == expected)
+        claims = len(store.claims)
+        dispatcher.notify()
+        await wait_for(lambda: len(store.claims) > claims)
+        assert len(slow.received) == expected
+        # What cannot start is not claimed: no lease is taken on it.
+        assert store.claims[-1]["free_slots"]["slow"] == 0
+
+    # At once: the burst (one second's worth) and every delivery of the unlimited sink.
+    await wait_for(lambda: len(fast.received) == 5)
+    await settled_at(5)
+    for tenths in range(1, 31):
+        clock.now = tenths / 10
+        dispatcher.notify()
+        # 5 a second after the burst; a token every 0.2 s, none for half of one.
+        await settled_at(min(20, 5 + tenths // 2))
+    assert len(store.deliveries) == 0
+
+
+async def test_a_dispatcher_held_back_by_a_rate_looks_again_when_the_next_token_is_due(
+    run: RunDispatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing else wakes the claim loop in this test: no notify, no idle look.
+    monkeypatch.setattr(dispatcher_module, "IDLE_WAKE_SECONDS", 60.0)
+    clock = FakeClock(0.0)
+    store = FakeStore(deliveries=[delivery_task(f"msg_{n}", "slow") for n in range(3)])
+    slow = FakeSink("slow")
+    run(store, slow, concurrency=5, rates_per_second={"slow": 2.0}, monotonic=clock)
+    await wait_for(lambda: len(slow.received) == 2)
+    clock.now = 0.5
+    await wait_for(lambda: len(slow.received) == 3, timeout_seconds=5.0)

@@ -26,6 +26,7 @@ from pulse_relay.fetch import JobFetcher, extraction_id
 from pulse_relay.logs import get_logger, outage_log
 from pulse_relay.metrics import Metrics
 from pulse_relay.pulse import FetchedJob, PulseClient
+from pulse_relay.ratelimit import SinkRates
 from pulse_relay.retry import RetryPolicy
 from pulse_relay.running import RunningWork
 from pulse_relay.sinks.base import Delivery, PermanentSinkError, Sink, SinkError, SinkResult
@@ -56,6 +57,7 @@ class SinkRuntime:
     concurrency: int
     timeout_seconds: float
     policy: RetryPolicy
+    rate_per_second: float | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,7 @@ class Dispatcher:
         fetch_policy: RetryPolicy | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._pulse = pulse
@@ -172,6 +175,10 @@ class Dispatcher:
             {name: runtime.concurrency for name, runtime in self._sinks.items()},
             delivery_limit=limits.concurrency,
             fetch_limit=limits.fetch_concurrency if pulse is not None else 0,
+            rates=SinkRates(
+                {name: runtime.rate_per_second for name, runtime in self._sinks.items()},
+                clock=monotonic,
+            ),
         )
 
     @property
@@ -262,9 +269,9 @@ class Dispatcher:
         next_due = await self._store.next_due_at(
             self._slots.open_sinks(), include_fetches=self._slots.has_free_fetch
         )
-        if next_due is None:
-            return IDLE_WAKE_SECONDS
-        return min(max(next_due - self._clock(), 0.005), IDLE_WAKE_SECONDS)
+        # A sink out of tokens is left out above: look again when its next one is due.
+        due_seconds = IDLE_WAKE_SECONDS if next_due is None else next_due - self._clock()
+        return max(min(due_seconds, IDLE_WAKE_SECONDS, self._slots.next_token_seconds()), 0.005)
 
     async def _claim(self) -> int:
         # Reserved before the await: a fetch finishing meanwhile claims only what is left.
@@ -294,7 +301,7 @@ class Dispatcher:
             key = (task.event_id, task.is_replay)
             if key not in prepared:
                 prepared[key] = self._prepare(task)
-            self._slots.reserve(delivery_slot(task.sink))
+            self._slots.start_delivery(task.sink)
             self._spawn(self._deliveries, self._run_delivery(task, prepared[key]))
 
     def _spawn(self, group: set[asyncio.Task[None]], work: Any) -> None:

@@ -18,6 +18,7 @@ import aiohttp
 
 from pulse_relay.admin.errors import BadRequest, Conflict, NotFound, Unavailable
 from pulse_relay.events import build_envelope, envelope_source, is_valid_job_id
+from pulse_relay.ratelimit import rate_limited_sinks
 from pulse_relay.serialize import event_document, watch_document
 from pulse_relay.store import DELIVERY_STATES, EventCursor, EventView, StoreBackend
 from pulse_relay.store.filters import (
@@ -302,6 +303,8 @@ async def stats(ctx: AdminContext) -> dict[str, Any]:
     events, deliveries = await ctx.store.state_counts()
     pending = await ctx.store.pending_counts()
     oldest = await ctx.store.oldest_pending_received_at()
+    rates = rate_limited_sinks(ctx.settings.sinks)
+    held_back = await ctx.store.due_counts(list(rates))
     return {
         "events": {state: events.get(state, 0) for state in EVENT_STATES},
         "deliveries": {state: deliveries.get(state, 0) for state in DELIVERY_STATES},
@@ -310,6 +313,11 @@ async def stats(ctx: AdminContext) -> dict[str, Any]:
             for name in sorted({sink.name for sink in ctx.settings.sinks} | set(pending))
         },
         "oldest_pending_seconds": None if oldest is None else max(0.0, ctx.clock() - oldest),
+        # Rate-limited sinks: their limit and the due deliveries it holds back.
+        "rate_limited": {
+            name: {"rate_per_second": rate, "held_back": held_back.get(name, 0)}
+            for name, rate in sorted(rates.items())
+        },
         "version": ctx.version,
         "store_backend": ctx.store_backend,
     }
