@@ -28,6 +28,7 @@ from pulse_relay.store.model import (
     FetchTask,
     IngestOutcome,
     IngestRecord,
+    StoredEvent,
     Watch,
 )
 
@@ -236,8 +237,24 @@ class ViewStore(Protocol):
         """When the oldest event with pending work arrived; None if none."""
 
 
+class TransferStore(Protocol):
+    """Writing a whole exported event back (docs/cli.md, `pulse-relay import`)."""
+
+    async def insert_event(self, event: StoredEvent) -> bool:
+        """Store `event` with its deliveries, attempts and watch metadata in one transaction,
+        its states as given; False (nothing written) when its id, or its body digest, is
+        already stored or remembered from a pruned event."""
+
+
 class StoreBackend(
-    StoreLifecycle, IngestStore, QueueStore, RetentionStore, WatchStore, ViewStore, Protocol
+    StoreLifecycle,
+    IngestStore,
+    QueueStore,
+    RetentionStore,
+    WatchStore,
+    ViewStore,
+    TransferStore,
+    Protocol,
 ):
     """A durable store: ingest with dedupe, a leased work queue, watches, read views.
 

@@ -27,7 +27,7 @@ EVENT_COLUMNS = (
     "e.fetch_error"
 )
 # What `show` adds to a listed event.
-EVENT_DETAIL_COLUMNS = "e.headers, e.body, e.job, e.result_url, e.client_address"
+EVENT_DETAIL_COLUMNS = "e.headers, e.body, e.job, e.result_url, e.client_address, e.body_digest"
 # One sink's delivery of an event, keyed by the event: `delivery_view` reads from `state`.
 DELIVERY_VIEW_COLUMNS = "event_id, sink, state, attempts, next_attempt_at, last_error, replay"
 # One row of the attempt log: `attempt`.
@@ -70,7 +70,8 @@ def event_view(row: Sequence[Any]) -> EventView:
 def event_detail(row: Sequence[Any]) -> EventView:
     """An event in full from EVENT_DETAIL_QUERY (without its deliveries and attempts)."""
     view = event_view(row)
-    headers, body, job, view.result_url, view.client_address, metadata = row[9:15]
+    headers, body, job, view.result_url, view.client_address, view.body_digest = row[9:15]
+    metadata = row[15]
     view.headers = json.loads(headers)
     view.body = bytes(body)
     view.job = document(job)
