@@ -3,6 +3,7 @@ back into any store. The work is `pulse_relay.transfer`'s; this is the command l
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import IO, TYPE_CHECKING
 
@@ -47,8 +48,13 @@ def export_command(
         async for document in export_documents(store, filters):
             out.write(export_line(document))
 
-    with_store(settings, action)
-    out.flush()
+    try:
+        with_store(settings, action)
+        out.flush()
+    except BrokenPipeError:
+        # The reader stopped (`| head`): no traceback, and no flush at exit to fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        sys.exit(1)
 
 
 @click.command("import")

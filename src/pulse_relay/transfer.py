@@ -98,13 +98,13 @@ async def export_documents(
         page = await store.list_events(
             event_type=filters.type, state=filters.state, limit=page_size, before=before
         )
-        for item in page:
-            if filters.since is not None and item.received_at < filters.since:
-                return
-            view = await store.get_event(item.id)
-            if view is not None:  # pruned since it was listed
-                yield event_document(view)
-        if len(page) < page_size:
+        wanted = [
+            item for item in page if filters.since is None or item.received_at >= filters.since
+        ]
+        # An event pruned since it was listed is left out.
+        for view in await store.get_events([item.id for item in wanted]):
+            yield event_document(view)
+        if len(wanted) < page_size:
             return
         before = EventCursor(page[-1].received_at, page[-1].id)
 

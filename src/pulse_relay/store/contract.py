@@ -227,6 +227,10 @@ class ViewStore(Protocol):
     async def get_event(self, event_id: str) -> EventView | None:
         """One event with headers, body, job and every attempt; None if unknown."""
 
+    async def get_events(self, event_ids: Sequence[str]) -> list[EventView]:
+        """Several events as `get_event` gives them, in the order of `event_ids`; an
+        unknown id is left out. For a page of a listing: a few queries for the lot."""
+
     async def state_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """Events per event state, deliveries per delivery state."""
 
