@@ -12,6 +12,7 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psycopg
 import pytest
 
@@ -25,6 +26,7 @@ from pulse_relay.store import (
     StoreBackend,
     StoredDelivery,
     StoredEvent,
+    StoreUnavailableError,
 )
 from pulse_relay.transfer import ExportFilters, export_documents
 from pulse_relay.wiring import build_store
@@ -327,8 +329,6 @@ async def test_the_api_streams_the_export_with_its_filters(
 async def test_the_api_answers_ndjson(tmp_path: Path, start_relay: StartRelay) -> None:
     relay: Relay = await start_relay(pulse={"fetch_on": []})
     await relay.store.ingest(record("evt_1", time.time(), sinks=()))
-    import aiohttp
-
     async with (
         aiohttp.ClientSession() as session,
         session.get(relay.admin_url + "/api/export") as answer,
@@ -360,3 +360,31 @@ async def test_an_export_holds_a_page_not_the_store(tmp_path: Path) -> None:
     assert count == 2000
     # The bodies alone are 8 MB; a page of 100 full views peaks near 0.7 MB.
     assert peak_bytes < 2_000_000
+
+
+async def test_an_export_cut_short_by_the_store_never_reads_as_complete(
+    start_relay: StartRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    relay: Relay = await start_relay(pulse={"fetch_on": []})
+    await asyncio.gather(
+        *(relay.store.ingest(record(f"evt_{n:03}", 1000.0 + n, sinks=())) for n in range(150))
+    )
+    real_get_events = relay.store.get_events
+    pages_read = 0
+
+    async def second_page_fails(event_ids: list[str]) -> Any:
+        nonlocal pages_read
+        pages_read += 1
+        if pages_read == 2:
+            raise StoreUnavailableError("store read failed: disk I/O error")
+        return await real_get_events(event_ids)
+
+    monkeypatch.setattr(relay.store, "get_events", second_page_fails)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(relay.admin_url + "/api/export") as answer,
+    ):
+        assert answer.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await answer.read()
+    assert pages_read == 2
