@@ -441,9 +441,14 @@ def free_port() -> int:
 
 
 def run_cli(
-    *args: str, config: Path | None = None, env: dict[str, str] | None = None, timeout: float = 30
+    *args: str,
+    config: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 30,
+    input_text: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """`pulse-relay [--config config] args...` as a subprocess, its output captured."""
+    """`pulse-relay [--config config] args...` as a subprocess, its output captured;
+    `input_text` is its stdin."""
     command = [sys.executable, "-m", "pulse_relay"]
     if config is not None:
         command += ["--config", str(config)]
@@ -454,6 +459,7 @@ def run_cli(
         timeout=timeout,
         env={**os.environ, **(env or {})},
         check=False,
+        input=input_text,
     )
 
 

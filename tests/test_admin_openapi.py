@@ -62,6 +62,7 @@ def test_every_answer_matches_the_document(admin_url: str, mode: GenerationMode)
     assert {operation.label for operation in operations} >= {
         "GET /api/events",
         "GET /api/events/{event_id}",
+        "GET /api/export",
         "POST /api/events/{event_id}/replay",
         "POST /api/replay",
         "GET /api/watches",
@@ -107,4 +108,4 @@ def test_the_served_document_is_the_declared_one(admin_url: str) -> None:
     assert served == json.loads(json.dumps(openapi_document(served["info"]["version"])))
     documented = {(path, method) for path, item in served["paths"].items() for method in item}
     assert ("/api/events/{event_id}/replay", "post") in documented
-    assert len(documented) == 14
+    assert len(documented) == 15

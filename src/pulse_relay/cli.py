@@ -17,6 +17,7 @@ import click
 
 from pulse_relay import __version__
 from pulse_relay.cli_context import CommandContext, fail, problem_line, with_service, with_store
+from pulse_relay.cli_transfer import export_command, import_command
 
 if TYPE_CHECKING:
     from pulse_relay.config import Settings
@@ -476,6 +477,10 @@ def emulator_command(host: str, port: int, api_key: str) -> None:
         pass
     except OSError as error:
         fail(f"cannot start the emulator: {error}")
+
+
+cli.add_command(export_command)
+cli.add_command(import_command)
 
 
 def main() -> None:

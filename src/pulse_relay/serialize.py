@@ -46,6 +46,9 @@ def event_document(view: EventView) -> dict[str, Any]:
         document["result_url"] = view.result_url
         document["metadata"] = view.metadata
         document["attempts"] = [attempt_document(attempt) for attempt in view.attempts]
+        if view.body_digest is not None:
+            # A second dedupe key (docs/cli.md, `import`): carried so a copy keeps it.
+            document["body_digest"] = view.body_digest
     return document
 
 

@@ -16,6 +16,8 @@ from pulse_relay.admin.openapi import openapi_document
 from pulse_relay.admin.stream import stream_handler
 from pulse_relay.logs import get_logger
 from pulse_relay.store import StoreUnavailableError
+from pulse_relay.store.filters import FilterError
+from pulse_relay.transfer import export_documents, export_line, parse_export_filters
 
 log = get_logger("pulse_relay.admin")
 
@@ -86,6 +88,34 @@ async def _event(request: web.Request) -> web.Response:
     return web.json_response(await service.get_event(ctx, request.match_info["event_id"]))
 
 
+async def _export(request: web.Request) -> web.StreamResponse:
+    """NDJSON of every event the filters let through (docs/api.md), streamed page by page."""
+    try:
+        filters = parse_export_filters(request.query)
+    except FilterError as error:
+        raise BadRequest(error.name, error.problem) from None
+    documents = export_documents(request.app[CONTEXT_KEY].store, filters)
+    # The first page is read before answering: a store that is down is still a 503.
+    first = await anext(documents, None)
+    response = web.StreamResponse()
+    response.content_type = "application/x-ndjson"
+    await response.prepare(request)
+    try:
+        if first is not None:
+            await response.write(export_line(first).encode())
+        async for document in documents:
+            await response.write(export_line(document).encode())
+    except (StoreUnavailableError, sqlite3.Error) as error:
+        # The status is sent: the connection is cut before the body's last chunk, so the
+        # client sees a truncated copy as truncated, never as a complete one.
+        log.error("export cut short", reason=str(error))
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    await response.write_eof()
+    return response
+
+
 async def _replay_one(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
     body = await read_json_object(request)
@@ -140,6 +170,7 @@ def setup_api(app: web.Application) -> None:
     """Register the /api/ routes on the admin application."""
     app.router.add_get("/api/events", _events)
     app.router.add_get("/api/events/{event_id:.+}", _event)
+    app.router.add_get("/api/export", _export)
     app.router.add_post("/api/events/{event_id:.+}/replay", _replay_one)
     app.router.add_post("/api/replay", _replay_matching)
     app.router.add_get("/api/watches", _watches)

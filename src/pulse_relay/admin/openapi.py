@@ -93,6 +93,11 @@ SCHEMAS: dict[str, Any] = {
                 payload_text={"type": "string", "description": "The body otherwise."},
                 job={"description": "The fetched job, or null."},
                 result_url=_nullable("string"),
+                body_digest={
+                    "type": "string",
+                    "description": "sha256:<hex> of the body, where it is a second dedupe key "
+                    "(a body signed alone); absent otherwise.",
+                },
                 attempts={"type": "array", "items": _ref("Attempt")},
                 envelopes={"type": "object", "additionalProperties": {"type": "object"}},
             ),
@@ -245,6 +250,11 @@ EVENT_FILTERS = [
     },
     _query("before", "The `next` cursor of the previous page (opaque)"),
 ]
+EXPORT_FILTERS = [
+    *EVENT_FILTERS[:2],
+    _query("since", "Received at or after: ISO 8601 (UTC if no offset) or Unix seconds"),
+    _query("until", "Received at or before: ISO 8601 (UTC if no offset) or Unix seconds"),
+]
 LAST_EVENT_ID = {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {}}
 NO_TOKEN: list[dict[str, Any]] = []
 
@@ -261,6 +271,22 @@ PATHS: dict[str, Any] = {
             "One event: headers, payload, job, envelopes, every attempt",
             {"200": _json(_ref("Event"), "The event"), **_errors(404)},
             parameters=[_path("event_id")],
+        )
+    },
+    "/api/export": {
+        "get": _operation(
+            "Every event as NDJSON: one `pulse-relay show --json` document a line",
+            {
+                "200": {
+                    "description": "The events, newest first, streamed; each line an `Event` "
+                    "without `envelopes` (plus `body_digest` where it is a dedupe key)",
+                    "content": {"application/x-ndjson": {}},
+                },
+                **_errors(400),
+            },
+            description="What `pulse-relay export` writes and `pulse-relay import` reads. "
+            "A store failure after the first line cuts the connection before the body ends.",
+            parameters=EXPORT_FILTERS,
         )
     },
     "/api/events/{event_id}/replay": {

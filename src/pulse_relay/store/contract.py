@@ -28,6 +28,7 @@ from pulse_relay.store.model import (
     FetchTask,
     IngestOutcome,
     IngestRecord,
+    StoredEvent,
     Watch,
 )
 
@@ -226,6 +227,10 @@ class ViewStore(Protocol):
     async def get_event(self, event_id: str) -> EventView | None:
         """One event with headers, body, job and every attempt; None if unknown."""
 
+    async def get_events(self, event_ids: Sequence[str]) -> list[EventView]:
+        """Several events as `get_event` gives them, in the order of `event_ids`; an
+        unknown id is left out. For a page of a listing: a few queries for the lot."""
+
     async def state_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """Events per event state, deliveries per delivery state."""
 
@@ -239,8 +244,24 @@ class ViewStore(Protocol):
         """When the oldest event with pending work arrived; None if none."""
 
 
+class TransferStore(Protocol):
+    """Writing a whole exported event back (docs/cli.md, `pulse-relay import`)."""
+
+    async def insert_event(self, event: StoredEvent) -> bool:
+        """Store `event` with its deliveries, attempts and watch metadata in one transaction,
+        its states as given; False (nothing written) when its id, or its body digest, is
+        already stored or remembered from a pruned event."""
+
+
 class StoreBackend(
-    StoreLifecycle, IngestStore, QueueStore, RetentionStore, WatchStore, ViewStore, Protocol
+    StoreLifecycle,
+    IngestStore,
+    QueueStore,
+    RetentionStore,
+    WatchStore,
+    ViewStore,
+    TransferStore,
+    Protocol,
 ):
     """A durable store: ingest with dedupe, a leased work queue, watches, read views.
 

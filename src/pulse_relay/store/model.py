@@ -217,6 +217,8 @@ class EventView:
     attempts: list[Attempt] = field(default_factory=list)
     # The job's watch metadata: what its envelopes carry in `relay.metadata`.
     metadata: dict[str, Any] | None = None
+    # The body's digest where it is a second dedupe key (a body signed alone); else None.
+    body_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -248,3 +250,46 @@ class Watch:
     polls: int
     last_status: str | None
     last_error: str | None
+
+
+@dataclass(frozen=True)
+class StoredDelivery:
+    """One sink's delivery of an imported event, in the state it is carried over in."""
+
+    sink: str
+    state: str
+    attempts: int
+    # AWAITING_FETCH while the event's job is still to be fetched.
+    next_attempt_at: float
+    last_error: str | None
+    is_replay: bool
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """A whole event as an import writes it: its row, deliveries, attempts and its job's
+    watch metadata (`insert_event` keeps every state as given)."""
+
+    event_id: str
+    received_at: float
+    source: str
+    event_type: str | None
+    job_id: str | None
+    job_key: str | None
+    state: str
+    error: str | None
+    headers: dict[str, str]
+    body: bytes
+    fetch_state: str
+    fetch_attempts: int
+    # When a pending job fetch is due; None for any other fetch state.
+    next_fetch_at: float | None
+    fetch_error: str | None
+    job: Any
+    result_url: str | None
+    client_address: str | None
+    body_digest: str | None
+    deliveries: tuple[StoredDelivery, ...]
+    attempts: tuple[Attempt, ...]
+    # None: the job had no watch; a watch is added (not polled) when it has none here.
+    metadata: dict[str, Any] | None

@@ -27,7 +27,7 @@ EVENT_COLUMNS = (
     "e.fetch_error"
 )
 # What `show` adds to a listed event.
-EVENT_DETAIL_COLUMNS = "e.headers, e.body, e.job, e.result_url, e.client_address"
+EVENT_DETAIL_COLUMNS = "e.headers, e.body, e.job, e.result_url, e.client_address, e.body_digest"
 # One sink's delivery of an event, keyed by the event: `delivery_view` reads from `state`.
 DELIVERY_VIEW_COLUMNS = "event_id, sink, state, attempts, next_attempt_at, last_error, replay"
 # One row of the attempt log: `attempt`.
@@ -43,13 +43,18 @@ LIST_WATCHES_QUERY = (
 )
 # One watch: `watch`.
 GET_WATCH_QUERY = f"SELECT {WATCH_COLUMNS} FROM watches WHERE job_id = ?"
-# One event in full, with its job's watch metadata: `event_detail`.
-EVENT_DETAIL_QUERY = (
+# Events in full, with their job's watch metadata, less the WHERE: `event_detail`.
+EVENT_DETAIL_SELECT = (
     f"SELECT {EVENT_COLUMNS}, {EVENT_DETAIL_COLUMNS}, CAST(w.metadata AS TEXT) "
-    "FROM events e LEFT JOIN watches w ON w.job_id = e.job_id WHERE e.id = ?"
+    "FROM events e LEFT JOIN watches w ON w.job_id = e.job_id"
 )
+# One event in full: `event_detail`.
+EVENT_DETAIL_QUERY = f"{EVENT_DETAIL_SELECT} WHERE e.id = ?"
 # One event's attempt log, oldest first: `attempt`.
 ATTEMPTS_QUERY = f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE event_id = ? ORDER BY id"
+# Several events' attempt logs, less the WHERE on `event_id`: the event's id, then
+# `attempt`'s columns; `attach_attempts` reads them.
+ATTEMPTS_OF_EVENTS_SELECT = f"SELECT event_id, {ATTEMPT_COLUMNS} FROM attempts"
 # The INSERT of `attempt_values`, in `?` style.
 INSERT_ATTEMPT = (
     "INSERT INTO attempts (event_id, sink, attempt, started_at, duration_ms, outcome, "
@@ -70,7 +75,8 @@ def event_view(row: Sequence[Any]) -> EventView:
 def event_detail(row: Sequence[Any]) -> EventView:
     """An event in full from EVENT_DETAIL_QUERY (without its deliveries and attempts)."""
     view = event_view(row)
-    headers, body, job, view.result_url, view.client_address, metadata = row[9:15]
+    headers, body, job, view.result_url, view.client_address, view.body_digest = row[9:15]
+    metadata = row[15]
     view.headers = json.loads(headers)
     view.body = bytes(body)
     view.job = document(job)
@@ -95,6 +101,16 @@ def attach_deliveries(views: Sequence[EventView], rows: Iterable[Sequence[Any]])
     by_id = {view.id: view for view in views}
     for row in rows:
         by_id[row[0]].deliveries[row[1]] = delivery_view(row)
+
+
+def attach_attempts(views: Sequence[EventView], rows: Iterable[Sequence[Any]]) -> None:
+    """Add each row of ATTEMPTS_OF_EVENTS_SELECT (in the log's order) to its event among
+    `views`; an event not among them (pruned meanwhile) is passed over."""
+    by_id = {view.id: view for view in views}
+    for row in rows:
+        view = by_id.get(row[0])
+        if view is not None:
+            view.attempts.append(attempt(row[1:]))
 
 
 def attempt(row: Sequence[Any]) -> Attempt:

@@ -9,10 +9,11 @@ from pulse_relay.store.migrations import newer_schema_problem
 from pulse_relay.store.postgres.queue import QueueMixin
 from pulse_relay.store.postgres.retention import RetentionMixin
 from pulse_relay.store.postgres.schema import MIGRATIONS, schema_version
+from pulse_relay.store.postgres.transfer import TransferMixin
 from pulse_relay.store.postgres.views import ViewsMixin
 
 
-class PostgresStore(ViewsMixin, QueueMixin, RetentionMixin):
+class PostgresStore(ViewsMixin, QueueMixin, RetentionMixin, TransferMixin):
     """The relay's store on PostgreSQL; open() before use, close() after (or `async with`)."""
 
 

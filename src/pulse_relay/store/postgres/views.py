@@ -12,6 +12,9 @@ from pulse_relay.store.listing import POSTGRES, EventListing
 from pulse_relay.store.model import EventView
 from pulse_relay.store.postgres.watches import WatchesMixin
 
+_DETAILS = f"{rows.EVENT_DETAIL_SELECT} WHERE e.id = ANY(%s)"
+_ATTEMPTS = f"{rows.ATTEMPTS_OF_EVENTS_SELECT} WHERE event_id = ANY(%s) ORDER BY id"
+
 
 class ViewsMixin(WatchesMixin, EventListing):
     """What the CLI and the admin API read."""
@@ -37,6 +40,18 @@ class ViewsMixin(WatchesMixin, EventListing):
             cursor = await conn.execute(POSTGRES.sql(rows.ATTEMPTS_QUERY).encode(), (event_id,))
             view.attempts = [rows.attempt(row) for row in await cursor.fetchall()]
         return view
+
+    async def get_events(self, event_ids: Sequence[str]) -> list[EventView]:
+        """Several events in full, in the order of `event_ids`; unknown ids left out."""
+        ids = list(dict.fromkeys(event_ids))
+        async with self.connection() as conn:
+            cursor = await conn.execute(_DETAILS.encode(), (ids,))
+            views = [rows.event_detail(row) for row in await cursor.fetchall()]
+            await _attach_deliveries(conn, views)
+            cursor = await conn.execute(_ATTEMPTS.encode(), (ids,))
+            rows.attach_attempts(views, await cursor.fetchall())
+        by_id = {view.id: view for view in views}
+        return [by_id[event_id] for event_id in event_ids if event_id in by_id]
 
     async def state_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """How many events are in each event state, and deliveries in each delivery state."""

@@ -36,6 +36,22 @@ class ViewsMixin(WatchesMixin, EventListing):
             view.attempts = [rows.attempt(row) async for row in cursor]
         return view
 
+    async def get_events(self, event_ids: Sequence[str]) -> list[EventView]:
+        """Several events in full, in the order of `event_ids`; unknown ids left out."""
+        views: list[EventView] = []
+        for chunk in chunks(list(dict.fromkeys(event_ids))):
+            among = f"IN ({placeholders(len(chunk))})"
+            async with self.read(f"{rows.EVENT_DETAIL_SELECT} WHERE e.id {among}", chunk) as cursor:
+                found = [rows.event_detail(row) for row in await cursor.fetchall()]
+            async with self.read(
+                f"{rows.ATTEMPTS_OF_EVENTS_SELECT} WHERE event_id {among} ORDER BY id", chunk
+            ) as cursor:
+                rows.attach_attempts(found, await cursor.fetchall())
+            await self._attach_deliveries(found)
+            views += found
+        by_id = {view.id: view for view in views}
+        return [by_id[event_id] for event_id in event_ids if event_id in by_id]
+
     async def _attach_deliveries(self, views: Sequence[EventView]) -> None:
         for chunk in chunks([view.id for view in views]):
             async with self.read(
