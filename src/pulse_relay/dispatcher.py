@@ -20,6 +20,7 @@ from typing import Any, Final
 from pulse_relay.events import (
     build_envelope,
     envelope_source,
+    format_timestamp,
     sendable_envelope,
 )
 from pulse_relay.fetch import JobFetcher, extraction_id
@@ -286,9 +287,10 @@ class Dispatcher:
         return len(fetches) + len(deliveries)
 
     def _start_deliveries(self, tasks: list[DeliveryTask]) -> None:
-        prepared: dict[tuple[str, bool], Prepared] = {}
+        prepared: dict[tuple[str, bool, str | None], Prepared] = {}
         for task in tasks:
-            key = (task.event_id, task.is_replay)
+            # An edited envelope is its own delivery's: the event's other sinks get theirs.
+            key = (task.event_id, task.is_replay, task.sink if task.edited_envelope else None)
             if key not in prepared:
                 prepared[key] = self._prepare(task)
             self._slots.reserve(delivery_slot(task.sink))
@@ -303,8 +305,11 @@ class Dispatcher:
     def _prepare(self, task: DeliveryTask) -> Prepared:
         """The envelope of `task`'s event and its bytes, or what building them raised: a
         document no rule foresaw fails that event's deliveries, never the claim (the
-        work claimed beside it would wait for its leases to run out)."""
+        work claimed beside it would wait for its leases to run out). An edited replay
+        sends its own envelope, under the same rules (lone surrogates replaced)."""
         try:
+            if task.edited_envelope is not None:
+                return sendable_envelope(task.edited_envelope)
             return sendable_envelope(
                 build_envelope(
                     event_id=task.event_id,
@@ -390,8 +395,7 @@ class Dispatcher:
             else:
                 delivery = _delivery(task, *prepared)
                 context.update(
-                    status=delivery.job_status,
-                    extraction_id=extraction_id(delivery.envelope["job"]),
+                    status=delivery.job_status, extraction_id=extraction_id(_job(delivery.envelope))
                 )
                 answer = await self._deliver(runtime, delivery, context)
         except Exception as error:
@@ -451,6 +455,7 @@ class Dispatcher:
             status_code=answer.status_code,
             error=decision.reason,
             output_tail=answer.output_tail,
+            edited_envelope=task.edited_envelope,
         )
         await self._store.finish_delivery(
             task.event_id,
@@ -472,10 +477,17 @@ class Dispatcher:
         log.log(level, message, **fields, **context)
 
 
+def _job(envelope: dict[str, Any]) -> dict[str, Any] | None:
+    # An edited envelope may hold anything, or nothing, under "job".
+    job = envelope.get("job")
+    return job if isinstance(job, dict) else None
+
+
 def _delivery(task: DeliveryTask, envelope: dict[str, Any], body: bytes) -> Delivery:
-    # From the envelope, whose text the sinks can take (the stored job's may not be).
-    job = envelope["job"]
-    job_status = job.get("status") if isinstance(job, dict) else None
+    # The job status from the envelope, whose text the sinks can take (the stored job's
+    # may not be); the event's id, type, job id and time from the store, never from an
+    # edited envelope: file names and commands' variables are made of them.
+    job_status = (_job(envelope) or {}).get("status")
     return Delivery(
         event_id=task.event_id,
         event_type=task.event_type,
@@ -483,5 +495,5 @@ def _delivery(task: DeliveryTask, envelope: dict[str, Any], body: bytes) -> Deli
         job_status=job_status if isinstance(job_status, str) else None,
         envelope=envelope,
         body=body,
-        received_at=envelope["received_at"],
+        received_at=format_timestamp(task.received_at),
     )

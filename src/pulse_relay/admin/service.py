@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from pulse_relay.admin.errors import BadRequest, Conflict, NotFound, Unavailable
-from pulse_relay.events import build_envelope, envelope_source, is_valid_job_id
+from pulse_relay.events import build_envelope, envelope_source, is_valid_job_id, sendable_envelope
 from pulse_relay.serialize import event_document, watch_document
 from pulse_relay.store import DELIVERY_STATES, EventCursor, EventView, StoreBackend
 from pulse_relay.store.filters import (
@@ -94,22 +94,31 @@ async def _require_event(ctx: AdminContext, event_id: str) -> EventView:
     return view
 
 
+def built_envelope(view: EventView, *, is_replay: bool) -> dict[str, Any] | None:
+    """The envelope the relay builds from a full event view (for a replay, or not); None
+    for an event no sink takes."""
+    if view.type is None or view.body is None:
+        return None
+    return build_envelope(
+        event_id=view.id,
+        event_type=view.type,
+        job_id=view.job_id,
+        received_at=view.received_at,
+        source=envelope_source(view.source, is_replay=is_replay),
+        body=view.body,
+        job=view.job,
+        result_url=view.result_url,
+        metadata=view.metadata,
+    )
+
+
 def envelopes(view: EventView) -> dict[str, Any]:
-    """The envelope each sink of a full event view received (or will receive), by sink."""
-    if view.type is None or view.body is None or not view.deliveries:
+    """The envelope each sink of a full event view received (or will receive), by sink:
+    the last edited replay's where there was one."""
+    if view.type is None or view.body is None:
         return {}
     return {
-        sink: build_envelope(
-            event_id=view.id,
-            event_type=view.type,
-            job_id=view.job_id,
-            received_at=view.received_at,
-            source=envelope_source(view.source, is_replay=delivery.is_replay),
-            body=view.body,
-            job=view.job,
-            result_url=view.result_url,
-            metadata=view.metadata,
-        )
+        sink: delivery.edited_envelope or built_envelope(view, is_replay=delivery.is_replay)
         for sink, delivery in view.deliveries.items()
     }
 
@@ -165,13 +174,35 @@ async def replay_target(
     return view, sinks
 
 
+# The most an edited envelope may weigh, as the sinks receive it (compact UTF-8 JSON).
+MAX_EDITED_ENVELOPE_BYTES = 1024 * 1024
+
+
+def edited_envelope(value: object) -> dict[str, Any]:
+    """A replay's edited `envelope` as the sinks will receive it (lone surrogates replaced
+    by U+FFFD); BadRequest("envelope") unless a JSON object of at most 1 MiB encoded."""
+    if not isinstance(value, dict):
+        raise BadRequest("envelope", "a JSON object (the whole envelope the sinks receive)")
+    try:
+        envelope, encoded = sendable_envelope(value)
+    except (TypeError, ValueError, RecursionError):
+        raise BadRequest("envelope", "not a JSON document") from None
+    if len(encoded) > MAX_EDITED_ENVELOPE_BYTES:
+        raise BadRequest(
+            "envelope", f"{len(encoded)} bytes encoded, over {MAX_EDITED_ENVELOPE_BYTES} (1 MiB)"
+        )
+    return envelope
+
+
 async def replay_one(store: StoreBackend, event_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
-    """Deliver one event again, to `body["sinks"]` or every sink it had; 409 once it is pruned."""
+    """Deliver one event again, to `body["sinks"]` or every sink it had, sending
+    `body["envelope"]` instead of the event's when given; 409 once it is pruned."""
+    edited = None if "envelope" not in body else edited_envelope(body["envelope"])
     view, sinks = await replay_target(store, event_id, body)
     targets: list[str | None] = list(sinks) if sinks else [None]
     queued = 0
     for sink in targets:
-        queued += await store.replay([event_id], sink=sink)
+        queued += await store.replay([event_id], sink=sink, edited_envelope=edited)
     return {"id": event_id, "queued": queued, "sinks": sinks or sorted(view.deliveries)}
 
 
