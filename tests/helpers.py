@@ -441,9 +441,14 @@ def free_port() -> int:
 
 
 def run_cli(
-    *args: str, config: Path | None = None, env: dict[str, str] | None = None, timeout: float = 30
+    *args: str,
+    config: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 30,
+    stdin_text: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """`pulse-relay [--config config] args...` as a subprocess, its output captured."""
+    """`pulse-relay [--config config] args...` as a subprocess (`stdin_text` on its stdin),
+    its output captured."""
     command = [sys.executable, "-m", "pulse_relay"]
     if config is not None:
         command += ["--config", str(config)]
@@ -453,6 +458,7 @@ def run_cli(
         text=True,
         timeout=timeout,
         env={**os.environ, **(env or {})},
+        input=stdin_text,
         check=False,
     )
 

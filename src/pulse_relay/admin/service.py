@@ -35,6 +35,19 @@ if TYPE_CHECKING:
     from pulse_relay.admin.context import AdminContext
 
 
+def _refuse_constant(name: str) -> None:
+    # Python reads NaN and Infinity, which are not JSON: SQLite's JSON functions reject them.
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body or a file as JSON, strictly (no NaN or Infinity); ValueError if not."""
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 # -- event listings ------------------------------------------------------------
 
 
