@@ -136,16 +136,27 @@ def envelopes(view: EventView) -> dict[str, Any]:
     }
 
 
-async def get_event(ctx: AdminContext, event_id: str) -> dict[str, Any]:
-    """One event as `show --json` prints it, plus `envelopes`: what each sink received.
-
-    Lone surrogates (stored job, payload or headers may hold them) are shown as U+FFFD,
-    as the sinks receive them: neither a page nor a strict JSON reader takes them."""
-    view = await _require_event(ctx, event_id)
+def _event_answer(view: EventView) -> dict[str, Any]:
+    # Lone surrogates (stored job, payload or headers may hold them) are shown as U+FFFD,
+    # as the sinks receive them: neither a page nor a strict JSON reader takes them.
     document: dict[str, Any] = replace_lone_surrogates(
         {**event_document(view), "envelopes": envelopes(view)}
     )
     return document
+
+
+async def get_event(ctx: AdminContext, event_id: str) -> dict[str, Any]:
+    """One event as `show --json` prints it, plus `envelopes`: what each sink received
+    (lone surrogates shown as U+FFFD)."""
+    return _event_answer(await _require_event(ctx, event_id))
+
+
+async def event_page(ctx: AdminContext, event_id: str) -> tuple[dict[str, Any], Any]:
+    """`get_event`'s document, and the original envelope (as first delivered, before any
+    replay): what the inspector shows an edited attempt's envelope against."""
+    view = await _require_event(ctx, event_id)
+    original = replace_lone_surrogates(built_envelope(view, is_replay=False))
+    return _event_answer(view), original
 
 
 # -- replay --------------------------------------------------------------------
