@@ -464,3 +464,7 @@ async def test_an_edited_envelope_must_be_an_object_of_at_most_one_mebibyte(
     assert status == 400 and body["detail"].startswith("envelope:") and "1 MiB" in body["detail"]
     view = await relay.store.get_event("msg_b")
     assert view is not None and view.deliveries["files"].edited_envelope == {"x": filler}
+    # A body the API reads whole: room for any 1 MiB envelope's escapes, and no more.
+    huge = b'{"envelope": {"x": "%s"}}' % (b"y" * 4 * 1024 * 1024)
+    status, body = await call("POST", url, headers=headers, data=huge)
+    assert (status, body["error"]) == (413, "request_entity_too_large")
