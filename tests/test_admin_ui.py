@@ -21,7 +21,14 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
 
-from pulse_relay.admin.ui import age_text, duration_text, safe_next, short_time
+from pulse_relay.admin.ui import (
+    MAX_DIFF_LINES,
+    age_text,
+    duration_text,
+    envelope_diff,
+    safe_next,
+    short_time,
+)
 from pulse_relay.app import Relay
 from pulse_relay.emulator import PulseEmulator
 from tests.helpers import (
@@ -396,6 +403,25 @@ def test_people_readable_times() -> None:
     assert age_text(2 * 86_400) == "2 d"
     assert short_time("2026-11-23T10:30:00.123+00:00") == "2026-11-23 10:30:00.123"
     assert short_time("not a time") == "not a time"
+
+
+def test_an_edited_envelope_is_diffed_line_by_line_unless_too_long() -> None:
+    original = {"id": "m", "job": {"status": "failed"}, "tail": 1}
+    edited = {"id": "m", "job": {"status": "completed"}, "tail": 1}
+    assert envelope_diff(original, edited) == [
+        ("hunk", "@@ -1,7 +1,7 @@"),
+        ("same", " {"),
+        ("same", '   "id": "m",'),
+        ("same", '   "job": {'),
+        ("del", '-    "status": "failed"'),
+        ("add", '+    "status": "completed"'),
+        ("same", "   },"),
+        ("same", '   "tail": 1'),
+        ("same", " }"),
+    ]
+    assert envelope_diff(original, dict(original)) == []
+    long = {f"k{n}": n for n in range(MAX_DIFF_LINES)}
+    assert envelope_diff(original, long) is None
 
 
 # -- the real UI in headless Chromium ---------------------------------------------------

@@ -444,6 +444,8 @@ async def test_an_edited_replay_is_re_signed_for_http_and_piped_to_the_command(
     assert set((await settled(relay, "msg_e")).values()) == {"delivered"}
     original = (tmp_path / "files" / "job-e.json").read_bytes()
     edited = {**json.loads(original), "job": {"status": "completed", "fixed": "caf\ud800"}}
+    # A plain replay to the file sink, claimed with the edited ones: it keeps its own.
+    assert await relay.store.replay(["msg_e"], sink="files") == 1
     status, _ = await call(
         "POST",
         relay.admin_url + "/api/events/msg_e/replay",
@@ -463,8 +465,10 @@ async def test_an_edited_replay_is_re_signed_for_http_and_piped_to_the_command(
     assert (command_out / "msg_e.json").read_bytes() == body
     env = json.loads((command_out / "msg_e.env").read_text())
     assert (env["PULSE_EVENT_ID"], env["PULSE_JOB_STATUS"]) == ("msg_e", "completed")
-    # The sink not chosen received nothing new; the stored job is as fetched.
-    assert (tmp_path / "files" / "job-e.json").read_bytes() == original
+    # The file sink, replayed without an edit, got the event's envelope; the stored job
+    # is as fetched.
+    replayed = json.loads((tmp_path / "files" / "job-e.json").read_bytes())
+    assert replayed == {**json.loads(original), "source": "replay"}
     view = await relay.store.get_event("msg_e")
     assert view is not None and view.job["status"] == "failed"
     assert emulator.get_count("job-e") == 1
