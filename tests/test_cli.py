@@ -312,6 +312,13 @@ async def test_replay_from_the_cli_while_serve_runs(
     pruned = run_cli("replay", "msg_replay", config=config)
     assert pruned.returncode == 1, pruned.stdout
     assert "event 'msg_replay' was pruned" in pruned.stderr
+    # `show` answers as GET /api/events/{id} does (404 "was pruned").
+    for flags in ([], ["--json"]):
+        shown = run_cli("show", "msg_replay", *flags, config=config)
+        assert (shown.returncode, shown.stdout) == (1, ""), shown.stderr
+        assert "event 'msg_replay' was pruned (store.retention_days)" in shown.stderr
+    never = run_cli("show", "msg_unknown", config=config)
+    assert never.returncode == 1 and "no event with id 'msg_unknown'" in never.stderr
 
 
 def _sign(body: bytes, webhook_id: str) -> dict[str, str]:

@@ -502,6 +502,21 @@ def test_bad_secret_in_secrets_file_points_at_the_file(
             id="dedupe-days",
         ),
         pytest.param(
+            {"sinks": [file_sink("a"), {**file_sink("f"), "rate_per_second": 0}]},
+            "sinks[1].rate_per_second: Input should be greater than 0",
+            id="rate-zero",
+        ),
+        pytest.param(
+            {"sinks": [{**file_sink("f"), "rate_per_second": -2.5}]},
+            "sinks[0].rate_per_second: Input should be greater than 0",
+            id="rate-negative",
+        ),
+        pytest.param(
+            {"sinks": [{**file_sink("f"), "rate_per_second": float("inf")}]},
+            "sinks[0].rate_per_second: Input should be a finite number",
+            id="rate-infinite",
+        ),
+        pytest.param(
             {"sinks": [{**file_sink("f"), "mode": "0644x"}]},
             "sinks[0].mode: '0644x' is not an octal permission mode",
             id="file-mode",

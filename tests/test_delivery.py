@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks.webhooks import Webhook
 from structlog.testing import capture_logs
 
@@ -428,6 +430,87 @@ async def test_lone_surrogates_in_a_job_and_a_payload_reach_the_sinks_as_replace
     # The stored copy is the job as fetched; only what is sent is replaced.
     view = await relay.store.get_event("msg_hostile")
     assert view is not None and view.job["result"]["text"] == "caf\ud800"
+
+
+# -- rate limits ---------------------------------------------------------------
+
+
+async def test_a_rate_limited_http_sink_gets_a_backlog_no_faster_than_its_rate(
+    start_relay: StartRelay,
+    pipeline_settings: PipelineSettings,
+    emulator: PulseEmulator,
+    receiver: Receiver,
+) -> None:
+    rate_per_second, count = 20.0, 40
+    relay = await start_relay(
+        pipeline_settings(
+            sinks=[
+                {
+                    "type": "http",
+                    "name": "app",
+                    "url": receiver.url,
+                    "concurrency": 16,
+                    "rate_per_second": rate_per_second,
+                }
+            ]
+        )
+    )
+    async with aiohttp.ClientSession() as session:
+        for n in range(count):
+            answer = await emulator.send_webhook(
+                relay.webhook_url, SECRET, "job.created", f"job-{n}", session=session
+            )
+            assert answer[0] == 202
+    await wait_for(lambda: len(receiver.received) == count, timeout_seconds=30)
+    starts = []
+    for received in receiver.received:
+        view = await relay.store.get_event(received.envelope["id"])
+        assert view is not None
+        starts += [attempt.started_at for attempt in view.attempts]
+    # A burst of one second's worth, then `rate_per_second`: the last of `count` attempts
+    # starts at least (count - burst) / rate after the first. Only a lower bound: a slow
+    # machine may take longer, never less.
+    least_seconds = (count - rate_per_second) / rate_per_second
+    assert max(starts) - min(starts) >= least_seconds - 0.05
+
+
+async def test_stats_and_metrics_show_what_a_rate_holds_back_and_other_sinks_go_on(
+    start_relay: StartRelay,
+    pipeline_settings: PipelineSettings,
+    emulator: PulseEmulator,
+    receiver: Receiver,
+    tmp_path: Path,
+) -> None:
+    # One attempt every 100 s: after the first, the others wait for the whole test.
+    app = {"type": "http", "name": "app", "url": receiver.url, "rate_per_second": 0.01}
+    files = {"type": "file", "name": "files", "directory": str(tmp_path / "files")}
+    relay = await start_relay(pipeline_settings(sinks=[app, files]))
+    for n in range(3):
+        answer = await send(relay, emulator, "job.created", f"job-{n}", webhook_id=f"msg_{n}")
+        assert answer[0] == 202
+    stats: dict[str, Any] = {}
+
+    async def held_back() -> bool:
+        nonlocal stats
+        _, stats = await call("GET", relay.admin_url + "/api/stats")
+        return bool(stats["rate_limited"]["app"]["held_back"] == 2)
+
+    await wait_for(held_back)
+    assert stats["rate_limited"] == {"app": {"rate_per_second": 0.01, "held_back": 2}}
+    await wait_for(lambda: len(receiver.received) == 1)
+    # The unlimited sinks are not held up by it.
+    await wait_for(lambda: len(list((tmp_path / "files").glob("*.json"))) == 3)
+    _, text = await call("GET", relay.admin_url + "/metrics")
+    gauges = {
+        (sample.name, tuple(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "pulse_relay_rate_limited"
+    }
+    assert gauges == {("pulse_relay_rate_limited", (("sink", "app"),)): 2.0}
+
+
+# -- edit and replay ------------------------------------------------------------
 
 
 async def test_an_edited_replay_is_re_signed_for_http_and_piped_to_the_command(

@@ -34,6 +34,7 @@ from pulse_relay.pulse import (
     PulseRetryableError,
 )
 from pulse_relay.retry import RetryPolicy
+from pulse_relay.running import RunningWork
 from pulse_relay.sinks.base import (
     Delivery,
     PermanentSinkError,
@@ -43,7 +44,7 @@ from pulse_relay.sinks.base import (
 )
 from pulse_relay.slots import Slots, delivery_slot
 from pulse_relay.store import Attempt, DeliveryTask, FetchTask
-from tests.helpers import wait_for
+from tests.helpers import FakeClock, wait_for
 
 NOW = 1_000_000.0
 
@@ -275,6 +276,8 @@ class FakeStore:
     deliveries: list[DeliveryTask] = field(default_factory=list)
     after_fetch: list[DeliveryTask] = field(default_factory=list)
     writes: list[tuple[Any, ...]] = field(default_factory=list)
+    # (write, event id, lease token) of every write that names a token.
+    tokens: list[tuple[str, str, str | None]] = field(default_factory=list)
     claims: list[dict[str, Any]] = field(default_factory=list)
     claimed_deliveries: int = 0
 
@@ -299,7 +302,7 @@ class FakeStore:
         return taken
 
     async def finish_fetch(self, event_id: str, **kwargs: Any) -> list[DeliveryTask]:
-        kwargs.pop("token")
+        self.tokens.append(("finish_fetch", event_id, kwargs.pop("token")))
         self.writes.append(("finish_fetch", event_id, kwargs))
         self.deliveries += self.after_fetch
         self.after_fetch = []
@@ -308,13 +311,15 @@ class FakeStore:
     async def retry_fetch(
         self, event_id: str, *, next_fetch_at: float, attempt: Attempt, token: str | None
     ) -> None:
+        self.tokens.append(("retry_fetch", event_id, token))
         self.writes.append(("retry_fetch", event_id, next_fetch_at, attempt))
 
     async def fail_fetch(self, event_id: str, *, attempt: Attempt, token: str | None) -> None:
+        self.tokens.append(("fail_fetch", event_id, token))
         self.writes.append(("fail_fetch", event_id, attempt))
 
     async def finish_delivery(self, event_id: str, sink: str, **kwargs: Any) -> None:
-        kwargs.pop("token")
+        self.tokens.append(("finish_delivery", event_id, kwargs.pop("token")))
         self.writes.append(("finish_delivery", event_id, sink, kwargs))
 
     async def next_due_at(self, sinks: list[str], *, include_fetches: bool) -> float | None:
@@ -357,11 +362,16 @@ class FakeSink:
 
 @dataclass
 class FakePulse:
+    """Answers with `answer` (or raises it); `gate`, when given, holds each fetch."""
+
     answer: FetchedJob | PulseError
+    gate: asyncio.Event | None = None
     asked: list[str] = field(default_factory=list)
 
     async def fetch_job(self, job_id: str) -> FetchedJob:
         self.asked.append(job_id)
+        if self.gate is not None:
+            await self.gate.wait()
         if isinstance(self.answer, PulseError):
             raise self.answer
         return self.answer
@@ -397,10 +407,15 @@ async def run() -> AsyncIterator[RunDispatcher]:
         pulse: FakePulse | None = None,
         concurrency: int = 1,
         timeout_seconds: float = 5.0,
+        delivery_limit: int = 4,
+        rates_per_second: dict[str, float] | None = None,
+        monotonic: Callable[[], float] | None = None,
     ) -> tuple[Dispatcher, Metrics]:
         metrics = Metrics()
+        rates = rates_per_second or {}
+        policy = RetryPolicy(max_attempts=3)
         runtimes = {
-            sink.name: SinkRuntime(sink, concurrency, timeout_seconds, RetryPolicy(max_attempts=3))
+            sink.name: SinkRuntime(sink, concurrency, timeout_seconds, policy, rates.get(sink.name))
             for sink in sinks
         }
         dispatcher = Dispatcher(
@@ -408,9 +423,10 @@ async def run() -> AsyncIterator[RunDispatcher]:
             pulse=pulse,  # type: ignore[arg-type]
             sinks=runtimes,
             metrics=metrics,
-            limits=DispatcherLimits(concurrency=4, fetch_concurrency=2),
+            limits=DispatcherLimits(concurrency=delivery_limit, fetch_concurrency=2),
             clock=lambda: NOW,
             rng=CeilingRng(),
+            monotonic=monotonic or FakeClock(),
         )
         dispatcher.start()
         started.append(dispatcher)
@@ -633,3 +649,150 @@ async def test_fetch_failures_while_the_pulse_api_is_down_are_logged_once_a_wind
     assert [(line["log_level"], line["reason"]) for line in failed] == [
         ("warning", "GET /job: timed out")
     ]
+
+
+@dataclass
+class ReclaimingStore(FakeStore):
+    """A store whose lease on the work it hands out runs out at once: a later claim hands
+    the same work back under a new token, as a store does to a relay whose event loop
+    stalled past a lease (then the running attempt's token no longer matches)."""
+
+    reclaims: list[FetchTask | DeliveryTask] = field(default_factory=list)
+
+    async def claim(self, **limits: Any) -> tuple[list[FetchTask], list[DeliveryTask]]:
+        fetches, deliveries = await super().claim(**limits)
+        for task in [*fetches, *deliveries]:
+            self.reclaims.append(dataclasses.replace(task, token="t2"))
+        if fetches or deliveries:
+            return fetches, deliveries
+        again, self.reclaims = self.reclaims, []
+        return (
+            [task for task in again if isinstance(task, FetchTask)],
+            [task for task in again if isinstance(task, DeliveryTask)],
+        )
+
+
+RECLAIMED = "claimed again while still running; the running attempt carries on"
+
+
+async def test_a_delivery_claimed_again_while_it_runs_is_not_run_twice(
+    run: RunDispatcher,
+) -> None:
+    store = ReclaimingStore(deliveries=[dataclasses.replace(delivery_task(), token="t1")])
+    # Two slots: the second claim is not held back by the sink's concurrency.
+    sink = FakeSink("a", gate=asyncio.Event())
+    with structlog.testing.capture_logs() as logs:
+        run(store, sink, concurrency=2)
+        # A third claim starts only once the second one's work is started (or not).
+        await wait_for(lambda: len(store.claims) >= 3)
+        assert len(sink.received) == 1
+        assert sink.gate is not None
+        sink.gate.set()
+        await wait_for(lambda: written(store, "finish_delivery"))
+
+    assert len(sink.received) == 1 and sink.most_running == 1
+    # Written under the newest claim's token, the one the store now matches.
+    assert store.tokens == [("finish_delivery", "msg_1", "t2")]
+    (line,) = [entry for entry in logs if entry["event"] == RECLAIMED]
+    assert line["log_level"] == "warning"
+    assert (line["webhook_id"], line["sink"]) == ("msg_1", "a")
+
+
+@pytest.mark.parametrize(
+    ("answer", "write"), [(None, "finish_fetch"), (P_TRANSIENT, "retry_fetch")]
+)
+async def test_a_fetch_claimed_again_while_it_runs_is_not_run_twice(
+    run: RunDispatcher, answer: PulseError | None, write: str
+) -> None:
+    store = ReclaimingStore(fetches=[FetchTask("msg_1", "job-1", "job.completed", 0, "t1")])
+    pulse = FakePulse(answer or DONE, gate=asyncio.Event())
+    with structlog.testing.capture_logs() as logs:
+        run(store, pulse=pulse)
+        await wait_for(lambda: len(store.claims) >= 3)
+        assert pulse.asked == ["job-1"]
+        assert pulse.gate is not None
+        pulse.gate.set()
+        await wait_for(lambda: written(store, write))
+
+    assert pulse.asked == ["job-1"]
+    assert store.tokens == [(write, "msg_1", "t2")]
+    assert [entry["webhook_id"] for entry in logs if entry["event"] == RECLAIMED] == ["msg_1"]
+
+
+def test_running_work_is_renewed_and_finished_under_its_newest_claim() -> None:
+    running = RunningWork()
+    first = dataclasses.replace(delivery_task(), token="t1")
+    again = dataclasses.replace(first, token="t2")
+    fetch = FetchTask("msg_2", "job-2", "job.completed", 0, "f1")
+    with structlog.testing.capture_logs() as logs:
+        assert running.start_delivery(first) and running.start_fetch(fetch)
+        assert not running.start_delivery(again)
+        assert not running.start_fetch(dataclasses.replace(fetch, token="f2"))
+    assert [entry["event"] for entry in logs] == [RECLAIMED, RECLAIMED]
+    # What the heartbeat renews, and what the first attempt writes its outcome with.
+    assert running.leases() == ([dataclasses.replace(fetch, token="f2")], [again])
+    assert (running.delivery_token(first), running.fetch_token(fetch)) == ("t2", "f2")
+    running.end_delivery(first)
+    running.end_fetch(fetch)
+    assert running.leases() == ([], [])
+    # Once it has ended, a claim of the same delivery runs again.
+    assert running.start_delivery(again)
+
+
+# -- rate limits: a backlog to a rate-limited sink, on a clock moved by hand ---------
+
+
+async def test_a_rate_limited_backlog_starts_at_the_rate_and_delays_no_other_sink(
+    run: RunDispatcher,
+) -> None:
+    clock = FakeClock(0.0)
+    # The limited sink's backlog comes first in the queue: the other sink is not behind it.
+    store = FakeStore(
+        deliveries=[delivery_task(f"msg_{n}", "slow") for n in range(20)]
+        + [delivery_task(f"msg_{n}", "fast") for n in range(5)]
+    )
+    slow, fast = FakeSink("slow"), FakeSink("fast")
+    dispatcher, _ = run(
+        store,
+        slow,
+        fast,
+        concurrency=20,
+        delivery_limit=40,
+        rates_per_second={"slow": 5.0},
+        monotonic=clock,
+    )
+
+    async def settled_at(expected: int) -> None:
+        """`expected` deliveries to the slow sink have started, and a claim round that
+        began after them (at this same instant) starts no more."""
+        await wait_for(lambda: len(slow.received) == expected)
+        claims = len(store.claims)
+        dispatcher.notify()
+        await wait_for(lambda: len(store.claims) > claims)
+        assert len(slow.received) == expected
+        # What cannot start is not claimed: no lease is taken on it.
+        assert store.claims[-1]["free_slots"]["slow"] == 0
+
+    # At once: the burst (one second's worth) and every delivery of the unlimited sink.
+    await wait_for(lambda: len(fast.received) == 5)
+    await settled_at(5)
+    for tenths in range(1, 31):
+        clock.now = tenths / 10
+        dispatcher.notify()
+        # 5 a second after the burst; a token every 0.2 s, none for half of one.
+        await settled_at(min(20, 5 + tenths // 2))
+    assert len(store.deliveries) == 0
+
+
+async def test_a_dispatcher_held_back_by_a_rate_looks_again_when_the_next_token_is_due(
+    run: RunDispatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing else wakes the claim loop in this test: no notify, no idle look.
+    monkeypatch.setattr(dispatcher_module, "IDLE_WAKE_SECONDS", 60.0)
+    clock = FakeClock(0.0)
+    store = FakeStore(deliveries=[delivery_task(f"msg_{n}", "slow") for n in range(3)])
+    slow = FakeSink("slow")
+    run(store, slow, concurrency=5, rates_per_second={"slow": 2.0}, monotonic=clock)
+    await wait_for(lambda: len(slow.received) == 2)
+    clock.now = 0.5
+    await wait_for(lambda: len(slow.received) == 3, timeout_seconds=5.0)

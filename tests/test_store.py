@@ -119,6 +119,29 @@ async def test_deliveries_wait_for_the_fetch_then_are_claimed_within_the_limits(
     assert await store.next_due_at(["a", "b"], include_fetches=True) == clock.now
 
 
+async def test_due_counts_are_the_deliveries_a_claim_could_take_now(
+    store: StoreBackend, clock: FakeClock
+) -> None:
+    for n in range(4):
+        await store.ingest(ingest_record(f"m{n}", job_id=f"job-{n}", needs_fetch=False))
+    # Waiting for its job: not due.
+    await store.ingest(ingest_record("f1", job_id="job-f"))
+    assert await store.due_counts(["a", "b", "c"]) == {"a": 4, "b": 4, "c": 0}
+    assert await store.due_counts([]) == {}
+    # Leased: not due, until the lease runs out.
+    _, leased = await store.claim(
+        fetch_limit=0, free_slots={"a": 1}, total_limit=1, lease_seconds=30
+    )
+    # Retried later: not due until then.
+    await store.finish_delivery(
+        "m3", "b", outcome="retry", attempt=fetched(), next_attempt_at=clock.now + 60
+    )
+    assert len(leased) == 1
+    assert await store.due_counts(["a", "b"]) == {"a": 3, "b": 3}
+    clock.now += 60
+    assert await store.due_counts(["a", "b"]) == {"a": 4, "b": 4}
+
+
 async def test_leases_expire_so_work_of_a_dead_process_is_claimed_again(
     store: StoreBackend, clock: FakeClock
 ) -> None:

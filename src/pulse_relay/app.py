@@ -51,6 +51,7 @@ from pulse_relay.logs import get_logger
 from pulse_relay.metrics import Metrics
 from pulse_relay.poller import Poller, PollerConfig
 from pulse_relay.pulse import PulseClient
+from pulse_relay.ratelimit import rate_limited_sinks
 from pulse_relay.retention import RETENTION_FIRST_RUN_SECONDS, run_retention
 from pulse_relay.sinks import build_sink, retry_policy_for
 from pulse_relay.sinks.base import Sink, matches_any
@@ -295,6 +296,7 @@ class Relay:
                 concurrency=sink.concurrency,
                 timeout_seconds=sink.timeout_seconds,
                 policy=retry_policy_for(sink),
+                rate_per_second=sink.rate_per_second,
             )
             for sink in settings.sinks
             if sink.enabled
@@ -376,6 +378,8 @@ class Relay:
         # Sinks no longer configured still show the work that waits for them.
         for name in {sink.name for sink in self.settings.sinks} | set(counts):
             self.metrics.pending.labels(sink=name).set(counts.get(name, 0))
+        limited = rate_limited_sinks(self.settings.sinks)
+        self.metrics.set_rate_limited(await self.store.due_counts(list(limited)))
         oldest = await self.store.oldest_pending_received_at()
         age_seconds = 0.0 if oldest is None else max(0.0, self._clock() - oldest)
         self.metrics.oldest_pending_seconds.set(age_seconds)

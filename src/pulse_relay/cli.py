@@ -188,17 +188,16 @@ def events_command(
 @click.pass_obj
 def show_command(obj: CommandContext, event_id: str, as_json: bool) -> None:
     """Show one event: headers, payload, job, and every attempt."""
+    from pulse_relay.admin import service
     from pulse_relay.cli_format import event_text
     from pulse_relay.serialize import event_document
 
     settings = obj.settings()
 
-    async def action(store: StoreBackend) -> EventView | None:
-        return await store.get_event(event_id)
+    async def action(store: StoreBackend) -> EventView:
+        return await service.require_event(store, event_id)
 
-    view = with_store(settings, action)
-    if view is None:
-        fail(f"no event with id {event_id!r}")
+    view = with_service(settings, action)
     document = event_document(view)
     if as_json:
         click.echo(json.dumps(document, indent=2))

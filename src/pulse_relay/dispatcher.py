@@ -17,17 +17,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pulse_relay.events import (
-    build_envelope,
-    envelope_source,
-    format_timestamp,
-    sendable_envelope,
-)
 from pulse_relay.fetch import JobFetcher, extraction_id
 from pulse_relay.logs import get_logger, outage_log
 from pulse_relay.metrics import Metrics
+from pulse_relay.outgoing import Prepared, delivery_of, envelope_job, prepare
 from pulse_relay.pulse import FetchedJob, PulseClient
+from pulse_relay.ratelimit import SinkRates
 from pulse_relay.retry import RetryPolicy
+from pulse_relay.running import RunningWork
 from pulse_relay.sinks.base import Delivery, PermanentSinkError, Sink, SinkError, SinkResult
 from pulse_relay.slots import FETCH_SLOT, Slots, delivery_slot
 from pulse_relay.store import (
@@ -56,6 +53,7 @@ class SinkRuntime:
     concurrency: int
     timeout_seconds: float
     policy: RetryPolicy
+    rate_per_second: float | None = None
 
 
 @dataclass(frozen=True)
@@ -66,9 +64,6 @@ class DispatcherLimits:
     fetch_concurrency: int = 8
     lease_seconds: float = 120.0
 
-
-# An event's envelope and its bytes, or what building them raised.
-Prepared = tuple[dict[str, Any], bytes] | Exception
 
 # -- decisions: pure, so every outcome is unit-tested apart from the I/O ------
 
@@ -134,6 +129,7 @@ class Dispatcher:
         fetch_policy: RetryPolicy | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._pulse = pulse
@@ -144,6 +140,8 @@ class Dispatcher:
         # Lines repeated for every job while the Pulse API or the store is down.
         self._outage_log = outage_log(log, clock=clock)
         self._rng = rng or random.Random()
+        # Claimed work still running here, whose leases the heartbeat renews.
+        self._running = RunningWork()
         self._fetcher = (
             None
             if pulse is None
@@ -156,6 +154,7 @@ class Dispatcher:
                 rng=self._rng,
                 outage_log=self._outage_log,
                 finish=self._finish_fetch,
+                lease_token=self._running.fetch_token,
             )
         )
         self._wake = asyncio.Event()
@@ -164,14 +163,15 @@ class Dispatcher:
         self._fetches: set[asyncio.Task[None]] = set()
         self._deliveries: set[asyncio.Task[None]] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
-        # Claimed work still running here, whose leases the heartbeat renews.
-        self._running_fetches: dict[str, FetchTask] = {}
-        self._running_deliveries: dict[tuple[str, str], DeliveryTask] = {}
         # A delivery's slot is held while its sink works (recording the outcome comes after).
         self._slots = Slots(
             {name: runtime.concurrency for name, runtime in self._sinks.items()},
             delivery_limit=limits.concurrency,
             fetch_limit=limits.fetch_concurrency if pulse is not None else 0,
+            rates=SinkRates(
+                {name: runtime.rate_per_second for name, runtime in self._sinks.items()},
+                clock=monotonic,
+            ),
         )
 
     @property
@@ -222,8 +222,7 @@ class Dispatcher:
         interval_seconds = self._limits.lease_seconds / 3
         while True:
             await asyncio.sleep(interval_seconds)
-            fetches = list(self._running_fetches.values())
-            deliveries = list(self._running_deliveries.values())
+            fetches, deliveries = self._running.leases()
             if not fetches and not deliveries:
                 continue
             try:
@@ -263,9 +262,9 @@ class Dispatcher:
         next_due = await self._store.next_due_at(
             self._slots.open_sinks(), include_fetches=self._slots.has_free_fetch
         )
-        if next_due is None:
-            return IDLE_WAKE_SECONDS
-        return min(max(next_due - self._clock(), 0.005), IDLE_WAKE_SECONDS)
+        # A sink out of tokens is left out above: look again when its next one is due.
+        due_seconds = IDLE_WAKE_SECONDS if next_due is None else next_due - self._clock()
+        return max(min(due_seconds, IDLE_WAKE_SECONDS, self._slots.next_token_seconds()), 0.005)
 
     async def _claim(self) -> int:
         # Reserved before the await: a fetch finishing meanwhile claims only what is left.
@@ -280,8 +279,9 @@ class Dispatcher:
         finally:
             self._slots.release(free)
         for fetch in fetches:
+            if not self._running.start_fetch(fetch):
+                continue
             self._slots.reserve(FETCH_SLOT)
-            self._running_fetches[fetch.event_id] = fetch
             self._spawn(self._fetches, self._run_fetch(fetch))
         self._start_deliveries(deliveries)
         return len(fetches) + len(deliveries)
@@ -289,42 +289,19 @@ class Dispatcher:
     def _start_deliveries(self, tasks: list[DeliveryTask]) -> None:
         prepared: dict[tuple[str, bool, str | None], Prepared] = {}
         for task in tasks:
+            if not self._running.start_delivery(task):
+                continue
             # An edited envelope is its own delivery's: the event's other sinks get theirs.
             key = (task.event_id, task.is_replay, task.sink if task.edited_envelope else None)
             if key not in prepared:
-                prepared[key] = self._prepare(task)
-            self._slots.reserve(delivery_slot(task.sink))
-            self._running_deliveries[task.event_id, task.sink] = task
+                prepared[key] = prepare(task)
+            self._slots.start_delivery(task.sink)
             self._spawn(self._deliveries, self._run_delivery(task, prepared[key]))
 
     def _spawn(self, group: set[asyncio.Task[None]], work: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(work)
         group.add(task)
         task.add_done_callback(group.discard)
-
-    def _prepare(self, task: DeliveryTask) -> Prepared:
-        """The envelope of `task`'s event and its bytes, or what building them raised: a
-        document no rule foresaw fails that event's deliveries, never the claim (the
-        work claimed beside it would wait for its leases to run out). An edited replay
-        sends its own envelope, under the same rules (lone surrogates replaced)."""
-        try:
-            if task.edited_envelope is not None:
-                return sendable_envelope(task.edited_envelope)
-            return sendable_envelope(
-                build_envelope(
-                    event_id=task.event_id,
-                    event_type=task.event_type,
-                    job_id=task.job_id,
-                    received_at=task.received_at,
-                    source=envelope_source(task.source, is_replay=task.is_replay),
-                    body=task.body,
-                    job=task.job,
-                    result_url=task.result_url,
-                    metadata=task.metadata,
-                )
-            )
-        except Exception as error:
-            return error
 
     # -- fetching --------------------------------------------------------
 
@@ -345,7 +322,7 @@ class Dispatcher:
             log.exception("job fetch failed unexpectedly", **context)
         finally:
             self._slots.release(FETCH_SLOT)
-            self._running_fetches.pop(task.event_id, None)
+            self._running.end_fetch(task)
 
     async def _finish_fetch(self, task: FetchTask, fetched: FetchedJob, attempt: Attempt) -> None:
         # The event's sinks start straight from this transaction, without waiting
@@ -360,7 +337,7 @@ class Dispatcher:
                 free_slots=free.per_sink,
                 total_limit=free.deliveries,
                 lease_seconds=self._limits.lease_seconds,
-                token=task.token,
+                token=self._running.fetch_token(task),
             )
         finally:
             self._slots.release(free)
@@ -393,9 +370,10 @@ class Dispatcher:
                 )
                 answer = sink_failure(prepared, timeout_seconds=runtime.timeout_seconds)
             else:
-                delivery = _delivery(task, *prepared)
+                delivery = delivery_of(task, *prepared)
                 context.update(
-                    status=delivery.job_status, extraction_id=extraction_id(_job(delivery.envelope))
+                    status=delivery.job_status,
+                    extraction_id=extraction_id(envelope_job(delivery.envelope)),
                 )
                 answer = await self._deliver(runtime, delivery, context)
         except Exception as error:
@@ -415,7 +393,7 @@ class Dispatcher:
         except Exception:
             log.exception("recording the delivery failed unexpectedly", **context)
         finally:
-            self._running_deliveries.pop((task.event_id, task.sink), None)
+            self._running.end_delivery(task)
 
     async def _deliver(
         self, runtime: SinkRuntime, delivery: Delivery, context: dict[str, Any]
@@ -463,7 +441,7 @@ class Dispatcher:
             outcome=decision.outcome,
             attempt=attempt,
             next_attempt_at=decision.next_attempt_at,
-            token=task.token,
+            token=self._running.delivery_token(task),
         )
         self._metrics.deliveries.labels(sink=task.sink, outcome=decision.outcome).inc()
         level, message = _DELIVERY_LOG[decision.outcome]
@@ -475,25 +453,3 @@ class Dispatcher:
         if decision.retry_in_seconds is not None:
             fields["retry_in_seconds"] = round(decision.retry_in_seconds, 2)
         log.log(level, message, **fields, **context)
-
-
-def _job(envelope: dict[str, Any]) -> dict[str, Any] | None:
-    # An edited envelope may hold anything, or nothing, under "job".
-    job = envelope.get("job")
-    return job if isinstance(job, dict) else None
-
-
-def _delivery(task: DeliveryTask, envelope: dict[str, Any], body: bytes) -> Delivery:
-    # The job status from the envelope, whose text the sinks can take (the stored job's
-    # may not be); the event's id, type, job id and time from the store, never from an
-    # edited envelope: file names and commands' variables are made of them.
-    job_status = (_job(envelope) or {}).get("status")
-    return Delivery(
-        event_id=task.event_id,
-        event_type=task.event_type,
-        job_id=task.job_id,
-        job_status=job_status if isinstance(job_status, str) else None,
-        envelope=envelope,
-        body=body,
-        received_at=format_timestamp(task.received_at),
-    )

@@ -106,6 +106,7 @@ class JobFetcher:
         rng: random.Random,
         outage_log: SampledLog,
         finish: Callable[[FetchTask, FetchedJob, Attempt], Awaitable[None]],
+        lease_token: Callable[[FetchTask], str | None],
     ) -> None:
         self._store = store
         self._pulse = pulse
@@ -116,6 +117,8 @@ class JobFetcher:
         self._outage_log = outage_log
         # Persists a fetched job and starts its deliveries: the dispatcher's slots.
         self._finish = finish
+        # The token of the fetch's newest claim: it may be claimed again while it runs.
+        self._lease_token = lease_token
 
     async def fetch(self, task: FetchTask, attempt_number: int, context: dict[str, Any]) -> None:
         """Fetch the job, decide, then one store write, one metric and one log line."""
@@ -172,7 +175,9 @@ class JobFetcher:
                 task.event_id,
                 next_fetch_at=decision.next_fetch_at,
                 attempt=attempt,
-                token=task.token,
+                token=self._lease_token(task),
             )
         else:
-            await self._store.fail_fetch(task.event_id, attempt=attempt, token=task.token)
+            await self._store.fail_fetch(
+                task.event_id, attempt=attempt, token=self._lease_token(task)
+            )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -54,6 +56,11 @@ class Metrics:
             "sink",
         )
         self.pending = gauge("pulse_relay_pending", "Deliveries waiting, by sink.", "sink")
+        self.rate_limited = gauge(
+            "pulse_relay_rate_limited",
+            "Deliveries due to a rate-limited sink and not started yet, by sink.",
+            "sink",
+        )
         self.oldest_pending_seconds = gauge(
             "pulse_relay_oldest_pending_seconds", "Age of the oldest event with work still pending."
         )
@@ -76,6 +83,13 @@ class Metrics:
         self.reloads = counter(
             "pulse_relay_config_reloads", "Configuration reloads on SIGHUP, by outcome.", "outcome"
         )
+
+    def set_rate_limited(self, held_back: Mapping[str, int]) -> None:
+        """The rate-limited sinks' held-back counts; a sink whose limit a reload removed
+        loses its series rather than keeping a stale count."""
+        self.rate_limited.clear()
+        for sink, count in held_back.items():
+            self.rate_limited.labels(sink=sink).set(count)
 
     def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
         return Counter(name, documentation, labels, registry=self.registry)

@@ -160,13 +160,30 @@ SCHEMAS: dict[str, Any] = {
         answer={"description": "The ingress's JSON answer"},
     ),
     "Stats": _object(
-        ["events", "deliveries", "pending", "oldest_pending_seconds", "version", "store_backend"],
+        [
+            "events",
+            "deliveries",
+            "pending",
+            "oldest_pending_seconds",
+            "version",
+            "store_backend",
+            "rate_limited",
+        ],
         events=COUNTS,
         deliveries=COUNTS,
         pending=COUNTS,
         oldest_pending_seconds=_nullable("number"),
         version={"type": "string"},
         store_backend={"type": "string"},
+        rate_limited={
+            "type": "object",
+            "description": "Per rate-limited sink: its limit and the due deliveries it holds back",
+            "additionalProperties": _object(
+                ["rate_per_second", "held_back"],
+                rate_per_second={"type": "number"},
+                held_back={"type": "integer"},
+            ),
+        },
     ),
     "Health": _object(
         ["status"],

@@ -18,6 +18,7 @@ import aiohttp
 
 from pulse_relay.admin.errors import BadRequest, Conflict, NotFound, Unavailable
 from pulse_relay.events import build_envelope, envelope_source, is_valid_job_id, sendable_envelope
+from pulse_relay.ratelimit import rate_limited_sinks
 from pulse_relay.serialize import event_document, watch_document
 from pulse_relay.store import DELIVERY_STATES, EventCursor, EventView, StoreBackend
 from pulse_relay.store.filters import (
@@ -98,10 +99,15 @@ async def event_item(ctx: AdminContext, event_id: str) -> dict[str, Any] | None:
     return event_document(views[0]) if views else None
 
 
-async def _require_event(ctx: AdminContext, event_id: str) -> EventView:
-    view = await ctx.store.get_event(event_id)
+async def require_event(store: StoreBackend, event_id: str) -> EventView:
+    """One event in full; NotFound says whether it was pruned or never stored.
+
+    The admin API (`get_event`) and the command line (`show`) both call this, so a
+    pruned event is "pruned" on both sides.
+    """
+    view = await store.get_event(event_id)
     if view is None:
-        if await ctx.store.is_pruned(event_id):
+        if await store.is_pruned(event_id):
             raise NotFound(f"event {event_id!r} was pruned (store.retention_days)")
         raise NotFound(f"no event with id {event_id!r}")
     return view
@@ -148,13 +154,13 @@ def _event_answer(view: EventView) -> dict[str, Any]:
 async def get_event(ctx: AdminContext, event_id: str) -> dict[str, Any]:
     """One event as `show --json` prints it, plus `envelopes`: what each sink received
     (lone surrogates shown as U+FFFD)."""
-    return _event_answer(await _require_event(ctx, event_id))
+    return _event_answer(await require_event(ctx.store, event_id))
 
 
 async def event_page(ctx: AdminContext, event_id: str) -> tuple[dict[str, Any], Any]:
     """`get_event`'s document, and the original envelope (as first delivered, before any
     replay): what the inspector shows an edited attempt's envelope against."""
-    view = await _require_event(ctx, event_id)
+    view = await require_event(ctx.store, event_id)
     original = replace_lone_surrogates(built_envelope(view, is_replay=False))
     return _event_answer(view), original
 
@@ -352,6 +358,8 @@ async def stats(ctx: AdminContext) -> dict[str, Any]:
     events, deliveries = await ctx.store.state_counts()
     pending = await ctx.store.pending_counts()
     oldest = await ctx.store.oldest_pending_received_at()
+    rates = rate_limited_sinks(ctx.settings.sinks)
+    held_back = await ctx.store.due_counts(list(rates))
     return {
         "events": {state: events.get(state, 0) for state in EVENT_STATES},
         "deliveries": {state: deliveries.get(state, 0) for state in DELIVERY_STATES},
@@ -360,6 +368,11 @@ async def stats(ctx: AdminContext) -> dict[str, Any]:
             for name in sorted({sink.name for sink in ctx.settings.sinks} | set(pending))
         },
         "oldest_pending_seconds": None if oldest is None else max(0.0, ctx.clock() - oldest),
+        # Rate-limited sinks: their limit and the due deliveries it holds back.
+        "rate_limited": {
+            name: {"rate_per_second": rate, "held_back": held_back.get(name, 0)}
+            for name, rate in sorted(rates.items())
+        },
         "version": ctx.version,
         "store_backend": ctx.store_backend,
     }

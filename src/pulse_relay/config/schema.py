@@ -302,6 +302,8 @@ class _SinkBase(_Section):
     retry_initial_seconds: float = Field(default=1.0, gt=0)
     retry_max_seconds: float = Field(default=600.0, gt=0)
     concurrency: int = Field(default=8, ge=1)
+    # Attempts started per second at most (a token bucket, burst of one second's worth).
+    rate_per_second: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
 class FileSinkSettings(_SinkBase):

@@ -241,6 +241,9 @@ class ViewStore(Protocol):
     async def pending_counts(self) -> dict[str, int]:
         """Pending deliveries per sink."""
 
+    async def due_counts(self, sinks: Sequence[str]) -> dict[str, int]:
+        """Deliveries of each of `sinks` that could be claimed now (due, not leased)."""
+
     async def oldest_pending_received_at(self) -> float | None:
         """When the oldest event with pending work arrived; None if none."""
 

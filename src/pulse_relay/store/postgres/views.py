@@ -59,6 +59,23 @@ class ViewsMixin(WatchesMixin, EventListing):
             )
             return {row[0]: int(row[1]) for row in await cursor.fetchall()}
 
+    async def due_counts(self, sinks: Sequence[str]) -> dict[str, int]:
+        """Deliveries of each of `sinks` that could be claimed now (due, not leased)."""
+        now = self._clock()
+        counts = dict.fromkeys(sinks, 0)
+        if not counts:
+            return counts
+        async with self.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT d.sink, COUNT(*) FROM deliveries d JOIN events e ON e.id = d.event_id "
+                "WHERE d.state = 'pending' AND d.sink = ANY(%s) AND d.next_attempt_at <= %s "
+                "AND (d.lease_until IS NULL OR d.lease_until <= %s) "
+                "AND e.fetch_state IN ('none', 'done') GROUP BY d.sink",
+                (list(counts), now, now),
+            )
+            counts.update({row[0]: int(row[1]) for row in await cursor.fetchall()})
+        return counts
+
     async def oldest_pending_received_at(self) -> float | None:
         """When the oldest event with a pending delivery or fetch arrived; None if none."""
         async with self.connection() as conn:

@@ -62,6 +62,21 @@ class ViewsMixin(WatchesMixin, EventListing):
         ) as cursor:
             return {row[0]: int(row[1]) async for row in cursor}
 
+    async def due_counts(self, sinks: Sequence[str]) -> dict[str, int]:
+        """Deliveries of each of `sinks` that could be claimed now (due, not leased)."""
+        now = self._clock()
+        counts = dict.fromkeys(sinks, 0)
+        for chunk in chunks(list(counts)):
+            async with self.read(
+                "SELECT d.sink, COUNT(*) FROM deliveries d JOIN events e ON e.id = d.event_id "
+                f"WHERE d.state = 'pending' AND d.sink IN ({placeholders(len(chunk))}) "
+                "AND d.next_attempt_at <= ? AND (d.lease_until IS NULL OR d.lease_until <= ?) "
+                "AND e.fetch_state IN ('none', 'done') GROUP BY d.sink",
+                [*chunk, now, now],
+            ) as cursor:
+                counts.update({row[0]: int(row[1]) async for row in cursor})
+        return counts
+
     async def oldest_pending_received_at(self) -> float | None:
         """When the oldest event with a pending delivery or fetch arrived; None if none."""
         async with self.read(
