@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -406,3 +407,64 @@ async def test_both_backends_answer_the_same_documents(
     assert [item["id"] for item in sqlite["/events?state=repeat"]["events"]] == ["msg_repeat"]
     assert len(sqlite["/events/msg_1"]["attempts"]) == 2
     assert postgresql == sqlite
+
+
+async def test_an_edited_replay_reaches_the_sink_and_is_kept_with_its_attempt(
+    relay: Relay, tmp_path: Path
+) -> None:
+    await post_webhook(relay, "msg_e", job_id="job-e")
+    await settled(relay, "msg_e")
+    _, before = await call("GET", api(relay, "/events/msg_e"))
+    edited = {**before["envelopes"]["files"], "job": {"status": "fixed"}, "note": "caf\ud800"}
+    status, answer = await call(
+        "POST",
+        api(relay, "/events/msg_e/replay"),
+        headers={"X-Pulse-Relay": "1"},
+        json_body={"sinks": ["files"], "envelope": edited},
+    )
+    assert (status, answer) == (202, {"id": "msg_e", "queued": 1, "sinks": ["files"]})
+
+    async def replayed() -> bool:
+        view = await relay.store.get_event("msg_e")
+        return view is not None and len(view.attempts) == 2
+
+    await wait_for(replayed)
+    await settled(relay, "msg_e")
+    sent = {**edited, "note": "caf\ufffd"}  # lone surrogates are replaced, as always
+    (written,) = (tmp_path / "out").iterdir()
+    assert json.loads(written.read_bytes()) == sent
+    _, event = await call("GET", api(relay, "/events/msg_e"))
+    first, second = event["attempts"]
+    assert (first["edited"], first["edited_envelope"]) == (False, None)
+    assert (second["edited"], second["edited_envelope"]) == (True, sent)
+    assert event["envelopes"]["files"] == sent
+    # The stored event never changes.
+    assert (event["payload"], event["job"]) == (before["payload"], before["job"])
+
+
+# The test client's own warning about posting a megabyte from memory.
+@pytest.mark.filterwarnings("ignore:Sending a large body:ResourceWarning")
+async def test_an_edited_envelope_must_be_an_object_of_at_most_one_mebibyte(
+    relay: Relay,
+) -> None:
+    await post_webhook(relay, "msg_b")
+    await settled(relay, "msg_b")
+    url = api(relay, "/events/msg_b/replay")
+    headers = {"X-Pulse-Relay": "1"}
+    for bad in ([1], "{}", None, 3):
+        status, body = await call("POST", url, headers=headers, json_body={"envelope": bad})
+        assert (status, body["error"]) == (400, "bad_request"), bad
+        assert body["detail"].startswith("envelope:"), body
+    # 1 MiB as the sinks receive it (compact UTF-8 JSON), whatever the request's escapes.
+    filler = "é" * ((1024 * 1024 - len('{"x":""}')) // 2)
+    status, body = await call("POST", url, headers=headers, json_body={"envelope": {"x": filler}})
+    assert status == 202, body
+    over = {"x": filler + "ab"}
+    status, body = await call("POST", url, headers=headers, json_body={"envelope": over})
+    assert status == 400 and body["detail"].startswith("envelope:") and "1 MiB" in body["detail"]
+    view = await relay.store.get_event("msg_b")
+    assert view is not None and view.deliveries["files"].edited_envelope == {"x": filler}
+    # A body the API reads whole: room for any 1 MiB envelope's escapes, and no more.
+    huge = b'{"envelope": {"x": "%s"}}' % (b"y" * 4 * 1024 * 1024)
+    status, body = await call("POST", url, headers=headers, data=huge)
+    assert (status, body["error"]) == (413, "request_entity_too_large")

@@ -9,6 +9,7 @@ them; under CI (`$CI` set, as `.ci/run` does) that is a failure.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sys
 from collections.abc import AsyncIterator
@@ -20,7 +21,14 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
 
-from pulse_relay.admin.ui import age_text, duration_text, safe_next, short_time
+from pulse_relay.admin.ui import (
+    MAX_DIFF_LINES,
+    age_text,
+    duration_text,
+    envelope_diff,
+    safe_next,
+    short_time,
+)
 from pulse_relay.app import Relay
 from pulse_relay.emulator import PulseEmulator
 from tests.helpers import (
@@ -397,6 +405,25 @@ def test_people_readable_times() -> None:
     assert short_time("not a time") == "not a time"
 
 
+def test_an_edited_envelope_is_diffed_line_by_line_unless_too_long() -> None:
+    original = {"id": "m", "job": {"status": "failed"}, "tail": 1}
+    edited = {"id": "m", "job": {"status": "completed"}, "tail": 1}
+    assert envelope_diff(original, edited) == [
+        ("hunk", "@@ -1,7 +1,7 @@"),
+        ("same", " {"),
+        ("same", '   "id": "m",'),
+        ("same", '   "job": {'),
+        ("del", '-    "status": "failed"'),
+        ("add", '+    "status": "completed"'),
+        ("same", "   },"),
+        ("same", '   "tail": 1'),
+        ("same", " }"),
+    ]
+    assert envelope_diff(original, dict(original)) == []
+    long = {f"k{n}": n for n in range(MAX_DIFF_LINES)}
+    assert envelope_diff(original, long) is None
+
+
 # -- the real UI in headless Chromium ---------------------------------------------------
 
 
@@ -729,3 +756,59 @@ async def take_screenshots(relay: Relay, featured: str, watched: Watched, out: P
     await open_live(page, f"{relay.admin_url}/events/{featured}")
     await expect(page.locator('[data-sink="app"] table.attempts tbody tr')).to_have_count(2)
     await page.screenshot(path=out / "inspector-event.png", full_page=True)
+
+
+HOSTILE_NOTE = "</textarea><script>alert(1)</script><img src=x onerror=window.__xss=1>"
+
+
+async def test_edit_and_replay_checks_the_envelope_sends_it_and_shows_its_diff(
+    relay: Relay, emulator: PulseEmulator, receiver: Receiver, watched: Watched
+) -> None:
+    await send(relay, emulator, webhook_id="msg_edit_1", job_id="job-edit")
+    await settled(relay, "msg_edit_1")
+    page = watched.page
+    await open_live(page, relay.admin_url + "/events/msg_edit_1")
+    await page.get_by_text("Edit and replay").click()
+    form = page.locator("form#edit-replay")
+    area = form.locator("textarea")
+    original = json.loads(await area.input_value())
+    assert (original["id"], original["job"]["status"]) == ("msg_edit_1", "completed")
+    await expect(form.get_by_label("app")).to_be_checked()
+
+    # Checked in the page: nothing reaches the API.
+    send_button = form.get_by_role("button", name="Replay edited envelope")
+    for text, problem in (("[1, 2]", "must be a JSON object"), ("{oops", "not valid JSON")):
+        await area.fill(text)
+        await send_button.click()
+        await expect(form.locator("[data-edit-error]")).to_contain_text(f"envelope: {problem}")
+    await area.fill(json.dumps(original))
+    await form.get_by_label("app").uncheck()
+    await send_button.click()
+    await expect(form.locator("[data-edit-error]")).to_contain_text("sinks: choose")
+    assert receiver.attempts == 1
+
+    edited = {**original, "job": {**original["job"], "status": "fixed"}, "note": HOSTILE_NOTE}
+    await form.get_by_label("app").check()
+    await area.fill(json.dumps(edited, indent=2))
+    await send_button.click()
+    await expect(page.locator("#flash")).to_have_text("Edited envelope queued for app.")
+    await expect(form.locator("[data-edit-error]")).to_be_hidden()
+    card = page.locator('[data-sink="app"]')
+    await expect(card.locator("table.attempts tbody tr")).to_have_count(2)
+    await expect(card.locator("table.attempts tbody tr").nth(1)).to_contain_text("edited")
+    assert receiver.received[-1].envelope == edited
+    diff = card.locator("pre.diff")
+    # Against the original envelope, line by line: only what was edited.
+    await expect(diff.locator(".del")).to_have_text(['-    "status": "completed",', "-  }"])
+    await expect(diff.locator(".add")).to_have_text(
+        ['+    "status": "fixed",', "+  },", f'+  "note": {json.dumps(HOSTILE_NOTE)}']
+    )
+
+    # A full render: the textarea now starts from what the sink received, as text.
+    await page.reload()
+    await page.get_by_text("Edit and replay").click()
+    assert json.loads(await area.input_value()) == edited
+    assert await page.evaluate("window.__xss") is None
+    assert await page.locator("main script, main img").count() == 0
+    assert watched.dialogs == []
+    assert watched.errors == []

@@ -557,3 +557,68 @@ def test_check_config_shows_which_store_with_only_its_credentials_masked(tmp_pat
     result = run_cli("check-config", config=config)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["store"]["url"] == "sqlite:rel.db"
+
+
+async def test_replay_with_an_edited_envelope_from_a_file_or_stdin(
+    served: tuple[Served, int, Path], tmp_path: Path
+) -> None:
+    _, port, config = served
+    body = make_body(event_type="job.created", job_id="job-edit")
+    headers = {**_sign(body, "msg_edit"), "content-type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"http://127.0.0.1:{port}/webhooks/pulse", data=body, headers=headers) as r,
+    ):
+        assert r.status == 202
+    written = tmp_path / "results" / "job-edit.json"
+    await wait_for(written.exists)
+    original = json.loads(written.read_bytes())
+    written.unlink()
+
+    edited = {**original, "job": {"status": "fixed by hand"}}
+    envelope_file = tmp_path / "edited.json"
+    envelope_file.write_text(json.dumps(edited, indent=2))
+    result = run_cli(
+        "replay", "msg_edit", "--sink", "results", "--envelope", str(envelope_file), config=config
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, "1 delivery queued for replay")
+    await wait_for(written.exists)
+    assert json.loads(written.read_bytes()) == edited
+    written.unlink()
+    from_stdin = {"from": "stdin"}
+    result = run_cli(
+        "replay", "msg_edit", "--envelope", "-", config=config, input_text=json.dumps(from_stdin)
+    )
+    assert result.returncode == 0, result.stderr
+    await wait_for(written.exists)
+    assert json.loads(written.read_bytes()) == from_stdin
+
+    def attempts_recorded() -> bool:
+        shown = run_cli("show", "msg_edit", "--json", config=config)
+        return len(json.loads(shown.stdout)["attempts"]) == 3
+
+    await wait_for(attempts_recorded, timeout_seconds=20, interval_seconds=0.2)
+    attempts = json.loads(run_cli("show", "msg_edit", "--json", config=config).stdout)["attempts"]
+    assert [(a["edited"], a["edited_envelope"]) for a in attempts] == [
+        (False, None),
+        (True, edited),
+        (True, from_stdin),
+    ]
+
+    # Refusals name --envelope, exit 1 and queue nothing.
+    big = json.dumps({"x": "y" * 1024 * 1024})
+    for text, problem in (
+        ("[1]", "--envelope: a JSON object"),
+        ("{not json", "--envelope: stdin is not valid JSON"),
+        ('{"x": NaN}', "--envelope: stdin is not valid JSON"),
+        (big, "over 1048576 (1 MiB)"),
+    ):
+        refused = run_cli("replay", "msg_edit", "--envelope", "-", config=config, input_text=text)
+        assert refused.returncode == 1 and problem in refused.stderr, refused.stderr
+        assert refused.stderr.startswith("pulse-relay: --envelope: ")
+    missing = run_cli("replay", "msg_edit", "--envelope", str(tmp_path / "nope"), config=config)
+    assert missing.returncode == 1 and "--envelope: cannot read" in missing.stderr
+    two = run_cli("replay", "msg_edit", "msg_x", "--envelope", "-", config=config)
+    assert two.returncode == 2 and "one event id" in two.stderr
+    shown = json.loads(run_cli("show", "msg_edit", "--json", config=config).stdout)
+    assert len(shown["attempts"]) == 3

@@ -508,3 +508,50 @@ async def test_stats_and_metrics_show_what_a_rate_holds_back_and_other_sinks_go_
         if sample.name == "pulse_relay_rate_limited"
     }
     assert gauges == {("pulse_relay_rate_limited", (("sink", "app"),)): 2.0}
+
+
+# -- edit and replay ------------------------------------------------------------
+
+
+async def test_an_edited_replay_is_re_signed_for_http_and_piped_to_the_command(
+    start_relay: StartRelay,
+    pipeline_settings: PipelineSettings,
+    emulator: PulseEmulator,
+    receiver: Receiver,
+    tmp_path: Path,
+    command_out: Path,
+) -> None:
+    emulator.add_job("job-e", status="failed")
+    relay = await start_relay(pipeline_settings())
+    assert (await send(relay, emulator, "job.failed", "job-e", webhook_id="msg_e"))[0] == 202
+    assert set((await settled(relay, "msg_e")).values()) == {"delivered"}
+    original = (tmp_path / "files" / "job-e.json").read_bytes()
+    edited = {**json.loads(original), "job": {"status": "completed", "fixed": "caf\ud800"}}
+    # A plain replay to the file sink, claimed with the edited ones: it keeps its own.
+    assert await relay.store.replay(["msg_e"], sink="files") == 1
+    status, _ = await call(
+        "POST",
+        relay.admin_url + "/api/events/msg_e/replay",
+        headers={"X-Pulse-Relay": "1"},
+        json_body={"sinks": ["app", "cmd"], "envelope": edited},
+    )
+    assert status == 202
+
+    await wait_for(lambda: len(receiver.received) == 2)
+    assert set((await settled(relay, "msg_e")).values()) == {"delivered"}
+    sent = {**edited, "job": {"status": "completed", "fixed": "caf\ufffd"}}
+    body = receiver.received[-1].body
+    assert json.loads(body) == sent
+    headers = receiver.received[-1].headers
+    assert headers["webhook-id"] == "msg_e"
+    assert Webhook(SINK_SECRET).verify(body, headers) == sent
+    assert (command_out / "msg_e.json").read_bytes() == body
+    env = json.loads((command_out / "msg_e.env").read_text())
+    assert (env["PULSE_EVENT_ID"], env["PULSE_JOB_STATUS"]) == ("msg_e", "completed")
+    # The file sink, replayed without an edit, got the event's envelope; the stored job
+    # is as fetched.
+    replayed = json.loads((tmp_path / "files" / "job-e.json").read_bytes())
+    assert replayed == {**json.loads(original), "source": "replay"}
+    view = await relay.store.get_event("msg_e")
+    assert view is not None and view.job["status"] == "failed"
+    assert emulator.get_count("job-e") == 1

@@ -638,3 +638,53 @@ async def test_watch_metadata_no_store_can_hold_is_kept_with_replacements(
         "text": "\\u0000",
         "k\ufffd": 1,
     }
+
+
+async def claim_all(store: StoreBackend) -> list[Any]:
+    _, deliveries = await store.claim(
+        fetch_limit=0, free_slots={"a": 5, "b": 5}, total_limit=10, lease_seconds=30
+    )
+    return sorted(deliveries, key=lambda task: task.sink)
+
+
+def delivered(sink: str, task: Any) -> Attempt:
+    return Attempt(sink, 1, 0.0, 1.0, "delivered", 200, edited_envelope=task.edited_envelope)
+
+
+async def test_an_edited_replay_sends_its_envelope_once_and_keeps_it_with_its_attempts(
+    store: StoreBackend,
+) -> None:
+    await store.ingest(ingest_record("m1", needs_fetch=False))
+    for task in await claim_all(store):
+        assert task.edited_envelope is None
+        await store.finish_delivery(
+            "m1", task.sink, outcome="delivered", attempt=delivered(task.sink, task)
+        )
+    # Key order is kept; a lone surrogate is stored (and sent) as U+FFFD, a NUL as written.
+    edited = {"z": 1, "id": "m1", "a": ["caf\ud800", "nul\x00"]}
+    assert await store.replay(["m1"], sink="a", edited_envelope=edited) == 1
+    (task,) = await claim_all(store)
+    assert (task.sink, task.is_replay) == ("a", True)
+    assert task.edited_envelope == {"z": 1, "id": "m1", "a": ["caf\ufffd", "nul\x00"]}
+    assert list(task.edited_envelope) == ["z", "id", "a"]
+    await store.finish_delivery("m1", "a", outcome="delivered", attempt=delivered("a", task))
+
+    view = await store.get_event("m1")
+    assert view is not None
+    assert view.body == ingest_record("m1").body  # the event itself never changes
+    assert view.deliveries["a"].edited_envelope == task.edited_envelope
+    assert view.deliveries["b"].edited_envelope is None
+    assert [(a.sink, a.edited_envelope) for a in view.attempts] == [
+        ("a", None),
+        ("b", None),
+        ("a", task.edited_envelope),
+    ]
+    (listed,) = await store.list_events(event_id="m1")
+    assert listed.deliveries["a"].edited_envelope is None  # listings never read it
+
+    # The edit held for its own replay only: the next one sends the event's envelope.
+    assert await store.replay(["m1"]) == 2
+    assert [task.edited_envelope for task in await claim_all(store)] == [None, None]
+    view = await store.get_event("m1")
+    assert view is not None and view.deliveries["a"].edited_envelope is None
+    assert view.attempts[-1].edited_envelope == task.edited_envelope

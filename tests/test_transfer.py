@@ -83,6 +83,15 @@ async def fill_every_state(store: StoreBackend) -> None:
     await store.finish_delivery(
         "evt_delivered", FILE_SINK, outcome="delivered", attempt=attempt(FILE_SINK, 1, "ok")
     )
+    # An edited replay's attempt keeps the envelope it sent.
+    edited = {"id": "evt_delivered", "note": "fixed by hand"}
+    await store.replay(["evt_delivered"], sink=FILE_SINK, edited_envelope=edited)
+    await store.finish_delivery(
+        "evt_delivered",
+        FILE_SINK,
+        outcome="delivered",
+        attempt=attempt(FILE_SINK, 2, "ok", edited_envelope=edited),
+    )
     await store.ingest(record("evt_pending", now - 40, job_id="job-pending"))
     await store.finish_delivery(
         "evt_pending",

@@ -211,36 +211,32 @@ def show_command(obj: CommandContext, event_id: str, as_json: bool) -> None:
 @click.argument("event_ids", nargs=-1)
 @click.option("--dead", "dead_only", is_flag=True, help="Replay every dead delivery.")
 @click.option("--sink", help="Only deliveries to this sink.")
+@click.option(
+    "--envelope",
+    "envelope_file",
+    metavar="FILE",
+    help="Send this JSON envelope instead, this once (- for stdin; one event id).",
+)
 @click.pass_obj
 def replay_command(
-    obj: CommandContext, event_ids: tuple[str, ...], dead_only: bool, sink: str | None
+    obj: CommandContext,
+    event_ids: tuple[str, ...],
+    dead_only: bool,
+    sink: str | None,
+    envelope_file: str | None,
 ) -> None:
     """Deliver events again (envelope source "replay"); the running daemon picks them up."""
     if not event_ids and not dead_only:
         raise click.UsageError("give event ids, or --dead")
     if event_ids and dead_only:
         raise click.UsageError("give event ids or --dead, not both")
-    from pulse_relay.admin import service
+    if envelope_file is not None and len(set(event_ids)) != 1:
+        raise click.UsageError("--envelope replays one event: give one event id")
+    from pulse_relay.cli_replay import read_envelope, replay
 
     settings = obj.settings()
-
-    async def action(store: StoreBackend) -> int:
-        if dead_only:
-            sink_names = {s.name for s in settings.sinks}
-            answer = await service.replay_matching(store, sink_names, {"sink": sink})
-            return int(answer["queued"])
-        body = {} if sink is None else {"sinks": [sink]}
-        unique_ids = list(dict.fromkeys(event_ids))
-        # Every id is checked before any is queued: one typo replays nothing.
-        for event_id in unique_ids:
-            await service.replay_target(store, event_id, body)
-        queued = 0
-        for event_id in unique_ids:
-            answer = await service.replay_one(store, event_id, body)
-            queued += int(answer["queued"])
-        return queued
-
-    count = with_service(settings, action)
+    envelope = None if envelope_file is None else read_envelope(envelope_file)
+    count = replay(settings, event_ids, dead_only=dead_only, sink=sink, envelope=envelope)
     click.echo(f"{count} deliver{'y' if count == 1 else 'ies'} queued for replay")
 
 

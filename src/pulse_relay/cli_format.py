@@ -105,6 +105,8 @@ def _deliveries_text(view: EventView) -> list[str]:
     lines.append("attempts:")
     for attempt in view.attempts:
         what = attempt.sink or "job fetch"
+        if attempt.edited_envelope is not None:
+            what += " (edited envelope: see --json)"
         code = f" [{attempt.status_code}]" if attempt.status_code is not None else ""
         error = f" {printable(attempt.error)}" if attempt.error else ""
         lines.append(

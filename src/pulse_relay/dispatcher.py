@@ -17,14 +17,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pulse_relay.events import (
-    build_envelope,
-    envelope_source,
-    sendable_envelope,
-)
 from pulse_relay.fetch import JobFetcher, extraction_id
 from pulse_relay.logs import get_logger, outage_log
 from pulse_relay.metrics import Metrics
+from pulse_relay.outgoing import Prepared, delivery_of, envelope_job, prepare
 from pulse_relay.pulse import FetchedJob, PulseClient
 from pulse_relay.ratelimit import SinkRates
 from pulse_relay.retry import RetryPolicy
@@ -68,9 +64,6 @@ class DispatcherLimits:
     fetch_concurrency: int = 8
     lease_seconds: float = 120.0
 
-
-# An event's envelope and its bytes, or what building them raised.
-Prepared = tuple[dict[str, Any], bytes] | Exception
 
 # -- decisions: pure, so every outcome is unit-tested apart from the I/O ------
 
@@ -294,13 +287,14 @@ class Dispatcher:
         return len(fetches) + len(deliveries)
 
     def _start_deliveries(self, tasks: list[DeliveryTask]) -> None:
-        prepared: dict[tuple[str, bool], Prepared] = {}
+        prepared: dict[tuple[str, bool, str | None], Prepared] = {}
         for task in tasks:
             if not self._running.start_delivery(task):
                 continue
-            key = (task.event_id, task.is_replay)
+            # An edited envelope is its own delivery's: the event's other sinks get theirs.
+            key = (task.event_id, task.is_replay, task.sink if task.edited_envelope else None)
             if key not in prepared:
-                prepared[key] = self._prepare(task)
+                prepared[key] = prepare(task)
             self._slots.start_delivery(task.sink)
             self._spawn(self._deliveries, self._run_delivery(task, prepared[key]))
 
@@ -308,27 +302,6 @@ class Dispatcher:
         task: asyncio.Task[None] = asyncio.create_task(work)
         group.add(task)
         task.add_done_callback(group.discard)
-
-    def _prepare(self, task: DeliveryTask) -> Prepared:
-        """The envelope of `task`'s event and its bytes, or what building them raised: a
-        document no rule foresaw fails that event's deliveries, never the claim (the
-        work claimed beside it would wait for its leases to run out)."""
-        try:
-            return sendable_envelope(
-                build_envelope(
-                    event_id=task.event_id,
-                    event_type=task.event_type,
-                    job_id=task.job_id,
-                    received_at=task.received_at,
-                    source=envelope_source(task.source, is_replay=task.is_replay),
-                    body=task.body,
-                    job=task.job,
-                    result_url=task.result_url,
-                    metadata=task.metadata,
-                )
-            )
-        except Exception as error:
-            return error
 
     # -- fetching --------------------------------------------------------
 
@@ -397,10 +370,10 @@ class Dispatcher:
                 )
                 answer = sink_failure(prepared, timeout_seconds=runtime.timeout_seconds)
             else:
-                delivery = _delivery(task, *prepared)
+                delivery = delivery_of(task, *prepared)
                 context.update(
                     status=delivery.job_status,
-                    extraction_id=extraction_id(delivery.envelope["job"]),
+                    extraction_id=extraction_id(envelope_job(delivery.envelope)),
                 )
                 answer = await self._deliver(runtime, delivery, context)
         except Exception as error:
@@ -460,6 +433,7 @@ class Dispatcher:
             status_code=answer.status_code,
             error=decision.reason,
             output_tail=answer.output_tail,
+            edited_envelope=task.edited_envelope,
         )
         await self._store.finish_delivery(
             task.event_id,
@@ -479,18 +453,3 @@ class Dispatcher:
         if decision.retry_in_seconds is not None:
             fields["retry_in_seconds"] = round(decision.retry_in_seconds, 2)
         log.log(level, message, **fields, **context)
-
-
-def _delivery(task: DeliveryTask, envelope: dict[str, Any], body: bytes) -> Delivery:
-    # From the envelope, whose text the sinks can take (the stored job's may not be).
-    job = envelope["job"]
-    job_status = job.get("status") if isinstance(job, dict) else None
-    return Delivery(
-        event_id=task.event_id,
-        event_type=task.event_type,
-        job_id=task.job_id,
-        job_status=job_status if isinstance(job_status, str) else None,
-        envelope=envelope,
-        body=body,
-        received_at=envelope["received_at"],
-    )

@@ -18,8 +18,13 @@ def iso(unix_seconds: float | None) -> str | None:
 
 
 def attempt_document(attempt: Attempt) -> dict[str, Any]:
-    """One attempt of the log (a sink of None is the job fetch)."""
-    return {**asdict(attempt), "started_at": iso(attempt.started_at)}
+    """One attempt of the log (a sink of None is the job fetch); `edited` with the
+    envelope it sent (`edited_envelope`) when it belonged to an edited replay."""
+    return {
+        **asdict(attempt),
+        "started_at": iso(attempt.started_at),
+        "edited": attempt.edited_envelope is not None,
+    }
 
 
 def event_document(view: EventView) -> dict[str, Any]:

@@ -210,6 +210,12 @@ def _attempt(item: Any, index: int) -> Attempt:
             status_code=_count(item, "status_code", nullable=True),
             error=_text(item, "error"),
             output_tail=_text(item, "output_tail"),
+            # Absent from documents exported before edited replays existed.
+            edited_envelope=(
+                _field(item, "edited_envelope", (dict, type(None)))
+                if "edited_envelope" in item
+                else None
+            ),
         )
     except DocumentError as error:
         raise DocumentError(f"attempts[{index}].{error}") from None

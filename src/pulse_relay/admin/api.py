@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -58,19 +57,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return json_error(500, "internal", "unexpected error; see the relay's log")
 
 
-def _refuse_constant(name: str) -> None:
-    # Python reads NaN and Infinity, which are not JSON: SQLite's JSON functions reject them.
-    raise ValueError(f"{name} is not JSON")
-
-
 async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The request's JSON object body ({} when there is none); BadRequest("body") otherwise."""
     raw = await request.read()
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw, parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        body = service.parse_json(raw)
+    except ValueError:
         raise BadRequest("body", "not valid JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("body", "a JSON object")

@@ -9,6 +9,7 @@ from aiohttp import web
 from pulse_relay.admin.api import error_middleware, setup_api
 from pulse_relay.admin.auth import auth_middleware
 from pulse_relay.admin.context import CONTEXT_KEY, AdminContext
+from pulse_relay.admin.service import MAX_EDITED_ENVELOPE_BYTES
 from pulse_relay.admin.ui import setup_ui
 from pulse_relay.ingress.protocol import MalformedHook
 from pulse_relay.logs import SampledLog, get_logger
@@ -16,6 +17,10 @@ from pulse_relay.metrics import CONTENT_TYPE_LATEST
 from pulse_relay.proxy.forward import setup_proxy
 
 log = get_logger("pulse_relay.admin")
+
+# A request body the API reads whole: room for an edited replay's envelope of 1 MiB
+# even when its JSON escapes every non-ASCII character (`\uXXXX`, up to 3 times longer).
+MAX_API_BODY_BYTES = 4 * MAX_EDITED_ENVELOPE_BYTES
 
 
 async def _healthz(_: web.Request) -> web.Response:
@@ -40,7 +45,10 @@ async def _metrics(request: web.Request) -> web.Response:
 def build_admin_app(ctx: AdminContext) -> web.Application:
     """The aiohttp application of the admin listener."""
     # Error mapping outermost, so the auth layer's refusals are answered like any error.
-    app = web.Application(middlewares=[error_middleware, auth_middleware(ctx.auth)])
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware(ctx.auth)],
+        client_max_size=MAX_API_BODY_BYTES,
+    )
     app[CONTEXT_KEY] = ctx
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

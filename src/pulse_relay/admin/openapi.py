@@ -68,7 +68,7 @@ SCHEMAS: dict[str, Any] = {
         "description": "One line of `pulse-relay events --json`.",
     },
     "Attempt": _object(
-        ["sink", "attempt", "started_at", "duration_ms", "outcome"],
+        ["sink", "attempt", "started_at", "duration_ms", "outcome", "edited"],
         sink={**_nullable("string"), "description": "null: the job fetch"},
         attempt={"type": "integer"},
         started_at={"type": "string", "format": "date-time"},
@@ -77,6 +77,8 @@ SCHEMAS: dict[str, Any] = {
         status_code=_nullable("integer"),
         error=_nullable("string"),
         output_tail=_nullable("string"),
+        edited={"type": "boolean", "description": "An attempt of an edited replay"},
+        edited_envelope={**_nullable("object"), "description": "The envelope it sent, if edited"},
     ),
     "Event": {
         "description": "`pulse-relay show --json`, plus the envelope each sink received.",
@@ -127,7 +129,15 @@ SCHEMAS: dict[str, Any] = {
         job_id={"type": "string", "pattern": JOB_ID_PATTERN},
         metadata={"type": "object", "description": "Reaches every sink in relay.metadata"},
     ),
-    "ReplayOne": _object([], sinks={"type": "array", "items": {"type": "string"}, "minItems": 1}),
+    "ReplayOne": _object(
+        [],
+        sinks={"type": "array", "items": {"type": "string"}, "minItems": 1},
+        envelope={
+            "type": "object",
+            "description": "Edit and replay: sent instead of the event's envelope, this once "
+            "(at most 1 MiB encoded); the stored event never changes.",
+        },
+    ),
     "ReplayOneResult": _object(
         ["id", "queued", "sinks"],
         id={"type": "string"},

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from pulse_relay.admin.errors import BadRequest, Conflict, NotFound, Unavailable
-from pulse_relay.events import build_envelope, envelope_source, is_valid_job_id
+from pulse_relay.events import build_envelope, envelope_source, is_valid_job_id, sendable_envelope
 from pulse_relay.ratelimit import rate_limited_sinks
 from pulse_relay.serialize import event_document, watch_document
 from pulse_relay.store import DELIVERY_STATES, EventCursor, EventView, StoreBackend
@@ -34,6 +34,19 @@ from pulse_relay.unencodable import replace_lone_surrogates
 
 if TYPE_CHECKING:
     from pulse_relay.admin.context import AdminContext
+
+
+def _refuse_constant(name: str) -> None:
+    # Python reads NaN and Infinity, which are not JSON: SQLite's JSON functions reject them.
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body or a file as JSON, strictly (no NaN or Infinity); ValueError if not."""
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 # -- event listings ------------------------------------------------------------
@@ -100,36 +113,56 @@ async def require_event(store: StoreBackend, event_id: str) -> EventView:
     return view
 
 
+def built_envelope(view: EventView, *, is_replay: bool) -> dict[str, Any] | None:
+    """The envelope the relay builds from a full event view (for a replay, or not); None
+    for an event no sink takes."""
+    if view.type is None or view.body is None:
+        return None
+    return build_envelope(
+        event_id=view.id,
+        event_type=view.type,
+        job_id=view.job_id,
+        received_at=view.received_at,
+        source=envelope_source(view.source, is_replay=is_replay),
+        body=view.body,
+        job=view.job,
+        result_url=view.result_url,
+        metadata=view.metadata,
+    )
+
+
 def envelopes(view: EventView) -> dict[str, Any]:
-    """The envelope each sink of a full event view received (or will receive), by sink."""
-    if view.type is None or view.body is None or not view.deliveries:
+    """The envelope each sink of a full event view received (or will receive), by sink:
+    the last edited replay's where there was one."""
+    if view.type is None or view.body is None:
         return {}
     return {
-        sink: build_envelope(
-            event_id=view.id,
-            event_type=view.type,
-            job_id=view.job_id,
-            received_at=view.received_at,
-            source=envelope_source(view.source, is_replay=delivery.is_replay),
-            body=view.body,
-            job=view.job,
-            result_url=view.result_url,
-            metadata=view.metadata,
-        )
+        sink: delivery.edited_envelope or built_envelope(view, is_replay=delivery.is_replay)
         for sink, delivery in view.deliveries.items()
     }
 
 
-async def get_event(ctx: AdminContext, event_id: str) -> dict[str, Any]:
-    """One event as `show --json` prints it, plus `envelopes`: what each sink received.
-
-    Lone surrogates (stored job, payload or headers may hold them) are shown as U+FFFD,
-    as the sinks receive them: neither a page nor a strict JSON reader takes them."""
-    view = await require_event(ctx.store, event_id)
+def _event_answer(view: EventView) -> dict[str, Any]:
+    # Lone surrogates (stored job, payload or headers may hold them) are shown as U+FFFD,
+    # as the sinks receive them: neither a page nor a strict JSON reader takes them.
     document: dict[str, Any] = replace_lone_surrogates(
         {**event_document(view), "envelopes": envelopes(view)}
     )
     return document
+
+
+async def get_event(ctx: AdminContext, event_id: str) -> dict[str, Any]:
+    """One event as `show --json` prints it, plus `envelopes`: what each sink received
+    (lone surrogates shown as U+FFFD)."""
+    return _event_answer(await require_event(ctx.store, event_id))
+
+
+async def event_page(ctx: AdminContext, event_id: str) -> tuple[dict[str, Any], Any]:
+    """`get_event`'s document, and the original envelope (as first delivered, before any
+    replay): what the inspector shows an edited attempt's envelope against."""
+    view = await require_event(ctx.store, event_id)
+    original = replace_lone_surrogates(built_envelope(view, is_replay=False))
+    return _event_answer(view), original
 
 
 # -- replay --------------------------------------------------------------------
@@ -171,13 +204,35 @@ async def replay_target(
     return view, sinks
 
 
+# The most an edited envelope may weigh, as the sinks receive it (compact UTF-8 JSON).
+MAX_EDITED_ENVELOPE_BYTES = 1024 * 1024
+
+
+def edited_envelope(value: object) -> dict[str, Any]:
+    """A replay's edited `envelope` as the sinks will receive it (lone surrogates replaced
+    by U+FFFD); BadRequest("envelope") unless a JSON object of at most 1 MiB encoded."""
+    if not isinstance(value, dict):
+        raise BadRequest("envelope", "a JSON object (the whole envelope the sinks receive)")
+    try:
+        envelope, encoded = sendable_envelope(value)
+    except (TypeError, ValueError, RecursionError):
+        raise BadRequest("envelope", "not a JSON document") from None
+    if len(encoded) > MAX_EDITED_ENVELOPE_BYTES:
+        raise BadRequest(
+            "envelope", f"{len(encoded)} bytes encoded, over {MAX_EDITED_ENVELOPE_BYTES} (1 MiB)"
+        )
+    return envelope
+
+
 async def replay_one(store: StoreBackend, event_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
-    """Deliver one event again, to `body["sinks"]` or every sink it had; 409 once it is pruned."""
+    """Deliver one event again, to `body["sinks"]` or every sink it had, sending
+    `body["envelope"]` instead of the event's when given; 409 once it is pruned."""
+    edited = None if "envelope" not in body else edited_envelope(body["envelope"])
     view, sinks = await replay_target(store, event_id, body)
     targets: list[str | None] = list(sinks) if sinks else [None]
     queued = 0
     for sink in targets:
-        queued += await store.replay([event_id], sink=sink)
+        queued += await store.replay([event_id], sink=sink, edited_envelope=edited)
     return {"id": event_id, "queued": queued, "sinks": sinks or sorted(view.deliveries)}
 
 

@@ -9,6 +9,7 @@ No CDN, no build step: templates and assets ship inside the package.
 
 from __future__ import annotations
 
+import difflib
 import json
 import unicodedata
 from datetime import datetime
@@ -35,6 +36,9 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+# Beyond this many lines a side, an edited envelope is shown whole rather than as a
+# diff: difflib's matching time grows with the product of the two lengths.
+MAX_DIFF_LINES = 5_000
 LIST_FILTERS = ("type", "state", "sink", "source", "job_id", "q")
 # What the "older" and "newest" links carry over from the current page.
 CARRIED_PARAMS = (*LIST_FILTERS, "limit")
@@ -133,18 +137,49 @@ def _event_links(document: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _sink_views(document: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per sink of an event: its delivery state, its attempts and the envelope it received."""
+def envelope_diff(original: Any, edited: Any) -> list[tuple[str, str]] | None:
+    """A unified line diff from `original` to `edited`, both pretty-printed: (kind, line)
+    with kind "add", "del", "hunk" or "same"; [] when they are equal, None when either is
+    over MAX_DIFF_LINES. The lines are text, escaped when rendered like any other."""
+    before, after = pretty_json(original).splitlines(), pretty_json(edited).splitlines()
+    if max(len(before), len(after)) > MAX_DIFF_LINES:
+        return None
+    kinds = {"+": "add", "-": "del", "@": "hunk"}
+    lines = list(difflib.unified_diff(before, after, lineterm=""))[2:]  # no file names
+    return [(kinds.get(line[:1], "same"), line) for line in lines]
+
+
+def _edits(attempts: list[dict[str, Any]], original: Any) -> list[dict[str, Any]]:
+    """The edited envelopes a sink's attempts sent, each once (its retries send it again),
+    with its diff against `original`."""
+    edits = []
+    previous = None
+    for attempt in attempts:
+        envelope = attempt["edited_envelope"]
+        if envelope is not None and envelope != previous:
+            diff = envelope_diff(original, envelope)
+            edits.append({"attempt": attempt, "envelope": envelope, "diff": diff})
+        previous = envelope
+    return edits
+
+
+def _sink_views(document: dict[str, Any], original: Any = None) -> list[dict[str, Any]]:
+    """Per sink of an event: its delivery state, its attempts, the envelope it received,
+    and its edited replays' envelopes against `original` (the event's first envelope)."""
     envelopes = document.get("envelopes") or {}
-    return [
-        {
-            "name": name,
-            "delivery": delivery,
-            "attempts": [a for a in document["attempts"] if a["sink"] == name],
-            "envelope": envelopes.get(name),
-        }
-        for name, delivery in document["deliveries"].items()
-    ]
+    views = []
+    for name, delivery in document["deliveries"].items():
+        attempts = [a for a in document["attempts"] if a["sink"] == name]
+        views.append(
+            {
+                "name": name,
+                "delivery": delivery,
+                "attempts": attempts,
+                "envelope": envelopes.get(name),
+                "edits": _edits(attempts, original),
+            }
+        )
+    return views
 
 
 class _Pages:
@@ -225,14 +260,18 @@ class _Pages:
         """`/events/{id}`: one event with its request, job, envelopes and attempt timelines."""
         event_id = request.match_info["event_id"]
         try:
-            document = _event_links(await service.get_event(self._ctx, event_id))
+            answer, original = await service.event_page(self._ctx, event_id)
         except ServiceError as error:
             return await self._error(request, error)
+        document = _event_links(answer)
+        sinks = _sink_views(document, original)
         context = {
             "event": document,
             "event_id": document["id"],
-            "sinks": _sink_views(document),
+            "sinks": sinks,
             "fetch_attempts": [a for a in document["attempts"] if a["sink"] is None],
+            # What "Edit and replay" starts from: the envelope each sink received.
+            "editable": [s for s in sinks if s["envelope"] is not None],
         }
         return await self._render(request, "event.html", context)
 

@@ -142,9 +142,18 @@ class QueueStore(Protocol):
         """Make the work this relay leased due again at once (graceful shutdown)."""
 
     async def replay(
-        self, event_ids: Sequence[str] = (), *, sink: str | None = None, dead_only: bool = False
+        self,
+        event_ids: Sequence[str] = (),
+        *,
+        sink: str | None = None,
+        dead_only: bool = False,
+        edited_envelope: dict[str, Any] | None = None,
     ) -> int:
-        """Make deliveries due again as replays; returns how many were queued."""
+        """Make deliveries due again as replays; returns how many were queued.
+
+        With `edited_envelope`, those deliveries send it instead of the envelope built
+        from the event, and each attempt keeps it; without, any earlier edit is dropped
+        (an edit holds for its own replay only). The event itself never changes."""
 
     async def next_due_at(self, sinks: Sequence[str], *, include_fetches: bool) -> float | None:
         """When the next claimable fetch or delivery is due; None if none waits."""

@@ -159,6 +159,9 @@ class DeliveryTask:
     """The claim's lease token: pass it back to renew or finish this delivery, which then
     changes nothing once another relay has claimed the delivery since (None on SQLite,
     whose one relay owns the queue). See `pulse_relay.store.contract`."""
+    edited_envelope: dict[str, Any] | None = None
+    """The envelope an edited replay asked for, sent instead of the one built from the
+    event; None for any other delivery."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,8 @@ class Attempt:
     status_code: int | None = None
     error: str | None = None
     output_tail: str | None = None
+    # The envelope this attempt sent when it belonged to an edited replay, else None.
+    edited_envelope: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,9 @@ class DeliveryView:
     next_attempt_at: float | None
     last_error: str | None
     is_replay: bool
+    # The envelope of the last edited replay, which the delivery sends (or sent) instead
+    # of the one built from the event; only `get_event` reads it, listings leave None.
+    edited_envelope: dict[str, Any] | None = None
 
     def __getitem__(self, name: str) -> object:
         """The field `name`, for callers written against the mapping this view replaced."""

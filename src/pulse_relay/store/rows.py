@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from pulse_relay.store.model import (
@@ -20,6 +21,7 @@ from pulse_relay.store.model import (
     EventView,
     Watch,
 )
+from pulse_relay.unencodable import without_lone_surrogates
 
 # An event as listings show it: `event_view`.
 EVENT_COLUMNS = (
@@ -31,7 +33,10 @@ EVENT_DETAIL_COLUMNS = "e.headers, e.body, e.job, e.result_url, e.client_address
 # One sink's delivery of an event, keyed by the event: `delivery_view` reads from `state`.
 DELIVERY_VIEW_COLUMNS = "event_id, sink, state, attempts, next_attempt_at, last_error, replay"
 # One row of the attempt log: `attempt`.
-ATTEMPT_COLUMNS = "sink, attempt, started_at, duration_ms, outcome, status_code, error, output_tail"
+ATTEMPT_COLUMNS = (
+    "sink, attempt, started_at, duration_ms, outcome, status_code, error, output_tail, "
+    "edited_envelope"
+)
 # A watch: `watch`.
 WATCH_COLUMNS = (
     "job_id, CAST(metadata AS TEXT), origin, state, added_at, next_poll_at, interval_seconds, "
@@ -55,16 +60,30 @@ ATTEMPTS_QUERY = f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE event_id = ? ORD
 # Several events' attempt logs, less the WHERE on `event_id`: the event's id, then
 # `attempt`'s columns; `attach_attempts` reads them.
 ATTEMPTS_OF_EVENTS_SELECT = f"SELECT event_id, {ATTEMPT_COLUMNS} FROM attempts"
+
+# One event's edited envelopes, by sink: `attach_edited_envelopes`.
+EDITED_ENVELOPES_QUERY = (
+    "SELECT sink, edited_envelope FROM deliveries "
+    "WHERE event_id = ? AND edited_envelope IS NOT NULL"
+)
 # The INSERT of `attempt_values`, in `?` style.
 INSERT_ATTEMPT = (
     "INSERT INTO attempts (event_id, sink, attempt, started_at, duration_ms, outcome, "
-    "status_code, error, output_tail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "status_code, error, output_tail, edited_envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
 def document(text: str | None) -> Any:
     """A stored JSON document (None stays None)."""
     return None if text is None else json.loads(text)
+
+
+def envelope_text(envelope: dict[str, Any] | None) -> str | None:
+    """An edited envelope as stored: compact JSON text, its keys in their order, each lone
+    surrogate replaced by U+FFFD (as the sinks receive it); None stays None."""
+    if envelope is None:
+        return None
+    return without_lone_surrogates(json.dumps(envelope, ensure_ascii=False, separators=(",", ":")))
 
 
 def event_view(row: Sequence[Any]) -> EventView:
@@ -113,9 +132,28 @@ def attach_attempts(views: Sequence[EventView], rows: Iterable[Sequence[Any]]) -
             view.attempts.append(attempt(row[1:]))
 
 
+def attach_edited_envelopes(view: EventView, rows: Iterable[Sequence[Any]]) -> None:
+    """Add each row of EDITED_ENVELOPES_QUERY to the delivery of `view` it belongs to."""
+    for sink, text in rows:
+        if sink in view.deliveries:
+            delivery = view.deliveries[sink]
+            view.deliveries[sink] = replace(delivery, edited_envelope=document(text))
+
+
 def attempt(row: Sequence[Any]) -> Attempt:
     """An attempt from ATTEMPT_COLUMNS."""
-    return Attempt(*row)
+    sink, number, started_at, duration_ms, outcome, status_code, error, output_tail = row[:8]
+    return Attempt(
+        sink,
+        number,
+        started_at,
+        duration_ms,
+        outcome,
+        status_code,
+        error,
+        output_tail,
+        edited_envelope=document(row[8]),
+    )
 
 
 def attempt_values(event_id: str, attempt: Attempt) -> tuple[Any, ...]:
@@ -130,6 +168,7 @@ def attempt_values(event_id: str, attempt: Attempt) -> tuple[Any, ...]:
         attempt.status_code,
         attempt.error,
         attempt.output_tail,
+        envelope_text(attempt.edited_envelope),
     )
 
 
@@ -141,9 +180,10 @@ def watch(row: Sequence[Any]) -> Watch:
 def delivery_task(row: Sequence[Any], token: str | None) -> DeliveryTask:
     """A claimed delivery from `d.event_id, d.sink, d.attempts, d.replay, e.type, e.job_id,
     e.received_at, e.source, e.body, e.job, e.result_url` of the delivery (`d`) and its
-    event (`e`), then its job's watch metadata as JSON text; `token` is the claim's."""
+    event (`e`), then its job's watch metadata as JSON text, then `d.edited_envelope`;
+    `token` is the claim's."""
     event_id, sink, attempts, replay, event_type, job_id, received_at, source = row[:8]
-    body, job, result_url, metadata = row[8:12]
+    body, job, result_url, metadata, edited_envelope = row[8:13]
     return DeliveryTask(
         event_id=event_id,
         sink=sink,
@@ -158,4 +198,5 @@ def delivery_task(row: Sequence[Any], token: str | None) -> DeliveryTask:
         result_url=result_url,
         metadata=document(metadata) or None,
         token=token,
+        edited_envelope=document(edited_envelope),
     )

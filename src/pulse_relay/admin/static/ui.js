@@ -196,19 +196,65 @@ document.addEventListener("click", (event) => {
   act(button, button.dataset.body ? JSON.parse(button.dataset.body) : undefined);
 });
 
+// "Edit and replay": the envelope is checked here before it is sent (the API checks it
+// again, by the same rules: a JSON object of at most 1 MiB encoded).
+const MAX_ENVELOPE_BYTES = 1024 * 1024;
+
+function editedBody(form) {
+  const sinks = [...form.querySelectorAll('input[name="sinks"]:checked')].map((box) => box.value);
+  if (!sinks.length) throw new Error("sinks: choose at least one sink");
+  let envelope;
+  try {
+    envelope = JSON.parse(form.elements.envelope.value);
+  } catch (error) {
+    throw new Error(`envelope: not valid JSON (${error.message})`);
+  }
+  if (envelope === null || typeof envelope !== "object" || Array.isArray(envelope)) {
+    throw new Error("envelope: must be a JSON object");
+  }
+  if (new TextEncoder().encode(JSON.stringify(envelope)).length > MAX_ENVELOPE_BYTES) {
+    throw new Error("envelope: over 1 MiB once encoded");
+  }
+  return { sinks, envelope };
+}
+
+function showEditError(form, text) {
+  const box = form.querySelector("[data-edit-error]");
+  if (!box) return;
+  box.textContent = text;
+  box.hidden = !text;
+}
+
+// Until the text is edited, it shows the envelope the first chosen sink received.
+document.addEventListener("input", (event) => {
+  if (event.target.closest("form[data-edit-envelope] textarea")) event.target.dataset.touched = "";
+});
+
+document.addEventListener("change", (event) => {
+  const box = event.target.closest('form[data-edit-envelope] input[name="sinks"]');
+  if (!box) return;
+  const area = box.form.elements.envelope;
+  const first = box.form.querySelector('input[name="sinks"]:checked');
+  if (first && !("touched" in area.dataset)) area.value = first.dataset.envelope;
+});
+
 document.addEventListener("submit", (event) => {
   const form = event.target.closest("form[data-api]");
   if (!form) return;
   event.preventDefault();
+  const isEdit = "editEnvelope" in form.dataset;
   let body;
   try {
-    body = formBody(form);
+    body = isEdit ? editedBody(form) : formBody(form);
   } catch (error) {
+    showEditError(form, error.message);
     flash(error.message, true);
     return;
   }
+  showEditError(form, "");
   act(form, body).then((isDone) => {
-    if (isDone) form.reset();
+    // An edited envelope stays in place, to be edited and sent again.
+    if (isDone && !isEdit) form.reset();
   });
 });
 

@@ -40,7 +40,7 @@ _CLAIM_DELIVERIES = (
     "ORDER BY d.next_attempt_at LIMIT %s FOR UPDATE OF d SKIP LOCKED) "
     "UPDATE deliveries d SET lease_until = %s, lease_token = %s FROM due "
     "WHERE d.event_id = due.event_id AND d.sink = due.sink "
-    "RETURNING d.event_id, d.sink, d.attempts, d.replay"
+    "RETURNING d.event_id, d.sink, d.attempts, d.replay, d.edited_envelope"
 )
 _TASK_EVENTS = (
     "SELECT e.id, e.type, e.job_id, e.received_at, e.source, e.body, e.job, e.result_url, "
@@ -227,18 +227,26 @@ class QueueMixin(PostgresPlumbing):
             await self.notify_work(conn)
 
     async def replay(
-        self, event_ids: Sequence[str] = (), *, sink: str | None = None, dead_only: bool = False
+        self,
+        event_ids: Sequence[str] = (),
+        *,
+        sink: str | None = None,
+        dead_only: bool = False,
+        edited_envelope: dict[str, Any] | None = None,
     ) -> int:
-        """Make deliveries due again as replays; returns how many were queued."""
+        """Make deliveries due again as replays, sending `edited_envelope` if given;
+        returns how many were queued."""
         now = self._clock()
         ids = list(dict.fromkeys(event_ids)) or None
+        edited = rows.envelope_text(edited_envelope)
         async with self.connection() as conn, conn.transaction():
             cursor = await conn.execute(
                 "UPDATE deliveries SET state = 'pending', attempts = 0, replay = TRUE, "
-                "lease_until = NULL, lease_token = NULL, next_attempt_at = %s, updated_at = %s "
+                "edited_envelope = %s, lease_until = NULL, lease_token = NULL, "
+                "next_attempt_at = %s, updated_at = %s "
                 "WHERE (NOT %s OR state = 'dead') AND (%s::text IS NULL OR sink = %s) "
                 "AND (%s::text[] IS NULL OR event_id = ANY(%s))",
-                (now, now, dead_only, sink, sink, ids, ids),
+                (edited, now, now, dead_only, sink, sink, ids, ids),
             )
             count = cursor.rowcount
             await conn.execute(
@@ -297,7 +305,8 @@ async def _claim_deliveries(
         return []
     cursor = await conn.execute(_TASK_EVENTS, (list({row[0] for row in claimed}),))
     events = {row[0]: row for row in await cursor.fetchall()}
-    return [rows.delivery_task((*row, *events[row[0]][1:]), token) for row in claimed]
+    # The mapper reads the event's columns between the delivery's and its edited envelope.
+    return [rows.delivery_task((*row[:4], *events[row[0]][1:], row[4]), token) for row in claimed]
 
 
 async def _insert_attempt(conn: AsyncConnection[Any], event_id: str, attempt: Attempt) -> None:

@@ -107,6 +107,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX pruned_events_body_digest ON pruned_events (body_digest)
         WHERE body_digest IS NOT NULL;
     """,
+    # An edited replay's envelope (JSON text: jsonb would reorder its keys): what the
+    # delivery sends instead of the one built from the event, and, per attempt, what that
+    # attempt sent.
+    """
+    ALTER TABLE deliveries ADD COLUMN edited_envelope TEXT;
+    ALTER TABLE attempts ADD COLUMN edited_envelope TEXT;
+    """,
 )
 
 

@@ -37,6 +37,10 @@ class ViewsMixin(WatchesMixin, EventListing):
                 return None
             view = rows.event_detail(row)
             await _attach_deliveries(conn, [view])
+            cursor = await conn.execute(
+                POSTGRES.sql(rows.EDITED_ENVELOPES_QUERY).encode(), (event_id,)
+            )
+            rows.attach_edited_envelopes(view, await cursor.fetchall())
             cursor = await conn.execute(POSTGRES.sql(rows.ATTEMPTS_QUERY).encode(), (event_id,))
             view.attempts = [rows.attempt(row) for row in await cursor.fetchall()]
         return view

@@ -215,12 +215,18 @@ class QueueMixin(SQLitePlumbing):
         await self.write(op)
 
     async def replay(
-        self, event_ids: Sequence[str] = (), *, sink: str | None = None, dead_only: bool = False
+        self,
+        event_ids: Sequence[str] = (),
+        *,
+        sink: str | None = None,
+        dead_only: bool = False,
+        edited_envelope: dict[str, Any] | None = None,
     ) -> int:
-        """Make deliveries due again as replays; returns how many were queued."""
+        """Make deliveries due again as replays, sending `edited_envelope` if given;
+        returns how many were queued."""
         now = self._clock()
         clauses = ["1 = 1"]
-        params: list[Any] = [now, now]
+        params: list[Any] = [rows.envelope_text(edited_envelope), now, now]
         if dead_only:
             clauses.append("state = 'dead'")
         if sink is not None:
@@ -228,7 +234,7 @@ class QueueMixin(SQLitePlumbing):
             params.append(sink)
         update = (
             "UPDATE deliveries SET state = 'pending', attempts = 0, replay = 1, "
-            "lease_until = NULL, next_attempt_at = ?, updated_at = ? "
+            "edited_envelope = ?, lease_until = NULL, next_attempt_at = ?, updated_at = ? "
             f"WHERE {' AND '.join(clauses)}"
         )
         # Repeated ids must not count twice when they land in different chunks.
@@ -314,7 +320,7 @@ def _claim_fetches(
 
 _DELIVERY_COLUMNS = (
     "SELECT d.event_id, d.sink, d.attempts, d.replay, e.type, e.job_id, e.received_at, "
-    "e.source, e.body, e.job, e.result_url, w.metadata "
+    "e.source, e.body, e.job, e.result_url, w.metadata, d.edited_envelope "
     "FROM deliveries d JOIN events e ON e.id = d.event_id "
     "LEFT JOIN watches w ON w.job_id = e.job_id "
 )

@@ -32,6 +32,8 @@ class ViewsMixin(WatchesMixin, EventListing):
             return None
         view = rows.event_detail(row)
         await self._attach_deliveries([view])
+        async with self.read(rows.EDITED_ENVELOPES_QUERY, (event_id,)) as cursor:
+            rows.attach_edited_envelopes(view, await cursor.fetchall())
         async with self.read(rows.ATTEMPTS_QUERY, (event_id,)) as cursor:
             view.attempts = [rows.attempt(row) async for row in cursor]
         return view
