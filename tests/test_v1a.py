@@ -1,7 +1,7 @@
 """Standard Webhooks `v1a` (ed25519) through the whole relay: the configuration and
-`check-config`, a relay on a real port holding only public keys, and the HTTP sink's
-signature checked by a receiver with `cryptography`. The pure verifier is tested in
-tests/test_signature_v1a.py.
+`check-config`, a relay on a real port holding only public keys, the HTTP sink's
+signature checked by a receiver with `cryptography`, and `send-test --private-key-file`
+against `pulse-relay serve`. The pure verifier is tested in tests/test_signature_v1a.py.
 """
 
 from __future__ import annotations
@@ -38,15 +38,18 @@ from tests.helpers import (
     MakeSettings,
     PipelineSettings,
     Receiver,
+    Served,
     StartRelay,
     call,
     config_toml,
     ed25519_pair,
+    free_port,
     make_body,
     run_cli,
     signed,
     v1a_signed,
     wait_for,
+    write_config,
 )
 
 # Keys nobody configured.
@@ -309,6 +312,17 @@ async def test_a_malformed_v1a_beside_a_good_v1_is_accepted(start_relay: StartRe
     assert (status, answer["status"]) == (202, "accepted")
 
 
+async def test_send_test_through_the_api_says_public_keys_cannot_sign(
+    keyed_relay: Relay,
+) -> None:
+    status, answer = await call(
+        "POST", keyed_relay.admin_url + "/api/send-test", headers={"X-Pulse-Relay": "1"}
+    )
+    assert status == 409
+    assert "verify.public_keys" in answer["detail"]
+    assert "polling-only" not in answer["detail"]
+
+
 # --- the HTTP sink ---------------------------------------------------------------------------
 
 
@@ -364,3 +378,57 @@ async def test_the_http_sink_signs_v1_and_v1a_when_given_both(
     assert versions == ["v1", "v1a"]
     Webhook(SINK_SECRET).verify(received.body, received.headers)
     verify_v1a(SENDER_KEYS, received.headers, received.body)
+
+
+# --- send-test against `pulse-relay serve` ---------------------------------------------------
+
+
+def test_send_test_signs_with_a_private_key_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    config = write_config(tmp_path, port, verify={"secrets": []})
+    # `serve` and the CLI below read it, as an operator's environment would hold it.
+    monkeypatch.setenv("PULSE_WEBHOOK_PUBLIC_KEYS", SENDER_KEYS.whpk)
+    key_files = {}
+    for name, text in [
+        ("sender", SENDER_KEYS.whsk + "\n"),
+        ("stranger", STRANGER_KEYS.whsk),
+        ("garbled", "whsk_" + _b64(b"\1" * 63)),
+    ]:
+        key_files[name] = tmp_path / f"{name}.key"
+        key_files[name].write_text(text)
+    served = Served.start(config, port, tmp_path / "serve.log")
+    try:
+        accepted = run_cli(
+            "send-test",
+            "--job-id",
+            "job-v1a",
+            "--private-key-file",
+            str(key_files["sender"]),
+            config=config,
+        )
+        refused = run_cli(
+            "send-test", "--private-key-file", str(key_files["stranger"]), config=config
+        )
+        unsigned = run_cli("send-test", config=config)
+        garbled = run_cli(
+            "send-test", "--private-key-file", str(key_files["garbled"]), config=config
+        )
+        missing = run_cli(
+            "send-test", "--private-key-file", str(tmp_path / "absent.key"), config=config
+        )
+    finally:
+        served.kill()
+    assert accepted.returncode == 0, accepted.stderr
+    assert accepted.stdout.startswith("202 ") and '"accepted"' in accepted.stdout
+    assert (refused.returncode, refused.stdout.split()[0]) == (1, "401")
+    assert unsigned.returncode == 1
+    assert "verify.public_keys" in unsigned.stderr and "--private-key-file" in unsigned.stderr
+    assert garbled.returncode == 1
+    assert f"--private-key-file: {key_files['garbled']}: private key decodes to 63" in (
+        garbled.stderr
+    )
+    assert _b64(b"\1" * 63)[:12] not in garbled.stderr
+    assert missing.returncode == 1 and "--private-key-file: cannot read" in missing.stderr
+    assert "polling-only" not in served.log()
