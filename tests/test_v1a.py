@@ -74,7 +74,8 @@ def http_sink(name: str, url: str = "http://127.0.0.1:9/hook", **options: Any) -
 
 
 def write_toml(tmp_path: Path, **sections: Any) -> Path:
-    path = tmp_path / "relay.toml"
+    """A new TOML file of these sections in `tmp_path`."""
+    path = tmp_path / f"relay-{len(list(tmp_path.glob('relay-*.toml')))}.toml"
     path.write_text(config_toml(**sections), encoding="utf-8")
     return path
 
@@ -99,6 +100,8 @@ def test_public_keys_come_from_the_file_a_string_or_the_variables(
     assert [key.text for key in load_settings(as_list).verify.public_keys] == both
     as_text = write_toml(tmp_path, verify={"public_keys": " ".join(both)})
     assert [key.text for key in load_settings(as_text).verify.public_keys] == both
+    # Settings read twice compare equal (a reload compares them to see what changed).
+    assert load_settings(as_text).verify == load_settings(as_list).verify
     # The well-known variable beats the file; the prefixed one, more specific, beats both.
     monkeypatch.setenv("PULSE_WEBHOOK_PUBLIC_KEYS", f"  {OTHER_KEYS.whpk}\n")
     assert [key.text for key in load_settings(as_list).verify.public_keys] == [OTHER_KEYS.whpk]
@@ -432,3 +435,15 @@ def test_send_test_signs_with_a_private_key_file(
     assert _b64(b"\1" * 63)[:12] not in garbled.stderr
     assert missing.returncode == 1 and "--private-key-file: cannot read" in missing.stderr
     assert "polling-only" not in served.log()
+
+
+def test_send_test_refuses_a_private_key_for_the_hex_scheme(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path, free_port(), verify={"scheme": "hmac-sha256-hex", "secrets": ["plain"]}
+    )
+    key_file = tmp_path / "sender.key"
+    key_file.write_text(SENDER_KEYS.whsk)
+    result = run_cli("send-test", "--private-key-file", str(key_file), config=config)
+    assert result.returncode == 1
+    assert "the hmac-sha256-hex scheme has no v1a signatures" in result.stderr
+    assert "give --secret" not in result.stderr

@@ -41,7 +41,9 @@ def send_test(
             settings, event_type=event_type, job_id=job_id, secret=secret, private_key=private_key
         )
     except ValueError as error:
-        fail(f"{error}; give --secret or --private-key-file")
+        # With a key given, what is wrong is the scheme, which no option mends.
+        hint = "" if private_key is not None else "; give --secret or --private-key-file"
+        fail(f"{error}{hint}")
     try:
         status, answer = asyncio.run(post_test_event(target, event, is_own_listener=url is None))
     except (aiohttp.ClientError, OSError, TimeoutError) as error:
