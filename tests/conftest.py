@@ -45,7 +45,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """A developer's own PULSE_* variables must not leak into any test."""
     for name in list(os.environ):
-        if name.startswith(("PULSE_RELAY_", "PULSE_API_KEY", "PULSE_WEBHOOK_SECRET")):
+        if name.startswith(("PULSE_RELAY_", "PULSE_API_KEY", "PULSE_WEBHOOK_")):
             monkeypatch.delenv(name)
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)

@@ -27,6 +27,7 @@ import pydantic
 import pytest
 import tomli_w
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pulse import AsyncPulse, Pulse
 from pydantic import BaseModel
 
@@ -43,6 +44,59 @@ OTHER_SECRET = "whsec_" + base64.b64encode(b"an-entirely-different-secret-key").
 SINK_SECRET = "whsec_" + base64.b64encode(b"the-receiving-app-secret-000000").decode()
 # Retries a test can wait for: 50 ms, doubling up to 200 ms.
 FAST_RETRY = {"retry_initial_seconds": 0.05, "retry_max_seconds": 0.2}
+
+
+@dataclass(frozen=True)
+class Ed25519Pair:
+    """An ed25519 key pair in Standard Webhooks' text forms, encoded here with `cryptography`
+    alone (never the relay's own encoders): `whsk` is `whsk_` + base64 of the 32-byte private
+    key then the 32-byte public key, as Svix's server writes it; `whpk` is `whpk_` + base64
+    of the public key."""
+
+    private_key: Ed25519PrivateKey
+    whsk: str
+    whpk: str
+
+    def v1a(self, webhook_id: str, timestamp: int, body: bytes) -> str:
+        """The `v1a,<base64>` entry: the ed25519 signature of `{id}.{timestamp}.{body}`."""
+        signature = self.private_key.sign(f"{webhook_id}.{timestamp}.".encode() + body)
+        return "v1a," + base64.b64encode(signature).decode()
+
+
+def ed25519_pair(seed: bytes) -> Ed25519Pair:
+    """The pair whose private key is `seed` (32 bytes): the same keys on every run."""
+    private_key = Ed25519PrivateKey.from_private_bytes(seed)
+    private_raw = private_key.private_bytes_raw()
+    public_raw = private_key.public_key().public_bytes_raw()
+    return Ed25519Pair(
+        private_key,
+        "whsk_" + base64.b64encode(private_raw + public_raw).decode(),
+        "whpk_" + base64.b64encode(public_raw).decode(),
+    )
+
+
+# The sender's key pair and a stranger's.
+SENDER_KEYS = ed25519_pair(bytes(range(32)))
+OTHER_KEYS = ed25519_pair(bytes(range(100, 132)))
+
+
+def v1a_signed(
+    body: bytes,
+    keys: Ed25519Pair = SENDER_KEYS,
+    *,
+    webhook_id: str | None = None,
+    timestamp: int | None = None,
+) -> dict[str, str]:
+    """Standard Webhooks headers for `body` with one `v1a` entry, plus a JSON content type."""
+    webhook_id = webhook_id or f"msg_{uuid.uuid4().hex}"
+    when = int(time.time()) if timestamp is None else timestamp
+    return {
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(when),
+        "webhook-signature": keys.v1a(webhook_id, when, body),
+        "content-type": "application/json",
+    }
+
 
 # The types of conftest's factory fixtures.
 MakeSettings = Callable[..., Settings]

@@ -185,7 +185,7 @@ from pulse_relay.cli import cli
 cli(["--config", sys.argv[1], "events"], prog_name="pulse-relay", standalone_mode=False)
 heavy = ("psycopg", "psycopg_pool", "aiohttp", "structlog", "rich", "pulse_relay.logs",
          "pulse_relay.sinks", "pulse_relay.ingress.edge",
-         "pulse_relay.ingress.signature")
+         "pulse_relay.ingress.signature", "cryptography")
 print(json.dumps(sorted(name for name in heavy if name in sys.modules)))
 """
 

@@ -257,7 +257,7 @@ def test_a_signature_by_a_secret_not_configured_is_rejected() -> None:
 
 
 def test_no_secrets_is_a_configuration_error() -> None:
-    with pytest.raises(ValueError, match="at least one secret is required"):
+    with pytest.raises(ValueError, match="at least one secret or public key is required"):
         StandardVerifier([])
 
 

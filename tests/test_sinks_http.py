@@ -23,7 +23,7 @@ from pulse_relay.sinks import (
     build_sink,
 )
 from pulse_relay.sinks.http import MAX_RESPONSE_EXCERPT_BYTES
-from tests.helpers import make_delivery
+from tests.helpers import SENDER_KEYS, make_delivery
 
 SIGN_SECRET = "whsec_" + base64.b64encode(b"relay-to-app-signing-key-32bytes").decode()
 
@@ -256,6 +256,25 @@ async def test_signed_request_verifies_with_standard_webhooks(
     other_secret = "whsec_" + base64.b64encode(b"some-other-key-of-32-bytes-long!").decode()
     with pytest.raises(Exception, match="No matching signature found"):
         Webhook(other_secret).verify(request.body, lowered)
+
+
+async def test_a_private_key_alone_signs_v1a_that_the_public_key_verifies(
+    receiver: Receiver, make_sink: MakeSink
+) -> None:
+    # As with a secret, a configured header of the same name must not replace the signature.
+    sink = make_sink(
+        receiver.url("/ok"),
+        sign_private_key=SENDER_KEYS.whsk,
+        headers={"Webhook-Signature": "v1a,forged"},
+    )
+    delivery = make_delivery(event_id="msg_v1a", text=RESULT_TEXT)
+    await sink.deliver(delivery)
+    [request] = receiver.requests
+    lowered = {name.lower(): value for name, value in request.headers.items()}
+    version, _, signature = lowered["webhook-signature"].partition(",")
+    assert (version, lowered["webhook-id"]) == ("v1a", "msg_v1a")
+    signed_content = f"msg_v1a.{lowered['webhook-timestamp']}.".encode() + request.body
+    SENDER_KEYS.private_key.public_key().verify(base64.b64decode(signature), signed_content)
 
 
 async def test_long_response_bodies_are_cut_for_the_log(

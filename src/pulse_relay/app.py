@@ -60,7 +60,9 @@ from pulse_relay.wiring import PruneOutcome, build_store, ingress_url, local_url
 
 log = get_logger("pulse_relay.app")
 
-POLLING_ONLY_REASON = "no webhook secret configured: polling-only mode, ingress closed"
+POLLING_ONLY_REASON = (
+    "no webhook secret or public key configured: polling-only mode, ingress closed"
+)
 # How long /readyz waits for the store's probe write before calling it not writable.
 READINESS_STORE_TIMEOUT_SECONDS = 2.0
 # Sections a SIGHUP applies; any other change needs a restart.

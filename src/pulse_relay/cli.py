@@ -327,36 +327,31 @@ def unwatch_command(obj: CommandContext, job_ids: tuple[str, ...]) -> None:
 @click.option("--type", "event_type", default="job.completed", show_default=True)
 @click.option("--job-id", help="Job id in the payload (default: a new test-… id).")
 @click.option("--secret", help="Sign with this secret instead of the configured one.")
+@click.option(
+    "--private-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Add a v1a (ed25519) signature made with the whsk_ key in this file.",
+)
 @click.pass_obj
 def send_test_command(
-    obj: CommandContext, url: str | None, event_type: str, job_id: str | None, secret: str | None
+    obj: CommandContext,
+    url: str | None,
+    event_type: str,
+    job_id: str | None,
+    secret: str | None,
+    private_key_file: Path | None,
 ) -> None:
     """Sign a test event with the configured secret and POST it to the relay."""
-    import asyncio
+    from pulse_relay.cli_send_test import send_test
 
-    import aiohttp
-
-    from pulse_relay.testevent import build_test_event, post_test_event
-
-    settings = obj.settings()
-    target = url or _own_url(settings)
-    try:
-        event = build_test_event(settings, event_type=event_type, job_id=job_id, secret=secret)
-    except ValueError as error:
-        fail(f"{error}; give --secret")
-    try:
-        status, answer = asyncio.run(post_test_event(target, event, is_own_listener=url is None))
-    except (aiohttp.ClientError, OSError, TimeoutError) as error:
-        fail(f"cannot reach {target}: {error or type(error).__name__} (is serve running?)")
-    click.echo(f"{status} {answer}")
-    if not 200 <= status < 300:
-        sys.exit(1)
-
-
-def _own_url(settings: Settings) -> str:
-    from pulse_relay.wiring import ingress_url
-
-    return ingress_url(settings) + settings.server.path
+    send_test(
+        obj.settings(),
+        url=url,
+        event_type=event_type,
+        job_id=job_id,
+        secret=secret,
+        private_key_file=private_key_file,
+    )
 
 
 def _probe_url(settings: Settings, check_ready: bool) -> str:

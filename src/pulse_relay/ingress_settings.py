@@ -18,12 +18,14 @@ from pulse_relay.ingress.signature import HexHmacVerifier, NoneVerifier, Standar
 def build_verifier(
     settings: Settings, *, clock: Callable[[], float] = time.time
 ) -> Verifier | None:
-    """The verifier the settings ask for; None means polling-only mode (no secret)."""
+    """The verifier the settings ask for; None means polling-only mode (no secret and,
+    for the standard scheme, no public key)."""
     verify = settings.verify
     secrets = [secret.get_secret_value() for secret in verify.secrets]
+    public_keys = [public.key for public in verify.public_keys]
     if verify.scheme == "none":
         return NoneVerifier()
-    if not secrets:
+    if not secrets and not public_keys:
         return None
     if verify.scheme == "hmac-sha256-hex":
         return HexHmacVerifier(
@@ -33,7 +35,12 @@ def build_verifier(
             tolerance_seconds=verify.tolerance_seconds,
             clock=clock,
         )
-    return StandardVerifier(secrets, tolerance_seconds=verify.tolerance_seconds, clock=clock)
+    return StandardVerifier(
+        secrets,
+        public_keys=public_keys,
+        tolerance_seconds=verify.tolerance_seconds,
+        clock=clock,
+    )
 
 
 def build_ingress_config(settings: Settings, *, closed_reason: str | None) -> IngressConfig:

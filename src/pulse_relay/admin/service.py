@@ -333,7 +333,7 @@ async def send_test(ctx: AdminContext, body: Mapping[str, Any]) -> dict[str, Any
     try:
         event = build_test_event(ctx.settings, event_type=event_type, job_id=job_id)
     except ValueError as error:
-        raise Conflict(f"{error}: the relay is in polling-only mode") from None
+        raise Conflict(str(error)) from None
     url = ctx.ingress_url()
     try:
         status, text = await post_test_event(url, event, is_own_listener=True)

@@ -5,8 +5,8 @@ Where a value comes from, highest precedence first:
 1. `overrides` given to `load_settings` (command-line flags), as dotted keys;
 2. `PULSE_RELAY_*` environment variables (`__` separates nesting levels; lists
    and tables are JSON);
-3. the well-known `PULSE_WEBHOOK_SECRET` (space-separated, for rotation) and
-   `PULSE_API_KEY`;
+3. the well-known `PULSE_WEBHOOK_SECRET` (space-separated, for rotation),
+   `PULSE_WEBHOOK_PUBLIC_KEYS` (space-separated) and `PULSE_API_KEY`;
 4. the TOML file (`path`, else `$PULSE_RELAY_CONFIG`);
 5. the defaults of the schema (schema.py).
 
@@ -38,6 +38,7 @@ from pydantic_settings import EnvSettingsSource, SettingsError
 from pulse_relay.config.schema import (
     ENV_API_KEY,
     ENV_PREFIX,
+    ENV_WEBHOOK_PUBLIC_KEYS,
     ENV_WEBHOOK_SECRET,
     SINK_TAGS,
     Settings,
@@ -123,19 +124,34 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not UTF-8 text") from None
 
 
+# The well-known variables of the verify table, each the list at its key (space-separated).
+_WELL_KNOWN_VERIFY_LISTS: dict[tuple[str, str], str] = {
+    ("verify", "secrets"): ENV_WEBHOOK_SECRET,
+    ("verify", "public_keys"): ENV_WEBHOOK_PUBLIC_KEYS,
+}
+
+
 def _well_known_env_layer() -> _Layer:
-    """PULSE_WEBHOOK_SECRET and PULSE_API_KEY, the names other Pulse tools already use."""
+    """PULSE_WEBHOOK_SECRET, PULSE_WEBHOOK_PUBLIC_KEYS and PULSE_API_KEY, the names other
+    Pulse tools already use."""
     values: dict[str, Any] = {}
-    secrets = os.environ.get(ENV_WEBHOOK_SECRET, "").split()
-    if secrets:
-        values["verify"] = {"secrets": secrets}
+    given: list[tuple[Loc, str]] = []
+    for (section, key), name in _WELL_KNOWN_VERIFY_LISTS.items():
+        words = os.environ.get(name, "").split()
+        if words:
+            values.setdefault(section, {})[key] = words
+            given.append(((section, key), name))
     api_key = os.environ.get(ENV_API_KEY, "").strip()
     if api_key:
         values["pulse"] = {"api_key": api_key}
 
     def origin(loc: Loc) -> str:
-        name = ENV_WEBHOOK_SECRET if loc[:1] == ("verify",) else ENV_API_KEY
-        return f"from environment variable {name}"
+        if loc[:1] != ("verify",):
+            return f"from environment variable {ENV_API_KEY}"
+        # A problem with the verify table as a whole is blamed on each variable that set part of it.
+        names = [name for key, name in given if loc[: len(key)] == key[: len(loc)]]
+        plural = "s" if len(names) > 1 else ""
+        return f"from environment variable{plural} {' and '.join(names)}"
 
     return _Layer(values, origin)
 

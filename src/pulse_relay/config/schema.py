@@ -31,6 +31,8 @@ from pulse_relay.config.types import (
     Loc,
     Networks,
     OctalMode,
+    PublicKeys,
+    SigningPrivateKey,
     SigningSecret,
     check_header,
 )
@@ -39,6 +41,7 @@ from pulse_relay.store.urls import is_postgres, sqlite_path
 
 ENV_PREFIX = "PULSE_RELAY_"
 ENV_WEBHOOK_SECRET = "PULSE_WEBHOOK_SECRET"  # noqa: S105 (a variable name)
+ENV_WEBHOOK_PUBLIC_KEYS = "PULSE_WEBHOOK_PUBLIC_KEYS"
 ENV_API_KEY = "PULSE_API_KEY"
 
 
@@ -105,6 +108,8 @@ class VerifySettings(_Section):
     scheme: Literal["standard", "hmac-sha256-hex", "none"] = "standard"
     secrets: list[SecretStr] = Field(default_factory=list)
     secrets_file: Path | None = None
+    # ed25519 keys that verify Standard Webhooks `v1a` signatures, beside the secrets' `v1`.
+    public_keys: PublicKeys = Field(default_factory=list)
     tolerance_seconds: int = Field(default=300, ge=1)
     # hmac-sha256-hex only: where the signature and the dedupe id are found.
     signature_header: str = "X-DocExtract-Signature"
@@ -147,6 +152,10 @@ class VerifySettings(_Section):
                 except ValueError as exc:
                     problems.append((("secrets", index), str(exc)))
         elif self.scheme == "hmac-sha256-hex":
+            if self.public_keys:
+                problems.append(
+                    (("public_keys",), "only the standard scheme verifies v1a signatures")
+                )
             # The standard scheme without a secret is polling-only mode; this one has no such mode.
             if not self.secrets:
                 problems.append(
@@ -322,6 +331,8 @@ class HttpSinkSettings(_SinkBase):
     headers: HttpHeaders = Field(default_factory=dict)
     timeout_seconds: float = Field(default=10.0, gt=0)
     sign_secret: SigningSecret = None
+    # Adds a Standard Webhooks `v1a` (ed25519) entry to webhook-signature.
+    sign_private_key: SigningPrivateKey = None
 
 
 class CommandSinkSettings(_SinkBase):

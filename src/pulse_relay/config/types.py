@@ -19,13 +19,19 @@ import ipaddress
 import re
 import string
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath, PureWindowsPath
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, GetCoreSchemaHandler, SecretStr
 from pydantic_core import CoreSchema, core_schema
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 # Where a value sits in the settings: ("sinks", 1, "url") is sinks[1].url.
 Loc = tuple[str | int, ...]
@@ -233,3 +239,58 @@ def _usable_signing_secret(secret: SecretStr | None) -> SecretStr | None:
 
 # A Standard Webhooks secret to sign with (whsec_ and base64); empty means none.
 SigningSecret = Annotated[SecretStr | None, AfterValidator(_usable_signing_secret)]
+
+
+# --- ed25519 keys (Standard Webhooks v1a) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """A `whpk_` key verifying `v1a` signatures; `text` is kept to be shown as written."""
+
+    text: str
+    # Two keys are the same when their text is: the parsed object adds nothing to compare.
+    key: Ed25519PublicKey = field(repr=False, compare=False)
+
+
+def _parse_public_key(text: str) -> PublicKey:
+    from pulse_relay.ingress.ed25519 import decode_public_key
+
+    return PublicKey(text.strip(), decode_public_key(text))
+
+
+def _split_key_text(value: object) -> object:
+    # `public_keys = "whpk_a whpk_b"` reads like PULSE_WEBHOOK_PUBLIC_KEYS; accept it the same way.
+    return value.split() if isinstance(value, str) else value
+
+
+# `whpk_` public keys, as a list or as one space-separated text.
+PublicKeys = Annotated[
+    list[Annotated[PublicKey, _ParsedFrom(str, _parse_public_key, lambda key: key.text)]],
+    BeforeValidator(_split_key_text),
+]
+
+
+class PrivateKey(SecretStr):
+    """A `whsk_` private key to sign `v1a` entries with: a secret, so masked wherever one is
+    (check-config, logs), and handed to the HTTP sink parsed as `key`."""
+
+    def __init__(self, text: str, key: Ed25519PrivateKey) -> None:
+        super().__init__(text)
+        self.key = key
+
+
+def _parse_private_key(secret: SecretStr | None) -> PrivateKey | None:
+    text = "" if secret is None else secret.get_secret_value().strip()
+    if not text:
+        return None
+    from pulse_relay.ingress.ed25519 import decode_private_key
+
+    return PrivateKey(text, decode_private_key(text))
+
+
+# A `whsk_` private key (Svix's format: base64 of the private then the public half); empty
+# means none. Shown as a SecretStr is: masked.
+SigningPrivateKey = Annotated[
+    PrivateKey | None, _ParsedFrom(SecretStr | None, _parse_private_key, lambda key: key)
+]

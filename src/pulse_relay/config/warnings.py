@@ -15,7 +15,12 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from pulse_relay.config.load import ConfigError, dotted_key, read_toml, secret_path
-from pulse_relay.config.schema import ENV_API_KEY, ENV_WEBHOOK_SECRET, Settings
+from pulse_relay.config.schema import (
+    ENV_API_KEY,
+    ENV_WEBHOOK_PUBLIC_KEYS,
+    ENV_WEBHOOK_SECRET,
+    Settings,
+)
 from pulse_relay.config.types import Loc
 from pulse_relay.redaction import REDACTED, mask_url, redacted_settings
 
@@ -52,11 +57,12 @@ def mode_warnings(settings: Settings) -> list[str]:
             "SIGNATURE VERIFICATION IS OFF (verify.scheme = none): anyone who can reach "
             "this port can inject events. Use this for local experiments only."
         )
-    elif not verify.secrets:
+    elif not verify.secrets and not verify.public_keys:
         # The only scheme valid without a secret is the standard one (see VerifySettings).
         warnings.append(
             "polling-only mode: no webhook secret is configured (verify.secrets, "
-            f"verify.secrets_file or {ENV_WEBHOOK_SECRET}), so the webhook endpoint "
+            f"verify.secrets_file or {ENV_WEBHOOK_SECRET}) nor any public key "
+            f"(verify.public_keys or {ENV_WEBHOOK_PUBLIC_KEYS}), so the webhook endpoint "
             "answers 503; watched jobs are polled"
         )
     if not settings.pulse.api_key.get_secret_value():

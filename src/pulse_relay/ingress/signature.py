@@ -1,7 +1,10 @@
 """Webhook signatures: Standard Webhooks (as Svix signs Pulse's webhooks) and a hex HMAC scheme.
 
-Everything here is pure: no I/O, and the clock is injected, so the published
-Standard Webhooks test vectors can be checked.
+Standard Webhooks has two signature versions: `v1`, an HMAC-SHA256 under a shared
+`whsec_` secret, and `v1a`, an ed25519 signature that a `whpk_` public key verifies
+(docs/ingress.md; the keys are read in ed25519.py). Everything here is pure: no I/O,
+and the clock is injected, so the published Standard Webhooks test vectors can be
+checked.
 """
 
 from __future__ import annotations
@@ -19,9 +22,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from pulse_relay.ingress.ed25519 import ED25519_SIGNATURE_BYTES, decode_public_key, is_valid
+
 SECRET_PREFIX = "whsec_"  # noqa: S105 - a format prefix, not a secret
 MIN_SECRET_BYTES = 16
 MAX_ID_LENGTH = 256
+
+# A sender signs once per active key, two during a rotation. Each v1a entry costs an
+# ed25519 verification per configured key (tens of microseconds, unlike an HMAC), so a
+# header listing more than this many is refused rather than checked entry by entry.
+MAX_V1A_SIGNATURES = 8
 
 # Digits only, no sign, no padding: the header text must be the integer that was signed.
 _TIMESTAMP = re.compile(r"0|[1-9][0-9]{0,14}")
@@ -62,6 +74,8 @@ class CheckedHeaders:
     webhook_id: str | None
     timestamp: int | None
     signatures: tuple[str, ...]
+    # The decoded `v1a` (ed25519) signatures, for a verifier that has public keys.
+    v1a_signatures: tuple[bytes, ...] = ()
 
 
 class Verifier(Protocol):
@@ -115,16 +129,30 @@ def _header(headers: dict[str, str], name: str) -> str | None:
     return value
 
 
-def compute_signature(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> str:
-    """The base64 HMAC-SHA256 of `{id}.{timestamp}.{body}` (without the `v1,` prefix)."""
-    signed = b"%s.%d.%s" % (webhook_id.encode(), timestamp, body)
+def signed_content(webhook_id: str, timestamp: int, body: bytes) -> bytes:
+    """What both `v1` and `v1a` sign: `{id}.{timestamp}.{body}`."""
+    return b"%s.%d.%s" % (webhook_id.encode(), timestamp, body)
+
+
+def _hmac_base64(key: bytes, signed: bytes) -> str:
     # hmac.digest with a digest name is OpenSSL's one-shot HMAC, without an HMAC object.
     return base64.b64encode(hmac.digest(key, signed, "sha256")).decode()
+
+
+def compute_signature(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> str:
+    """The base64 HMAC-SHA256 of `{id}.{timestamp}.{body}` (without the `v1,` prefix)."""
+    return _hmac_base64(key, signed_content(webhook_id, timestamp, body))
 
 
 def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
     """The `webhook-signature` header value (`v1,<base64>`) for one secret."""
     return "v1," + compute_signature(decode_secret(secret), webhook_id, timestamp, body)
+
+
+def sign_v1a(key: Ed25519PrivateKey, webhook_id: str, timestamp: int, body: bytes) -> str:
+    """The `v1a,<base64>` entry: the ed25519 signature of `{id}.{timestamp}.{body}`."""
+    signature = key.sign(signed_content(webhook_id, timestamp, body))
+    return "v1a," + base64.b64encode(signature).decode()
 
 
 def hex_signature(secret: str | bytes, body: bytes) -> str:
@@ -137,14 +165,30 @@ def hex_signature(secret: str | bytes, body: bytes) -> str:
 
 
 def sign_headers(
-    secret: str, webhook_id: str, body: bytes, *, timestamp: int | None = None
+    secret: str | None,
+    webhook_id: str,
+    body: bytes,
+    *,
+    timestamp: int | None = None,
+    private_key: Ed25519PrivateKey | None = None,
 ) -> dict[str, str]:
-    """The three Standard Webhooks headers for `body`, timestamped now unless given."""
+    """The three Standard Webhooks headers for `body`, timestamped now unless given.
+
+    The signature header holds a `v1` entry for `secret` and a `v1a` entry for
+    `private_key`, each when given; ValueError when neither is.
+    """
     when = int(time.time()) if timestamp is None else timestamp
+    entries = []
+    if secret is not None:
+        entries.append(sign(secret, webhook_id, when, body))
+    if private_key is not None:
+        entries.append(sign_v1a(private_key, webhook_id, when, body))
+    if not entries:
+        raise ValueError("a secret or a private key is required to sign")
     return {
         "webhook-id": webhook_id,
         "webhook-timestamp": str(when),
-        "webhook-signature": sign(secret, webhook_id, when, body),
+        "webhook-signature": " ".join(entries),
     }
 
 
@@ -154,53 +198,62 @@ def is_valid_webhook_id(webhook_id: str) -> bool:
 
 
 class StandardVerifier:
-    """Standard Webhooks verification against one or more secrets (rotation)."""
+    """Standard Webhooks verification: `v1` entries against one or more secrets (rotation),
+    `v1a` entries against one or more ed25519 public keys; a match of either kind will do."""
 
     def __init__(
         self,
         secrets: Iterable[str | bytes],
         *,
+        public_keys: Iterable[str | Ed25519PublicKey] = (),
         tolerance_seconds: int = 300,
         clock: Clock = time.time,
     ) -> None:
         self._keys = [s if isinstance(s, bytes) else decode_secret(s) for s in secrets]
-        if not self._keys:
-            raise ValueError("at least one secret is required")
+        self._public_keys = [
+            key if isinstance(key, Ed25519PublicKey) else decode_public_key(key)
+            for key in public_keys
+        ]
+        if not self._keys and not self._public_keys:
+            raise ValueError("at least one secret or public key is required")
         self._tolerance_seconds = tolerance_seconds
         self._clock = clock
 
     def check_headers(self, headers: Mapping[str, str]) -> CheckedHeaders:
         """Presence and form of the three headers, and the timestamp window."""
-        webhook_id, timestamp, candidates = self._parse(headers)
-        return CheckedHeaders(webhook_id, timestamp, candidates)
+        webhook_id, timestamp, (v1, v1a) = self._parse(headers)
+        return CheckedHeaders(webhook_id, timestamp, v1, v1a)
 
     def verify(
         self, headers: Mapping[str, str], body: bytes, checked: CheckedHeaders | None = None
     ) -> Verified:
         """Return the verified id, or raise VerificationError with a short reason."""
         if checked is None or checked.webhook_id is None or checked.timestamp is None:
-            webhook_id, timestamp, candidates = self._parse(headers)
+            webhook_id, timestamp, (v1, v1a) = self._parse(headers)
         else:
-            webhook_id, timestamp, candidates = (
-                checked.webhook_id,
-                checked.timestamp,
-                checked.signatures,
-            )
+            webhook_id, timestamp = checked.webhook_id, checked.timestamp
+            v1, v1a = checked.signatures, checked.v1a_signatures
             # The body took time to arrive: the window is judged again, now.
             self._check_window(timestamp)
-        expected = [compute_signature(key, webhook_id, timestamp, body) for key in self._keys]
+        signed = signed_content(webhook_id, timestamp, body)
+        expected = [_hmac_base64(key, signed) for key in self._keys]
         # Every pair is compared so the time taken does not depend on where a match is.
         matched = False
-        for candidate in candidates:
+        for candidate in v1:
             for signature in expected:
                 # Both are base64 text (ASCII), which compare_digest takes as it is.
                 matched |= hmac.compare_digest(candidate, signature)
+        # No secret is involved in checking a v1a entry (the keys are public), so its
+        # timing reveals nothing and the first valid signature ends the search.
+        matched = matched or any(
+            is_valid(key, signature, signed) for signature in v1a for key in self._public_keys
+        )
         if not matched:
             raise VerificationError("no matching signature")
         return Verified(webhook_id=webhook_id, timestamp=timestamp)
 
-    def _parse(self, headers: Mapping[str, str]) -> tuple[str, int, tuple[str, ...]]:
-        """The id, the timestamp and the usable v1 signatures; VerificationError if none."""
+    def _parse(self, headers: Mapping[str, str]) -> tuple[str, int, _Candidates]:
+        """The id, the timestamp and the usable v1 and v1a signatures; VerificationError if none."""
         lowered = _lower(headers)
         webhook_id = _header(lowered, "id")
         timestamp_text = _header(lowered, "timestamp")
@@ -213,48 +266,64 @@ class StandardVerifier:
             raise VerificationError("malformed webhook-timestamp")
         timestamp = int(timestamp_text)
         self._check_window(timestamp)
-        return webhook_id, timestamp, _v1_signatures(signature_header)
+        candidates = _candidate_signatures(
+            signature_header, has_secrets=bool(self._keys), has_public_keys=bool(self._public_keys)
+        )
+        return webhook_id, timestamp, candidates
 
     def _check_window(self, timestamp: int) -> None:
         if abs(self._clock() - timestamp) > self._tolerance_seconds:
             raise VerificationError("timestamp outside tolerance")
 
 
-def _v1_signatures(header: str) -> tuple[str, ...]:
-    """The well-formed `v1` signatures of a header.
+# A header's usable `v1` entries (base64 text) and `v1a` entries (decoded signatures).
+_Candidates = tuple[tuple[str, ...], tuple[bytes, ...]]
 
-    A malformed entry (no comma, not base64, not 32 bytes) matches nothing but does
-    not spoil the others, as in the reference libraries: a request signed by one good
-    entry next to a garbled one is genuine. A header with no usable `v1` entry at all
-    can never match, so it is refused before the body is read.
+
+def _candidate_signatures(header: str, *, has_secrets: bool, has_public_keys: bool) -> _Candidates:
+    """The well-formed `v1` (with secrets) and `v1a` (with public keys) signatures of a header.
+
+    A malformed entry (no comma, not base64, not 32 bytes for v1 or 64 for v1a)
+    matches nothing but does not spoil the others, as in the reference libraries: a
+    request signed by one good entry next to a garbled one is genuine. Other versions,
+    and a version this verifier has no key for, are skipped. A header with no usable
+    entry at all can never match, so it is refused before the body is read.
     """
     entries = header.split()
     if not entries:
         raise VerificationError("empty webhook-signature")
-    found: list[str] = []
+    v1: list[str] = []
+    v1a: list[bytes] = []
     has_malformed = False
     for entry in entries:
         version, comma, value = entry.partition(",")
         if not comma or not version or not value:
             has_malformed = True
-        elif version == "v1":
-            if _is_sha256_base64(value):
-                found.append(value)
+        elif version == "v1" and has_secrets:
+            if _decoded_size(value) == hashlib.sha256().digest_size:
+                v1.append(value)
             else:
                 has_malformed = True
-    if not found:
+        elif version == "v1a" and has_public_keys:
+            if _decoded_size(value) == ED25519_SIGNATURE_BYTES:
+                v1a.append(base64.b64decode(value))
+            else:
+                has_malformed = True
+    if len(v1a) > MAX_V1A_SIGNATURES:
+        raise VerificationError(f"more than {MAX_V1A_SIGNATURES} v1a signatures")
+    if not v1 and not v1a:
         raise VerificationError(
             "malformed webhook-signature entry" if has_malformed else "no matching signature"
         )
-    return tuple(found)
+    return tuple(v1), tuple(v1a)
 
 
-def _is_sha256_base64(value: str) -> bool:
+def _decoded_size(value: str) -> int | None:
+    """How many bytes the base64 `value` holds; None when it is not base64."""
     try:
-        raw = base64.b64decode(value, validate=True)
+        return len(base64.b64decode(value, validate=True))
     except (binascii.Error, ValueError):
-        return False
-    return len(raw) == hashlib.sha256().digest_size
+        return None
 
 
 def body_timestamp(body: bytes) -> float | None:

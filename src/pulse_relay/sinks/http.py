@@ -1,4 +1,5 @@
-"""The HTTP sink: POST the envelope to one URL, optionally re-signed with Standard Webhooks."""
+"""The HTTP sink: POST the envelope to one URL, optionally re-signed with Standard Webhooks
+(`v1` with a shared secret, `v1a` with an ed25519 private key; docs/envelope.md)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ class HttpSink:
         self._settings = settings
         secret = settings.sign_secret
         self._secret = None if secret is None else secret.get_secret_value()
+        private_key = settings.sign_private_key
+        self._private_key = None if private_key is None else private_key.key
         self._session = session
         self._owns_session = session is None
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout_seconds)
@@ -45,8 +48,11 @@ class HttpSink:
         # Configured headers may override the defaults (a vendor content type,
         # say) but never the signature, which must describe this exact body.
         _override(headers, self._settings.headers)
-        if self._secret is not None:
-            _override(headers, sign_headers(self._secret, delivery.event_id, delivery.body))
+        if self._secret is not None or self._private_key is not None:
+            signature = sign_headers(
+                self._secret, delivery.event_id, delivery.body, private_key=self._private_key
+            )
+            _override(headers, signature)
         return headers
 
     def _client(self) -> aiohttp.ClientSession:
