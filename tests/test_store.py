@@ -688,3 +688,17 @@ async def test_an_edited_replay_sends_its_envelope_once_and_keeps_it_with_its_at
     view = await store.get_event("m1")
     assert view is not None and view.deliveries["a"].edited_envelope is None
     assert view.attempts[-1].edited_envelope == task.edited_envelope
+
+
+async def test_a_sqlite_read_sees_every_commit_before_it_beside_a_read_in_progress(
+    sqlite_store: SQLiteStore,
+) -> None:
+    # A statement left open on the reading connection (a listing read part way, or one
+    # whose rows are awaited chunk by chunk) would pin every other read on that connection
+    # to its snapshot: a watch just added would be missing from the next read.
+    await sqlite_store.add_watches([f"job-{n}" for n in range(300)], interval_seconds=5)
+    async with sqlite_store.read("SELECT job_id FROM watches") as rows:
+        assert await rows.fetchone() is not None
+        await sqlite_store.add_watches(["job-new"], interval_seconds=5)
+        assert await sqlite_store.get_watch("job-new") is not None
+        assert "job-new" in {watch.job_id for watch in await sqlite_store.list_watches()}

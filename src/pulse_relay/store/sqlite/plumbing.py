@@ -59,6 +59,23 @@ def _create_private_file(path: Path) -> None:
         os.close(fd)
 
 
+class ReadRows:
+    """A read's rows, already fetched whole, read as a cursor's would be."""
+
+    def __init__(self, rows: list[sqlite3.Row]) -> None:
+        self._rows = iter(rows)
+
+    async def fetchone(self) -> sqlite3.Row | None:
+        return next(self._rows, None)
+
+    async def fetchall(self) -> list[sqlite3.Row]:
+        return list(self._rows)
+
+    async def __aiter__(self) -> AsyncIterator[sqlite3.Row]:
+        for row in self._rows:
+            yield row
+
+
 @dataclass
 class _Queued:
     future: asyncio.Future[Any]
@@ -182,22 +199,23 @@ class SQLitePlumbing(BackendBase):
         return self._db
 
     @contextlib.asynccontextmanager
-    async def read(
-        self, sql: str, parameters: Sequence[Any] = ()
-    ) -> AsyncIterator[aiosqlite.Cursor]:
-        """A cursor of `sql` on the reading connection. A store closed meanwhile (aiosqlite
+    async def read(self, sql: str, parameters: Sequence[Any] = ()) -> AsyncIterator[ReadRows]:
+        """The rows of `sql` on the reading connection. A store closed meanwhile (aiosqlite
         says ValueError, sqlite3 ProgrammingError) or a read SQLite cannot do (out of file
         descriptors, an I/O error) raises StoreUnavailableError."""
         db = self.db
         try:
-            async with db.execute(sql, parameters) as cursor:
-                yield cursor
+            # Executed and read whole in one call on the connection's thread: a statement
+            # left open across an await would pin every other read on this connection to
+            # its snapshot, and a commit made meanwhile would be missing from them.
+            rows = await db.execute_fetchall(sql, parameters)
         except (ValueError, sqlite3.ProgrammingError) as error:
             if self._db is db and not self._closing:
                 raise
             raise StoreUnavailableError("store is closed") from error
         except sqlite3.OperationalError as error:
             raise StoreUnavailableError(f"store read failed: {error}") from error
+        yield ReadRows(list(rows))
 
     # -- the single writer ---------------------------------------------
 
