@@ -11,11 +11,12 @@ import json
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from bench.chaos.edge_client import READ_TIMEOUT_SECONDS, EdgeRelay, config_text, read_answer
+from bench.chaos.findings import FindingFigures
 from bench.common import PYTHON, SECRET, free_port
 
 REBOUND = "rebind.attacker.example:8788"
@@ -25,17 +26,10 @@ OVERSIZED_HEADER = "X-Pulse-Relay-Meta-Note"
 
 
 @dataclass
-class AdminFigures:
-    """One row per finding: what it is, and the answer measured now."""
+class AdminFigures(FindingFigures):
+    """One row per finding of the admin listener's review."""
 
-    rows: list[tuple[str, str]] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def add(self, finding: str, answer: str, *, as_specified: bool) -> None:
-        self.rows.append((finding, answer))
-        if not as_specified:
-            self.problems.append(f"admin: {finding}: {answer}")
+    part: ClassVar[str] = "admin"
 
 
 @dataclass

@@ -15,8 +15,9 @@ import resource
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from bench.chaos.edge_client import (
     DEFAULT_FILE_LIMIT,
@@ -31,25 +32,20 @@ from bench.chaos.edge_client import (
     signed,
     tls_exchange,
 )
+from bench.chaos.findings import FindingFigures
 from bench.proxies import CLIENT, Workdir, find_program, start_recipe, stop_proxy
 
 OTHER_SECRET = "whsec_" + base64.b64encode(b"not-the-relay-secret-0123456789").decode()
 
 
 @dataclass
-class EdgeFigures:
-    """One row per finding: what it is, and the answer measured now."""
+class EdgeFigures(FindingFigures):
+    """One row per finding of the public edge's review, with the load it was put under."""
+
+    part: ClassVar[str] = "edge"
 
     flood_requests: int = 0
     idle_connections: int = 0
-    rows: list[tuple[str, str]] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def add(self, finding: str, answer: str, *, as_specified: bool) -> None:
-        self.rows.append((finding, answer))
-        if not as_specified:
-            self.problems.append(f"edge: {finding}: {answer}")
 
 
 def probe_encodings(relay: EdgeRelay, figures: EdgeFigures) -> None:
