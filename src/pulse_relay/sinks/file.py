@@ -25,6 +25,7 @@ from pulse_relay.sinks.base import (
     RetryableSinkError,
     SinkResult,
 )
+from pulse_relay.sinks.directory_sync import DirectorySync
 
 if TYPE_CHECKING:
     from pulse_relay.config import FileSinkSettings
@@ -114,6 +115,8 @@ class FileSink:
         self._executor = ThreadPoolExecutor(
             max_workers=settings.concurrency, thread_name_prefix=f"file-sink-{self.name}"
         )
+        # Writes renamed into one directory at the same time share its fsync.
+        self._directory_sync = DirectorySync()
 
     def render_filename(self, delivery: Delivery) -> str:
         """The file name for `delivery` relative to the directory, field values encoded."""
@@ -229,7 +232,7 @@ class FileSink:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(temporary, dir_fd=directory_fd)
                 raise
-            os.fsync(directory_fd)
+            self._directory_sync.sync(directory_fd)
         return path, True
 
     def _append_line(self, relative: str, line: bytes) -> Path:
@@ -245,7 +248,7 @@ class FileSink:
             finally:
                 os.close(fd)
             if size_bytes == 0:
-                os.fsync(directory_fd)
+                self._directory_sync.sync(directory_fd)
         return Path(self._settings.directory) / relative
 
 
