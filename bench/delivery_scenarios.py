@@ -79,6 +79,10 @@ def end_to_end(sizes: Sizes) -> dict[str, Any]:
 # -- fan-out ---------------------------------------------------------------------------------
 
 
+# Issue 24's target: the drain once every webhook is in, against bench/fanout_floor.py.
+FANOUT_DRAIN_VS_FLOOR_TARGET = 0.80
+
+
 def _fanout_sinks(out: Path, http_port: int) -> list[dict[str, Any]]:
     return [
         {"name": "files", "type": "file", "directory": str(out), "filename": "{id}.json"},
@@ -132,25 +136,27 @@ def fan_out(sizes: Sizes) -> dict[str, Any]:
             floor = _fanout_floor(workdir, base_url, http_port, min(burst, 2000))
             print(f"  fan-out floor (no store, no relay): {floor:.0f} events/s")
     sustained = next((a for a in attempts if a["steady"]), None)
+    drain_vs_floor = after_ingest / floor
     figure = (
+        f"drain ÷ floor {drain_vs_floor:.2f} ({after_ingest:.0f}/s once all were in ÷ "
+        f"no-store floor {floor:.0f}/s); "
+    )
+    figure += (
         f"{sustained['rate']:.0f} events/s sustained (pending ≤ {sustained['max_pending']}); "
         f"burst drain {capacity:.0f} events/s"
         if sustained
         else f"no steady rate found; burst drain {capacity:.0f} events/s"
     )
-    figure += (
-        f", {after_ingest:.0f}/s once all were in; no-store floor {floor:.0f}/s "
-        f"(drain ÷ floor {after_ingest / floor:.2f})"
-    )
-    met = sustained is not None and sustained["rate"] >= 300 and drained
+    met = drained and drain_vs_floor >= FANOUT_DRAIN_VS_FLOOR_TARGET
+    target = f"drain ÷ floor ≥ {FANOUT_DRAIN_VS_FLOOR_TARGET:.2f}"
     return {
-        "rows": [row("fan-out", figure, "report; ≥ 300/s", met)],
+        "rows": [row("fan-out", figure, target, met)],
         "capacity": capacity,
         "drain_after_ingest_events_per_second": after_ingest,
         "burst": burst,
         "attempts": attempts,
         "floor_events_per_second": floor,
-        "drain_vs_floor": after_ingest / floor,
+        "drain_vs_floor": drain_vs_floor,
     }
 
 
