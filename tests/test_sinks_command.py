@@ -8,7 +8,9 @@ import errno
 import json
 import os
 import stat
+import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -370,3 +372,69 @@ async def test_build_sink(tmp_path: Path) -> None:
     sink = build_sink(settings)
     assert isinstance(sink, CommandSink)
     await sink.close()
+
+
+def live_children() -> list[int]:
+    """This process's children that still run (zombies waiting to be reaped excluded)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] not in {"Z", "X"}:
+            children.append(int(entry.name))
+    return children
+
+
+async def test_the_command_starts_on_a_worker_thread_not_the_loops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The loop stands still while a child is forked on its thread; see sinks/spawn.py.
+    started_on: list[threading.Thread] = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        started_on.append(threading.current_thread())
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", recording_popen)
+    script = write_script(tmp_path, "echo.sh", "cat\n", python=False)
+    result = await make_sink([script]).deliver(make_delivery(text="on its own thread"))
+    assert result.output_tail is not None and "on its own thread" in result.output_tail
+    assert len(started_on) == 1
+    assert started_on[0] is not threading.current_thread()
+    assert started_on[0].name.startswith("command-sink-hook")
+
+
+async def test_without_pidfds_the_exit_and_a_timeout_are_still_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(_pid: int, _flags: int = 0) -> int:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    # As under a seccomp profile that refuses pidfd_open: a worker thread waits instead.
+    monkeypatch.setattr(os, "pidfd_open", refused)
+    script = write_script(tmp_path, "three.sh", "cat > /dev/null\nexit 3\n", python=False)
+    with pytest.raises(RetryableSinkError, match=r"^exit status 3$"):
+        await make_sink([script]).deliver(make_delivery())
+    pids = tmp_path / "pids"
+    hang = write_script(tmp_path, "hang.sh", 'echo "$$" > "$1"\nsleep 100\n', python=False)
+    with pytest.raises(RetryableSinkError, match="timed out after 1s"):
+        await make_sink([hang, pids], timeout_seconds=1).deliver(make_delivery())
+    assert is_gone(int(pids.read_text()))
+
+
+async def test_cancelled_while_the_command_starts_leaves_no_process(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "hang.sh", "sleep 100\n", python=False)
+    sink = make_sink([script], timeout_seconds=60)
+    task = asyncio.create_task(sink.deliver(make_delivery()))
+    # One turn of the loop: the start has been handed to its thread, which has not answered.
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # Killed and reaped before the cancellation was let through.
+    assert live_children() == []

@@ -7,8 +7,8 @@ import contextlib
 import errno
 import os
 import signal
-import subprocess
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, cast
 
 from pulse_relay.sinks.base import (
@@ -17,6 +17,7 @@ from pulse_relay.sinks.base import (
     RetryableSinkError,
     SinkResult,
 )
+from pulse_relay.sinks.spawn import ChildProcess, kill_group, start_child
 
 if TYPE_CHECKING:
     from pulse_relay.config import CommandSinkSettings
@@ -107,10 +108,16 @@ class CommandSink:
     def __init__(self, settings: CommandSinkSettings) -> None:
         self.name = settings.name
         self._settings = settings
+        # Read once: walking os.environ cost more loop time per delivery than the
+        # rest of the environment's making, and the relay's own does not change.
+        self._base_environment = inherited_environment(os.environ) | settings.env
+        # Starts (and, without pidfds, waits) happen here, one thread per delivery slot.
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.concurrency, thread_name_prefix=f"command-sink-{self.name}"
+        )
 
     def _environment(self, delivery: Delivery) -> dict[str, str]:
-        env = inherited_environment(os.environ)
-        env.update(self._settings.env)
+        env = dict(self._base_environment)
         # Set last so the configuration cannot disguise which event this is.
         env["PULSE_EVENT_ID"] = _env_value(delivery.event_id)
         env["PULSE_EVENT_TYPE"] = _env_value(delivery.event_type)
@@ -137,36 +144,28 @@ class CommandSink:
         # Out of processes or memory for a moment (EAGAIN, ENOMEM): worth another try.
         return RetryableSinkError(reason)
 
-    async def _start(
-        self, loop: asyncio.AbstractEventLoop, delivery: Delivery
-    ) -> tuple[asyncio.SubprocessTransport, _OutputCollector]:
+    async def _start(self, delivery: Delivery) -> tuple[ChildProcess, _OutputCollector]:
         """Start the command; the errors that mean it cannot start become sink errors."""
-        # The protocol-level API rather than create_subprocess_exec: output
-        # is trimmed as it arrives, the exit is seen even while a leftover
-        # grandchild keeps a pipe open, and the transport can be closed.
+        collector = _OutputCollector(asyncio.get_running_loop())
+        # Not loop.subprocess_exec: it forks on the loop's thread (see spawn.py).
+        # Output is trimmed as it arrives, the exit is seen even while a leftover
+        # grandchild keeps a pipe open, and the pipes can be closed.
         start = asyncio.ensure_future(
-            loop.subprocess_exec(
-                lambda: _OutputCollector(loop),
-                *self._settings.argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=self._environment(delivery),
-                cwd=self._settings.cwd,
-                # Its own process group, so a timeout can kill everything the
-                # command started, not just the command.
-                start_new_session=True,
+            start_child(
+                self._executor,
+                collector,
+                self._settings.argv,
+                self._environment(delivery),
+                self._settings.cwd,
             )
         )
         try:
-            return await asyncio.shield(start)
+            return await asyncio.shield(start), collector
         except asyncio.CancelledError:
-            # Cancelled inside subprocess_exec, asyncio would wait for every pipe
-            # to close, i.e. for whatever the command started to finish. Let the
-            # start complete (it only connects pipes), then kill the group.
+            # Let the start complete (a thread cannot be stopped halfway), then
+            # kill the group: nothing the command started outlives the delivery.
             with contextlib.suppress(Exception):
-                transport, collector = await start
-                await _kill_and_reap(transport, collector)
+                await _kill_and_reap(await start, collector)
             raise
         except OSError as exc:
             raise self._start_failure(exc) from None
@@ -176,10 +175,8 @@ class CommandSink:
 
     async def deliver(self, delivery: Delivery) -> SinkResult:
         """Run the command; exit 0 delivered, a failed start dead, anything else retryable."""
-        loop = asyncio.get_running_loop()
         timeout_seconds = self._settings.timeout_seconds
-        transport, protocol = await self._start(loop, delivery)
-        collector = protocol
+        transport, collector = await self._start(delivery)
         timed_out = False
         try:
             stdin = cast(asyncio.WriteTransport | None, transport.get_pipe_transport(0))
@@ -193,7 +190,7 @@ class CommandSink:
             exited, _ = await asyncio.wait({collector.exited}, timeout=timeout_seconds)
             if not exited:
                 timed_out = True
-                _kill_group(transport.get_pid())
+                kill_group(transport.get_pid())
                 await asyncio.wait({collector.exited}, timeout=KILL_WAIT_SECONDS)
             # Killing the group closes the pipes at once; after a normal exit a
             # background process may still hold them, and is not waited for.
@@ -213,7 +210,8 @@ class CommandSink:
         raise RetryableSinkError(_describe_exit(returncode), output_tail=output_tail)
 
     async def close(self) -> None:
-        """Nothing to release: each delivery's process is gone when `deliver` returns."""
+        """Let the start threads end; each delivery's process is gone when `deliver` returns."""
+        self._executor.shutdown(wait=False)
 
 
 def inherited_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -237,18 +235,10 @@ def _describe_exit(returncode: int | None) -> str:
     return f"exit status {returncode}"
 
 
-async def _kill_and_reap(
-    transport: asyncio.SubprocessTransport, collector: _OutputCollector
-) -> None:
+async def _kill_and_reap(child: ChildProcess, collector: _OutputCollector) -> None:
     """Kill the command's group if it still runs, wait a moment for its exit, close."""
-    if transport.get_returncode() is None:
-        _kill_group(transport.get_pid())
+    if child.get_returncode() is None:
+        kill_group(child.get_pid())
         # Reaped before the transport is dropped, so no process is left a zombie.
         await asyncio.wait({collector.exited}, timeout=KILL_WAIT_SECONDS)
-    transport.close()
-
-
-def _kill_group(pid: int) -> None:
-    # With start_new_session the child leads a group whose id is its pid.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+    child.close()
