@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
-import sys
-import threading
 import weakref
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from structlog.testing import capture_logs
 from pulse_relay import app as app_module
 from pulse_relay.app import Relay, build_router
 from pulse_relay.config import SinkSettings
-from pulse_relay.daemon import freeze_startup_objects, serve, watch_children_by_pidfd
+from pulse_relay.daemon import freeze_startup_objects, serve
 from pulse_relay.emulator import PulseEmulator
 from pulse_relay.ingress.signature import HexHmacVerifier, NoneVerifier, StandardVerifier
 from pulse_relay.ingress_settings import build_verifier
@@ -274,25 +272,6 @@ def test_startup_objects_are_frozen_after_their_garbage_is_collected() -> None:
     finally:
         gc.unfreeze()
     assert gc.get_freeze_count() == 0
-
-
-def _waiting_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("asyncio-waitpid")]
-
-
-async def test_while_serving_children_are_waited_for_without_a_thread_each() -> None:
-    undo = watch_children_by_pidfd(asyncio.get_running_loop())
-    try:
-        if sys.version_info < (3, 12):
-            assert isinstance(asyncio.get_child_watcher(), asyncio.PidfdChildWatcher)
-        child = await asyncio.create_subprocess_exec("/bin/sh", "-c", "sleep 0.3; exit 3")
-        assert _waiting_threads() == []
-        assert await child.wait() == 3
-    finally:
-        undo()
-    # Afterwards asyncio's own watcher is back, and a child is still waited for.
-    child = await asyncio.create_subprocess_exec("/bin/sh", "-c", "exit 4")
-    assert await child.wait() == 4
 
 
 # --- a failed start, readiness reasons -----------------------------------------------------

@@ -409,6 +409,28 @@ async def test_the_command_starts_on_a_worker_thread_not_the_loops(
     assert started_on[0].name.startswith("command-sink-hook")
 
 
+async def test_a_running_command_is_waited_for_through_a_pidfd_not_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[int] = []
+    real_pidfd_open = os.pidfd_open
+
+    def recording_pidfd_open(pid: int, flags: int = 0) -> int:
+        opened.append(pid)
+        return real_pidfd_open(pid, flags)
+
+    monkeypatch.setattr(os, "pidfd_open", recording_pidfd_open)
+    pid_file = tmp_path / "pid"
+    script = write_script(tmp_path, "slow.sh", 'echo $$ > "$1"\nsleep 0.3\nexit 3\n', python=False)
+    delivery = asyncio.create_task(make_sink([script, pid_file]).deliver(make_delivery()))
+    await wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "")
+    # asyncio 3.11's default would be a thread per child, blocked in waitpid.
+    assert [t.name for t in threading.enumerate() if t.name.startswith("asyncio-waitpid")] == []
+    with pytest.raises(RetryableSinkError, match=r"^exit status 3$"):
+        await delivery
+    assert opened == [int(pid_file.read_text())]
+
+
 async def test_without_pidfds_the_exit_and_a_timeout_are_still_seen(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,4 +1,4 @@
-"""The process around a relay: signals, child watching, the collector, systemd, the exit.
+"""The process around a relay: signals, the collector, systemd, the exit.
 
 `serve` (what `pulse-relay serve` runs) sets the umask, builds the relay (see
 app.py for its start-up and shutdown order), and then owns the process:
@@ -9,8 +9,8 @@ app.py for its start-up and shutdown order), and then owns the process:
   settings (docs/configuration.md, "Reloading").
 - Under systemd (`$NOTIFY_SOCKET`): READY=1 once both listeners are bound,
   WATCHDOG=1 while the relay proves alive, RELOADING=1 and STOPPING=1.
-- On Python 3.11 the command sink's children are waited for through pidfds, and
-  what start-up built is left out of the cyclic collector.
+- What start-up built is left out of the cyclic collector. (The command sink waits
+  for its children itself, through pidfds: sinks/spawn.py.)
 """
 
 from __future__ import annotations
@@ -110,7 +110,6 @@ async def serve(
     relay = Relay(settings)
     loop = asyncio.get_running_loop()
     signals = ProcessSignals(loop, lambda: _reload(relay, reload_settings, notifier))
-    unwatch_children = watch_children_by_pidfd(loop)
     signals.install()
     sample_accept_errors(loop, SampledLog(log))
     try:
@@ -134,38 +133,6 @@ async def serve(
             # Only once the listeners are closed: retries of accept() may be pending until then.
             loop.set_exception_handler(None)
         signals.remove()
-        unwatch_children()
-
-
-def watch_children_by_pidfd(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
-    """On Python 3.11, wait for the command sink's children through pidfds; returns the undo.
-
-    asyncio 3.11 waits for each child on a thread of its own, started (and waited for
-    until it runs) on the event loop: during a fan-out drain that was a thread per
-    delivery. A pidfd is a file descriptor the loop watches like a socket. Python 3.12
-    and later do this themselves; a kernel or sandbox without pidfd_open (older
-    container runtimes' seccomp profiles refuse it) keeps the threads.
-    """
-    if sys.version_info >= (3, 12) or not _pidfd_usable():
-        return lambda: None
-    previous = asyncio.get_child_watcher()
-    watcher = asyncio.PidfdChildWatcher()
-    watcher.attach_loop(loop)
-    asyncio.set_child_watcher(watcher)
-
-    def undo() -> None:
-        # A later loop in this process (the tests run several) gets asyncio's own again.
-        asyncio.set_child_watcher(previous)
-
-    return undo
-
-
-def _pidfd_usable() -> bool:
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-    except (AttributeError, OSError):
-        return False
-    return True
 
 
 def freeze_startup_objects() -> None:
