@@ -135,10 +135,6 @@ def fan_out(sizes: Sizes) -> dict[str, Any]:
                     break
             floor = _fanout_floor(workdir, base_url, http_port, min(burst, 2000))
             print(f"  fan-out floor (no store, no relay): {floor:.0f} events/s")
-            recorded = _fanout_floor(
-                workdir, base_url, http_port, min(burst, 2000), with_outcomes=True
-            )
-            print(f"  fan-out floor with outcomes recorded: {recorded:.0f} events/s")
     sustained = next((a for a in attempts if a["steady"]), None)
     drain_vs_floor = after_ingest / floor
     figure = (
@@ -153,35 +149,22 @@ def fan_out(sizes: Sizes) -> dict[str, Any]:
     )
     met = drained and drain_vs_floor >= FANOUT_DRAIN_VS_FLOOR_TARGET
     target = f"drain ÷ floor ≥ {FANOUT_DRAIN_VS_FLOOR_TARGET:.2f}"
-    bound = (
-        f"{recorded:.0f} events/s, ÷ no-store floor {recorded / floor:.2f}; "
-        f"the relay's drain ÷ this {after_ingest / recorded:.2f}"
-    )
     return {
-        "rows": [
-            row("fan-out", figure, target, met),
-            row("fan-out: floor with outcomes recorded", bound, "report (a lower bound)", None),
-        ],
+        "rows": [row("fan-out", figure, target, met)],
         "capacity": capacity,
         "drain_after_ingest_events_per_second": after_ingest,
         "burst": burst,
         "attempts": attempts,
         "floor_events_per_second": floor,
         "drain_vs_floor": drain_vs_floor,
-        "floor_with_outcomes_events_per_second": recorded,
     }
 
 
-def _fanout_floor(
-    workdir: Path, base_url: str, http_port: int, count: int, *, with_outcomes: bool = False
-) -> float:
-    """Events/s of bench/fanout_floor.py, the sinks' and the fetch's own work, same processes;
-    `with_outcomes` adds each delivery's outcome group-committed to SQLite (floor-outcomes.db)."""
-    out = workdir / ("floor-outcomes" if with_outcomes else "floor")
+def _fanout_floor(workdir: Path, base_url: str, http_port: int, count: int) -> float:
+    """Events/s of bench/fanout_floor.py, the sinks' and the fetch's own work, same processes."""
+    out = workdir / "floor"
     out.mkdir()
     arguments = [base_url, common.API_KEY, "fan-", str(count), str(http_port), str(out)]
-    if with_outcomes:
-        arguments += ["fhc", str(workdir / "floor-outcomes.db")]
     answer = subprocess.run(
         [common.PYTHON, "-m", "bench.fanout_floor", *arguments],
         cwd=common.BENCH_DIR.parent,

@@ -1,8 +1,8 @@
 """The least work the fan-out scenario asks for per event, with no store and no relay.
 
-Run as `python -m bench.fanout_floor BASE_URL API_KEY PREFIX COUNT HTTP_PORT DIRECTORY
-[SINKS [OUTCOMES_DB]]`; prints `{"events": N, "seconds": S}` as JSON. SINKS picks the
-sinks, any of `f` (file), `h` (HTTP) and `c` (command), all three by default; "" fetches only.
+Run as `python -m bench.fanout_floor BASE_URL API_KEY PREFIX COUNT HTTP_PORT DIRECTORY [SINKS]`;
+prints `{"events": N, "seconds": S}` as JSON. SINKS picks the sinks, any of
+`f` (file), `h` (HTTP) and `c` (command), all three by default; "" fetches only.
 
 Per event: one GET of the job from the emulator, then the three sinks at once: a file
 written to a temporary name, fsynced, renamed and its directory fsynced (in a thread:
@@ -10,28 +10,18 @@ two fsyncs per event, none shared); a POST of the envelope to the receiver;
 `/bin/true` started with the envelope on its stdin and waited for (asyncio's
 create_subprocess_exec, on the loop's thread). No queue, no lease, no outcome
 recorded, no log line, no metric: what is left is the fetch and the sinks' own work
-on this machine, the ceiling any relay on this stack can reach. The relay does the
-same work in a cheaper way where it can (writes into one directory share its fsync;
-commands start on a worker thread): the floor stays this plain version, the least
-the same work takes when written the obvious way.
-
-With OUTCOMES_DB, each delivery also counts as done only once its outcome (the
-delivery row marked delivered, an attempt row added) is committed to SQLite with
-`journal_mode = WAL` and `synchronous = FULL`, by one writer thread that commits
-whatever has queued up in one transaction (group commit), as the relay's store does:
-a measured lower bound on what recording outcomes costs, with nothing else of the relay.
+on this machine, the ceiling any relay on this stack can reach when it does that work
+the plain way. The relay does parts of it cheaper (writes renamed into one directory
+at once share its fsync; commands start on a worker thread); the floor stays this
+plain version, so drain ÷ floor can pass 1.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import queue
-import sqlite3
 import sys
-import threading
 import time
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
@@ -60,77 +50,6 @@ def _write_file(directory: Path, name: str, body: bytes) -> None:
         os.close(directory_fd)
 
 
-class OutcomeWriter:
-    """Delivery outcomes group-committed to SQLite (WAL, synchronous = FULL) on one thread."""
-
-    def __init__(self, path: Path, count: int, sinks: str) -> None:
-        self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._connection.execute("PRAGMA journal_mode = WAL")
-        self._connection.execute("PRAGMA synchronous = FULL")
-        self._connection.executescript(
-            "CREATE TABLE deliveries (event INTEGER, sink TEXT, state TEXT, attempts INTEGER,"
-            " updated_at REAL, PRIMARY KEY (event, sink)) WITHOUT ROWID;"
-            "CREATE TABLE attempts (id INTEGER PRIMARY KEY, event INTEGER, sink TEXT,"
-            " outcome TEXT, finished_at REAL);"
-        )
-        # The queue as the relay holds it before the drain: every delivery pending.
-        with self._connection:
-            self._connection.executemany(
-                "INSERT INTO deliveries VALUES (?, ?, 'pending', 0, 0)",
-                ((number, sink) for number in range(count) for sink in sinks),
-            )
-        self._waiting: queue.SimpleQueue[tuple[int, str, asyncio.Future[None]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._thread = threading.Thread(target=self._commit_forever, name="outcomes")
-        self._thread.start()
-
-    async def record(self, number: int, sink: str) -> None:
-        """Return once the outcome of `number`'s delivery to `sink` is committed."""
-        done = asyncio.get_running_loop().create_future()
-        self._waiting.put((number, sink, done))
-        await done
-
-    def close(self) -> None:
-        self._waiting.put(None)
-        self._thread.join()
-        self._connection.close()
-
-    def _commit_forever(self) -> None:
-        is_open = True
-        while is_open:
-            batch = [self._waiting.get()]
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    batch.append(self._waiting.get_nowait())
-            is_open = None not in batch
-            outcomes = [item for item in batch if item is not None]
-            if outcomes:
-                self._commit(outcomes)
-
-    def _commit(self, outcomes: list[tuple[int, str, asyncio.Future[None]]]) -> None:
-        now = time.time()
-        with self._connection:
-            for number, sink, _ in outcomes:
-                self._connection.execute(
-                    "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1,"
-                    " updated_at = ? WHERE event = ? AND sink = ?",
-                    (now, number, sink),
-                )
-                self._connection.execute(
-                    "INSERT INTO attempts (event, sink, outcome, finished_at)"
-                    " VALUES (?, ?, 'delivered', ?)",
-                    (number, sink, now),
-                )
-        for _, _, done in outcomes:
-            done.get_loop().call_soon_threadsafe(_settle, done)
-
-
-def _settle(done: asyncio.Future[None]) -> None:
-    if not done.done():
-        done.set_result(None)
-
-
 async def _command(_name: str, body: bytes) -> None:
     process = await asyncio.create_subprocess_exec(
         "/bin/true",
@@ -150,7 +69,6 @@ async def _run(
     http_port: int,
     directory: Path,
     sinks: str,
-    outcomes: OutcomeWriter | None,
 ) -> float:
     loop = asyncio.get_running_loop()
     files = ThreadPoolExecutor(max_workers=8)
@@ -168,13 +86,11 @@ async def _run(
         async def write(name: str, body: bytes) -> None:
             await loop.run_in_executor(files, _write_file, directory, name, body)
 
-        async def deliver(work: Awaitable[None], number: int, kind: str) -> None:
+        async def deliver(work: Awaitable[None]) -> None:
             nonlocal waiting
             async with slots:
                 waiting -= 1
                 await work
-                if outcomes is not None:
-                    await outcomes.record(number, kind)
 
         async def fetch(number: int) -> None:
             nonlocal waiting
@@ -188,7 +104,7 @@ async def _run(
             for kind in sinks:
                 work = {"f": write, "h": post, "c": _command}[kind](name, body)
                 waiting += 1
-                deliveries.append(asyncio.create_task(deliver(work, number, kind)))
+                deliveries.append(asyncio.create_task(deliver(work)))
 
         async def fetcher() -> None:
             for number in numbers:
@@ -209,23 +125,9 @@ async def _run(
 def main() -> None:
     base_url, api_key, prefix, count, http_port, directory = sys.argv[1:7]
     sinks = sys.argv[7] if len(sys.argv) > 7 else "fhc"
-    outcomes = OutcomeWriter(Path(sys.argv[8]), int(count), sinks) if len(sys.argv) > 8 else None
-    try:
-        seconds = asyncio.run(
-            _run(
-                base_url,
-                api_key,
-                prefix,
-                int(count),
-                int(http_port),
-                Path(directory),
-                sinks,
-                outcomes,
-            )
-        )
-    finally:
-        if outcomes is not None:
-            outcomes.close()
+    seconds = asyncio.run(
+        _run(base_url, api_key, prefix, int(count), int(http_port), Path(directory), sinks)
+    )
     print(json.dumps({"events": int(count), "seconds": seconds}))
 
 

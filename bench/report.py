@@ -193,12 +193,6 @@ default, 1 with `--quick`).
   at once, each file fsynced, renamed and its directory fsynced). Figures: drain ÷
   floor, where drain = the burst's deliveries still to do once every webhook was in
   ÷ 3 ÷ the time they took (the target); that paced rate; the burst capacity.
-- **fan-out: floor with outcomes recorded** — the same floor run again where each
-  delivery is done only once its outcome (delivery row updated, attempt row added) is
-  committed to a SQLite file (WAL, `synchronous = FULL`) by one writer thread that
-  commits whatever has queued in one transaction: the least a relay that records its
-  outcomes durably can do. Figures: its rate, its ratio to the no-store floor, and the
-  relay's drain ÷ it.
 - **memory** — events (fetch + file sink) sent as fast as 32 connections go, in two
   halves; `VmRSS` of `serve` sampled every 0.5 s during ingest and drain; peak is the
   kernel's `VmHWM`; "after drain" is `VmRSS` 2 s after every delivery of a half is

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import sys
@@ -52,27 +51,6 @@ def test_the_fan_out_floor_fetches_every_job_and_feeds_every_sink(tmp_path: Path
     )
     written = json.loads((tmp_path / "floor" / "7.json").read_bytes())
     assert written["job"]["job_id"] == "fan-7"
-
-
-def test_the_fan_out_floor_with_outcomes_commits_one_per_delivery(tmp_path: Path) -> None:
-    import sqlite3
-
-    from bench import common
-
-    emulator, base_url = common.emulator_process(tmp_path, "fan-", 12)
-    receiver, http_port = common.baseline_process(tmp_path)
-    with emulator, receiver:
-        floor = delivery_scenarios._fanout_floor(
-            tmp_path, base_url, http_port, 12, with_outcomes=True
-        )
-    assert floor > 0
-    with contextlib.closing(sqlite3.connect(tmp_path / "floor-outcomes.db")) as db:
-        states = db.execute("SELECT state, attempts, count(*) FROM deliveries GROUP BY 1, 2")
-        assert states.fetchall() == [("delivered", 1, 36)]
-        sinks = db.execute("SELECT sink, count(*) FROM attempts GROUP BY 1 ORDER BY 1")
-        assert sinks.fetchall() == [("c", 12), ("f", 12), ("h", 12)]
-        (mode,) = db.execute("PRAGMA journal_mode").fetchone()
-        assert mode == "wal"
 
 
 def test_the_minimal_handler_with_the_log_line_stores_answers_and_logs(tmp_path: Path) -> None:
