@@ -25,7 +25,6 @@ from pulse_relay.sinks.base import (
     RetryableSinkError,
     SinkResult,
 )
-from pulse_relay.sinks.directory_sync import DirectorySync
 
 if TYPE_CHECKING:
     from pulse_relay.config import FileSinkSettings
@@ -115,8 +114,6 @@ class FileSink:
         self._executor = ThreadPoolExecutor(
             max_workers=settings.concurrency, thread_name_prefix=f"file-sink-{self.name}"
         )
-        # Writes renamed into one directory at the same time share its fsync.
-        self._directory_sync = DirectorySync()
 
     def render_filename(self, delivery: Delivery) -> str:
         """The file name for `delivery` relative to the directory, field values encoded."""
@@ -232,7 +229,7 @@ class FileSink:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(temporary, dir_fd=directory_fd)
                 raise
-            self._directory_sync.sync(directory_fd)
+            os.fsync(directory_fd)
         return path, True
 
     def _append_line(self, relative: str, line: bytes) -> Path:
@@ -248,7 +245,7 @@ class FileSink:
             finally:
                 os.close(fd)
             if size_bytes == 0:
-                self._directory_sync.sync(directory_fd)
+                os.fsync(directory_fd)
         return Path(self._settings.directory) / relative
 
 
