@@ -6,14 +6,14 @@ prints `{"events": N, "seconds": S}` as JSON. SINKS picks the sinks, any of
 
 Per event: one GET of the job from the emulator, then the three sinks at once: a file
 written to a temporary name, fsynced, renamed and its directory fsynced (in a thread:
-two fsyncs per event, none shared); a POST of the envelope to the receiver;
+two fsyncs per event, as the relay's file sink does); a POST of the envelope to the receiver;
 `/bin/true` started with the envelope on its stdin and waited for (asyncio's
 create_subprocess_exec, on the loop's thread). No queue, no lease, no outcome
 recorded, no log line, no metric: what is left is the fetch and the sinks' own work
 on this machine, the ceiling any relay on this stack can reach when it does that work
-the plain way. The relay does parts of it cheaper (writes renamed into one directory
-at once share its fsync; commands start on a worker thread); the floor stays this
-plain version, so drain ÷ floor can pass 1.
+the plain way. The relay starts its commands on a worker thread instead, which
+frees the loop while the child is forked; the floor stays this plain version, so
+drain ÷ floor can pass 1.
 """
 
 from __future__ import annotations
