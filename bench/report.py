@@ -215,7 +215,12 @@ default, 1 with `--quick`).
   (a bytecode cache of the run's own, `PYTHONPYCACHEPREFIX`, filled by one untimed
   pass); `events` is also timed compiling the project's modules on every run
   (`PYTHONDONTWRITEBYTECODE=1` with the editable install's sources), reported beside
-  the floor.
+  the floor. The floor (`bench/cli_floor.py both`) runs in the same rounds; `events` ÷
+  floor is the ratio of the two medians of CPU time (user + system of each process:
+  starting is CPU work, and the wall time of a shared machine adds whatever else ran),
+  the wall-time ratio beside it. The lower bound beside it is the floor's `relay`
+  mode: click imported and the relay's own settings loaded, then the same read, what
+  `events` cannot shed.
 - **pg-ingest** — one run drives, back to back with the ingest scenario's wrk command
   (64 connections, unique pre-signed ids, 10 s): bare aiohttp, the minimal handler,
   the relay on SQLite (`synchronous = FULL`, `[log] level = "info"`, as in ingest),
