@@ -79,3 +79,21 @@ def test_the_minimal_handler_with_the_log_line_stores_answers_and_logs(tmp_path:
     accepted = [line for line in lines if line["event"] == "webhook accepted"]
     assert [line["webhook_id"] for line in accepted] == ["line-0"]
     assert accepted[0]["level"] == "info"
+
+
+def test_the_cli_floor_reads_the_same_rows_with_the_relay_settings_as_with_its_own(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+
+    config = tmp_path / "relay.toml"
+    config.write_text(f'[store]\npath = "{tmp_path / "relay.db"}"\n')
+    relay = [sys.executable, "-m", "pulse_relay", "--config", str(config)]
+    subprocess.run([*relay, "watch", "cli-job"], check=True, capture_output=True)
+
+    def floor(mode: str) -> str:
+        argv = [sys.executable, "-m", "bench.cli_floor", mode, str(config)]
+        return subprocess.run(argv, check=True, capture_output=True, text=True, cwd=ROOT).stdout
+
+    assert floor("relay") == floor("both")
+    assert floor("both").split() == ["ID", "RECEIVED", "SOURCE", "TYPE", "JOB", "STATE"]
