@@ -196,15 +196,19 @@ def baseline_process(workdir: Path) -> tuple[Process, int]:
     return process, port
 
 
-def minimal_process(workdir: Path, *, log_line: bool = False) -> tuple[Process, int]:
+def minimal_process(
+    workdir: Path, *, log_line: bool = False, relay_work: bool = False
+) -> tuple[Process, int]:
     """The second baseline (bench/minimal.py) on a fresh store in `workdir`; with `log_line`,
-    writing the relay's line per accepted webhook too."""
+    writing the relay's line per accepted webhook too; with `relay_work`, doing the relay's
+    work per webhook in the least code (the line, the relay's row, its deliveries)."""
     port = free_port()
     store = workdir / f"minimal-{port}.db"
+    mode = "relay-work" if relay_work else "log-line" if log_line else ""
     process = Process(
         [PYTHON, "-m", "bench.minimal", str(port), SECRET, str(store)]
-        + (["--log-line"] if log_line else []),
-        log_path=workdir / ("minimal-log-line.log" if log_line else "minimal.log"),
+        + ([f"--{mode}"] if mode else []),
+        log_path=workdir / (f"minimal-{mode}.log" if mode else "minimal.log"),
         health_url=f"http://127.0.0.1:{port}/healthz",
         cwd=BENCH_DIR.parent,
     )
