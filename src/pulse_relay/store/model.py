@@ -97,6 +97,22 @@ def record_problem(record: IngestRecord) -> str | None:
     """Why the store cannot write `record` (named by field), or None. Asked before a record
     joins a group commit, so that it cannot fail the others in that transaction. The
     headers are not asked about: `headers_json` escapes whatever they hold."""
+    # Nearly every record is fine: one check of all its texts at once, and the field is
+    # looked for only when that finds one (this runs on the event loop for every webhook).
+    joined = "\n".join(
+        [
+            record.event_id,
+            record.source,
+            record.event_type or "",
+            record.job_id or "",
+            record.job_key or "",
+            record.error or "",
+            record.client_address or "",
+            *record.sinks,
+        ]
+    )
+    if text_problem(joined) is None:
+        return None
     texts = {
         "event_id": record.event_id,
         "source": record.source,
