@@ -1,8 +1,13 @@
 """PostgreSQL plumbing: the pool, the group-commit writer, the NOTIFY listener.
 
 Ingests that arrive together share one transaction, as on SQLite; every other
-write is its own short transaction on a pooled connection. Any relay's new work
-is announced with NOTIFY (one per transaction, so a burst is one wake), and a
+write is its own short transaction on a pooled connection, most of them a single
+statement. Round trips are what a relay on PostgreSQL waits for, so each operation
+makes as few as it can: a group's ingest is two (its reads, then its writes and the
+commit, pipelined), and a pooled connection is pinged before use only when it has
+been idle a while. Any relay's new work is announced with NOTIFY (one per
+transaction, so a burst is one wake; none for work the committing relay has just
+claimed itself), and a
 dedicated connection LISTENs and reconnects by itself; the dispatcher's poll
 stays the backstop for a notification lost while that connection was down.
 While the server is unreachable, ingests are refused (503) after a short wait
@@ -17,12 +22,14 @@ import asyncio
 import contextlib
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection
+from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from pulse_relay.logs import get_logger, outage_log
@@ -50,6 +57,28 @@ UNREACHABLE_WAIT_SECONDS = 0.5
 # long lets the next caller start a fresh series whose first attempt is immediate.
 RECONNECT_GIVE_UP_SECONDS = 2.0
 LISTEN_RETRY_SECONDS = 1.0
+# A connection that served an operation this recently is handed out again without a
+# ping (a round trip): a server that closed it meanwhile (shutdown, restart) is seen
+# for free, by reading what the server sent; only a longer idle connection is pinged.
+IDLE_PING_SECONDS = 5.0
+
+
+@contextlib.asynccontextmanager
+async def pipelined_transaction(conn: AsyncConnection[Any]) -> AsyncIterator[None]:
+    """One transaction on `conn` whose statements go to the server together: BEGIN, those
+    the block executes, COMMIT. The server is waited for only where the block reads a
+    result, and once at the end; a failure rolls the transaction back."""
+    # BEGIN and COMMIT as statements: psycopg's transaction() waits for the server at
+    # each end of a block in pipeline mode, two round trips more.
+    try:
+        async with conn.pipeline():
+            await conn.execute("BEGIN")
+            yield
+            await conn.execute("COMMIT")
+    finally:
+        if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+            with contextlib.suppress(psycopg.Error):
+                await conn.execute("ROLLBACK")
 
 
 @dataclass
@@ -79,9 +108,13 @@ class PostgresPlumbing(BackendBase):
             max_size=pool_size,
             open=False,
             kwargs={"autocommit": True},
-            check=AsyncConnectionPool.check_connection,
+            check=self._check_connection,
             timeout=CONNECT_TIMEOUT_SECONDS,
             reconnect_timeout=RECONNECT_GIVE_UP_SECONDS,
+        )
+        # When each pooled connection last served an operation without failing.
+        self._used_at: weakref.WeakKeyDictionary[AsyncConnection[Any], float] = (
+            weakref.WeakKeyDictionary()
         )
         # False from a failed connection until the next one that works.
         self._is_reachable = True
@@ -149,9 +182,22 @@ class PostgresPlumbing(BackendBase):
             async with self._pool.connection(timeout=timeout_seconds) as conn:
                 self._is_reachable = True
                 yield conn
+                self._used_at[conn] = time.monotonic()
         except (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError) as error:
             self._is_reachable = False
             raise StoreUnavailableError(f"store unreachable: {error}") from error
+
+    async def _check_connection(self, conn: AsyncConnection[Any]) -> None:
+        """Raise unless `conn` still works (the pool then discards it and tries another)."""
+        # Whatever the server sent an idle connection (its shutdown notice, then the end
+        # of the stream) is read without waiting; the second read sees an end that came
+        # right after the notice. A closed connection is BAD from then on.
+        conn.pgconn.consume_input()
+        conn.pgconn.consume_input()
+        if conn.pgconn.status != ConnStatus.OK:
+            raise psycopg.OperationalError("the server closed the connection")
+        if time.monotonic() - self._used_at.get(conn, 0.0) > IDLE_PING_SECONDS:
+            await AsyncConnectionPool.check_connection(conn)
 
     async def schema_version(self) -> int:
         """The schema version the database is at."""
@@ -196,10 +242,10 @@ class PostgresPlumbing(BackendBase):
         """One transaction for `records`: an outcome per record, or the exception it failed with."""
         wait_seconds = CONNECT_TIMEOUT_SECONDS if self._is_reachable else UNREACHABLE_WAIT_SECONDS
         try:
-            async with self.connection(timeout_seconds=wait_seconds) as conn, conn.transaction():
-                outcomes = await insert_events(conn, records)
-                if "accepted" in outcomes:
-                    await conn.execute("SELECT pg_notify(%s, '')", (WORK_CHANNEL,))
+            async with self.connection(timeout_seconds=wait_seconds) as conn:
+                async with pipelined_transaction(conn):
+                    write = await insert_events(conn, records, WORK_CHANNEL)
+                outcomes = await write.outcomes()
         except Exception as error:
             if len(records) > 1 and not isinstance(error, StoreUnavailableError):
                 # One record broke the transaction (the check before queueing missed
