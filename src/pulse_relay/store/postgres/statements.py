@@ -3,7 +3,7 @@
 A statement is atomic on its own, so an operation that used to be a transaction of
 several (finish, log the attempt, claim what it made due) is one statement of
 data-modifying CTEs: it needs neither BEGIN nor COMMIT, and waits for the server
-once. Every finish matches the lease token, so a late relay's changes nothing.
+once. Every finish matches the lease token, so a late relay's finish changes nothing.
 NOTIFY is a `pg_notify` inside the statement, sent when it commits, and only where
 another relay may have work to take.
 """
