@@ -14,11 +14,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 
 from bench.pg_roundtrips import CountingProxy
 from pulse_relay.store import Attempt, PostgresStore, StoreUnavailableError
-from tests.helpers import FakeClock, ingest_record
+from pulse_relay.store.postgres.plumbing import WORK_CHANNEL
+from tests.helpers import FakeClock, ingest_record, wait_for
 
 SINKS = ("a", "b", "c")
 SLOTS = {sink: 100 for sink in SINKS}
@@ -192,3 +194,27 @@ async def test_a_record_that_breaks_its_group_fails_alone_and_the_connection_rec
     assert await store.ingest(ingest_record("m3", job_id="job-3", sinks=SINKS)) == "accepted"
     fetches, _ = await store.claim(fetch_limit=10, free_slots={}, total_limit=0, lease_seconds=30)
     assert sorted(f.event_id for f in fetches) == ["m1", "m2", "m3"]
+
+
+async def test_a_relay_is_woken_by_its_own_commit_at_once_and_by_another_relays_notify(
+    postgres_url: str,
+) -> None:
+    """Its own NOTIFY would wake it a second time, a claim round for nothing."""
+    store = PostgresStore(postgres_url)
+    listening = asyncio.Event()
+    # Its listener wakes it once its LISTEN is done.
+    store.add_wake_listener(listening.set)
+    async with store, await psycopg.AsyncConnection.connect(postgres_url) as other:
+        await asyncio.wait_for(listening.wait(), 10)
+        wakes: list[str] = []
+        store.add_wake_listener(lambda: wakes.append("woken"))
+        # Its own notification, then another relay's, committed together: the server
+        # sends both at once, and the listener reads them in one go.
+        async with other.transaction():
+            await other.execute(f"NOTIFY {WORK_CHANNEL}, '{store.relay_id}'".encode())
+            await other.execute(f"NOTIFY {WORK_CHANNEL}, 'another-relay'".encode())
+        await wait_for(lambda: len(wakes) >= 1)
+        assert wakes == ["woken"]
+        assert await store.ingest(ingest_record("m1", job_id="job-1")) == "accepted"
+        # Before its answer, without waiting for the server's notification.
+        assert wakes == ["woken"] * 2

@@ -37,7 +37,7 @@ _INSERT = (
     "started AS (INSERT INTO deliveries (event_id, sink, state, next_attempt_at, updated_at) "
     "SELECT t.e, t.s, 'pending', t.n, t.u FROM unnest(%s::text[], %s::text[], %s::float8[], "
     "%s::float8[]) AS t(e, s, n, u) JOIN new ON new.id = t.e), "
-    "woken AS MATERIALIZED (SELECT pg_notify(%s, '') FROM (SELECT FROM new LIMIT 1) AS one) "
+    "woken AS MATERIALIZED (SELECT pg_notify(%s, %s) FROM (SELECT FROM new LIMIT 1) AS one) "
     "SELECT new.id FROM new, woken"
 )
 
@@ -59,10 +59,10 @@ class IngestWrite:
 
 
 async def insert_events(
-    conn: AsyncConnection[Any], records: Sequence[IngestRecord], channel: str
+    conn: AsyncConnection[Any], records: Sequence[IngestRecord], channel: str, sender: str
 ) -> IngestWrite:
     """Queue the insert of `records`' new events and their deliveries (NOTIFY on
-    `channel` if any is stored) in the transaction open on `conn`."""
+    `channel`, from relay `sender`, if any is stored) in the transaction open on `conn`."""
     job_keys = sorted({r.job_key for r in records if r.job_key is not None})
     # Sorted, so two relays never wait on each other's keys in opposite orders.
     await conn.execute(
@@ -101,6 +101,7 @@ async def insert_events(
             *_event_columns(accepted),
             *([list(column) for column in zip(*deliveries, strict=True)] or [[]] * 4),
             channel,
+            sender,
         ],
     )
     return IngestWrite(decisions, insert)

@@ -244,7 +244,7 @@ class PostgresPlumbing(BackendBase):
         try:
             async with self.connection(timeout_seconds=wait_seconds) as conn:
                 async with pipelined_transaction(conn):
-                    write = await insert_events(conn, records, WORK_CHANNEL)
+                    write = await insert_events(conn, records, WORK_CHANNEL, self.relay_id)
                 outcomes = await write.outcomes()
         except Exception as error:
             if len(records) > 1 and not isinstance(error, StoreUnavailableError):
@@ -257,11 +257,14 @@ class PostgresPlumbing(BackendBase):
             if isinstance(error, psycopg.Error):
                 failure = StoreUnavailableError(f"store write failed: {error}")
             return [(False, failure)] * len(records)
+        if "accepted" in outcomes:
+            self._wake()
         return [(True, outcome) for outcome in outcomes]
 
     async def notify_work(self, conn: AsyncConnection[Any]) -> None:
-        """Wake every relay when the transaction on `conn` commits."""
-        await conn.execute("SELECT pg_notify(%s, '')", (WORK_CHANNEL,))
+        """Wake every other relay when the transaction on `conn` commits; the caller wakes
+        this one (`_wake`) once it has."""
+        await conn.execute("SELECT pg_notify(%s, %s)", (WORK_CHANNEL, self.relay_id))
 
     async def _listen_loop(self) -> None:
         while True:
@@ -270,8 +273,11 @@ class PostgresPlumbing(BackendBase):
                     await conn.execute(f"LISTEN {WORK_CHANNEL}")
                     # Work may have been announced while no one listened.
                     self._wake()
-                    async for _ in conn.notifies():
-                        self._wake()
+                    async for notify in conn.notifies():
+                        # This relay's own commits woke it already, without the wait
+                        # for the server (and a second claim round it would cost).
+                        if notify.payload != self.relay_id:
+                            self._wake()
             except psycopg.Error as error:
                 self._outage_log.emit(
                     "store:listener",

@@ -131,14 +131,17 @@ class QueueMixin(PostgresPlumbing):
                     "until": now + lease_seconds,
                     "claim": claim_token,
                     "channel": WORK_CHANNEL,
+                    "relay": self.relay_id,
                     **sql.attempt_params(attempt),
                 },
             )
             found = await cursor.fetchall()
         if not found:
             return []
+        if found[0][13]:  # a delivery was left for whichever relay has a slot
+            self._wake()
         self._changed("fetch", event_id, {"state": "done", "attempt": attempt})
-        tasks = [rows.delivery_task(row, claim_token) for row in found if row[0] is not None]
+        tasks = [rows.delivery_task(row[:13], claim_token) for row in found if row[0] is not None]
         return sorted(tasks, key=lambda task: sinks.index(task.sink))
 
     async def retry_fetch(
@@ -205,8 +208,10 @@ class QueueMixin(PostgresPlumbing):
         """Make the work this relay leased due again at once (graceful shutdown)."""
         async with self.connection() as conn:
             await conn.execute(
-                sql.RELEASE_LEASES, {"mine": f"{self.relay_id}:%", "channel": WORK_CHANNEL}
+                sql.RELEASE_LEASES,
+                {"mine": f"{self.relay_id}:%", "channel": WORK_CHANNEL, "relay": self.relay_id},
             )
+        self._wake()
 
     async def replay(
         self,
@@ -246,6 +251,7 @@ class QueueMixin(PostgresPlumbing):
                 )
                 await self.notify_work(conn)
             count = cursor.rowcount
+        self._wake()
         return count
 
     async def next_due_at(self, sinks: Sequence[str], *, include_fetches: bool) -> float | None:

@@ -5,7 +5,7 @@ several (finish, log the attempt, claim what it made due) is one statement of
 data-modifying CTEs: it needs neither BEGIN nor COMMIT, and waits for the server
 once. Every finish matches the lease token, so a late relay's finish changes nothing.
 NOTIFY is a `pg_notify` inside the statement, sent when it commits, and only where
-another relay may have work to take.
+another relay may have work to take; its payload names the relay that sent it.
 """
 
 from __future__ import annotations
@@ -101,10 +101,11 @@ FINISH_FETCH = (
     "ELSE d.lease_token END "
     "FROM f WHERE d.event_id = f.id AND d.state = 'pending' "
     "RETURNING d.*, d.lease_token IS NOT DISTINCT FROM %(claim)s AS mine), "
-    "woken AS MATERIALIZED (SELECT pg_notify(%(channel)s, '') "
+    "woken AS MATERIALIZED (SELECT pg_notify(%(channel)s, %(relay)s) "
     "FROM (SELECT FROM due WHERE NOT due.mine LIMIT 1) AS one) "
-    "SELECT " + _TASK_COLUMNS.format(d="due", e="f") + " FROM f LEFT JOIN due ON due.mine "
-    "LEFT JOIN watches w ON w.job_id = f.job_id CROSS JOIN (SELECT count(*) FROM woken) AS n"
+    "SELECT " + _TASK_COLUMNS.format(d="due", e="f") + ", n.notified "
+    "FROM f LEFT JOIN due ON due.mine LEFT JOIN watches w ON w.job_id = f.job_id "
+    "CROSS JOIN (SELECT count(*) AS notified FROM woken) AS n"
 )
 RETRY_FETCH = (
     "WITH f AS (UPDATE events SET next_fetch_at = %(next)s, fetch_lease_until = NULL, "
@@ -152,5 +153,5 @@ RELEASE_LEASES = (
     "WHERE lease_token LIKE %(mine)s), "
     "fetches AS (UPDATE events SET fetch_lease_until = NULL, fetch_token = NULL "
     "WHERE fetch_token LIKE %(mine)s) "
-    "SELECT pg_notify(%(channel)s, '')"
+    "SELECT pg_notify(%(channel)s, %(relay)s)"
 )
