@@ -218,3 +218,31 @@ async def test_a_relay_is_woken_by_its_own_commit_at_once_and_by_another_relays_
         assert await store.ingest(ingest_record("m1", job_id="job-1")) == "accepted"
         # Before its answer, without waiting for the server's notification.
         assert wakes == ["woken"] * 2
+
+
+async def test_a_pooled_connection_the_server_closed_is_not_handed_out(postgres_url: str) -> None:
+    """Used moments ago, so not pinged: what the server sent when it closed the
+    connection (as a restart does) is read for free before it is handed out."""
+    async with (
+        PostgresStore(postgres_url) as store,
+        await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as admin,
+    ):
+        await store.next_due_at(list(SINKS), include_fetches=True)
+        cursor = await admin.execute(
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        pids = [row[0] for row in await cursor.fetchall()]
+        assert pids
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,)
+        )
+
+        async def gone() -> bool:
+            cursor = await admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
+            )
+            return not await cursor.fetchall()
+
+        await wait_for(gone)
+        assert await store.next_due_at(list(SINKS), include_fetches=True) is None
