@@ -74,7 +74,7 @@ class QueueMixin(PostgresPlumbing):
                 )
             ]
             deliveries = [
-                rows.delivery_task(row[:13], token)
+                rows.delivery_task(row[: sql.TASK_WIDTH], token)
                 for row in (await claimed.fetchall() if claimed else [])
             ]
         return fetches, deliveries
@@ -138,10 +138,14 @@ class QueueMixin(PostgresPlumbing):
             found = await cursor.fetchall()
         if not found:
             return []
-        if found[0][13]:  # a delivery was left for whichever relay has a slot
+        if found[0][sql.TASK_WIDTH]:  # a delivery was left for whichever relay has a slot
             self._wake()
         self._changed("fetch", event_id, {"state": "done", "attempt": attempt})
-        tasks = [rows.delivery_task(row[:13], claim_token) for row in found if row[0] is not None]
+        tasks = [
+            rows.delivery_task(row[: sql.TASK_WIDTH], claim_token)
+            for row in found
+            if row[0] is not None  # the fetch's own row, when no delivery was leased
+        ]
         return sorted(tasks, key=lambda task: sinks.index(task.sink))
 
     async def retry_fetch(

@@ -1,11 +1,11 @@
 """The work queue's statements on PostgreSQL, each one round trip in autocommit.
 
-A statement is atomic on its own, so an operation that used to be a transaction of
-several (finish, log the attempt, claim what it made due) is one statement of
-data-modifying CTEs: it needs neither BEGIN nor COMMIT, and waits for the server
-once. Every finish matches the lease token, so a late relay's finish changes nothing.
-NOTIFY is a `pg_notify` inside the statement, sent when it commits, and only where
-another relay may have work to take; its payload names the relay that sent it.
+A statement is atomic on its own, so an operation of several writes (finish, log
+the attempt, claim what it made due) is one statement of data-modifying CTEs: it
+needs neither BEGIN nor COMMIT, and waits for the server once. Every finish
+matches the lease token, so a late relay's finish changes nothing. NOTIFY is a
+`pg_notify` inside the statement, sent when it commits, and only where another
+relay may have work to take; its payload names the relay that sent it.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ _TASK_COLUMNS = (
     "{e}.source, {e}.body, {e}.job, {e}.result_url, CAST(w.metadata AS TEXT), "
     "{d}.edited_envelope"
 )
+# How many they are: a claim's rows carry more columns after them.
+TASK_WIDTH = 13
 
 
 _ATTEMPT_NAMES = (
@@ -50,8 +52,7 @@ _ATTEMPT_NAMES = (
 def attempt_params(attempt: Attempt) -> dict[str, Any]:
     """The named parameters of the attempt row the statements below log."""
     _, *values = rows.attempt_values("", attempt)
-    names = _ATTEMPT_NAMES
-    return {f"a_{name}": value for name, value in zip(names, values, strict=True)}
+    return {f"a_{name}": value for name, value in zip(_ATTEMPT_NAMES, values, strict=True)}
 
 
 CLAIM_FETCHES = (
