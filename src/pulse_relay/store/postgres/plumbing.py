@@ -109,6 +109,7 @@ class PostgresPlumbing(BackendBase):
             open=False,
             kwargs={"autocommit": True},
             check=self._check_connection,
+            configure=self._configure_connection,
             timeout=CONNECT_TIMEOUT_SECONDS,
             reconnect_timeout=RECONNECT_GIVE_UP_SECONDS,
         )
@@ -116,6 +117,8 @@ class PostgresPlumbing(BackendBase):
         self._used_at: weakref.WeakKeyDictionary[AsyncConnection[Any], float] = (
             weakref.WeakKeyDictionary()
         )
+        # Pooled connections the server said it is closing (see `_check_connection`).
+        self._closing: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
         # False from a failed connection until the next one that works.
         self._is_reachable = True
         # Every lease this relay takes carries its id, so it releases its own alone.
@@ -187,14 +190,25 @@ class PostgresPlumbing(BackendBase):
             self._is_reachable = False
             raise StoreUnavailableError(f"store unreachable: {error}") from error
 
+    async def _configure_connection(self, conn: AsyncConnection[Any]) -> None:
+        """Note a new pooled connection's FATAL error, which an idle connection gets as
+        a notice when the server ends it (shutdown, restart, terminated backend)."""
+        ref = weakref.ref(conn)
+
+        def on_notice(notice: psycopg.errors.Diagnostic) -> None:
+            closing = ref()
+            if closing is not None and notice.severity_nonlocalized in ("FATAL", "PANIC"):
+                self._closing.add(closing)
+
+        conn.add_notice_handler(on_notice)
+
     async def _check_connection(self, conn: AsyncConnection[Any]) -> None:
         """Raise unless `conn` still works (the pool then discards it and tries another)."""
-        # Whatever the server sent an idle connection (its shutdown notice, then the end
-        # of the stream) is read without waiting; the second read sees an end that came
-        # right after the notice. A closed connection is BAD from then on.
+        # Whatever the server sent an idle connection (the error saying it ends it, then
+        # the end of the stream) is read and parsed without waiting.
         conn.pgconn.consume_input()
-        conn.pgconn.consume_input()
-        if conn.pgconn.status != ConnStatus.OK:
+        conn.pgconn.is_busy()
+        if conn.pgconn.status != ConnStatus.OK or conn in self._closing:
             raise psycopg.OperationalError("the server closed the connection")
         if time.monotonic() - self._used_at.get(conn, 0.0) > IDLE_PING_SECONDS:
             await AsyncConnectionPool.check_connection(conn)
