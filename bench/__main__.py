@@ -1,4 +1,4 @@
-"""`python -m bench all|SCENARIO|report [--quick]`: run scenarios, write BENCHMARKS.md."""
+"""`python -m bench all|report|SCENARIO... [--quick]`: run scenarios, write BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from bench.scenarios import SCENARIOS
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("scenario", choices=["all", "report", *SCENARIOS])
+    parser.add_argument("scenarios", nargs="+", choices=["all", "report", *SCENARIOS])
     parser.add_argument("--quick", action="store_true", help="small sizes, one run each")
     parser.add_argument("--runs", type=int, help="runs per measured figure (median)")
     parser.add_argument("--seconds", type=float, help="duration of each wrk run")
@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         sizes = dataclasses.replace(sizes, runs=args.runs)
     if args.seconds:
         sizes = dataclasses.replace(sizes, wrk_seconds=args.seconds)
-    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
-    if args.scenario == "report":
-        names = []
-    else:
+    names = list(SCENARIOS) if "all" in args.scenarios else list(dict.fromkeys(args.scenarios))
+    if "report" in names:
+        names.remove("report")
+    if names:
         ensure_wrk()
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
     for name in names:

@@ -4,7 +4,9 @@
 sections and fields (plain types, no validators, no secret files) from the TOML file
 and the environment. `sqlite`: open the store read-only with the standard library's
 sqlite3 and print the newest 50 events as a table. `both`: one, then the other.
-Run as `python -m bench.cli_floor settings|sqlite|both CONFIG`.
+`relay`: the lower bound with what `events` cannot shed: click imported and the relay's
+own settings (`load_settings`: its validators and parsed types), then `sqlite`.
+Run as `python -m bench.cli_floor settings|sqlite|both|relay CONFIG`.
 """
 
 from __future__ import annotations
@@ -147,6 +149,17 @@ def settings(config: Path) -> Path:
     return Settings(**file).store.path
 
 
+def relay_settings(config: Path) -> Path:
+    """The relay's own settings, loaded as `events` loads them, with click imported."""
+    import click  # noqa: F401 (its import is the cost measured)
+
+    from pulse_relay.config import load_settings
+
+    path = load_settings(config).store.sqlite_file
+    assert path is not None, "the floor reads a SQLite store"
+    return path
+
+
 def print_events(path: Path) -> None:
     """The newest events, read-only, as aligned columns (the `events` table, less its sinks)."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -164,9 +177,11 @@ def main(argv: list[str]) -> None:
     mode, config = argv[0], Path(argv[1])
     if mode in ("settings", "both"):
         path = settings(config)
+    elif mode == "relay":
+        path = relay_settings(config)
     else:
         path = Path(tomllib.loads(config.read_text())["store"]["path"])
-    if mode in ("sqlite", "both"):
+    if mode in ("sqlite", "both", "relay"):
         print_events(path)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import ctypes
@@ -195,15 +196,19 @@ def baseline_process(workdir: Path) -> tuple[Process, int]:
     return process, port
 
 
-def minimal_process(workdir: Path, *, log_line: bool = False) -> tuple[Process, int]:
+def minimal_process(
+    workdir: Path, *, log_line: bool = False, relay_work: bool = False
+) -> tuple[Process, int]:
     """The second baseline (bench/minimal.py) on a fresh store in `workdir`; with `log_line`,
-    writing the relay's line per accepted webhook too."""
+    writing the relay's line per accepted webhook too; with `relay_work`, doing the relay's
+    work per webhook in the least code (the line, the relay's row, its deliveries)."""
     port = free_port()
     store = workdir / f"minimal-{port}.db"
+    mode = "relay-work" if relay_work else "log-line" if log_line else ""
     process = Process(
         [PYTHON, "-m", "bench.minimal", str(port), SECRET, str(store)]
-        + (["--log-line"] if log_line else []),
-        log_path=workdir / ("minimal-log-line.log" if log_line else "minimal.log"),
+        + ([f"--{mode}"] if mode else []),
+        log_path=workdir / (f"minimal-{mode}.log" if mode else "minimal.log"),
         health_url=f"http://127.0.0.1:{port}/healthz",
         cwd=BENCH_DIR.parent,
     )
@@ -422,22 +427,64 @@ def metric_value(admin_port: int, name: str, labels: str = "") -> float:
 
 # -- PostgreSQL ------------------------------------------------------------------------
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "BENCH_POSTGRES_ADMIN_URL",
-    "postgresql://pulse_relay_test:pulse_relay_test@127.0.0.1:5432/postgres",
-)
+# A server named here is used as it is; otherwise the first scenario that needs one
+# starts a throwaway server with fsync on (bench/pg_server.py), stopped at exit.
+NAMED_POSTGRES_VARIABLE = "BENCH_POSTGRES_ADMIN_URL"
+_servers = contextlib.ExitStack()
+_started: list[Any] = []
+
+
+def postgres_admin_url() -> str:
+    """The admin URL of the server the scenarios use (started on first use if none is named)."""
+    named = os.environ.get(NAMED_POSTGRES_VARIABLE)
+    if named:
+        return named
+    if not _started:
+        from bench.pg_server import installed, started_server
+
+        if not installed():
+            raise SystemExit("PostgreSQL 15 is not installed: apt-get install postgresql")
+        _started.append(_servers.enter_context(started_server("bench", durable=True)))
+        atexit.register(_servers.close)
+    return str(_started[0].admin_url)
+
+
+def postgres_server_pids() -> list[int] | None:
+    """Every process of the started server (postmaster first), or None for a named one."""
+    if not _started:
+        return None
+    datadir = Path(_started[0].datadir)
+    postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
+    children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+    return [postmaster, *(int(pid) for pid in children)]
+
+
+def server_cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds of the server's processes, with those of its exited children (which
+    the postmaster has reaped: /proc's cutime and cstime)."""
+    total = 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    for index, pid in enumerate(pids):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            used = int(fields[11]) + int(fields[12])
+            if index == 0:
+                used += int(fields[13]) + int(fields[14])
+            total += used / ticks
+    return total
 
 
 @contextlib.contextmanager
 def postgres_database() -> Iterator[str]:
-    """A fresh database `pulse_relay_bench_<random>` on the local server, dropped after."""
+    """A fresh database `pulse_relay_bench_<random>` on the server, dropped after."""
+    admin_url = postgres_admin_url()
     name = f"pulse_relay_bench_{os.urandom(6).hex()}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
         admin.execute(f"CREATE DATABASE {name}".encode())
     try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+        yield admin_url.rsplit("/", 1)[0] + "/" + name
     finally:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
 
 

@@ -83,7 +83,7 @@ def end_to_end(sizes: Sizes) -> dict[str, Any]:
 FANOUT_DRAIN_VS_FLOOR_TARGET = 0.80
 
 
-def _fanout_sinks(out: Path, http_port: int) -> list[dict[str, Any]]:
+def fanout_sinks(out: Path, http_port: int) -> list[dict[str, Any]]:
     return [
         {"name": "files", "type": "file", "directory": str(out), "filename": "{id}.json"},
         {"name": "app", "type": "http", "url": f"http://127.0.0.1:{http_port}/sink"},
@@ -101,7 +101,7 @@ def fan_out(sizes: Sizes) -> dict[str, Any]:
         out = workdir / "out"
         out.mkdir()
         relay, port, store = common.relay_process(
-            workdir, RelayConfig(sinks=_fanout_sinks(out, http_port), pulse_base_url=base_url)
+            workdir, RelayConfig(sinks=fanout_sinks(out, http_port), pulse_base_url=base_url)
         )
         url = f"http://127.0.0.1:{port}{common.WEBHOOK_PATH}"
         with emulator, receiver, relay:

@@ -14,6 +14,7 @@ from bench.common import RelayConfig, median
 from bench.delivery_scenarios import e2e_latencies
 from bench.load import WrkResult
 from bench.measure import Sizes, row, wrk_cpu, wrk_fresh
+from bench.pg_fanout import pg_fanout
 
 # -- ingest on PostgreSQL ---------------------------------------------------------------
 
@@ -105,8 +106,12 @@ def _pg_wrk(
     """wrk against every relay at once (connections split evenly); rates summed, the worse
     p99, relay and PostgreSQL backend CPU per answer."""
     split = dataclasses.replace(sizes, connections=sizes.connections // len(ports))
-    backends = common.pg_backend_pids(url)
-    before = common.cpu_seconds_of([p.pid for p in processes] + backends)
+    # Every process of the server the benchmark started (its WAL writer too), or, on a
+    # named server, the backends serving this database.
+    server = common.postgres_server_pids()
+    backends = common.pg_backend_pids(url) if server is None else server
+    before = common.cpu_seconds_of([p.pid for p in processes])
+    server_before = common.server_cpu_seconds(backends)
     with ThreadPoolExecutor(max_workers=len(ports)) as pool:
         results = list(
             pool.map(
@@ -116,10 +121,10 @@ def _pg_wrk(
                 range(len(ports)),
             )
         )
-    after = common.cpu_seconds_of([p.pid for p in processes] + backends)
+    after = common.cpu_seconds_of([p.pid for p in processes])
+    pg_cpu = common.server_cpu_seconds(backends) - server_before
     requests = sum(r.requests for r in results)
     relay_cpu = sum(after[p.pid] - before[p.pid] for p in processes if p.pid in after)
-    pg_cpu = sum(after[pid] - before[pid] for pid in backends if pid in after and pid in before)
     stored = common.pg_query(url, "SELECT count(*) FROM events")[0][0]
     return {
         "rate": sum(r.rate for r in results),
@@ -168,7 +173,31 @@ def _pg_ingest_rows(runs: list[dict[str, Any]], sizes: Sizes) -> list[dict[str, 
                 None,
             )
         )
-    return rows
+    return rows + _pg_ingest_targets(runs)
+
+
+def _pg_ingest_targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The two ratios with targets, each the median of the runs' own ratios."""
+    rate = median(r["postgres_1"]["rate"] / r["sqlite"]["rate"] for r in runs)
+    cpu = median(
+        (r["postgres_1"]["cpu_us_per_answer"] + r["postgres_1"]["postgres_cpu_us_per_answer"])
+        / r["sqlite"]["cpu_us_per_answer"]
+        for r in runs
+    )
+    return [
+        row(
+            "ingest on PostgreSQL ÷ on SQLite, one relay each",
+            f"{rate:.2f}",
+            "≥ 0.60",
+            rate >= 0.60,
+        ),
+        row(
+            "ingest CPU per event, PostgreSQL (relay + server) ÷ SQLite relay",
+            f"{cpu:.2f}",
+            "≤ 1.3",
+            cpu <= 1.3,
+        ),
+    ]
 
 
 # -- end to end on PostgreSQL ---------------------------------------------------------------
@@ -394,6 +423,7 @@ def _takeover(sizes: Sizes) -> dict[str, Any]:
 SCENARIOS: dict[str, Callable[[Sizes], dict[str, Any]]] = {
     "pg-ingest": pg_ingest,
     "pg-e2e": pg_end_to_end,
+    "pg-fanout": pg_fanout,
     "takeover": _takeover,
     "restart-drain": restart_drain,
 }

@@ -26,6 +26,7 @@ ORDER = (
     "cli",
     "pg-ingest",
     "pg-e2e",
+    "pg-fanout",
     "takeover",
     "restart-drain",
 )
@@ -108,7 +109,7 @@ def write(path: Path) -> None:
         "apt-get install -y wrk webhook   # the load generator and Debian's adnanh/webhook",
         ".venv/bin/pip install -e '.[test]'",
         ".venv/bin/python -m bench all            # or: --quick, or one scenario:",
-        ".venv/bin/python -m bench ingest  # or e2e, pg-ingest, takeover, ...",
+        ".venv/bin/python -m bench ingest  # or e2e, pg-ingest pg-fanout, takeover, ...",
         ".venv/bin/python -m bench report         # rewrite this file from bench/results/*.json",
         "```",
         "",
@@ -169,11 +170,17 @@ default, 1 with `--quick`).
   on a writer thread with `synchronous = FULL`, JSON answer; no logs, metrics or
   routing). After the relay, the same minimal handler again with `--log-line`: it
   writes the relay's JSON line per accepted webhook through the relay's own logging
-  set-up, the one piece of the relay's extra work docs/metrics.md requires (reported, no
-  target). Figures: median of relay req/s ÷ each baseline's req/s, and each
-  server's CPU time (all threads, from `/proc/PID/stat`) per answer, which does
-  not depend on how much of a core the server got on a shared machine.
-- **ack latency** — wrk's p50 and p99 of those same relay runs (64 connections,
+  set-up, the one piece of the relay's extra work docs/metrics.md requires; the ingest
+  target is set against it. Last, the minimal handler with `--relay-work`: the least
+  code that does the relay's work per webhook (verification, the log line, the row the
+  relay stores with every column it writes, in the relay's own schema and indexes, its
+  deliveries rows, dedupe by id, the same group commit with `synchronous = FULL`, the
+  relay's answer): its rate ÷ the log-line handler's is the lower bound row, the best
+  ratio a relay doing that work reaches here. Figures: median of relay req/s ÷ each
+  baseline's req/s, and each server's CPU time (all threads, from `/proc/PID/stat`)
+  per answer, which does not depend on how much of a core the server got on a shared
+  machine.
+- **ack p99 at 64 connections** — wrk's p50 and p99 of those same relay runs (64 connections,
   closed loop, so at the ingest ceiling), median over runs.
 - **end-to-end** — a Python asyncio/aiohttp sender posts `job.completed` webhooks at a
   fixed rate (open loop: each request starts at its slot, whatever the previous one
@@ -219,23 +226,45 @@ default, 1 with `--quick`).
   (a bytecode cache of the run's own, `PYTHONPYCACHEPREFIX`, filled by one untimed
   pass); `events` is also timed compiling the project's modules on every run
   (`PYTHONDONTWRITEBYTECODE=1` with the editable install's sources), reported beside
-  the floor.
+  the floor. The floor (`bench/cli_floor.py both`) runs in the same rounds; `events` ÷
+  floor is the ratio of the two medians of CPU time (user + system of each process:
+  starting is CPU work, and the wall time of a shared machine adds whatever else ran),
+  the wall-time ratio beside it. The lower bound beside it is the floor's `relay`
+  mode: click imported and the relay's own settings loaded, then the same read, what
+  `events` cannot shed.
 - **pg-ingest** — one run drives, back to back with the ingest scenario's wrk command
   (64 connections, unique pre-signed ids, 10 s): bare aiohttp, the minimal handler,
   the relay on SQLite (`synchronous = FULL`, `[log] level = "info"`, as in ingest),
-  the relay on PostgreSQL (`store.url`, a fresh database `pulse_relay_bench_<random>`
-  on the local PostgreSQL 15 at 127.0.0.1:5432, created for the measurement and
-  dropped after it), then two `serve` processes on one fresh database with the load
+  the relay on PostgreSQL (`store.url`, a fresh database `pulse_relay_bench_<random>`,
+  created for the measurement and dropped after it, on a PostgreSQL 15 server the
+  benchmark starts from Debian's binaries with `fsync` and `synchronous_commit` on,
+  `bench/pg_server.py`; `BENCH_POSTGRES_ADMIN_URL` names another server instead),
+  then two `serve` processes on one fresh database with the load
   split: two wrk processes (`-t2 -c32` each, their own unique ids) started together;
   answers/s is their sum, p50 and p99 the worse of the two. Figures: answers/s, each
   ratio to each baseline, ack p50/p99, median over runs. PostgreSQL runs on the same
   two cores, so its CPU counts against the relay: the PostgreSQL rows pay for the
   database server as well, which the SQLite rows do in-process. CPU per answer: the
-  relays' from `/proc/PID/stat`, and the PostgreSQL backends serving the benchmark
-  database (their pids from `pg_stat_activity`, summed); the WAL writer,
-  checkpointer and other shared server processes are not counted.
+  relays' from `/proc/PID/stat`, and every process of the server (backends, WAL
+  writer, checkpointer; the postmaster's reaped children through its `cutime`). With a
+  named server, only the backends serving the benchmark database (from
+  `pg_stat_activity`) are counted. Targets: ingest on PostgreSQL ÷ on SQLite (one
+  relay each) ≥ 0.60, and CPU per event, PostgreSQL (relay + server) ÷ the SQLite
+  relay, ≤ 1.3; each the median of the runs' own ratios.
 - **end-to-end on PostgreSQL** — the end-to-end scenario's machinery and rate with
   `store.url` on a fresh database, and the same run on SQLite just before it.
+- **fan-out on PostgreSQL** (`pg-fanout`) — each round sends a burst of up to 3000
+  events (600 with `--quick`) as fast as 32 connections go to a fresh relay on SQLite,
+  then to a fresh relay on a fresh PostgreSQL database, with the fan-out scenario's
+  three sinks. Figures: the drain rate once every webhook was in (PostgreSQL ÷ SQLite,
+  median of the rounds' ratios, target ≥ 0.80) and CPU per event over the events'
+  whole life (relay, plus the server on PostgreSQL). Then one more relay on
+  PostgreSQL reaches the server through a counting TCP proxy
+  (`bench/pg_roundtrips.py`): a round trip begins each time the client speaks after
+  the server has, so a pipeline of statements is one and each awaited statement is
+  one, whatever the code that sent it. Counted: 5 s of the idle relay, then events
+  at the end-to-end rate, then a burst; round trips ÷ events for each (target ≤ 5 for
+  both; an event is one ingest, one job fetch and three deliveries).
 - **takeover** — two relays on one fresh PostgreSQL database, `delivery.lease_seconds`
   = 5, a command sink (`bench/pg_scenarios.py` `SLOW_SINK`, concurrency 8) that notes
   each event's start and end; its first run of an event takes 120 s (so it is still

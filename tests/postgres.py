@@ -14,124 +14,25 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
-import shutil
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Self
 
 import psycopg
 import pytest
-from mirakuru import TCPExecutor
-from mirakuru.exceptions import ProcessFinishedWithError
 from psycopg.conninfo import conninfo_to_dict
-from pytest_postgresql.executors import PostgreSQLExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from tests.helpers import free_port, require_debian_package
+from bench.pg_server import OUTAGE_ROLE, ThrowawayPostgres, installed, started_server
+from tests.helpers import require_debian_package
 
 ADMIN_URL_VARIABLE = "TEST_POSTGRES_ADMIN_URL"
-BIN_DIR = Path(os.environ.get("TEST_POSTGRES_BIN_DIR", "/usr/lib/postgresql/15/bin"))
-COMMAND_TIMEOUT_SECONDS = 30
-SUPERUSER = "postgres"
-# The outage tests' role and database: a URL with a password, to see it masked.
-OUTAGE_ROLE = "relay"
-
-
-class ThrowawayPostgres(PostgreSQLExecutor):
-    """A server in a folder of its own; `stop(mode=...)` and `start()` at will."""
-
-    @property
-    def url(self) -> str:
-        """The outage role's URL of its database (made by `throwaway_postgres`)."""
-        return f"postgresql://{OUTAGE_ROLE}:{OUTAGE_ROLE}@{self.host}:{self.port}/{OUTAGE_ROLE}"
-
-    @property
-    def admin_url(self) -> str:
-        """The superuser's URL of the server's maintenance database."""
-        return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/postgres"
-
-    def start(self) -> Self:
-        """Start the server; returns once it accepts connections.
-
-        The library returns once the port is open, while the server may still refuse
-        connections ("starting up"); `pg_ctl start -w` exits only when it accepts them.
-        """
-        super().start()
-        assert self.process is not None
-        returncode = self.process.wait(timeout=COMMAND_TIMEOUT_SECONDS)
-        if returncode != 0:
-            raise AssertionError(f"pg_ctl start exited {returncode}: see {self.logfile}")
-        return self
-
-    def stop(self, sig: int | None = None, exp_sig: int | None = None, mode: str = "fast") -> Self:
-        """Stop the server: "fast" (clients disconnected, clean) or "immediate" (a crash).
-
-        The library's stop is always "fast"; the outage tests need the crash too.
-        """
-        subprocess.run(
-            [self.executable, "stop", "-D", self.datadir, "-m", mode, "-w"],
-            check=True,
-            capture_output=True,
-            timeout=COMMAND_TIMEOUT_SECONDS,
-        )
-        # Forget the `pg_ctl start` that launched the server (it has exited).
-        with contextlib.suppress(ProcessFinishedWithError):
-            TCPExecutor.stop(self, sig, exp_sig)
-        return self
-
-
-def _pg_ctl(root: Path) -> str:
-    """pg_ctl, as the "postgres" user when the tests run as root (CI does).
-
-    initdb, pg_ctl and postgres refuse to run as root, and the library runs pg_ctl
-    itself: a two-line wrapper in the server's folder is the smallest way in.
-    """
-    pg_ctl = BIN_DIR / "pg_ctl"
-    if os.geteuid() != 0:
-        return str(pg_ctl)
-    wrapper = root / "pg_ctl"
-    wrapper.write_text(
-        f'#!/bin/sh\nexec runuser -u {SUPERUSER} -- {shlex.quote(str(pg_ctl))} "$@"\n'
-    )
-    wrapper.chmod(0o755)
-    return str(wrapper)
 
 
 @contextlib.contextmanager
 def _started_server(name: str) -> Iterator[ThrowawayPostgres]:
-    """initdb in a fresh folder, a free port, a socket in that folder; removed at the end."""
-    require_debian_package("postgresql", (BIN_DIR / "pg_ctl").exists())
-    # Not under pytest's tmp_path: its parents are private to root, and the server
-    # runs as "postgres".
-    root = Path(tempfile.mkdtemp(prefix=f"pulse-relay-{name}-"))
-    if os.geteuid() == 0:
-        shutil.chown(root, SUPERUSER)
-    server = ThrowawayPostgres(
-        executable=_pg_ctl(root),
-        host="127.0.0.1",
-        port=free_port(),
-        datadir=str(root / "data"),
-        unixsocketdir=str(root),
-        logfile=str(root / "server.log"),
-        startparams=f"-w -t {COMMAND_TIMEOUT_SECONDS}",
-        dbname="postgres",
-        user=SUPERUSER,
-        # -F (no fsync) comes with the library: a stopped server loses nothing (the OS
-        # keeps its writes), and no test here crashes the machine.
-        postgres_options="-c listen_addresses=127.0.0.1",
-        timeout=COMMAND_TIMEOUT_SECONDS,
-    )
-    try:
-        server.start()
+    require_debian_package("postgresql", installed())
+    with started_server(name) as server:
         yield server
-    finally:
-        if server.running():
-            server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -79,3 +79,74 @@ def test_the_minimal_handler_with_the_log_line_stores_answers_and_logs(tmp_path:
     accepted = [line for line in lines if line["event"] == "webhook accepted"]
     assert [line["webhook_id"] for line in accepted] == ["line-0"]
     assert accepted[0]["level"] == "info"
+
+
+def test_the_lower_bound_handler_stores_the_relays_row_and_answers_as_the_relay(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+    import urllib.request
+
+    from bench import common
+
+    handler, port = common.minimal_process(tmp_path, relay_work=True)
+    (request,) = common.signed_requests("work-", 1)
+    answers = []
+    with handler:
+        for _ in range(2):
+            posted = urllib.request.Request(
+                f"http://127.0.0.1:{port}{common.WEBHOOK_PATH}",
+                data=request.body,
+                headers={**request.headers, "Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(posted, timeout=10) as answer:
+                answers.append((answer.status, json.loads(answer.read())))
+    assert answers == [
+        (202, {"status": "accepted", "id": "work-0"}),
+        (200, {"status": "duplicate", "id": "work-0"}),
+    ]
+    (store,) = tmp_path.glob("minimal-*.db")
+    with sqlite3.connect(store) as db:
+        stored = db.execute(
+            "SELECT id, source, type, job_id, job_key, state, fetch_state, client_address, "
+            "headers FROM events"
+        ).fetchall()
+    assert [row[:8] for row in stored] == [
+        (
+            "work-0",
+            "webhook",
+            "job.completed",
+            "work-0",
+            "work-0:completed",
+            "accepted",
+            "none",
+            "127.0.0.1",
+        )
+    ]
+    assert json.loads(stored[0][8])["webhook-id"] == "work-0"
+    lines = [
+        json.loads(line)
+        for line in (tmp_path / "minimal-relay-work.log").read_text().split("\n")
+        if line
+    ]
+    assert [line["webhook_id"] for line in lines if line["event"] == "webhook accepted"] == [
+        "work-0"
+    ]
+
+
+def test_the_cli_floor_reads_the_same_rows_with_the_relay_settings_as_with_its_own(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+
+    config = tmp_path / "relay.toml"
+    config.write_text(f'[store]\npath = "{tmp_path / "relay.db"}"\n')
+    relay = [sys.executable, "-m", "pulse_relay", "--config", str(config)]
+    subprocess.run([*relay, "watch", "cli-job"], check=True, capture_output=True)
+
+    def floor(mode: str) -> str:
+        argv = [sys.executable, "-m", "bench.cli_floor", mode, str(config)]
+        return subprocess.run(argv, check=True, capture_output=True, text=True, cwd=ROOT).stdout
+
+    assert floor("relay") == floor("both")
+    assert floor("both").split() == ["ID", "RECEIVED", "SOURCE", "TYPE", "JOB", "STATE"]

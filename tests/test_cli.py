@@ -6,6 +6,7 @@ import json
 import os
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -178,14 +179,18 @@ def test_events_without_a_store_says_so(tmp_path: Path) -> None:
 
 # Every script pays for what `events` imports: on SQLite it needs neither the
 # PostgreSQL driver, nor an HTTP stack, nor the daemon's logging setup, nor the
-# sinks and ingress rules that only validate fields this configuration leaves out.
+# sinks and ingress rules that only validate fields this configuration leaves out;
+# nor the store proper (its writer, aiosqlite, the migrations' run, the write side's
+# records and the contract's protocols): it reads the file with sqlite3.
 _EVENTS_THEN_LIST_MODULES = """
 import json, sys
 from pulse_relay.cli import cli
 cli(["--config", sys.argv[1], "events"], prog_name="pulse-relay", standalone_mode=False)
 heavy = ("psycopg", "psycopg_pool", "aiohttp", "structlog", "rich", "pulse_relay.logs",
          "pulse_relay.sinks", "pulse_relay.ingress.edge",
-         "pulse_relay.ingress.signature", "cryptography")
+         "pulse_relay.ingress.signature", "cryptography", "aiosqlite", "pulse_relay.wiring",
+         "pulse_relay.store.sqlite.store", "pulse_relay.store.sqlite.plumbing",
+         "pulse_relay.store.model", "pulse_relay.store.contract", "pulse_relay.store.decide")
 print(json.dumps(sorted(name for name in heavy if name in sys.modules)))
 """
 
@@ -205,6 +210,32 @@ def test_events_on_sqlite_imports_no_postgres_http_or_logging_stack(tmp_path: Pa
     table, loaded = result.stdout.splitlines()
     assert table.split() == ["ID", "RECEIVED", "SOURCE", "TYPE", "JOB", "STATE", "SINKS"]
     assert json.loads(loaded) == []
+
+
+def test_events_leaves_a_store_to_migrate_or_refuse_to_the_store_proper(tmp_path: Path) -> None:
+    # The file read (store/sqlite/reader.py) reads only this release's schema; any other
+    # goes through the store as before: an older one is migrated, a newer one refused.
+    config = tmp_path / "relay.toml"
+    path = tmp_path / "relay.db"
+    config.write_text(f'[store]\npath = "{path}"\n')
+    assert run_cli("watch", "job-1", config=config).returncode == 0
+    with sqlite3.connect(path) as db:
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        db.execute("ALTER TABLE attempts DROP COLUMN edited_envelope")
+        db.execute("ALTER TABLE deliveries DROP COLUMN edited_envelope")
+        db.execute(f"PRAGMA user_version = {version - 1}")
+    listed = run_cli("events", config=config)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == ["ID", "RECEIVED", "SOURCE", "TYPE", "JOB", "STATE", "SINKS"]
+    with sqlite3.connect(path) as db:
+        assert int(db.execute("PRAGMA user_version").fetchone()[0]) == version
+        db.execute(f"PRAGMA user_version = {version + 1}")
+    refused = run_cli("events", config=config)
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        f"pulse-relay: {path} has schema version {version + 1}; this pulse-relay knows "
+        f"{version}: upgrade pulse-relay\n"
+    )
 
 
 async def test_serve_accepts_a_library_signed_webhook_visible_in_events_and_show(

@@ -42,7 +42,7 @@ from pulse_relay.sinks.base import (
     SinkError,
     SinkResult,
 )
-from pulse_relay.slots import Slots, delivery_slot
+from pulse_relay.slots import FETCH_SLOT, Fill, Slots, delivery_slot
 from pulse_relay.store import Attempt, DeliveryTask, FetchTask
 from tests.helpers import FakeClock, wait_for
 
@@ -252,6 +252,28 @@ def test_slots_count_running_deliveries_per_sink_and_in_all() -> None:
     assert slots.open_sinks() == ["a", "b"] and not slots.has_free_fetch
 
 
+def test_a_claim_is_full_where_it_took_all_it_was_offered_and_short_where_offered_none() -> None:
+    slots = Slots({"a": 2, "b": 2}, delivery_limit=3, fetch_limit=1)
+    offered = slots.reserve_free(fetches=True)
+    assert slots.fill(offered, fetches=0, per_sink={"a": 1}) == Fill(False, False)
+    assert slots.fill(offered, fetches=1, per_sink={}) == Fill(True, True)
+    assert slots.fill(offered, fetches=0, per_sink={"b": 2}) == Fill(True, True)
+    assert slots.fill(offered, fetches=0, per_sink={"a": 1, "b": 1, "c": 1}) == Fill(True, True)
+    slots.release(offered)
+    # b's slots all run: b's due work may wait for one; so may job fetches for theirs.
+    slots.reserve(delivery_slot("b"))
+    slots.reserve(delivery_slot("b"))
+    slots.reserve(FETCH_SLOT)
+    offered = slots.reserve_free(fetches=True)
+    assert slots.fill(offered, fetches=0, per_sink={}) == Fill(False, True)
+    # A finish_fetch asks for no fetches: the busy fetch slot is not its shortage.
+    slots.release(offered)
+    slots.release(delivery_slot("b"))
+    assert slots.fill(slots.reserve_free(fetches=False), fetches=None, per_sink={}) == Fill(
+        False, False
+    )
+
+
 def test_slots_rotate_the_sink_order_so_no_sink_always_comes_first() -> None:
     slots = Slots({"a": 1, "b": 1, "c": 1}, delivery_limit=3, fetch_limit=0)
     firsts = []
@@ -280,6 +302,8 @@ class FakeStore:
     tokens: list[tuple[str, str, str | None]] = field(default_factory=list)
     claims: list[dict[str, Any]] = field(default_factory=list)
     claimed_deliveries: int = 0
+    # How often the claim loop, having found nothing more, asked when to look again.
+    idle_looks: int = 0
 
     async def claim(self, **limits: Any) -> tuple[list[FetchTask], list[DeliveryTask]]:
         self.claims.append(limits)
@@ -323,6 +347,7 @@ class FakeStore:
         self.writes.append(("finish_delivery", event_id, sink, kwargs))
 
     async def next_due_at(self, sinks: list[str], *, include_fetches: bool) -> float | None:
+        self.idle_looks += 1
         return None
 
     async def release_leases(self) -> None:
@@ -530,6 +555,28 @@ async def test_a_sink_never_runs_more_deliveries_than_its_concurrency(
     sink.gate.set()
     await wait_for(lambda: len(written(store, "finish_delivery")) == 3)
     assert sink.most_running == 1
+
+
+async def test_a_claim_round_that_left_nothing_behind_is_not_repeated_until_new_work(
+    run: RunDispatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each claim round is a round trip to a shared store: none is spent where it
+    cannot find anything (nothing was left behind, and no slot was short)."""
+    # Nothing but the test wakes the claim loop: no idle look.
+    monkeypatch.setattr(dispatcher_module, "IDLE_WAKE_SECONDS", 60.0)
+    store = FakeStore(deliveries=[delivery_task("msg_1")])
+    sink = FakeSink("a")
+    dispatcher, _ = run(store, sink, concurrency=4)
+    await wait_for(lambda: store.idle_looks == 1)
+    # One delivery of four slots offered: no second round at once.
+    assert len(store.claims) == 1
+    await wait_for(lambda: written(store, "finish_delivery"))
+    store.deliveries.append(delivery_task("msg_2"))
+    dispatcher.notify()  # as a commit does
+    await wait_for(lambda: store.idle_looks == 2)
+    # The freed slot woke nothing (no work was short of it); the commit did.
+    assert len(store.claims) == 2
+    await wait_for(lambda: len(written(store, "finish_delivery")) == 2)
 
 
 async def test_a_fetched_job_is_written_once_and_its_deliveries_start(

@@ -29,6 +29,7 @@ from pulse_relay.store import (
     UnwritableRecordError,
 )
 from pulse_relay.store import base as store_base
+from pulse_relay.store.model import record_problem
 from pulse_relay.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
 from tests.helpers import FakeClock, count_events, ingest_record, wait_for
 
@@ -606,6 +607,35 @@ async def test_a_record_the_store_cannot_write_is_refused_alone(
     assert refused.reason.startswith("event_type ")
     assert results == ["accepted"] * 39
     assert await count_events(store) == 39
+
+
+_TEXT_FIELDS = ("event_id", "source", "event_type", "job_id", "job_key", "error", "client_address")
+_UNSTORABLE = {
+    "a\x00b": "holds a NUL character",
+    "a\ud800": "is not valid Unicode text (a lone surrogate)",
+}
+
+
+@pytest.mark.parametrize("name", _TEXT_FIELDS)
+@pytest.mark.parametrize("text", _UNSTORABLE)
+def test_a_record_text_no_store_can_hold_is_named_by_its_field(name: str, text: str) -> None:
+    record = dataclasses.replace(ingest_record("m1"), **{"client_address": "127.0.0.1", name: text})
+    assert record_problem(record) == f"{name} {_UNSTORABLE[text]}"
+
+
+@pytest.mark.parametrize("text", _UNSTORABLE)
+def test_a_sink_name_no_store_can_hold_is_named(text: str) -> None:
+    record = dataclasses.replace(ingest_record("m1"), sinks=("a", text))
+    assert record_problem(record) == f"sink {_UNSTORABLE[text]}"
+
+
+def test_a_record_every_store_can_hold_has_no_problem_and_split_surrogates_do_not_pair() -> None:
+    assert record_problem(ingest_record("m1", job_id=None)) is None
+    # A pair's halves in two fields are two lone surrogates, not one character.
+    record = dataclasses.replace(
+        ingest_record("m1"), job_id="caf\u00e9 \U0001f600", error="\ud83d", client_address="\ude00"
+    )
+    assert record_problem(record) == "error is not valid Unicode text (a lone surrogate)"
 
 
 async def test_a_failed_group_commit_is_retried_record_by_record(

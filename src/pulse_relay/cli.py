@@ -171,16 +171,31 @@ def events_command(
     except FilterError as error:
         fail(f"{_FILTER_OPTIONS.get(error.name, '--' + error.name)}: {error.problem}")
     settings = obj.settings()
+    views = _listed_now(settings, filters.query(), filters.limit)
+    if views is None:
 
-    async def action(store: StoreBackend) -> list[EventView]:
-        return await store.list_events(**filters.query(), limit=filters.limit)
+        async def action(store: StoreBackend) -> list[EventView]:
+            return await store.list_events(**filters.query(), limit=filters.limit)
 
-    views = with_store(settings, action)
+        views = with_store(settings, action)
     if as_json:
         for view in views:
             click.echo(json.dumps(event_document(view)))
         return
     click.echo(events_table(views))
+
+
+def _listed_now(settings: Settings, query: dict[str, Any], limit: int) -> list[EventView] | None:
+    """The listing read straight from a SQLite file (store/sqlite/reader.py): no event
+    loop, writer or migration for a command that writes nothing; None when the store
+    proper must answer (PostgreSQL, no file yet, a schema to migrate or refuse)."""
+    path = settings.store.sqlite_file
+    if path is None or not path.exists():
+        return None
+    from pulse_relay.store.sqlite.reader import list_events_now
+
+    busy_timeout_seconds = settings.store.busy_timeout_seconds
+    return list_events_now(path, busy_timeout_seconds=busy_timeout_seconds, limit=limit, **query)
 
 
 @cli.command("show")

@@ -29,6 +29,17 @@ class Reservation:
 FETCH_SLOT: Final = Reservation(fetches=1)
 
 
+@dataclass(frozen=True)
+class Fill:
+    """What a claim's answer says of the work it may have left in the store."""
+
+    # It took all it was offered in some limit: more may be due now.
+    full: bool
+    # Full, or some sink (or the job fetches) was offered nothing: due work may be
+    # waiting for a slot, so a slot freed is worth a claim round.
+    short_of_slots: bool
+
+
 def delivery_slot(sink: str) -> Reservation:
     """The slots one running delivery to `sink` holds."""
     return Reservation({sink: 1}, deliveries=1)
@@ -92,6 +103,21 @@ class Slots:
             reservation = Reservation(per_sink, total_free, free_fetches, tokens)
         self.reserve(reservation)
         return reservation
+
+    def fill(
+        self, offered: Reservation, *, fetches: int | None, per_sink: Mapping[str, int]
+    ) -> Fill:
+        """How far a claim offered `offered` was filled by `fetches` job fetches (None:
+        it asked for none, as a finish_fetch) and `per_sink` deliveries."""
+        full = (
+            (fetches is not None and 0 < offered.fetches <= fetches)
+            or (0 < offered.deliveries <= sum(per_sink.values()))
+            or any(0 < free <= per_sink.get(n, 0) for n, free in offered.per_sink.items())
+        )
+        offered_none = any(offered.per_sink.get(n, 0) == 0 for n in self._sink_limits) or (
+            fetches is not None and offered.fetches == 0 and self._fetch_limit > 0
+        )
+        return Fill(full, full or offered_none)
 
     def reserve(self, reservation: Reservation) -> None:
         """Count `reservation`'s slots (and tokens) as taken."""

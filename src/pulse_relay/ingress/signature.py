@@ -139,6 +139,12 @@ def _hmac_base64(key: bytes, signed: bytes) -> str:
     return base64.b64encode(hmac.digest(key, signed, "sha256")).decode()
 
 
+def _keyed_base64(keyed: hmac.HMAC, signed: bytes) -> str:
+    mac = keyed.copy()
+    mac.update(signed)
+    return base64.b64encode(mac.digest()).decode()
+
+
 def compute_signature(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> str:
     """The base64 HMAC-SHA256 of `{id}.{timestamp}.{body}` (without the `v1,` prefix)."""
     return _hmac_base64(key, signed_content(webhook_id, timestamp, body))
@@ -210,6 +216,11 @@ class StandardVerifier:
         clock: Clock = time.time,
     ) -> None:
         self._keys = [s if isinstance(s, bytes) else decode_secret(s) for s in secrets]
+        # Keyed once: each request copies a keyed HMAC instead of keying a new one. And
+        # hmac.digest (OpenSSL's one-shot) lets go of the GIL even for a small body; every
+        # such release can hand the GIL to the store's writer thread, and the event loop
+        # then waits to get it back.
+        self._macs = [hmac.new(key, digestmod="sha256") for key in self._keys]
         self._public_keys = [
             key if isinstance(key, Ed25519PublicKey) else decode_public_key(key)
             for key in public_keys
@@ -236,7 +247,7 @@ class StandardVerifier:
             # The body took time to arrive: the window is judged again, now.
             self._check_window(timestamp)
         signed = signed_content(webhook_id, timestamp, body)
-        expected = [_hmac_base64(key, signed) for key in self._keys]
+        expected = [_keyed_base64(mac, signed) for mac in self._macs]
         # Every pair is compared so the time taken does not depend on where a match is.
         matched = False
         for candidate in v1:

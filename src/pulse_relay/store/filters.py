@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pulse_relay.store.model import DELIVERY_STATES, EventCursor
+from pulse_relay.store.view_model import DELIVERY_STATES, EventCursor
 
 EVENT_STATES = ("accepted", "invalid", "repeat")
 SOURCES = ("webhook", "poll")

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pulse_relay.store.model import DELIVERY_STATES, EventCursor, EventView
 from pulse_relay.store.rows import EVENT_COLUMNS
+from pulse_relay.store.view_model import DELIVERY_STATES, EventCursor, EventView
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,43 @@ def after_cursor(before: EventCursor) -> tuple[str, list[Any]]:
     return clause, [before.received_at, before.received_at, before.event_id]
 
 
+def listing_query(
+    dialect: Dialect,
+    *,
+    event_type: str | None = None,
+    state: str | None = None,
+    limit: int = 50,
+    sink: str | None = None,
+    job_id: str | None = None,
+    source: str | None = None,
+    text: str | None = None,
+    before: EventCursor | None = None,
+    event_id: str | None = None,
+) -> tuple[str, list[Any]]:
+    """The query (in `dialect`, selecting EVENT_COLUMNS) and parameters of
+    `EventListing.list_events`, which says what each filter means."""
+    clauses, params = event_filters(
+        dialect,
+        event_id=event_id,
+        event_type=event_type,
+        state=state,
+        sink=sink,
+        job_id=job_id,
+        source=source,
+        text=text,
+    )
+    if before is not None:
+        clause, cursor_params = after_cursor(before)
+        clauses.append(clause)
+        params += cursor_params
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    sql = (
+        f"SELECT {EVENT_COLUMNS} FROM events e {where} "
+        f"ORDER BY e.received_at DESC, {dialect.id_order} LIMIT ?"
+    )
+    return dialect.sql(sql), [*params, limit]
+
+
 class EventListing:
     """`list_events` for a backend that runs the listing's query (`_listed_events`)."""
 
@@ -125,26 +162,19 @@ class EventListing:
         `text` is matched case-insensitively in the id, type, job id and body;
         `before` continues a listing after the last event of its previous page.
         """
-        clauses, params = event_filters(
+        sql, params = listing_query(
             self.dialect,
-            event_id=event_id,
             event_type=event_type,
             state=state,
+            limit=limit,
             sink=sink,
             job_id=job_id,
             source=source,
             text=text,
+            before=before,
+            event_id=event_id,
         )
-        if before is not None:
-            clause, cursor_params = after_cursor(before)
-            clauses.append(clause)
-            params += cursor_params
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = (
-            f"SELECT {EVENT_COLUMNS} FROM events e {where} "
-            f"ORDER BY e.received_at DESC, {self.dialect.id_order} LIMIT ?"
-        )
-        return await self._listed_events(self.dialect.sql(sql), [*params, limit])
+        return await self._listed_events(sql, params)
 
     async def _listed_events(self, sql: str, params: list[Any]) -> list[EventView]:
         """The events `sql` selects (EVENT_COLUMNS), with their deliveries."""

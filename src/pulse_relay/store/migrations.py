@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pulse_relay.store.model import StoreVersionError
+from pulse_relay.store.errors import StoreVersionError
 
 
 def newer_schema_problem(where: str, version: int, migrations: Sequence[str]) -> str | None:

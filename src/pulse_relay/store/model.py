@@ -1,40 +1,37 @@
-"""What the store takes and gives, whichever backend holds it: records, views, errors."""
+"""What the store takes and gives, whichever backend holds it: records, views, errors.
+
+The views and the errors live in `view_model` and `errors` (a command that only reads
+loads those alone); they are named here too, where the rest of the store finds them.
+"""
 
 from __future__ import annotations
 
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
 
+from pulse_relay.store.errors import StoreUnavailableError as StoreUnavailableError
+from pulse_relay.store.errors import StoreVersionError as StoreVersionError
+from pulse_relay.store.view_model import AWAITING_FETCH as AWAITING_FETCH
+from pulse_relay.store.view_model import DELIVERY_STATES as DELIVERY_STATES
+from pulse_relay.store.view_model import Attempt as Attempt
+from pulse_relay.store.view_model import DeliveryView as DeliveryView
+from pulse_relay.store.view_model import EventCursor as EventCursor
+from pulse_relay.store.view_model import EventView as EventView
+from pulse_relay.store.view_model import Watch as Watch
 from pulse_relay.unencodable import REPLACEMENT_CHARACTER, without_lone_surrogates
 
 IngestOutcome = Literal["accepted", "duplicate"]
 DeliveryOutcome = Literal["delivered", "retry", "dead"]
 
-# The schedule of a delivery whose event still waits for its job: far beyond any
-# real time, so the claim's index range (`next_attempt_at <= now`) never walks
-# over a backlog of deliveries that cannot run yet. Storing the job sets it to now.
-AWAITING_FETCH = 9.0e15
 # Events deleted per transaction by prune(), so the writer is never held for long.
 PRUNE_BATCH = 500
 # Pruned ids are remembered at least this long (a replay of one then answers "pruned").
 PRUNED_IDS_MIN_SECONDS = 86_400.0
-
-
-class StoreUnavailableError(Exception):
-    """The store cannot take writes now (locked past the timeout, disk full, read-only)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class StoreVersionError(Exception):
-    """The database was written by a newer pulse-relay."""
 
 
 class UnwritableRecordError(ValueError):
@@ -100,6 +97,22 @@ def record_problem(record: IngestRecord) -> str | None:
     """Why the store cannot write `record` (named by field), or None. Asked before a record
     joins a group commit, so that it cannot fail the others in that transaction. The
     headers are not asked about: `headers_json` escapes whatever they hold."""
+    # Nearly every record is fine: one check of all its texts at once, and the field is
+    # looked for only when that finds one (this runs on the event loop for every webhook).
+    joined = "\n".join(
+        [
+            record.event_id,
+            record.source,
+            record.event_type or "",
+            record.job_id or "",
+            record.job_key or "",
+            record.error or "",
+            record.client_address or "",
+            *record.sinks,
+        ]
+    )
+    if text_problem(joined) is None:
+        return None
     texts = {
         "event_id": record.event_id,
         "source": record.source,
@@ -164,100 +177,9 @@ class DeliveryTask:
     event; None for any other delivery."""
 
 
-@dataclass(frozen=True)
-class Attempt:
-    """One row of the attempt log."""
-
-    sink: str | None
-    attempt: int
-    started_at: float
-    duration_ms: float
-    outcome: str
-    status_code: int | None = None
-    error: str | None = None
-    output_tail: str | None = None
-    # The envelope this attempt sent when it belonged to an edited replay, else None.
-    edited_envelope: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class DeliveryView:
-    """One sink's delivery of an event, as `events` and `show` present it."""
-
-    state: str
-    attempts: int
-    # None while the delivery waits for the job fetch.
-    next_attempt_at: float | None
-    last_error: str | None
-    is_replay: bool
-    # The envelope of the last edited replay, which the delivery sends (or sent) instead
-    # of the one built from the event; only `get_event` reads it, listings leave None.
-    edited_envelope: dict[str, Any] | None = None
-
-    def __getitem__(self, name: str) -> object:
-        """The field `name`, for callers written against the mapping this view replaced."""
-        if name == "replay":
-            return self.is_replay
-        if name not in self.__dataclass_fields__:
-            raise KeyError(name)
-        return getattr(self, name)
-
-
-@dataclass
-class EventView:
-    """An event as `events` and `show` present it."""
-
-    id: str
-    received_at: float
-    source: str
-    type: str | None
-    job_id: str | None
-    state: str
-    error: str | None
-    fetch_state: str
-    fetch_error: str | None
-    deliveries: dict[str, DeliveryView] = field(default_factory=dict)
-    headers: dict[str, str] | None = None
-    client_address: str | None = None
-    body: bytes | None = None
-    job: Any = None
-    result_url: str | None = None
-    attempts: list[Attempt] = field(default_factory=list)
-    # The job's watch metadata: what its envelopes carry in `relay.metadata`.
-    metadata: dict[str, Any] | None = None
-    # The body's digest where it is a second dedupe key (a body signed alone); else None.
-    body_digest: str | None = None
-
-
-@dataclass(frozen=True)
-class EventCursor:
-    """Where a listing stopped: the last event shown (listings are newest first)."""
-
-    received_at: float
-    event_id: str
-
-
-DELIVERY_STATES = ("pending", "delivered", "dead")
-
 # (kind, event_id, detail) after a change is committed: "event" (stored), "delivery"
 # (an attempt's outcome: sink, state, attempt) and "fetch" (a job fetch attempt).
 ChangeListener = Callable[[str, str, dict[str, Any] | None], None]
-
-
-@dataclass(frozen=True)
-class Watch:
-    """A job the poller follows until it is terminal."""
-
-    job_id: str
-    metadata: dict[str, Any]
-    origin: str
-    state: str
-    added_at: float
-    next_poll_at: float
-    interval_seconds: float
-    polls: int
-    last_status: str | None
-    last_error: str | None
 
 
 @dataclass(frozen=True)

@@ -11,17 +11,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pulse_relay.store.model import (
-    AWAITING_FETCH,
-    Attempt,
-    DeliveryTask,
-    DeliveryView,
-    EventView,
-    Watch,
-)
+from pulse_relay.store.view_model import AWAITING_FETCH, Attempt, DeliveryView, EventView, Watch
 from pulse_relay.unencodable import without_lone_surrogates
+
+if TYPE_CHECKING:
+    from pulse_relay.store.model import DeliveryTask
 
 # An event as listings show it: `event_view`.
 EVENT_COLUMNS = (
@@ -182,6 +178,10 @@ def delivery_task(row: Sequence[Any], token: str | None) -> DeliveryTask:
     e.received_at, e.source, e.body, e.job, e.result_url` of the delivery (`d`) and its
     event (`e`), then its job's watch metadata as JSON text, then `d.edited_envelope`;
     `token` is the claim's."""
+    # Imported here: a command that only lists events maps rows without the write side's
+    # records (`view_model`); by the first claim this is a dictionary look-up.
+    from pulse_relay.store.model import DeliveryTask
+
     event_id, sink, attempts, replay, event_type, job_id, received_at, source = row[:8]
     body, job, result_url, metadata, edited_envelope = row[8:13]
     return DeliveryTask(

@@ -6,23 +6,63 @@ relay stores an id (the insert that loses reports nothing and its record is a
 duplicate), and a transaction-scoped advisory lock
 per job key makes "is this job status already accepted?" a question only one
 relay asks at a time.
+
+The caller runs it in pipeline mode: the locks and both reads go to the server
+together (one round trip), then the insert of events and deliveries, its NOTIFY and
+the COMMIT together (a second); which ids were stored is read once committed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 
 from pulse_relay.store.decide import Decision, decide_ingest, dedupe_keys
 from pulse_relay.store.model import IngestOutcome, IngestRecord, headers_json
 
+# No conflict target: a concurrent insert of the same id, or of the same body digest
+# under another id, wins its unique index, and this row is left out (so are its
+# deliveries, joined on the ids stored). One NOTIFY, and only if something was stored:
+# `woken` has a row then, and the cross join with it keeps every stored id.
+_INSERT = (
+    "WITH new AS (INSERT INTO events (id, received_at, source, type, job_id, job_key, state, "
+    "error, headers, body, fetch_state, next_fetch_at, client_address, body_digest) "
+    "SELECT * FROM unnest(%s::text[], %s::float8[], %s::text[], %s::text[], %s::text[], "
+    "%s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[], %s::text[], %s::float8[], "
+    "%s::text[], %s::text[]) "
+    "ON CONFLICT DO NOTHING RETURNING id), "
+    "started AS (INSERT INTO deliveries (event_id, sink, state, next_attempt_at, updated_at) "
+    "SELECT t.e, t.s, 'pending', t.n, t.u FROM unnest(%s::text[], %s::text[], %s::float8[], "
+    "%s::float8[]) AS t(e, s, n, u) JOIN new ON new.id = t.e), "
+    "woken AS MATERIALIZED (SELECT pg_notify(%s, %s) FROM (SELECT FROM new LIMIT 1) AS one) "
+    "SELECT new.id FROM new, woken"
+)
+
+
+@dataclass
+class IngestWrite:
+    """A group's decisions, and its insert whose answer is read after the commit."""
+
+    decisions: list[Decision]
+    insert: AsyncCursor[Any] | None
+
+    async def outcomes(self) -> list[IngestOutcome]:
+        """An outcome per record: ids another relay stored first are duplicates."""
+        stored = set() if self.insert is None else {row[0] for row in await self.insert.fetchall()}
+        return [
+            "accepted" if d.outcome == "accepted" and d.record.event_id in stored else "duplicate"
+            for d in self.decisions
+        ]
+
 
 async def insert_events(
-    conn: AsyncConnection[Any], records: Sequence[IngestRecord]
-) -> list[IngestOutcome]:
-    """Insert the new events of `records` and their deliveries; an outcome per record."""
+    conn: AsyncConnection[Any], records: Sequence[IngestRecord], channel: str, sender: str
+) -> IngestWrite:
+    """Queue the insert of `records`' new events and their deliveries (NOTIFY on
+    `channel`, from relay `sender`, if any is stored) in the transaction open on `conn`."""
     job_keys = sorted({r.job_key for r in records if r.job_key is not None})
     # Sorted, so two relays never wait on each other's keys in opposite orders.
     await conn.execute(
@@ -33,33 +73,42 @@ async def insert_events(
     # A pruned id or digest is still known (for store.dedupe_days): a replay is a duplicate.
     # Both columns for every key: an event stored before digests were kept has its
     # digest as its id when it came without an id header.
-    cursor = await conn.execute(
+    known = await conn.execute(
         "SELECT id FROM events WHERE id = ANY(%s) "
         "UNION SELECT id FROM pruned_events WHERE id = ANY(%s) "
         "UNION SELECT body_digest FROM events WHERE body_digest = ANY(%s) "
         "UNION SELECT body_digest FROM pruned_events WHERE body_digest = ANY(%s)",
         (keys, keys, keys, keys),
     )
-    known_keys = {row[0] for row in await cursor.fetchall()}
-    cursor = await conn.execute(
+    seen = await conn.execute(
         "SELECT job_key, id FROM events WHERE state = 'accepted' AND job_key = ANY(%s)",
         (job_keys,),
     )
-    seen_keys = {row[0]: row[1] for row in await cursor.fetchall()}
+    known_keys = {row[0] for row in await known.fetchall()}
+    seen_keys = {row[0]: row[1] for row in await seen.fetchall()}
     decisions = decide_ingest(records, known_keys, seen_keys)
-    stored = await _insert_new(conn, [d for d in decisions if d.outcome == "accepted"])
-    return [
-        "accepted" if d.outcome == "accepted" and d.record.event_id in stored else "duplicate"
-        for d in decisions
+    accepted = [d for d in decisions if d.outcome == "accepted"]
+    if not accepted:
+        return IngestWrite(decisions, None)
+    deliveries = [
+        (d.record.event_id, sink, d.due_at, d.record.received_at)
+        for d in accepted
+        for sink in d.sinks
     ]
+    insert = await conn.execute(
+        _INSERT,
+        [
+            *_event_columns(accepted),
+            *([list(column) for column in zip(*deliveries, strict=True)] or [[]] * 4),
+            channel,
+            sender,
+        ],
+    )
+    return IngestWrite(decisions, insert)
 
 
-async def _insert_new(conn: AsyncConnection[Any], decisions: list[Decision]) -> set[str]:
-    """Insert `decisions`' events; the ids this transaction stored (another relay's
-    concurrent insert of the same id or body digest wins and is not among them)."""
-    if not decisions:
-        return set()
-    columns = [
+def _event_columns(decisions: list[Decision]) -> list[list[Any]]:
+    return [
         [d.record.event_id for d in decisions],
         [d.record.received_at for d in decisions],
         [d.record.source for d in decisions],
@@ -75,29 +124,3 @@ async def _insert_new(conn: AsyncConnection[Any], decisions: list[Decision]) -> 
         [d.record.client_address for d in decisions],
         [d.record.body_digest for d in decisions],
     ]
-    # No conflict target: a concurrent insert of the same id, or of the same body digest
-    # under another id, wins its unique index, and this row is left out.
-    cursor = await conn.execute(
-        "INSERT INTO events (id, received_at, source, type, job_id, job_key, state, error, "
-        "headers, body, fetch_state, next_fetch_at, client_address, body_digest) "
-        "SELECT * FROM unnest(%s::text[], %s::float8[], %s::text[], %s::text[], %s::text[], "
-        "%s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[], %s::text[], %s::float8[], "
-        "%s::text[], %s::text[]) "
-        "ON CONFLICT DO NOTHING RETURNING id",
-        columns,
-    )
-    stored = {row[0] for row in await cursor.fetchall()}
-    rows = [
-        (d.record.event_id, sink, d.due_at, d.record.received_at)
-        for d in decisions
-        if d.record.event_id in stored
-        for sink in d.sinks
-    ]
-    if rows:
-        await conn.execute(
-            "INSERT INTO deliveries (event_id, sink, state, next_attempt_at, updated_at) "
-            "SELECT e, s, 'pending', n, u FROM unnest(%s::text[], %s::text[], %s::float8[], "
-            "%s::float8[]) AS t(e, s, n, u)",
-            [list(column) for column in zip(*rows, strict=True)],
-        )
-    return stored

@@ -1,8 +1,13 @@
 """PostgreSQL plumbing: the pool, the group-commit writer, the NOTIFY listener.
 
 Ingests that arrive together share one transaction, as on SQLite; every other
-write is its own short transaction on a pooled connection. Any relay's new work
-is announced with NOTIFY (one per transaction, so a burst is one wake), and a
+write is its own short transaction on a pooled connection, most of them a single
+statement. Round trips are what a relay on PostgreSQL waits for, so each operation
+makes as few as it can: a group's ingest is two (its reads, then its writes and the
+commit, pipelined), and a pooled connection is pinged before use only when it has
+been idle a while. Any relay's new work is announced with NOTIFY (one per
+transaction, so a burst is one wake; none for work the committing relay has just
+claimed itself), and a
 dedicated connection LISTENs and reconnects by itself; the dispatcher's poll
 stays the backstop for a notification lost while that connection was down.
 While the server is unreachable, ingests are refused (503) after a short wait
@@ -17,12 +22,14 @@ import asyncio
 import contextlib
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection
+from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from pulse_relay.logs import get_logger, outage_log
@@ -50,6 +57,28 @@ UNREACHABLE_WAIT_SECONDS = 0.5
 # long lets the next caller start a fresh series whose first attempt is immediate.
 RECONNECT_GIVE_UP_SECONDS = 2.0
 LISTEN_RETRY_SECONDS = 1.0
+# A connection that served an operation this recently is handed out again without a
+# ping (a round trip): a server that closed it meanwhile (shutdown, restart) is seen
+# for free, by reading what the server sent; only a longer idle connection is pinged.
+IDLE_PING_SECONDS = 5.0
+
+
+@contextlib.asynccontextmanager
+async def pipelined_transaction(conn: AsyncConnection[Any]) -> AsyncIterator[None]:
+    """One transaction on `conn` whose statements go to the server together: BEGIN, those
+    the block executes, COMMIT. The server is waited for only where the block reads a
+    result, and once at the end; a failure rolls the transaction back."""
+    # BEGIN and COMMIT as statements: psycopg's transaction() waits for the server at
+    # each end of a block in pipeline mode, two round trips more.
+    try:
+        async with conn.pipeline():
+            await conn.execute("BEGIN")
+            yield
+            await conn.execute("COMMIT")
+    finally:
+        if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+            with contextlib.suppress(psycopg.Error):
+                await conn.execute("ROLLBACK")
 
 
 @dataclass
@@ -79,10 +108,17 @@ class PostgresPlumbing(BackendBase):
             max_size=pool_size,
             open=False,
             kwargs={"autocommit": True},
-            check=AsyncConnectionPool.check_connection,
+            check=self._check_connection,
+            configure=self._configure_connection,
             timeout=CONNECT_TIMEOUT_SECONDS,
             reconnect_timeout=RECONNECT_GIVE_UP_SECONDS,
         )
+        # When each pooled connection last served an operation without failing.
+        self._used_at: weakref.WeakKeyDictionary[AsyncConnection[Any], float] = (
+            weakref.WeakKeyDictionary()
+        )
+        # Pooled connections the server said it is closing (see `_check_connection`).
+        self._closing: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
         # False from a failed connection until the next one that works.
         self._is_reachable = True
         # Every lease this relay takes carries its id, so it releases its own alone.
@@ -149,9 +185,33 @@ class PostgresPlumbing(BackendBase):
             async with self._pool.connection(timeout=timeout_seconds) as conn:
                 self._is_reachable = True
                 yield conn
+                self._used_at[conn] = time.monotonic()
         except (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError) as error:
             self._is_reachable = False
             raise StoreUnavailableError(f"store unreachable: {error}") from error
+
+    async def _configure_connection(self, conn: AsyncConnection[Any]) -> None:
+        """Note a new pooled connection's FATAL error, which an idle connection gets as
+        a notice when the server ends it (shutdown, restart, terminated backend)."""
+        ref = weakref.ref(conn)
+
+        def on_notice(notice: psycopg.errors.Diagnostic) -> None:
+            closing = ref()
+            if closing is not None and notice.severity_nonlocalized in ("FATAL", "PANIC"):
+                self._closing.add(closing)
+
+        conn.add_notice_handler(on_notice)
+
+    async def _check_connection(self, conn: AsyncConnection[Any]) -> None:
+        """Raise unless `conn` still works (the pool then discards it and tries another)."""
+        # Whatever the server sent an idle connection (the error saying it ends it, then
+        # the end of the stream) is read and parsed without waiting.
+        conn.pgconn.consume_input()
+        conn.pgconn.is_busy()
+        if conn.pgconn.status != ConnStatus.OK or conn in self._closing:
+            raise psycopg.OperationalError("the server closed the connection")
+        if time.monotonic() - self._used_at.get(conn, 0.0) > IDLE_PING_SECONDS:
+            await AsyncConnectionPool.check_connection(conn)
 
     async def schema_version(self) -> int:
         """The schema version the database is at."""
@@ -196,10 +256,10 @@ class PostgresPlumbing(BackendBase):
         """One transaction for `records`: an outcome per record, or the exception it failed with."""
         wait_seconds = CONNECT_TIMEOUT_SECONDS if self._is_reachable else UNREACHABLE_WAIT_SECONDS
         try:
-            async with self.connection(timeout_seconds=wait_seconds) as conn, conn.transaction():
-                outcomes = await insert_events(conn, records)
-                if "accepted" in outcomes:
-                    await conn.execute("SELECT pg_notify(%s, '')", (WORK_CHANNEL,))
+            async with self.connection(timeout_seconds=wait_seconds) as conn:
+                async with pipelined_transaction(conn):
+                    write = await insert_events(conn, records, WORK_CHANNEL, self.relay_id)
+                outcomes = await write.outcomes()
         except Exception as error:
             if len(records) > 1 and not isinstance(error, StoreUnavailableError):
                 # One record broke the transaction (the check before queueing missed
@@ -211,11 +271,14 @@ class PostgresPlumbing(BackendBase):
             if isinstance(error, psycopg.Error):
                 failure = StoreUnavailableError(f"store write failed: {error}")
             return [(False, failure)] * len(records)
+        if "accepted" in outcomes:
+            self._wake()
         return [(True, outcome) for outcome in outcomes]
 
     async def notify_work(self, conn: AsyncConnection[Any]) -> None:
-        """Wake every relay when the transaction on `conn` commits."""
-        await conn.execute("SELECT pg_notify(%s, '')", (WORK_CHANNEL,))
+        """Wake every other relay when the transaction on `conn` commits; the caller wakes
+        this one (`_wake`) once it has."""
+        await conn.execute("SELECT pg_notify(%s, %s)", (WORK_CHANNEL, self.relay_id))
 
     async def _listen_loop(self) -> None:
         while True:
@@ -224,8 +287,11 @@ class PostgresPlumbing(BackendBase):
                     await conn.execute(f"LISTEN {WORK_CHANNEL}")
                     # Work may have been announced while no one listened.
                     self._wake()
-                    async for _ in conn.notifies():
-                        self._wake()
+                    async for notify in conn.notifies():
+                        # This relay's own commits woke it already, without the wait
+                        # for the server (and a second claim round it would cost).
+                        if notify.payload != self.relay_id:
+                            self._wake()
             except psycopg.Error as error:
                 self._outage_log.emit(
                     "store:listener",

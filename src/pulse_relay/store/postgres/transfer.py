@@ -40,5 +40,6 @@ class TransferMixin(PostgresPlumbing):
             if watch is not None:
                 await conn.execute(_INSERT_WATCH.encode(), watch)
             await self.notify_work(conn)
+        self._wake()
         self._changed("event", event.event_id)
         return True

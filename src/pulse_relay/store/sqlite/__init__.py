@@ -1,18 +1,34 @@
-"""The embedded backend: one SQLite file, one relay owning its queue."""
+"""The embedded backend: one SQLite file, one relay owning its queue.
+
+`SQLiteStore` (store.py) is imported on first use (module `__getattr__`): `reader`,
+the read-only path of `pulse-relay events`, enters this package without loading the
+writer, aiosqlite or the queue.
+"""
 
 from __future__ import annotations
 
-from pulse_relay.store.sqlite.queue import QueueMixin
-from pulse_relay.store.sqlite.retention import RetentionMixin
-from pulse_relay.store.sqlite.schema import MIGRATIONS
-from pulse_relay.store.sqlite.transfer import TransferMixin
-from pulse_relay.store.sqlite.views import ViewsMixin
+import importlib
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from pulse_relay.store.sqlite.schema import MIGRATIONS
+    from pulse_relay.store.sqlite.store import SQLiteStore
 
-class SQLiteStore(ViewsMixin, QueueMixin, RetentionMixin, TransferMixin):
-    """The relay's SQLite store; open() before use, close() after (or `async with`)."""
-
-    backend = "sqlite"
-
+# name -> (module, attribute) of what is imported when first asked for.
+_LAZY = {
+    "SQLiteStore": ("pulse_relay.store.sqlite.store", "SQLiteStore"),
+    "MIGRATIONS": ("pulse_relay.store.sqlite.schema", "MIGRATIONS"),
+}
 
 __all__ = ["MIGRATIONS", "SQLiteStore"]
+
+
+def __getattr__(name: str) -> Any:
+    """A name of this package, imported from its module when first asked for."""
+    try:
+        module, attribute = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Sequence
 
@@ -41,15 +42,17 @@ def insert_events(db: sqlite3.Connection, records: list[IngestRecord]) -> list[I
                 for d in stored
             ],
         )
-        db.executemany(
-            "INSERT INTO deliveries (event_id, sink, state, next_attempt_at, updated_at) "
-            "VALUES (?, ?, 'pending', ?, ?)",
-            [
-                (d.record.event_id, sink, d.due_at, d.record.received_at)
-                for d in stored
-                for sink in d.sinks
-            ],
-        )
+        deliveries = [
+            (d.record.event_id, sink, d.due_at, d.record.received_at)
+            for d in stored
+            for sink in d.sinks
+        ]
+        if deliveries:
+            db.executemany(
+                "INSERT INTO deliveries (event_id, sink, state, next_attempt_at, updated_at) "
+                "VALUES (?, ?, 'pending', ?, ?)",
+                deliveries,
+            )
     return [d.outcome for d in decisions]
 
 
@@ -58,14 +61,23 @@ def stored_keys(db: sqlite3.Connection, records: Sequence[IngestRecord]) -> set[
     from pruned events."""
     keys = [key for record in records for key in dedupe_keys(record)]
     found: set[str] = set()
-    # Both columns for every key: an event stored before digests were kept has its
-    # digest as its id when it came without an id header.
-    for column in ("id", "body_digest"):
-        for table in ("events", "pruned_events"):
-            for chunk in chunks(list(dict.fromkeys(keys))):
-                sql = f"SELECT {column} FROM {table} WHERE {column} IN ({placeholders(len(chunk))})"
-                found.update(row[0] for row in db.execute(sql, chunk))
+    for chunk in chunks(list(dict.fromkeys(keys))):
+        found.update(row[0] for row in db.execute(_known_keys_sql(len(chunk)), chunk))
     return found
+
+
+@functools.lru_cache(maxsize=64)
+def _known_keys_sql(count: int) -> str:
+    # Both columns for every key: an event stored before digests were kept has its
+    # digest as its id when it came without an id header. One statement, not four: each
+    # is a hand-off of the GIL between the writer thread and the event loop. Numbered
+    # parameters: the four lists bind the same `count` values.
+    listed = ",".join(f"?{number}" for number in range(1, count + 1))
+    return " UNION ALL ".join(
+        f"SELECT {column} FROM {table} WHERE {column} IN ({listed})"
+        for column in ("id", "body_digest")
+        for table in ("events", "pruned_events")
+    )
 
 
 def accepted_job_keys(db: sqlite3.Connection, job_keys: Sequence[str]) -> dict[str, str]:

@@ -7,9 +7,9 @@ from typing import Any
 
 from pulse_relay.store import rows
 from pulse_relay.store.listing import SQLITE, EventListing
-from pulse_relay.store.model import EventView
-from pulse_relay.store.sqlite.sql import chunks, placeholders
+from pulse_relay.store.sqlite.sql import chunks, deliveries_query, placeholders
 from pulse_relay.store.sqlite.watches import WatchesMixin
+from pulse_relay.store.view_model import EventView
 
 
 class ViewsMixin(WatchesMixin, EventListing):
@@ -56,11 +56,7 @@ class ViewsMixin(WatchesMixin, EventListing):
 
     async def _attach_deliveries(self, views: Sequence[EventView]) -> None:
         for chunk in chunks([view.id for view in views]):
-            async with self.read(
-                f"SELECT {rows.DELIVERY_VIEW_COLUMNS} FROM deliveries "
-                f"WHERE event_id IN ({placeholders(len(chunk))}) ORDER BY sink",
-                chunk,
-            ) as cursor:
+            async with self.read(deliveries_query(len(chunk)), chunk) as cursor:
                 rows.attach_deliveries(views, await cursor.fetchall())
 
     async def state_counts(self) -> tuple[dict[str, int], dict[str, int]]:
