@@ -190,16 +190,18 @@ default, 1 with `--quick`).
   sink writes a temporary file, fsyncs it and renames it). Latency = rename time -
   the time the sender started the POST, both from the same clock in the same process.
 - **fan-out** — sinks file + http (to the baseline app) + command (`/bin/true`), every
-  event fetched from the emulator. First a burst of N events is sent as fast as 32
-  connections go; capacity = N ÷ time until every delivery is `delivered`. Then events
-  are paced at 90 % of that capacity (else 75 %, 60 %) for 20 s while the number of
-  `pending` deliveries is sampled every 0.5 s: the rate counts as sustained when the
-  backlog in the second half is not larger than in the first half (plus 3 s of events)
-  and it empties after sending stops. Then `bench/fanout_floor.py` does the same work
-  for 2000 events with no store and no relay (one GET per event, then the three sinks
-  at once, each file fsynced, renamed and its directory fsynced). Figures: drain ÷
-  floor, where drain = the burst's deliveries still to do once every webhook was in
-  ÷ 3 ÷ the time they took (the target); that paced rate; the burst capacity.
+  event fetched from the emulator. Each round (3; 1 with `--quick`) sends a burst of N
+  events as fast as 32 connections go; capacity = N ÷ time until every delivery is
+  `delivered`; drain = the burst's deliveries still to do once every webhook was in ÷
+  3 ÷ the time they took. Right after each burst, `bench/fanout_floor.py` does the same
+  work for 2000 events with no store and no relay (one GET per event, then the three
+  sinks at once, each file fsynced, renamed and its directory fsynced): the floor of
+  that round. After the first round, events are paced at 90 % of its capacity (else
+  75 %, 60 %) for 20 s while the number of `pending` deliveries is sampled every
+  0.5 s: the rate counts as sustained when the backlog in the second half is not
+  larger than in the first half (plus 3 s of events) and it empties after sending
+  stops. Figures: the median of the rounds' drain ÷ floor (the target); that paced
+  rate; the median burst capacity.
 - **memory** — events (fetch + file sink) sent as fast as 32 connections go, in two
   halves; `VmRSS` of `serve` sampled every 0.5 s during ingest and drain; peak is the
   kernel's `VmHWM`; "after drain" is `VmRSS` 2 s after every delivery of a half is

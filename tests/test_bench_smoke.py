@@ -43,7 +43,7 @@ def test_the_fan_out_floor_fetches_every_job_and_feeds_every_sink(tmp_path: Path
     emulator, base_url = common.emulator_process(tmp_path, "fan-", 12)
     receiver, http_port = common.baseline_process(tmp_path)
     with emulator, receiver:
-        floor = delivery_scenarios._fanout_floor(tmp_path, base_url, http_port, 12)
+        floor = delivery_scenarios._fanout_floor(tmp_path / "floor", base_url, http_port, 12)
     assert floor > 0
     # One renamed file per event, no temporary file left behind.
     assert sorted(p.name for p in (tmp_path / "floor").iterdir()) == sorted(
