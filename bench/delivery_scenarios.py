@@ -109,9 +109,12 @@ def fan_out(sizes: Sizes) -> dict[str, Any]:
         with emulator, receiver, relay:
             rounds = []
             for number in range(sizes.runs):
-                measured = _burst(url, store, number * burst, burst)
+                measured = _burst(url, store, number * burst, burst, relay.pid)
                 floor_dir = workdir / f"floor{number}"
-                measured["floor"] = _fanout_floor(floor_dir, base_url, http_port, min(burst, 2000))
+                floor_count = min(burst, 2000)
+                floor = fanout_floor_run(floor_dir, base_url, http_port, floor_count)
+                measured["floor"] = floor["events"] / floor["seconds"]
+                measured["floor_cpu_us_per_event"] = floor["cpu_seconds"] / floor_count * 1e6
                 measured["drain_vs_floor"] = measured["after_ingest"] / measured["floor"]
                 print(f"  fan-out round {number}: {measured}")
                 rounds.append(measured)
@@ -120,9 +123,11 @@ def fan_out(sizes: Sizes) -> dict[str, Any]:
     return _fan_out_result(rounds, attempts, burst)
 
 
-def _burst(url: str, store: Path, start: int, count: int) -> dict[str, Any]:
-    """`count` webhooks as fast as they go; capacity, and the drain once all were in."""
+def _burst(url: str, store: Path, start: int, count: int, pid: int) -> dict[str, Any]:
+    """`count` webhooks as fast as they go; capacity, the drain once all were in, and the
+    relay's CPU per event (ingest, fetch and the three deliveries)."""
     before = common.delivered_count(store)
+    cpu_before = common.cpu_seconds(pid)
     requests = common.signed_requests("fan-", count, start=start)
     started = time.monotonic()
     asyncio.run(load.send_all(url, requests))
@@ -138,6 +143,7 @@ def _burst(url: str, store: Path, start: int, count: int) -> dict[str, Any]:
         "drained": drained,
         "capacity": count / finished,
         "after_ingest": (3 * count - while_ingesting) / 3 / draining_seconds,
+        "relay_cpu_us_per_event": (common.cpu_seconds(pid) - cpu_before) / count * 1e6,
     }
 
 
@@ -168,7 +174,9 @@ def _fan_out_result(
     capacity = median(r["capacity"] for r in rounds)
     figure = (
         f"drain ÷ floor {drain_vs_floor:.2f} (median of {len(rounds)} rounds' ratios; drain "
-        f"once all were in {after_ingest:.0f}/s, no-store floor {floor:.0f}/s); "
+        f"once all were in {after_ingest:.0f}/s, no-store floor {floor:.0f}/s; CPU per "
+        f"event: relay {median(r['relay_cpu_us_per_event'] for r in rounds):.0f} µs with its "
+        f"ingest, floor {median(r['floor_cpu_us_per_event'] for r in rounds):.0f} µs); "
     )
     figure += (
         f"{sustained['rate']:.0f} events/s sustained (pending ≤ {sustained['max_pending']}); "
@@ -191,8 +199,8 @@ def _fan_out_result(
     }
 
 
-def _fanout_floor(out: Path, base_url: str, http_port: int, count: int) -> float:
-    """Events/s of bench/fanout_floor.py, the sinks' and the fetch's own work, same processes."""
+def fanout_floor_run(out: Path, base_url: str, http_port: int, count: int) -> dict[str, Any]:
+    """What bench/fanout_floor.py measured: events, seconds, its CPU seconds."""
     out.mkdir()
     arguments = [base_url, common.API_KEY, "fan-", str(count), str(http_port), str(out)]
     answer = subprocess.run(
@@ -203,8 +211,8 @@ def _fanout_floor(out: Path, base_url: str, http_port: int, count: int) -> float
         text=True,
         timeout=600,
     )
-    measured = json.loads(answer.stdout)
-    return float(measured["events"] / measured["seconds"])
+    measured: dict[str, Any] = json.loads(answer.stdout)
+    return measured
 
 
 def _sustain(url: str, store: Path, start: int, count: int, rate: float) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The least work the fan-out scenario asks for per event, with no store and no relay.
 
 Run as `python -m bench.fanout_floor BASE_URL API_KEY PREFIX COUNT HTTP_PORT DIRECTORY [SINKS]`;
-prints `{"events": N, "seconds": S}` as JSON. SINKS picks the sinks, any of
+prints `{"events": N, "seconds": S, "cpu_seconds": C}` as JSON (C: this process's CPU
+time, every thread, its children's aside, as the relay's is counted). SINKS picks the sinks, any of
 `f` (file), `h` (HTTP) and `c` (command), all three by default; "" fetches only.
 
 Per event: one GET of the job from the emulator, then the three sinks at once: a file
@@ -125,10 +126,12 @@ async def _run(
 def main() -> None:
     base_url, api_key, prefix, count, http_port, directory = sys.argv[1:7]
     sinks = sys.argv[7] if len(sys.argv) > 7 else "fhc"
+    cpu_before = time.process_time()
     seconds = asyncio.run(
         _run(base_url, api_key, prefix, int(count), int(http_port), Path(directory), sinks)
     )
-    print(json.dumps({"events": int(count), "seconds": seconds}))
+    cpu = time.process_time() - cpu_before
+    print(json.dumps({"events": int(count), "seconds": seconds, "cpu_seconds": cpu}))
 
 
 if __name__ == "__main__":

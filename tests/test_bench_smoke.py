@@ -43,8 +43,10 @@ def test_the_fan_out_floor_fetches_every_job_and_feeds_every_sink(tmp_path: Path
     emulator, base_url = common.emulator_process(tmp_path, "fan-", 12)
     receiver, http_port = common.baseline_process(tmp_path)
     with emulator, receiver:
-        floor = delivery_scenarios._fanout_floor(tmp_path / "floor", base_url, http_port, 12)
-    assert floor > 0
+        floor = delivery_scenarios.fanout_floor_run(tmp_path / "floor", base_url, http_port, 12)
+    assert floor["events"] == 12
+    assert floor["seconds"] > 0
+    assert floor["cpu_seconds"] > 0
     # One renamed file per event, no temporary file left behind.
     assert sorted(p.name for p in (tmp_path / "floor").iterdir()) == sorted(
         f"{n}.json" for n in range(12)
