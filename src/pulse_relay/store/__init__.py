@@ -10,8 +10,9 @@ protocols cost start-up time a command that only reads does not need to pay.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pulse_relay.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from pulse_relay.store.contract import (
@@ -140,12 +141,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """A name of this package, imported from its module when first asked for."""
-    try:
-        module, attribute = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), attribute)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)

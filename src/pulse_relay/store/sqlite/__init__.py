@@ -7,8 +7,9 @@ writer, aiosqlite or the queue.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pulse_relay.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from pulse_relay.store.sqlite.schema import MIGRATIONS
@@ -23,12 +24,4 @@ _LAZY = {
 __all__ = ["MIGRATIONS", "SQLiteStore"]
 
 
-def __getattr__(name: str) -> Any:
-    """A name of this package, imported from its module when first asked for."""
-    try:
-        module, attribute = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), attribute)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)
