@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from bench.minimal_pg import pg_writer
+from bench.minimal_pg import pg_connect, pg_writer
 from pulse_relay.ingress.server import STORED_HEADERS
 from pulse_relay.logs import configure_logging, get_logger
 from pulse_relay.store.sqlite.schema import migrate
@@ -129,7 +129,7 @@ def make_app(
     key = base64.b64decode(secret.removeprefix("whsec_"))
     jobs: queue.SimpleQueue[Pending] = queue.SimpleQueue()
     if postgres is not None:
-        args: tuple[Any, ...] = (postgres, jobs, _due, _resolve)
+        args: tuple[Any, ...] = (pg_connect(postgres), jobs, _due, _resolve)
         threading.Thread(target=pg_writer, args=args, daemon=True).start()
     else:
         threading.Thread(target=_writer, args=(path, jobs, relay_work), daemon=True).start()

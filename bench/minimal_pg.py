@@ -51,16 +51,22 @@ def inserted(ids: list[str], stored: set[str]) -> list[bool]:
     return answers
 
 
+def pg_connect(url: str) -> psycopg.Connection[Any]:
+    """The writer's connection, on the relay's schema. Opened before the handler serves, as
+    the relay opens its pool: its server process exists when the bench counts the server's."""
+    asyncio.run(_migrate(url))
+    return psycopg.connect(url, autocommit=True)
+
+
 def pg_writer(
-    url: str,
+    conn: psycopg.Connection[Any],
     jobs: queue.SimpleQueue[Any],
     due: Callable[[Any], list[tuple[Any, ...]]],
     resolve: Callable[[list[Any], list[bool]], None],
 ) -> None:
-    """Commit groups of (row, future, loop) from `jobs`; `due` gives an item's deliveries
-    rows, `resolve` answers a group's futures on their loop."""
-    asyncio.run(_migrate(url))
-    with psycopg.connect(url, autocommit=True) as conn:
+    """Commit groups of (row, future, loop) from `jobs` on `conn`; `due` gives an item's
+    deliveries rows, `resolve` answers a group's futures on their loop."""
+    with conn:
         while True:
             batch = [jobs.get()]
             while not jobs.empty():
