@@ -4,7 +4,9 @@
 One psycopg connection on the writer thread, the relay's own schema (its migrate, so the
 columns and indexes match), one transaction per group: a single
 `INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING RETURNING id`, sent with its
-BEGIN and COMMIT in one pipeline, so a group costs one round trip. What it leaves out of
+BEGIN and COMMIT in one pipeline, so a group costs one round trip. Sync psycopg on a thread
+rather than async psycopg on the event loop: measured side by side, the async writer
+answered no faster and cost about 5 % more CPU per answer. What it leaves out of
 the relay's PostgreSQL ingest (store/postgres/ingest.py): the job-key advisory locks, the
 pruned-id and job-status dedupe queries and the NOTIFY that wakes the delivery workers.
 """
