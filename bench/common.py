@@ -197,18 +197,21 @@ def baseline_process(workdir: Path) -> tuple[Process, int]:
 
 
 def minimal_process(
-    workdir: Path, *, log_line: bool = False, relay_work: bool = False
+    workdir: Path, *, log_line: bool = False, relay_work: bool = False, postgres: str | None = None
 ) -> tuple[Process, int]:
     """The second baseline (bench/minimal.py) on a fresh store in `workdir`; with `log_line`,
     writing the relay's line per accepted webhook too; with `relay_work`, doing the relay's
-    work per webhook in the least code (the line, the relay's row, its deliveries)."""
+    work per webhook in the least code (the line, the relay's row, its deliveries), and with
+    `postgres` too, committing them to that database instead."""
     port = free_port()
     store = workdir / f"minimal-{port}.db"
     mode = "relay-work" if relay_work else "log-line" if log_line else ""
     process = Process(
         [PYTHON, "-m", "bench.minimal", str(port), SECRET, str(store)]
-        + ([f"--{mode}"] if mode else []),
-        log_path=workdir / (f"minimal-{mode}.log" if mode else "minimal.log"),
+        + ([f"--{mode}"] if mode else [])
+        + (["--postgres", postgres] if postgres else []),
+        log_path=workdir
+        / (f"minimal-{mode}{'-pg' if postgres else ''}.log" if mode else "minimal.log"),
         health_url=f"http://127.0.0.1:{port}/healthz",
         cwd=BENCH_DIR.parent,
     )

@@ -3,7 +3,8 @@
 Standard Webhooks verification, JSON parse, group commit of the event on a writer
 thread (SQLite WAL, synchronous = FULL), JSON answer. No logging, metrics, dedupe
 answers, routing or limits: the floor under pulse-relay's ingest, not a relay.
-Run as `python -m bench.minimal PORT SECRET DB_PATH [--log-line | --relay-work]`.
+Run as `python -m bench.minimal PORT SECRET DB_PATH [--log-line | --relay-work]
+[--postgres URL]`.
 
 With `--log-line` it also writes the one JSON line per accepted webhook that
 docs/metrics.md (logs) asks of the relay, through the relay's own logging set-up: how much of
@@ -15,6 +16,7 @@ and indexes, every column the relay writes, the stored headers as JSON), its del
 rows, dedupe by id (`INSERT OR IGNORE` on the primary key), the same group commit, and
 the relay's answer. What it leaves out is the relay's edge rules, pruned-id and
 job-status dedupe, metrics and error handling: the best a relay doing this work can do.
+With `--postgres URL` too, that group commit goes to PostgreSQL instead (bench/minimal_pg.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from bench.minimal_pg import pg_connect, pg_writer
 from pulse_relay.ingress.server import STORED_HEADERS
 from pulse_relay.logs import configure_logging, get_logger
 from pulse_relay.store.sqlite.schema import migrate
@@ -116,11 +119,20 @@ def _relay_row(request: web.Request, webhook_id: str, body: bytes, payload: Any)
 
 
 def make_app(
-    secret: str, path: str, *, log_line: bool = False, relay_work: bool = False
+    secret: str,
+    path: str,
+    *,
+    log_line: bool = False,
+    relay_work: bool = False,
+    postgres: str | None = None,
 ) -> web.Application:
     key = base64.b64decode(secret.removeprefix("whsec_"))
     jobs: queue.SimpleQueue[Pending] = queue.SimpleQueue()
-    threading.Thread(target=_writer, args=(path, jobs, relay_work), daemon=True).start()
+    if postgres is not None:
+        args: tuple[Any, ...] = (pg_connect(postgres), jobs, _due, _resolve)
+        threading.Thread(target=pg_writer, args=args, daemon=True).start()
+    else:
+        threading.Thread(target=_writer, args=(path, jobs, relay_work), daemon=True).start()
     log_line = log_line or relay_work
 
     async def handle(request: web.Request) -> web.Response:
@@ -163,11 +175,19 @@ def make_app(
 if __name__ == "__main__":
     port, secret, db_path = sys.argv[1], sys.argv[2], sys.argv[3]
     with_relay_work = "--relay-work" in sys.argv[4:]
+    options = sys.argv[4:]
+    postgres_url = options[options.index("--postgres") + 1] if "--postgres" in options else None
     with_line = "--log-line" in sys.argv[4:] or with_relay_work
     if with_line:
         configure_logging(format="json", level="info")
     web.run_app(
-        make_app(secret, db_path, log_line=with_line, relay_work=with_relay_work),
+        make_app(
+            secret,
+            db_path,
+            log_line=with_line,
+            relay_work=with_relay_work,
+            postgres=postgres_url,
+        ),
         host="127.0.0.1",
         port=int(port),
         print=None,

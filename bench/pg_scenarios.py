@@ -49,6 +49,7 @@ def _pg_ingest_run(run_dir: Path, sizes: Sizes, number: int) -> dict[str, Any]:
     figures["sqlite"] = _figure(mine, cpu)
     for relays in (1, 2):
         figures[f"postgres_{relays}"] = _pg_relays_run(run_dir, sizes, number, relays, base.rate)
+    figures.update(_pg_floor_run(run_dir, sizes, number, base.rate))
     for figure in figures.values():
         figure["to_bare"] = figure["rate"] / figures["baseline"]["rate"]
         figure["to_minimal"] = figure["rate"] / figures["minimal"]["rate"]
@@ -70,6 +71,23 @@ def _figure(result: WrkResult, cpu_us: float) -> dict[str, Any]:
         "requests": result.requests,
         "cpu_us_per_answer": cpu_us,
     }
+
+
+def _pg_floor_run(
+    run_dir: Path, sizes: Sizes, number: int, ceiling: float
+) -> dict[str, dict[str, Any]]:
+    """The lower-bound handler (bench/minimal.py --relay-work) on SQLite, then on a fresh
+    PostgreSQL database with the server's CPU counted as for the relay."""
+    folder = run_dir / "floor"
+    folder.mkdir()
+    handler, port = common.minimal_process(folder, relay_work=True)
+    with handler:
+        lite, cpu = wrk_cpu(handler, folder, port, sizes, f"fs{number}-", ceiling)
+    with common.postgres_database() as url:
+        handler, port = common.minimal_process(folder, relay_work=True, postgres=url)
+        with handler:
+            pg = _pg_wrk(folder, sizes, f"fp{number}-", [handler], [port], url, ceiling)
+    return {"floor_sqlite": _figure(lite, cpu), "floor_postgres": pg}
 
 
 def _pg_relays_run(
@@ -173,7 +191,7 @@ def _pg_ingest_rows(runs: list[dict[str, Any]], sizes: Sizes) -> list[dict[str, 
                 None,
             )
         )
-    return rows + _pg_ingest_targets(runs)
+    return rows + _pg_ingest_targets(runs) + [_pg_floor_row(runs)]
 
 
 def _pg_ingest_targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -198,6 +216,35 @@ def _pg_ingest_targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             cpu <= 1.3,
         ),
     ]
+
+
+def _pg_floor_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best the two target ratios can be on this stack: the lower-bound handler's, each
+    the median of the runs' own ratios, next to the relay's from the same runs."""
+
+    def ratios(lite: str, pg: str) -> tuple[float, float]:
+        rate = median(r[pg]["rate"] / r[lite]["rate"] for r in runs)
+        cpu = median(
+            (r[pg]["cpu_us_per_answer"] + r[pg]["postgres_cpu_us_per_answer"])
+            / r[lite]["cpu_us_per_answer"]
+            for r in runs
+        )
+        return rate, cpu
+
+    rate, cpu = ratios("floor_sqlite", "floor_postgres")
+    relay_rate, relay_cpu = ratios("sqlite", "postgres_1")
+    floor_pg = median(r["floor_postgres"]["rate"] for r in runs)
+    handler = median(r["floor_postgres"]["cpu_us_per_answer"] for r in runs)
+    server = median(r["floor_postgres"]["postgres_cpu_us_per_answer"] for r in runs)
+    lite = median(r["floor_sqlite"]["cpu_us_per_answer"] for r in runs)
+    return row(
+        "ingest lower bound: minimal handler doing the relay's work, PostgreSQL ÷ SQLite",
+        f"rate {rate:.2f} ({floor_pg:.0f} / {median(r['floor_sqlite']['rate'] for r in runs):.0f}"
+        f"/s), CPU {cpu:.2f} (handler {handler:.0f} + server {server:.0f} ÷ {lite:.0f} µs per "
+        f"answer); the relay in the same runs: rate {relay_rate:.2f}, CPU {relay_cpu:.2f}",
+        "report",
+        None,
+    )
 
 
 # -- end to end on PostgreSQL ---------------------------------------------------------------

@@ -252,7 +252,13 @@ default, 1 with `--quick`).
   named server, only the backends serving the benchmark database (from
   `pg_stat_activity`) are counted. Targets: ingest on PostgreSQL ÷ on SQLite (one
   relay each) ≥ 0.60, and CPU per event, PostgreSQL (relay + server) ÷ the SQLite
-  relay, ≤ 1.3; each the median of the runs' own ratios.
+  relay, ≤ 1.3; each the median of the runs' own ratios. Last in each run, the lower
+  bound for both: the minimal handler with `--relay-work` on SQLite, then with
+  `--postgres URL` on a fresh database (`bench/minimal_pg.py`: the same rows on the
+  relay's own PostgreSQL schema, one connection, one transaction per group, a single
+  pipelined `INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING RETURNING id`),
+  the server's CPU counted as for the relay: the same two ratios for the least code
+  doing the relay's work, the best reachable on this stack.
 - **end-to-end on PostgreSQL** — the end-to-end scenario's machinery and rate with
   `store.url` on a fresh database, and the same run on SQLite just before it.
 - **fan-out on PostgreSQL** (`pg-fanout`) — each round sends a burst of up to 3000

@@ -136,6 +136,58 @@ def test_the_lower_bound_handler_stores_the_relays_row_and_answers_as_the_relay(
     ]
 
 
+def test_the_lower_bound_handler_on_postgresql_commits_the_relays_row_to_the_relays_schema(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    import urllib.request
+
+    from bench import common
+    from pulse_relay.store.postgres.schema import MIGRATIONS
+
+    handler, port = common.minimal_process(tmp_path, relay_work=True, postgres=postgres_url)
+    (request,) = common.signed_requests("pgwork-", 1)
+    answers = []
+    with handler:
+        for _ in range(2):
+            posted = urllib.request.Request(
+                f"http://127.0.0.1:{port}{common.WEBHOOK_PATH}",
+                data=request.body,
+                headers={**request.headers, "Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(posted, timeout=10) as answer:
+                answers.append((answer.status, json.loads(answer.read())))
+    assert answers == [
+        (202, {"status": "accepted", "id": "pgwork-0"}),
+        (200, {"status": "duplicate", "id": "pgwork-0"}),
+    ]
+    stored = common.pg_query(
+        postgres_url,
+        "SELECT id, source, type, job_key, state, fetch_state, client_address, body FROM events",
+    )
+    assert stored == [
+        (
+            "pgwork-0",
+            "webhook",
+            "job.completed",
+            "pgwork-0:completed",
+            "accepted",
+            "none",
+            "127.0.0.1",
+            request.body,
+        )
+    ]
+    assert common.pg_query(postgres_url, "SELECT version FROM pulse_relay_schema") == [
+        (len(MIGRATIONS),)
+    ]
+    assert not list(tmp_path.glob("minimal-*.db"))
+
+
+def test_the_postgresql_lower_bound_accepts_an_id_sent_twice_in_one_group_once() -> None:
+    from bench.minimal_pg import inserted
+
+    assert inserted(["a", "b", "a", "c"], {"a", "c"}) == [True, False, False, True]
+
+
 def test_the_cli_floor_reads_the_same_rows_with_the_relay_settings_as_with_its_own(
     tmp_path: Path,
 ) -> None:
