@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-report", action="store_true", help="do not rewrite the report")
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
+    # Stopped with SIGTERM, the run still stops what it started (a PostgreSQL server
+    # runs on its own and would outlive it): exit handlers run on SystemExit.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sizes = Sizes.quick() if args.quick else Sizes()
     if args.runs:
         sizes = dataclasses.replace(sizes, runs=args.runs)

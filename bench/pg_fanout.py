@@ -40,7 +40,9 @@ def pg_fanout(sizes: Sizes) -> dict[str, Any]:
     """Rounds of SQLite then PostgreSQL bursts, then the round-trip count."""
     burst = min(sizes.fanout_burst, MAX_BURST)
     with common.workdir("pg-fanout") as workdir:
-        emulator, base_url = common.emulator_process(workdir, PREFIX, burst)
+        # The round-trip count sends its paced events, then a burst of fresh ids after them.
+        jobs = min(sizes.e2e_events, burst) + burst
+        emulator, base_url = common.emulator_process(workdir, PREFIX, jobs)
         receiver, http_port = common.baseline_process(workdir)
         with emulator, receiver:
             rounds = []
