@@ -103,7 +103,7 @@ def write(path: Path) -> None:
         "# Benchmarks",
         "",
         "Run every scenario against the real `pulse-relay serve` on 127.0.0.1 and rewrite this",
-        "file (about 15 minutes on the machine below; `--quick` takes about 3):",
+        "file (about 25 minutes on the machine below; `--quick` takes about 5):",
         "",
         "```sh",
         "apt-get install -y wrk webhook   # the load generator and Debian's adnanh/webhook",
