@@ -28,6 +28,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the report to (re)write",
     )
     parser.add_argument("--no-report", action="store_true", help="do not rewrite the report")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=report.RESULTS_DIR,
+        help="where each scenario's figures are stored and the report reads them",
+    )
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
     # Stopped with SIGTERM, the run still stops what it started (a PostgreSQL server
@@ -49,14 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name} ...", flush=True)
         result = SCENARIOS[name](sizes)
         result["sizes"] = dataclasses.asdict(sizes)
-        report.save(name, result, command=command)
+        report.save(name, result, command=command, directory=args.results)
         for row in result["rows"]:
             print(
                 f"  {row['scenario']}: {row['figure']} (target {row['target']}, met: {row['met']})"
             )
         print(f"  {name} took {time.monotonic() - started:.0f} s", flush=True)
     if not args.no_report:
-        report.write(args.output)
+        report.write(args.output, args.results)
         print(f"wrote {args.output}")
     return 0
 

@@ -74,18 +74,19 @@ def _os_name() -> str:
     return sys.platform
 
 
-def save(name: str, result: dict[str, Any], *, command: str) -> None:
-    RESULTS_DIR.mkdir(exist_ok=True)
+def save(name: str, result: dict[str, Any], *, command: str, directory: Path = RESULTS_DIR) -> None:
+    """Store one scenario's result as `directory`/NAME.json, with its command and date."""
+    directory.mkdir(parents=True, exist_ok=True)
     result = dict(
         result, command=command, date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     )
-    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    (directory / f"{name}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
 
 
-def load() -> dict[str, dict[str, Any]]:
+def load(directory: Path = RESULTS_DIR) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for name in ORDER:
-        path = RESULTS_DIR / f"{name}.json"
+        path = directory / f"{name}.json"
         if path.exists():
             found[name] = json.loads(path.read_text())
     return found
@@ -95,9 +96,9 @@ def _met(value: bool | None) -> str:
     return {True: "yes", False: "**no**", None: "—"}[value]
 
 
-def write(path: Path) -> None:
-    """Render BENCHMARKS.md from every stored scenario result."""
-    results = load()
+def write(path: Path, directory: Path = RESULTS_DIR) -> None:
+    """Render BENCHMARKS.md from every scenario result stored in `directory`."""
+    results = load(directory)
     info = machine()
     lines = [
         "# Benchmarks",

@@ -19,18 +19,16 @@ from bench.measure import Sizes  # noqa: E402
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the bench watches renames with inotify")
-def test_end_to_end_scenario_runs_and_the_report_renders(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_end_to_end_scenario_runs_and_the_report_renders(tmp_path: Path) -> None:
     sizes = dataclasses.replace(Sizes.quick(), e2e_events=20, e2e_rate=50.0)
     result = delivery_scenarios.end_to_end(sizes)
     assert result["files"] == 20
     assert [row["scenario"] for row in result["rows"]] == ["end-to-end"]
 
-    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path / "results")
-    report.save("e2e", result, command="pytest")
+    results = tmp_path / "results"
+    report.save("e2e", result, command="pytest", directory=results)
     output = tmp_path / "BENCHMARKS.md"
-    report.write(output)
+    report.write(output, results)
     text = output.read_text()
     assert "| end-to-end |" in text
     others = [name for name in report.ORDER if name != "e2e"]
