@@ -328,8 +328,16 @@ def pending_deliveries(store: Path) -> int:
     return int(query_one(store, "SELECT count(*) FROM deliveries WHERE state = 'pending'"))
 
 
+DELIVERED_SQL = "SELECT count(*) FROM deliveries WHERE state = 'delivered'"
+
+
 def delivered_count(store: Path) -> int:
-    return int(query_one(store, "SELECT count(*) FROM deliveries WHERE state = 'delivered'"))
+    return int(query_one(store, DELIVERED_SQL))
+
+
+def delivered_count_pg(url: str) -> int:
+    """`delivered_count` of a store on PostgreSQL."""
+    return int(pg_query(url, DELIVERED_SQL)[0][0])
 
 
 def wait_until(predicate: Any, *, timeout_seconds: float, interval_seconds: float = 0.2) -> bool:

@@ -72,8 +72,7 @@ def _store(backend: str) -> Iterator[str | None]:
 def _delivered(url: str | None, store: Path) -> Callable[[], int]:
     if url is None:
         return lambda: common.delivered_count(store)
-    query = "SELECT count(*) FROM deliveries WHERE state = 'delivered'"
-    return lambda: int(common.pg_query(url, query)[0][0])
+    return lambda: common.delivered_count_pg(url)
 
 
 def _burst(

@@ -359,16 +359,11 @@ def takeover(sizes: Sizes) -> dict[str, Any]:
             with second:
                 killed_at = common.kill_with_children(first)
                 done = common.wait_until(
-                    lambda: _delivered_pg(url) >= count, timeout_seconds=lease * 4 + 60
+                    lambda: common.delivered_count_pg(url) >= count, timeout_seconds=lease * 4 + 60
                 )
                 rows = common.pg_query(url, "SELECT max(updated_at) FROM deliveries")
                 took = float(rows[0][0]) - killed_at
         return _kill_result("takeover", log, ids, killed_at, took, done, lease, delay)
-
-
-def _delivered_pg(url: str) -> int:
-    query = "SELECT count(*) FROM deliveries WHERE state = 'delivered'"
-    return int(common.pg_query(url, query)[0][0])
 
 
 def _kill_result(
