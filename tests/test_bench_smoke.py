@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,8 +16,19 @@ if not (ROOT / "bench" / "scenarios.py").exists():
     pytest.skip("bench/ is not in this checkout", allow_module_level=True)
 sys.path.insert(0, str(ROOT))
 
-from bench import delivery_scenarios, report  # noqa: E402
+from bench import common, delivery_scenarios, report  # noqa: E402
 from bench.measure import Sizes  # noqa: E402
+
+
+def _post(port: int, request: common.SignedRequest) -> tuple[int, dict[str, Any]]:
+    """POST a signed webhook to a handler on `port`: its status and JSON answer."""
+    posted = urllib.request.Request(
+        f"http://127.0.0.1:{port}{common.WEBHOOK_PATH}",
+        data=request.body,
+        headers={**request.headers, "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(posted, timeout=10) as answer:
+        return answer.status, json.loads(answer.read())
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the bench watches renames with inotify")
@@ -36,7 +49,6 @@ def test_end_to_end_scenario_runs_and_the_report_renders(tmp_path: Path) -> None
 
 
 def test_the_fan_out_floor_fetches_every_job_and_feeds_every_sink(tmp_path: Path) -> None:
-    from bench import common
 
     emulator, base_url = common.emulator_process(tmp_path, "fan-", 12)
     receiver, http_port = common.baseline_process(tmp_path)
@@ -55,21 +67,13 @@ def test_the_fan_out_floor_fetches_every_job_and_feeds_every_sink(tmp_path: Path
 
 def test_the_minimal_handler_with_the_log_line_stores_answers_and_logs(tmp_path: Path) -> None:
     import sqlite3
-    import urllib.request
-
-    from bench import common
 
     minimal, port = common.minimal_process(tmp_path, log_line=True)
     (request,) = common.signed_requests("line-", 1)
     with minimal:
-        posted = urllib.request.Request(
-            f"http://127.0.0.1:{port}{common.WEBHOOK_PATH}",
-            data=request.body,
-            headers={**request.headers, "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(posted, timeout=10) as answer:
-            assert answer.status == 202
-            assert json.loads(answer.read())["status"] == "accepted"
+        status, answer = _post(port, request)
+    assert status == 202
+    assert answer["status"] == "accepted"
     (store,) = tmp_path.glob("minimal-*.db")
     with sqlite3.connect(store) as db:
         assert db.execute("SELECT id FROM events").fetchall() == [("line-0",)]
@@ -85,22 +89,11 @@ def test_the_lower_bound_handler_stores_the_relays_row_and_answers_as_the_relay(
     tmp_path: Path,
 ) -> None:
     import sqlite3
-    import urllib.request
-
-    from bench import common
 
     handler, port = common.minimal_process(tmp_path, relay_work=True)
     (request,) = common.signed_requests("work-", 1)
-    answers = []
     with handler:
-        for _ in range(2):
-            posted = urllib.request.Request(
-                f"http://127.0.0.1:{port}{common.WEBHOOK_PATH}",
-                data=request.body,
-                headers={**request.headers, "Content-Type": "application/json"},
-            )
-            with urllib.request.urlopen(posted, timeout=10) as answer:
-                answers.append((answer.status, json.loads(answer.read())))
+        answers = [_post(port, request) for _ in range(2)]
     assert answers == [
         (202, {"status": "accepted", "id": "work-0"}),
         (200, {"status": "duplicate", "id": "work-0"}),
@@ -137,23 +130,13 @@ def test_the_lower_bound_handler_stores_the_relays_row_and_answers_as_the_relay(
 def test_the_lower_bound_handler_on_postgresql_commits_the_relays_row_to_the_relays_schema(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    import urllib.request
 
-    from bench import common
     from pulse_relay.store.postgres.schema import MIGRATIONS
 
     handler, port = common.minimal_process(tmp_path, relay_work=True, postgres=postgres_url)
     (request,) = common.signed_requests("pgwork-", 1)
-    answers = []
     with handler:
-        for _ in range(2):
-            posted = urllib.request.Request(
-                f"http://127.0.0.1:{port}{common.WEBHOOK_PATH}",
-                data=request.body,
-                headers={**request.headers, "Content-Type": "application/json"},
-            )
-            with urllib.request.urlopen(posted, timeout=10) as answer:
-                answers.append((answer.status, json.loads(answer.read())))
+        answers = [_post(port, request) for _ in range(2)]
     assert answers == [
         (202, {"status": "accepted", "id": "pgwork-0"}),
         (200, {"status": "duplicate", "id": "pgwork-0"}),

@@ -19,6 +19,7 @@ import pytest
 
 from bench.pg_roundtrips import CountingProxy
 from pulse_relay.store import Attempt, PostgresStore, StoreUnavailableError
+from pulse_relay.store.model import DeliveryTask, FetchTask
 from pulse_relay.store.postgres.plumbing import WORK_CHANNEL
 from tests.helpers import FakeClock, ingest_record, wait_for
 
@@ -59,6 +60,20 @@ def fetched() -> Attempt:
     return Attempt(None, 1, 1_000_000.0, 1.0, "fetched", 200)
 
 
+async def finish(store: PostgresStore, fetch: FetchTask) -> list[DeliveryTask]:
+    """Finish `fetch` with a completed job, leasing its deliveries within SLOTS."""
+    return await store.finish_fetch(
+        fetch.event_id,
+        job={"status": "completed"},
+        result_url=None,
+        attempt=fetched(),
+        free_slots=SLOTS,
+        total_limit=300,
+        lease_seconds=30,
+        token=fetch.token,
+    )
+
+
 def delivered(sink: str) -> Attempt:
     return Attempt(sink, 1, 1_000_000.0, 1.0, "delivered", 200)
 
@@ -74,16 +89,7 @@ async def test_each_operation_of_an_event_is_one_round_trip(counted: Counted) ->
     assert proxy.reset() == 1
     await store.renew_leases(fetches, [], lease_seconds=30)
     assert proxy.reset() == 1
-    tasks = await store.finish_fetch(
-        "m1",
-        job={"status": "completed"},
-        result_url=None,
-        attempt=fetched(),
-        free_slots=SLOTS,
-        total_limit=300,
-        lease_seconds=30,
-        token=fetches[0].token,
-    )
+    tasks = await finish(store, fetches[0])
     assert sorted((t.sink, t.job) for t in tasks) == [
         (sink, {"status": "completed"}) for sink in SINKS
     ]
@@ -116,20 +122,7 @@ async def test_an_event_costs_at_most_five_round_trips_in_a_group(counted: Count
         fetch_limit=GROUP, free_slots=SLOTS, total_limit=300, lease_seconds=30
     )
     assert sorted(f.event_id for f in fetches) == sorted(ids)
-    tasks = [
-        task
-        for fetch in fetches
-        for task in await store.finish_fetch(
-            fetch.event_id,
-            job={"status": "completed"},
-            result_url=None,
-            attempt=fetched(),
-            free_slots=SLOTS,
-            total_limit=300,
-            lease_seconds=30,
-            token=fetch.token,
-        )
-    ]
+    tasks = [task for fetch in fetches for task in await finish(store, fetch)]
     assert len(tasks) == GROUP * len(SINKS)
     for task in tasks:
         await store.finish_delivery(

@@ -53,8 +53,10 @@ def is_gone(pid: int) -> bool:
     return text.rpartition(")")[2].split()[0] in {"Z", "X"}
 
 
-def live_members_of_group(pgid: int) -> list[int]:
-    members = []
+def _live_processes(field: int, value: int) -> list[int]:
+    """Processes still running (zombies aside) whose /proc stat `field` (after the name:
+    1 the parent, 2 the process group) is `value`."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -62,9 +64,13 @@ def live_members_of_group(pgid: int) -> list[int]:
             fields = (entry / "stat").read_text().rpartition(")")[2].split()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if int(fields[2]) == pgid and fields[0] not in {"Z", "X"}:
-            members.append(int(entry.name))
-    return members
+        if int(fields[field]) == value and fields[0] not in {"Z", "X"}:
+            found.append(int(entry.name))
+    return found
+
+
+def live_members_of_group(pgid: int) -> list[int]:
+    return _live_processes(2, pgid)
 
 
 RECORDER = """
@@ -376,17 +382,7 @@ async def test_build_sink(tmp_path: Path) -> None:
 
 def live_children() -> list[int]:
     """This process's children that still run (zombies waiting to be reaped excluded)."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if int(fields[1]) == os.getpid() and fields[0] not in {"Z", "X"}:
-            children.append(int(entry.name))
-    return children
+    return _live_processes(1, os.getpid())
 
 
 async def test_the_command_starts_on_a_worker_thread_not_the_loops(
