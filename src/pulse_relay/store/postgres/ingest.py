@@ -42,6 +42,16 @@ _INSERT = (
 )
 
 
+# The accepted event holding each job key: one index probe per key, whatever the
+# planner knows. `job_key = ANY(…)` on a table not yet analyzed (a new database, until
+# autovacuum first gets to it) is planned as a sequential scan, which every event
+# stored makes longer.
+SEEN_JOB_KEYS = (
+    "SELECT k, e.id FROM unnest(%s::text[]) AS k CROSS JOIN LATERAL "
+    "(SELECT id FROM events WHERE job_key = k AND state = 'accepted' LIMIT 1) AS e"
+)
+
+
 @dataclass
 class IngestWrite:
     """A group's decisions, and its insert whose answer is read after the commit."""
@@ -80,10 +90,7 @@ async def insert_events(
         "UNION SELECT body_digest FROM pruned_events WHERE body_digest = ANY(%s)",
         (keys, keys, keys, keys),
     )
-    seen = await conn.execute(
-        "SELECT job_key, id FROM events WHERE state = 'accepted' AND job_key = ANY(%s)",
-        (job_keys,),
-    )
+    seen = await conn.execute(SEEN_JOB_KEYS, (job_keys,))
     known_keys = {row[0] for row in await known.fetchall()}
     seen_keys = {row[0]: row[1] for row in await seen.fetchall()}
     decisions = decide_ingest(records, known_keys, seen_keys)
