@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -138,6 +139,78 @@ async def test_an_event_costs_at_most_five_round_trips_in_a_group(counted: Count
         view = await store.get_event(event_id)
         assert view is not None
         assert [d["state"] for d in view.deliveries.values()] == ["delivered"] * len(SINKS)
+
+
+async def leased_deliveries(store: PostgresStore, ids: list[str]) -> list[DeliveryTask]:
+    """Ingest, claim and fetch `ids`: their deliveries, leased."""
+    for event_id in ids:
+        await store.ingest(ingest_record(event_id, job_id=f"job-{event_id}", sinks=SINKS))
+    fetches, _ = await store.claim(
+        fetch_limit=len(ids), free_slots={}, total_limit=0, lease_seconds=30
+    )
+    return [task for fetch in fetches for task in await finish(store, fetch)]
+
+
+async def delivery_states(store: PostgresStore, ids: list[str]) -> dict[tuple[str, str], str]:
+    states = {}
+    for event_id in ids:
+        view = await store.get_event(event_id)
+        assert view is not None
+        states.update({(event_id, sink): d["state"] for sink, d in view.deliveries.items()})
+    return states
+
+
+async def test_finishes_that_arrive_together_share_one_statement(counted: Counted) -> None:
+    """Finishes queued before the statement is sent all go in it: one round trip."""
+    store, proxy = counted.store, counted.proxy
+    ids = ["m1", "m2", "m3", "m4"]
+    tasks = await leased_deliveries(store, ids)
+    proxy.reset()
+    await asyncio.gather(
+        *(
+            store.finish_delivery(
+                t.event_id, t.sink, outcome="delivered", attempt=delivered(t.sink), token=t.token
+            )
+            for t in tasks
+        )
+    )
+    assert proxy.reset() == 1
+    assert set((await delivery_states(store, ids)).values()) == {"delivered"}
+    for event_id in ids:
+        view = await store.get_event(event_id)
+        assert view is not None
+        assert sorted(a.sink for a in view.attempts if a.sink) == sorted(SINKS)
+
+
+async def test_a_finish_that_breaks_its_statement_fails_alone(counted: Counted) -> None:
+    """A value the server refuses (a status code beyond its integer column) fails the
+    shared statement: each finish is then sent alone, and only the bad one fails. A
+    finish whose lease was taken over changes nothing, in a shared statement too."""
+    store = counted.store
+    ids = ["m1", "m2"]
+    good, bad, taken_over, *rest = await leased_deliveries(store, ids)
+    broken = Attempt(bad.sink, 1, 1_000_000.0, 1.0, "delivered", 2**40)
+
+    def finishing(task: DeliveryTask, attempt: Attempt, token: str | None) -> Any:
+        return store.finish_delivery(
+            task.event_id, task.sink, outcome="delivered", attempt=attempt, token=token
+        )
+
+    first = finishing(rest[0], delivered(rest[0].sink), rest[0].token)
+    outcomes = await asyncio.gather(
+        first,
+        finishing(good, delivered(good.sink), good.token),
+        finishing(bad, broken, bad.token),
+        finishing(taken_over, delivered(taken_over.sink), "another-relay:1"),
+        *(finishing(t, delivered(t.sink), t.token) for t in rest[1:]),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[2], psycopg.errors.NumericValueOutOfRange), outcomes
+    assert [o for n, o in enumerate(outcomes) if n != 2] == [None] * (len(outcomes) - 1)
+    states = await delivery_states(store, ids)
+    assert states.pop((bad.event_id, bad.sink)) == "pending"
+    assert states.pop((taken_over.event_id, taken_over.sink)) == "pending"
+    assert set(states.values()) == {"delivered"}
 
 
 async def test_retrying_failing_renewing_and_releasing_are_one_round_trip_each(

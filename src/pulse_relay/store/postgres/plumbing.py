@@ -40,6 +40,7 @@ from pulse_relay.store.model import (
     IngestRecord,
     StoreUnavailableError,
 )
+from pulse_relay.store.postgres.finishes import DeliveryFinishes
 from pulse_relay.store.postgres.ingest import insert_events
 from pulse_relay.store.postgres.schema import migrate, schema_version
 
@@ -128,6 +129,8 @@ class PostgresPlumbing(BackendBase):
         self._writer: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._wake_listeners: list[Callable[[], None]] = []
+        # Deliveries' outcomes, recorded together while one statement runs (finishes.py).
+        self._finishes = DeliveryFinishes(self.connection, clock)
         # The listener retries every LISTEN_RETRY_SECONDS while the server is down.
         self._outage_log = outage_log(log, clock=clock)
 
@@ -165,9 +168,10 @@ class PostgresPlumbing(BackendBase):
         self._listener = asyncio.create_task(self._listen_loop(), name="store-listener")
 
     async def close(self) -> None:
-        """Finish queued ingests, stop the background tasks, close the pool."""
+        """Finish queued ingests and finishes, stop the background tasks, close the pool."""
         if self._writer is not None:
             await self._queue.join()
+        await self._finishes.close()
         for task in (self._writer, self._listener):
             if task is not None:
                 task.cancel()

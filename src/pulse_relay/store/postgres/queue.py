@@ -21,6 +21,7 @@ from pulse_relay.store.model import (
     FetchTask,
 )
 from pulse_relay.store.postgres import statements as sql
+from pulse_relay.store.postgres.finishes import DeliveryFinish
 from pulse_relay.store.postgres.plumbing import (
     WORK_CHANNEL,
     PostgresPlumbing,
@@ -189,23 +190,11 @@ class QueueMixin(PostgresPlumbing):
         next_attempt_at: float | None = None,
         token: str | None = None,
     ) -> None:
-        """Record one attempt and move the delivery on, unless another relay took it over."""
+        """Record one attempt and move the delivery on, unless another relay took it over:
+        with the other finishes waiting meanwhile, in one statement (see finishes.py)."""
         state, error = delivery_state(outcome, attempt)
-        async with self.connection() as conn:
-            cursor = await conn.execute(
-                sql.FINISH_DELIVERY,
-                {
-                    "state": state,
-                    "error": error,
-                    "next": next_attempt_at,
-                    "now": self._clock(),
-                    "id": event_id,
-                    "sink": sink,
-                    "token": token,
-                    **sql.attempt_params(attempt),
-                },
-            )
-        if cursor.rowcount:
+        finish = DeliveryFinish(event_id, sink, token, state, error, next_attempt_at, attempt)
+        if await self._finishes.finish(finish):
             self._changed("delivery", event_id, {"sink": sink, "state": state, "attempt": attempt})
 
     async def release_leases(self) -> None:

@@ -36,7 +36,7 @@ _TASK_COLUMNS = (
 TASK_WIDTH = 13
 
 
-_ATTEMPT_NAMES = (
+ATTEMPT_NAMES = (
     "sink",
     "attempt",
     "started_at",
@@ -52,7 +52,7 @@ _ATTEMPT_NAMES = (
 def attempt_params(attempt: Attempt) -> dict[str, Any]:
     """The named parameters of the attempt row the statements below log."""
     _, *values = rows.attempt_values("", attempt)
-    return {f"a_{name}": value for name, value in zip(_ATTEMPT_NAMES, values, strict=True)}
+    return {f"a_{name}": value for name, value in zip(ATTEMPT_NAMES, values, strict=True)}
 
 
 CLAIM_FETCHES = (
@@ -129,17 +129,30 @@ FAIL_FETCH = (
     + _ATTEMPT_ROW
     + " FROM f"
 )
-FINISH_DELIVERY = (
-    "WITH moved AS (UPDATE deliveries SET state = %(state)s, attempts = attempts + 1, "
-    "lease_until = NULL, lease_token = NULL, last_error = %(error)s, "
-    "next_attempt_at = COALESCE(%(next)s, next_attempt_at), updated_at = %(now)s "
-    "WHERE event_id = %(id)s AND sink = %(sink)s "
-    "AND (%(token)s::text IS NULL OR lease_token = %(token)s) RETURNING event_id) "
+# Deliveries finished together (see finishes.py): a column per parameter, a row of
+# `t` per delivery. The pairs moved are returned; a delivery another relay took over
+# is left as it is, and so is its attempt.
+FINISH_DELIVERIES = (
+    "WITH t AS (SELECT * FROM unnest(%(ids)s::text[], %(sinks)s::text[], %(tokens)s::text[], "
+    "%(states)s::text[], %(errors)s::text[], %(nexts)s::float8[], %(a_sink)s::text[], "
+    "%(a_attempt)s::int[], %(a_started_at)s::float8[], %(a_duration_ms)s::float8[], "
+    "%(a_outcome)s::text[], %(a_status_code)s::int[], %(a_error)s::text[], "
+    "%(a_output_tail)s::text[], %(a_edited_envelope)s::text[]) "
+    "AS t(id, sink, token, state, error, next, a_sink, a_attempt, a_started_at, a_duration_ms, "
+    "a_outcome, a_status_code, a_error, a_output_tail, a_edited_envelope)), "
+    "moved AS (UPDATE deliveries d SET state = t.state, attempts = d.attempts + 1, "
+    "lease_until = NULL, lease_token = NULL, last_error = t.error, "
+    "next_attempt_at = COALESCE(t.next, d.next_attempt_at), updated_at = %(now)s FROM t "
+    "WHERE d.event_id = t.id AND d.sink = t.sink "
+    "AND (t.token IS NULL OR d.lease_token = t.token) RETURNING d.event_id, d.sink), "
+    "logged AS ("
     + _LOG_ATTEMPT
-    + "SELECT moved.event_id, "
-    + _ATTEMPT_ROW
-    + " FROM moved"
+    + "SELECT t.id, t.a_sink, t.a_attempt, t.a_started_at, t.a_duration_ms, t.a_outcome, "
+    "t.a_status_code, t.a_error, t.a_output_tail, t.a_edited_envelope "
+    "FROM t JOIN moved ON moved.event_id = t.id AND moved.sink = t.sink) "
+    "SELECT event_id, sink FROM moved"
 )
+
 RENEW_LEASES = (
     "WITH fetches AS (UPDATE events SET fetch_lease_until = %(until)s "
     "FROM unnest(%(fetch_ids)s::text[], %(fetch_tokens)s::text[]) AS t(i, k) "
