@@ -2,7 +2,9 @@
 
 A new database has no statistics until autovacuum first analyzes it, and a relay's
 first burst arrives before that: a read planned as a sequential scan then costs more
-with every event stored, on the server shared by every relay.
+with every event stored, on the server shared by every relay. Two ways there: a read
+whose form the planner cannot match to an index without statistics, and a plan made
+once for the table as it was (a prepared statement's) and kept as it grows.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import json
 import psycopg
 
 from pulse_relay.store import PostgresStore
-from pulse_relay.store.postgres.ingest import SEEN_JOB_KEYS
+from pulse_relay.store.postgres.ingest import KNOWN_KEYS, SEEN_JOB_KEYS
+from tests.helpers import ingest_record
 
 STORED = 20_000
 KEYS = 32
@@ -48,3 +51,22 @@ async def test_the_job_key_read_probes_its_index_on_a_table_never_analyzed(
     nodes = _plan_nodes(plan[0]["Plan"])
     assert "Seq Scan on events" not in nodes, nodes
     assert sorted(found) == sorted((key, f"evt-{key[4:].split(':')[0]}") for key in keys)
+
+
+async def test_the_dedupe_reads_are_planned_for_the_table_as_it_is_each_time(
+    postgres_url: str,
+) -> None:
+    """Prepared after a few executions, their plan would be the one made while the table
+    held a few rows (a sequential scan), kept until autovacuum's first analyze."""
+    async with PostgresStore(postgres_url) as store:
+        for n in range(12):
+            record = ingest_record(f"m{n}", job_id=f"job-{n}")
+            assert await store.ingest(record) == "accepted"
+        async with store.connection() as conn:
+            cursor = await conn.execute("SELECT statement FROM pg_prepared_statements")
+            prepared = [row[0] for row in await cursor.fetchall()]
+    # The ingest's insert is prepared: the pool's one connection served every group.
+    assert any("INSERT INTO events" in statement for statement in prepared), prepared
+    for read in (KNOWN_KEYS, SEEN_JOB_KEYS):
+        start = read.split("%s")[0]
+        assert not any(statement.startswith(start) for statement in prepared), prepared
