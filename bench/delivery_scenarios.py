@@ -116,6 +116,12 @@ def fan_out(sizes: Sizes) -> dict[str, Any]:
                 measured["floor"] = floor["events"] / floor["seconds"]
                 measured["floor_cpu_us_per_event"] = floor["cpu_seconds"] / floor_count * 1e6
                 measured["drain_vs_floor"] = measured["after_ingest"] / measured["floor"]
+                bound = fanout_floor_run(
+                    workdir / f"bound{number}", base_url, http_port, floor_count, record=True
+                )
+                measured["bound"] = bound["events"] / bound["seconds"]
+                measured["bound_cpu_us_per_event"] = bound["cpu_seconds"] / floor_count * 1e6
+                measured["bound_vs_floor"] = measured["bound"] / measured["floor"]
                 print(f"  fan-out round {number}: {measured}")
                 rounds.append(measured)
                 if number == 0:
@@ -187,8 +193,20 @@ def _fan_out_result(
     drained = all(r["drained"] for r in rounds)
     met = drained and drain_vs_floor >= FANOUT_DRAIN_VS_FLOOR_TARGET
     target = f"drain ÷ floor ≥ {FANOUT_DRAIN_VS_FLOOR_TARGET:.2f}"
+    bound_vs_floor = median(r["bound_vs_floor"] for r in rounds)
+    bound = (
+        f"{bound_vs_floor:.2f} of the floor (median of {len(rounds)} rounds; "
+        f"{median(r['bound'] for r in rounds):.0f} events/s, "
+        f"{median(r['bound_cpu_us_per_event'] for r in rounds):.0f} µs CPU per event); "
+        f"the relay in the same rounds: {drain_vs_floor:.2f}"
+    )
     return {
-        "rows": [row("fan-out", figure, target, met)],
+        "rows": [
+            row("fan-out", figure, target, met),
+            row(
+                "fan-out lower bound: the floor keeping what the relay keeps", bound, "report", None
+            ),
+        ],
         "rounds": rounds,
         "capacity": capacity,
         "drain_after_ingest_events_per_second": after_ingest,
@@ -196,13 +214,19 @@ def _fan_out_result(
         "attempts": attempts,
         "floor_events_per_second": floor,
         "drain_vs_floor": drain_vs_floor,
+        "bound_vs_floor": bound_vs_floor,
     }
 
 
-def fanout_floor_run(out: Path, base_url: str, http_port: int, count: int) -> dict[str, Any]:
-    """What bench/fanout_floor.py measured: events, seconds, its CPU seconds."""
+def fanout_floor_run(
+    out: Path, base_url: str, http_port: int, count: int, *, record: bool = False
+) -> dict[str, Any]:
+    """What bench/fanout_floor.py measured: events, seconds, its CPU seconds; with
+    `record`, as the lower bound that keeps what the relay keeps."""
     out.mkdir()
     arguments = [base_url, common.API_KEY, "fan-", str(count), str(http_port), str(out)]
+    if record:
+        arguments += ["--record", str(out / "bound.db")]
     answer = subprocess.run(
         [common.PYTHON, "-m", "bench.fanout_floor", *arguments],
         cwd=common.BENCH_DIR.parent,

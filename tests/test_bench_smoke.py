@@ -65,6 +65,36 @@ def test_the_fan_out_floor_fetches_every_job_and_feeds_every_sink(tmp_path: Path
     assert written["job"]["job_id"] == "fan-7"
 
 
+def test_the_fan_out_lower_bound_keeps_every_job_and_outcome_as_the_relay_does(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    emulator, base_url = common.emulator_process(tmp_path, "fan-", 12)
+    receiver, http_port = common.baseline_process(tmp_path)
+    out = tmp_path / "bound"
+    with emulator, receiver:
+        bound = delivery_scenarios.fanout_floor_run(out, base_url, http_port, 12, record=True)
+    assert bound["events"] == 12
+    assert sorted(p.name for p in out.glob("*.json")) == sorted(f"{n}.json" for n in range(12))
+    with sqlite3.connect(out / "bound.db") as db:
+        fetched = db.execute("SELECT id, fetch_state, job FROM events ORDER BY id").fetchall()
+        states = db.execute("SELECT sink, state, attempts FROM deliveries").fetchall()
+        attempts = db.execute("SELECT sink, outcome FROM attempts").fetchall()
+    assert [(i, state) for i, state, _ in fetched] == sorted(
+        (f"evt-{n}", "done") for n in range(12)
+    )
+    assert json.loads(fetched[0][2])["job_id"] == "fan-0"
+    assert sorted(states) == sorted(
+        (sink, "delivered", 1) for sink in ("files", "app", "script") for _ in range(12)
+    )
+    assert sorted(attempts, key=str) == sorted(
+        [(None, "fetched")] * 12
+        + [(sink, "delivered") for sink in ("files", "app", "script") for _ in range(12)],
+        key=str,
+    )
+
+
 def test_the_minimal_handler_with_the_log_line_stores_answers_and_logs(tmp_path: Path) -> None:
     import sqlite3
 
