@@ -197,12 +197,15 @@ default, 1 with `--quick`).
   3 ÷ the time they took. Right after each burst, `bench/fanout_floor.py` does the same
   work for 2000 events with no store and no relay (one GET per event, then the three
   sinks at once, each file fsynced, renamed and its directory fsynced): the floor of
-  that round. After the first round, events are paced at 90 % of its capacity (else
+  that round. Then the same script with `--record` does it again as the lower bound:
+  the floor that also keeps, in a SQLite file of the relay's schema, each fetched job
+  and each outcome with its attempt, committed in groups by one writer thread (no
+  claims, leases, logs or metrics). After the first round, events are paced at 90 % of its capacity (else
   75 %, 60 %) for 20 s while the number of `pending` deliveries is sampled every
   0.5 s: the rate counts as sustained when the backlog in the second half is not
   larger than in the first half (plus 3 s of events) and it empties after sending
-  stops. Figures: the median of the rounds' drain ÷ floor (the target); that paced
-  rate; the median burst capacity.
+  stops. Figures: the median of the rounds' drain ÷ floor (the target); the lower
+  bound ÷ floor beside it; that paced rate; the median burst capacity.
 - **memory** — events (fetch + file sink) sent as fast as 32 connections go, in two
   halves; `VmRSS` of `serve` sampled every 0.5 s during ingest and drain; peak is the
   kernel's `VmHWM`; "after drain" is `VmRSS` 2 s after every delivery of a half is
