@@ -219,14 +219,24 @@ def _fan_out_result(
 
 
 def fanout_floor_run(
-    out: Path, base_url: str, http_port: int, count: int, *, record: bool = False
+    out: Path,
+    base_url: str,
+    http_port: int,
+    count: int,
+    *,
+    record: bool = False,
+    record_postgres: str | None = None,
+    prefix: str = "fan-",
 ) -> dict[str, Any]:
     """What bench/fanout_floor.py measured: events, seconds, its CPU seconds; with
-    `record`, as the lower bound that keeps what the relay keeps."""
+    `record` (in a SQLite file) or `record_postgres` (in that database), as the lower
+    bound that keeps what the relay keeps."""
     out.mkdir()
-    arguments = [base_url, common.API_KEY, "fan-", str(count), str(http_port), str(out)]
+    arguments = [base_url, common.API_KEY, prefix, str(count), str(http_port), str(out)]
     if record:
         arguments += ["--record", str(out / "bound.db")]
+    if record_postgres is not None:
+        arguments += ["--record-postgres", record_postgres]
     answer = subprocess.run(
         [common.PYTHON, "-m", "bench.fanout_floor", *arguments],
         cwd=common.BENCH_DIR.parent,

@@ -1,7 +1,7 @@
 """The least work the fan-out scenario asks for per event, with no store and no relay.
 
 Run as `python -m bench.fanout_floor BASE_URL API_KEY PREFIX COUNT HTTP_PORT DIRECTORY [SINKS]
-[--record DB]`;
+[--record DB | --record-postgres URL]`;
 prints `{"events": N, "seconds": S, "cpu_seconds": C}` as JSON (C: this process's CPU
 time, every thread, its children's aside, as the relay's is counted). SINKS picks the sinks, any of
 `f` (file), `h` (HTTP) and `c` (command), all three by default; "" fetches only.
@@ -26,7 +26,9 @@ thread committing whatever is queued in one transaction (a group commit, as the
 relay's writer does); a delivery's slot is free once its sink is done, and the run
 ends once the last outcome is committed. What it leaves out: claims and leases (one
 process that redoes what is pending when it starts needs none), retries, the
-envelope's metadata, logs, metrics and the change feed.
+envelope's metadata, logs, metrics and the change feed. With `--record-postgres URL`
+the same rows go to that PostgreSQL database instead (the relay's schema; a group's
+statements, one executemany per kind, and its COMMIT in one pipeline).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.minimal_pg import pg_connect
 from pulse_relay.store.rows import INSERT_ATTEMPT
 from pulse_relay.store.sqlite.schema import migrate
 
@@ -76,24 +79,60 @@ DELIVERED = (
 Statements = list[tuple[str, tuple[object, ...]]]
 
 
+class SQLiteRows:
+    """The kept rows in a SQLite file: WAL, synchronous = FULL, one transaction a group."""
+
+    def __init__(self, path: str) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = FULL")
+        migrate(self._db, Path(path))
+
+    def commit(self, statements: Statements) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        for sql, params in statements:
+            self._db.execute(sql, params)
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class PostgresRows:
+    """The kept rows on PostgreSQL (the relay's schema): a group's statements, one
+    executemany per kind, and its COMMIT sent in one pipeline."""
+
+    def __init__(self, url: str) -> None:
+        self._conn = pg_connect(url)
+
+    def commit(self, statements: Statements) -> None:
+        grouped: dict[str, list[tuple[object, ...]]] = {}
+        for sql, params in statements:
+            grouped.setdefault(sql, []).append(params)
+        with self._conn.pipeline(), self._conn.transaction():
+            for sql, rows in grouped.items():
+                self._conn.cursor().executemany(sql.replace("?", "%s"), rows)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 class Recorder:
     """What the relay keeps, written by one thread that commits whatever is queued."""
 
-    def __init__(self, path: Path, prefix: str, count: int, sinks: str) -> None:
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = FULL")
-        migrate(db, path)
+    def __init__(
+        self, rows: SQLiteRows | PostgresRows, prefix: str, count: int, sinks: str
+    ) -> None:
         now = time.time()
         events = [(f"evt-{n}", f"{prefix}{n}") for n in range(count)]
-        db.execute("BEGIN")
-        db.executemany(
-            EVENT_INSERT, [(i, job, now, f"{job}:completed", b"{}", now) for i, job in events]
-        )
-        rows = [(i, SINK_NAMES[kind], now, now) for i, _ in events for kind in sinks]
-        db.executemany(DELIVERY_INSERT, rows)
-        db.execute("COMMIT")
-        self._db = db
+        stored: Statements = [
+            (EVENT_INSERT, (i, now, job, f"{job}:completed", b"{}", now)) for i, job in events
+        ]
+        stored += [
+            (DELIVERY_INSERT, (i, SINK_NAMES[kind], now, now)) for i, _ in events for kind in sinks
+        ]
+        rows.commit(stored)
+        self._rows = rows
         self._queue: queue.SimpleQueue[Statements | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._write, name="recorder")
         self._thread.start()
@@ -121,18 +160,14 @@ class Recorder:
         """Returns once everything queued is committed."""
         self._queue.put(None)
         self._thread.join()
-        self._db.close()
+        self._rows.close()
 
     def _write(self) -> None:
         while True:
             batch = [self._queue.get()]
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            self._db.execute("BEGIN IMMEDIATE")
-            for statements in batch:
-                for sql, params in statements or ():
-                    self._db.execute(sql, params)
-            self._db.execute("COMMIT")
+            self._rows.commit([statement for item in batch for statement in item or ()])
             if None in batch:
                 return
 
@@ -245,14 +280,15 @@ async def _run(
 def main() -> None:
     base_url, api_key, prefix, count, http_port, directory = sys.argv[1:7]
     options = sys.argv[7:]
-    record = None
-    if "--record" in options:
-        at = options.index("--record")
-        record = Path(options[at + 1])
-        del options[at : at + 2]
+    rows: SQLiteRows | PostgresRows | None = None
+    for option, backend in (("--record", SQLiteRows), ("--record-postgres", PostgresRows)):
+        if option in options:
+            at = options.index(option)
+            rows = backend(options[at + 1])
+            del options[at : at + 2]
     sinks = options[0] if options else "fhc"
     # The rows the relay's ingest would have left are in place before the clock starts.
-    recorder = None if record is None else Recorder(record, prefix, int(count), sinks)
+    recorder = None if rows is None else Recorder(rows, prefix, int(count), sinks)
     cpu_before = time.process_time()
     seconds = asyncio.run(
         _run(

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from bench import common, load
 from bench.common import RelayConfig, median
-from bench.delivery_scenarios import fanout_sinks
+from bench.delivery_scenarios import fanout_floor_run, fanout_sinks
 from bench.measure import Sizes, row
 from bench.pg_roundtrips import CountingProxy
 
@@ -46,6 +46,7 @@ def pg_fanout(sizes: Sizes) -> dict[str, Any]:
         receiver, http_port = common.baseline_process(workdir)
         with emulator, receiver:
             rounds = []
+            bounds = []
             for number in range(sizes.runs):
                 figures = {
                     backend: _burst(
@@ -55,9 +56,22 @@ def pg_fanout(sizes: Sizes) -> dict[str, Any]:
                 }
                 print(f"  pg-fanout round {number}: {figures}")
                 rounds.append(figures)
+                bound = {
+                    backend: _bound(
+                        workdir / f"b{number}-{backend}", backend, burst, base_url, http_port
+                    )
+                    for backend in ("sqlite", "postgres")
+                }
+                print(f"  pg-fanout lower bound {number}: {bound}")
+                bounds.append(bound)
             trips = _round_trips(workdir / "trips", base_url, http_port, sizes, burst)
             print(f"  pg-fanout round trips: {trips}")
-    return {"rows": _rows(rounds, trips, burst), "rounds": rounds, "round_trips": trips}
+    return {
+        "rows": _rows(rounds, trips, burst) + _bound_rows(bounds, rounds),
+        "rounds": rounds,
+        "bounds": bounds,
+        "round_trips": trips,
+    }
 
 
 @contextlib.contextmanager
@@ -116,6 +130,55 @@ def _burst(
         "relay_cpu_us_per_event": relay_cpu / count * 1e6,
         "server_cpu_us_per_event": server_cpu / count * 1e6,
     }
+
+
+def _bound(
+    run_dir: Path, backend: str, count: int, base_url: str, http_port: int
+) -> dict[str, Any]:
+    """The fan-out lower bound (bench/fanout_floor.py keeping what the relay keeps) on
+    `backend`: its drain rate and CPU per event (on PostgreSQL the server's too)."""
+    with _store(backend) as url:
+        server = (common.postgres_server_pids() or common.pg_backend_pids(url)) if url else []
+        server_before = common.server_cpu_seconds(server)
+        measured = fanout_floor_run(
+            run_dir,
+            base_url,
+            http_port,
+            count,
+            record=url is None,
+            record_postgres=url,
+            prefix=PREFIX,
+        )
+        server_cpu = common.server_cpu_seconds(server) - server_before
+    return {
+        "rate": measured["events"] / measured["seconds"],
+        "cpu_us_per_event": (measured["cpu_seconds"] + server_cpu) / count * 1e6,
+        "server_cpu_us_per_event": server_cpu / count * 1e6,
+    }
+
+
+def _bound_rows(bounds: list[dict[str, Any]], rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    ratio = median(b["postgres"]["rate"] / b["sqlite"]["rate"] for b in bounds)
+    cpu = median(
+        b["postgres"]["cpu_us_per_event"] / b["sqlite"]["cpu_us_per_event"] for b in bounds
+    )
+    relay = median(
+        r["postgres"]["drain_after_ingest"] / r["sqlite"]["drain_after_ingest"] for r in rounds
+    )
+    return [
+        row(
+            "fan-out lower bound, PostgreSQL ÷ SQLite",
+            f"{ratio:.2f} (the floor keeping what the relay keeps: PostgreSQL "
+            f"{median(b['postgres']['rate'] for b in bounds):.0f} events/s, SQLite "
+            f"{median(b['sqlite']['rate'] for b in bounds):.0f}/s); CPU per event {cpu:.2f} "
+            f"(PostgreSQL {median(b['postgres']['cpu_us_per_event'] for b in bounds):.0f} µs "
+            f"with the server's, SQLite "
+            f"{median(b['sqlite']['cpu_us_per_event'] for b in bounds):.0f} µs); the relays "
+            f"in the same rounds: {relay:.2f}",
+            "report",
+            None,
+        )
+    ]
 
 
 def _round_trips(

@@ -200,9 +200,9 @@ default, 1 with `--quick`).
   that round. Then the same script with `--record` does it again as the lower bound:
   the floor that also keeps, in a SQLite file of the relay's schema, each fetched job
   and each outcome with its attempt, committed in groups by one writer thread (no
-  claims, leases, logs or metrics). After the first round, events are paced at 90 % of its capacity (else
-  75 %, 60 %) for 20 s while the number of `pending` deliveries is sampled every
-  0.5 s: the rate counts as sustained when the backlog in the second half is not
+  claims, leases, logs or metrics). After the first round, events are paced at 90 % of
+  its capacity (else 75 %, 60 %) for 20 s while the number of `pending` deliveries is
+  sampled every 0.5 s: the rate counts as sustained when the backlog in the second half is not
   larger than in the first half (plus 3 s of events) and it empties after sending
   stops. Figures: the median of the rounds' drain ÷ floor (the target); the lower
   bound ÷ floor beside it; that paced rate; the median burst capacity.

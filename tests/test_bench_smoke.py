@@ -79,12 +79,14 @@ def test_the_fan_out_lower_bound_keeps_every_job_and_outcome_as_the_relay_does(
     assert sorted(p.name for p in out.glob("*.json")) == sorted(f"{n}.json" for n in range(12))
     with sqlite3.connect(out / "bound.db") as db:
         fetched = db.execute("SELECT id, fetch_state, job FROM events ORDER BY id").fetchall()
+        kept = db.execute("SELECT job_id, typeof(received_at) FROM events ORDER BY id").fetchall()
         states = db.execute("SELECT sink, state, attempts FROM deliveries").fetchall()
         attempts = db.execute("SELECT sink, outcome FROM attempts").fetchall()
     assert [(i, state) for i, state, _ in fetched] == sorted(
         (f"evt-{n}", "done") for n in range(12)
     )
     assert json.loads(fetched[0][2])["job_id"] == "fan-0"
+    assert kept == sorted((f"fan-{n}", "real") for n in range(12))
     assert sorted(states) == sorted(
         (sink, "delivered", 1) for sink in ("files", "app", "script") for _ in range(12)
     )
@@ -93,6 +95,25 @@ def test_the_fan_out_lower_bound_keeps_every_job_and_outcome_as_the_relay_does(
         + [(sink, "delivered") for sink in ("files", "app", "script") for _ in range(12)],
         key=str,
     )
+
+
+def test_the_fan_out_lower_bound_on_postgresql_keeps_the_same_rows(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    emulator, base_url = common.emulator_process(tmp_path, "fan-", 5)
+    receiver, http_port = common.baseline_process(tmp_path)
+    with emulator, receiver:
+        bound = delivery_scenarios.fanout_floor_run(
+            tmp_path / "bound", base_url, http_port, 5, record_postgres=postgres_url
+        )
+    assert bound["events"] == 5
+    events = common.pg_query(
+        postgres_url, "SELECT job_id, fetch_state, job::jsonb->>'job_id' FROM events"
+    )
+    assert sorted(events) == [(f"fan-{n}", "done", f"fan-{n}") for n in range(5)]
+    assert common.delivered_count_pg(postgres_url) == 15
+    (attempts,) = common.pg_query(postgres_url, "SELECT count(*) FROM attempts")
+    assert attempts == (20,)
 
 
 def test_the_minimal_handler_with_the_log_line_stores_answers_and_logs(tmp_path: Path) -> None:
