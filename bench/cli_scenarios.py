@@ -38,7 +38,10 @@ def cli_start(sizes: Sizes) -> dict[str, Any]:
     an editable install's sources), the cost a checkout with that setting pays."""
     with common.workdir("cli") as workdir:
         config = workdir / "relay.toml"
-        config.write_text(f'[store]\npath = "{workdir / "relay.db"}"\n')
+        # A deployed configuration carries the webhook secret, which reading it checks.
+        config.write_text(
+            f'[verify]\nsecrets = ["{common.SECRET}"]\n[store]\npath = "{workdir / "relay.db"}"\n'
+        )
         relay = [common.PYTHON, "-m", "pulse_relay", "--config", str(config)]
         subprocess.run([*relay, "watch", "cli-job"], check=True, capture_output=True)
         commands = {

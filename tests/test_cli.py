@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -179,8 +180,9 @@ def test_events_without_a_store_says_so(tmp_path: Path) -> None:
 
 # Every script pays for what `events` imports: on SQLite it needs neither the
 # PostgreSQL driver, nor an HTTP stack, nor the daemon's logging setup, nor the
-# sinks and ingress rules that only validate fields this configuration leaves out;
-# nor the store proper (its writer, aiosqlite, the migrations' run, the write side's
+# sinks and ingress rules that only validate fields this configuration leaves out,
+# nor the signature schemes and the ed25519 library (a secret is only decoded), nor
+# the store proper (its writer, aiosqlite, the migrations' run, the write side's
 # records and the contract's protocols): it reads the file with sqlite3.
 _EVENTS_THEN_LIST_MODULES = """
 import json, sys
@@ -197,7 +199,11 @@ print(json.dumps(sorted(name for name in heavy if name in sys.modules)))
 
 def test_events_on_sqlite_imports_no_postgres_http_or_logging_stack(tmp_path: Path) -> None:
     config = tmp_path / "relay.toml"
-    config.write_text(f'[store]\npath = "{tmp_path / "relay.db"}"\n')
+    # A secret is checked when the configuration is read, without the signature schemes.
+    secret = "whsec_" + base64.b64encode(b"k" * 24).decode()
+    config.write_text(
+        f'[verify]\nsecrets = ["{secret}"]\n[store]\npath = "{tmp_path / "relay.db"}"\n'
+    )
     assert run_cli("watch", "job-1", config=config).returncode == 0
     result = subprocess.run(
         [sys.executable, "-c", _EVENTS_THEN_LIST_MODULES, str(config)],

@@ -145,7 +145,7 @@ class VerifySettings(_Section):
         problems: list[tuple[Loc, str]] = []
         if self.scheme == "standard":
             for index, secret in enumerate(self.secrets):
-                from pulse_relay.ingress.signature import decode_secret
+                from pulse_relay.ingress.secret import decode_secret
 
                 try:
                     decode_secret(secret.get_secret_value())

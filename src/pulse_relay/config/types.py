@@ -231,7 +231,7 @@ def _usable_signing_secret(secret: SecretStr | None) -> SecretStr | None:
     """None for an unset or empty secret; ValueError for one the signature scheme cannot use."""
     if secret is None or not secret.get_secret_value():
         return None
-    from pulse_relay.ingress.signature import decode_secret
+    from pulse_relay.ingress.secret import decode_secret
 
     decode_secret(secret.get_secret_value())
     return secret

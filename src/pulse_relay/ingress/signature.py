@@ -25,9 +25,8 @@ from typing import Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from pulse_relay.ingress.ed25519 import ED25519_SIGNATURE_BYTES, decode_public_key, is_valid
+from pulse_relay.ingress.secret import decode_secret
 
-SECRET_PREFIX = "whsec_"  # noqa: S105 - a format prefix, not a secret
-MIN_SECRET_BYTES = 16
 MAX_ID_LENGTH = 256
 
 # A sender signs once per active key, two during a rotation. Each v1a entry costs an
@@ -91,23 +90,6 @@ class Verifier(Protocol):
         """Return the verified id, or raise VerificationError; `checked` is what
         `check_headers` returned for these same headers, when it was called."""
         ...
-
-
-def decode_secret(secret: str) -> bytes:
-    """Decode a `whsec_`-prefixed (prefix optional) base64 secret; ValueError says what is wrong."""
-    text = secret.strip()
-    if text.startswith(SECRET_PREFIX):
-        text = text[len(SECRET_PREFIX) :]
-    if not text:
-        raise ValueError("secret is empty")
-    try:
-        key = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        message = "secret is not valid base64 (expected whsec_ followed by base64)"
-        raise ValueError(message) from None
-    if len(key) < MIN_SECRET_BYTES:
-        raise ValueError(f"secret decodes to {len(key)} bytes; at least {MIN_SECRET_BYTES} needed")
-    return key
 
 
 def _lower(headers: Mapping[str, str]) -> dict[str, str]:
