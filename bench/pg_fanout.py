@@ -47,23 +47,21 @@ def pg_fanout(sizes: Sizes) -> dict[str, Any]:
         with emulator, receiver:
             rounds = []
             bounds = []
+
+            def on_both(measure: Callable[..., dict[str, Any]], name: str) -> dict[str, Any]:
+                """`measure` on SQLite, then on PostgreSQL, each in a folder of its own."""
+                return {
+                    backend: measure(
+                        workdir / f"{name}-{backend}", backend, burst, base_url, http_port
+                    )
+                    for backend in ("sqlite", "postgres")
+                }
+
             for number in range(sizes.runs):
-                figures = {
-                    backend: _burst(
-                        workdir / f"r{number}-{backend}", backend, burst, base_url, http_port
-                    )
-                    for backend in ("sqlite", "postgres")
-                }
-                print(f"  pg-fanout round {number}: {figures}")
-                rounds.append(figures)
-                bound = {
-                    backend: _bound(
-                        workdir / f"b{number}-{backend}", backend, burst, base_url, http_port
-                    )
-                    for backend in ("sqlite", "postgres")
-                }
-                print(f"  pg-fanout lower bound {number}: {bound}")
-                bounds.append(bound)
+                rounds.append(on_both(_burst, f"r{number}"))
+                print(f"  pg-fanout round {number}: {rounds[-1]}")
+                bounds.append(on_both(_bound, f"b{number}"))
+                print(f"  pg-fanout lower bound {number}: {bounds[-1]}")
             trips = _round_trips(workdir / "trips", base_url, http_port, sizes, burst)
             print(f"  pg-fanout round trips: {trips}")
     return {
