@@ -23,7 +23,6 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from pulse_relay.store import rows
 from pulse_relay.store.base import answer
 from pulse_relay.store.errors import StoreUnavailableError
 from pulse_relay.store.model import Attempt
@@ -118,7 +117,7 @@ class DeliveryFinishes:
 
 def _params(finishes: list[DeliveryFinish], now: float) -> dict[str, Any]:
     """FINISH_DELIVERIES' parameters: a list per column, an item per finish."""
-    attempts = [rows.attempt_values("", f.attempt)[1:] for f in finishes]
+    attempts = [sql.attempt_params(f.attempt) for f in finishes]
     params: dict[str, Any] = {
         "ids": [f.event_id for f in finishes],
         "sinks": [f.sink for f in finishes],
@@ -128,6 +127,7 @@ def _params(finishes: list[DeliveryFinish], now: float) -> dict[str, Any]:
         "nexts": [f.next_attempt_at for f in finishes],
         "now": now,
     }
-    for index, name in enumerate(sql.ATTEMPT_NAMES):
-        params[f"a_{name}"] = [values[index] for values in attempts]
+    # One attempt's named parameters (`a_sink`, …), each made a list of all of them.
+    for name in attempts[0]:
+        params[name] = [attempt[name] for attempt in attempts]
     return params

@@ -36,7 +36,7 @@ _TASK_COLUMNS = (
 TASK_WIDTH = 13
 
 
-ATTEMPT_NAMES = (
+_ATTEMPT_NAMES = (
     "sink",
     "attempt",
     "started_at",
@@ -52,7 +52,7 @@ ATTEMPT_NAMES = (
 def attempt_params(attempt: Attempt) -> dict[str, Any]:
     """The named parameters of the attempt row the statements below log."""
     _, *values = rows.attempt_values("", attempt)
-    return {f"a_{name}": value for name, value in zip(ATTEMPT_NAMES, values, strict=True)}
+    return {f"a_{name}": value for name, value in zip(_ATTEMPT_NAMES, values, strict=True)}
 
 
 CLAIM_FETCHES = (
