@@ -470,6 +470,16 @@ def postgres_server_pids() -> list[int] | None:
     return [postmaster, *(int(pid) for pid in children)]
 
 
+def counted_server_pids(url: str | None) -> list[int]:
+    """The server processes whose CPU a run on the database at `url` is charged: every
+    process of the server the benchmark started (its WAL writer too), or, on a named
+    server, the backends serving that database; none for SQLite (`url` None)."""
+    if url is None:
+        return []
+    started = postgres_server_pids()
+    return pg_backend_pids(url) if started is None else started
+
+
 def server_cpu_seconds(pids: list[int]) -> float:
     """CPU seconds of the server's processes, with those of its exited children (which
     the postmaster has reaped: /proc's cutime and cstime)."""

@@ -100,9 +100,7 @@ def _burst(
         relay, port, store = common.relay_process(run_dir, config)
         with relay:
             delivered = _delivered(url, store)
-            server = common.postgres_server_pids() if url else []
-            if server is None:  # a named server: its backends serving this database
-                server = common.pg_backend_pids(url or "")
+            server = common.counted_server_pids(url)
             relay_before, server_before = (
                 common.cpu_seconds(relay.pid),
                 common.server_cpu_seconds(server),
@@ -136,7 +134,7 @@ def _bound(
     """The fan-out lower bound (bench/fanout_floor.py keeping what the relay keeps) on
     `backend`: its drain rate and CPU per event (on PostgreSQL the server's too)."""
     with _store(backend) as url:
-        server = (common.postgres_server_pids() or common.pg_backend_pids(url)) if url else []
+        server = common.counted_server_pids(url)
         server_before = common.server_cpu_seconds(server)
         measured = fanout_floor_run(
             run_dir,

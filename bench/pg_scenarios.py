@@ -124,10 +124,7 @@ def _pg_wrk(
     """wrk against every relay at once (connections split evenly); rates summed, the worse
     p99, relay and PostgreSQL backend CPU per answer."""
     split = dataclasses.replace(sizes, connections=sizes.connections // len(ports))
-    # Every process of the server the benchmark started (its WAL writer too), or, on a
-    # named server, the backends serving this database.
-    server = common.postgres_server_pids()
-    backends = common.pg_backend_pids(url) if server is None else server
+    backends = common.counted_server_pids(url)
     before = common.cpu_seconds_of([p.pid for p in processes])
     server_before = common.server_cpu_seconds(backends)
     with ThreadPoolExecutor(max_workers=len(ports)) as pool:
